@@ -1,0 +1,66 @@
+#include "vitrine/core/fs.h"
+
+#include "vitrine/core/error.h"
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace vitrine {
+namespace fs = std::filesystem;
+
+void write_file_atomic(const std::string& path,
+                       const std::function<void(std::ostream&)>& write) {
+  static std::atomic<int> counter{0};
+  const fs::path target(path);
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  VT_CHECK(fs::is_directory(dir), "cannot write ", path, ": directory ", dir.string(),
+           " does not exist; create it first");
+  const std::string tmp = (dir / ("." + target.filename().string() + ".tmp-" +
+                                  std::to_string(::getpid()) + "-" +
+                                  std::to_string(counter++)))
+                              .string();
+  try {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    VT_CHECK(out.good(), "cannot write ", path, ": ", std::strerror(errno),
+             "; check the directory's permissions");
+    write(out);
+    out.flush();
+    VT_CHECK(out.good(), "cannot write ", path, ": write failed; check free space");
+    out.close();
+    // Sync before the rename so a crash cannot leave a renamed but empty file.
+    const int fd = ::open(tmp.c_str(), O_RDONLY);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+    VT_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot write ", path, ": ",
+             std::strerror(errno));
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
+  }
+}
+
+void write_file_atomic(const std::string& path, const std::string& data) {
+  write_file_atomic(path, [&](std::ostream& out) { out.write(data.data(), data.size()); });
+}
+
+std::string read_text_file(const std::string& path) {
+  VT_CHECK(fs::exists(path), path, ": no such file");
+  VT_CHECK(!fs::is_directory(path), path, ": is a directory, expected a file");
+  std::ifstream in(path, std::ios::binary);
+  VT_CHECK(in.good(), path, ": cannot open: ", std::strerror(errno));
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+}  // namespace vitrine
