@@ -1,0 +1,29 @@
+// Decoding and preprocessing many files at once, in parallel, keeping going past
+// the bad ones.
+#pragma once
+
+#include "vitrine/image/decode.h"
+#include "vitrine/image/transform.h"
+
+#include <string>
+#include <vector>
+
+namespace vitrine::image {
+
+struct LoadedImage {
+  std::string path;
+  at::Tensor tensor;  ///< C x crop x crop float, undefined when `error` is set
+  std::string error;  ///< what went wrong and what to do; empty when ok
+  bool ok() const { return error.empty(); }
+};
+
+/// Reads, decodes and transforms each file on libtorch's worker threads. A file that
+/// fails gets its error message; the others are unaffected. Order is kept.
+std::vector<LoadedImage> load_images(const std::vector<std::string>& paths,
+                                     const EvalTransform& transform,
+                                     const DecodeOptions& options = {});
+
+/// Expands directories into the image files below them (sorted); files stay as given.
+std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths);
+
+}  // namespace vitrine::image

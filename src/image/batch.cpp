@@ -1,0 +1,60 @@
+#include "vitrine/image/batch.h"
+
+#include "vitrine/core/error.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+
+namespace vitrine::image {
+
+std::vector<LoadedImage> load_images(const std::vector<std::string>& paths,
+                                     const EvalTransform& transform,
+                                     const DecodeOptions& options) {
+  std::vector<LoadedImage> out(paths.size());
+  at::parallel_for(0, static_cast<int64_t>(paths.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      LoadedImage& item = out[i];
+      item.path = paths[i];
+      // Each file's failure stays with that file; the batch goes on.
+      try {
+        item.tensor = eval_transform(decode_file(paths[i], options), transform);
+      } catch (const Error& e) {
+        item.error = e.what();
+      } catch (const c10::Error& e) {
+        item.error = paths[i] + ": " + e.what_without_backtrace();
+      } catch (const std::exception& e) {
+        item.error = paths[i] + ": " + e.what();
+      }
+    }
+  });
+  return out;
+}
+
+std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths) {
+  namespace fs = std::filesystem;
+  static const std::set<std::string> kExtensions = {".jpg", ".jpeg", ".png", ".webp", ".bmp",
+                                                    ".jpe", ".jfif"};
+  std::vector<std::string> out;
+  for (const auto& p : paths) {
+    if (!fs::is_directory(p)) {
+      out.push_back(p);
+      continue;
+    }
+    std::vector<std::string> found;
+    for (const auto& entry : fs::recursive_directory_iterator(p)) {
+      if (!entry.is_regular_file()) continue;
+      std::string ext = entry.path().extension().string();
+      std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+      if (kExtensions.count(ext)) found.push_back(entry.path().string());
+    }
+    std::sort(found.begin(), found.end());
+    out.insert(out.end(), found.begin(), found.end());
+  }
+  return out;
+}
+
+}  // namespace vitrine::image
