@@ -1,0 +1,68 @@
+// A model's configuration: architecture and sizes, labels, preprocessing and
+// provenance. It is what config.json holds in a model directory, and it mirrors the
+// Hugging Face config where the two overlap (hidden_size, layer_norm_eps, ...).
+#pragma once
+
+#include "vitrine/image/transform.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace vitrine::models {
+
+enum class Family { kResNet, kViT };
+
+/// ResNet sizes (He et al. 2015, torchvision layout: stride on the 3x3 convolution).
+struct ResNetConfig {
+  bool bottleneck = true;              ///< Bottleneck blocks (resnet50+) or basic blocks
+  std::vector<int64_t> layers{3, 4, 6, 3};  ///< blocks per stage
+};
+
+/// ViT sizes (Dosovitskiy et al. 2020), named as in Hugging Face's ViTConfig.
+struct ViTConfig {
+  int64_t patch_size = 16;
+  int64_t hidden_size = 768;
+  int64_t num_hidden_layers = 12;
+  int64_t num_attention_heads = 12;
+  int64_t intermediate_size = 3072;
+  double layer_norm_eps = 1e-6;       ///< torchvision/timm 1e-6; Hugging Face's default is 1e-12
+  std::string hidden_act = "gelu";    ///< gelu | gelu_new | gelu_pytorch_tanh | quick_gelu | relu
+  bool qkv_bias = true;
+  double attention_dropout = 0.0;
+};
+
+struct ModelConfig {
+  std::string arch;                   ///< registry name, e.g. "resnet50", "vit_b_16", "vit_custom"
+  Family family = Family::kResNet;
+  int64_t num_classes = 1000;
+  int64_t in_channels = 3;            ///< 1 for greyscale data
+  int64_t image_size = 224;           ///< input side; ViT position embeddings follow it
+  double dropout = 0.0;               ///< before the head (and inside ViT blocks)
+  double drop_path = 0.0;             ///< stochastic depth rate of the last block
+  ResNetConfig resnet;
+  ViTConfig vit;
+
+  std::vector<std::string> labels;    ///< class names; "class_<i>" when unknown
+  std::string task = "single_label";  ///< single_label (softmax) | multi_label (sigmoid)
+  image::EvalTransform preprocess;    ///< eval-time preprocessing the weights expect
+  std::string provenance_json = "{}"; ///< where the weights came from (JSON object)
+
+  /// Embedding size of forward_features.
+  int64_t embedding_dim() const;
+  /// The label of class `i` (falls back to "class_<i>").
+  std::string label(int64_t i) const;
+  /// Checks sizes and consistency; throws with what to fix.
+  void validate() const;
+};
+
+const char* family_name(Family family);
+
+/// Class labels from a text file, one per line (blank lines skipped).
+std::vector<std::string> read_labels_file(const std::string& path);
+
+/// config.json text <-> ModelConfig. Unknown keys are ignored; missing ones take defaults.
+std::string config_to_json(const ModelConfig& config);
+ModelConfig config_from_json(const std::string& text, const std::string& origin);
+
+}  // namespace vitrine::models

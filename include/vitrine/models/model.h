@@ -1,0 +1,54 @@
+// The interface every registered vision model implements: a backbone that maps
+// images to a pooled embedding (forward_features) and a head that maps the
+// embedding to logits (forward_head), as timm does. Module paths equal the
+// torchvision checkpoint keys, so a torchvision state_dict loads as it is.
+#pragma once
+
+#include "vitrine/models/config.h"
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <string>
+
+namespace vitrine::models {
+
+class VisionModelImpl : public torch::nn::Module {
+ public:
+  explicit VisionModelImpl(ModelConfig config) : config_(std::move(config)) {}
+
+  /// Images (N, C, H, W), normalised as config().preprocess says -> embeddings (N, D).
+  virtual at::Tensor forward_features(const at::Tensor& images) = 0;
+  /// Embeddings (N, D) -> logits (N, num_classes).
+  virtual at::Tensor forward_head(const at::Tensor& features) = 0;
+  at::Tensor forward(const at::Tensor& images) { return forward_head(forward_features(images)); }
+
+  /// Checkpoint key prefix of the classification head ("fc", "heads.head").
+  virtual std::string head_name() const = 0;
+  /// Checkpoint key of the first layer's weight ("conv1.weight", "conv_proj.weight").
+  virtual std::string stem_weight_name() const = 0;
+  /// Replaces the head with a freshly initialised one for `num_classes` classes.
+  virtual void reset_head(int64_t num_classes) = 0;
+
+  /// Prepares for inference in `dtype` (kFloat or kBFloat16): folds batch norms into
+  /// the convolutions, converts weights once, picks the memory layout the CPU kernels
+  /// want. The parameters used for training and saving stay untouched.
+  virtual void prepare_inference(at::ScalarType dtype) = 0;
+  /// Logits through the prepared inference path (falls back to forward()).
+  virtual at::Tensor forward_inference(const at::Tensor& images) { return forward(images); }
+  /// Embeddings through the prepared inference path.
+  virtual at::Tensor forward_features_inference(const at::Tensor& images) {
+    return forward_features(images);
+  }
+
+  const ModelConfig& config() const { return config_; }
+  ModelConfig& mutable_config() { return config_; }
+
+ protected:
+  ModelConfig config_;
+};
+
+using VisionModel = std::shared_ptr<VisionModelImpl>;
+
+}  // namespace vitrine::models

@@ -1,0 +1,47 @@
+// Inference on images: preprocessing from the model's config, batched forward
+// passes in the chosen precision, scores and top-k.
+#pragma once
+
+#include "vitrine/models/model.h"
+
+#include <opencv2/core.hpp>
+
+#include <string>
+#include <vector>
+
+namespace vitrine::models {
+
+enum class Precision { kFp32, kBf16 };
+Precision parse_precision(const std::string& name);  ///< fp32 | bf16
+const char* precision_name(Precision precision);
+
+struct Scored {
+  int64_t index;
+  std::string label;
+  float score;
+};
+
+class Predictor {
+ public:
+  Predictor(VisionModel model, Precision precision);
+
+  const ModelConfig& config() const { return model_->config(); }
+  Precision precision() const { return precision_; }
+
+  /// The model's eval transform of one decoded RGB image (C x crop x crop, float).
+  at::Tensor preprocess(const cv::Mat& rgb) const;
+  /// Logits (N, classes) in fp32 for a preprocessed batch (N, C, H, W).
+  at::Tensor logits(const at::Tensor& batch) const;
+  /// Pooled embeddings (N, D) in fp32.
+  at::Tensor embeddings(const at::Tensor& batch) const;
+  /// Softmax (single-label) or sigmoid (multi-label) scores.
+  at::Tensor scores(const at::Tensor& batch) const;
+  /// The k best classes of each row of `scores`.
+  std::vector<std::vector<Scored>> top_k(const at::Tensor& scores, int64_t k) const;
+
+ private:
+  VisionModel model_;
+  Precision precision_;
+};
+
+}  // namespace vitrine::models

@@ -1,0 +1,455 @@
+#include "vitrine/models/checkpoint.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/core/pth.h"
+#include "vitrine/core/safetensors.h"
+#include "vitrine/models/registry.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+namespace vitrine::models {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+/// One renaming rule. `part` >= 0 marks one of the three row blocks (query, key,
+/// value) of a fused in_proj tensor; `ignore` drops tensors with no use here.
+struct KeyRule {
+  std::regex from;
+  std::string to;
+  int part = -1;
+  bool ignore = false;
+};
+
+KeyRule rule(const char* from, const char* to, int part = -1) {
+  return {std::regex(from), to, part, false};
+}
+KeyRule ignore(const char* from) { return {std::regex(from), "", -1, true}; }
+
+// Hugging Face transformers' ViTModel / ViTForImageClassification.
+const std::vector<KeyRule>& hf_vit_rules() {
+  static const std::vector<KeyRule> rules = {
+      rule(R"(^(?:vit\.)?embeddings\.cls_token$)", "class_token"),
+      rule(R"(^(?:vit\.)?embeddings\.position_embeddings$)", "encoder.pos_embedding"),
+      rule(R"(^(?:vit\.)?embeddings\.patch_embeddings\.projection\.(weight|bias)$)",
+           "conv_proj.$1"),
+      rule(R"(^(?:vit\.)?encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.ln_1.$2"),
+      rule(R"(^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.attention\.query\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.self_attention.in_proj_$2", 0),
+      rule(R"(^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.attention\.key\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.self_attention.in_proj_$2", 1),
+      rule(R"(^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.attention\.value\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.self_attention.in_proj_$2", 2),
+      rule(R"(^(?:vit\.)?encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.self_attention.out_proj.$2"),
+      rule(R"(^(?:vit\.)?encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.ln_2.$2"),
+      rule(R"(^(?:vit\.)?encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.mlp.0.$2"),
+      rule(R"(^(?:vit\.)?encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.mlp.3.$2"),
+      rule(R"(^(?:vit\.)?layernorm\.(weight|bias)$)", "encoder.ln.$1"),
+      rule(R"(^classifier\.(weight|bias)$)", "heads.head.$1"),
+      // The pooler (tanh dense layer) and mask token serve pretraining tasks, not features.
+      ignore(R"(^(?:vit\.)?pooler\.)"),
+      ignore(R"(^(?:vit\.)?embeddings\.mask_token$)"),
+  };
+  return rules;
+}
+
+// timm's VisionTransformer (class-token models; timm fuses q, k, v as torchvision does).
+const std::vector<KeyRule>& timm_vit_rules() {
+  static const std::vector<KeyRule> rules = {
+      rule(R"(^cls_token$)", "class_token"),
+      rule(R"(^pos_embed$)", "encoder.pos_embedding"),
+      rule(R"(^patch_embed\.proj\.(weight|bias)$)", "conv_proj.$1"),
+      rule(R"(^blocks\.(\d+)\.norm1\.(weight|bias)$)", "encoder.layers.encoder_layer_$1.ln_1.$2"),
+      rule(R"(^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.self_attention.in_proj_$2"),
+      rule(R"(^blocks\.(\d+)\.attn\.proj\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.self_attention.out_proj.$2"),
+      rule(R"(^blocks\.(\d+)\.norm2\.(weight|bias)$)", "encoder.layers.encoder_layer_$1.ln_2.$2"),
+      rule(R"(^blocks\.(\d+)\.mlp\.fc1\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.mlp.0.$2"),
+      rule(R"(^blocks\.(\d+)\.mlp\.fc2\.(weight|bias)$)",
+           "encoder.layers.encoder_layer_$1.mlp.3.$2"),
+      rule(R"(^norm\.(weight|bias)$)", "encoder.ln.$1"),
+      rule(R"(^head\.(weight|bias)$)", "heads.head.$1"),
+  };
+  return rules;
+}
+
+// torchvision's layout is Vitrine's; timm's ResNets use the same keys.
+const std::vector<KeyRule>& identity_rules() {
+  static const std::vector<KeyRule> rules;
+  return rules;
+}
+
+const std::vector<KeyRule>& rules_for(Source source, Family family) {
+  switch (source) {
+    case Source::kHuggingFace:
+      VT_CHECK(family == Family::kViT,
+               "Hugging Face import supports ViT (ViTModel, ViTForImageClassification); for "
+               "ResNets use torchvision or timm weights");
+      return hf_vit_rules();
+    case Source::kTimm:
+      return family == Family::kViT ? timm_vit_rules() : identity_rules();
+    case Source::kTorchvision:
+    case Source::kVitrine:
+      return identity_rules();
+  }
+  return identity_rules();
+}
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << s;
+  return os.str();
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// torchvision's interpolate_embeddings: the patch grid of position embeddings is
+// resized bicubically (align_corners=True); the class token's embedding is kept.
+at::Tensor interpolate_pos_embedding(const at::Tensor& pos, int64_t new_tokens) {
+  const int64_t d = pos.size(2);
+  const int64_t old_grid = static_cast<int64_t>(std::lround(std::sqrt(pos.size(1) - 1)));
+  const int64_t new_grid = static_cast<int64_t>(std::lround(std::sqrt(new_tokens - 1)));
+  VT_CHECK(old_grid * old_grid == pos.size(1) - 1 && new_grid * new_grid == new_tokens - 1,
+           "position embeddings of ", pos.size(1), " tokens cannot be interpolated to ",
+           new_tokens, " tokens (square patch grids plus a class token expected)");
+  const at::Tensor token = pos.slice(1, 0, 1);
+  at::Tensor grid = pos.slice(1, 1).permute({0, 2, 1}).reshape({1, d, old_grid, old_grid});
+  grid = at::upsample_bicubic2d(grid.to(at::kFloat), {new_grid, new_grid}, /*align_corners=*/true,
+                                c10::nullopt, c10::nullopt);
+  grid = grid.reshape({1, d, new_grid * new_grid}).permute({0, 2, 1});
+  return at::cat({token.to(at::kFloat), grid}, 1);
+}
+
+std::string now_iso8601() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+// A Hugging Face ViT config.json onto a ModelConfig (sizes, eps, activation, labels).
+ModelConfig config_from_hf(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "config.json").string();
+  json j;
+  try {
+    j = json::parse(read_text_file(path));
+  } catch (const json::exception& e) {
+    VT_FAIL(path, ": not valid JSON: ", e.what());
+  }
+  const std::string model_type = j.value("model_type", "");
+  VT_CHECK(model_type == "vit", path, ": model_type '", model_type,
+           "' is not supported for Hugging Face import (supported: vit)");
+  ModelConfig c = model_preset("vit_custom");
+  try {
+    c.vit.hidden_size = j.value("hidden_size", 768);
+    c.vit.num_hidden_layers = j.value("num_hidden_layers", 12);
+    c.vit.num_attention_heads = j.value("num_attention_heads", 12);
+    c.vit.intermediate_size = j.value("intermediate_size", 3072);
+    c.vit.hidden_act = j.value("hidden_act", "gelu");
+    c.vit.layer_norm_eps = j.value("layer_norm_eps", 1e-12);
+    c.vit.patch_size = j.value("patch_size", 16);
+    c.vit.qkv_bias = j.value("qkv_bias", true);
+    c.in_channels = j.value("num_channels", 3);
+    set_image_size(c, j.value("image_size", 224));
+    if (j.contains("id2label")) {
+      const auto& m = j["id2label"];
+      std::map<int64_t, std::string> by_id;
+      for (const auto& [k, v] : m.items()) by_id[std::stoll(k)] = v.get<std::string>();
+      for (const auto& [id, label] : by_id) {
+        VT_CHECK(id == static_cast<int64_t>(c.labels.size()), path,
+                 ": id2label must number classes 0..N-1 without gaps");
+        c.labels.push_back(label);
+      }
+    }
+  } catch (const json::exception& e) {
+    VT_FAIL(path, ": malformed ViT config: ", e.what());
+  } catch (const std::logic_error& e) {
+    VT_FAIL(path, ": malformed id2label: ", e.what());
+  }
+  // Name the preset when the sizes are one, so users see "vit_b_16", not "vit_custom".
+  for (const char* name : {"vit_ti_16", "vit_s_16", "vit_b_16", "vit_b_32", "vit_l_16"}) {
+    const ModelConfig p = model_preset(name);
+    if (p.vit.patch_size == c.vit.patch_size && p.vit.hidden_size == c.vit.hidden_size &&
+        p.vit.num_hidden_layers == c.vit.num_hidden_layers &&
+        p.vit.num_attention_heads == c.vit.num_attention_heads &&
+        p.vit.intermediate_size == c.vit.intermediate_size) {
+      c.arch = name;
+    }
+  }
+  // Hugging Face's image processor: mean/std and filter, when the directory has one.
+  const fs::path pre = fs::path(dir) / "preprocessor_config.json";
+  c.preprocess.mean = {0.5f, 0.5f, 0.5f};
+  c.preprocess.std = {0.5f, 0.5f, 0.5f};
+  if (fs::exists(pre)) {
+    try {
+      const json p = json::parse(read_text_file(pre.string()));
+      if (p.contains("image_mean")) c.preprocess.mean = p["image_mean"].get<std::vector<float>>();
+      if (p.contains("image_std")) c.preprocess.std = p["image_std"].get<std::vector<float>>();
+      if (p.value("resample", 2) == 3) c.preprocess.interpolation = image::Interpolation::kBicubic;
+    } catch (const json::exception& e) {
+      VT_FAIL(pre.string(), ": malformed preprocessor config: ", e.what());
+    }
+  }
+  return c;
+}
+
+std::string hf_weights_file(const std::string& dir) {
+  for (const char* name : {"model.safetensors", "pytorch_model.bin"}) {
+    const fs::path p = fs::path(dir) / name;
+    if (fs::exists(p)) return p.string();
+  }
+  VT_FAIL(dir, ": no model.safetensors or pytorch_model.bin; a Hugging Face model directory "
+               "holds config.json and one of them");
+}
+
+}  // namespace
+
+Source parse_source(const std::string& name) {
+  if (name == "torchvision") return Source::kTorchvision;
+  if (name == "hf" || name == "huggingface") return Source::kHuggingFace;
+  if (name == "timm") return Source::kTimm;
+  if (name == "vitrine") return Source::kVitrine;
+  VT_FAIL("unknown checkpoint source '", name, "'; use torchvision, hf or timm");
+}
+
+const char* source_name(Source source) {
+  switch (source) {
+    case Source::kTorchvision: return "torchvision";
+    case Source::kHuggingFace: return "hf";
+    case Source::kTimm: return "timm";
+    case Source::kVitrine: return "vitrine";
+  }
+  return "?";
+}
+
+std::string LoadReport::summary() const {
+  std::ostringstream os;
+  auto list = [&](const char* what, const std::vector<std::string>& items) {
+    if (items.empty()) return;
+    os << "\n  " << items.size() << " " << what << ":";
+    for (const auto& i : items) os << "\n    " << i;
+  };
+  list("missing from the checkpoint", missing);
+  list("unexpected in the checkpoint", unexpected);
+  list("with another shape", mismatched);
+  list("adapted", adapted);
+  list("ignored", ignored);
+  return os.str();
+}
+
+StateDict map_keys(const StateDict& state, Source source, Family family, LoadReport& report) {
+  const auto& rules = rules_for(source, family);
+  StateDict out;
+  std::map<std::string, std::array<at::Tensor, 3>> parts;
+  std::vector<std::string> part_order;
+  for (const auto& [name, tensor] : state) {
+    const KeyRule* hit = nullptr;
+    for (const auto& r : rules) {
+      if (std::regex_search(name, r.from)) {
+        hit = &r;
+        break;
+      }
+    }
+    if (hit == nullptr) {
+      out.emplace_back(name, tensor);
+    } else if (hit->ignore) {
+      report.ignored.push_back(name);
+    } else {
+      const std::string target = std::regex_replace(name, hit->from, hit->to);
+      if (hit->part < 0) {
+        out.emplace_back(target, tensor);
+      } else {
+        if (!parts.count(target)) part_order.push_back(target);
+        parts[target][hit->part] = tensor;
+      }
+    }
+  }
+  static const char* kPartNames[] = {"query", "key", "value"};
+  for (const auto& target : part_order) {
+    const auto& p = parts[target];
+    for (int i = 0; i < 3; ++i) {
+      VT_CHECK(p[i].defined(), "checkpoint has no ", kPartNames[i], " tensor for ", target,
+               "; the attention weights are incomplete");
+    }
+    out.emplace_back(target, at::cat({p[0], p[1], p[2]}, 0));
+  }
+  return out;
+}
+
+StateDict model_state_dict(const VisionModelImpl& model) {
+  StateDict out;
+  for (const auto& item : model.named_modules("", /*include_self=*/true)) {
+    const std::string prefix = item.key().empty() ? "" : item.key() + ".";
+    for (const auto& p : item.value()->named_parameters(/*recurse=*/false)) {
+      out.emplace_back(prefix + p.key(), p.value());
+    }
+    for (const auto& b : item.value()->named_buffers(/*recurse=*/false)) {
+      out.emplace_back(prefix + b.key(), b.value());
+    }
+  }
+  return out;
+}
+
+LoadReport load_state_dict(VisionModelImpl& model, const StateDict& state,
+                           const LoadOptions& options) {
+  LoadReport report;
+  std::map<std::string, at::Tensor> given;
+  for (const auto& [name, t] : state) {
+    VT_CHECK(!given.count(name), "checkpoint has two tensors named '", name, "'");
+    given[name] = t;
+  }
+  const ModelConfig& cfg = model.config();
+  const std::string head = model.head_name() + ".";
+  const std::string stem = model.stem_weight_name();
+  std::set<std::string> used;
+  at::NoGradGuard no_grad;
+  for (auto& [name, target] : model_state_dict(model)) {
+    auto it = given.find(name);
+    if (it == given.end()) {
+      // PyTorch itself accepts checkpoints without batch-norm step counters.
+      if (name.rfind(head, 0) == 0 && options.reinit_head) {
+        report.adapted.push_back(name + ": newly initialised (not in the checkpoint)");
+      } else if (!ends_with(name, "num_batches_tracked")) {
+        report.missing.push_back(name);
+      }
+      continue;
+    }
+    used.insert(name);
+    at::Tensor src = it->second;
+    if (src.sizes() != target.sizes()) {
+      const std::string mismatch =
+          name + ": model " + shape_str(target.sizes()) + " vs checkpoint " + shape_str(src.sizes());
+      if (name == "encoder.pos_embedding" && src.dim() == 3 && src.size(2) == target.size(2)) {
+        src = interpolate_pos_embedding(src, target.size(1));
+        report.adapted.push_back(name + ": interpolated from " + std::to_string(it->second.size(1)) +
+                                 " to " + std::to_string(target.size(1)) + " tokens");
+      } else if (name == stem && cfg.in_channels == 1 && src.dim() == 4 && src.size(1) == 3 &&
+                 src.size(0) == target.size(0)) {
+        // An RGB filter applied to a grey image sees the same value in each channel.
+        src = src.sum(1, /*keepdim=*/true);
+        report.adapted.push_back(name + ": RGB filters summed for 1-channel input");
+      } else if (name.rfind(head, 0) == 0 && options.reinit_head) {
+        report.adapted.push_back(name + ": re-initialised (" + mismatch + ")");
+        continue;
+      } else {
+        report.mismatched.push_back(mismatch);
+        continue;
+      }
+    }
+    target.copy_(src.to(target.scalar_type()));
+  }
+  for (const auto& [name, t] : state) {
+    if (!used.count(name)) report.unexpected.push_back(name);
+  }
+  if (options.strict && !report.ok()) {
+    VT_FAIL("checkpoint does not fit ", cfg.arch, report.summary(),
+            "\n  check --arch and --from, or the class count (--num-classes)");
+  }
+  return report;
+}
+
+StateDict read_weights(const std::string& path) {
+  VT_CHECK(fs::exists(path), path, ": no such file");
+  VT_CHECK(fs::is_regular_file(path), path, ": not a file");
+  char magic[4] = {0, 0, 0, 0};
+  std::ifstream(path, std::ios::binary).read(magic, 4);
+  // torch.save writes a zip archive (or, before PyTorch 1.6, a bare pickle: 0x80).
+  if ((magic[0] == 'P' && magic[1] == 'K') || static_cast<unsigned char>(magic[0]) == 0x80) {
+    return pth_load(path);
+  }
+  return safetensors_load(path).tensors;
+}
+
+VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
+  ModelConfig config;
+  std::string weights_path = o.weights;
+  if (o.source == Source::kHuggingFace) {
+    VT_CHECK(fs::is_directory(o.weights), o.weights,
+             ": --from hf expects a Hugging Face model directory (config.json + "
+             "model.safetensors)");
+    config = config_from_hf(o.weights);
+    weights_path = hf_weights_file(o.weights);
+    VT_CHECK(o.arch.empty() || o.arch == config.arch || o.arch == "vit_custom", "--arch ", o.arch,
+             " does not match the Hugging Face config, which describes ", config.arch);
+  } else {
+    VT_CHECK(!o.arch.empty(), "--arch is required for --from ", source_name(o.source),
+             " (the file holds no architecture)");
+    config = model_preset(o.arch);
+    if (o.source == Source::kTimm) {
+      // timm's usual eval transform: bicubic, crop_pct 0.9; its ViTs use mean = std = 0.5.
+      config.preprocess.interpolation = image::Interpolation::kBicubic;
+      if (config.family == Family::kViT) {
+        config.preprocess.mean = {0.5f, 0.5f, 0.5f};
+        config.preprocess.std = {0.5f, 0.5f, 0.5f};
+      }
+    }
+  }
+  LoadReport report;
+  StateDict state = map_keys(read_weights(weights_path), o.source, config.family, report);
+
+  // The class count comes from the checkpoint's head unless asked otherwise.
+  const std::string head_key = config.family == Family::kViT ? "heads.head.weight" : "fc.weight";
+  int64_t ckpt_classes = 0;
+  for (const auto& [name, t] : state) {
+    if (name == head_key && t.dim() == 2) ckpt_classes = t.size(0);
+  }
+  config.num_classes = o.num_classes.value_or(ckpt_classes);
+  if (config.labels.size() != static_cast<size_t>(config.num_classes)) config.labels.clear();
+  if (!o.labels_file.empty()) config.labels = read_labels_file(o.labels_file);
+  VT_CHECK(config.labels.empty() || static_cast<int64_t>(config.labels.size()) == config.num_classes,
+           o.labels_file, ": ", config.labels.size(), " labels for a head of ", config.num_classes,
+           " classes");
+  if (o.in_channels) {
+    config.in_channels = *o.in_channels;
+    if (config.in_channels == 1) {
+      // Grey input: the mean of the RGB statistics, as timm adapts them.
+      float m = 0, s = 0;
+      for (size_t i = 0; i < config.preprocess.mean.size(); ++i) {
+        m += config.preprocess.mean[i] / config.preprocess.mean.size();
+        s += config.preprocess.std[i] / config.preprocess.std.size();
+      }
+      config.preprocess.mean = {m};
+      config.preprocess.std = {s};
+    }
+  }
+  config.preprocess.channels = config.in_channels;
+  if (o.image_size) set_image_size(config, *o.image_size);
+  config.provenance_json = json{{"source", source_name(o.source)},
+                                {"weights", fs::absolute(weights_path).string()},
+                                {"imported_at", now_iso8601()},
+                                {"command", o.command}}
+                               .dump();
+  VisionModel model = create_model(config);
+  LoadOptions lo;
+  lo.strict = o.strict;
+  lo.reinit_head = o.num_classes.has_value() && *o.num_classes != ckpt_classes;
+  LoadReport load = load_state_dict(*model, state, lo);
+  load.ignored.insert(load.ignored.end(), report.ignored.begin(), report.ignored.end());
+  if (report_out) *report_out = load;
+  return model;
+}
+
+}  // namespace vitrine::models

@@ -1,0 +1,196 @@
+#include "vitrine/models/config.h"
+
+#include "vitrine/core/error.h"
+
+#include "vitrine/core/fs.h"
+
+#include <nlohmann/json.hpp>
+
+#include <sstream>
+
+namespace vitrine::models {
+namespace {
+
+using json = nlohmann::json;
+
+// Bumped when config.json changes in a way older readers would misread.
+constexpr int kFormatVersion = 1;
+
+template <typename T>
+void read_opt(const json& j, const char* key, T& out) {
+  if (j.contains(key) && !j.at(key).is_null()) out = j.at(key).get<T>();
+}
+
+}  // namespace
+
+std::vector<std::string> read_labels_file(const std::string& path) {
+  std::istringstream in(read_text_file(path));
+  std::vector<std::string> labels;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) labels.push_back(line);
+  }
+  VT_CHECK(!labels.empty(), path, ": no labels found (expected one label per line)");
+  return labels;
+}
+
+const char* family_name(Family family) {
+  return family == Family::kResNet ? "resnet" : "vit";
+}
+
+int64_t ModelConfig::embedding_dim() const {
+  if (family == Family::kViT) return vit.hidden_size;
+  return resnet.bottleneck ? 2048 : 512;
+}
+
+std::string ModelConfig::label(int64_t i) const {
+  if (i >= 0 && i < static_cast<int64_t>(labels.size()) && !labels[i].empty()) return labels[i];
+  return "class_" + std::to_string(i);
+}
+
+void ModelConfig::validate() const {
+  VT_CHECK(num_classes >= 0, arch, ": num_classes must be >= 0 (0 means no head), got ",
+           num_classes);
+  VT_CHECK(in_channels == 1 || in_channels == 3, arch, ": in_channels must be 1 or 3, got ",
+           in_channels);
+  VT_CHECK(image_size > 0, arch, ": image_size must be positive, got ", image_size);
+  VT_CHECK(dropout >= 0 && dropout < 1, arch, ": dropout must be in [0, 1), got ", dropout);
+  VT_CHECK(drop_path >= 0 && drop_path < 1, arch, ": drop_path must be in [0, 1), got ",
+           drop_path);
+  VT_CHECK(labels.empty() || static_cast<int64_t>(labels.size()) == num_classes, arch, ": ",
+           labels.size(), " labels for ", num_classes,
+           " classes; give one label per class (or none)");
+  VT_CHECK(task == "single_label" || task == "multi_label", arch, ": task must be single_label "
+           "or multi_label, got '", task, "'");
+  VT_CHECK(static_cast<int64_t>(preprocess.mean.size()) == in_channels &&
+               static_cast<int64_t>(preprocess.std.size()) == in_channels,
+           arch, ": preprocessing mean/std need ", in_channels, " values each");
+  for (const float s : preprocess.std) VT_CHECK(s > 0, arch, ": preprocessing std must be > 0");
+  if (family == Family::kViT) {
+    const auto& v = vit;
+    VT_CHECK(v.patch_size > 0 && image_size % v.patch_size == 0, arch, ": image_size ",
+             image_size, " must be a multiple of patch_size ", v.patch_size);
+    VT_CHECK(v.hidden_size > 0 && v.num_attention_heads > 0 &&
+                 v.hidden_size % v.num_attention_heads == 0,
+             arch, ": hidden_size ", v.hidden_size, " must be a multiple of num_attention_heads ",
+             v.num_attention_heads);
+    VT_CHECK(v.num_hidden_layers > 0 && v.intermediate_size > 0, arch,
+             ": num_hidden_layers and intermediate_size must be positive");
+    VT_CHECK(v.layer_norm_eps > 0, arch, ": layer_norm_eps must be positive");
+    VT_CHECK(v.hidden_act == "gelu" || v.hidden_act == "gelu_new" ||
+                 v.hidden_act == "gelu_pytorch_tanh" || v.hidden_act == "quick_gelu" ||
+                 v.hidden_act == "relu",
+             arch, ": hidden_act '", v.hidden_act,
+             "' is not supported (gelu, gelu_new, gelu_pytorch_tanh, quick_gelu, relu)");
+  } else {
+    VT_CHECK(resnet.layers.size() == 4, arch, ": a ResNet needs 4 stages, got ",
+             resnet.layers.size());
+    for (const int64_t n : resnet.layers) VT_CHECK(n > 0, arch, ": empty ResNet stage");
+  }
+}
+
+std::string config_to_json(const ModelConfig& c) {
+  json j;
+  j["vitrine_format"] = kFormatVersion;
+  j["arch"] = c.arch;
+  j["family"] = family_name(c.family);
+  j["num_classes"] = c.num_classes;
+  j["in_channels"] = c.in_channels;
+  j["image_size"] = c.image_size;
+  j["dropout"] = c.dropout;
+  j["drop_path"] = c.drop_path;
+  if (c.family == Family::kResNet) {
+    j["resnet"] = {{"bottleneck", c.resnet.bottleneck}, {"layers", c.resnet.layers}};
+  } else {
+    const auto& v = c.vit;
+    j["vit"] = {{"patch_size", v.patch_size},
+                {"hidden_size", v.hidden_size},
+                {"num_hidden_layers", v.num_hidden_layers},
+                {"num_attention_heads", v.num_attention_heads},
+                {"intermediate_size", v.intermediate_size},
+                {"layer_norm_eps", v.layer_norm_eps},
+                {"hidden_act", v.hidden_act},
+                {"qkv_bias", v.qkv_bias},
+                {"attention_dropout", v.attention_dropout}};
+  }
+  j["task"] = c.task;
+  j["labels"] = c.labels;
+  const auto& p = c.preprocess;
+  j["preprocess"] = {{"resize", p.resize},
+                     {"crop", p.crop},
+                     {"mean", p.mean},
+                     {"std", p.std},
+                     {"interpolation", image::interpolation_name(p.interpolation)}};
+  json prov = json::parse(c.provenance_json, nullptr, /*allow_exceptions=*/false);
+  j["provenance"] = prov.is_discarded() ? json::object() : prov;
+  return j.dump(2) + "\n";
+}
+
+ModelConfig config_from_json(const std::string& text, const std::string& origin) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    VT_FAIL(origin, ": not valid JSON: ", e.what());
+  }
+  VT_CHECK(j.is_object(), origin, ": expected a JSON object");
+  ModelConfig c;
+  try {
+    const int version = j.value("vitrine_format", 1);
+    VT_CHECK(version <= kFormatVersion, origin, ": written by a newer Vitrine (format ",
+             version, ", this one reads up to ", kFormatVersion, "); upgrade Vitrine");
+    VT_CHECK(j.contains("arch") && j.contains("family"), origin,
+             ": not a Vitrine model config (no 'arch'/'family'); for a Hugging Face "
+             "directory use `vitrine import --from hf`");
+    c.arch = j.at("arch").get<std::string>();
+    const auto family = j.at("family").get<std::string>();
+    VT_CHECK(family == "resnet" || family == "vit", origin, ": unknown family '", family, "'");
+    c.family = family == "vit" ? Family::kViT : Family::kResNet;
+    read_opt(j, "num_classes", c.num_classes);
+    read_opt(j, "in_channels", c.in_channels);
+    read_opt(j, "image_size", c.image_size);
+    read_opt(j, "dropout", c.dropout);
+    read_opt(j, "drop_path", c.drop_path);
+    if (j.contains("resnet")) {
+      read_opt(j["resnet"], "bottleneck", c.resnet.bottleneck);
+      read_opt(j["resnet"], "layers", c.resnet.layers);
+    }
+    if (j.contains("vit")) {
+      const json& v = j["vit"];
+      read_opt(v, "patch_size", c.vit.patch_size);
+      read_opt(v, "hidden_size", c.vit.hidden_size);
+      read_opt(v, "num_hidden_layers", c.vit.num_hidden_layers);
+      read_opt(v, "num_attention_heads", c.vit.num_attention_heads);
+      read_opt(v, "intermediate_size", c.vit.intermediate_size);
+      read_opt(v, "layer_norm_eps", c.vit.layer_norm_eps);
+      read_opt(v, "hidden_act", c.vit.hidden_act);
+      read_opt(v, "qkv_bias", c.vit.qkv_bias);
+      read_opt(v, "attention_dropout", c.vit.attention_dropout);
+    }
+    read_opt(j, "task", c.task);
+    read_opt(j, "labels", c.labels);
+    if (j.contains("preprocess")) {
+      const json& p = j["preprocess"];
+      read_opt(p, "resize", c.preprocess.resize);
+      read_opt(p, "crop", c.preprocess.crop);
+      read_opt(p, "mean", c.preprocess.mean);
+      read_opt(p, "std", c.preprocess.std);
+      if (p.contains("interpolation")) {
+        c.preprocess.interpolation =
+            image::parse_interpolation(p.at("interpolation").get<std::string>());
+      }
+    }
+    c.preprocess.channels = c.in_channels;
+    if (j.contains("provenance")) c.provenance_json = j["provenance"].dump();
+  } catch (const json::exception& e) {
+    VT_FAIL(origin, ": malformed model config: ", e.what());
+  }
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    VT_FAIL(origin, ": ", e.what());
+  }
+  return c;
+}
+
+}  // namespace vitrine::models

@@ -1,0 +1,62 @@
+#include "vitrine/models/predictor.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/image/transform.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+namespace vitrine::models {
+
+Precision parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::kFp32;
+  if (name == "bf16") return Precision::kBf16;
+  VT_FAIL("unknown precision '", name, "'; use fp32 or bf16");
+}
+
+const char* precision_name(Precision precision) {
+  return precision == Precision::kFp32 ? "fp32" : "bf16";
+}
+
+Predictor::Predictor(VisionModel model, Precision precision)
+    : model_(std::move(model)), precision_(precision) {
+  VT_CHECK(model_ != nullptr, "no model given");
+  model_->prepare_inference(precision == Precision::kBf16 ? at::kBFloat16 : at::kFloat);
+}
+
+at::Tensor Predictor::preprocess(const cv::Mat& rgb) const {
+  return image::eval_transform(rgb, config().preprocess);
+}
+
+at::Tensor Predictor::logits(const at::Tensor& batch) const {
+  c10::InferenceMode guard;
+  return model_->forward_inference(batch);
+}
+
+at::Tensor Predictor::embeddings(const at::Tensor& batch) const {
+  c10::InferenceMode guard;
+  return model_->forward_features_inference(batch).to(at::kFloat);
+}
+
+at::Tensor Predictor::scores(const at::Tensor& batch) const {
+  VT_CHECK(config().num_classes > 0, config().arch,
+           ": the model has no classification head; use its embeddings instead");
+  const at::Tensor l = logits(batch);
+  c10::InferenceMode guard;
+  return config().task == "multi_label" ? at::sigmoid(l) : at::softmax(l, 1);
+}
+
+std::vector<std::vector<Scored>> Predictor::top_k(const at::Tensor& scores, int64_t k) const {
+  VT_CHECK(k > 0, "top-k must be positive, got ", k);
+  k = std::min<int64_t>(k, scores.size(1));
+  const auto [values, indices] = scores.topk(k, 1);
+  const auto v = values.accessor<float, 2>();
+  const auto ix = indices.accessor<int64_t, 2>();
+  std::vector<std::vector<Scored>> out(scores.size(0));
+  for (int64_t i = 0; i < scores.size(0); ++i) {
+    for (int64_t j = 0; j < k; ++j) out[i].push_back({ix[i][j], config().label(ix[i][j]), v[i][j]});
+  }
+  return out;
+}
+
+}  // namespace vitrine::models

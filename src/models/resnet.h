@@ -1,0 +1,76 @@
+// ResNet (He et al., "Deep Residual Learning for Image Recognition", 2015), in
+// torchvision's layout: the stride sits on the 3x3 convolution ("ResNet v1.5") and
+// module paths are torchvision's state_dict keys (conv1, bn1, layer1.0.conv1, ...,
+// layer1.0.downsample.0, fc). timm's resnet* checkpoints use the same keys.
+#pragma once
+
+#include "vitrine/models/model.h"
+
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+
+#include <vector>
+
+namespace vitrine::models {
+
+/// A convolution with its batch norm folded in, weights in the inference dtype and layout.
+struct FoldedConv {
+  at::Tensor weight, bias;
+  int64_t stride = 1, padding = 0;
+  at::Tensor operator()(const at::Tensor& x) const;
+};
+
+class ResNetBlockImpl : public torch::nn::Module {
+ public:
+  ResNetBlockImpl(int64_t in_planes, int64_t planes, int64_t stride, bool bottleneck,
+                  double drop_path);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward_folded(const at::Tensor& x) const;
+  void fold(at::ScalarType dtype, bool channels_last);
+
+ private:
+  bool bottleneck_;
+  double drop_path_;
+  torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr}, conv3_{nullptr};
+  torch::nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr}, bn3_{nullptr};
+  torch::nn::Conv2d down_conv_{nullptr};
+  torch::nn::BatchNorm2d down_bn_{nullptr};
+  torch::nn::Sequential downsample_{nullptr};
+  std::vector<FoldedConv> folded_;  ///< conv1..conv3 then downsample (when present)
+};
+TORCH_MODULE(ResNetBlock);
+
+class ResNetImpl : public VisionModelImpl {
+ public:
+  explicit ResNetImpl(ModelConfig config);
+
+  at::Tensor forward_features(const at::Tensor& images) override;
+  at::Tensor forward_head(const at::Tensor& features) override;
+  std::string head_name() const override { return "fc"; }
+  std::string stem_weight_name() const override { return "conv1.weight"; }
+  void reset_head(int64_t num_classes) override;
+  void prepare_inference(at::ScalarType dtype) override;
+  at::Tensor forward_inference(const at::Tensor& images) override;
+  at::Tensor forward_features_inference(const at::Tensor& images) override;
+
+ private:
+  void check_input(const at::Tensor& images) const;
+
+  torch::nn::Conv2d conv1_{nullptr};
+  torch::nn::BatchNorm2d bn1_{nullptr};
+  std::vector<torch::nn::ModuleList> stages_;
+  std::vector<ResNetBlock> blocks_;
+  torch::nn::Linear fc_{nullptr};
+
+  // Inference path, built by prepare_inference.
+  bool prepared_ = false;
+  at::ScalarType inference_dtype_ = at::kFloat;
+  FoldedConv stem_;
+  at::Tensor fc_weight_, fc_bias_;
+};
+TORCH_MODULE(ResNet);
+
+}  // namespace vitrine::models

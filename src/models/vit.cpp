@@ -1,0 +1,211 @@
+#include "vit.h"
+
+#include "layers.h"
+#include "vitrine/core/error.h"
+
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+namespace vitrine::models {
+namespace {
+
+namespace nn = torch::nn;
+
+// A normal distribution cut at two standard deviations, as timm's trunc_normal_.
+void trunc_normal_(at::Tensor t, double std) {
+  at::NoGradGuard no_grad;
+  t.normal_(0.0, std);
+  for (int i = 0; i < 8; ++i) {
+    const at::Tensor outside = t.abs() > 2 * std;
+    if (!outside.any().item<bool>()) return;
+    t.masked_scatter_(outside, at::empty_like(t).normal_(0.0, std).masked_select(outside));
+  }
+  t.clamp_(-2 * std, 2 * std);
+}
+
+at::Tensor maybe(const at::Tensor& t, at::ScalarType dtype) {
+  return t.defined() ? t.detach().to(dtype).contiguous() : t;
+}
+
+}  // namespace
+
+ViTAttentionImpl::ViTAttentionImpl(int64_t dim, bool qkv_bias) {
+  in_proj_weight = register_parameter("in_proj_weight", at::empty({3 * dim, dim}));
+  nn::init::xavier_uniform_(in_proj_weight);
+  if (qkv_bias) in_proj_bias = register_parameter("in_proj_bias", at::zeros({3 * dim}));
+  out_proj = register_module("out_proj", nn::Linear(dim, dim));
+  nn::init::zeros_(out_proj->bias);
+}
+
+ViTMlpImpl::ViTMlpImpl(int64_t dim, int64_t hidden) {
+  // torchvision's MLPBlock is [Linear, GELU, Dropout, Linear, Dropout]: keys 0 and 3.
+  fc1 = register_module("0", nn::Linear(dim, hidden));
+  fc2 = register_module("3", nn::Linear(hidden, dim));
+  for (auto* l : {&fc1, &fc2}) {
+    nn::init::xavier_uniform_((*l)->weight);
+    at::NoGradGuard no_grad;
+    (*l)->bias.normal_(0.0, 1e-6);
+  }
+}
+
+ViTBlockImpl::ViTBlockImpl(const ViTConfig& c, double drop_path) : drop_path_rate(drop_path) {
+  const auto ln_options =
+      nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps).elementwise_affine(true);
+  ln_1 = register_module("ln_1", nn::LayerNorm(ln_options));
+  self_attention = register_module("self_attention", ViTAttention(c.hidden_size, c.qkv_bias));
+  ln_2 = register_module("ln_2", nn::LayerNorm(ln_options));
+  mlp = register_module("mlp", ViTMlp(c.hidden_size, c.intermediate_size));
+}
+
+ViTBlockWeights ViTBlockImpl::weights() const {
+  return {ln_1->weight,          ln_1->bias,         self_attention->in_proj_weight,
+          self_attention->in_proj_bias, self_attention->out_proj->weight,
+          self_attention->out_proj->bias, ln_2->weight, ln_2->bias, mlp->fc1->weight,
+          mlp->fc1->bias,        mlp->fc2->weight,   mlp->fc2->bias};
+}
+
+ViTImpl::ViTImpl(ModelConfig config) : VisionModelImpl(std::move(config)) {
+  const auto& c = config_;
+  c.validate();
+  const auto& v = c.vit;
+  const int64_t d = v.hidden_size;  ///< embedding width
+  const int64_t grid = c.image_size / v.patch_size;
+  conv_proj_ = register_module(
+      "conv_proj",
+      nn::Conv2d(nn::Conv2dOptions(c.in_channels, d, v.patch_size).stride(v.patch_size)));
+  trunc_normal_(conv_proj_->weight,
+                std::sqrt(1.0 / (c.in_channels * v.patch_size * v.patch_size)));
+  nn::init::zeros_(conv_proj_->bias);
+  class_token_ = register_parameter("class_token", at::zeros({1, 1, d}));
+
+  auto encoder = register_module("encoder", std::make_shared<nn::Module>());
+  pos_embedding_ = encoder->register_parameter("pos_embedding",
+                                               at::empty({1, grid * grid + 1, d}).normal_(0, 0.02));
+  auto layers = encoder->register_module("layers", std::make_shared<nn::Module>());
+  for (int64_t i = 0; i < v.num_hidden_layers; ++i) {
+    const double dp =
+        v.num_hidden_layers > 1 ? c.drop_path * i / (v.num_hidden_layers - 1) : c.drop_path;
+    blocks_.push_back(
+        layers->register_module("encoder_layer_" + std::to_string(i), ViTBlock(v, dp)));
+  }
+  ln_ = encoder->register_module(
+      "ln", nn::LayerNorm(nn::LayerNormOptions({d}).eps(v.layer_norm_eps)));
+  reset_head(c.num_classes);
+}
+
+void ViTImpl::reset_head(int64_t num_classes) {
+  if (num_classes != config_.num_classes) config_.labels.clear();
+  config_.num_classes = num_classes;
+  if (heads_ != nullptr) unregister_module("heads");
+  heads_ = nullptr;
+  head_ = nullptr;
+  if (num_classes > 0) {
+    auto heads = register_module("heads", std::make_shared<nn::Module>());
+    heads_ = heads.get();
+    head_ = heads->register_module("head", nn::Linear(config_.vit.hidden_size, num_classes));
+    // torchvision zero-initialises the head; a small random one keeps gradients flowing
+    // into the backbone from the first step, as timm does.
+    trunc_normal_(head_->weight, 0.02);
+    nn::init::zeros_(head_->bias);
+  }
+  prepared_ = false;
+}
+
+ViTImpl::Weights ViTImpl::trained_weights() const {
+  Weights w{conv_proj_->weight, conv_proj_->bias, class_token_, pos_embedding_,
+            ln_->weight,        ln_->bias,        at::Tensor(), at::Tensor(), {}};
+  if (head_) {
+    w.head_w = head_->weight;
+    w.head_b = head_->bias;
+  }
+  for (const auto& b : blocks_) w.blocks.push_back(b->weights());
+  return w;
+}
+
+at::Tensor ViTImpl::block(const at::Tensor& x, const ViTBlockWeights& w, double dp,
+                          bool training) const {
+  const auto& v = config_.vit;
+  const int64_t n = x.size(0), t = x.size(1), d = x.size(2);  ///< batch, tokens, width
+  const int64_t h = v.num_attention_heads;
+  const int64_t hd = d / h;  ///< width per head
+  at::Tensor y = at::layer_norm(x, {d}, w.ln1_w, w.ln1_b, v.layer_norm_eps);
+  const at::Tensor qkv = at::linear(y, w.qkv_w, w.qkv_b).view({n, t, 3, h, hd}).permute(
+      {2, 0, 3, 1, 4});
+  const at::Tensor q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(hd)));
+  at::Tensor attn = at::softmax(at::matmul(q, qkv[1].transpose(-2, -1)), -1);
+  if (training && v.attention_dropout > 0) attn = at::dropout(attn, v.attention_dropout, true);
+  y = at::matmul(attn, qkv[2]).transpose(1, 2).reshape({n, t, d});
+  y = at::linear(y, w.proj_w, w.proj_b);
+  if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
+  at::Tensor out = x + drop_path(y, dp, training);
+  y = at::layer_norm(out, {d}, w.ln2_w, w.ln2_b, v.layer_norm_eps);
+  y = activation(at::linear(y, w.fc1_w, w.fc1_b), v.hidden_act);
+  if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
+  y = at::linear(y, w.fc2_w, w.fc2_b);
+  if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
+  return out + drop_path(y, dp, training);
+}
+
+at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool training) const {
+  const auto& c = config_;
+  VT_CHECK(images.dim() == 4 && images.size(1) == c.in_channels && images.size(2) == c.image_size &&
+               images.size(3) == c.image_size,
+           c.arch, ": expected images of shape (N, ", c.in_channels, ", ", c.image_size, ", ",
+           c.image_size, "), got ", images.sizes(),
+           "; preprocess with the model's transform or re-import with --image-size");
+  const int64_t p = c.vit.patch_size;
+  at::Tensor x = at::conv2d(images.to(w.patch_w.scalar_type()), w.patch_w, w.patch_b, {p, p});
+  x = x.flatten(2).transpose(1, 2);
+  x = at::cat({w.cls.expand({x.size(0), -1, -1}), x}, 1) + w.pos;
+  if (training && c.dropout > 0) x = at::dropout(x, c.dropout, true);
+  for (size_t i = 0; i < w.blocks.size(); ++i) {
+    x = block(x, w.blocks[i], blocks_[i]->drop_path_rate, training);
+  }
+  x = at::layer_norm(x, {c.vit.hidden_size}, w.ln_w, w.ln_b, c.vit.layer_norm_eps);
+  return x.select(1, 0);
+}
+
+at::Tensor ViTImpl::forward_features(const at::Tensor& images) {
+  return features(images, trained_weights(), is_training());
+}
+
+at::Tensor ViTImpl::forward_head(const at::Tensor& features) {
+  if (!head_) return features;
+  at::Tensor x = features;
+  if (config_.dropout > 0) x = at::dropout(x, config_.dropout, is_training());
+  return head_(x);
+}
+
+void ViTImpl::prepare_inference(at::ScalarType dtype) {
+  VT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
+           "inference precision must be fp32 or bf16");
+  eval();
+  const Weights w = trained_weights();
+  Weights out{maybe(w.patch_w, dtype), maybe(w.patch_b, dtype), maybe(w.cls, dtype),
+              maybe(w.pos, dtype),     maybe(w.ln_w, dtype),    maybe(w.ln_b, dtype),
+              maybe(w.head_w, dtype),  maybe(w.head_b, dtype),  {}};
+  for (const auto& b : w.blocks) {
+    out.blocks.push_back({maybe(b.ln1_w, dtype), maybe(b.ln1_b, dtype), maybe(b.qkv_w, dtype),
+                          maybe(b.qkv_b, dtype), maybe(b.proj_w, dtype), maybe(b.proj_b, dtype),
+                          maybe(b.ln2_w, dtype), maybe(b.ln2_b, dtype), maybe(b.fc1_w, dtype),
+                          maybe(b.fc1_b, dtype), maybe(b.fc2_w, dtype), maybe(b.fc2_b, dtype)});
+  }
+  inference_ = std::move(out);
+  inference_dtype_ = dtype;
+  prepared_ = true;
+}
+
+at::Tensor ViTImpl::forward_features_inference(const at::Tensor& images) {
+  if (!prepared_) return forward_features(images);
+  return features(images, inference_, /*training=*/false);
+}
+
+at::Tensor ViTImpl::forward_inference(const at::Tensor& images) {
+  if (!prepared_) return forward(images);
+  const at::Tensor f = forward_features_inference(images);
+  if (!head_) return f.to(at::kFloat);
+  return at::linear(f, inference_.head_w, inference_.head_b).to(at::kFloat);
+}
+
+}  // namespace vitrine::models

@@ -1,0 +1,87 @@
+// Vision Transformer (Dosovitskiy et al., "An Image is Worth 16x16 Words", 2020),
+// in torchvision's layout (vision_transformer.py): conv_proj, class_token,
+// encoder.pos_embedding, encoder.layers.encoder_layer_<i>.{ln_1, self_attention.
+// {in_proj_weight, in_proj_bias, out_proj}, ln_2, mlp.0, mlp.3}, encoder.ln,
+// heads.head. Hugging Face and timm checkpoints are renamed onto these keys on import.
+#pragma once
+
+#include "vitrine/models/model.h"
+
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include <vector>
+
+namespace vitrine::models {
+
+/// One encoder block's tensors: either the trained parameters or their inference copies.
+struct ViTBlockWeights {
+  at::Tensor ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w,
+      fc2_b;
+};
+
+class ViTAttentionImpl : public torch::nn::Module {
+ public:
+  ViTAttentionImpl(int64_t dim, bool qkv_bias);
+  at::Tensor in_proj_weight, in_proj_bias;
+  torch::nn::Linear out_proj{nullptr};
+};
+TORCH_MODULE(ViTAttention);
+
+class ViTMlpImpl : public torch::nn::Module {
+ public:
+  ViTMlpImpl(int64_t dim, int64_t hidden);
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};  ///< keys mlp.0 and mlp.3, as torchvision
+};
+TORCH_MODULE(ViTMlp);
+
+class ViTBlockImpl : public torch::nn::Module {
+ public:
+  ViTBlockImpl(const ViTConfig& c, double drop_path);
+  ViTBlockWeights weights() const;
+  torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
+  ViTAttention self_attention{nullptr};
+  ViTMlp mlp{nullptr};
+  double drop_path_rate;
+};
+TORCH_MODULE(ViTBlock);
+
+class ViTImpl : public VisionModelImpl {
+ public:
+  explicit ViTImpl(ModelConfig config);
+
+  at::Tensor forward_features(const at::Tensor& images) override;
+  at::Tensor forward_head(const at::Tensor& features) override;
+  std::string head_name() const override { return "heads.head"; }
+  std::string stem_weight_name() const override { return "conv_proj.weight"; }
+  void reset_head(int64_t num_classes) override;
+  void prepare_inference(at::ScalarType dtype) override;
+  at::Tensor forward_inference(const at::Tensor& images) override;
+  at::Tensor forward_features_inference(const at::Tensor& images) override;
+
+ private:
+  struct Weights {
+    at::Tensor patch_w, patch_b, cls, pos, ln_w, ln_b, head_w, head_b;
+    std::vector<ViTBlockWeights> blocks;
+  };
+  Weights trained_weights() const;
+  at::Tensor features(const at::Tensor& images, const Weights& w, bool training) const;
+  at::Tensor block(const at::Tensor& x, const ViTBlockWeights& w, double drop_path,
+                   bool training) const;
+
+  torch::nn::Conv2d conv_proj_{nullptr};
+  at::Tensor class_token_, pos_embedding_;
+  std::vector<ViTBlock> blocks_;
+  torch::nn::LayerNorm ln_{nullptr};
+  torch::nn::Module* heads_ = nullptr;
+  torch::nn::Linear head_{nullptr};
+
+  bool prepared_ = false;
+  at::ScalarType inference_dtype_ = at::kFloat;
+  Weights inference_;
+};
+TORCH_MODULE(ViT);
+
+}  // namespace vitrine::models
