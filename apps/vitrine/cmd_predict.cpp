@@ -1,0 +1,83 @@
+// `vitrine predict`: classify images with a model directory, one JSON line each.
+#include "commands.h"
+#include "progress.h"
+
+#include "vitrine/core/threads.h"
+#include "vitrine/image/batch.h"
+#include "vitrine/models/model_dir.h"
+#include "vitrine/models/predictor.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+namespace vitrine::cli {
+
+void add_predict_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand("predict", "Classify images; prints one JSON object per line");
+  struct Args {
+    std::string model, precision = "fp32";
+    std::vector<std::string> images;
+    int64_t topk = 5, batch_size = 32, max_pixels = 100'000'000;
+    int threads = 0;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--model", a->model, "Model directory (config.json + model.safetensors)")
+      ->required();
+  cmd->add_option("--topk", a->topk, "Classes per image")->check(CLI::PositiveNumber);
+  cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--precision", a->precision, "fp32 (reference) or bf16 (faster)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--max-pixels", a->max_pixels,
+                  "Refuse images with more pixels (checked from the header)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("images", a->images, "Image files or directories")->required();
+  cmd->callback([a, &status] {
+    const int threads = set_threads(a->threads);
+    auto predictor =
+        models::Predictor(models::load_model(a->model), models::parse_precision(a->precision));
+    const auto paths = image::expand_image_paths(a->images);
+    spdlog::debug("{} images, {} threads, {}", paths.size(), threads, a->precision);
+    image::DecodeOptions decode;
+    decode.max_pixels = a->max_pixels;
+    Progress progress("predict", static_cast<int64_t>(paths.size()));
+    int64_t failed = 0;
+    for (size_t begin = 0; begin < paths.size(); begin += a->batch_size) {
+      const size_t end = std::min(paths.size(), begin + static_cast<size_t>(a->batch_size));
+      const std::vector<std::string> chunk(paths.begin() + begin, paths.begin() + end);
+      auto loaded = image::load_images(chunk, predictor.config().preprocess, decode);
+      std::vector<at::Tensor> inputs;
+      for (const auto& item : loaded) {
+        if (item.ok()) inputs.push_back(item.tensor);
+      }
+      std::vector<std::vector<models::Scored>> tops;
+      if (!inputs.empty()) tops = predictor.top_k(predictor.scores(at::stack(inputs)), a->topk);
+      size_t next = 0;
+      for (const auto& item : loaded) {
+        nlohmann::json line{{"image", item.path}};
+        if (item.ok()) {
+          auto& top = line["top"] = nlohmann::json::array();
+          for (const auto& s : tops[next]) {
+            top.push_back({{"label", s.label}, {"index", s.index}, {"score", s.score}});
+          }
+          ++next;
+        } else {
+          line["error"] = item.error;
+          ++failed;
+        }
+        std::cout << line.dump() << "\n";
+      }
+      std::cout.flush();
+      progress.advance(static_cast<int64_t>(chunk.size()));
+    }
+    progress.finish();
+    if (failed > 0) spdlog::warn("{} of {} images failed (see their error lines)", failed, paths.size());
+    status = failed > 0 ? kExitSomeFailed : kExitOk;
+  });
+}
+
+}  // namespace vitrine::cli

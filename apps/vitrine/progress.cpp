@@ -1,0 +1,57 @@
+#include "progress.h"
+
+#include <cstdio>
+
+#include <unistd.h>
+
+namespace vitrine::cli {
+
+Progress::Progress(std::string what, int64_t total, std::string unit)
+    : what_(std::move(what)),
+      unit_(std::move(unit)),
+      total_(total),
+      tty_(::isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_) {}
+
+Progress::~Progress() { finish(); }
+
+void Progress::advance(int64_t n) {
+  done_ += n;
+  draw(false);
+}
+
+void Progress::finish() {
+  if (finished_) return;
+  finished_ = true;
+  draw(true);
+}
+
+void Progress::draw(bool final) {
+  const auto now = std::chrono::steady_clock::now();
+  const double secs = std::chrono::duration<double>(now - start_).count();
+  const double rate = secs > 0 ? done_ / secs : 0.0;
+  const double eta = rate > 0 ? (total_ - done_) / rate : 0.0;
+  if (tty_) {
+    if (!final && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    constexpr int kWidth = 30;
+    const int filled = total_ > 0 ? static_cast<int>(kWidth * done_ / total_) : kWidth;
+    std::string bar(filled, '#');
+    bar.resize(kWidth, '.');
+    std::fprintf(stderr, "\r%s [%s] %lld/%lld %.1f %s/s ETA %.0fs%s", what_.c_str(), bar.c_str(),
+                 static_cast<long long>(done_), static_cast<long long>(total_), rate,
+                 unit_.c_str(), eta, final ? "\n" : "  ");
+  } else {
+    const int decile = total_ > 0 ? static_cast<int>(10 * done_ / total_) : 10;
+    if (final ? done_ == last_printed_ : decile == last_decile_) return;
+    last_decile_ = decile;
+    last_printed_ = done_;
+    std::fprintf(stderr, "%s: %lld/%lld (%.1f %s/s, %.1fs)\n", what_.c_str(),
+                 static_cast<long long>(done_), static_cast<long long>(total_), rate,
+                 unit_.c_str(), secs);
+  }
+  std::fflush(stderr);
+}
+
+}  // namespace vitrine::cli
