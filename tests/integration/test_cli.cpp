@@ -1,0 +1,161 @@
+// The `vitrine` binary end to end: import, predict on a folder of good and bad
+// files, exit statuses and error messages.
+#include "test_util.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/safetensors.h"
+#include "vitrine/image/decode.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+using namespace vitrine;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+std::vector<json> json_lines(const std::string& out) {
+  std::vector<json> lines;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) lines.push_back(json::parse(line));
+  }
+  return lines;
+}
+
+// One imported model shared by the tests of this file.
+const std::string& model_dir() {
+  static const std::string dir = [] {
+    const std::string d = test::temp_dir("cli-model");
+    const auto r = test::run_command(
+        q(test::vitrine_bin()) + " import --from torchvision --arch resnet18 --weights " +
+        q(test::data_dir("models/resnet18/weights.pth")) + " --out " + q(d + "/m"));
+    EXPECT_EQ(r.status, 0) << r.err;
+    return d + "/m";
+  }();
+  return dir;
+}
+
+}  // namespace
+
+TEST(Cli, PredictBadInputFolderReportsEachFileAndGoesOn) {
+  const std::string bad = test::data_dir("images/bad");
+  const auto expected = json::parse(std::ifstream(bad + "/expected.json"));
+  const auto r = test::run_command(q(test::vitrine_bin()) + " predict --model " +
+                                   q(model_dir()) + " --topk 3 --batch-size 4 " + q(bad));
+  EXPECT_EQ(r.status, 1) << "some files fail, so the exit status is 1\n" << r.err;
+  std::map<std::string, json> by_name;
+  for (const auto& line : json_lines(r.out)) {
+    by_name[fs::path(line["image"].get<std::string>()).filename().string()] = line;
+  }
+  int good = 0, refused = 0;
+  for (const auto& [name, want] : expected.items()) {
+    if (fs::path(name).extension() == ".gif") continue;  // not an image extension: skipped
+    ASSERT_TRUE(by_name.count(name)) << name << " has no output line";
+    const json& got = by_name[name];
+    if (want["ok"].get<bool>()) {
+      ASSERT_TRUE(got.contains("top")) << name << ": " << got.dump();
+      EXPECT_EQ(got["top"].size(), 3u);
+      EXPECT_TRUE(got["top"][0].contains("label"));
+      ++good;
+    } else {
+      ASSERT_TRUE(got.contains("error")) << name << ": " << got.dump();
+      EXPECT_NE(got["error"].get<std::string>().find(name), std::string::npos)
+          << "the error names the file: " << got.dump();
+      ++refused;
+    }
+  }
+  EXPECT_GE(good, 9);
+  EXPECT_GE(refused, 5);
+  EXPECT_NE(by_name["huge.png"]["error"].get<std::string>().find("megapixels"), std::string::npos);
+  EXPECT_NE(by_name["truncated.jpg"]["error"].get<std::string>().find("truncated"),
+            std::string::npos);
+  EXPECT_NE(by_name["empty.jpg"]["error"].get<std::string>().find("empty"), std::string::npos);
+}
+
+TEST(Cli, BadInputFilesDecodeAsPilDoes) {
+  const std::string bad = test::data_dir("images/bad");
+  const auto expected = json::parse(std::ifstream(bad + "/expected.json"));
+  const auto refs = safetensors_load(bad + "/rgb.safetensors").tensors;
+  std::map<std::string, at::Tensor> ref;
+  for (const auto& [k, v] : refs) ref[k] = v;
+  for (const auto& [name, want] : expected.items()) {
+    if (!want["ok"].get<bool>()) {
+      EXPECT_THROW(image::decode_file(bad + "/" + name), Error) << name;
+      continue;
+    }
+    const cv::Mat rgb = image::decode_file(bad + "/" + name);
+    EXPECT_EQ(rgb.cols, want["width"].get<int>()) << name;
+    EXPECT_EQ(rgb.rows, want["height"].get<int>()) << name;
+    // 16-bit files have an 8-bit twin; PIL itself clamps them, so it is no reference.
+    const std::string key = ref.count(name + ":8bit") ? name + ":8bit" : name;
+    if (!ref.count(key)) continue;
+    const at::Tensor ours = at::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, at::kByte);
+    // CMYK to RGB formulas differ by a level between libjpeg users.
+    const double tolerance = name == "cmyk.jpg" ? 1.0 : 0.0;
+    EXPECT_LE(test::max_abs_diff(ours, ref[key]), tolerance) << name;
+  }
+}
+
+TEST(Cli, PredictAllGoodExitsZeroWithOneLinePerImage) {
+  const std::string samples = test::data_dir("images/sample");
+  const auto r = test::run_command(q(test::vitrine_bin()) + " predict --model " + q(model_dir()) +
+                                   " --precision bf16 --threads 2 " + q(samples));
+  EXPECT_EQ(r.status, 0) << r.err;
+  const auto lines = json_lines(r.out);
+  EXPECT_EQ(lines.size(), 4u);
+  for (const auto& l : lines) {
+    EXPECT_EQ(l["top"].size(), 5u);
+    double prev = 2.0;
+    for (const auto& t : l["top"]) {
+      const double s = t["score"];
+      EXPECT_LE(s, prev);  // sorted
+      EXPECT_GE(s, 0.0);
+      prev = s;
+    }
+  }
+}
+
+TEST(Cli, MissingModelIsAClearError) {
+  const auto r = test::run_command(q(test::vitrine_bin()) + " predict --model /nonexistent/m x.jpg");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("vitrine import"), std::string::npos) << r.err;
+}
+
+TEST(Cli, ImportOfMismatchedWeightsFailsAndListsTensors) {
+  const std::string d = test::temp_dir("cli-mismatch");
+  const auto r = test::run_command(
+      q(test::vitrine_bin()) + " import --from torchvision --arch resnet50 --weights " +
+      q(test::data_dir("models/resnet18/weights.pth")) + " --out " + q(d + "/m"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("with another shape"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d + "/m/model.safetensors")) << "nothing written on failure";
+  fs::remove_all(d);
+}
+
+TEST(Cli, ImportHuggingFaceThenPredictUsesItsLabels) {
+  const std::string d = test::temp_dir("cli-hf");
+  auto r = test::run_command(q(test::vitrine_bin()) + " import --from hf --weights " +
+                             q(test::data_dir("models/vit_b_16/hf")) + " --out " + q(d + "/m"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto config = json::parse(std::ifstream(d + "/m/config.json"));
+  EXPECT_EQ(config["arch"], "vit_b_16");
+  EXPECT_EQ(config["labels"].size(), 1000u);
+  EXPECT_EQ(config["provenance"]["source"], "hf");
+  r = test::run_command(q(test::vitrine_bin()) + " predict --topk 1 --model " + q(d + "/m") + " " +
+                        q(test::data_dir("images/sample/bag.jpg")));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0]["top"][0]["label"].get<std::string>().rfind("label_", 0), 0u);
+  fs::remove_all(d);
+}

@@ -1,0 +1,62 @@
+#include "test_util.h"
+
+#include "vitrine/core/fs.h"
+#include "vitrine/core/safetensors.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace vitrine::test {
+namespace fs = std::filesystem;
+
+std::string data_dir(const std::string& sub) {
+  const char* root = std::getenv("VITRINE_TEST_DATA");
+  if (root == nullptr) root = VITRINE_TEST_DATA_DEFAULT;
+  if (!fs::exists(fs::path(root) / "manifest.json")) {
+    ADD_FAILURE() << "no reference data in " << root << "; run the tests through ctest, which "
+                     "makes it first (scripts/make_test_data.py)";
+  }
+  return sub.empty() ? std::string(root) : (fs::path(root) / sub).string();
+}
+
+std::string vitrine_bin() {
+  const char* bin = std::getenv("VITRINE_BIN");
+  return bin != nullptr ? bin : VITRINE_BIN_DEFAULT;
+}
+
+std::string temp_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() /
+                       ("vitrine-test-" + std::to_string(::getpid()) + "-" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+at::Tensor load_tensor(const std::string& file, const std::string& name) {
+  for (auto& [n, t] : safetensors_load(file).tensors) {
+    if (n == name) return t;
+  }
+  ADD_FAILURE() << file << " has no tensor " << name;
+  return at::Tensor();
+}
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kFloat) - b.to(at::kFloat)).abs().max().item<double>();
+}
+
+CommandResult run_command(const std::string& command) {
+  const std::string dir = temp_dir("cmd");
+  const std::string out = dir + "/out", err = dir + "/err";
+  const int raw = std::system((command + " >" + out + " 2>" + err).c_str());
+  CommandResult r{WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, read_text_file(out),
+                  read_text_file(err)};
+  fs::remove_all(dir);
+  return r;
+}
+
+}  // namespace vitrine::test

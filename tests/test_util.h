@@ -1,0 +1,29 @@
+// Helpers shared by the tests: where the reference data lives, reading it.
+#pragma once
+
+#include "vitrine/core/state_dict.h"
+
+#include <string>
+
+namespace vitrine::test {
+
+/// $VITRINE_TEST_DATA/<sub>; fails the calling test when the variable is unset.
+std::string data_dir(const std::string& sub = "");
+/// The `vitrine` binary under test ($VITRINE_BIN).
+std::string vitrine_bin();
+/// A fresh empty directory under the system temp dir.
+std::string temp_dir(const std::string& name);
+/// A tensor of a safetensors file by name.
+at::Tensor load_tensor(const std::string& file, const std::string& name);
+/// Largest absolute difference of two tensors (as float).
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+
+struct CommandResult {
+  int status;
+  std::string out;  ///< stdout
+  std::string err;  ///< stderr
+};
+/// Runs a shell command line, capturing stdout and stderr.
+CommandResult run_command(const std::string& command);
+
+}  // namespace vitrine::test

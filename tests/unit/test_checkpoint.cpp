@@ -1,0 +1,239 @@
+#include "test_util.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/core/safetensors.h"
+#include "vitrine/models/checkpoint.h"
+#include "vitrine/models/model_dir.h"
+#include "vitrine/models/registry.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+using namespace vitrine;
+using namespace vitrine::models;
+namespace fs = std::filesystem;
+
+namespace {
+
+ModelConfig tiny_vit() {
+  ModelConfig c = model_preset("vit_custom");
+  c.vit.patch_size = 8;
+  c.vit.hidden_size = 32;
+  c.vit.num_hidden_layers = 2;
+  c.vit.num_attention_heads = 4;
+  c.vit.intermediate_size = 64;
+  set_image_size(c, 32);
+  c.num_classes = 5;
+  return c;
+}
+
+ModelConfig tiny_resnet() {
+  ModelConfig c = model_preset("resnet18");
+  set_image_size(c, 64);
+  c.num_classes = 4;
+  return c;
+}
+
+std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(ModelDir, SaveLoadIsBitExact) {
+  for (const ModelConfig& base : {tiny_vit(), tiny_resnet()}) {
+    ModelConfig c = base;
+    c.labels = {};
+    for (int64_t i = 0; i < c.num_classes; ++i) c.labels.push_back("label " + std::to_string(i));
+    c.provenance_json = R"({"source":"test"})";
+    at::manual_seed(5);
+    VisionModel model = create_model(c);
+    // Non-trivial batch-norm statistics, so buffers are checked too.
+    model->train();
+    model->forward(at::randn({2, 3, c.image_size, c.image_size}));
+    const std::string dir = test::temp_dir("modeldir-" + c.arch);
+    save_model(*model, dir);
+    VisionModel loaded = load_model(dir);
+    const StateDict a = model_state_dict(*model), b = model_state_dict(*loaded);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].first, b[i].first);
+      EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << a[i].first;
+    }
+    EXPECT_EQ(loaded->config().labels, c.labels);
+    EXPECT_EQ(config_to_json(loaded->config()), config_to_json(model->config()));
+    fs::remove_all(dir);
+  }
+}
+
+TEST(ModelDir, ClearErrors) {
+  const std::string dir = test::temp_dir("modeldir-bad");
+  EXPECT_NE(message_of([&] { load_model(dir + "/nope"); }).find("vitrine import"),
+            std::string::npos);
+  EXPECT_NE(message_of([&] { load_model(dir); }).find("no config.json"), std::string::npos);
+  write_file_atomic(dir + "/config.json", "{\"arch\": ");
+  EXPECT_NE(message_of([&] { load_model(dir); }).find("not valid JSON"), std::string::npos);
+  write_file_atomic(dir + "/config.json", R"({"vitrine_format": 99, "arch": "x", "family": "vit"})");
+  EXPECT_NE(message_of([&] { load_model(dir); }).find("newer Vitrine"), std::string::npos);
+  write_file_atomic(dir + "/config.json", R"({"model_type": "vit", "hidden_size": 768})");
+  EXPECT_NE(message_of([&] { load_model(dir); }).find("--from hf"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(Checkpoint, StrictReportNamesEveryProblem) {
+  VisionModel model = create_model(tiny_resnet());
+  StateDict state = model_state_dict(*model);
+  StateDict edited;
+  for (auto& [name, t] : state) {
+    if (name == "layer2.0.conv1.weight") continue;                    // missing
+    if (name == "fc.weight") {
+      edited.emplace_back(name, at::zeros({4, 7}));                   // mis-shaped
+      continue;
+    }
+    edited.emplace_back(name, t.clone());
+  }
+  edited.emplace_back("layer9.extra", at::zeros({1}));                // unexpected
+  const std::string msg = message_of([&] { load_state_dict(*model, edited); });
+  EXPECT_NE(msg.find("layer2.0.conv1.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("layer9.extra"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("fc.weight: model [4, 512] vs checkpoint [4, 7]"), std::string::npos) << msg;
+  LoadOptions lax;
+  lax.strict = false;
+  const LoadReport r = load_state_dict(*model, edited, lax);
+  EXPECT_EQ(r.missing, std::vector<std::string>{"layer2.0.conv1.weight"});
+  EXPECT_EQ(r.unexpected, std::vector<std::string>{"layer9.extra"});
+  EXPECT_EQ(r.mismatched.size(), 1u);
+}
+
+TEST(Checkpoint, HalfPrecisionCheckpointConverts) {
+  VisionModel a = create_model(tiny_vit());
+  StateDict half;
+  for (auto& [name, t] : model_state_dict(*a)) half.emplace_back(name, t.to(at::kHalf));
+  VisionModel b = create_model(tiny_vit());
+  load_state_dict(*b, half);
+  for (auto& [name, t] : model_state_dict(*b)) {
+    EXPECT_EQ(t.scalar_type(), at::kFloat) << name;
+  }
+}
+
+TEST(Checkpoint, HuggingFaceKeysFuseQueryKeyValue) {
+  const ModelConfig c = tiny_vit();
+  VisionModel model = create_model(c);
+  StateDict hf;
+  for (auto& [name, t] : model_state_dict(*model)) {
+    const std::string p = "encoder.layers.encoder_layer_";
+    if (name.rfind(p, 0) == 0 && name.find("in_proj_") != std::string::npos) {
+      const std::string layer = name.substr(p.size(), name.find('.', p.size()) - p.size());
+      const std::string kind = name.substr(name.rfind('_') + 1);  // weight | bias
+      const auto chunks = t.chunk(3, 0);
+      const char* parts[] = {"query", "key", "value"};
+      // Out of order on purpose: the map must place them by name, not by position.
+      for (int i : {2, 0, 1}) {
+        hf.emplace_back("vit.encoder.layer." + layer + ".attention.attention." + parts[i] + "." +
+                            kind,
+                        chunks[i].clone());
+      }
+    }
+  }
+  hf.emplace_back("vit.pooler.dense.weight", at::zeros({32, 32}));
+  LoadReport report;
+  const StateDict mapped = map_keys(hf, Source::kHuggingFace, Family::kViT, report);
+  EXPECT_EQ(report.ignored, std::vector<std::string>{"vit.pooler.dense.weight"});
+  const StateDict original = model_state_dict(*model);
+  int fused = 0;
+  for (const auto& [name, t] : mapped) {
+    for (const auto& [oname, ot] : original) {
+      if (oname == name) {
+        EXPECT_TRUE(at::equal(t, ot)) << name;
+        ++fused;
+      }
+    }
+  }
+  EXPECT_EQ(fused, 2 * c.vit.num_hidden_layers);
+}
+
+TEST(Checkpoint, RgbStemAdaptsToGreyInput) {
+  at::manual_seed(7);
+  ModelConfig rgb_config = tiny_resnet();
+  VisionModel rgb = create_model(rgb_config);
+  rgb->eval();
+  ModelConfig grey_config = rgb_config;
+  grey_config.in_channels = 1;
+  grey_config.preprocess.mean = {0.5f};
+  grey_config.preprocess.std = {0.5f};
+  VisionModel grey = create_model(grey_config);
+  grey->eval();
+  const LoadReport r = load_state_dict(*grey, model_state_dict(*rgb));
+  ASSERT_EQ(r.adapted.size(), 1u);
+  // A grey image seen through the RGB model (three equal channels) gives the same result.
+  const at::Tensor g = at::randn({2, 1, 64, 64});
+  at::NoGradGuard no_grad;
+  EXPECT_LT((grey->forward(g) - rgb->forward(g.expand({2, 3, 64, 64}))).abs().max().item<double>(),
+            1e-4);
+}
+
+TEST(Checkpoint, HeadReinitialisedOnlyWhenAsked) {
+  VisionModel source = create_model(tiny_vit());
+  ModelConfig other = tiny_vit();
+  other.num_classes = 9;
+  VisionModel target = create_model(other);
+  EXPECT_THROW(load_state_dict(*target, model_state_dict(*source)), Error);
+  LoadOptions o;
+  o.reinit_head = true;
+  const LoadReport r = load_state_dict(*target, model_state_dict(*source), o);
+  EXPECT_TRUE(r.ok());
+  EXPECT_EQ(r.adapted.size(), 2u);  // weight and bias
+}
+
+TEST(Safetensors, RoundTripKeepsDtypesShapesOrderAndMetadata) {
+  const std::string dir = test::temp_dir("st");
+  StateDict in = {{"z_first", at::randn({3, 4})},
+                  {"a_second", at::arange(10, at::kLong)},
+                  {"half", at::randn({2, 2}).to(at::kHalf)},
+                  {"bf16", at::randn({5}).to(at::kBFloat16)},
+                  {"flag", at::ones({2}, at::kBool)},
+                  {"scalar", at::scalar_tensor(3.5)},
+                  {"view", at::randn({4, 6}).t()}};
+  safetensors_save(dir + "/t.safetensors", in, {{"k", "v"}});
+  const auto out = safetensors_load(dir + "/t.safetensors");
+  ASSERT_EQ(out.tensors.size(), in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    EXPECT_EQ(out.tensors[i].first, in[i].first);
+    EXPECT_TRUE(at::equal(out.tensors[i].second, in[i].second.contiguous())) << in[i].first;
+  }
+  EXPECT_EQ(out.metadata.at("k"), "v");
+  fs::remove_all(dir);
+}
+
+TEST(Safetensors, CorruptFilesGiveClearErrors) {
+  const std::string dir = test::temp_dir("st-bad");
+  safetensors_save(dir + "/ok.safetensors", {{"w", at::randn({64, 64})}});
+  const std::string ok = read_text_file(dir + "/ok.safetensors");
+  write_file_atomic(dir + "/truncated.safetensors", ok.substr(0, ok.size() - 100));
+  EXPECT_NE(message_of([&] { safetensors_load(dir + "/truncated.safetensors"); }).find("truncated"),
+            std::string::npos);
+  write_file_atomic(dir + "/empty.safetensors", "");
+  EXPECT_NE(message_of([&] { safetensors_load(dir + "/empty.safetensors"); }).find("too short"),
+            std::string::npos);
+  write_file_atomic(dir + "/text.safetensors", "this is not a checkpoint at all, sorry");
+  EXPECT_NE(message_of([&] { safetensors_load(dir + "/text.safetensors"); })
+                .find("not a safetensors file"),
+            std::string::npos);
+  std::string bad_json = ok;
+  bad_json[8] = '!';  // the header's opening brace
+  write_file_atomic(dir + "/json.safetensors", bad_json);
+  EXPECT_NE(message_of([&] { safetensors_load(dir + "/json.safetensors"); }).find("malformed"),
+            std::string::npos);
+  EXPECT_NE(message_of([&] { safetensors_load(dir + "/missing.safetensors"); }).find("no such file"),
+            std::string::npos);
+  fs::remove_all(dir);
+}

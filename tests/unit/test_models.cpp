@@ -1,0 +1,141 @@
+// The contract every registered model keeps (as timm's test_models.py): finite
+// outputs of the right shapes, a gradient for every parameter, valid head and
+// first-layer names, and an inference path that agrees with the training forward.
+#include "vitrine/core/error.h"
+#include "vitrine/models/checkpoint.h"
+#include "vitrine/models/registry.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <set>
+
+using namespace vitrine::models;
+
+namespace {
+
+// Small inputs keep the contract test fast; ViTs are built for that size.
+ModelConfig small_config(const std::string& arch) {
+  ModelConfig c = model_preset(arch);
+  if (c.family == Family::kViT) {
+    set_image_size(c, 2 * c.vit.patch_size);
+  } else {
+    set_image_size(c, 64);
+  }
+  c.num_classes = 7;
+  return c;
+}
+
+}  // namespace
+
+class ModelContract : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ModelContract, ForwardBackwardAndNames) {
+  at::manual_seed(0);
+  const ModelConfig config = small_config(GetParam());
+  VisionModel model = create_model(config);
+  model->train();
+  const at::Tensor x = at::randn({2, 3, config.image_size, config.image_size});
+  const at::Tensor f = model->forward_features(x);
+  ASSERT_EQ(f.sizes(), (std::vector<int64_t>{2, config.embedding_dim()}));
+  const at::Tensor logits = model->forward_head(f);
+  ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{2, 7}));
+  EXPECT_TRUE(at::isfinite(logits).all().item<bool>());
+  logits.pow(2).sum().backward();
+  for (const auto& p : model->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key() << " got no gradient";
+    EXPECT_TRUE(at::isfinite(p.value().grad()).all().item<bool>()) << p.key();
+  }
+  // Head and first layer are real checkpoint keys.
+  std::set<std::string> keys;
+  for (const auto& [name, t] : model_state_dict(*model)) keys.insert(name);
+  EXPECT_TRUE(keys.count(model->head_name() + ".weight")) << model->head_name();
+  EXPECT_TRUE(keys.count(model->stem_weight_name())) << model->stem_weight_name();
+  // A non-zero gradient reaches the first layer (the head does not block it).
+  const auto stem = model->named_parameters()[model->stem_weight_name()];
+  EXPECT_GT(stem.grad().abs().sum().item<double>(), 0.0);
+}
+
+TEST_P(ModelContract, InferencePathMatchesForward) {
+  at::manual_seed(1);
+  const ModelConfig config = small_config(GetParam());
+  VisionModel model = create_model(config);
+  model->eval();
+  const at::Tensor x = at::randn({2, 3, config.image_size, config.image_size});
+  at::NoGradGuard no_grad;
+  const at::Tensor ref = model->forward(x);
+  model->prepare_inference(at::kFloat);
+  const at::Tensor fp32 = model->forward_inference(x);
+  // Randomly initialised deep ResNets reach large activations; compare relative to them.
+  const double scale = ref.abs().max().item<double>() + 1e-6;
+  EXPECT_LT((fp32 - ref).abs().max().item<double>() / scale, 1e-5);
+  model->prepare_inference(at::kBFloat16);
+  const at::Tensor bf16 = model->forward_inference(x);
+  EXPECT_EQ(bf16.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::isfinite(bf16).all().item<bool>());
+  // bf16 keeps ~3 significant digits; relative to the logits' scale it stays close.
+  EXPECT_LT((bf16 - ref).abs().max().item<double>() / scale, 0.1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Registry, ModelContract, ::testing::ValuesIn(model_names()),
+                         [](const auto& info) { return info.param; });
+
+TEST(Models, GreyscaleInputAndNoHead) {
+  ModelConfig c = small_config("resnet18");
+  c.in_channels = 1;
+  c.preprocess.mean = {0.5f};
+  c.preprocess.std = {0.5f};
+  c.num_classes = 0;
+  VisionModel model = create_model(c);
+  const at::Tensor out = model->forward(at::randn({3, 1, 64, 64}));
+  EXPECT_EQ(out.sizes(), (std::vector<int64_t>{3, 512}));
+  EXPECT_THROW(model->forward(at::randn({3, 3, 64, 64})), vitrine::Error);
+}
+
+TEST(Models, ViTRejectsWrongImageSize) {
+  VisionModel model = create_model(small_config("vit_ti_16"));
+  try {
+    model->forward(at::randn({1, 3, 48, 48}));
+    FAIL() << "expected an error";
+  } catch (const vitrine::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected images of shape"), std::string::npos);
+  }
+}
+
+TEST(Models, ResetHeadChangesClassCount) {
+  VisionModel model = create_model(small_config("vit_ti_16"));
+  model->reset_head(3);
+  EXPECT_EQ(model->forward(at::randn({1, 3, 32, 32})).size(1), 3);
+  EXPECT_EQ(model->config().num_classes, 3);
+}
+
+TEST(Models, DropPathOnlyWhileTraining) {
+  ModelConfig c = small_config("vit_ti_16");
+  c.drop_path = 0.5;
+  at::manual_seed(3);
+  VisionModel model = create_model(c);
+  const at::Tensor x = at::randn({4, 3, 32, 32});
+  model->eval();
+  EXPECT_TRUE(at::equal(model->forward(x), model->forward(x)));
+  model->train();
+  EXPECT_FALSE(at::allclose(model->forward(x), model->forward(x)));
+}
+
+TEST(Models, UnknownArchitectureListsKnownOnes) {
+  try {
+    model_preset("resnet51");
+    FAIL() << "expected an error";
+  } catch (const vitrine::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("resnet50"), std::string::npos);
+  }
+}
+
+TEST(Models, ValidateRejectsBadSizes) {
+  ModelConfig c = model_preset("vit_custom");
+  c.vit.hidden_size = 100;
+  c.vit.num_attention_heads = 3;
+  EXPECT_THROW(create_model(c), vitrine::Error);
+  c = model_preset("vit_b_16");
+  c.image_size = 200;  // not a multiple of 16
+  EXPECT_THROW(create_model(c), vitrine::Error);
+}
