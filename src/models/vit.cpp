@@ -24,6 +24,13 @@ void trunc_normal_(at::Tensor t, double std) {
   t.clamp_(-2 * std, 2 * std);
 }
 
+// Debian's libtorch sends fp32 at::linear to the generic BLAS (OpenBLAS: ~55 GFLOP/s on
+// 2 cores here); oneDNN's inner product runs the same products ~2.3x faster, even with the
+// conversion of the input to its layout on every call.
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return at::mkldnn_linear(x.contiguous().to_mkldnn(), w, b).to_dense();
+}
+
 at::Tensor maybe(const at::Tensor& t, at::ScalarType dtype) {
   return t.defined() ? t.detach().to(dtype).contiguous() : t;
 }
@@ -124,30 +131,36 @@ ViTImpl::Weights ViTImpl::trained_weights() const {
 }
 
 at::Tensor ViTImpl::block(const at::Tensor& x, const ViTBlockWeights& w, double dp,
-                          bool training) const {
+                          bool training, bool onednn) const {
+  const auto linear = [onednn](const at::Tensor& in, const at::Tensor& wt, const at::Tensor& b) {
+    return onednn && in.scalar_type() == at::kFloat && in.device().is_cpu()
+               ? onednn_linear(in, wt, b)
+               : at::linear(in, wt, b);
+  };
   const auto& v = config_.vit;
   const int64_t n = x.size(0), t = x.size(1), d = x.size(2);  ///< batch, tokens, width
   const int64_t h = v.num_attention_heads;
   const int64_t hd = d / h;  ///< width per head
   at::Tensor y = at::layer_norm(x, {d}, w.ln1_w, w.ln1_b, v.layer_norm_eps);
-  const at::Tensor qkv = at::linear(y, w.qkv_w, w.qkv_b).view({n, t, 3, h, hd}).permute(
+  const at::Tensor qkv = linear(y, w.qkv_w, w.qkv_b).view({n, t, 3, h, hd}).permute(
       {2, 0, 3, 1, 4});
   const at::Tensor q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(hd)));
   at::Tensor attn = at::softmax(at::matmul(q, qkv[1].transpose(-2, -1)), -1);
   if (training && v.attention_dropout > 0) attn = at::dropout(attn, v.attention_dropout, true);
   y = at::matmul(attn, qkv[2]).transpose(1, 2).reshape({n, t, d});
-  y = at::linear(y, w.proj_w, w.proj_b);
+  y = linear(y, w.proj_w, w.proj_b);
   if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
   at::Tensor out = x + drop_path(y, dp, training);
   y = at::layer_norm(out, {d}, w.ln2_w, w.ln2_b, v.layer_norm_eps);
-  y = activation(at::linear(y, w.fc1_w, w.fc1_b), v.hidden_act);
+  y = activation(linear(y, w.fc1_w, w.fc1_b), v.hidden_act);
   if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
-  y = at::linear(y, w.fc2_w, w.fc2_b);
+  y = linear(y, w.fc2_w, w.fc2_b);
   if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
   return out + drop_path(y, dp, training);
 }
 
-at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool training) const {
+at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool training,
+                             bool onednn) const {
   const auto& c = config_;
   VT_CHECK(images.dim() == 4 && images.size(1) == c.in_channels && images.size(2) == c.image_size &&
                images.size(3) == c.image_size,
@@ -160,14 +173,14 @@ at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool tr
   x = at::cat({w.cls.expand({x.size(0), -1, -1}), x}, 1) + w.pos;
   if (training && c.dropout > 0) x = at::dropout(x, c.dropout, true);
   for (size_t i = 0; i < w.blocks.size(); ++i) {
-    x = block(x, w.blocks[i], blocks_[i]->drop_path_rate, training);
+    x = block(x, w.blocks[i], blocks_[i]->drop_path_rate, training, onednn);
   }
   x = at::layer_norm(x, {c.vit.hidden_size}, w.ln_w, w.ln_b, c.vit.layer_norm_eps);
   return x.select(1, 0);
 }
 
 at::Tensor ViTImpl::forward_features(const at::Tensor& images) {
-  return features(images, trained_weights(), is_training());
+  return features(images, trained_weights(), is_training(), /*onednn=*/false);
 }
 
 at::Tensor ViTImpl::forward_head(const at::Tensor& features) {
@@ -198,7 +211,8 @@ void ViTImpl::prepare_inference(at::ScalarType dtype) {
 
 at::Tensor ViTImpl::forward_features_inference(const at::Tensor& images) {
   if (!prepared_) return forward_features(images);
-  return features(images, inference_, /*training=*/false);
+  const bool onednn = inference_dtype_ == at::kFloat && at::hasMKLDNN();
+  return features(images, inference_, /*training=*/false, onednn);
 }
 
 at::Tensor ViTImpl::forward_inference(const at::Tensor& images) {

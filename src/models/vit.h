@@ -67,9 +67,11 @@ class ViTImpl : public VisionModelImpl {
     std::vector<ViTBlockWeights> blocks;
   };
   Weights trained_weights() const;
-  at::Tensor features(const at::Tensor& images, const Weights& w, bool training) const;
+  /// `onednn` routes the fp32 matrix products to oneDNN (inference only: no autograd).
+  at::Tensor features(const at::Tensor& images, const Weights& w, bool training,
+                      bool onednn) const;
   at::Tensor block(const at::Tensor& x, const ViTBlockWeights& w, double drop_path,
-                   bool training) const;
+                   bool training, bool onednn) const;
 
   torch::nn::Conv2d conv_proj_{nullptr};
   at::Tensor class_token_, pos_embedding_;

@@ -1,0 +1,108 @@
+#!/usr/bin/python3
+"""Inference speed: Vitrine (fp32, bf16) against PyTorch fp32 eager, in one run.
+
+Run with Debian's python3 (it has torch + torchvision) after building:
+    bench/inference.py [--build build] [--threads 2] [--archs resnet50 vit_b_16]
+                       [--batches 1 32] [--iters 3]
+Prints img/s and ms per batch of each side and Vitrine's ratio to PyTorch, then the
+top-1 agreement of bf16 with fp32 predictions on the photos under --images.
+Both sides use the same thread count, the same random weights' architecture and
+random inputs; each figure is the mean of --iters timed runs after a warm-up.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torchvision
+
+
+def eager_img_per_s(arch, batch, iters, threads):
+    torch.set_num_threads(threads)
+    model = getattr(torchvision.models, arch)().eval()
+    x = torch.randn(batch, 3, 224, 224)
+    with torch.inference_mode():
+        model(x)
+        start = time.perf_counter()
+        for _ in range(iters):
+            model(x)
+        seconds = (time.perf_counter() - start) / iters
+    return batch / seconds, 1000 * seconds
+
+
+def vitrine_img_per_s(build, arch, batch, precision, iters, threads):
+    out = subprocess.run(
+        [os.path.join(build, "bench", "vitrine_bench_inference"), "--arch", arch,
+         "--batch", str(batch), "--precision", precision, "--iters", str(iters),
+         "--warmup", "1", "--threads", str(threads)],
+        check=True, capture_output=True, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return r["img_per_s"], r["ms_per_batch"]
+
+
+def top1(build, model_dir, precision, images, threads):
+    out = subprocess.run(
+        [os.path.join(build, "vitrine"), "predict", "--model", model_dir, "--topk", "1",
+         "--precision", precision, "--threads", str(threads)] + images,
+        capture_output=True, text=True).stdout
+    result = {}
+    for line in out.splitlines():
+        r = json.loads(line)
+        if "top" in r:
+            result[r["image"]] = r["top"][0]["index"]
+    return result
+
+
+def agreement(build, arch, images, threads):
+    """bf16 vs fp32 top-1 on real photos, with torchvision-initialised weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, arch)()
+        if arch.startswith("vit"):
+            torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+        weights = os.path.join(tmp, "w.pth")
+        torch.save(model.state_dict(), weights)
+        subprocess.run([os.path.join(build, "vitrine"), "import", "--from", "torchvision",
+                        "--arch", arch, "--weights", weights, "--out", tmp + "/m"],
+                       check=True, capture_output=True)
+        a = top1(build, tmp + "/m", "fp32", images, threads)
+        b = top1(build, tmp + "/m", "bf16", images, threads)
+    same = sum(1 for k in a if b.get(k) == a[k])
+    return same, len(a)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--build", default="build")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--archs", nargs="+", default=["resnet50", "vit_b_16"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--images", nargs="*", default=["examples/images", "build/testdata/images"])
+    a = p.parse_args()
+
+    print(f"threads={a.threads} iters={a.iters} torch={torch.__version__}")
+    print(f"{'arch':10} {'batch':>5} {'side':18} {'img/s':>8} {'ms/batch':>9} {'x eager':>8}")
+    for arch in a.archs:
+        for batch in a.batches:
+            e_ips, e_ms = eager_img_per_s(arch, batch, a.iters, a.threads)
+            print(f"{arch:10} {batch:5} {'pytorch fp32 eager':18} {e_ips:8.2f} {e_ms:9.1f} {1:8.2f}")
+            for precision in ("fp32", "bf16"):
+                ips, ms = vitrine_img_per_s(a.build, arch, batch, precision, a.iters, a.threads)
+                print(f"{arch:10} {batch:5} {'vitrine ' + precision:18} {ips:8.2f} {ms:9.1f} "
+                      f"{ips / e_ips:8.2f}")
+            sys.stdout.flush()
+    images = [i for i in a.images if os.path.exists(i)]
+    if images:
+        for arch in a.archs:
+            same, n = agreement(a.build, arch, images, a.threads)
+            print(f"{arch}: bf16 top-1 equals fp32 top-1 on {same}/{n} images "
+                  f"({100.0 * same / max(n, 1):.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
