@@ -387,7 +387,8 @@ at::Tensor eval_transform(const cv::Mat& rgb, const EvalTransform& t) {
              "-channel input got an image with ", rgb.channels(),
              " channels; pass the 8-bit RGB image that decode returns");
   }
-  const cv::Size size = shorter_side_size(src.cols, src.rows, t.resize);
+  const cv::Size size = t.squash ? cv::Size(static_cast<int>(t.crop), static_cast<int>(t.crop))
+                                 : shorter_side_size(src.cols, src.rows, t.resize);
   const AxisCrop x = axis_crop(size.width, t.crop);
   const AxisCrop y = axis_crop(size.height, t.crop);
   const cv::Rect roi(x.start, y.start, x.length, y.length);

@@ -199,16 +199,22 @@ ModelConfig config_from_hf(const std::string& dir) {
       c.arch = name;
     }
   }
-  // Hugging Face's image processor: mean/std and filter, when the directory has one.
-  const fs::path pre = fs::path(dir) / "preprocessor_config.json";
+  // Hugging Face's image processor (ViTImageProcessor): resize straight to the model's
+  // size, mean = std = 0.5 unless the directory's preprocessor_config.json says otherwise.
+  c.preprocess.squash = true;
   c.preprocess.mean = {0.5f, 0.5f, 0.5f};
   c.preprocess.std = {0.5f, 0.5f, 0.5f};
+  const fs::path pre = fs::path(dir) / "preprocessor_config.json";
   if (fs::exists(pre)) {
     try {
       const json p = json::parse(read_text_file(pre.string()));
       if (p.contains("image_mean")) c.preprocess.mean = p["image_mean"].get<std::vector<float>>();
       if (p.contains("image_std")) c.preprocess.std = p["image_std"].get<std::vector<float>>();
-      if (p.value("resample", 2) == 3) c.preprocess.interpolation = image::Interpolation::kBicubic;
+      // PIL's filter numbers: 0 nearest, 2 bilinear, 3 bicubic.
+      const int resample = p.value("resample", 2);
+      c.preprocess.interpolation = resample == 3   ? image::Interpolation::kBicubic
+                                   : resample == 0 ? image::Interpolation::kNearest
+                                                   : image::Interpolation::kBilinear;
     } catch (const json::exception& e) {
       VT_FAIL(pre.string(), ": malformed preprocessor config: ", e.what());
     }

@@ -120,7 +120,8 @@ std::string config_to_json(const ModelConfig& c) {
                      {"crop", p.crop},
                      {"mean", p.mean},
                      {"std", p.std},
-                     {"interpolation", image::interpolation_name(p.interpolation)}};
+                     {"interpolation", image::interpolation_name(p.interpolation)},
+                     {"resize_mode", p.squash ? "squash" : "shorter_side"}};
   json prov = json::parse(c.provenance_json, nullptr, /*allow_exceptions=*/false);
   j["provenance"] = prov.is_discarded() ? json::object() : prov;
   return j.dump(2) + "\n";
@@ -175,6 +176,10 @@ ModelConfig config_from_json(const std::string& text, const std::string& origin)
       read_opt(p, "crop", c.preprocess.crop);
       read_opt(p, "mean", c.preprocess.mean);
       read_opt(p, "std", c.preprocess.std);
+      const std::string mode = p.value("resize_mode", "shorter_side");
+      VT_CHECK(mode == "shorter_side" || mode == "squash", origin, ": preprocess.resize_mode '",
+               mode, "' is not shorter_side or squash");
+      c.preprocess.squash = mode == "squash";
       if (p.contains("interpolation")) {
         c.preprocess.interpolation =
             image::parse_interpolation(p.at("interpolation").get<std::string>());

@@ -176,8 +176,8 @@ void ResNetImpl::prepare_inference(at::ScalarType dtype) {
   stem_ = fold_conv_bn(conv1_, bn1_, dtype, channels_last);
   for (auto& block : blocks_) block->fold(dtype, channels_last);
   if (fc_) {
-    fc_weight_ = fc_->weight.detach().to(dtype);
-    fc_bias_ = fc_->bias.detach().to(dtype);
+    fc_weight_ = fc_->weight.detach().clone();
+    fc_bias_ = fc_->bias.detach().clone();
   }
   inference_dtype_ = dtype;
   prepared_ = true;
@@ -189,14 +189,16 @@ at::Tensor ResNetImpl::forward_features_inference(const at::Tensor& images) {
   at::Tensor x = images.to(inference_dtype_).contiguous(at::MemoryFormat::ChannelsLast);
   x = at::max_pool2d(stem_(x).relu_(), {3, 3}, {2, 2}, {1, 1});
   for (const auto& block : blocks_) x = block->forward_folded(x);
-  return at::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+  // Pool and classify in fp32: a bf16 mean over 49 positions and a bf16 head would
+  // round away the small logit margins that decide top-1.
+  return at::adaptive_avg_pool2d(x.to(at::kFloat), {1, 1}).flatten(1);
 }
 
 at::Tensor ResNetImpl::forward_inference(const at::Tensor& images) {
   if (!prepared_) return forward(images);
   const at::Tensor features = forward_features_inference(images);
-  if (!fc_) return features.to(at::kFloat);
-  return at::linear(features, fc_weight_, fc_bias_).to(at::kFloat);
+  if (!fc_) return features;
+  return at::linear(features, fc_weight_, fc_bias_);
 }
 
 }  // namespace vitrine::models

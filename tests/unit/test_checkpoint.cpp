@@ -3,6 +3,7 @@
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/core/safetensors.h"
+#include "vitrine/image/transform.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/registry.h"
@@ -236,4 +237,35 @@ TEST(Safetensors, CorruptFilesGiveClearErrors) {
   EXPECT_NE(message_of([&] { safetensors_load(dir + "/missing.safetensors"); }).find("no such file"),
             std::string::npos);
   fs::remove_all(dir);
+}
+
+TEST(Preprocess, SquashKeepsTheWholeImage) {
+  // Red | green | blue bands, 4:1. The shorter-side transform crops the centre (green only);
+  // the squash transform (Hugging Face's) keeps all three bands.
+  cv::Mat img(60, 240, CV_8UC3, cv::Scalar(255, 0, 0));
+  img(cv::Rect(80, 0, 80, 60)).setTo(cv::Scalar(0, 255, 0));
+  img(cv::Rect(160, 0, 80, 60)).setTo(cv::Scalar(0, 0, 255));
+  image::EvalTransform t;
+  t.resize = 8;
+  t.crop = 8;
+  t.mean = {0, 0, 0};
+  t.std = {1, 1, 1};
+  t.squash = true;
+  const at::Tensor s = image::eval_transform(img, t);
+  ASSERT_EQ(s.sizes(), (std::vector<int64_t>{3, 8, 8}));
+  EXPECT_FLOAT_EQ(s[0][4][0].item<float>(), 1.0f);  // red on the left
+  EXPECT_FLOAT_EQ(s[2][4][7].item<float>(), 1.0f);  // blue on the right
+  t.squash = false;
+  const at::Tensor c = image::eval_transform(img, t);
+  ASSERT_EQ(c.sizes(), (std::vector<int64_t>{3, 8, 8}));
+  EXPECT_FLOAT_EQ(c[1][4][0].item<float>(), 1.0f);  // green from edge to edge
+  EXPECT_FLOAT_EQ(c[1][4][7].item<float>(), 1.0f);
+}
+
+TEST(Preprocess, ResizeModeRoundTripsThroughConfig) {
+  ModelConfig c = tiny_vit();
+  c.preprocess.squash = true;
+  EXPECT_TRUE(config_from_json(config_to_json(c), "test").preprocess.squash);
+  c.preprocess.squash = false;
+  EXPECT_FALSE(config_from_json(config_to_json(c), "test").preprocess.squash);
 }

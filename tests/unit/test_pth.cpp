@@ -1,5 +1,6 @@
 // pth_load against checkpoints written by PyTorch itself (scripts/testdata/pth_cases.py,
 // under $VITRINE_TEST_DATA/pth) and against archives crafted here to be malformed.
+#include "test_util.h"
 #include "vitrine/core/pth.h"
 
 #include <gtest/gtest.h>
@@ -27,17 +28,12 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::string_literals;
 
-// Where the generated checkpoints live; a fatal failure when the build did not say.
+// Where the generated checkpoints live (made by scripts/testdata/pth_cases.py).
 void pth_data_dir(std::string* out) {
-  const char* root = std::getenv("VITRINE_TEST_DATA");
-  ASSERT_TRUE(root != nullptr && *root != '\0')
-      << "VITRINE_TEST_DATA is not set: point it at the test data folder (the build writes "
-         "the checkpoints there with /usr/bin/python3 scripts/testdata/pth_cases.py "
-         "$VITRINE_TEST_DATA/pth)";
-  *out = std::string(root) + "/pth";
+  *out = vitrine::test::data_dir("pth");
   ASSERT_TRUE(fs::is_directory(*out)) << *out << " does not exist: run "
-                                      << "/usr/bin/python3 scripts/testdata/pth_cases.py "
-                                      << *out;
+                                      << "/usr/bin/python3 scripts/make_test_data.py "
+                                      << vitrine::test::data_dir();
 }
 
 std::string read_file(const std::string& path) {

@@ -28,6 +28,9 @@ struct EvalTransform {
   std::vector<float> std{0.229f, 0.224f, 0.225f};
   Interpolation interpolation = Interpolation::kBilinear;
   int64_t channels = 3;  ///< 3 (RGB) or 1 (grey); mean and std hold one value per channel
+  /// Resize both sides straight to crop x crop (ignoring `resize`, no crop), as Hugging
+  /// Face's image processors do; distorts the aspect ratio of non-square photos.
+  bool squash = false;
 };
 
 /// torchvision's Resize(size) on an 8-bit image (1 to 4 channels): the shorter side becomes
