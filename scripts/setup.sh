@@ -9,7 +9,9 @@ packages=(
   g++ cmake make ccache pkg-config
   # libraries
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
-  nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev
+  nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev zlib1g-dev
+  # the embedded default data set
+  dataset-fashion-mnist
   # Debian's libtorch calls the generic BLAS; without an optimised one ViT-B/16 takes
   # ~8.5 s per image instead of ~0.15 s.
   libopenblas0-openmp

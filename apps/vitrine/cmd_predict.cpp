@@ -2,6 +2,8 @@
 #include "commands.h"
 #include "progress.h"
 
+#include "vitrine/core/error.h"
+#include "vitrine/core/json.h"
 #include "vitrine/core/threads.h"
 #include "vitrine/image/batch.h"
 #include "vitrine/models/model_dir.h"
@@ -26,21 +28,26 @@ void add_predict_command(CLI::App& app, int& status) {
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "Model directory (config.json + model.safetensors)")
       ->required();
-  cmd->add_option("--topk", a->topk, "Classes per image")->check(CLI::PositiveNumber);
+  cmd->add_option("--topk", a->topk, "Classes per image")->check(CLI::Range(1, 1 << 24));
   cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)")
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--precision", a->precision, "fp32 (reference) or bf16 (faster)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
   cmd->add_option("--max-pixels", a->max_pixels,
                   "Refuse images with more pixels (checked from the header)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   cmd->add_option("images", a->images, "Image files or directories")->required();
   cmd->callback([a, &status] {
     const int threads = set_threads(a->threads);
     auto predictor =
         models::Predictor(models::load_model(a->model), models::parse_precision(a->precision));
-    const auto paths = image::expand_image_paths(a->images);
+    std::vector<std::string> warnings;
+    const auto paths = image::expand_image_paths(a->images, &warnings);
+    for (const auto& w : warnings) spdlog::warn("{}", w);
+    VT_CHECK(!paths.empty(), "no images found in the given paths (looked for .jpg .jpeg .png "
+             ".webp .bmp in folders)");
     spdlog::debug("{} images, {} threads, {}", paths.size(), threads, a->precision);
     image::DecodeOptions decode;
     decode.max_pixels = a->max_pixels;
@@ -69,7 +76,7 @@ void add_predict_command(CLI::App& app, int& status) {
           line["error"] = item.error;
           ++failed;
         }
-        std::cout << line.dump() << "\n";
+        std::cout << json_text(line) << "\n";
       }
       std::cout.flush();
       progress.advance(static_cast<int64_t>(chunk.size()));

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <set>
 
+#include <unistd.h>
+
 namespace vitrine::image {
 
 std::vector<LoadedImage> load_images(const std::vector<std::string>& paths,
@@ -34,23 +36,32 @@ std::vector<LoadedImage> load_images(const std::vector<std::string>& paths,
   return out;
 }
 
-std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths) {
+std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths,
+                                            std::vector<std::string>* warnings) {
   namespace fs = std::filesystem;
   static const std::set<std::string> kExtensions = {".jpg", ".jpeg", ".png", ".webp", ".bmp",
-                                                    ".jpe", ".jfif"};
+                                                    ".jpe", ".jfif", ".gif", ".tif", ".tiff"};
   std::vector<std::string> out;
   for (const auto& p : paths) {
-    if (!fs::is_directory(p)) {
+    std::error_code ec;
+    if (!fs::is_directory(p, ec)) {
       out.push_back(p);
       continue;
     }
     std::vector<std::string> found;
-    for (const auto& entry : fs::recursive_directory_iterator(p)) {
-      if (!entry.is_regular_file()) continue;
-      std::string ext = entry.path().extension().string();
+    fs::recursive_directory_iterator it(p, fs::directory_options::skip_permission_denied, ec);
+    for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      std::error_code file_ec;
+      if (it->is_directory(file_ec) && ::access(it->path().c_str(), R_OK | X_OK) != 0) {
+        if (warnings) warnings->push_back(it->path().string() + ": folder not readable, skipped");
+        continue;
+      }
+      if (!it->is_regular_file(file_ec)) continue;
+      std::string ext = it->path().extension().string();
       std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-      if (kExtensions.count(ext)) found.push_back(entry.path().string());
+      if (kExtensions.count(ext)) found.push_back(it->path().string());
     }
+    if (ec && warnings) warnings->push_back(p + ": stopped listing: " + ec.message());
     std::sort(found.begin(), found.end());
     out.insert(out.end(), found.begin(), found.end());
   }

@@ -2,6 +2,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/core/json.h"
 #include "vitrine/core/pth.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/models/registry.h"
@@ -9,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -222,6 +224,28 @@ ModelConfig config_from_hf(const std::string& dir) {
   return c;
 }
 
+// Which known layout a set of keys follows, for the error message of a failed load.
+std::string guess_layout(const std::vector<std::string>& names) {
+  struct Pattern {
+    const char* key;
+    const char* layout;
+  };
+  static const Pattern kPatterns[] = {
+      {"encoder.layers.encoder_layer_0.self_attention.in_proj_weight",
+       "a torchvision ViT (--from torchvision --arch vit_*)"},
+      {"blocks.0.attn.qkv.weight", "a timm ViT (--from timm --arch vit_*)"},
+      {"vit.encoder.layer.0.attention.attention.query.weight",
+       "a Hugging Face ViTForImageClassification (--from hf)"},
+      {"encoder.layer.0.attention.attention.query.weight", "a Hugging Face ViTModel (--from hf)"},
+      {"layer1.0.conv3.weight", "a ResNet with bottleneck blocks (resnet50/101/152)"},
+      {"layer1.0.conv2.weight", "a ResNet with basic blocks (resnet18/34)"},
+  };
+  for (const auto& p : kPatterns) {
+    if (std::find(names.begin(), names.end(), p.key) != names.end()) return p.layout;
+  }
+  return "";
+}
+
 std::string hf_weights_file(const std::string& dir) {
   for (const char* name : {"model.safetensors", "pytorch_model.bin"}) {
     const fs::path p = fs::path(dir) / name;
@@ -251,12 +275,13 @@ const char* source_name(Source source) {
   return "?";
 }
 
-std::string LoadReport::summary() const {
+std::string LoadReport::summary(size_t max_items) const {
   std::ostringstream os;
   auto list = [&](const char* what, const std::vector<std::string>& items) {
     if (items.empty()) return;
     os << "\n  " << items.size() << " " << what << ":";
-    for (const auto& i : items) os << "\n    " << i;
+    for (size_t i = 0; i < items.size() && i < max_items; ++i) os << "\n    " << items[i];
+    if (items.size() > max_items) os << "\n    ... and " << items.size() - max_items << " more";
   };
   list("missing from the checkpoint", missing);
   list("unexpected in the checkpoint", unexpected);
@@ -367,12 +392,23 @@ LoadReport load_state_dict(VisionModelImpl& model, const StateDict& state,
     }
     target.copy_(src.to(target.scalar_type()));
   }
+  const std::string ckpt_head = cfg.family == Family::kViT ? "heads.head." : "fc.";
   for (const auto& [name, t] : state) {
-    if (!used.count(name)) report.unexpected.push_back(name);
+    if (used.count(name)) continue;
+    if (options.reinit_head && name.rfind(ckpt_head, 0) == 0) {
+      // A backbone (no head) made from a classifier: its head is dropped on purpose.
+      report.adapted.push_back(name + ": dropped (the model has no head)");
+    } else {
+      report.unexpected.push_back(name);
+    }
   }
   if (options.strict && !report.ok()) {
+    std::vector<std::string> names;
+    for (const auto& [name, t] : state) names.push_back(name);
+    const std::string looks = guess_layout(names);
     VT_FAIL("checkpoint does not fit ", cfg.arch, report.summary(),
-            "\n  check --arch and --from, or the class count (--num-classes)");
+            looks.empty() ? "" : "\n  the checkpoint's keys look like " + looks,
+            "\n  ", options.hint);
   }
   return report;
 }
@@ -386,12 +422,18 @@ StateDict read_weights(const std::string& path) {
   if ((magic[0] == 'P' && magic[1] == 'K') || static_cast<unsigned char>(magic[0]) == 0x80) {
     return pth_load(path);
   }
-  return safetensors_load(path).tensors;
+  try {
+    return safetensors_load(path).tensors;
+  } catch (const Error& e) {
+    VT_FAIL(path, ": neither a torch.save checkpoint (.pth, a zip archive) nor a safetensors "
+                  "file (", e.what(), ")");
+  }
 }
 
 VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
   ModelConfig config;
   std::string weights_path = o.weights;
+  double timm_crop_pct = 0;
   if (o.source == Source::kHuggingFace) {
     VT_CHECK(fs::is_directory(o.weights), o.weights,
              ": --from hf expects a Hugging Face model directory (config.json + "
@@ -405,12 +447,14 @@ VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
              " (the file holds no architecture)");
     config = model_preset(o.arch);
     if (o.source == Source::kTimm) {
-      // timm's usual eval transform: bicubic, crop_pct 0.9; its ViTs use mean = std = 0.5.
+      // timm's usual eval transforms: ViTs bicubic, crop_pct 0.9, mean = std = 0.5;
+      // ResNets (the a1 recipe) bicubic, crop_pct 0.95, ImageNet statistics.
       config.preprocess.interpolation = image::Interpolation::kBicubic;
       if (config.family == Family::kViT) {
         config.preprocess.mean = {0.5f, 0.5f, 0.5f};
         config.preprocess.std = {0.5f, 0.5f, 0.5f};
       }
+      timm_crop_pct = config.family == Family::kViT ? 0.9 : 0.95;
     }
   }
   LoadReport report;
@@ -443,15 +487,19 @@ VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
   }
   config.preprocess.channels = config.in_channels;
   if (o.image_size) set_image_size(config, *o.image_size);
-  config.provenance_json = json{{"source", source_name(o.source)},
+  if (timm_crop_pct > 0) {
+    config.preprocess.resize =
+        static_cast<int64_t>(std::floor(config.image_size / timm_crop_pct));
+  }
+  config.provenance_json = json_text(json{{"source", source_name(o.source)},
                                 {"weights", fs::absolute(weights_path).string()},
                                 {"imported_at", now_iso8601()},
-                                {"command", o.command}}
-                               .dump();
+                                {"command", o.command}});
   VisionModel model = create_model(config);
   LoadOptions lo;
   lo.strict = o.strict;
   lo.reinit_head = o.num_classes.has_value() && *o.num_classes != ckpt_classes;
+  VT_CHECK(config.num_classes >= 0, "--num-classes must be >= 0 (0: no head, a backbone)");
   LoadReport load = load_state_dict(*model, state, lo);
   load.ignored.insert(load.ignored.end(), report.ignored.begin(), report.ignored.end());
   if (report_out) *report_out = load;

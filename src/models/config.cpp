@@ -3,6 +3,7 @@
 #include "vitrine/core/error.h"
 
 #include "vitrine/core/fs.h"
+#include "vitrine/core/json.h"
 
 #include <nlohmann/json.hpp>
 
@@ -18,13 +19,40 @@ constexpr int kFormatVersion = 1;
 
 template <typename T>
 void read_opt(const json& j, const char* key, T& out) {
-  if (j.contains(key) && !j.at(key).is_null()) out = j.at(key).get<T>();
+  if (!j.contains(key) || j.at(key).is_null()) return;
+  try {
+    out = j.at(key).get<T>();
+  } catch (const json::exception& e) {
+    VT_FAIL("'", key, "' has the wrong type (", j.at(key).type_name(), "): ", e.what());
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Checks UTF-8 structure (lead and continuation bytes), enough to reject Latin-1 text.
+bool valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
+    }
+    i += n;
+  }
+  return true;
 }
 
 }  // namespace
 
 std::vector<std::string> read_labels_file(const std::string& path) {
-  std::istringstream in(read_text_file(path));
+  std::string text = read_text_file(path);
+  if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // a byte-order mark
+  VT_CHECK(valid_utf8(text), path, ": not UTF-8 text; save the labels file as UTF-8");
+  std::istringstream in(text);
   std::vector<std::string> labels;
   for (std::string line; std::getline(in, line);) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -62,6 +90,9 @@ void ModelConfig::validate() const {
            " classes; give one label per class (or none)");
   VT_CHECK(task == "single_label" || task == "multi_label", arch, ": task must be single_label "
            "or multi_label, got '", task, "'");
+  VT_CHECK(preprocess.resize > 0 && preprocess.crop > 0, arch,
+           ": preprocessing resize and crop must be positive, got ", preprocess.resize, " and ",
+           preprocess.crop);
   VT_CHECK(static_cast<int64_t>(preprocess.mean.size()) == in_channels &&
                static_cast<int64_t>(preprocess.std.size()) == in_channels,
            arch, ": preprocessing mean/std need ", in_channels, " values each");
@@ -124,7 +155,7 @@ std::string config_to_json(const ModelConfig& c) {
                      {"resize_mode", p.squash ? "squash" : "shorter_side"}};
   json prov = json::parse(c.provenance_json, nullptr, /*allow_exceptions=*/false);
   j["provenance"] = prov.is_discarded() ? json::object() : prov;
-  return j.dump(2) + "\n";
+  return json_text(j, 2) + "\n";
 }
 
 ModelConfig config_from_json(const std::string& text, const std::string& origin) {
@@ -186,9 +217,13 @@ ModelConfig config_from_json(const std::string& text, const std::string& origin)
       }
     }
     c.preprocess.channels = c.in_channels;
-    if (j.contains("provenance")) c.provenance_json = j["provenance"].dump();
+    if (j.contains("provenance")) c.provenance_json = json_text(j["provenance"]);
   } catch (const json::exception& e) {
     VT_FAIL(origin, ": malformed model config: ", e.what());
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.rfind(origin, 0) == 0) throw;
+    VT_FAIL(origin, ": ", what);
   }
   try {
     c.validate();

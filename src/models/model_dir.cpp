@@ -6,6 +6,7 @@
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/registry.h"
 
+#include <algorithm>
 #include <filesystem>
 
 namespace vitrine::models {
@@ -16,10 +17,11 @@ void save_model(const VisionModelImpl& model, const std::string& dir) {
   fs::create_directories(dir, ec);
   VT_CHECK(!ec && fs::is_directory(dir), "cannot create model directory ", dir, ": ",
            ec.message());
+  const std::string config_text = config_to_json(model.config());
   // Weights first: a config next to stale weights would describe the wrong model.
   safetensors_save((fs::path(dir) / "model.safetensors").string(), model_state_dict(model),
                    {{"format", "pt"}, {"arch", model.config().arch}});
-  write_file_atomic((fs::path(dir) / "config.json").string(), config_to_json(model.config()));
+  write_file_atomic((fs::path(dir) / "config.json").string(), config_text);
 }
 
 ModelConfig load_model_config(const std::string& dir) {
@@ -27,7 +29,25 @@ ModelConfig load_model_config(const std::string& dir) {
            ": not a model directory; make one with `vitrine import` (or train one)");
   const fs::path config = fs::path(dir) / "config.json";
   VT_CHECK(fs::exists(config), dir, ": no config.json; is this a model directory?");
-  return config_from_json(read_text_file(config.string()), config.string());
+  ModelConfig c = config_from_json(read_text_file(config.string()), config.string());
+  // A registered name promises its sizes; a config that says otherwise was edited by hand.
+  const auto names = model_names();
+  VT_CHECK(std::find(names.begin(), names.end(), c.arch) != names.end(), config.string(),
+           ": unknown arch '", c.arch, "' (see `vitrine models`)");
+  if (c.arch != "vit_custom") {
+    const ModelConfig p = model_preset(c.arch);
+    const bool same =
+        p.family == c.family &&
+        (c.family == Family::kResNet
+             ? p.resnet.bottleneck == c.resnet.bottleneck && p.resnet.layers == c.resnet.layers
+             : p.vit.patch_size == c.vit.patch_size && p.vit.hidden_size == c.vit.hidden_size &&
+                   p.vit.num_hidden_layers == c.vit.num_hidden_layers &&
+                   p.vit.num_attention_heads == c.vit.num_attention_heads &&
+                   p.vit.intermediate_size == c.vit.intermediate_size);
+    VT_CHECK(same, config.string(), ": arch '", c.arch,
+             "' does not match the sizes in the file; restore config.json or re-import the model");
+  }
+  return c;
 }
 
 VisionModel load_model(const std::string& dir) {
@@ -36,7 +56,9 @@ VisionModel load_model(const std::string& dir) {
   VT_CHECK(fs::exists(weights), dir, ": no model.safetensors next to config.json");
   VisionModel model = create_model(config);
   try {
-    load_state_dict(*model, safetensors_load(weights.string()).tensors);
+    LoadOptions options;
+    options.hint = "the weights do not fit config.json; re-import or re-train the model";
+    load_state_dict(*model, safetensors_load(weights.string()).tensors, options);
   } catch (const Error& e) {
     VT_FAIL(dir, ": ", e.what());
   }

@@ -40,7 +40,8 @@ at::Tensor Predictor::embeddings(const at::Tensor& batch) const {
 
 at::Tensor Predictor::scores(const at::Tensor& batch) const {
   VT_CHECK(config().num_classes > 0, config().arch,
-           ": the model has no classification head; use its embeddings instead");
+           ": the model has no classification head (it is a backbone); import it with --num-classes or "
+           "fine-tune it with `vitrine train` to classify");
   const at::Tensor l = logits(batch);
   c10::InferenceMode guard;
   return config().task == "multi_label" ? at::sigmoid(l) : at::softmax(l, 1);

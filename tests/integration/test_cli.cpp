@@ -159,3 +159,88 @@ TEST(Cli, ImportHuggingFaceThenPredictUsesItsLabels) {
   EXPECT_EQ(lines[0]["top"][0]["label"].get<std::string>().rfind("label_", 0), 0u);
   fs::remove_all(d);
 }
+
+TEST(Cli, NonUtf8FileNamesAndLabelsDoNotEndTheRun) {
+  const std::string d = test::temp_dir("cli-latin1");
+  const std::string name = d + "/lat\xe9.jpg";  // Latin-1 e-acute
+  fs::copy_file(test::data_dir("images/sample/bag.jpg"), name);
+  auto r = test::run_command(q(test::vitrine_bin()) + " predict --model " + q(model_dir()) +
+                             " " + q(d));
+  EXPECT_EQ(r.status, 0) << r.err;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_TRUE(lines[0].contains("top"));
+  // Labels must be UTF-8: a Latin-1 file is refused before anything is written.
+  std::ofstream(d + "/labels.txt") << "caf\xe9\n";
+  r = test::run_command(q(test::vitrine_bin()) + " init --arch resnet18 --labels " +
+                        q(d + "/labels.txt") + " --out " + q(d + "/m"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("UTF-8"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d + "/m/model.safetensors"));
+  // A byte-order mark is not part of the first label.
+  std::ofstream(d + "/bom.txt") << "\xEF\xBB\xBF" "shoe\nbag\n";
+  r = test::run_command(q(test::vitrine_bin()) + " init --arch resnet18 --labels " +
+                        q(d + "/bom.txt") + " --out " + q(d + "/m2"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json::parse(std::ifstream(d + "/m2/config.json"))["labels"][0], "shoe");
+  fs::remove_all(d);
+}
+
+TEST(Cli, FolderWithoutImagesIsAnError) {
+  const std::string d = test::temp_dir("cli-empty");
+  std::ofstream(d + "/notes.txt") << "no images here";
+  const auto r =
+      test::run_command(q(test::vitrine_bin()) + " predict --model " + q(model_dir()) + " " + q(d));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("no images found"), std::string::npos) << r.err;
+  fs::remove_all(d);
+}
+
+TEST(Cli, ImportAsBackboneDropsTheHead) {
+  const std::string d = test::temp_dir("cli-backbone");
+  const auto r = test::run_command(
+      q(test::vitrine_bin()) + " import --from torchvision --arch resnet18 --num-classes 0 " +
+      "--weights " + q(test::data_dir("models/resnet18/weights.pth")) + " --out " + q(d + "/m"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json::parse(std::ifstream(d + "/m/config.json"))["num_classes"], 0);
+  const auto keys = safetensors_load(d + "/m/model.safetensors").tensors;
+  for (const auto& [name, t] : keys) EXPECT_NE(name.rfind("fc.", 0), 0u) << name;
+  fs::remove_all(d);
+}
+
+TEST(Cli, WrongSourceOrFileIsExplained) {
+  const std::string d = test::temp_dir("cli-wrong");
+  // timm keys under --from torchvision: the message names the layout it recognises.
+  auto r = test::run_command(
+      q(test::vitrine_bin()) + " import --from torchvision --arch vit_b_16 --weights " +
+      q(test::data_dir("models/vit_b_16/timm.safetensors")) + " --out " + q(d + "/m"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("look like a timm ViT"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("more"), std::string::npos) << "long lists are cut: " << r.err;
+  std::ofstream(d + "/text.pth") << "just some text, not weights";
+  r = test::run_command(q(test::vitrine_bin()) + " import --from torchvision --arch resnet18 " +
+                        "--weights " + q(d + "/text.pth") + " --out " + q(d + "/m"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("neither a torch.save checkpoint"), std::string::npos) << r.err;
+  fs::remove_all(d);
+}
+
+TEST(Cli, HandEditedConfigThatContradictsItsArchIsRefused) {
+  const std::string d = test::temp_dir("cli-edited");
+  fs::copy(model_dir(), d + "/m", fs::copy_options::recursive);
+  auto config = json::parse(std::ifstream(d + "/m/config.json"));
+  config["arch"] = "resnet50";  // the sizes say resnet18
+  std::ofstream(d + "/m/config.json") << config.dump();
+  auto r = test::run_command(q(test::vitrine_bin()) + " predict --model " + q(d + "/m") + " " +
+                             q(test::data_dir("images/sample/bag.jpg")));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("does not match the sizes"), std::string::npos) << r.err;
+  config["arch"] = "resnet18";
+  config["preprocess"]["crop"] = "224";  // a string where a number belongs
+  std::ofstream(d + "/m/config.json") << config.dump();
+  r = test::run_command(q(test::vitrine_bin()) + " predict --model " + q(d + "/m") + " " +
+                        q(test::data_dir("images/sample/bag.jpg")));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("'crop' has the wrong type"), std::string::npos) << r.err;
+  fs::remove_all(d);
+}

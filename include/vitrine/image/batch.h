@@ -23,7 +23,11 @@ std::vector<LoadedImage> load_images(const std::vector<std::string>& paths,
                                      const EvalTransform& transform,
                                      const DecodeOptions& options = {});
 
-/// Expands directories into the image files below them (sorted); files stay as given.
-std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths);
+/// Expands directories into the files below them whose extension names an image format
+/// (sorted; GIF and TIFF included, so they are reported as unsupported rather than
+/// skipped); files stay as given. Folders that cannot be read are skipped and named in
+/// `warnings`.
+std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths,
+                                            std::vector<std::string>* warnings = nullptr);
 
 }  // namespace vitrine::image

@@ -27,12 +27,15 @@ struct LoadReport {
   std::vector<std::string> ignored;     ///< source tensors with no use here (HF pooler)
   std::vector<std::string> adapted;
   bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
-  std::string summary() const;
+  /// Each list shows at most `max_items` names.
+  std::string summary(size_t max_items = 12) const;
 };
 
 struct LoadOptions {
   bool strict = true;        ///< throw when anything is missing, unexpected or mis-shaped
   bool reinit_head = false;  ///< a head of another class count is re-initialised, not an error
+  /// The advice closing a strict failure.
+  std::string hint = "check --arch and --from, or the class count (--num-classes)";
 };
 
 /// Renames a checkpoint from `source`'s layout to Vitrine's for `family` (one table of
