@@ -1,0 +1,79 @@
+// Labelled image collections: ImageFolder trees, CSV manifests and Fashion-MNIST's IDX files,
+// their train / val / test splits and label subsamples. Images are decoded on demand, so
+// opening a data set reads only names and labels.
+#pragma once
+
+#include <opencv2/core.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vitrine::data {
+
+/// A labelled image collection. Images are decoded on demand (thread-safe const methods).
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  virtual int64_t size() const = 0;
+  /// 8-bit RGB (CV_8UC3) or grey (CV_8UC1), owned by the caller; throws vitrine::Error for a
+  /// bad file (the message names it) or an index out of range.
+  virtual cv::Mat image(int64_t i) const = 0;
+  /// Class indices into classes(): exactly one for single-label data, any number (sorted, no
+  /// repeats) for multi-label data.
+  virtual std::vector<int64_t> labels(int64_t i) const = 0;
+  /// File path, or e.g. "fashion-mnist:train:123".
+  virtual std::string name(int64_t i) const = 0;
+  const std::vector<std::string>& classes() const { return classes_; }
+  bool multi_label() const { return multi_label_; }
+
+ protected:
+  std::vector<std::string> classes_;
+  bool multi_label_ = false;
+};
+
+/// A view of some items of another data set (a split, a label subsample): item i is
+/// base item indices[i]. Same classes as `base`. A subset of a subset refers to the first base.
+std::shared_ptr<Dataset> subset(std::shared_ptr<Dataset> base, std::vector<int64_t> indices);
+
+/// 0 .. n-1 in an order drawn from `seed` alone, the same on every platform and standard
+/// library (Fisher-Yates over std::mt19937_64 with an unbiased integer draw).
+std::vector<int64_t> permutation(int64_t n, uint64_t seed);
+
+struct DataOptions {
+  /// An ImageFolder root (root/{train,val,test}/<class>/*, or root/<class>/* split here), a
+  /// CSV manifest (.csv), or "fashion-mnist".
+  std::string source;
+  /// Fractions split off per class for a root of class folders alone or a CSV without a split
+  /// column; for Fashion-MNIST, val_split is carved out of its training set (it has its own
+  /// test set, so test_split is not used there). Rounded per class, half up, keeping at least
+  /// one training item per class.
+  double val_split = 0.1;
+  double test_split = 0.0;
+  uint64_t seed = 0;  ///< for the splits and the label subsample
+  /// > 0: keep this many training items per class. With the same seed, a smaller subsample is
+  /// contained in a larger one.
+  int64_t labels_per_class = 0;
+  /// < 1: keep this fraction of training items (per class, rounded up).
+  double label_fraction = 1.0;
+  std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+};
+
+struct DataSplits {
+  std::shared_ptr<Dataset> train, val, test;  ///< val/test may be null when absent (or empty)
+  std::vector<std::string> classes;
+  bool multi_label = false;
+  std::vector<std::string> warnings;  ///< e.g. empty class folders, labels unseen in train
+};
+
+/// Opens a data set and splits it. Classes are sorted by name (torchvision's ImageFolder
+/// convention) and shared by all splits. Splits and subsamples are stratified by class (by the
+/// first label of a multi-label item) and depend only on `seed` and each class's name, so a
+/// class keeps its split when other classes are added. Files with extensions other than .jpg,
+/// .jpeg, .png, .webp and .bmp (any case) are ignored in folders. Throws vitrine::Error for a
+/// missing source, a malformed manifest (with its line number), a manifest row naming a
+/// missing file, bad or missing IDX files, no training items, or invalid options.
+DataSplits open_data(const DataOptions& options);
+
+}  // namespace vitrine::data

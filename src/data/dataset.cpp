@@ -1,0 +1,774 @@
+// Data sets: ImageFolder trees (torchvision's layout and class order), CSV manifests, and
+// Fashion-MNIST's IDX files (read through zlib, which also reads uncompressed files). Every
+// source becomes one base data set of all its items; splits and label subsamples are subsets
+// of it, so names and labels come from one place.
+#include "vitrine/data/dataset.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/image/decode.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <random>
+#include <set>
+#include <system_error>
+#include <utility>
+
+namespace vitrine::data {
+namespace {
+
+namespace fs = std::filesystem;
+
+// ---- seeds --------------------------------------------------------------------------------
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t mix(uint64_t a, uint64_t b) {
+  return splitmix64(splitmix64(a) ^ b);
+}
+
+/// FNV-1a: a class's draws depend on its name, not its index, so adding a class leaves the
+/// split of the others unchanged.
+uint64_t name_hash(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+
+constexpr uint64_t kSplitSalt = 0x73706c6974ull;        // "split"
+constexpr uint64_t kSubsampleSalt = 0x6c6162656c73ull;  // "labels"
+
+int64_t randint(std::mt19937_64& rng, int64_t n) {
+  const auto range = static_cast<uint64_t>(n);
+  const uint64_t limit = std::numeric_limits<uint64_t>::max() / range * range;
+  uint64_t v = rng();
+  while (v >= limit) v = rng();
+  return static_cast<int64_t>(v % range);
+}
+
+// ---- strings ------------------------------------------------------------------------------
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  const size_t e = s.find_last_not_of(" \t");
+  return s.substr(b, e - b + 1);
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// ---- data sets ----------------------------------------------------------------------------
+
+void check_index(int64_t i, int64_t size) {
+  VT_CHECK(i >= 0 && i < size, "data set index ", i, " is out of range; the data set has ", size,
+           " items");
+}
+
+/// Image files named by path, decoded when asked for.
+class FileDataset : public Dataset {
+ public:
+  FileDataset(std::vector<std::string> paths, std::vector<std::vector<int64_t>> labels,
+              std::vector<std::string> classes, bool multi_label)
+      : paths_(std::move(paths)), labels_(std::move(labels)) {
+    classes_ = std::move(classes);
+    multi_label_ = multi_label;
+  }
+  int64_t size() const override { return static_cast<int64_t>(paths_.size()); }
+  cv::Mat image(int64_t i) const override {
+    check_index(i, size());
+    return image::decode_file(paths_[i]);
+  }
+  std::vector<int64_t> labels(int64_t i) const override {
+    check_index(i, size());
+    return labels_[i];
+  }
+  std::string name(int64_t i) const override {
+    check_index(i, size());
+    return paths_[i];
+  }
+
+ private:
+  std::vector<std::string> paths_;
+  std::vector<std::vector<int64_t>> labels_;
+};
+
+constexpr int kIdxSide = 28;
+constexpr int kIdxPixels = kIdxSide * kIdxSide;
+constexpr size_t kIdxImageHeader = 16;
+
+/// Grey 28 x 28 images held in an IDX image file's bytes (header included).
+class IdxDataset : public Dataset {
+ public:
+  IdxDataset(std::shared_ptr<const std::vector<uint8_t>> file, std::vector<int64_t> labels,
+             std::string prefix, std::vector<std::string> classes)
+      : file_(std::move(file)), labels_(std::move(labels)), prefix_(std::move(prefix)) {
+    classes_ = std::move(classes);
+  }
+  int64_t size() const override { return static_cast<int64_t>(labels_.size()); }
+  cv::Mat image(int64_t i) const override {
+    check_index(i, size());
+    const uint8_t* p = file_->data() + kIdxImageHeader + static_cast<size_t>(i) * kIdxPixels;
+    return cv::Mat(kIdxSide, kIdxSide, CV_8UC1, const_cast<uint8_t*>(p)).clone();
+  }
+  std::vector<int64_t> labels(int64_t i) const override {
+    check_index(i, size());
+    return {labels_[i]};
+  }
+  std::string name(int64_t i) const override {
+    check_index(i, size());
+    return prefix_ + std::to_string(i);
+  }
+
+ private:
+  std::shared_ptr<const std::vector<uint8_t>> file_;
+  std::vector<int64_t> labels_;
+  std::string prefix_;
+};
+
+class SubsetDataset : public Dataset {
+ public:
+  SubsetDataset(std::shared_ptr<Dataset> base, std::vector<int64_t> indices)
+      : base_(std::move(base)), indices_(std::move(indices)) {
+    classes_ = base_->classes();
+    multi_label_ = base_->multi_label();
+  }
+  int64_t size() const override { return static_cast<int64_t>(indices_.size()); }
+  cv::Mat image(int64_t i) const override {
+    check_index(i, size());
+    return base_->image(indices_[i]);
+  }
+  std::vector<int64_t> labels(int64_t i) const override {
+    check_index(i, size());
+    return base_->labels(indices_[i]);
+  }
+  std::string name(int64_t i) const override {
+    check_index(i, size());
+    return base_->name(indices_[i]);
+  }
+  const std::shared_ptr<Dataset>& base() const { return base_; }
+  const std::vector<int64_t>& indices() const { return indices_; }
+
+ private:
+  std::shared_ptr<Dataset> base_;
+  std::vector<int64_t> indices_;
+};
+
+// ---- splits and subsamples ----------------------------------------------------------------
+
+/// The stratum of an item: its first (smallest) class index, -1 for a multi-label item with
+/// no labels.
+int64_t stratum_of(const std::vector<int64_t>& labels) {
+  return labels.empty() ? -1 : labels.front();
+}
+
+std::string stratum_name(int64_t stratum, const std::vector<std::string>& classes) {
+  return stratum < 0 ? std::string("(no labels)") : classes[stratum];
+}
+
+/// Positions 0 .. n-1 grouped by stratum, each group in position order.
+std::map<int64_t, std::vector<int64_t>> group_by(const std::vector<int64_t>& strata) {
+  std::map<int64_t, std::vector<int64_t>> groups;
+  for (size_t i = 0; i < strata.size(); ++i) groups[strata[i]].push_back(static_cast<int64_t>(i));
+  return groups;
+}
+
+struct SplitIndices {
+  std::vector<int64_t> train, val, test;
+};
+
+/// Per stratum: a seeded permutation, the first round(n * test) items to test, the next
+/// round(n * val) to val, the rest to train (at least one when the stratum has any).
+SplitIndices split_stratified(const std::vector<int64_t>& strata,
+                              const std::vector<std::string>& classes, double val_split,
+                              double test_split, uint64_t seed) {
+  SplitIndices out;
+  for (const auto& [stratum, items] : group_by(strata)) {
+    const auto n = static_cast<int64_t>(items.size());
+    auto n_test = static_cast<int64_t>(std::floor(n * test_split + 0.5));
+    auto n_val = static_cast<int64_t>(std::floor(n * val_split + 0.5));
+    int64_t excess = n_test + n_val - (n - 1);
+    if (excess > 0) {
+      const int64_t cut = std::min(excess, n_test);
+      n_test -= cut;
+      n_val -= std::min(excess - cut, n_val);
+    }
+    const std::vector<int64_t> order =
+        permutation(n, mix(mix(seed, kSplitSalt), name_hash(stratum_name(stratum, classes))));
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t item = items[order[k]];
+      if (k < n_test) {
+        out.test.push_back(item);
+      } else if (k < n_test + n_val) {
+        out.val.push_back(item);
+      } else {
+        out.train.push_back(item);
+      }
+    }
+  }
+  for (auto* v : {&out.train, &out.val, &out.test}) std::sort(v->begin(), v->end());
+  return out;
+}
+
+std::vector<int64_t> strata_of(const Dataset& d) {
+  std::vector<int64_t> strata(d.size());
+  for (int64_t i = 0; i < d.size(); ++i) strata[i] = stratum_of(d.labels(i));
+  return strata;
+}
+
+/// The label subsample of the training set: per stratum, the first k items of a seeded
+/// permutation (so with one seed a smaller k keeps a subset of a larger k's items).
+std::shared_ptr<Dataset> subsample(const std::shared_ptr<Dataset>& train,
+                                   const DataOptions& options, std::vector<std::string>& warnings) {
+  if (options.labels_per_class == 0 && options.label_fraction >= 1.0) return train;
+  const std::vector<std::string>& classes = train->classes();
+  std::vector<int64_t> kept;
+  for (const auto& [stratum, items] : group_by(strata_of(*train))) {
+    const auto n = static_cast<int64_t>(items.size());
+    int64_t k = 0;
+    if (options.labels_per_class > 0) {
+      k = std::min(n, options.labels_per_class);
+      if (n < options.labels_per_class && stratum >= 0) {
+        warnings.push_back("class '" + classes[stratum] + "' has only " + std::to_string(n) +
+                           " training items, fewer than labels_per_class " +
+                           std::to_string(options.labels_per_class) + "; all are kept");
+      }
+    } else {
+      // The tolerance keeps products such as 10 * 0.3 = 3.0000000000000004 from rounding up.
+      k = std::clamp<int64_t>(static_cast<int64_t>(std::ceil(n * options.label_fraction - 1e-9)), 1,
+                              n);
+    }
+    const std::vector<int64_t> order = permutation(
+        n, mix(mix(options.seed, kSubsampleSalt), name_hash(stratum_name(stratum, classes))));
+    for (int64_t j = 0; j < k; ++j) kept.push_back(items[order[j]]);
+  }
+  std::sort(kept.begin(), kept.end());
+  return subset(train, std::move(kept));
+}
+
+void check_options(const DataOptions& o) {
+  VT_CHECK(!o.source.empty(),
+           "no data source given; pass an ImageFolder root, a .csv manifest or fashion-mnist");
+  VT_CHECK(std::isfinite(o.val_split) && o.val_split >= 0.0 && o.val_split < 1.0, "val_split ",
+           o.val_split, " is out of range; use a fraction from 0 to below 1");
+  VT_CHECK(std::isfinite(o.test_split) && o.test_split >= 0.0 && o.test_split < 1.0, "test_split ",
+           o.test_split, " is out of range; use a fraction from 0 to below 1");
+  VT_CHECK(o.val_split + o.test_split < 1.0, "val_split ", o.val_split, " plus test_split ",
+           o.test_split, " leaves nothing to train on; keep their sum below 1");
+  VT_CHECK(o.labels_per_class >= 0, "labels_per_class ", o.labels_per_class,
+           " is negative; use 0 (all) or a positive count");
+  VT_CHECK(std::isfinite(o.label_fraction) && o.label_fraction > 0.0 && o.label_fraction <= 1.0,
+           "label_fraction ", o.label_fraction, " is out of range; use a fraction above 0 up to 1");
+  VT_CHECK(o.labels_per_class == 0 || o.label_fraction >= 1.0, "both labels_per_class (",
+           o.labels_per_class, ") and label_fraction (", o.label_fraction,
+           ") are set; give one of them");
+}
+
+/// Items of a file-based source before they become data sets.
+struct FileItems {
+  std::vector<std::string> paths;
+  std::vector<std::vector<std::string>> labels;  ///< class names
+  std::vector<int> split;                        ///< 0 train, 1 val, 2 test, -1 not given
+};
+
+constexpr const char* kSplitNames[] = {"train", "val", "test"};
+
+/// Shared tail of the ImageFolder and CSV readers: class indices, splits, warnings, subsample.
+DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool multi_label,
+                        bool splits_given, const DataOptions& options,
+                        std::vector<std::string> warnings, const std::string& source) {
+  for (const auto& names : items.labels) class_set.insert(names.begin(), names.end());
+  std::vector<std::string> classes(class_set.begin(), class_set.end());
+  std::map<std::string, int64_t> index;
+  for (size_t k = 0; k < classes.size(); ++k) index[classes[k]] = static_cast<int64_t>(k);
+
+  std::vector<std::vector<int64_t>> labels(items.labels.size());
+  std::vector<int64_t> strata(items.labels.size());
+  for (size_t i = 0; i < items.labels.size(); ++i) {
+    for (const auto& name : items.labels[i]) labels[i].push_back(index.at(name));
+    std::sort(labels[i].begin(), labels[i].end());
+    labels[i].erase(std::unique(labels[i].begin(), labels[i].end()), labels[i].end());
+    strata[i] = stratum_of(labels[i]);
+  }
+
+  SplitIndices parts;
+  if (splits_given) {
+    for (size_t i = 0; i < items.split.size(); ++i) {
+      std::vector<int64_t>& part = items.split[i] == 0   ? parts.train
+                                   : items.split[i] == 1 ? parts.val
+                                                         : parts.test;
+      part.push_back(static_cast<int64_t>(i));
+    }
+    // A class seen only outside train gets an index (its items are still scored), but no
+    // training signal: worth a warning, not an error.
+    std::set<int64_t> trained;
+    for (const int64_t i : parts.train) trained.insert(labels[i].begin(), labels[i].end());
+    for (int s = 1; s <= 2; ++s) {
+      std::set<int64_t> seen;
+      for (const int64_t i : s == 1 ? parts.val : parts.test) {
+        for (const int64_t l : labels[i]) {
+          if (!trained.count(l)) seen.insert(l);
+        }
+      }
+      for (const int64_t l : seen) {
+        warnings.push_back("class '" + classes[l] + "' has items in " + kSplitNames[s] +
+                           " but none in train; it keeps index " + std::to_string(l) +
+                           ", but the model cannot learn it");
+      }
+    }
+  } else {
+    parts = split_stratified(strata, classes, options.val_split, options.test_split, options.seed);
+    if (options.val_split > 0 && parts.val.empty()) {
+      warnings.push_back("val_split " + std::to_string(options.val_split) +
+                         " leaves no validation items (too few items per class)");
+    }
+    if (options.test_split > 0 && parts.test.empty()) {
+      warnings.push_back("test_split " + std::to_string(options.test_split) +
+                         " leaves no test items (too few items per class)");
+    }
+  }
+  VT_CHECK(!parts.train.empty(), source, " has no training images; add images (.jpg, .jpeg, ",
+           ".png, .webp, .bmp) to its train split");
+
+  auto base = std::make_shared<FileDataset>(std::move(items.paths), std::move(labels), classes,
+                                            multi_label);
+  DataSplits out;
+  out.classes = classes;
+  out.multi_label = multi_label;
+  out.train = subsample(subset(base, std::move(parts.train)), options, warnings);
+  if (!parts.val.empty()) out.val = subset(base, std::move(parts.val));
+  if (!parts.test.empty()) out.test = subset(base, std::move(parts.test));
+  out.warnings = std::move(warnings);
+  return out;
+}
+
+// ---- ImageFolder --------------------------------------------------------------------------
+
+bool is_image_file(const fs::path& p) {
+  static const std::set<std::string> kExtensions = {".jpg", ".jpeg", ".png", ".webp", ".bmp"};
+  return kExtensions.count(lower(p.extension().string())) > 0;
+}
+
+/// Sorted names of the visible sub-folders of `dir`.
+std::vector<std::string> subfolders(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.empty() && name[0] != '.' && it->is_directory()) out.push_back(name);
+  }
+  VT_CHECK(!ec, "cannot list the folder ", dir.string(), ": ", ec.message(),
+           "; check that it exists and is readable");
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+/// Image files anywhere below `dir` (following links, as torchvision's os.walk does), sorted.
+std::vector<std::string> images_below(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  const auto options = fs::directory_options::follow_directory_symlink;
+  for (fs::recursive_directory_iterator it(dir, options, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    if (it->is_regular_file() && is_image_file(it->path())) out.push_back(it->path().string());
+  }
+  VT_CHECK(!ec, "cannot list the folder ", dir.string(), ": ", ec.message(),
+           "; check that it exists and is readable");
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+/// Images directly in `dir` (not in a class folder), which ImageFolder ignores.
+int64_t loose_images(const fs::path& dir) {
+  int64_t n = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->is_regular_file() && is_image_file(it->path())) ++n;
+  }
+  return n;
+}
+
+/// Adds the class folders of `dir` to `items` with split `split`.
+void scan_class_folders(const fs::path& dir, int split, FileItems& items,
+                        std::set<std::string>& classes, std::vector<std::string>& warnings) {
+  if (const int64_t loose = loose_images(dir); loose > 0) {
+    warnings.push_back(std::to_string(loose) + " images directly in " + dir.string() +
+                       " are not in a class folder and are ignored; move them into " +
+                       dir.string() + "/<class>/");
+  }
+  for (const std::string& cls : subfolders(dir)) {
+    classes.insert(cls);
+    const std::vector<std::string> files = images_below(dir / cls);
+    if (files.empty()) {
+      warnings.push_back("class folder " + (dir / cls).string() +
+                         " has no images (.jpg, .jpeg, .png, .webp, .bmp); class '" + cls +
+                         "' is kept but has no items there");
+    }
+    for (const std::string& f : files) {
+      items.paths.push_back(f);
+      items.labels.push_back({cls});
+      items.split.push_back(split);
+    }
+  }
+}
+
+DataSplits open_image_folder(const fs::path& root, const DataOptions& options) {
+  FileItems items;
+  std::set<std::string> classes;
+  std::vector<std::string> warnings;
+  const bool split_layout = fs::is_directory(root / "train");
+  if (split_layout) {
+    for (const std::string& name : subfolders(root)) {
+      if (name != "train" && name != "val" && name != "test") {
+        warnings.push_back("folder " + (root / name).string() +
+                           " is ignored: beside train/ only val/ and test/ are read");
+      }
+    }
+    for (int s = 0; s < 3; ++s) {
+      const fs::path dir = root / kSplitNames[s];
+      if (fs::is_directory(dir)) scan_class_folders(dir, s, items, classes, warnings);
+    }
+  } else {
+    VT_CHECK(!fs::is_directory(root / "val") && !fs::is_directory(root / "test"), root.string(),
+             " has val/ or test/ but no train/ folder; put the training images in ",
+             (root / "train").string(), "/<class>/, or all images in ", root.string(),
+             "/<class>/ to split them automatically");
+    scan_class_folders(root, -1, items, classes, warnings);
+  }
+  VT_CHECK(!classes.empty(), root.string(), " has no class folders; put the images in ",
+           root.string(), "/<class>/ (or ", root.string(), "/train/<class>/ with val/ and test/)");
+  return finish_files(std::move(items), std::move(classes), /*multi_label=*/false, split_layout,
+                      options, std::move(warnings), root.string());
+}
+
+// ---- CSV manifests ------------------------------------------------------------------------
+
+struct CsvRecord {
+  int64_t line;  ///< where the record starts (1-based)
+  std::vector<std::string> fields;
+};
+
+/// RFC 4180 records: quoted fields may hold commas, doubled quotes and line breaks; unquoted
+/// fields are trimmed of spaces; CRLF and a UTF-8 byte-order mark (as Excel writes) are
+/// accepted; blank lines are skipped.
+std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& file) {
+  std::vector<CsvRecord> records;
+  const size_t n = text.size();
+  size_t i = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
+  int64_t line = 1;
+  auto at_field_end = [&](size_t k) {
+    return k >= n || text[k] == ',' || text[k] == '\n' || text[k] == '\r';
+  };
+  while (i < n) {
+    CsvRecord record{line, {}};
+    bool any_quoted = false;
+    for (;;) {
+      std::string field;
+      size_t j = i;
+      while (j < n && (text[j] == ' ' || text[j] == '\t')) ++j;
+      if (j < n && text[j] == '"') {
+        any_quoted = true;
+        i = j + 1;
+        for (;;) {
+          VT_CHECK(i < n, file, ":", record.line,
+                   ": a quoted field is not closed; end it with \" (and write \"\" for a quote "
+                   "inside it)");
+          const char c = text[i++];
+          if (c == '"') {
+            if (i < n && text[i] == '"') {
+              field += '"';
+              ++i;
+              continue;
+            }
+            break;
+          }
+          if (c == '\n') ++line;
+          field += c;
+        }
+        while (i < n && (text[i] == ' ' || text[i] == '\t')) ++i;
+        VT_CHECK(at_field_end(i), file, ":", line,
+                 ": text after a closing quote; quote the whole field and write \"\" for a quote "
+                 "inside it");
+      } else {
+        while (!at_field_end(i)) field += text[i++];
+        field = trim(field);
+      }
+      record.fields.push_back(std::move(field));
+      if (i < n && text[i] == ',') {
+        ++i;
+        continue;
+      }
+      if (i < n && text[i] == '\r') ++i;
+      if (i < n && text[i] == '\n') ++i;
+      ++line;
+      break;
+    }
+    const bool blank = record.fields.size() == 1 && record.fields[0].empty() && !any_quoted;
+    if (!blank) records.push_back(std::move(record));
+  }
+  return records;
+}
+
+std::vector<std::string> split_labels(const std::string& field) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= field.size()) {
+    size_t end = field.find('|', start);
+    if (end == std::string::npos) end = field.size();
+    std::string label = trim(field.substr(start, end - start));
+    if (!label.empty()) out.push_back(std::move(label));
+    start = end + 1;
+  }
+  return out;
+}
+
+DataSplits open_csv(const std::string& file, const DataOptions& options) {
+  const std::vector<CsvRecord> records = parse_csv(read_text_file(file), file);
+  VT_CHECK(!records.empty(), file,
+           " is empty; start it with a header line: path,label (or path,labels for multi-label, "
+           "and an optional split column)");
+  const CsvRecord& header = records.front();
+  int path_col = -1, label_col = -1, labels_col = -1, split_col = -1;
+  for (size_t c = 0; c < header.fields.size(); ++c) {
+    const std::string name = lower(header.fields[c]);
+    int* col = name == "path"     ? &path_col
+               : name == "label"  ? &label_col
+               : name == "labels" ? &labels_col
+               : name == "split"  ? &split_col
+                                  : nullptr;
+    if (col == nullptr) continue;  // other columns (sku, title, ...) are the user's own
+    VT_CHECK(*col < 0, file, ":", header.line, ": the column '", name,
+             "' appears twice in the header; keep one");
+    *col = static_cast<int>(c);
+  }
+  if (path_col < 0 || (label_col >= 0) == (labels_col >= 0)) {
+    std::string got;
+    for (const std::string& f : header.fields) got += (got.empty() ? "" : ",") + f;
+    VT_FAIL(file, ":", header.line,
+            ": the header must name a path column and either a label "
+            "column (single-label) or a labels column (multi-label, '|'-separated), got '",
+            got, "'; start the file with path,label or path,labels");
+  }
+  const bool multi_label = labels_col >= 0;
+  const bool splits_given = split_col >= 0;
+  const fs::path folder = fs::path(file).parent_path();
+
+  FileItems items;
+  for (size_t r = 1; r < records.size(); ++r) {
+    const CsvRecord& rec = records[r];
+    VT_CHECK(rec.fields.size() == header.fields.size(), file, ":", rec.line, ": expected ",
+             header.fields.size(), " fields, got ", rec.fields.size(),
+             "; quote fields that contain commas (\"a,b\")");
+    const std::string& given = rec.fields[path_col];
+    VT_CHECK(!given.empty(), file, ":", rec.line, ": the path is empty; name an image file");
+    const fs::path path = fs::path(given).is_absolute() ? fs::path(given) : folder / given;
+    std::error_code ec;
+    VT_CHECK(fs::is_regular_file(path, ec), file, ":", rec.line, ": image '", given,
+             "' not found (looked for ", path.string(),
+             "); fix the path (relative paths start at the manifest's folder) or remove the row");
+    std::vector<std::string> names;
+    if (multi_label) {
+      names = split_labels(rec.fields[labels_col]);
+    } else {
+      VT_CHECK(!rec.fields[label_col].empty(), file, ":", rec.line,
+               ": the label is empty; give every row a class name");
+      names = {rec.fields[label_col]};
+    }
+    int split = -1;
+    if (splits_given) {
+      const std::string s = lower(rec.fields[split_col]);
+      split = s == "train" ? 0 : s == "val" ? 1 : s == "test" ? 2 : -1;
+      VT_CHECK(split >= 0, file, ":", rec.line, ": unknown split '", rec.fields[split_col],
+               "'; use train, val or test");
+    }
+    items.paths.push_back(path.string());
+    items.labels.push_back(std::move(names));
+    items.split.push_back(split);
+  }
+  return finish_files(std::move(items), {}, multi_label, splits_given, options, {}, file);
+}
+
+// ---- Fashion-MNIST ------------------------------------------------------------------------
+
+const std::vector<std::string>& fashion_mnist_classes() {
+  static const std::vector<std::string> kClasses = {
+      "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+      "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+  return kClasses;
+}
+
+constexpr const char* kInstallHint =
+    "install it with `apt-get install dataset-fashion-mnist`, or pass another directory "
+    "(fashion_mnist_dir) holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+    "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (gzipped or not)";
+
+struct GzCloser {
+  void operator()(gzFile_s* f) const { gzclose(f); }
+};
+
+/// zlib's error for `f` without the "path: " it starts with; sets `code`.
+std::string gz_message(gzFile_s* f, const std::string& path, int& code) {
+  std::string message = gzerror(f, &code);
+  if (message.compare(0, path.size() + 2, path + ": ") == 0) message.erase(0, path.size() + 2);
+  return message;
+}
+
+/// The whole of `dir`/`name`.gz, or of `dir`/`name` when there is no .gz (gzread passes
+/// uncompressed files through).
+std::vector<uint8_t> read_idx_file(const fs::path& dir, const std::string& name,
+                                   std::string& path_out) {
+  fs::path path = dir / (name + ".gz");
+  if (!fs::is_regular_file(path)) path = dir / name;
+  VT_CHECK(fs::is_regular_file(path), "fashion-mnist: ", dir.string(), " has no ", name,
+           ".gz (nor ", name, "); ", kInstallHint);
+  path_out = path.string();
+  std::unique_ptr<gzFile_s, GzCloser> f(gzopen(path_out.c_str(), "rb"));
+  VT_CHECK(f != nullptr, "fashion-mnist: cannot open ", path_out, "; check its permissions");
+  gzbuffer(f.get(), 1 << 17);
+  std::vector<uint8_t> out;
+  constexpr unsigned kChunk = 1 << 20;
+  for (;;) {
+    const size_t old = out.size();
+    out.resize(old + kChunk);
+    const int got = gzread(f.get(), out.data() + old, kChunk);
+    int code = Z_OK;
+    const std::string message = gz_message(f.get(), path_out, code);
+    VT_CHECK(got >= 0 && (code == Z_OK || code == Z_STREAM_END), "fashion-mnist: ", path_out,
+             " is damaged (", message, "); ", kInstallHint);
+    out.resize(old + static_cast<size_t>(got));
+    if (got == 0) break;
+  }
+  int code = Z_OK;
+  const std::string message = gz_message(f.get(), path_out, code);
+  // Z_BUF_ERROR at the end: the gzip stream stops before its end (a truncated download).
+  VT_CHECK(code == Z_OK || code == Z_STREAM_END, "fashion-mnist: ", path_out, " is damaged (",
+           message, "); ", kInstallHint);
+  return out;
+}
+
+uint32_t be32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+}
+
+/// Images and labels of one Fashion-MNIST part ("train" or "t10k") as a data set.
+std::shared_ptr<Dataset> read_fashion_mnist_part(const fs::path& dir, const std::string& part,
+                                                 const std::string& split_name) {
+  std::string images_path, labels_path;
+  auto images = std::make_shared<std::vector<uint8_t>>(
+      read_idx_file(dir, part + "-images-idx3-ubyte", images_path));
+  const std::vector<uint8_t> labels = read_idx_file(dir, part + "-labels-idx1-ubyte", labels_path);
+
+  VT_CHECK(images->size() >= kIdxImageHeader && be32(images->data()) == 0x00000803,
+           "fashion-mnist: ", images_path, " is not an IDX image file (magic number ",
+           images->size() >= 4 ? be32(images->data()) : 0, ", expected 2051); ", kInstallHint);
+  const uint32_t count = be32(images->data() + 4);
+  const uint32_t rows = be32(images->data() + 8);
+  const uint32_t cols = be32(images->data() + 12);
+  VT_CHECK(rows == kIdxSide && cols == kIdxSide, "fashion-mnist: ", images_path, " holds ", rows,
+           "x", cols, " images, expected 28x28; ", kInstallHint);
+  VT_CHECK(images->size() == kIdxImageHeader + uint64_t{count} * kIdxPixels,
+           "fashion-mnist: ", images_path, " has ", images->size(),
+           " bytes, but its header announces ", count, " images (",
+           kIdxImageHeader + uint64_t{count} * kIdxPixels, " bytes); ", kInstallHint);
+
+  VT_CHECK(labels.size() >= 8 && be32(labels.data()) == 0x00000801, "fashion-mnist: ", labels_path,
+           " is not an IDX label file (magic number ", labels.size() >= 4 ? be32(labels.data()) : 0,
+           ", expected 2049); ", kInstallHint);
+  const uint32_t label_count = be32(labels.data() + 4);
+  VT_CHECK(labels.size() == 8 + uint64_t{label_count}, "fashion-mnist: ", labels_path, " has ",
+           labels.size(), " bytes, but its header announces ", label_count, " labels; ",
+           kInstallHint);
+  VT_CHECK(label_count == count, "fashion-mnist: ", images_path, " has ", count, " images but ",
+           labels_path, " has ", label_count, " labels; ", kInstallHint);
+  std::vector<int64_t> values(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    values[i] = labels[8 + i];
+    VT_CHECK(values[i] < 10, "fashion-mnist: ", labels_path, " gives item ", i, " the label ",
+             values[i], ", but there are 10 classes (0-9); ", kInstallHint);
+  }
+  return std::make_shared<IdxDataset>(std::move(images), std::move(values),
+                                      "fashion-mnist:" + split_name + ":", fashion_mnist_classes());
+}
+
+DataSplits open_fashion_mnist(const DataOptions& options) {
+  const fs::path dir = options.fashion_mnist_dir;
+  VT_CHECK(fs::is_directory(dir), "fashion-mnist: the directory ", dir.string(),
+           " does not exist; ", kInstallHint);
+  std::shared_ptr<Dataset> train = read_fashion_mnist_part(dir, "train", "train");
+  std::shared_ptr<Dataset> test = read_fashion_mnist_part(dir, "t10k", "test");
+  VT_CHECK(train->size() > 0, "fashion-mnist: the training files in ", dir.string(),
+           " hold no images; ", kInstallHint);
+  DataSplits out;
+  out.classes = fashion_mnist_classes();
+  if (options.val_split > 0) {
+    SplitIndices parts =
+        split_stratified(strata_of(*train), out.classes, options.val_split, 0.0, options.seed);
+    if (!parts.val.empty()) out.val = subset(train, std::move(parts.val));
+    train = subset(train, std::move(parts.train));
+  }
+  out.train = subsample(train, options, out.warnings);
+  if (test->size() > 0) out.test = test;
+  return out;
+}
+
+}  // namespace
+
+std::shared_ptr<Dataset> subset(std::shared_ptr<Dataset> base, std::vector<int64_t> indices) {
+  VT_CHECK(base != nullptr, "subset of a null data set; open a data set first");
+  if (const auto* inner = dynamic_cast<const SubsetDataset*>(base.get())) {
+    for (int64_t& i : indices) {
+      check_index(i, inner->size());
+      i = inner->indices()[i];
+    }
+    base = inner->base();
+  } else {
+    for (const int64_t i : indices) check_index(i, base->size());
+  }
+  return std::make_shared<SubsetDataset>(std::move(base), std::move(indices));
+}
+
+std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
+  VT_CHECK(n >= 0, "permutation of ", n, " items; the count must not be negative");
+  std::vector<int64_t> out(n);
+  for (int64_t i = 0; i < n; ++i) out[i] = i;
+  std::mt19937_64 rng(seed);
+  for (int64_t i = n - 1; i > 0; --i) std::swap(out[i], out[randint(rng, i + 1)]);
+  return out;
+}
+
+DataSplits open_data(const DataOptions& options) {
+  check_options(options);
+  if (options.source == "fashion-mnist") return open_fashion_mnist(options);
+  if (ends_with(lower(options.source), ".csv")) {
+    VT_CHECK(fs::is_regular_file(options.source), "the manifest ", options.source,
+             " does not exist; check the path (a CSV manifest, an ImageFolder root or "
+             "fashion-mnist)");
+    return open_csv(options.source, options);
+  }
+  VT_CHECK(fs::is_directory(options.source), "the data source ", options.source,
+           " does not exist or is not a folder; give an ImageFolder root, a .csv manifest or "
+           "fashion-mnist");
+  return open_image_folder(options.source, options);
+}
+
+}  // namespace vitrine::data
