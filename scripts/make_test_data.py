@@ -4,7 +4,8 @@
 Usage: /usr/bin/python3 scripts/make_test_data.py OUT_DIR [--force] [--self-check]
 
 Writes OUT_DIR/models (golden_models.py), OUT_DIR/images (images.py),
-OUT_DIR/pth (pth_cases.py, when present) and finally OUT_DIR/manifest.json.
+OUT_DIR/pth (pth_cases.py, when present), OUT_DIR/train (train_steps.py) and finally
+OUT_DIR/manifest.json.
 Needs Debian's python3-torch and python3-torchvision, which live with
 /usr/bin/python3 rather than with any other python3 on PATH.
 """
@@ -60,6 +61,8 @@ def main(argv=None):
     if os.path.isfile(os.path.join(TESTDATA, "pth_cases.py")):
         import pth_cases
         parts.append(("pth", pth_cases.write))
+    import train_steps
+    parts.append(("train", train_steps.write))
 
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
