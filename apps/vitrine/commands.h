@@ -17,6 +17,8 @@ void add_models_command(CLI::App& app, int& status);
 void add_init_command(CLI::App& app, int& status);
 void add_import_command(CLI::App& app, int& status);
 void add_predict_command(CLI::App& app, int& status);
+void add_train_command(CLI::App& app, int& status);
+void add_eval_command(CLI::App& app, int& status);
 
 /// The command line as typed, for provenance records.
 const std::string& command_line();

@@ -36,6 +36,8 @@ int main(int argc, char** argv) {
   add_init_command(app, status);
   add_import_command(app, status);
   add_predict_command(app, status);
+  add_train_command(app, status);
+  add_eval_command(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

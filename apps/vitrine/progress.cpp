@@ -39,17 +39,17 @@ void Progress::draw(bool final) {
     const int filled = total_ > 0 ? static_cast<int>(kWidth * done_ / total_) : kWidth;
     std::string bar(filled, '#');
     bar.resize(kWidth, '.');
-    std::fprintf(stderr, "\r%s [%s] %lld/%lld %.1f %s/s ETA %.0fs%s", what_.c_str(), bar.c_str(),
-                 static_cast<long long>(done_), static_cast<long long>(total_), rate,
-                 unit_.c_str(), eta, final ? "\n" : "  ");
+    std::fprintf(stderr, "\r%s [%s] %lld/%lld %.1f %s/s ETA %.0fs %s%s", what_.c_str(),
+                 bar.c_str(), static_cast<long long>(done_), static_cast<long long>(total_), rate,
+                 unit_.c_str(), eta, status_.c_str(), final ? "\n" : "  ");
   } else {
     const int decile = total_ > 0 ? static_cast<int>(10 * done_ / total_) : 10;
     if (final ? done_ == last_printed_ : decile == last_decile_) return;
     last_decile_ = decile;
     last_printed_ = done_;
-    std::fprintf(stderr, "%s: %lld/%lld (%.1f %s/s, %.1fs)\n", what_.c_str(),
+    std::fprintf(stderr, "%s: %lld/%lld (%.1f %s/s, %.1fs) %s\n", what_.c_str(),
                  static_cast<long long>(done_), static_cast<long long>(total_), rate,
-                 unit_.c_str(), secs);
+                 unit_.c_str(), secs, status_.c_str());
   }
   std::fflush(stderr);
 }

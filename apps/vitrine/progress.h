@@ -13,12 +13,14 @@ class Progress {
   Progress(std::string what, int64_t total, std::string unit = "img");
   ~Progress();
   void advance(int64_t n = 1);
+  /// Text shown after the counters, e.g. "loss 0.41 acc 0.87".
+  void set_status(std::string status) { status_ = std::move(status); }
   void finish();
 
  private:
   void draw(bool final);
 
-  std::string what_, unit_;
+  std::string what_, unit_, status_;
   int64_t total_, done_ = 0;
   int last_decile_ = -1;
   int64_t last_printed_ = -1;

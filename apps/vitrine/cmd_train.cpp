@@ -1,0 +1,190 @@
+// `vitrine train` and `vitrine eval`: fine-tuning and evaluation on labelled photos.
+#include "commands.h"
+#include "progress.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/core/json.h"
+#include "vitrine/core/threads.h"
+#include "vitrine/data/dataset.h"
+#include "vitrine/models/model_dir.h"
+#include "vitrine/train/evaluate.h"
+#include "vitrine/train/trainer.h"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <iostream>
+
+namespace vitrine::cli {
+namespace {
+
+void add_data_options(CLI::App* cmd, data::DataOptions& d) {
+  cmd->add_option("--data", d.source,
+                  "ImageFolder root, CSV manifest (path,label[,split]) or fashion-mnist")
+      ->required();
+  cmd->add_option("--val-split", d.val_split, "Validation fraction of a root without val/");
+  cmd->add_option("--test-split", d.test_split, "Test fraction of a root without test/");
+  cmd->add_option("--labels-per-class", d.labels_per_class,
+                  "Keep this many labelled training images per class");
+  cmd->add_option("--label-fraction", d.label_fraction,
+                  "Keep this fraction of the labelled training images");
+  cmd->add_option("--fashion-mnist-dir", d.fashion_mnist_dir, "Where the IDX files are");
+}
+
+std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split) {
+  std::shared_ptr<data::Dataset> d = split == "train" ? s.train : split == "val" ? s.val : s.test;
+  VT_CHECK(d && d->size() > 0, "the data has no '", split, "' split (or it is empty); choose "
+           "another with --split");
+  return d;
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand("train", "Fine-tune (or train from scratch) a classifier");
+  auto o = std::make_shared<train::TrainOptions>();
+  auto threads = std::make_shared<int>(0);
+  cmd->add_option("--model", o->arch, "Architecture to train from scratch (see `vitrine models`)");
+  cmd->add_option("--init", o->init_dir, "Model directory to start from (imported or trained)");
+  cmd->add_option("--out", o->out_dir, "Run directory: best/, last/, metrics.jsonl, state/")
+      ->required();
+  add_data_options(cmd, o->data);
+  cmd->add_option("--image-size", o->image_size, "Input side (default: the model's)");
+  cmd->add_option("--in-channels", o->in_channels, "1 or 3 (default: from the data)");
+  cmd->add_flag("--reinit-head", o->reinit_head, "New head when --init has another class count");
+  cmd->add_option("--epochs", o->epochs, "Epochs");
+  cmd->add_option("--batch-size,-b", o->batch_size, "Images per step");
+  cmd->add_option("--opt", o->optim.name, "adamw | sgd")->check(CLI::IsMember({"adamw", "sgd"}));
+  cmd->add_option("--lr", o->optim.lr, "Peak learning rate");
+  cmd->add_option("--weight-decay", o->optim.weight_decay,
+                  "Decoupled weight decay (not on biases, norms, embeddings)");
+  cmd->add_option("--momentum", o->optim.momentum, "SGD momentum");
+  cmd->add_flag("--nesterov", o->optim.nesterov, "SGD with Nesterov momentum");
+  cmd->add_option("--layer-decay", o->optim.layer_decay, "ViT layer-wise LR decay (1 = off)");
+  cmd->add_option("--sched", o->schedule, "cosine | step | constant")
+      ->check(CLI::IsMember({"cosine", "step", "constant"}));
+  cmd->add_option("--warmup-epochs", o->warmup_epochs, "Linear warm-up (may be fractional)");
+  cmd->add_option("--min-lr", o->min_lr, "Floor of the cosine schedule");
+  cmd->add_option("--decay-milestones", o->lr_milestones, "Epochs where step decay applies");
+  cmd->add_option("--decay-rate", o->lr_gamma, "Step decay factor");
+  cmd->add_option("--clip-grad", o->clip_grad, "Max gradient norm (0 = off)");
+  cmd->add_option("--label-smoothing", o->label_smoothing, "Label smoothing");
+  cmd->add_option("--drop", o->dropout, "Dropout rate");
+  cmd->add_option("--drop-path", o->drop_path, "Stochastic depth rate");
+  cmd->add_option("--model-ema-decay", o->ema_decay, "Keep an EMA of the weights (e.g. 0.999)");
+  cmd->add_option("--class-weights", o->class_weights, "none | balanced")
+      ->check(CLI::IsMember({"none", "balanced"}));
+  cmd->add_option("--freeze", o->freeze, "none | backbone | until:<module>");
+  cmd->add_option("--patience", o->patience, "Early stopping patience in epochs (0 = off)");
+  cmd->add_option("--monitor", o->monitor, "val_top1 | val_loss | val_macro_f1");
+  cmd->add_option("--eval-crop-pct", o->eval_crop_pct, "Eval centre-crop fraction");
+  auto& a = o->augment;
+  cmd->add_option("--scale", a.scale, "Random-resized-crop area range")->expected(2);
+  cmd->add_option("--ratio", a.ratio, "Random-resized-crop aspect range")->expected(2);
+  cmd->add_option("--hflip", a.hflip, "Horizontal flip probability");
+  cmd->add_option("--rotation", a.rotation, "Random rotation, degrees");
+  cmd->add_option("--color-jitter", a.brightness,
+                  "Colour jitter strength (brightness = contrast = saturation)");
+  cmd->add_option("--aa", a.auto_augment, "none | trivialaugment | randaugment")
+      ->check(CLI::IsMember({"none", "trivialaugment", "randaugment"}));
+  cmd->add_option("--reprob", a.random_erasing, "Random erasing probability");
+  cmd->add_option("--mixup", o->mixup, "Mixup alpha (0 = off)");
+  cmd->add_option("--cutmix", o->cutmix, "CutMix alpha (0 = off)");
+  cmd->add_option("--seed", o->seed, "Random seed (data order, augmentation, initialisation)");
+  cmd->add_option("--workers", o->workers, "Image decoding threads (0 = all cores)");
+  cmd->add_option("--threads", *threads, "Compute threads (default: all cores)");
+  cmd->add_flag("--resume", o->resume, "Continue the run in --out from its last epoch");
+  cmd->add_flag("--strict", o->strict, "Stop at the first unreadable image instead of skipping");
+  cmd->callback([o, threads, &status] {
+    o->augment.contrast = o->augment.saturation = o->augment.brightness;
+    set_threads(*threads);
+    train::Trainer trainer(*o);
+    std::unique_ptr<Progress> bar;
+    const auto result = trainer.run(
+        [&](const train::StepInfo& s) {
+          if (!bar) {
+            bar = std::make_unique<Progress>(
+                "epoch " + std::to_string(s.epoch + 1) + "/" + std::to_string(s.epochs),
+                s.steps_per_epoch, "step");
+          }
+          char text[96];
+          std::snprintf(text, sizeof text, "loss %.4f acc %.3f lr %.2e %.0f img/s", s.loss, s.top1,
+                        s.lr, s.img_per_s);
+          bar->set_status(text);
+          bar->advance(1);
+        },
+        [&](const train::EpochRecord& r) {
+          if (bar) bar->finish();
+          bar.reset();
+          if (r.has_val) {
+            spdlog::info("epoch {}: train loss {:.4f} top-1 {:.4f} | val loss {:.4f} top-1 {:.4f} "
+                         "macro-F1 {:.4f}{} ({:.0f}s)",
+                         r.epoch, r.train_loss, r.train_top1, r.val_loss, r.val_top1,
+                         r.val_macro_f1, r.best ? " *" : "", r.seconds);
+          } else {
+            spdlog::info("epoch {}: train loss {:.4f} top-1 {:.4f} ({:.0f}s)", r.epoch,
+                         r.train_loss, r.train_top1, r.seconds);
+          }
+        });
+    spdlog::info("best model: {} (epoch {}), last: {}", result.best_dir, result.best_epoch,
+                 result.last_dir);
+    status = kExitOk;
+  });
+}
+
+void add_eval_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand("eval", "Evaluate a model on a labelled split");
+  struct Args {
+    std::string model, compare, split = "test", json;
+    data::DataOptions data;
+    train::EvalOptions eval;
+    int threads = 0;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--model", a->model, "Model directory")->required();
+  add_data_options(cmd, a->data);
+  cmd->add_option("--split", a->split, "train | val | test")
+      ->check(CLI::IsMember({"train", "val", "test"}));
+  cmd->add_option("--compare", a->compare, "A second model directory to set beside the first");
+  cmd->add_option("--json", a->json, "Write the full metrics (per class, confusion) here");
+  cmd->add_option("--batch-size,-b", a->eval.batch_size, "Images per forward pass");
+  cmd->add_option("--workers", a->eval.workers, "Image decoding threads (0 = all cores)");
+  cmd->add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  cmd->callback([a, &status] {
+    set_threads(a->threads);
+    const data::DataSplits splits = data::open_data(a->data);
+    const auto d = pick_split(splits, a->split);
+    nlohmann::json out = nlohmann::json::object();
+    std::vector<std::string> dirs{a->model};
+    if (!a->compare.empty()) dirs.push_back(a->compare);
+    std::vector<train::ClassificationMetrics> results;
+    for (const auto& dir : dirs) {
+      auto model = models::load_model(dir);
+      std::vector<std::string> errors;
+      results.push_back(train::evaluate(*model, d, a->eval, &errors));
+      for (const auto& e : errors) spdlog::warn("skipped: {}", e);
+      out[dir] = nlohmann::json::parse(results.back().to_json(splits.classes));
+      out[dir]["skipped_images"] = errors.size();
+    }
+    // The summary on stdout, one JSON object per model; the full detail goes to --json.
+    for (size_t i = 0; i < dirs.size(); ++i) {
+      const auto& m = results[i];
+      std::cout << json_text(nlohmann::json{{"model", dirs[i]},   {"split", a->split},
+                                  {"images", m.count},  {"top1", m.top1},
+                                  {"top5", m.top5},     {"macro_f1", m.macro_f1},
+                                  {"ece", m.ece},       {"loss", m.loss}})
+                << "\n";
+    }
+    if (results.size() == 2) {
+      spdlog::info("top-1 {:.4f} -> {:.4f} ({:+.2f} points), macro-F1 {:.4f} -> {:.4f}",
+                   results[0].top1, results[1].top1, 100 * (results[1].top1 - results[0].top1),
+                   results[0].macro_f1, results[1].macro_f1);
+    }
+    if (!a->json.empty()) write_file_atomic(a->json, json_text(out, 2) + "\n");
+    status = kExitOk;
+  });
+}
+
+}  // namespace vitrine::cli

@@ -1,0 +1,101 @@
+// Fine-tuning: the training loop behind `vitrine train`. One pass of the loop is
+// data -> (mixup/cutmix) -> forward -> loss -> backward -> clip -> schedule -> step
+// -> EMA; an epoch ends with validation, checkpoints and early stopping. Each stage
+// is a member function, so adversarial batches, adapters or gradient all-reduce
+// slot in without changing the rest.
+#pragma once
+
+#include "vitrine/data/dataset.h"
+#include "vitrine/image/augment.h"
+#include "vitrine/models/model.h"
+#include "vitrine/train/optim.h"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vitrine::train {
+
+struct TrainOptions {
+  // Model: a registered architecture from scratch, or a model directory.
+  std::string arch;
+  std::string init_dir;
+  int64_t image_size = 0;    ///< 0: the architecture's (or the init model's)
+  int64_t in_channels = 0;   ///< 0: from the data (1 for grey data sets) for --arch
+  bool reinit_head = false;  ///< --init with another class count gets a new head
+  double dropout = -1;       ///< < 0: the model's
+  double drop_path = -1;     ///< < 0: the model's
+  double eval_crop_pct = 0.875;  ///< eval resize = image_size / crop_pct (torchvision: 224/256)
+
+  data::DataOptions data;
+  int64_t batch_size = 64;
+  int workers = 0;
+  bool strict = false;  ///< a bad image stops training instead of being skipped
+
+  image::TrainTransform augment;  ///< size, mean, std, channels come from the model
+  double mixup = 0;   ///< Beta(alpha, alpha) mixing of pairs; 0 = off
+  double cutmix = 0;  ///< Beta(alpha, alpha) box pasting; 0 = off (both: half the batches each)
+
+  OptimizerOptions optim;
+  std::string schedule = "cosine";
+  double warmup_epochs = 0;
+  double min_lr = 0;
+  std::vector<int64_t> lr_milestones;  ///< epochs, for the step schedule
+  double lr_gamma = 0.1;
+  double clip_grad = 0;         ///< max gradient norm; 0 = off
+  double label_smoothing = 0;
+  double ema_decay = 0;         ///< model EMA; 0 = off
+  std::string class_weights = "none";  ///< none | balanced (inverse class frequency)
+  std::string freeze = "none";  ///< none | backbone | until:<module>
+
+  int64_t epochs = 10;
+  int64_t patience = 0;         ///< early stopping after this many epochs without gain; 0 = off
+  std::string monitor = "val_top1";  ///< val_top1 | val_loss | val_macro_f1
+  std::string out_dir;
+  uint64_t seed = 0;
+  bool resume = false;
+};
+
+/// One line of the metrics log (metrics.jsonl).
+struct EpochRecord {
+  int64_t epoch = 0;
+  double lr = 0, train_loss = 0, train_top1 = 0, seconds = 0, img_per_s = 0;
+  double val_loss = 0, val_top1 = 0, val_top5 = 0, val_macro_f1 = 0;
+  bool has_val = false, best = false;
+  int64_t skipped = 0;
+  std::string to_json() const;
+};
+
+/// What a progress display gets after every optimisation step.
+struct StepInfo {
+  int64_t epoch, epochs, step_in_epoch, steps_per_epoch;
+  double loss, top1, lr, img_per_s;
+};
+
+struct TrainResult {
+  std::vector<EpochRecord> history;
+  int64_t best_epoch = -1;
+  double best_value = 0;
+  bool stopped_early = false;
+  std::string best_dir, last_dir;
+  std::vector<std::string> warnings;
+};
+
+class Trainer {
+ public:
+  explicit Trainer(TrainOptions options);
+  ~Trainer();
+
+  /// Trains, validates, checkpoints; `on_step` and `on_epoch` feed progress displays.
+  TrainResult run(const std::function<void(const StepInfo&)>& on_step = {},
+                  const std::function<void(const EpochRecord&)>& on_epoch = {});
+
+  const models::VisionModelImpl& model() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace vitrine::train

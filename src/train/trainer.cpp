@@ -1,0 +1,439 @@
+#include "vitrine/train/trainer.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/core/safetensors.h"
+#include "vitrine/data/loader.h"
+#include "vitrine/image/transform.h"
+#include "vitrine/models/checkpoint.h"
+#include "vitrine/models/model_dir.h"
+#include "vitrine/models/registry.h"
+#include "vitrine/train/evaluate.h"
+#include "vitrine/train/loss.h"
+#include "vitrine/train/metrics.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/serialize.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+namespace vitrine::train {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// Bumped when the resumable state's layout changes.
+constexpr int kStateVersion = 1;
+
+double beta_sample(double alpha, std::mt19937_64& rng) {
+  std::gamma_distribution<double> g(alpha, 1.0);
+  const double a = g(rng), b = g(rng);
+  return a / (a + b);
+}
+
+}  // namespace
+
+std::string EpochRecord::to_json() const {
+  json j{{"epoch", epoch},           {"lr", lr},
+         {"train_loss", train_loss}, {"train_top1", train_top1},
+         {"seconds", seconds},       {"img_per_s", img_per_s},
+         {"skipped_images", skipped}};
+  if (has_val) {
+    j["val_loss"] = val_loss;
+    j["val_top1"] = val_top1;
+    j["val_top5"] = val_top5;
+    j["val_macro_f1"] = val_macro_f1;
+    j["best"] = best;
+  }
+  return j.dump();
+}
+
+struct Trainer::State {
+  TrainOptions o;
+  data::DataSplits data;
+  models::VisionModel model, ema;
+  std::vector<ParamGroup> groups;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  ScheduleOptions schedule;
+  at::Tensor class_weights;
+  int64_t steps_per_epoch = 0;
+  int64_t step = 0;
+  int64_t start_epoch = 0;
+  TrainResult result;
+  int64_t bad_epochs = 0;
+
+  std::string path(const std::string& name) const { return (fs::path(o.out_dir) / name).string(); }
+  void build_model();
+  void build_optimizer();
+  data::SampleTransform train_transform() const;
+  at::Tensor train_step(data::Batch& batch, std::mt19937_64& rng, double& top1);
+  void update_ema();
+  void save_state(int64_t epochs_done);
+  void load_state();
+  bool improved(double value) const;
+};
+
+void Trainer::State::build_model() {
+  const int64_t classes = static_cast<int64_t>(data.classes.size());
+  models::ModelConfig cfg;
+  StateDict init_weights;
+  if (!o.init_dir.empty()) {
+    VT_CHECK(o.arch.empty(), "give either --model ARCH (from scratch) or --init DIR, not both");
+    cfg = models::load_model_config(o.init_dir);
+    init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
+    VT_CHECK(cfg.num_classes == classes || o.reinit_head, o.init_dir, " has a head of ",
+             cfg.num_classes, " classes but the data has ", classes,
+             "; pass --reinit-head to train a new head");
+  } else {
+    VT_CHECK(!o.arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");
+    cfg = models::model_preset(o.arch);
+    // Grey data sets (Fashion-MNIST, X-ray-like product scans) train 1-channel models.
+    cfg.in_channels = o.in_channels > 0 ? o.in_channels
+                                        : (data.train->image(0).channels() == 1 ? 1 : 3);
+    cfg.preprocess.mean.resize(cfg.in_channels, 0.5f);
+    cfg.preprocess.std.resize(cfg.in_channels, 0.5f);
+    if (cfg.in_channels == 1) {
+      cfg.preprocess.mean = {0.5f};
+      cfg.preprocess.std = {0.5f};
+    }
+    cfg.preprocess.channels = cfg.in_channels;
+  }
+  if (o.image_size > 0) models::set_image_size(cfg, o.image_size);
+  VT_CHECK(o.eval_crop_pct > 0 && o.eval_crop_pct <= 1, "--eval-crop-pct must be in (0, 1]");
+  cfg.preprocess.resize =
+      static_cast<int64_t>(std::floor(cfg.image_size / o.eval_crop_pct + 1e-9));
+  if (o.dropout >= 0) cfg.dropout = o.dropout;
+  if (o.drop_path >= 0) cfg.drop_path = o.drop_path;
+  cfg.num_classes = classes;
+  cfg.labels = data.classes;
+  cfg.task = "single_label";
+  model = models::create_model(cfg);
+  if (!init_weights.empty()) {
+    models::LoadOptions lo;
+    lo.reinit_head = o.reinit_head;
+    const auto report = models::load_state_dict(*model, init_weights, lo);
+    if (!report.adapted.empty()) spdlog::info("initialised from {}:{}", o.init_dir, report.summary());
+  }
+  if (o.ema_decay > 0) {
+    VT_CHECK(o.ema_decay < 1, "--model-ema-decay must be in (0, 1)");
+    ema = models::create_model(cfg);
+    load_state_dict(*ema, models::model_state_dict(*model));
+    for (auto& p : ema->parameters()) p.set_requires_grad(false);
+  }
+}
+
+void Trainer::State::build_optimizer() {
+  const int64_t frozen = apply_freeze(*model, o.freeze);
+  if (frozen > 0) spdlog::info("froze {} tensors ({})", frozen, o.freeze);
+  groups = param_groups(*model, o.optim);
+  optimizer = make_optimizer(groups, o.optim);
+  schedule.name = o.schedule;
+  schedule.total_steps = std::max<int64_t>(1, steps_per_epoch * o.epochs);
+  schedule.warmup_steps = static_cast<int64_t>(std::llround(o.warmup_epochs * steps_per_epoch));
+  schedule.min_lr = o.min_lr;
+  schedule.gamma = o.lr_gamma;
+  for (const int64_t e : o.lr_milestones) schedule.milestones.push_back(e * steps_per_epoch);
+}
+
+data::SampleTransform Trainer::State::train_transform() const {
+  image::TrainTransform t = o.augment;
+  const auto& cfg = model->config();
+  t.size = cfg.image_size;
+  t.mean = cfg.preprocess.mean;
+  t.std = cfg.preprocess.std;
+  t.channels = cfg.in_channels;
+  t.interpolation = cfg.preprocess.interpolation;
+  return [t](const cv::Mat& img, std::mt19937_64& rng) {
+    return image::train_transform(with_channels(img, t.channels), t, rng);
+  };
+}
+
+at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, double& top1) {
+  const int64_t k = model->config().num_classes;
+  at::Tensor images = batch.images;
+  const at::Tensor hard = batch.targets;
+  at::Tensor soft = smoothed_targets(hard, k, o.label_smoothing);
+  const bool use_mixup = o.mixup > 0, use_cutmix = o.cutmix > 0;
+  if ((use_mixup || use_cutmix) && images.size(0) > 1) {
+    const bool cut = use_cutmix && (!use_mixup || std::bernoulli_distribution(0.5)(rng));
+    double lam = beta_sample(cut ? o.cutmix : o.mixup, rng);
+    // Pair each sample with its neighbour in the reversed batch, as timm does.
+    const at::Tensor flipped = images.flip(0);
+    if (cut) {
+      const int64_t h = images.size(2), w = images.size(3);
+      const double r = std::sqrt(1.0 - lam);
+      const int64_t ch = static_cast<int64_t>(h * r), cw = static_cast<int64_t>(w * r);
+      const int64_t cy = std::uniform_int_distribution<int64_t>(0, h - 1)(rng);
+      const int64_t cx = std::uniform_int_distribution<int64_t>(0, w - 1)(rng);
+      const int64_t y0 = std::max<int64_t>(0, cy - ch / 2), y1 = std::min(h, cy + ch / 2);
+      const int64_t x0 = std::max<int64_t>(0, cx - cw / 2), x1 = std::min(w, cx + cw / 2);
+      images = images.clone();
+      images.slice(2, y0, y1).slice(3, x0, x1).copy_(flipped.slice(2, y0, y1).slice(3, x0, x1));
+      lam = 1.0 - static_cast<double>((y1 - y0) * (x1 - x0)) / (h * w);
+    } else {
+      images = images * lam + flipped * (1.0 - lam);
+    }
+    soft = soft * lam + soft.flip(0) * (1.0 - lam);
+  }
+  const at::Tensor logits = model->forward(images);
+  VT_CHECK(logits.size(1) == k, "internal: head size mismatch");
+  const at::Tensor loss = soft_cross_entropy(logits, soft, class_weights);
+  top1 = logits.argmax(1).eq(hard).to(at::kFloat).mean().item<double>();
+  return loss;
+}
+
+void Trainer::State::update_ema() {
+  if (!ema) return;
+  at::NoGradGuard no_grad;
+  auto src = models::model_state_dict(*model);
+  auto dst = models::model_state_dict(*ema);
+  for (size_t i = 0; i < dst.size(); ++i) {
+    at::Tensor& d = dst[i].second;
+    const at::Tensor& s = src[i].second;
+    if (d.is_floating_point()) {
+      d.mul_(o.ema_decay).add_(s, 1.0 - o.ema_decay);
+    } else {
+      d.copy_(s);
+    }
+  }
+}
+
+bool Trainer::State::improved(double value) const {
+  if (result.best_epoch < 0) return true;
+  return o.monitor == "val_loss" ? value < result.best_value : value > result.best_value;
+}
+
+void Trainer::State::save_state(int64_t epochs_done) {
+  const std::string dir = path("state");
+  fs::create_directories(dir);
+  safetensors_save(dir + "/model.safetensors", models::model_state_dict(*model));
+  if (ema) safetensors_save(dir + "/ema.safetensors", models::model_state_dict(*ema));
+  // libtorch's own archive holds the optimiser's moments and step counts exactly.
+  const std::string tmp = dir + "/optimizer.pt.tmp";
+  torch::save(*optimizer, tmp);
+  fs::rename(tmp, dir + "/optimizer.pt");
+  json history = json::array();
+  for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
+  const json j{{"version", kStateVersion}, {"epochs_done", epochs_done},   {"step", step},
+               {"best_epoch", result.best_epoch}, {"best_value", result.best_value},
+               {"bad_epochs", bad_epochs},        {"seed", o.seed},       {"history", history}};
+  write_file_atomic(dir + "/trainer.json", j.dump(2));
+}
+
+void Trainer::State::load_state() {
+  const std::string dir = path("state");
+  VT_CHECK(fs::exists(dir + "/trainer.json"), "--resume: no saved state in ", dir,
+           "; start without --resume");
+  const json j = json::parse(read_text_file(dir + "/trainer.json"));
+  VT_CHECK(j.value("version", 0) == kStateVersion, dir, ": state written by another version");
+  VT_CHECK(j.value("seed", o.seed) == o.seed, "--resume with another --seed (",
+           j.value("seed", o.seed), " before) would not continue the same run");
+  load_state_dict(*model, safetensors_load(dir + "/model.safetensors").tensors);
+  if (ema) load_state_dict(*ema, safetensors_load(dir + "/ema.safetensors").tensors);
+  torch::load(*optimizer, dir + "/optimizer.pt");
+  start_epoch = j["epochs_done"];
+  step = j["step"];
+  result.best_epoch = j["best_epoch"];
+  result.best_value = j["best_value"];
+  bad_epochs = j["bad_epochs"];
+  for (const auto& r : j["history"]) {
+    EpochRecord e;
+    e.epoch = r["epoch"];
+    e.lr = r["lr"];
+    e.train_loss = r["train_loss"];
+    e.train_top1 = r["train_top1"];
+    e.has_val = r.contains("val_top1");
+    if (e.has_val) {
+      e.val_loss = r["val_loss"];
+      e.val_top1 = r["val_top1"];
+      e.val_top5 = r["val_top5"];
+      e.val_macro_f1 = r["val_macro_f1"];
+      e.best = r["best"];
+    }
+    result.history.push_back(e);
+  }
+  spdlog::info("resuming after epoch {} (step {})", start_epoch, step);
+}
+
+Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
+  auto& s = *s_;
+  s.o = std::move(options);
+  const auto& o = s.o;
+  VT_CHECK(!o.out_dir.empty(), "give --out DIR for the run's checkpoints and logs");
+  VT_CHECK(o.epochs > 0, "--epochs must be positive");
+  VT_CHECK(o.batch_size > 0, "--batch-size must be positive");
+  VT_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing must be in [0, 1)");
+  VT_CHECK(o.monitor == "val_top1" || o.monitor == "val_loss" || o.monitor == "val_macro_f1",
+           "--monitor must be val_top1, val_loss or val_macro_f1");
+  VT_CHECK(o.class_weights == "none" || o.class_weights == "balanced",
+           "--class-weights must be none or balanced");
+  at::manual_seed(o.seed);
+  s.data = data::open_data(o.data);
+  for (const auto& w : s.data.warnings) spdlog::warn("{}", w);
+  s.result.warnings = s.data.warnings;
+  VT_CHECK(!s.data.multi_label, "multi-label training is not yet supported; give one label per image");
+  VT_CHECK(s.data.train && s.data.train->size() > 0, "no training images in ", o.data.source);
+  s.build_model();
+  const int64_t n = s.data.train->size();
+  s.steps_per_epoch = n >= o.batch_size ? n / o.batch_size : 1;
+  if (o.class_weights == "balanced") {
+    // Inverse class frequency, normalised to mean 1 (sklearn's "balanced").
+    const int64_t k = static_cast<int64_t>(s.data.classes.size());
+    std::vector<double> counts(k, 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+      for (const int64_t c : s.data.train->labels(i)) counts[c] += 1;
+    }
+    std::vector<float> w(k);
+    for (int64_t c = 0; c < k; ++c) w[c] = counts[c] > 0 ? static_cast<float>(n / (k * counts[c])) : 0.f;
+    s.class_weights = at::tensor(w);
+  }
+  s.build_optimizer();
+}
+
+Trainer::~Trainer() = default;
+
+const models::VisionModelImpl& Trainer::model() const { return *s_->model; }
+
+TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
+                         const std::function<void(const EpochRecord&)>& on_epoch) {
+  auto& s = *s_;
+  const auto& o = s.o;
+  fs::create_directories(o.out_dir);
+  if (o.resume) s.load_state();
+  data::LoaderOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.shuffle = true;
+  // As timm: a short last batch would weigh its few images more and can break batch norm.
+  lo.drop_last = s.data.train->size() >= o.batch_size;
+  lo.seed = o.seed;
+  lo.workers = o.workers;
+  lo.strict = o.strict;
+  data::Loader loader(s.data.train, s.train_transform(), lo);
+  s.result.best_dir = s.path("best");
+  s.result.last_dir = s.path("last");
+  const std::string log_path = s.path("metrics.jsonl");
+  std::string log_text;
+  for (const auto& r : s.result.history) log_text += r.to_json() + "\n";
+
+  for (int64_t epoch = s.start_epoch; epoch < o.epochs; ++epoch) {
+    // Everything random in an epoch derives from (seed, epoch): a resumed run repeats it.
+    at::manual_seed(o.seed * 1000003 + epoch);
+    std::mt19937_64 rng(o.seed * 7919 + epoch);
+    s.model->train();
+    // A linear probe keeps the frozen backbone's batch norms on their stored statistics.
+    if (o.freeze == "backbone") s.model->eval();
+    loader.start_epoch(epoch);
+    const auto t0 = std::chrono::steady_clock::now();
+    double loss_sum = 0, top1_sum = 0;
+    int64_t seen = 0, batches = 0;
+    data::Batch batch;
+    while (loader.next(batch)) {
+      // A batch norm cannot normalise a batch of one (a skipped image can leave one).
+      if (batch.images.size(0) < 2) continue;
+      double top1 = 0;
+      const at::Tensor loss = s.train_step(batch, rng, top1);
+      const double loss_value = loss.item<double>();
+      if (!std::isfinite(loss_value)) {
+        VT_FAIL("the loss became ", loss_value, " at epoch ", epoch + 1,
+                "; the last good checkpoint is in ", s.result.last_dir,
+                ". Lower --lr, add --clip-grad or --warmup-epochs");
+      }
+      s.optimizer->zero_grad();
+      loss.backward();
+      if (o.clip_grad > 0) {
+        std::vector<at::Tensor> params;
+        for (const auto& g : s.groups) params.insert(params.end(), g.params.begin(), g.params.end());
+        torch::nn::utils::clip_grad_norm_(params, o.clip_grad);
+      }
+      apply_schedule(*s.optimizer, s.groups, o.optim, s.schedule, s.step);
+      s.optimizer->step();
+      s.update_ema();
+      ++s.step;
+      ++batches;
+      const int64_t bs = batch.images.size(0);
+      seen += bs;
+      loss_sum += loss_value * bs;
+      top1_sum += top1 * bs;
+      if (on_step) {
+        const double secs =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        on_step({epoch, o.epochs, batches, s.steps_per_epoch, loss_value, top1,
+                 lr_at(s.schedule, s.step - 1, o.optim.lr), seen / std::max(secs, 1e-9)});
+      }
+    }
+    // Batch-norm statistics diverge too, so buffers are checked with the parameters.
+    for (const auto& [name, p] : models::model_state_dict(*s.model)) {
+      if (!p.is_floating_point()) continue;
+      VT_CHECK(at::isfinite(p).all().item<bool>(), "the weights (", name,
+               ") became non-finite in epoch ",
+               epoch + 1, "; the last good checkpoint is in ", s.result.last_dir,
+               ". Lower --lr, add --clip-grad or --warmup-epochs");
+    }
+    EpochRecord rec;
+    rec.epoch = epoch + 1;
+    rec.lr = lr_at(s.schedule, std::max<int64_t>(0, s.step - 1), o.optim.lr);
+    rec.train_loss = seen ? loss_sum / seen : 0;
+    rec.train_top1 = seen ? top1_sum / seen : 0;
+    rec.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    rec.img_per_s = seen / std::max(rec.seconds, 1e-9);
+    rec.skipped = static_cast<int64_t>(loader.errors().size());
+    for (const auto& e : loader.errors()) spdlog::warn("skipped: {}", e);
+
+    models::VisionModelImpl& judged = s.ema ? *s.ema : *s.model;
+    bool stop = false;
+    if (s.data.val && s.data.val->size() > 0) {
+      std::vector<std::string> errors;
+      ClassificationMetrics m;
+      try {
+        m = evaluate(judged, s.data.val, {o.batch_size, o.workers, o.strict}, &errors);
+      } catch (const NonFiniteOutput& e) {
+        VT_FAIL(e.what(), " in epoch ", epoch + 1, "; the last good checkpoint is in ",
+                s.result.last_dir, ". Lower --lr, add --clip-grad or --warmup-epochs");
+      }
+      for (const auto& e : errors) spdlog::warn("validation skipped: {}", e);
+      rec.has_val = true;
+      rec.val_loss = m.loss;
+      rec.val_top1 = m.top1;
+      rec.val_top5 = m.top5;
+      rec.val_macro_f1 = m.macro_f1;
+      const double value = o.monitor == "val_loss" ? m.loss
+                           : o.monitor == "val_macro_f1" ? m.macro_f1
+                                                         : m.top1;
+      if (s.improved(value)) {
+        s.result.best_epoch = rec.epoch;
+        s.result.best_value = value;
+        s.bad_epochs = 0;
+        rec.best = true;
+        models::save_model(judged, s.result.best_dir);
+      } else if (o.patience > 0 && ++s.bad_epochs >= o.patience) {
+        stop = true;
+      }
+    }
+    models::save_model(judged, s.result.last_dir);
+    s.result.history.push_back(rec);
+    log_text += rec.to_json() + "\n";
+    write_file_atomic(log_path, log_text);
+    s.save_state(epoch + 1);
+    if (on_epoch) on_epoch(rec);
+    if (stop) {
+      s.result.stopped_early = true;
+      spdlog::info("early stop: {} did not improve for {} epochs (best {} at epoch {})", o.monitor,
+                   o.patience, s.result.best_value, s.result.best_epoch);
+      break;
+    }
+  }
+  if (s.result.best_epoch < 0) {
+    // No validation data: the last model is the best we know.
+    models::save_model(s.ema ? *s.ema : *s.model, s.result.best_dir);
+  }
+  return s.result;
+}
+
+}  // namespace vitrine::train

@@ -1,0 +1,149 @@
+#include "vitrine/core/error.h"
+#include "vitrine/models/checkpoint.h"
+#include "vitrine/models/registry.h"
+#include "vitrine/train/optim.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+
+using namespace vitrine;
+using namespace vitrine::train;
+
+namespace {
+
+models::ModelConfig tiny_vit() {
+  models::ModelConfig c = models::model_preset("vit_custom");
+  c.vit.patch_size = 8;
+  c.vit.hidden_size = 32;
+  c.vit.num_hidden_layers = 3;
+  c.vit.num_attention_heads = 4;
+  c.vit.intermediate_size = 64;
+  models::set_image_size(c, 32);
+  c.num_classes = 5;
+  return c;
+}
+
+}  // namespace
+
+TEST(Schedule, WarmupThenCosine) {
+  ScheduleOptions s;
+  s.total_steps = 11;
+  s.warmup_steps = 3;
+  EXPECT_DOUBLE_EQ(lr_at(s, 0, 1.0), 1.0 / 3);
+  EXPECT_DOUBLE_EQ(lr_at(s, 2, 1.0), 1.0);
+  EXPECT_DOUBLE_EQ(lr_at(s, 3, 1.0), 1.0);  // cosine starts at the peak
+  EXPECT_NEAR(lr_at(s, 7, 1.0), 0.5, 1e-12);  // half way through the 8 cosine steps
+  EXPECT_NEAR(lr_at(s, 6, 1.0), 0.5 * (1 + std::cos(M_PI * 3 / 8)), 1e-12);
+  s.min_lr = 0.1;
+  EXPECT_NEAR(lr_at(s, 11, 1.0), 0.1, 1e-12);  // floor
+}
+
+TEST(Schedule, StepAndConstant) {
+  ScheduleOptions s;
+  s.name = "step";
+  s.total_steps = 100;
+  s.milestones = {30, 60};
+  EXPECT_DOUBLE_EQ(lr_at(s, 29, 1.0), 1.0);
+  EXPECT_NEAR(lr_at(s, 30, 1.0), 0.1, 1e-12);
+  EXPECT_NEAR(lr_at(s, 99, 1.0), 0.01, 1e-12);
+  s.name = "constant";
+  EXPECT_DOUBLE_EQ(lr_at(s, 99, 0.3), 0.3);
+  s.name = "linear";
+  EXPECT_THROW(lr_at(s, 5, 1.0), Error);
+}
+
+TEST(ParamGroups, NoDecayOnBiasesNormsAndEmbeddings) {
+  auto model = models::create_model(tiny_vit());
+  OptimizerOptions o;
+  o.weight_decay = 0.05;
+  const auto groups = param_groups(*model, o);
+  std::set<std::string> decayed, plain;
+  for (const auto& g : groups) {
+    for (const auto& n : g.names) (g.weight_decay > 0 ? decayed : plain).insert(n);
+  }
+  EXPECT_TRUE(plain.count("class_token"));
+  EXPECT_TRUE(plain.count("encoder.pos_embedding"));
+  EXPECT_TRUE(plain.count("encoder.layers.encoder_layer_0.ln_1.weight"));
+  EXPECT_TRUE(plain.count("heads.head.bias"));
+  EXPECT_TRUE(decayed.count("heads.head.weight"));
+  EXPECT_TRUE(decayed.count("encoder.layers.encoder_layer_0.self_attention.in_proj_weight"));
+  EXPECT_EQ(decayed.size() + plain.size(), model->parameters().size());
+}
+
+TEST(ParamGroups, LayerDecayScalesDeeperLayersLess) {
+  auto model = models::create_model(tiny_vit());
+  OptimizerOptions o;
+  o.layer_decay = 0.5;
+  std::map<std::string, double> scale;
+  for (const auto& g : param_groups(*model, o)) {
+    for (const auto& n : g.names) scale[n] = g.lr_scale;
+  }
+  EXPECT_DOUBLE_EQ(scale["heads.head.weight"], 1.0);
+  EXPECT_DOUBLE_EQ(scale["encoder.layers.encoder_layer_2.mlp.0.weight"], 0.5);
+  EXPECT_DOUBLE_EQ(scale["encoder.layers.encoder_layer_0.mlp.0.weight"], 0.125);
+  EXPECT_DOUBLE_EQ(scale["conv_proj.weight"], 0.0625);
+}
+
+TEST(Freeze, BackboneLeavesOnlyTheHead) {
+  auto model = models::create_model(tiny_vit());
+  const int64_t frozen = apply_freeze(*model, "backbone");
+  int64_t trainable = 0;
+  for (const auto& p : model->named_parameters()) {
+    if (p.value().requires_grad()) {
+      ++trainable;
+      EXPECT_EQ(p.key().rfind("heads.head.", 0), 0u) << p.key();
+    }
+  }
+  EXPECT_EQ(trainable, 2);
+  EXPECT_EQ(frozen + trainable, static_cast<int64_t>(model->parameters().size()));
+}
+
+TEST(Freeze, UntilModuleAndErrors) {
+  models::ModelConfig c = models::model_preset("resnet18");
+  models::set_image_size(c, 32);
+  auto model = models::create_model(c);
+  apply_freeze(*model, "until:layer3");
+  for (const auto& p : model->named_parameters()) {
+    const bool before = p.key().rfind("layer3", 0) != 0 && p.key().rfind("layer4", 0) != 0 &&
+                        p.key().rfind("fc", 0) != 0;
+    EXPECT_EQ(p.value().requires_grad(), !before) << p.key();
+  }
+  EXPECT_THROW(apply_freeze(*model, "until:layer9"), Error);
+  EXPECT_THROW(apply_freeze(*model, "head"), Error);
+}
+
+TEST(Optimizer, FrozenTensorsStayBitIdentical) {
+  auto model = models::create_model(tiny_vit());
+  apply_freeze(*model, "until:encoder.layers.encoder_layer_2");
+  std::vector<std::pair<std::string, at::Tensor>> before;
+  for (const auto& [n, t] : models::model_state_dict(*model)) before.emplace_back(n, t.clone());
+  OptimizerOptions o;
+  const auto groups = param_groups(*model, o);
+  auto opt = make_optimizer(groups, o);
+  for (int i = 0; i < 3; ++i) {
+    opt->zero_grad();
+    model->forward(at::randn({4, 3, 32, 32})).pow(2).mean().backward();
+    opt->step();
+  }
+  const auto after = models::model_state_dict(*model);
+  for (size_t i = 0; i < after.size(); ++i) {
+    const bool frozen = after[i].first.rfind("encoder.layers.encoder_layer_2", 0) != 0 &&
+                        after[i].first.rfind("encoder.ln", 0) != 0 &&
+                        after[i].first.rfind("heads", 0) != 0;
+    EXPECT_EQ(at::equal(before[i].second, after[i].second), frozen) << after[i].first;
+  }
+}
+
+TEST(Optimizer, SgdNesterovNeedsMomentum) {
+  auto model = models::create_model(tiny_vit());
+  OptimizerOptions o;
+  o.name = "sgd";
+  o.nesterov = true;
+  o.momentum = 0;
+  EXPECT_THROW(make_optimizer(param_groups(*model, o), o), Error);
+  o.name = "lamb";
+  EXPECT_THROW(make_optimizer(param_groups(*model, o), o), Error);
+}

@@ -1,0 +1,201 @@
+// The training loop end to end on small synthetic image folders.
+#include "test_util.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/safetensors.h"
+#include "vitrine/models/checkpoint.h"
+#include "vitrine/models/model_dir.h"
+#include "vitrine/train/evaluate.h"
+#include "vitrine/train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <filesystem>
+#include <random>
+
+using namespace vitrine;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Class c draws a square of its own colour at a random place on a noisy background.
+void write_image_folder(const std::string& root, const std::vector<int>& per_class,
+                        uint64_t seed, double noise = 20) {
+  static const cv::Scalar kColours[] = {{255, 40, 40}, {40, 255, 40}, {40, 40, 255},
+                                        {230, 230, 40}};
+  std::mt19937_64 rng(seed);
+  for (size_t c = 0; c < per_class.size(); ++c) {
+    const std::string dir = root + "/class_" + std::to_string(c);
+    fs::create_directories(dir);
+    for (int i = 0; i < per_class[c]; ++i) {
+      cv::Mat img(32, 32, CV_8UC3, cv::Scalar(128, 128, 128));
+      cv::Mat n(32, 32, CV_8UC3);
+      cv::randn(n, 0, noise);
+      img += n;
+      const int x = std::uniform_int_distribution<int>(0, 16)(rng);
+      const int y = std::uniform_int_distribution<int>(0, 16)(rng);
+      cv::rectangle(img, cv::Rect(x, y, 14, 14), kColours[c], cv::FILLED);
+      cv::imwrite(dir + "/" + std::to_string(i) + ".png", img);
+    }
+  }
+}
+
+train::TrainOptions small_run(const std::string& data, const std::string& out) {
+  train::TrainOptions o;
+  o.arch = "resnet18";
+  o.image_size = 32;
+  o.eval_crop_pct = 1.0;
+  o.data.source = data;
+  o.data.val_split = 0.25;
+  o.batch_size = 8;
+  o.workers = 2;
+  o.out_dir = out;
+  o.augment.scale = {1.0, 1.0};
+  o.augment.ratio = {1.0, 1.0};
+  o.augment.hflip = 0;
+  o.optim.lr = 2e-3;
+  o.optim.weight_decay = 0;
+  o.epochs = 3;
+  o.seed = 1;
+  return o;
+}
+
+}  // namespace
+
+TEST(Trainer, OverfitsThirtyTwoImages) {
+  const std::string dir = test::temp_dir("overfit");
+  write_image_folder(dir + "/data/train", {8, 8, 8, 8}, 3);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  // No batch norm: at 32 pixels ResNet's last norms see 1x1 maps, and their running
+  // statistics lag the batch ones for many steps.
+  o.arch = "vit_ti_16";
+  o.epochs = 15;
+  o.optim.lr = 1e-3;
+  o.schedule = "constant";
+  train::Trainer trainer(o);
+  const auto result = trainer.run();
+  ASSERT_EQ(result.history.size(), 15u);
+  auto model = models::load_model(result.last_dir);
+  data::DataOptions d;
+  d.source = dir + "/data";
+  const auto splits = data::open_data(d);
+  const auto m = train::evaluate(*model, splits.train);
+  EXPECT_EQ(m.count, 32);
+  EXPECT_DOUBLE_EQ(m.top1, 1.0) << "train top-1 in the last epoch: "
+                                << result.history.back().train_top1;
+  EXPECT_LT(result.history.back().train_loss, result.history.front().train_loss);
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, EarlyStoppingStopsWhenValidationStalls) {
+  const std::string dir = test::temp_dir("early");
+  write_image_folder(dir + "/data", {8, 8}, 4);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  o.optim.lr = 1e-12;  // nothing can improve...
+  o.freeze = "backbone";  // ...not even the batch-norm statistics
+  o.epochs = 10;
+  o.patience = 2;
+  train::Trainer trainer(o);
+  const auto result = trainer.run();
+  EXPECT_TRUE(result.stopped_early);
+  EXPECT_EQ(result.history.size(), 3u);  // best at 1, then two epochs without gain
+  EXPECT_EQ(result.best_epoch, 1);
+  EXPECT_TRUE(fs::exists(result.best_dir + "/model.safetensors"));
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, ResumedRunEqualsUninterruptedRun) {
+  const std::string dir = test::temp_dir("resume");
+  write_image_folder(dir + "/data", {6, 6, 6}, 5);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/full");
+  o.epochs = 4;
+  o.augment.hflip = 0.5;  // randomness that must be replayed
+  o.augment.scale = {0.5, 1.0};
+  o.dropout = 0.2;
+  train::Trainer(o).run();
+
+  o.out_dir = dir + "/killed";
+  try {
+    // "Killed" after its second epoch: the state of epoch 2 is on disk.
+    train::Trainer(o).run({}, [](const train::EpochRecord& r) {
+      if (r.epoch == 2) throw std::runtime_error("killed");
+    });
+    FAIL() << "the run should have been interrupted";
+  } catch (const std::runtime_error&) {
+  }
+  o.resume = true;
+  const auto resumed = train::Trainer(o).run();
+  EXPECT_EQ(resumed.history.size(), 4u);
+  const auto a = safetensors_load(dir + "/full/last/model.safetensors").tensors;
+  const auto b = safetensors_load(dir + "/killed/last/model.safetensors").tensors;
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << a[i].first;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, InitWithOtherClassCountNeedsReinitHead) {
+  const std::string dir = test::temp_dir("reinit");
+  write_image_folder(dir + "/data", {4, 4, 4}, 6);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  o.epochs = 1;
+  train::Trainer(o).run();
+  write_image_folder(dir + "/data2", {4, 4}, 7);
+  train::TrainOptions o2 = small_run(dir + "/data2", dir + "/run2");
+  o2.arch.clear();
+  o2.init_dir = dir + "/run/last";
+  o2.epochs = 1;
+  try {
+    train::Trainer t(o2);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--reinit-head"), std::string::npos) << e.what();
+  }
+  o2.reinit_head = true;
+  const auto result = train::Trainer(o2).run();
+  EXPECT_EQ(models::load_model(result.last_dir)->config().num_classes, 2);
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, DivergingLossStopsWithAClearMessage) {
+  const std::string dir = test::temp_dir("nan");
+  write_image_folder(dir + "/data", {4, 4}, 8);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  o.optim.name = "sgd";
+  o.optim.lr = 1e12;
+  o.epochs = 5;
+  try {
+    train::Trainer(o).run();
+    FAIL() << "expected the run to stop";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("last good checkpoint"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, BalancedClassWeightsRaiseMinorityRecall) {
+  const std::string dir = test::temp_dir("balanced");
+  // 36:4 imbalance with heavy noise, so the classes overlap; validation is balanced. A
+  // linear probe (a convex problem) makes the comparison about the weights alone.
+  write_image_folder(dir + "/data/train", {36, 4}, 9, 70);
+  write_image_folder(dir + "/data/val", {12, 12}, 10, 70);
+  double recall[2];
+  for (int weighted = 0; weighted < 2; ++weighted) {
+    train::TrainOptions o = small_run(dir + "/data", dir + "/run" + std::to_string(weighted));
+    o.epochs = 10;
+    o.freeze = "backbone";
+    o.optim.lr = 1e-2;
+    o.class_weights = weighted ? "balanced" : "none";
+    const auto result = train::Trainer(o).run();
+    auto model = models::load_model(result.last_dir);
+    data::DataOptions d;
+    d.source = dir + "/data";
+    recall[weighted] = train::evaluate(*model, data::open_data(d).val).per_class[1].recall;
+  }
+  EXPECT_GT(recall[1], recall[0]);
+  fs::remove_all(dir);
+}
