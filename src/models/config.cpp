@@ -90,6 +90,11 @@ void ModelConfig::validate() const {
            " classes; give one label per class (or none)");
   VT_CHECK(task == "single_label" || task == "multi_label", arch, ": task must be single_label "
            "or multi_label, got '", task, "'");
+  VT_CHECK(thresholds.empty() || static_cast<int64_t>(thresholds.size()) == num_classes, arch,
+           ": ", thresholds.size(), " thresholds for ", num_classes, " labels");
+  for (const float t : thresholds) {
+    VT_CHECK(t >= 0 && t <= 1, arch, ": thresholds must lie in [0, 1], got ", t);
+  }
   VT_CHECK(preprocess.resize > 0 && preprocess.crop > 0, arch,
            ": preprocessing resize and crop must be positive, got ", preprocess.resize, " and ",
            preprocess.crop);
@@ -145,6 +150,7 @@ std::string config_to_json(const ModelConfig& c) {
                 {"attention_dropout", v.attention_dropout}};
   }
   j["task"] = c.task;
+  if (!c.thresholds.empty()) j["thresholds"] = c.thresholds;
   j["labels"] = c.labels;
   const auto& p = c.preprocess;
   j["preprocess"] = {{"resize", p.resize},
@@ -200,6 +206,7 @@ ModelConfig config_from_json(const std::string& text, const std::string& origin)
       read_opt(v, "attention_dropout", c.vit.attention_dropout);
     }
     read_opt(j, "task", c.task);
+    read_opt(j, "thresholds", c.thresholds);
     read_opt(j, "labels", c.labels);
     if (j.contains("preprocess")) {
       const json& p = j["preprocess"];

@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
+
 namespace vitrine::models {
 
 Precision parse_precision(const std::string& name) {
@@ -45,6 +47,21 @@ at::Tensor Predictor::scores(const at::Tensor& batch) const {
   const at::Tensor l = logits(batch);
   c10::InferenceMode guard;
   return config().task == "multi_label" ? at::sigmoid(l) : at::softmax(l, 1);
+}
+
+std::vector<std::vector<Scored>> Predictor::above_threshold(const at::Tensor& scores) const {
+  const auto& t = config().thresholds;
+  const auto s = scores.accessor<float, 2>();
+  std::vector<std::vector<Scored>> out(scores.size(0));
+  for (int64_t i = 0; i < scores.size(0); ++i) {
+    for (int64_t j = 0; j < scores.size(1); ++j) {
+      const float threshold = t.empty() ? 0.5f : t[j];
+      if (s[i][j] >= threshold) out[i].push_back({j, config().label(j), s[i][j]});
+    }
+    std::sort(out[i].begin(), out[i].end(),
+              [](const Scored& a, const Scored& b) { return a.score > b.score; });
+  }
+  return out;
 }
 
 std::vector<std::vector<Scored>> Predictor::top_k(const at::Tensor& scores, int64_t k) const {

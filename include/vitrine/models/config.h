@@ -45,6 +45,8 @@ struct ModelConfig {
 
   std::vector<std::string> labels;    ///< class names; "class_<i>" when unknown
   std::string task = "single_label";  ///< single_label (softmax) | multi_label (sigmoid)
+  /// multi_label: per-label decision thresholds tuned on validation data (empty: 0.5).
+  std::vector<float> thresholds;
   image::EvalTransform preprocess;    ///< eval-time preprocessing the weights expect
   std::string provenance_json = "{}"; ///< where the weights came from (JSON object)
 

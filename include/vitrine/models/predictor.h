@@ -36,6 +36,9 @@ class Predictor {
   at::Tensor embeddings(const at::Tensor& batch) const;
   /// Softmax (single-label) or sigmoid (multi-label) scores.
   at::Tensor scores(const at::Tensor& batch) const;
+  /// Multi-label: the labels of each row whose score reaches the model's threshold
+  /// (0.5 where it has none), best first.
+  std::vector<std::vector<Scored>> above_threshold(const at::Tensor& scores) const;
   /// The k best classes of each row of `scores`.
   std::vector<std::vector<Scored>> top_k(const at::Tensor& scores, int64_t k) const;
 
