@@ -61,8 +61,13 @@ void add_predict_command(CLI::App& app, int& status) {
       for (const auto& item : loaded) {
         if (item.ok()) inputs.push_back(item.tensor);
       }
-      std::vector<std::vector<models::Scored>> tops;
-      if (!inputs.empty()) tops = predictor.top_k(predictor.scores(at::stack(inputs)), a->topk);
+      std::vector<std::vector<models::Scored>> tops, chosen;
+      const bool multi = predictor.config().task == "multi_label";
+      if (!inputs.empty()) {
+        const at::Tensor scores = predictor.scores(at::stack(inputs));
+        tops = predictor.top_k(scores, a->topk);
+        if (multi) chosen = predictor.above_threshold(scores);
+      }
       size_t next = 0;
       for (const auto& item : loaded) {
         nlohmann::json line{{"image", item.path}};
@@ -70,6 +75,11 @@ void add_predict_command(CLI::App& app, int& status) {
           auto& top = line["top"] = nlohmann::json::array();
           for (const auto& s : tops[next]) {
             top.push_back({{"label", s.label}, {"index", s.index}, {"score", s.score}});
+          }
+          if (multi) {
+            // The labels the model assigns, at its tuned per-label thresholds.
+            auto& labels = line["labels"] = nlohmann::json::array();
+            for (const auto& s : chosen[next]) labels.push_back(s.label);
           }
           ++next;
         } else {

@@ -78,11 +78,13 @@ void add_train_command(CLI::App& app, int& status) {
       ->check(CLI::IsMember({"none", "balanced"}));
   cmd->add_option("--freeze", o->freeze, "none | backbone | until:<module>");
   cmd->add_option("--patience", o->patience, "Early stopping patience in epochs (0 = off)");
-  cmd->add_option("--monitor", o->monitor, "val_top1 | val_loss | val_macro_f1");
+  cmd->add_option("--monitor", o->monitor,
+                  "val_top1 | val_loss | val_macro_f1 | val_map (default: val_top1, or val_map "
+                  "for multi-label data)");
   cmd->add_option("--eval-crop-pct", o->eval_crop_pct, "Eval centre-crop fraction");
   auto& a = o->augment;
-  cmd->add_option("--scale", a.scale, "Random-resized-crop area range")->expected(2);
-  cmd->add_option("--ratio", a.ratio, "Random-resized-crop aspect range")->expected(2);
+  cmd->add_option("--scale", a.scale, "Random-resized-crop area range (min max)");
+  cmd->add_option("--ratio", a.ratio, "Random-resized-crop aspect range (min max)");
   cmd->add_option("--hflip", a.hflip, "Horizontal flip probability");
   cmd->add_option("--rotation", a.rotation, "Random rotation, degrees");
   cmd->add_option("--color-jitter", a.brightness,
@@ -118,7 +120,12 @@ void add_train_command(CLI::App& app, int& status) {
         [&](const train::EpochRecord& r) {
           if (bar) bar->finish();
           bar.reset();
-          if (r.has_val) {
+          if (r.has_val && r.multi_label) {
+            spdlog::info("epoch {}: train loss {:.4f} | val mAP {:.4f} micro-F1 {:.4f} macro-F1 "
+                         "{:.4f}{} ({:.0f}s)",
+                         r.epoch, r.train_loss, r.val_map, r.val_micro_f1, r.val_macro_f1,
+                         r.best ? " *" : "", r.seconds);
+          } else if (r.has_val) {
             spdlog::info("epoch {}: train loss {:.4f} top-1 {:.4f} | val loss {:.4f} top-1 {:.4f} "
                          "macro-F1 {:.4f}{} ({:.0f}s)",
                          r.epoch, r.train_loss, r.train_top1, r.val_loss, r.val_top1,
@@ -130,6 +137,11 @@ void add_train_command(CLI::App& app, int& status) {
         });
     spdlog::info("best model: {} (epoch {}), last: {}", result.best_dir, result.best_epoch,
                  result.last_dir);
+    if (result.has_test) {
+      spdlog::info("test: top-1 {:.4f}, macro-F1 {:.4f} (best model)", result.test_top1,
+                   result.test_macro_f1);
+    }
+    spdlog::info("report: {}", result.report);
     status = kExitOk;
   });
 }
@@ -159,6 +171,23 @@ void add_eval_command(CLI::App& app, int& status) {
     nlohmann::json out = nlohmann::json::object();
     std::vector<std::string> dirs{a->model};
     if (!a->compare.empty()) dirs.push_back(a->compare);
+    if (splits.multi_label) {
+      for (const auto& dir : dirs) {
+        auto model = models::load_model(dir);
+        std::vector<std::string> errors;
+        const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
+        for (const auto& e : errors) spdlog::warn("skipped: {}", e);
+        out[dir] = nlohmann::json::parse(m.to_json(splits.classes));
+        out[dir]["skipped_images"] = errors.size();
+        std::cout << json_text(nlohmann::json{{"model", dir},          {"split", a->split},
+                                              {"images", m.count},     {"map", m.mean_ap},
+                                              {"micro_f1", m.micro_f1}, {"macro_f1", m.macro_f1}})
+                  << "\n";
+      }
+      if (!a->json.empty()) write_file_atomic(a->json, json_text(out, 2) + "\n");
+      status = kExitOk;
+      return;
+    }
     std::vector<train::ClassificationMetrics> results;
     for (const auto& dir : dirs) {
       auto model = models::load_model(dir);

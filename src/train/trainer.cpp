@@ -1,5 +1,6 @@
 #include "vitrine/train/trainer.h"
 
+#include "vitrine/core/base64.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/core/safetensors.h"
@@ -11,9 +12,12 @@
 #include "vitrine/train/evaluate.h"
 #include "vitrine/train/loss.h"
 #include "vitrine/train/metrics.h"
+#include "vitrine/train/report.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/serialize.h>
@@ -45,7 +49,12 @@ std::string EpochRecord::to_json() const {
          {"train_loss", train_loss}, {"train_top1", train_top1},
          {"seconds", seconds},       {"img_per_s", img_per_s},
          {"skipped_images", skipped}};
-  if (has_val) {
+  if (has_val && multi_label) {
+    j["val_map"] = val_map;
+    j["val_micro_f1"] = val_micro_f1;
+    j["val_macro_f1"] = val_macro_f1;
+    j["best"] = best;
+  } else if (has_val) {
     j["val_loss"] = val_loss;
     j["val_top1"] = val_top1;
     j["val_top5"] = val_top5;
@@ -76,6 +85,7 @@ struct Trainer::State {
   at::Tensor train_step(data::Batch& batch, std::mt19937_64& rng, double& top1);
   void update_ema();
   void save_state(int64_t epochs_done);
+  void write_run_report();
   void load_state();
   bool improved(double value) const;
 };
@@ -113,7 +123,8 @@ void Trainer::State::build_model() {
   if (o.drop_path >= 0) cfg.drop_path = o.drop_path;
   cfg.num_classes = classes;
   cfg.labels = data.classes;
-  cfg.task = "single_label";
+  cfg.task = data.multi_label ? "multi_label" : "single_label";
+  cfg.thresholds.clear();
   model = models::create_model(cfg);
   if (!init_weights.empty()) {
     models::LoadOptions lo;
@@ -159,7 +170,10 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   const int64_t k = model->config().num_classes;
   at::Tensor images = batch.images;
   const at::Tensor hard = batch.targets;
-  at::Tensor soft = smoothed_targets(hard, k, o.label_smoothing);
+  const bool multi = data.multi_label;
+  // Multi-label targets are smoothed towards 1/2 per label, as timm's BCE smoothing does.
+  at::Tensor soft = multi ? hard.to(at::kFloat) * (1.0 - o.label_smoothing) + o.label_smoothing / 2
+                          : smoothed_targets(hard, k, o.label_smoothing);
   const bool use_mixup = o.mixup > 0, use_cutmix = o.cutmix > 0;
   if ((use_mixup || use_cutmix) && images.size(0) > 1) {
     const bool cut = use_cutmix && (!use_mixup || std::bernoulli_distribution(0.5)(rng));
@@ -184,6 +198,11 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   }
   const at::Tensor logits = model->forward(images);
   VT_CHECK(logits.size(1) == k, "internal: head size mismatch");
+  if (multi) {
+    // "Accuracy" of a multi-label step: the share of right yes/no decisions at 0.5.
+    top1 = logits.gt(0).eq(hard.gt(0.5)).to(at::kFloat).mean().item<double>();
+    return at::binary_cross_entropy_with_logits(logits, soft);
+  }
   const at::Tensor loss = soft_cross_entropy(logits, soft, class_weights);
   top1 = logits.argmax(1).eq(hard).to(at::kFloat).mean().item<double>();
   return loss;
@@ -203,6 +222,63 @@ void Trainer::State::update_ema() {
       d.copy_(s);
     }
   }
+}
+
+void Trainer::State::write_run_report() {
+  auto best = models::load_model(result.best_dir);
+  ReportInput in;
+  const auto& cfg = best->config();
+  in.title = cfg.arch + " on " + o.data.source;
+  in.history = result.history;
+  in.classes = data.classes;
+  in.facts = {{"data", o.data.source},
+              {"model", o.init_dir.empty() ? cfg.arch + " (from scratch)" : o.init_dir},
+              {"images", std::to_string(data.train->size()) + " train, " +
+                             std::to_string(data.val ? data.val->size() : 0) + " val, " +
+                             std::to_string(data.test ? data.test->size() : 0) + " test"},
+              {"epochs", std::to_string(result.history.size()) + " of " +
+                             std::to_string(o.epochs) + (result.stopped_early ? " (early stop)" : "")},
+              {"best", "epoch " + std::to_string(result.best_epoch) + ", " + o.monitor + " " +
+                           std::to_string(result.best_value)},
+              {"seed", std::to_string(o.seed)},
+              {"run directory", o.out_dir}};
+  ClassificationMetrics test;
+  const auto shown = data.test && data.test->size() > 0 ? data.test : data.val;
+  if (!data.multi_label && data.test && data.test->size() > 0) {
+    std::vector<std::string> errors;
+    test = evaluate(*best, data.test, {o.batch_size, o.workers, o.strict}, &errors);
+    in.test = &test;
+    result.has_test = true;
+    result.test_top1 = test.top1;
+    result.test_macro_f1 = test.macro_f1;
+    write_file_atomic(path("test_metrics.json"), test.to_json(data.classes));
+  }
+  // A grid of held-out images with the best model's predictions.
+  if (!data.multi_label && shown && shown->size() > 0) {
+    const auto transform = eval_sample_transform(cfg);
+    std::mt19937_64 unused;
+    best->eval();
+    at::NoGradGuard no_grad;
+    const int64_t n = std::min<int64_t>(24, shown->size());
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t i = k * shown->size() / n;  // spread over the split
+      try {
+        const cv::Mat img = shown->image(i);
+        const at::Tensor p = at::softmax(best->forward(transform(img, unused).unsqueeze(0)), 1)[0];
+        const int64_t pred = p.argmax().item<int64_t>();
+        cv::Mat bgr = img;
+        if (img.channels() == 3) cv::cvtColor(img, bgr, cv::COLOR_RGB2BGR);
+        std::vector<uint8_t> png;
+        cv::imencode(".png", bgr, png);
+        in.samples.push_back({base64_encode(png), data.classes[shown->labels(i).at(0)],
+                              data.classes[pred], p[pred].item<double>()});
+      } catch (const Error& e) {
+        spdlog::debug("report sample skipped: {}", e.what());
+      }
+    }
+  }
+  write_report(o.out_dir, in);
+  result.report = path("report.html");
 }
 
 bool Trainer::State::improved(double value) const {
@@ -249,8 +325,14 @@ void Trainer::State::load_state() {
     e.lr = r["lr"];
     e.train_loss = r["train_loss"];
     e.train_top1 = r["train_top1"];
-    e.has_val = r.contains("val_top1");
-    if (e.has_val) {
+    e.multi_label = r.contains("val_map");
+    e.has_val = r.contains("val_top1") || e.multi_label;
+    if (e.multi_label) {
+      e.val_map = r["val_map"];
+      e.val_micro_f1 = r["val_micro_f1"];
+      e.val_macro_f1 = r["val_macro_f1"];
+      e.best = r["best"];
+    } else if (e.has_val) {
       e.val_loss = r["val_loss"];
       e.val_top1 = r["val_top1"];
       e.val_top5 = r["val_top5"];
@@ -270,15 +352,22 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   VT_CHECK(o.epochs > 0, "--epochs must be positive");
   VT_CHECK(o.batch_size > 0, "--batch-size must be positive");
   VT_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing must be in [0, 1)");
-  VT_CHECK(o.monitor == "val_top1" || o.monitor == "val_loss" || o.monitor == "val_macro_f1",
-           "--monitor must be val_top1, val_loss or val_macro_f1");
+
   VT_CHECK(o.class_weights == "none" || o.class_weights == "balanced",
            "--class-weights must be none or balanced");
   at::manual_seed(o.seed);
   s.data = data::open_data(o.data);
   for (const auto& w : s.data.warnings) spdlog::warn("{}", w);
   s.result.warnings = s.data.warnings;
-  VT_CHECK(!s.data.multi_label, "multi-label training is not yet supported; give one label per image");
+  if (s.o.monitor.empty()) s.o.monitor = s.data.multi_label ? "val_map" : "val_top1";
+  if (s.data.multi_label) {
+    VT_CHECK(o.monitor == "val_map" || o.monitor == "val_macro_f1",
+             "--monitor for multi-label data must be val_map or val_macro_f1");
+    VT_CHECK(o.class_weights == "none", "--class-weights is for single-label data");
+  } else {
+    VT_CHECK(o.monitor == "val_top1" || o.monitor == "val_loss" || o.monitor == "val_macro_f1",
+             "--monitor must be val_top1, val_loss or val_macro_f1");
+  }
   VT_CHECK(s.data.train && s.data.train->size() > 0, "no training images in ", o.data.source);
   s.build_model();
   const int64_t n = s.data.train->size();
@@ -390,22 +479,35 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     bool stop = false;
     if (s.data.val && s.data.val->size() > 0) {
       std::vector<std::string> errors;
-      ClassificationMetrics m;
+      std::vector<float> thresholds;
+      const EvalOptions eo{o.batch_size, o.workers, o.strict};
       try {
-        m = evaluate(judged, s.data.val, {o.batch_size, o.workers, o.strict}, &errors);
+        if (s.data.multi_label) {
+          const MultiLabelMetrics m =
+              evaluate_multi_label(judged, s.data.val, eo, &errors, &thresholds);
+          rec.multi_label = true;
+          rec.val_map = m.mean_ap;
+          rec.val_micro_f1 = m.micro_f1;
+          rec.val_macro_f1 = m.macro_f1;
+        } else {
+          const ClassificationMetrics m = evaluate(judged, s.data.val, eo, &errors);
+          rec.val_loss = m.loss;
+          rec.val_top1 = m.top1;
+          rec.val_top5 = m.top5;
+          rec.val_macro_f1 = m.macro_f1;
+        }
       } catch (const NonFiniteOutput& e) {
         VT_FAIL(e.what(), " in epoch ", epoch + 1, "; the last good checkpoint is in ",
                 s.result.last_dir, ". Lower --lr, add --clip-grad or --warmup-epochs");
       }
       for (const auto& e : errors) spdlog::warn("validation skipped: {}", e);
+      // Thresholds tuned on this validation pass travel with the model saved after it.
+      if (s.data.multi_label) judged.mutable_config().thresholds = thresholds;
       rec.has_val = true;
-      rec.val_loss = m.loss;
-      rec.val_top1 = m.top1;
-      rec.val_top5 = m.top5;
-      rec.val_macro_f1 = m.macro_f1;
-      const double value = o.monitor == "val_loss" ? m.loss
-                           : o.monitor == "val_macro_f1" ? m.macro_f1
-                                                         : m.top1;
+      const double value = o.monitor == "val_loss"       ? rec.val_loss
+                           : o.monitor == "val_macro_f1" ? rec.val_macro_f1
+                           : o.monitor == "val_map"      ? rec.val_map
+                                                         : rec.val_top1;
       if (s.improved(value)) {
         s.result.best_epoch = rec.epoch;
         s.result.best_value = value;
@@ -433,6 +535,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     // No validation data: the last model is the best we know.
     models::save_model(s.ema ? *s.ema : *s.model, s.result.best_dir);
   }
+  s.write_run_report();
   return s.result;
 }
 

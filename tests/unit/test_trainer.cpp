@@ -5,6 +5,7 @@
 #include "vitrine/core/safetensors.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/model_dir.h"
+#include "vitrine/models/predictor.h"
 #include "vitrine/train/evaluate.h"
 #include "vitrine/train/trainer.h"
 
@@ -14,6 +15,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 using namespace vitrine;
@@ -87,6 +89,8 @@ TEST(Trainer, OverfitsThirtyTwoImages) {
   EXPECT_DOUBLE_EQ(m.top1, 1.0) << "train top-1 in the last epoch: "
                                 << result.history.back().train_top1;
   EXPECT_LT(result.history.back().train_loss, result.history.front().train_loss);
+  EXPECT_TRUE(fs::exists(result.report));
+  EXPECT_TRUE(fs::exists(dir + "/run/loss.svg"));
   fs::remove_all(dir);
 }
 
@@ -197,5 +201,56 @@ TEST(Trainer, BalancedClassWeightsRaiseMinorityRecall) {
     recall[weighted] = train::evaluate(*model, data::open_data(d).val).per_class[1].recall;
   }
   EXPECT_GT(recall[1], recall[0]);
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, MultiLabelTunesThresholdsThatPredictUses) {
+  const std::string dir = test::temp_dir("multilabel");
+  // Each image shows some of three coloured squares; its labels name them.
+  static const cv::Scalar kColours[] = {{255, 40, 40}, {40, 255, 40}, {40, 40, 255}};
+  static const char* kNames[] = {"red", "green", "blue"};
+  std::mt19937_64 rng(11);
+  std::ofstream csv(dir + "/labels.csv");
+  csv << "path,labels,split\n";
+  for (int i = 0; i < 60; ++i) {
+    cv::Mat img(32, 32, CV_8UC3, cv::Scalar(128, 128, 128));
+    std::string labels;
+    int mask = 1 + static_cast<int>(rng() % 7);  // at least one label
+    for (int c = 0; c < 3; ++c) {
+      if (!(mask & (1 << c))) continue;
+      cv::rectangle(img, cv::Rect(2 + 10 * c, 4 + static_cast<int>(rng() % 16), 8, 8),
+                    kColours[c], cv::FILLED);
+      labels += (labels.empty() ? "" : "|") + std::string(kNames[c]);
+    }
+    const std::string name = "img" + std::to_string(i) + ".png";
+    cv::imwrite(dir + "/" + name, img);
+    csv << name << "," << labels << "," << (i < 44 ? "train" : "val") << "\n";
+  }
+  csv.close();
+  train::TrainOptions o = small_run(dir + "/labels.csv", dir + "/run");
+  o.arch = "vit_ti_16";
+  o.optim.lr = 1e-3;
+  o.epochs = 12;
+  const auto result = train::Trainer(o).run();
+  ASSERT_TRUE(result.history.back().multi_label);
+  auto model = models::load_model(result.best_dir);
+  EXPECT_EQ(model->config().task, "multi_label");
+  ASSERT_EQ(model->config().thresholds.size(), 3u);
+  for (const float t : model->config().thresholds) {
+    EXPECT_GE(t, 0.0f);
+    EXPECT_LE(t, 1.0f);
+  }
+  data::DataOptions d;
+  d.source = dir + "/labels.csv";
+  const auto splits = data::open_data(d);
+  const auto m = train::evaluate_multi_label(*model, splits.train);
+  EXPECT_GT(m.mean_ap, 0.9);
+  // Predictions follow the stored thresholds: at 1.0 nothing passes, at 0.0 everything.
+  model->mutable_config().thresholds = {1.0f, 1.0f, 1.0f};
+  models::Predictor strict(model, models::Precision::kFp32);
+  const at::Tensor x = at::randn({2, 3, 32, 32});
+  for (const auto& labels : strict.above_threshold(strict.scores(x))) EXPECT_TRUE(labels.empty());
+  model->mutable_config().thresholds = {0.0f, 0.0f, 0.0f};
+  for (const auto& labels : strict.above_threshold(strict.scores(x))) EXPECT_EQ(labels.size(), 3u);
   fs::remove_all(dir);
 }

@@ -37,6 +37,14 @@ ClassificationMetrics evaluate(models::VisionModelImpl& model,
                                const EvalOptions& options = {},
                                std::vector<std::string>* errors = nullptr);
 
+/// Multi-label evaluation: mAP and F1 at the model's thresholds (0.5 where it has none).
+/// `tuned`, when given, receives per-label thresholds that maximise F1 on this data.
+MultiLabelMetrics evaluate_multi_label(models::VisionModelImpl& model,
+                                       const std::shared_ptr<data::Dataset>& data,
+                                       const EvalOptions& options = {},
+                                       std::vector<std::string>* errors = nullptr,
+                                       std::vector<float>* tuned = nullptr);
+
 /// An image converted to `channels` (1 grey or 3 RGB).
 cv::Mat with_channels(const cv::Mat& image, int64_t channels);
 

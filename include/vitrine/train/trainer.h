@@ -51,7 +51,9 @@ struct TrainOptions {
 
   int64_t epochs = 10;
   int64_t patience = 0;         ///< early stopping after this many epochs without gain; 0 = off
-  std::string monitor = "val_top1";  ///< val_top1 | val_loss | val_macro_f1
+  /// val_top1 | val_loss | val_macro_f1 (single-label), val_map | val_macro_f1 (multi-label);
+  /// empty: val_top1, or val_map for multi-label data.
+  std::string monitor;
   std::string out_dir;
   uint64_t seed = 0;
   bool resume = false;
@@ -62,7 +64,8 @@ struct EpochRecord {
   int64_t epoch = 0;
   double lr = 0, train_loss = 0, train_top1 = 0, seconds = 0, img_per_s = 0;
   double val_loss = 0, val_top1 = 0, val_top5 = 0, val_macro_f1 = 0;
-  bool has_val = false, best = false;
+  double val_map = 0, val_micro_f1 = 0;  ///< multi-label
+  bool has_val = false, best = false, multi_label = false;
   int64_t skipped = 0;
   std::string to_json() const;
 };
@@ -80,6 +83,9 @@ struct TrainResult {
   bool stopped_early = false;
   std::string best_dir, last_dir;
   std::vector<std::string> warnings;
+  bool has_test = false;        ///< the data has a test split, evaluated with the best model
+  double test_top1 = 0, test_macro_f1 = 0;
+  std::string report;           ///< report.html of the run
 };
 
 class Trainer {
