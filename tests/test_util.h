@@ -1,7 +1,10 @@
 // Helpers shared by the tests: where the reference data lives, reading it.
 #pragma once
 
+#include "vitrine/core/error.h"
 #include "vitrine/core/state_dict.h"
+
+#include <gtest/gtest.h>
 
 #include <string>
 
@@ -26,4 +29,20 @@ struct CommandResult {
 /// Runs a shell command line, capturing stdout and stderr.
 CommandResult run_command(const std::string& command);
 
+/// The message of the vitrine::Error `f` throws, or a failure when it throws none.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const vitrine::Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no vitrine::Error thrown";
+  return {};
+}
+
 }  // namespace vitrine::test
+
+/// Expects `part` inside `text`, showing the whole text when it is not.
+#define EXPECT_CONTAINS(text, part) \
+  EXPECT_NE(std::string(text).find(part), std::string::npos) << "\"" << (text) << "\""

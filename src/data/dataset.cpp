@@ -4,6 +4,8 @@
 // of it, so names and labels come from one place.
 #include "vitrine/data/dataset.h"
 
+#include "vitrine/core/random.h"
+
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/image/decode.h"
@@ -50,13 +52,6 @@ uint64_t name_hash(const std::string& s) {
 constexpr uint64_t kSplitSalt = 0x73706c6974ull;        // "split"
 constexpr uint64_t kSubsampleSalt = 0x6c6162656c73ull;  // "labels"
 
-int64_t randint(std::mt19937_64& rng, int64_t n) {
-  const auto range = static_cast<uint64_t>(n);
-  const uint64_t limit = std::numeric_limits<uint64_t>::max() / range * range;
-  uint64_t v = rng();
-  while (v >= limit) v = rng();
-  return static_cast<int64_t>(v % range);
-}
 
 // ---- strings ------------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@
 // libraries: a seed then gives the same sample on every platform.
 #include "vitrine/image/augment.h"
 
+#include "vitrine/core/random.h"
+
 #include "vitrine/core/error.h"
 
 #include <ATen/ops/empty.h>
@@ -27,20 +29,6 @@ constexpr double kPi = 3.14159265358979323846;
 constexpr double kDegToRad = kPi / 180.0;  ///< as Python's math.radians multiplies
 constexpr double kRadToDeg = 180.0 / kPi;  ///< as math.degrees
 
-/// Uniform in [a, b) from the top 53 bits of one draw.
-double uniform(std::mt19937_64& rng, double a, double b) {
-  const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;
-  return a + (b - a) * u;
-}
-
-/// Uniform integer in [0, n), n >= 1, without modulo bias.
-int64_t randint(std::mt19937_64& rng, int64_t n) {
-  const uint64_t range = static_cast<uint64_t>(n);
-  const uint64_t limit = std::numeric_limits<uint64_t>::max() / range * range;
-  uint64_t v = rng();
-  while (v >= limit) v = rng();
-  return static_cast<int64_t>(v % range);
-}
 
 /// Python's round(): half to even (the default floating-point rounding mode).
 int64_t round_even(double x) {

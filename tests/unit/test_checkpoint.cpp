@@ -39,14 +39,6 @@ ModelConfig tiny_resnet() {
   return c;
 }
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
@@ -78,15 +70,15 @@ TEST(ModelDir, SaveLoadIsBitExact) {
 
 TEST(ModelDir, ClearErrors) {
   const std::string dir = test::temp_dir("modeldir-bad");
-  EXPECT_NE(message_of([&] { load_model(dir + "/nope"); }).find("vitrine import"),
+  EXPECT_NE(test::error_of([&] { load_model(dir + "/nope"); }).find("vitrine import"),
             std::string::npos);
-  EXPECT_NE(message_of([&] { load_model(dir); }).find("no config.json"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { load_model(dir); }).find("no config.json"), std::string::npos);
   write_file_atomic(dir + "/config.json", "{\"arch\": ");
-  EXPECT_NE(message_of([&] { load_model(dir); }).find("not valid JSON"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { load_model(dir); }).find("not valid JSON"), std::string::npos);
   write_file_atomic(dir + "/config.json", R"({"vitrine_format": 99, "arch": "x", "family": "vit"})");
-  EXPECT_NE(message_of([&] { load_model(dir); }).find("newer Vitrine"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { load_model(dir); }).find("newer Vitrine"), std::string::npos);
   write_file_atomic(dir + "/config.json", R"({"model_type": "vit", "hidden_size": 768})");
-  EXPECT_NE(message_of([&] { load_model(dir); }).find("--from hf"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { load_model(dir); }).find("--from hf"), std::string::npos);
   fs::remove_all(dir);
 }
 
@@ -103,7 +95,7 @@ TEST(Checkpoint, StrictReportNamesEveryProblem) {
     edited.emplace_back(name, t.clone());
   }
   edited.emplace_back("layer9.extra", at::zeros({1}));                // unexpected
-  const std::string msg = message_of([&] { load_state_dict(*model, edited); });
+  const std::string msg = test::error_of([&] { load_state_dict(*model, edited); });
   EXPECT_NE(msg.find("layer2.0.conv1.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("layer9.extra"), std::string::npos) << msg;
   EXPECT_NE(msg.find("fc.weight: model [4, 512] vs checkpoint [4, 7]"), std::string::npos) << msg;
@@ -220,21 +212,21 @@ TEST(Safetensors, CorruptFilesGiveClearErrors) {
   safetensors_save(dir + "/ok.safetensors", {{"w", at::randn({64, 64})}});
   const std::string ok = read_text_file(dir + "/ok.safetensors");
   write_file_atomic(dir + "/truncated.safetensors", ok.substr(0, ok.size() - 100));
-  EXPECT_NE(message_of([&] { safetensors_load(dir + "/truncated.safetensors"); }).find("truncated"),
+  EXPECT_NE(test::error_of([&] { safetensors_load(dir + "/truncated.safetensors"); }).find("truncated"),
             std::string::npos);
   write_file_atomic(dir + "/empty.safetensors", "");
-  EXPECT_NE(message_of([&] { safetensors_load(dir + "/empty.safetensors"); }).find("too short"),
+  EXPECT_NE(test::error_of([&] { safetensors_load(dir + "/empty.safetensors"); }).find("too short"),
             std::string::npos);
   write_file_atomic(dir + "/text.safetensors", "this is not a checkpoint at all, sorry");
-  EXPECT_NE(message_of([&] { safetensors_load(dir + "/text.safetensors"); })
+  EXPECT_NE(test::error_of([&] { safetensors_load(dir + "/text.safetensors"); })
                 .find("not a safetensors file"),
             std::string::npos);
   std::string bad_json = ok;
   bad_json[8] = '!';  // the header's opening brace
   write_file_atomic(dir + "/json.safetensors", bad_json);
-  EXPECT_NE(message_of([&] { safetensors_load(dir + "/json.safetensors"); }).find("malformed"),
+  EXPECT_NE(test::error_of([&] { safetensors_load(dir + "/json.safetensors"); }).find("malformed"),
             std::string::npos);
-  EXPECT_NE(message_of([&] { safetensors_load(dir + "/missing.safetensors"); }).find("no such file"),
+  EXPECT_NE(test::error_of([&] { safetensors_load(dir + "/missing.safetensors"); }).find("no such file"),
             std::string::npos);
   fs::remove_all(dir);
 }

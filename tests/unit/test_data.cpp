@@ -27,6 +27,8 @@
 #include <thread>
 #include <vector>
 
+using vitrine::test::error_of;
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -55,19 +57,6 @@ class TempDir {
   fs::path path_;
 };
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const vitrine::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no vitrine::Error thrown";
-  return {};
-}
-
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "\"" << (text) << "\""
 
 bool any_contains(const std::vector<std::string>& lines, const std::string& part) {
   for (const auto& l : lines) {

@@ -6,6 +6,8 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -19,6 +21,8 @@
 #include <tuple>
 #include <utility>
 #include <vector>
+
+using vitrine::test::error_of;
 
 namespace {
 
@@ -55,20 +59,6 @@ void expect_rgb(const cv::Mat& m, int x, int y, int r, int g, int b, int tol = 0
   EXPECT_NEAR(p[2], b, tol) << "B at " << x << "," << y;
 }
 
-/// The message of the vitrine::Error `f` throws, or a failure when it throws none.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const vitrine::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no vitrine::Error thrown";
-  return {};
-}
-
-#define EXPECT_CONTAINS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "\"" << (text) << "\""
 
 cv::Mat decode_bytes(const Bytes& b, const DecodeOptions& o = {}) {
   return decode(b.data(), b.size(), o);
