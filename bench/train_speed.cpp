@@ -7,8 +7,9 @@
 #include "vitrine/train/loss.h"
 #include "vitrine/train/optim.h"
 
+#include "vitrine/train/autocast.h"
+
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -22,29 +23,6 @@ namespace {
 constexpr int64_t kNumClasses = 10;
 constexpr double kLabelSmoothing = 0.1;
 
-// CPU autocast to bf16 for the forward pass and the loss only, as
-// `with torch.autocast("cpu", dtype=torch.bfloat16)` scopes it in Python: backward runs
-// outside, so its kernels take the dtypes the forward recorded. Leaving the scope drops
-// the cached bf16 copies of the weights, which the optimiser step is about to make stale;
-// the autograd graph keeps its own references, so backward still finds them.
-class AutocastScope {
- public:
-  explicit AutocastScope(bool enabled) : enabled_(enabled) {
-    if (!enabled_) return;
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    at::autocast::set_cpu_enabled(true);
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    at::autocast::set_cpu_enabled(false);
-    at::autocast::clear_cache();
-  }
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  bool enabled_;
-};
 
 }  // namespace
 
@@ -99,7 +77,7 @@ int main(int argc, char** argv) {
     const auto step = [&] {
       at::Tensor loss;
       {
-        AutocastScope autocast(bf16);
+        vitrine::train::AutocastScope autocast(bf16);
         const at::Tensor logits = model->forward(x);
         logits_dtype = logits.scalar_type();
         loss = vitrine::train::soft_cross_entropy(logits, soft);

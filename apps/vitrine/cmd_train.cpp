@@ -70,6 +70,8 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--decay-milestones", o->lr_milestones, "Epochs where step decay applies");
   cmd->add_option("--decay-rate", o->lr_gamma, "Step decay factor");
   cmd->add_option("--clip-grad", o->clip_grad, "Max gradient norm (0 = off)");
+  cmd->add_option("--amp", o->amp, "none | bf16: mixed precision (CPU autocast)")
+      ->check(CLI::IsMember({"none", "bf16"}));
   cmd->add_option("--label-smoothing", o->label_smoothing, "Label smoothing");
   cmd->add_option("--drop", o->dropout, "Dropout rate");
   cmd->add_option("--drop-path", o->drop_path, "Stochastic depth rate");

@@ -9,6 +9,7 @@
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/registry.h"
+#include "vitrine/train/autocast.h"
 #include "vitrine/train/evaluate.h"
 #include "vitrine/train/loss.h"
 #include "vitrine/train/metrics.h"
@@ -196,14 +197,15 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
     }
     soft = soft * lam + soft.flip(0) * (1.0 - lam);
   }
+  AutocastScope autocast(o.amp == "bf16");
   const at::Tensor logits = model->forward(images);
-  VT_CHECK(logits.size(1) == k, "internal: head size mismatch");
+  VT_DCHECK(logits.size(1) == k);
   if (multi) {
     // "Accuracy" of a multi-label step: the share of right yes/no decisions at 0.5.
     top1 = logits.gt(0).eq(hard.gt(0.5)).to(at::kFloat).mean().item<double>();
-    return at::binary_cross_entropy_with_logits(logits, soft);
+    return at::binary_cross_entropy_with_logits(logits.to(at::kFloat), soft);
   }
-  const at::Tensor loss = soft_cross_entropy(logits, soft, class_weights);
+  const at::Tensor loss = soft_cross_entropy(logits.to(at::kFloat), soft, class_weights);
   top1 = logits.argmax(1).eq(hard).to(at::kFloat).mean().item<double>();
   return loss;
 }
@@ -353,6 +355,7 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   VT_CHECK(o.batch_size > 0, "--batch-size must be positive");
   VT_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing must be in [0, 1)");
 
+  VT_CHECK(o.amp == "none" || o.amp == "bf16", "--amp must be none or bf16");
   VT_CHECK(o.class_weights == "none" || o.class_weights == "balanced",
            "--class-weights must be none or balanced");
   at::manual_seed(o.seed);

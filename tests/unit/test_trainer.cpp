@@ -14,6 +14,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -252,5 +253,27 @@ TEST(Trainer, MultiLabelTunesThresholdsThatPredictUses) {
   for (const auto& labels : strict.above_threshold(strict.scores(x))) EXPECT_TRUE(labels.empty());
   model->mutable_config().thresholds = {0.0f, 0.0f, 0.0f};
   for (const auto& labels : strict.above_threshold(strict.scores(x))) EXPECT_EQ(labels.size(), 3u);
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, Bf16AutocastTrains) {
+  const std::string dir = test::temp_dir("amp");
+  write_image_folder(dir + "/data/train", {16, 16}, 12);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  o.arch = "vit_ti_16";
+  o.optim.lr = 1e-3;
+  o.amp = "bf16";
+  o.epochs = 6;
+  const auto result = train::Trainer(o).run();
+  ASSERT_EQ(result.history.size(), 6u);
+  EXPECT_TRUE(std::isfinite(result.history.back().train_loss));
+  EXPECT_LT(result.history.back().train_loss, result.history.front().train_loss);
+  // The weights stay fp32: autocast only changes the compute type.
+  auto model = models::load_model(result.last_dir);
+  for (const auto& [name, t] : models::model_state_dict(*model)) {
+    if (t.is_floating_point()) {
+      EXPECT_EQ(t.scalar_type(), at::kFloat) << name;
+    }
+  }
   fs::remove_all(dir);
 }

@@ -44,6 +44,7 @@ struct TrainOptions {
   std::vector<int64_t> lr_milestones;  ///< epochs, for the step schedule
   double lr_gamma = 0.1;
   double clip_grad = 0;         ///< max gradient norm; 0 = off
+  std::string amp = "none";     ///< none | bf16 (CPU autocast of forward and loss)
   double label_smoothing = 0;
   double ema_decay = 0;         ///< model EMA; 0 = off
   std::string class_weights = "none";  ///< none | balanced (inverse class frequency)
