@@ -83,7 +83,9 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--monitor", o->monitor,
                   "val_top1 | val_loss | val_macro_f1 | val_map (default: val_top1, or val_map "
                   "for multi-label data)");
-  cmd->add_option("--eval-crop-pct", o->eval_crop_pct, "Eval centre-crop fraction");
+  cmd->add_option("--eval-crop-pct", o->eval_crop_pct,
+                  "Eval centre-crop fraction (default: the --init model's, or 0.875)")
+      ->check(CLI::Range(0.0, 1.0));
   auto& a = o->augment;
   cmd->add_option("--scale", a.scale, "Random-resized-crop area range (min max)");
   cmd->add_option("--ratio", a.ratio, "Random-resized-crop aspect range (min max)");

@@ -108,8 +108,6 @@ void Trainer::State::build_model() {
     // Grey data sets (Fashion-MNIST, X-ray-like product scans) train 1-channel models.
     cfg.in_channels = o.in_channels > 0 ? o.in_channels
                                         : (data.train->image(0).channels() == 1 ? 1 : 3);
-    cfg.preprocess.mean.resize(cfg.in_channels, 0.5f);
-    cfg.preprocess.std.resize(cfg.in_channels, 0.5f);
     if (cfg.in_channels == 1) {
       cfg.preprocess.mean = {0.5f};
       cfg.preprocess.std = {0.5f};
@@ -117,9 +115,14 @@ void Trainer::State::build_model() {
     cfg.preprocess.channels = cfg.in_channels;
   }
   if (o.image_size > 0) models::set_image_size(cfg, o.image_size);
-  VT_CHECK(o.eval_crop_pct > 0 && o.eval_crop_pct <= 1, "--eval-crop-pct must be in (0, 1]");
-  cfg.preprocess.resize =
-      static_cast<int64_t>(std::floor(cfg.image_size / o.eval_crop_pct + 1e-9));
+  // A model directory keeps the eval transform its weights came with, unless asked.
+  const double crop_pct = o.eval_crop_pct > 0 ? o.eval_crop_pct
+                          : o.init_dir.empty() || o.image_size > 0 ? 0.875
+                                                                   : 0.0;
+  VT_CHECK(crop_pct >= 0 && crop_pct <= 1, "--eval-crop-pct must be in (0, 1]");
+  if (crop_pct > 0) {
+    cfg.preprocess.resize = static_cast<int64_t>(std::floor(cfg.image_size / crop_pct + 1e-9));
+  }
   if (o.dropout >= 0) cfg.dropout = o.dropout;
   if (o.drop_path >= 0) cfg.drop_path = o.drop_path;
   cfg.num_classes = classes;

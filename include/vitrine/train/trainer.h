@@ -26,7 +26,9 @@ struct TrainOptions {
   bool reinit_head = false;  ///< --init with another class count gets a new head
   double dropout = -1;       ///< < 0: the model's
   double drop_path = -1;     ///< < 0: the model's
-  double eval_crop_pct = 0.875;  ///< eval resize = image_size / crop_pct (torchvision: 224/256)
+  /// Eval resize = image_size / crop_pct. 0: the --init model's own transform, or
+  /// torchvision's 224/256 for a new model or a new image size.
+  double eval_crop_pct = 0;
 
   data::DataOptions data;
   int64_t batch_size = 64;
