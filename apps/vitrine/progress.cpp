@@ -47,9 +47,9 @@ void Progress::draw(bool final) {
     if (final ? done_ == last_printed_ : decile == last_decile_) return;
     last_decile_ = decile;
     last_printed_ = done_;
-    std::fprintf(stderr, "%s: %lld/%lld (%.1f %s/s, %.1fs) %s\n", what_.c_str(),
+    std::fprintf(stderr, "%s: %lld/%lld (%.1f %s/s, %.1fs)%s%s\n", what_.c_str(),
                  static_cast<long long>(done_), static_cast<long long>(total_), rate,
-                 unit_.c_str(), secs, status_.c_str());
+                 unit_.c_str(), secs, status_.empty() ? "" : " ", status_.c_str());
   }
   std::fflush(stderr);
 }
