@@ -70,6 +70,9 @@ struct Trainer::State {
   data::DataSplits data;
   models::VisionModel model, ema;
   std::vector<ParamGroup> groups;
+  std::vector<at::Tensor> trainable;  ///< every group's parameters, for gradient clipping
+  /// (EMA tensor, model tensor) pairs; load_state_dict copies in place, so they stay valid.
+  std::vector<std::pair<at::Tensor, at::Tensor>> ema_pairs;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   ScheduleOptions schedule;
   at::Tensor class_weights;
@@ -139,8 +142,11 @@ void Trainer::State::build_model() {
   if (o.ema_decay > 0) {
     VT_CHECK(o.ema_decay < 1, "--model-ema-decay must be in (0, 1)");
     ema = models::create_model(cfg);
-    load_state_dict(*ema, models::model_state_dict(*model));
+    const StateDict src = models::model_state_dict(*model);
+    load_state_dict(*ema, src);
     for (auto& p : ema->parameters()) p.set_requires_grad(false);
+    const StateDict dst = models::model_state_dict(*ema);
+    for (size_t i = 0; i < dst.size(); ++i) ema_pairs.emplace_back(dst[i].second, src[i].second);
   }
 }
 
@@ -148,6 +154,7 @@ void Trainer::State::build_optimizer() {
   const int64_t frozen = apply_freeze(*model, o.freeze);
   if (frozen > 0) spdlog::info("froze {} tensors ({})", frozen, o.freeze);
   groups = param_groups(*model, o.optim);
+  for (const auto& g : groups) trainable.insert(trainable.end(), g.params.begin(), g.params.end());
   optimizer = make_optimizer(groups, o.optim);
   schedule.name = o.schedule;
   schedule.total_steps = std::max<int64_t>(1, steps_per_epoch * o.epochs);
@@ -216,11 +223,7 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
 void Trainer::State::update_ema() {
   if (!ema) return;
   at::NoGradGuard no_grad;
-  auto src = models::model_state_dict(*model);
-  auto dst = models::model_state_dict(*ema);
-  for (size_t i = 0; i < dst.size(); ++i) {
-    at::Tensor& d = dst[i].second;
-    const at::Tensor& s = src[i].second;
+  for (auto& [d, s] : ema_pairs) {
     if (d.is_floating_point()) {
       d.mul_(o.ema_decay).add_(s, 1.0 - o.ema_decay);
     } else {
@@ -443,9 +446,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
       s.optimizer->zero_grad();
       loss.backward();
       if (o.clip_grad > 0) {
-        std::vector<at::Tensor> params;
-        for (const auto& g : s.groups) params.insert(params.end(), g.params.begin(), g.params.end());
-        torch::nn::utils::clip_grad_norm_(params, o.clip_grad);
+        torch::nn::utils::clip_grad_norm_(s.trainable, o.clip_grad);
       }
       apply_schedule(*s.optimizer, s.groups, o.optim, s.schedule, s.step);
       s.optimizer->step();
