@@ -2,6 +2,7 @@
 
 #include "vitrine/core/fs.h"
 #include "vitrine/core/safetensors.h"
+#include "vitrine/models/registry.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -35,6 +36,18 @@ std::string temp_dir(const std::string& name) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
+}
+
+models::ModelConfig tiny_vit_config(int64_t depth) {
+  models::ModelConfig c = models::model_preset("vit_custom");
+  c.vit.patch_size = 8;
+  c.vit.hidden_size = 32;
+  c.vit.num_hidden_layers = depth;
+  c.vit.num_attention_heads = 4;
+  c.vit.intermediate_size = 64;
+  models::set_image_size(c, 32);
+  c.num_classes = 5;
+  return c;
 }
 
 at::Tensor load_tensor(const std::string& file, const std::string& name) {

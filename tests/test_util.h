@@ -3,6 +3,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/state_dict.h"
+#include "vitrine/models/config.h"
 
 #include <gtest/gtest.h>
 
@@ -16,6 +17,9 @@ std::string data_dir(const std::string& sub = "");
 std::string vitrine_bin();
 /// A fresh empty directory under the system temp dir.
 std::string temp_dir(const std::string& name);
+/// A small ViT for fast tests, the size of scripts/testdata/train_steps.py's: 32-pixel
+/// input, 8-pixel patches, width 32, 4 heads, MLP 64, 5 classes.
+models::ModelConfig tiny_vit_config(int64_t depth = 2);
 /// A tensor of a safetensors file by name.
 at::Tensor load_tensor(const std::string& file, const std::string& name);
 /// Largest absolute difference of two tensors (as float).

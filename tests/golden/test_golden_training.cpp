@@ -29,15 +29,7 @@ models::ModelConfig config_for(const std::string& name) {
     c.num_classes = 5;
     return c;
   }
-  models::ModelConfig c = models::model_preset("vit_custom");
-  c.vit.patch_size = 8;
-  c.vit.hidden_size = 32;
-  c.vit.num_hidden_layers = 2;
-  c.vit.num_attention_heads = 4;
-  c.vit.intermediate_size = 64;
-  models::set_image_size(c, 32);
-  c.num_classes = 5;
-  return c;
+  return test::tiny_vit_config();  // train_steps.py's VisionTransformer
 }
 
 struct StepsRun {

@@ -20,17 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-ModelConfig tiny_vit() {
-  ModelConfig c = model_preset("vit_custom");
-  c.vit.patch_size = 8;
-  c.vit.hidden_size = 32;
-  c.vit.num_hidden_layers = 2;
-  c.vit.num_attention_heads = 4;
-  c.vit.intermediate_size = 64;
-  set_image_size(c, 32);
-  c.num_classes = 5;
-  return c;
-}
+ModelConfig tiny_vit() { return test::tiny_vit_config(); }
 
 ModelConfig tiny_resnet() {
   ModelConfig c = model_preset("resnet18");

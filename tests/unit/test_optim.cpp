@@ -1,3 +1,5 @@
+#include "test_util.h"
+
 #include "vitrine/core/error.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/registry.h"
@@ -14,17 +16,7 @@ using namespace vitrine::train;
 
 namespace {
 
-models::ModelConfig tiny_vit() {
-  models::ModelConfig c = models::model_preset("vit_custom");
-  c.vit.patch_size = 8;
-  c.vit.hidden_size = 32;
-  c.vit.num_hidden_layers = 3;
-  c.vit.num_attention_heads = 4;
-  c.vit.intermediate_size = 64;
-  models::set_image_size(c, 32);
-  c.num_classes = 5;
-  return c;
-}
+models::ModelConfig tiny_vit() { return test::tiny_vit_config(/*depth=*/3); }
 
 }  // namespace
 
