@@ -51,18 +51,55 @@ void add_models_command(CLI::App& app, int& status) {
   });
 }
 
+namespace {
+
+// The configuration `vitrine init --arch` asks for.
+template <typename Args>
+models::ModelConfig new_config(const Args& a, bool num_classes_given) {
+  models::ModelConfig c = models::new_model_config(a.arch, a.in_channels, a.stem);
+  if (a.arch == "resnet_custom") {
+    c.resnet.layers = a.layers;
+    c.resnet.bottleneck = a.block == "bottleneck";
+  }
+  if (a.arch == "vit_custom") {
+    c.vit.patch_size = a.patch_size;
+    c.vit.hidden_size = a.width;
+    c.vit.num_hidden_layers = a.depth;
+    c.vit.num_attention_heads = a.heads;
+    c.vit.intermediate_size = static_cast<int64_t>(a.width * a.mlp_ratio);
+  }
+  models::set_image_size(c, a.image_size);
+  c.num_classes = a.num_classes;
+  if (!a.labels.empty()) {
+    c.labels = models::read_labels_file(a.labels);
+    VT_CHECK(!num_classes_given || a.num_classes == static_cast<int64_t>(c.labels.size()),
+             a.labels, " has ", c.labels.size(), " labels but --num-classes is ", a.num_classes,
+             "; give one of them");
+    c.num_classes = static_cast<int64_t>(c.labels.size());
+  }
+  return c;
+}
+
+}  // namespace
+
 void add_init_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand(
       "init", "Write a randomly initialised model directory for an architecture");
   struct Args {
-    std::string arch, out, labels;
+    std::string arch, out, labels, stem, like;
     int64_t num_classes = 1000, in_channels = 3, image_size = 224;
     int64_t patch_size = 16, width = 768, depth = 12, heads = 12;
+    std::vector<int64_t> layers{2, 2, 2, 2};
+    std::string block = "basic";
     double mlp_ratio = 4.0;
     uint64_t seed = 0;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("--arch", a->arch, "Architecture (see `vitrine models`)")->required();
+  auto* arch = cmd->add_option("--arch", a->arch, "Architecture (see `vitrine models`)");
+  cmd->add_option("--like", a->like,
+                  "A model directory whose architecture, input and preprocessing to copy "
+                  "(random weights: a from-scratch twin)")
+      ->excludes(arch);
   cmd->add_option("--out", a->out, "Model directory to write")->required();
   cmd->add_option("--num-classes", a->num_classes, "Classes of the head (0: no head)")
       ->check(CLI::Range(0, 1 << 24));
@@ -71,6 +108,13 @@ void add_init_command(CLI::App& app, int& status) {
       ->check(CLI::IsMember({1, 3}));
   cmd->add_option("--image-size", a->image_size, "Input image side in pixels")
       ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--stem", a->stem,
+                  "ResNet stem: imagenet (/4), small (/2, 32-96 px photos), cifar (/1)")
+      ->check(CLI::IsMember({"imagenet", "small", "cifar"}));
+  cmd->add_option("--layers", a->layers, "resnet_custom: blocks per stage (4 numbers)")
+      ->expected(4);
+  cmd->add_option("--block", a->block, "resnet_custom: basic (resnet18/34) or bottleneck (50+)")
+      ->check(CLI::IsMember({"basic", "bottleneck"}));
   cmd->add_option("--patch-size", a->patch_size, "vit_custom: patch side");
   cmd->add_option("--width", a->width, "vit_custom: embedding width");
   cmd->add_option("--depth", a->depth, "vit_custom: encoder blocks");
@@ -79,34 +123,25 @@ void add_init_command(CLI::App& app, int& status) {
   cmd->add_option("--seed", a->seed, "Random seed of the initialisation");
   auto* num_classes = cmd->get_option("--num-classes");
   cmd->callback([a, num_classes, &status] {
+    VT_CHECK(!a->arch.empty() || !a->like.empty(), "give --arch NAME (or --like DIR)");
     check_output_dir(a->out);
-    models::ModelConfig c = models::model_preset(a->arch);
-    if (a->arch == "vit_custom") {
-      c.vit.patch_size = a->patch_size;
-      c.vit.hidden_size = a->width;
-      c.vit.num_hidden_layers = a->depth;
-      c.vit.num_attention_heads = a->heads;
-      c.vit.intermediate_size = static_cast<int64_t>(a->width * a->mlp_ratio);
+    nlohmann::json provenance{{"source", "init"},
+                              {"seed", a->seed},
+                              {"command", command_line()},
+                              {"note", "random weights, not trained"}};
+    models::ModelConfig c;
+    if (!a->like.empty()) {
+      c = models::load_model_config(a->like);
+      provenance["like"] = a->like;
+      if (num_classes->count() > 0) {
+        c.num_classes = a->num_classes;
+        c.labels.clear();
+        c.thresholds.clear();
+      }
+    } else {
+      c = new_config(*a, num_classes->count() > 0);
     }
-    models::set_image_size(c, a->image_size);
-    c.num_classes = a->num_classes;
-    if (!a->labels.empty()) {
-      c.labels = models::read_labels_file(a->labels);
-      VT_CHECK(num_classes->count() == 0 || a->num_classes == static_cast<int64_t>(c.labels.size()),
-               a->labels, " has ", c.labels.size(), " labels but --num-classes is ", a->num_classes,
-               "; give one of them");
-      c.num_classes = static_cast<int64_t>(c.labels.size());
-    }
-    c.in_channels = a->in_channels;
-    if (c.in_channels == 1) {
-      c.preprocess.mean = {0.5f};
-      c.preprocess.std = {0.5f};
-    }
-    c.preprocess.channels = c.in_channels;
-    c.provenance_json = json_text(nlohmann::json{{"source", "init"},
-                                       {"seed", a->seed},
-                                       {"command", command_line()},
-                                       {"note", "random weights, not trained"}});
+    c.provenance_json = json_text(provenance);
     at::manual_seed(a->seed);
     auto model = models::create_model(c);
     models::save_model(*model, a->out);

@@ -6,7 +6,10 @@ For each architecture, writes into OUT_DIR/<arch>/:
   timm.safetensors   the same weights under timm's names
 and for vit_b_16 also hf/ (ViTForImageClassification) and hf_base/ (ViTModel).
 vit_small_interp/ holds a small ViT trained at 64 px evaluated at 96 px through
-torchvision's position-embedding interpolation.
+torchvision's position-embedding interpolation. resnet18_stems/ holds grey 32 px
+ResNet-18s with the small-photo stems (small: 3x3 stride-1 conv and the max-pool;
+cifar: 3x3 stride-1 conv alone): <stem>.safetensors has their weights under
+torchvision's names and <stem>_ref.safetensors input, features and logits.
 
 Weights are random but every parameter that torchvision initialises to a
 constant (zero heads, zero biases, unit norm scales, the class token) is
@@ -35,7 +38,10 @@ import safetensors_io  # noqa: E402
 
 BATCH = 4
 IMAGE_SIZE = 224
-SEEDS = {"resnet18": 1018, "resnet50": 1050, "vit_b_16": 1116, "vit_small_interp": 1200}
+SEEDS = {"resnet18": 1018, "resnet50": 1050, "vit_b_16": 1116, "vit_small_interp": 1200,
+         "resnet18_stems": 1300}
+STEMS = ("small", "cifar")
+STEM_IMAGE_SIZE = 32
 SMALL_VIT = dict(patch_size=16, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10)
 SMALL_VIT_TRAINED, SMALL_VIT_EVAL = 64, 96
 
@@ -226,6 +232,8 @@ def hf_config(architecture, num_classes, hidden=768, layers=12, heads=12, mlp=30
 # ---------------------------------------------------------------- writers
 
 def _outputs(arch):
+    if arch == "resnet18_stems":
+        return [f"{stem}{suffix}.safetensors" for stem in STEMS for suffix in ("", "_ref")]
     files = ["weights.pth", "ref.safetensors"]
     if arch == "vit_small_interp":
         return files + ["meta.json"]
@@ -283,7 +291,32 @@ def _write_small_interp(d):
         {"arch": "vit_small_interp", "torch": torch.__version__, "torchvision": torchvision.__version__})
 
 
-ARCHS = ["resnet18", "resnet50", "vit_b_16", "vit_small_interp"]
+def _write_stems(d):
+    for i, stem in enumerate(STEMS):
+        torch.manual_seed(SEEDS["resnet18_stems"] + i)
+        model = torchvision.models.resnet18(weights=None, num_classes=10)
+        model.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+        if stem == "cifar":
+            model.maxpool = nn.Identity()
+        _randomise_constants(model)
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(8, 1, STEM_IMAGE_SIZE, STEM_IMAGE_SIZE))
+        model.eval()
+        x = torch.randn(BATCH, 1, STEM_IMAGE_SIZE, STEM_IMAGE_SIZE)
+        features, logits = run_model(model, x)
+        sd = OrderedDict((k, v.contiguous()) for k, v in model.state_dict().items())
+        safetensors_io.save_file(sd, os.path.join(d, f"{stem}.safetensors"), {"format": "pt"})
+        safetensors_io.save_file({"input": x, "features": features, "logits": logits},
+                                 os.path.join(d, f"{stem}_ref.safetensors"),
+                                 {"arch": "resnet18", "stem": stem, "torch": torch.__version__})
+
+
+ARCHS = ["resnet18", "resnet50", "vit_b_16", "vit_small_interp", "resnet18_stems"]
 
 
 def write(out_dir, force=False, archs=None):
@@ -297,6 +330,8 @@ def write(out_dir, force=False, archs=None):
         t0 = time.time()
         if arch == "vit_small_interp":
             _write_small_interp(d)
+        elif arch == "resnet18_stems":
+            _write_stems(d)
         else:
             _write_arch(arch, d)
         done.append(f"{arch} {time.time() - t0:.1f}s")

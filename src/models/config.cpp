@@ -122,6 +122,8 @@ void ModelConfig::validate() const {
     VT_CHECK(resnet.layers.size() == 4, arch, ": a ResNet needs 4 stages, got ",
              resnet.layers.size());
     for (const int64_t n : resnet.layers) VT_CHECK(n > 0, arch, ": empty ResNet stage");
+    VT_CHECK(resnet.stem == "imagenet" || resnet.stem == "small" || resnet.stem == "cifar", arch,
+             ": unknown ResNet stem '", resnet.stem, "' (imagenet, small or cifar)");
   }
 }
 
@@ -136,7 +138,8 @@ std::string config_to_json(const ModelConfig& c) {
   j["dropout"] = c.dropout;
   j["drop_path"] = c.drop_path;
   if (c.family == Family::kResNet) {
-    j["resnet"] = {{"bottleneck", c.resnet.bottleneck}, {"layers", c.resnet.layers}};
+    j["resnet"] = {{"bottleneck", c.resnet.bottleneck}, {"layers", c.resnet.layers},
+                   {"stem", c.resnet.stem}};
   } else {
     const auto& v = c.vit;
     j["vit"] = {{"patch_size", v.patch_size},
@@ -192,6 +195,7 @@ ModelConfig config_from_json(const std::string& text, const std::string& origin)
     if (j.contains("resnet")) {
       read_opt(j["resnet"], "bottleneck", c.resnet.bottleneck);
       read_opt(j["resnet"], "layers", c.resnet.layers);
+      read_opt(j["resnet"], "stem", c.resnet.stem);
     }
     if (j.contains("vit")) {
       const json& v = j["vit"];

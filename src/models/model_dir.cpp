@@ -34,7 +34,7 @@ ModelConfig load_model_config(const std::string& dir) {
   const auto names = model_names();
   VT_CHECK(std::find(names.begin(), names.end(), c.arch) != names.end(), config.string(),
            ": unknown arch '", c.arch, "' (see `vitrine models`)");
-  if (c.arch != "vit_custom") {
+  if (c.arch != "vit_custom" && c.arch != "resnet_custom") {
     const ModelConfig p = model_preset(c.arch);
     const bool same =
         p.family == c.family &&

@@ -4,6 +4,7 @@
 #include "vit.h"
 #include "vitrine/core/error.h"
 
+#include <cmath>
 #include <functional>
 
 namespace vitrine::models {
@@ -41,6 +42,7 @@ const std::vector<Entry>& registry() {
       {"resnet50", resnet(true, {3, 4, 6, 3})},
       {"resnet101", resnet(true, {3, 4, 23, 3})},
       {"resnet152", resnet(true, {3, 8, 36, 3})},
+      {"resnet_custom", resnet(false, {2, 2, 2, 2})},
       // ViT-Ti and ViT-S are DeiT's sizes (Touvron et al. 2021), the rest the paper's.
       {"vit_ti_16", vit(16, 192, 12, 3, 768)},
       {"vit_s_16", vit(16, 384, 12, 6, 1536)},
@@ -80,6 +82,31 @@ ModelConfig model_preset(const std::string& name) {
   std::string known;
   for (const auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;
   VT_FAIL("unknown architecture '", name, "'; known: ", known);
+}
+
+ModelConfig new_model_config(const std::string& arch, int64_t in_channels,
+                             const std::string& stem) {
+  ModelConfig cfg = model_preset(arch);
+  VT_CHECK(in_channels == 1 || in_channels == 3, "--in-channels must be 1 or 3, got ", in_channels);
+  cfg.in_channels = in_channels;
+  if (in_channels == 1) {
+    cfg.preprocess.mean = {0.5f};
+    cfg.preprocess.std = {0.5f};
+  }
+  cfg.preprocess.channels = in_channels;
+  if (!stem.empty()) {
+    VT_CHECK(cfg.family == Family::kResNet, "--stem is for ResNets; ", arch, " is a ",
+             family_name(cfg.family));
+    cfg.resnet.stem = stem;
+  }
+  return cfg;
+}
+
+void set_eval_crop(ModelConfig& config, double crop_pct) {
+  VT_CHECK(crop_pct > 0 && crop_pct <= 1, "the eval crop fraction must be in (0, 1], got ",
+           crop_pct);
+  config.preprocess.resize =
+      static_cast<int64_t>(std::floor(config.image_size / crop_pct + 1e-9));
 }
 
 VisionModel create_model(const ModelConfig& config) {

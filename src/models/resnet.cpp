@@ -96,7 +96,10 @@ at::Tensor ResNetBlockImpl::forward_folded(const at::Tensor& x) const {
 ResNetImpl::ResNetImpl(ModelConfig config) : VisionModelImpl(std::move(config)) {
   const auto& c = config_;
   c.validate();
-  conv1_ = register_module("conv1", conv(c.in_channels, 64, 7, 2, 3));
+  const bool imagenet_stem = c.resnet.stem == "imagenet";
+  conv1_ = register_module("conv1", imagenet_stem ? conv(c.in_channels, 64, 7, 2, 3)
+                                                  : conv(c.in_channels, 64, 3, 1, 1));
+  stem_pool_ = c.resnet.stem != "cifar";
   bn1_ = register_module("bn1", nn::BatchNorm2d(64));
   const bool bottleneck = c.resnet.bottleneck;
   const int64_t expansion = bottleneck ? 4 : 1;
@@ -140,7 +143,7 @@ void ResNetImpl::check_input(const at::Tensor& images) const {
 at::Tensor ResNetImpl::forward_features(const at::Tensor& images) {
   check_input(images);
   at::Tensor x = at::relu(bn1_(conv1_(images)));
-  x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
+  if (stem_pool_) x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
   for (auto& block : blocks_) x = block(x);
   return at::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
 }
@@ -187,7 +190,8 @@ at::Tensor ResNetImpl::forward_features_inference(const at::Tensor& images) {
   if (!prepared_) return forward_features(images);
   check_input(images);
   at::Tensor x = images.to(inference_dtype_).contiguous(at::MemoryFormat::ChannelsLast);
-  x = at::max_pool2d(stem_(x).relu_(), {3, 3}, {2, 2}, {1, 1});
+  x = stem_(x).relu_();
+  if (stem_pool_) x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
   for (const auto& block : blocks_) x = block->forward_folded(x);
   // Pool and classify in fp32: a bf16 mean over 49 positions and a bf16 head would
   // round away the small logit margins that decide top-1.

@@ -61,6 +61,7 @@ class ResNetImpl : public VisionModelImpl {
 
   torch::nn::Conv2d conv1_{nullptr};
   torch::nn::BatchNorm2d bn1_{nullptr};
+  bool stem_pool_ = true;
   std::vector<torch::nn::ModuleList> stages_;
   std::vector<ResNetBlock> blocks_;
   torch::nn::Linear fc_{nullptr};

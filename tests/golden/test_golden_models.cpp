@@ -6,6 +6,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/pth.h"
+#include "vitrine/core/safetensors.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/predictor.h"
 #include "vitrine/models/registry.h"
@@ -169,6 +170,39 @@ TEST(PositionEmbeddings, InterpolatedAsTorchvision) {
   expect_matches(model, {load_tensor(ref_file, "input"), load_tensor(ref_file, "features"),
                          load_tensor(ref_file, "logits")});
 }
+
+class ResNetStemGolden : public ::testing::TestWithParam<std::string> {};
+
+// The small-photo stems against torchvision's resnet18 with conv1 (and maxpool) swapped
+// the way CIFAR-style code does it.
+TEST_P(ResNetStemGolden, MatchesTorchvisionWithTheSameStem) {
+  const std::string stem = GetParam();
+  const std::string dir = data_dir("models/resnet18_stems");
+  ModelConfig c = model_preset("resnet18");
+  c.resnet.stem = stem;
+  c.in_channels = 1;
+  c.preprocess.mean = {0.5f};
+  c.preprocess.std = {0.5f};
+  c.preprocess.channels = 1;
+  c.num_classes = 10;
+  set_image_size(c, 32);
+  VisionModel model = create_model(c);
+  model->eval();
+  const LoadReport report =
+      load_state_dict(*model, safetensors_load(dir + "/" + stem + ".safetensors").tensors);
+  EXPECT_TRUE(report.ok() && report.adapted.empty()) << report.summary();
+  const std::string ref_file = dir + "/" + stem + "_ref.safetensors";
+  const Reference ref{load_tensor(ref_file, "input"), load_tensor(ref_file, "features"),
+                      load_tensor(ref_file, "logits")};
+  expect_matches(model, ref);
+  // The folded inference path keeps the stem's geometry too.
+  model->prepare_inference(at::kFloat);
+  at::NoGradGuard no_grad;
+  EXPECT_LT(max_abs_diff(model->forward_inference(ref.input), ref.logits), kTolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stems, ResNetStemGolden, ::testing::Values("small", "cifar"),
+                         [](const auto& info) { return info.param; });
 
 TEST(Import, WrongArchitectureIsExplained) {
   ImportOptions o;

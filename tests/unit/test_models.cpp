@@ -3,6 +3,7 @@
 // first-layer names, and an inference path that agrees with the training forward.
 #include "vitrine/core/error.h"
 #include "vitrine/models/checkpoint.h"
+#include "vitrine/models/config.h"
 #include "vitrine/models/registry.h"
 
 #include <ATen/ATen.h>
@@ -138,4 +139,22 @@ TEST(Models, ValidateRejectsBadSizes) {
   c = model_preset("vit_b_16");
   c.image_size = 200;  // not a multiple of 16
   EXPECT_THROW(create_model(c), vitrine::Error);
+  c = model_preset("resnet18");
+  c.resnet.stem = "tiny";
+  EXPECT_THROW(create_model(c), vitrine::Error);
+}
+
+TEST(Models, ResNetStemSetsTheStemAndTravelsInTheConfig) {
+  for (const std::string stem : {"imagenet", "small", "cifar"}) {
+    ModelConfig c = small_config("resnet18");
+    c.resnet.stem = stem;
+    VisionModel model = create_model(c);
+    const int64_t kernel = stem == "imagenet" ? 7 : 3;
+    EXPECT_EQ(model->named_parameters()["conv1.weight"].sizes(),
+              (std::vector<int64_t>{64, 3, kernel, kernel}));
+    EXPECT_EQ(config_from_json(config_to_json(c), "test").resnet.stem, stem);
+  }
+  // Older config.json files have no stem: the ImageNet one.
+  EXPECT_EQ(config_from_json(R"({"arch": "resnet18", "family": "resnet"})", "test").resnet.stem,
+            "imagenet");
 }

@@ -17,6 +17,12 @@ enum class Family { kResNet, kViT };
 struct ResNetConfig {
   bool bottleneck = true;              ///< Bottleneck blocks (resnet50+) or basic blocks
   std::vector<int64_t> layers{3, 4, 6, 3};  ///< blocks per stage
+  /// The stem before layer1, by the downsampling it does:
+  ///  "imagenet" 7x7 stride-2 convolution and 3x3 stride-2 max-pool (/4; torchvision, timm);
+  ///  "small"    3x3 stride-1 convolution and the max-pool (/2; for photos of 32-96 px);
+  ///  "cifar"    3x3 stride-1 convolution, no pool (/1; CIFAR ResNets, for 32 px and less).
+  /// Only "imagenet" matches published checkpoints.
+  std::string stem = "imagenet";
 };
 
 /// ViT sizes (Dosovitskiy et al. 2020), named as in Hugging Face's ViTConfig.

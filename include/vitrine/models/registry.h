@@ -21,6 +21,15 @@ ModelConfig model_preset(const std::string& name);
 /// crop = size, as torchvision's 224/256 ratio).
 void set_image_size(ModelConfig& config, int64_t image_size);
 
+/// The configuration of a new model for training from scratch: model_preset(arch) for
+/// `in_channels` (1: grey data, normalised by mean 0.5 and std 0.5) with a ResNet `stem`
+/// (empty: the preset's; an error for a ViT).
+ModelConfig new_model_config(const std::string& arch, int64_t in_channels,
+                             const std::string& stem = "");
+
+/// Sets the eval transform's resize to image_size / crop_pct (timm's crop_pct; 1 = no crop).
+void set_eval_crop(ModelConfig& config, double crop_pct);
+
 /// Builds a randomly initialised model from a configuration.
 VisionModel create_model(const ModelConfig& config);
 
