@@ -72,4 +72,14 @@ CommandResult run_command(const std::string& command) {
   return r;
 }
 
+void expect_identical_tensors(const std::string& file_a, const std::string& file_b) {
+  const auto a = safetensors_load(file_a).tensors;
+  const auto b = safetensors_load(file_b).tensors;
+  ASSERT_EQ(a.size(), b.size()) << file_a << " vs " << file_b;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].first, b[i].first);
+    EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << file_a << ": " << a[i].first;
+  }
+}
+
 }  // namespace vitrine::test

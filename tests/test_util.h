@@ -24,6 +24,8 @@ models::ModelConfig tiny_vit_config(int64_t depth = 2);
 at::Tensor load_tensor(const std::string& file, const std::string& name);
 /// Largest absolute difference of two tensors (as float).
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+/// Expects two safetensors files to hold the same names and bit-identical tensors.
+void expect_identical_tensors(const std::string& file_a, const std::string& file_b);
 
 struct CommandResult {
   int status;

@@ -20,6 +20,15 @@
 namespace vitrine::cli {
 namespace {
 
+std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split) {
+  std::shared_ptr<data::Dataset> d = split == "train" ? s.train : split == "val" ? s.val : s.test;
+  VT_CHECK(d && d->size() > 0, "the data has no '", split, "' split (or it is empty); choose "
+           "another with --split");
+  return d;
+}
+
+}  // namespace
+
 void add_data_options(CLI::App* cmd, data::DataOptions& d) {
   cmd->add_option("--data", d.source,
                   "ImageFolder root, CSV manifest (path,label[,split]) or fashion-mnist")
@@ -33,97 +42,101 @@ void add_data_options(CLI::App* cmd, data::DataOptions& d) {
   cmd->add_option("--fashion-mnist-dir", d.fashion_mnist_dir, "Where the IDX files are");
 }
 
-std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split) {
-  std::shared_ptr<data::Dataset> d = split == "train" ? s.train : split == "val" ? s.val : s.test;
-  VT_CHECK(d && d->size() > 0, "the data has no '", split, "' split (or it is empty); choose "
-           "another with --split");
-  return d;
+void add_model_options(CLI::App* cmd, ModelChoice c) {
+  cmd->add_option("--model", *c.arch, "Architecture to train from scratch (see `vitrine models`)");
+  cmd->add_option("--init", *c.init_dir, "Model directory to start from (imported or trained)");
+  cmd->add_option("--image-size", *c.image_size, "Input side (default: the model's)");
+  cmd->add_option("--in-channels", *c.in_channels, "1 or 3 (default: from the data)");
+  cmd->add_option("--stem", *c.stem,
+                  "ResNet stem with --model: imagenet (/4), small (/2, 32-96 px), cifar (/1)")
+      ->check(CLI::IsMember({"imagenet", "small", "cifar"}));
+  cmd->add_option("--eval-crop-pct", *c.eval_crop_pct,
+                  "Eval centre-crop fraction (default: the --init model's, or 0.875)")
+      ->check(CLI::Range(0.0, 1.0));
 }
 
-}  // namespace
+void add_loop_options(CLI::App* cmd, LoopFlags f) {
+  cmd->add_option("--epochs", *f.epochs, "Epochs");
+  cmd->add_option("--batch-size,-b", *f.batch_size, "Images per step");
+  cmd->add_option("--opt", f.optim->name, "adamw | sgd")->check(CLI::IsMember({"adamw", "sgd"}));
+  cmd->add_option("--lr", f.optim->lr, "Peak learning rate");
+  cmd->add_option("--weight-decay", f.optim->weight_decay,
+                  "Decoupled weight decay (not on biases, norms, embeddings)");
+  cmd->add_option("--momentum", f.optim->momentum, "SGD momentum");
+  cmd->add_flag("--nesterov", f.optim->nesterov, "SGD with Nesterov momentum");
+  cmd->add_option("--sched", *f.schedule, "cosine | step | constant")
+      ->check(CLI::IsMember({"cosine", "step", "constant"}));
+  cmd->add_option("--warmup-epochs", *f.warmup_epochs, "Linear warm-up (may be fractional)");
+  cmd->add_option("--min-lr", *f.min_lr, "Floor of the cosine schedule");
+  cmd->add_option("--clip-grad", *f.clip_grad, "Max gradient norm (0 = off)");
+  cmd->add_option("--amp", *f.amp, "none | bf16: mixed precision (CPU autocast)")
+      ->check(CLI::IsMember({"none", "bf16"}));
+  cmd->add_option("--seed", *f.seed, "Random seed (data order, augmentation, initialisation)");
+  cmd->add_option("--workers", *f.workers, "Image decoding threads (0 = all cores)");
+  cmd->add_option("--threads", *f.threads, "Compute threads (default: all cores)");
+  cmd->add_flag("--resume", *f.resume, "Continue the run in --out from its saved state");
+  cmd->add_option("--save-every", *f.save_every,
+                  "Also save the resumable state every N steps (0: at epoch ends)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--strict", *f.strict, "Stop at the first unreadable image instead of skipping");
+}
+
+void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& a) {
+  cmd->add_option("--scale", a.scale, "Random-resized-crop area range (min max)");
+  cmd->add_option("--ratio", a.ratio, "Random-resized-crop aspect range (min max)");
+  cmd->add_option("--hflip", a.hflip, "Horizontal flip probability");
+  cmd->add_option("--color-jitter", a.brightness,
+                  "Colour jitter strength (brightness = contrast = saturation)");
+}
 
 void add_train_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand("train", "Fine-tune (or train from scratch) a classifier");
   auto o = std::make_shared<train::TrainOptions>();
   auto threads = std::make_shared<int>(0);
-  cmd->add_option("--model", o->arch, "Architecture to train from scratch (see `vitrine models`)");
-  cmd->add_option("--init", o->init_dir, "Model directory to start from (imported or trained)");
+  add_model_options(cmd, {&o->arch, &o->init_dir, &o->image_size, &o->in_channels,
+                          &o->resnet_stem, &o->eval_crop_pct});
   cmd->add_option("--out", o->out_dir, "Run directory: best/, last/, metrics.jsonl, state/")
       ->required();
   add_data_options(cmd, o->data);
-  cmd->add_option("--image-size", o->image_size, "Input side (default: the model's)");
-  cmd->add_option("--in-channels", o->in_channels, "1 or 3 (default: from the data)");
   cmd->add_flag("--reinit-head", o->reinit_head, "New head when --init has another class count");
-  cmd->add_option("--epochs", o->epochs, "Epochs");
-  cmd->add_option("--batch-size,-b", o->batch_size, "Images per step");
-  cmd->add_option("--opt", o->optim.name, "adamw | sgd")->check(CLI::IsMember({"adamw", "sgd"}));
-  cmd->add_option("--lr", o->optim.lr, "Peak learning rate");
-  cmd->add_option("--weight-decay", o->optim.weight_decay,
-                  "Decoupled weight decay (not on biases, norms, embeddings)");
-  cmd->add_option("--momentum", o->optim.momentum, "SGD momentum");
-  cmd->add_flag("--nesterov", o->optim.nesterov, "SGD with Nesterov momentum");
+  add_loop_options(cmd, {&o->epochs, &o->batch_size, &o->optim, &o->schedule, &o->warmup_epochs,
+                         &o->min_lr, &o->clip_grad, &o->amp, &o->seed, &o->workers, threads.get(),
+                         &o->resume, &o->save_every_steps, &o->strict});
   cmd->add_option("--layer-decay", o->optim.layer_decay, "ViT layer-wise LR decay (1 = off)");
-  cmd->add_option("--sched", o->schedule, "cosine | step | constant")
-      ->check(CLI::IsMember({"cosine", "step", "constant"}));
-  cmd->add_option("--warmup-epochs", o->warmup_epochs, "Linear warm-up (may be fractional)");
-  cmd->add_option("--min-lr", o->min_lr, "Floor of the cosine schedule");
-  cmd->add_option("--decay-milestones", o->lr_milestones, "Epochs where step decay applies");
+  cmd->add_option("--decay-milestones", o->lr_milestones,
+                  "Epochs where step decay applies (--sched step)");
   cmd->add_option("--decay-rate", o->lr_gamma, "Step decay factor");
-  cmd->add_option("--clip-grad", o->clip_grad, "Max gradient norm (0 = off)");
-  cmd->add_option("--amp", o->amp, "none | bf16: mixed precision (CPU autocast)")
-      ->check(CLI::IsMember({"none", "bf16"}));
   cmd->add_option("--label-smoothing", o->label_smoothing, "Label smoothing");
   cmd->add_option("--drop", o->dropout, "Dropout rate");
   cmd->add_option("--drop-path", o->drop_path, "Stochastic depth rate");
   cmd->add_option("--model-ema-decay", o->ema_decay, "Keep an EMA of the weights (e.g. 0.999)");
   cmd->add_option("--class-weights", o->class_weights, "none | balanced")
       ->check(CLI::IsMember({"none", "balanced"}));
+  cmd->add_option("--sampler", o->sampler,
+                  "random | balanced (every class drawn equally often, with replacement)")
+      ->check(CLI::IsMember({"random", "balanced"}));
   cmd->add_option("--freeze", o->freeze, "none | backbone | until:<module>");
   cmd->add_option("--patience", o->patience, "Early stopping patience in epochs (0 = off)");
   cmd->add_option("--monitor", o->monitor,
                   "val_top1 | val_loss | val_macro_f1 | val_map (default: val_top1, or val_map "
                   "for multi-label data)");
-  cmd->add_option("--eval-crop-pct", o->eval_crop_pct,
-                  "Eval centre-crop fraction (default: the --init model's, or 0.875)")
-      ->check(CLI::Range(0.0, 1.0));
   auto& a = o->augment;
-  cmd->add_option("--scale", a.scale, "Random-resized-crop area range (min max)");
-  cmd->add_option("--ratio", a.ratio, "Random-resized-crop aspect range (min max)");
-  cmd->add_option("--hflip", a.hflip, "Horizontal flip probability");
+  add_crop_flip_jitter_options(cmd, a);
   cmd->add_option("--rotation", a.rotation, "Random rotation, degrees");
-  cmd->add_option("--color-jitter", a.brightness,
-                  "Colour jitter strength (brightness = contrast = saturation)");
   cmd->add_option("--aa", a.auto_augment, "none | trivialaugment | randaugment")
       ->check(CLI::IsMember({"none", "trivialaugment", "randaugment"}));
   cmd->add_option("--reprob", a.random_erasing, "Random erasing probability");
   cmd->add_option("--mixup", o->mixup, "Mixup alpha (0 = off)");
   cmd->add_option("--cutmix", o->cutmix, "CutMix alpha (0 = off)");
-  cmd->add_option("--seed", o->seed, "Random seed (data order, augmentation, initialisation)");
-  cmd->add_option("--workers", o->workers, "Image decoding threads (0 = all cores)");
-  cmd->add_option("--threads", *threads, "Compute threads (default: all cores)");
-  cmd->add_flag("--resume", o->resume, "Continue the run in --out from its last epoch");
-  cmd->add_flag("--strict", o->strict, "Stop at the first unreadable image instead of skipping");
   cmd->callback([o, threads, &status] {
     o->augment.contrast = o->augment.saturation = o->augment.brightness;
     set_threads(*threads);
     train::Trainer trainer(*o);
-    std::unique_ptr<Progress> bar;
+    EpochBar bar("acc");
     const auto result = trainer.run(
-        [&](const train::StepInfo& s) {
-          if (!bar) {
-            bar = std::make_unique<Progress>(
-                "epoch " + std::to_string(s.epoch + 1) + "/" + std::to_string(s.epochs),
-                s.steps_per_epoch, "step");
-          }
-          char text[96];
-          std::snprintf(text, sizeof text, "loss %.4f acc %.3f lr %.2e %.0f img/s", s.loss, s.top1,
-                        s.lr, s.img_per_s);
-          bar->set_status(text);
-          bar->advance(1);
-        },
+        [&](const train::StepInfo& s) { bar.step(s); },
         [&](const train::EpochRecord& r) {
-          if (bar) bar->finish();
-          bar.reset();
+          bar.end_epoch();
           if (r.has_val && r.multi_label) {
             spdlog::info("epoch {}: train loss {:.4f} | val mAP {:.4f} micro-F1 {:.4f} macro-F1 "
                          "{:.4f}{} ({:.0f}s)",

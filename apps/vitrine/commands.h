@@ -5,6 +5,19 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
+#include <string>
+
+namespace vitrine::data {
+struct DataOptions;
+}
+namespace vitrine::image {
+struct TrainTransform;
+}
+namespace vitrine::train {
+struct OptimizerOptions;
+}
+
 namespace vitrine::cli {
 
 /// Exit statuses: 0 all done, 1 some items failed (reported per item), 2 the command
@@ -19,6 +32,47 @@ void add_import_command(CLI::App& app, int& status);
 void add_predict_command(CLI::App& app, int& status);
 void add_train_command(CLI::App& app, int& status);
 void add_eval_command(CLI::App& app, int& status);
+void add_pretrain_command(CLI::App& app, int& status);
+void add_compare_command(CLI::App& app, int& status);
+
+/// --data and its split and subsampling flags, as train, eval and pretrain share them.
+void add_data_options(CLI::App* cmd, data::DataOptions& d);
+
+/// Where the model flags of train and pretrain write.
+struct ModelChoice {
+  std::string* arch;
+  std::string* init_dir;
+  int64_t* image_size;
+  int64_t* in_channels;
+  std::string* stem;
+  double* eval_crop_pct;
+};
+/// --model, --init, --image-size, --in-channels, --stem, --eval-crop-pct.
+void add_model_options(CLI::App* cmd, ModelChoice choice);
+
+/// Where the optimisation and run flags of train and pretrain write.
+struct LoopFlags {
+  int64_t* epochs;
+  int64_t* batch_size;
+  train::OptimizerOptions* optim;
+  std::string* schedule;
+  double* warmup_epochs;
+  double* min_lr;
+  double* clip_grad;
+  std::string* amp;
+  uint64_t* seed;
+  int* workers;
+  int* threads;
+  bool* resume;
+  int64_t* save_every;
+  bool* strict;
+};
+/// --epochs, -b, --opt, --lr, --weight-decay, --momentum, --nesterov, --sched,
+/// --warmup-epochs, --min-lr, --clip-grad, --amp, --seed, --workers, --threads, --resume,
+/// --save-every, --strict.
+void add_loop_options(CLI::App* cmd, LoopFlags flags);
+/// --scale, --ratio, --hflip, --color-jitter.
+void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& augment);
 
 /// The command line as typed, for provenance records.
 const std::string& command_line();

@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
   add_predict_command(app, status);
   add_train_command(app, status);
   add_eval_command(app, status);
+  add_pretrain_command(app, status);
+  add_compare_command(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,23 +1,34 @@
 #include "progress.h"
 
+#include "vitrine/train/loop.h"
+
 #include <cstdio>
 
 #include <unistd.h>
 
 namespace vitrine::cli {
 
-Progress::Progress(std::string what, int64_t total, std::string unit)
+Progress::Progress(std::string what, int64_t total, std::string unit, double elapsed_s,
+                   int64_t done)
     : what_(std::move(what)),
       unit_(std::move(unit)),
       total_(total),
+      done_(done),
       tty_(::isatty(STDERR_FILENO) != 0),
-      start_(std::chrono::steady_clock::now()),
-      last_draw_(start_) {}
+      start_(std::chrono::steady_clock::now() -
+             std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                 std::chrono::duration<double>(elapsed_s))),
+      last_draw_(std::chrono::steady_clock::now()) {}
 
 Progress::~Progress() { finish(); }
 
 void Progress::advance(int64_t n) {
   done_ += n;
+  draw(false);
+}
+
+void Progress::set_done(int64_t done) {
+  done_ = done;
   draw(false);
 }
 
@@ -30,7 +41,8 @@ void Progress::finish() {
 void Progress::draw(bool final) {
   const auto now = std::chrono::steady_clock::now();
   const double secs = std::chrono::duration<double>(now - start_).count();
-  const double rate = secs > 0 ? done_ / secs : 0.0;
+  // Under a tenth of a second a rate is noise (and near-infinite): show none yet.
+  const double rate = secs >= 0.1 ? done_ / secs : 0.0;
   const double eta = rate > 0 ? (total_ - done_) / rate : 0.0;
   if (tty_) {
     if (!final && now - last_draw_ < std::chrono::milliseconds(100)) return;
@@ -52,6 +64,24 @@ void Progress::draw(bool final) {
                  unit_.c_str(), secs, status_.empty() ? "" : " ", status_.c_str());
   }
   std::fflush(stderr);
+}
+
+void EpochBar::step(const train::StepInfo& s) {
+  if (!bar_) {
+    bar_ = std::make_unique<Progress>(
+        "epoch " + std::to_string(s.epoch + 1) + "/" + std::to_string(s.epochs), s.steps_per_epoch,
+        "step", s.seconds, s.step_in_epoch - 1);
+  }
+  char text[128];
+  std::snprintf(text, sizeof text, "loss %.4f %s %.3f lr %.2e %.0f img/s", s.loss,
+                accuracy_name_.c_str(), s.top1, s.lr, s.img_per_s);
+  bar_->set_status(text);
+  bar_->set_done(s.step_in_epoch);
+}
+
+void EpochBar::end_epoch() {
+  if (bar_) bar_->finish();
+  bar_.reset();
 }
 
 }  // namespace vitrine::cli

@@ -188,6 +188,35 @@ def write_model(name, d):
     return steps
 
 
+NT_XENT_SEED = 77
+NT_XENT_TEMPERATURE = 0.2
+
+
+def nt_xent(z1, z2, temperature):
+    """SimCLR's NT-Xent as the reference implementations write it."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    n = z1.shape[0]
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, targets)
+
+
+def write_nt_xent(d):
+    """Fixed projections (two views of 6 images, 16-d), the loss and its gradients."""
+    g = torch.Generator().manual_seed(NT_XENT_SEED)
+    z1 = torch.randn(6, 16, generator=g)
+    z2 = z1 + 0.7 * torch.randn(6, 16, generator=g)  # partners resemble each other
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    loss = nt_xent(a, b, NT_XENT_TEMPERATURE)
+    loss.backward()
+    safetensors_io.save_file(
+        {"z1": z1, "z2": z2, "loss": loss.detach().reshape(1), "grad_z1": a.grad,
+         "grad_z2": b.grad, "temperature": torch.tensor([NT_XENT_TEMPERATURE])},
+        os.path.join(d, "nt_xent.safetensors"), {"torch": torch.__version__})
+    return float(loss)
+
+
 def write(out_dir):
     """Write every model's folder under out_dir; returns a short summary."""
     threads = torch.get_num_threads()
@@ -199,6 +228,7 @@ def write(out_dir):
             steps = write_model(name, os.path.join(out_dir, name))
             done.append(f"{name} loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f} "
                         f"{time.time() - t0:.1f}s")
+        done.append(f"nt_xent {write_nt_xent(out_dir):.4f}")
         return ", ".join(done)
     finally:
         torch.set_num_threads(threads)

@@ -8,6 +8,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/image/batch.h"
 #include "vitrine/image/decode.h"
 
 #include <zlib.h>
@@ -728,6 +729,42 @@ DataSplits open_fashion_mnist(const DataOptions& options) {
 
 }  // namespace
 
+namespace {
+
+class ConcatDataset : public Dataset {
+ public:
+  ConcatDataset(std::shared_ptr<Dataset> a, std::shared_ptr<Dataset> b)
+      : a_(std::move(a)), b_(std::move(b)) {
+    classes_ = a_->classes();
+    multi_label_ = a_->multi_label();
+  }
+  int64_t size() const override { return a_->size() + b_->size(); }
+  cv::Mat image(int64_t i) const override {
+    check_index(i, size());
+    return i < a_->size() ? a_->image(i) : b_->image(i - a_->size());
+  }
+  std::vector<int64_t> labels(int64_t i) const override {
+    check_index(i, size());
+    return i < a_->size() ? a_->labels(i) : b_->labels(i - a_->size());
+  }
+  std::string name(int64_t i) const override {
+    check_index(i, size());
+    return i < a_->size() ? a_->name(i) : b_->name(i - a_->size());
+  }
+
+ private:
+  std::shared_ptr<Dataset> a_, b_;
+};
+
+}  // namespace
+
+std::shared_ptr<Dataset> concat(std::shared_ptr<Dataset> a, std::shared_ptr<Dataset> b) {
+  VT_CHECK(a != nullptr && b != nullptr, "concatenation of a null data set; open both first");
+  VT_CHECK(a->classes() == b->classes() && a->multi_label() == b->multi_label(),
+           "only data sets with the same classes can be joined");
+  return std::make_shared<ConcatDataset>(std::move(a), std::move(b));
+}
+
 std::shared_ptr<Dataset> subset(std::shared_ptr<Dataset> base, std::vector<int64_t> indices) {
   VT_CHECK(base != nullptr, "subset of a null data set; open a data set first");
   if (const auto* inner = dynamic_cast<const SubsetDataset*>(base.get())) {
@@ -764,6 +801,28 @@ DataSplits open_data(const DataOptions& options) {
            " does not exist or is not a folder; give an ImageFolder root, a .csv manifest or "
            "fashion-mnist");
   return open_image_folder(options.source, options);
+}
+
+DataSplits open_pretraining_data(const DataOptions& options) {
+  const fs::path root(options.source);
+  bool has_subfolders = false;
+  if (options.source != "fashion-mnist" && fs::is_directory(root)) {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(root, ec)) {
+      if (entry.is_directory(ec)) has_subfolders = true;
+    }
+  }
+  if (options.source == "fashion-mnist" || !fs::is_directory(root) || has_subfolders) {
+    return open_data(options);
+  }
+  // A flat folder of photos: one unlabelled training split.
+  DataSplits out;
+  std::vector<std::string> paths = image::expand_image_paths({options.source}, &out.warnings);
+  VT_CHECK(!paths.empty(), options.source, " holds no images (.jpg, .jpeg, .png, .webp, .bmp)");
+  const size_t n = paths.size();
+  out.train = std::make_shared<FileDataset>(std::move(paths), std::vector<std::vector<int64_t>>(n),
+                                            std::vector<std::string>{}, /*multi_label=*/false);
+  return out;
 }
 
 }  // namespace vitrine::data

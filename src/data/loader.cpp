@@ -7,11 +7,13 @@
 #include "vitrine/data/loader.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/random.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <map>
@@ -40,6 +42,24 @@ uint64_t order_seed(uint64_t seed, int64_t epoch) {
 uint64_t sample_seed(uint64_t seed, int64_t epoch, int64_t index) {
   const uint64_t e = splitmix64(splitmix64(seed ^ kSampleSalt) ^ static_cast<uint64_t>(epoch));
   return splitmix64(e ^ static_cast<uint64_t>(index));
+}
+
+/// `weights.size()` draws with replacement, item i with probability weights[i] / sum:
+/// inverse-CDF sampling on the running sums, so the draws depend on the seed alone.
+std::vector<int64_t> weighted_draws(const std::vector<double>& weights, uint64_t seed) {
+  std::vector<double> cumulative(weights.size());
+  std::partial_sum(weights.begin(), weights.end(), cumulative.begin());
+  const double total = cumulative.back();
+  std::mt19937_64 rng(seed);
+  std::vector<int64_t> out(weights.size());
+  for (auto& index : out) {
+    const double u = uniform(rng, 0.0, total);
+    auto it = std::upper_bound(cumulative.begin(), cumulative.end(), u);
+    // u < total, so `it` is in range unless rounding put u on the last sum.
+    if (it == cumulative.end()) --it;
+    index = it - cumulative.begin();
+  }
+  return out;
 }
 
 /// Failures past this many, and more than half of the items, end the epoch with an error.
@@ -123,7 +143,7 @@ Sample Loader::Impl::load(int64_t index, int64_t ep) const {
     VT_CHECK(s.image.defined(),
              "the sample transform returned an undefined tensor; return the "
              "transformed image");
-    s.labels = data->labels(index);
+    if (options.targets) s.labels = data->labels(index);
   } catch (const Error& e) {
     s.error = e.what();
   } catch (const c10::Error& e) {
@@ -189,6 +209,9 @@ void Loader::Impl::assemble(std::vector<Sample>& samples, Slot& slot) const {
     std::memcpy(dst + r * bytes, src.data_ptr(), bytes);
   }
 
+  slot.batch.indices.reserve(ok.size());
+  for (const Sample* s : ok) slot.batch.indices.push_back(s->index);
+  if (!options.targets) return;  // unlabelled images (pretraining)
   for (const Sample* s : ok) {
     for (const int64_t l : s->labels) {
       VT_CHECK(l >= 0 && l < num_classes, "item ", s->index, " has the class index ", l,
@@ -209,8 +232,6 @@ void Loader::Impl::assemble(std::vector<Sample>& samples, Slot& slot) const {
     int64_t* t = slot.batch.targets.data_ptr<int64_t>();
     for (int64_t r = 0; r < n; ++r) t[r] = ok[r]->labels.front();
   }
-  slot.batch.indices.reserve(ok.size());
-  for (const Sample* s : ok) slot.batch.indices.push_back(s->index);
 }
 
 void Loader::Impl::worker() {
@@ -269,6 +290,18 @@ Loader::Loader(std::shared_ptr<Dataset> data, SampleTransform transform, LoaderO
            " is out of range; use 1 to 1024 batches");
   VT_CHECK(options.workers >= 0, "workers ", options.workers,
            " is negative; use 0 (all cores) or a thread count");
+  if (!options.sample_weights.empty()) {
+    VT_CHECK(static_cast<int64_t>(options.sample_weights.size()) == data->size(), "sampling with ",
+             options.sample_weights.size(), " weights for ", data->size(),
+             " items; give one weight per item");
+    double total = 0;
+    for (const double w : options.sample_weights) {
+      VT_CHECK(std::isfinite(w) && w >= 0, "sampling weight ", w,
+               " is invalid; weights must be finite and non-negative");
+      total += w;
+    }
+    VT_CHECK(total > 0, "all sampling weights are zero; at least one item must be drawable");
+  }
   Impl& s = *impl_;
   s.data = std::move(data);
   s.transform = std::move(transform);
@@ -319,7 +352,9 @@ void Loader::start_epoch(int64_t epoch, int64_t skip_batches) {
   VT_CHECK(skip_batches >= 0 && skip_batches <= total, "skip_batches ", skip_batches,
            " is out of range; an epoch has ", total, " batches");
   std::vector<int64_t> order;
-  if (s.options.shuffle) {
+  if (!s.options.sample_weights.empty()) {
+    order = weighted_draws(s.options.sample_weights, order_seed(s.options.seed, epoch));
+  } else if (s.options.shuffle) {
     order = permutation(s.size, order_seed(s.options.seed, epoch));
   } else {
     order.resize(s.size);

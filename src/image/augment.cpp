@@ -606,6 +606,15 @@ cv::Mat apply_augment_op(const cv::Mat& image, const std::string& op, double mag
   return out.data == image.data ? out.clone() : out;
 }
 
+namespace {
+
+void check_probability(double p, const char* what) {
+  VT_CHECK(std::isfinite(p) && p >= 0.0 && p <= 1.0, what, " ", p,
+           " is out of range; use a probability from 0 to 1");
+}
+
+}  // namespace
+
 void check_train_transform(const TrainTransform& t) {
   VT_CHECK(t.size > 0 && t.size <= kMaxSide, "train transform size ", t.size,
            " is out of range; use a size from 1 to ", kMaxSide, " pixels");
@@ -618,8 +627,7 @@ void check_train_transform(const TrainTransform& t) {
            "random-resized-crop ratio (", t.ratio[0], ", ", t.ratio[1],
            ") is invalid; give aspect ratios (width / height) with 0 < min <= max "
            "(default 0.75, 1.333)");
-  VT_CHECK(finite_in(t.hflip, 0.0, 1.0), "horizontal flip probability ", t.hflip,
-           " is out of range; use a probability from 0 to 1");
+  check_probability(t.hflip, "horizontal flip probability");
   VT_CHECK(finite_in(t.rotation, 0.0, 180.0), "rotation ", t.rotation,
            " degrees is out of range; use 0 (off) to 180 degrees");
   VT_CHECK(finite_in(t.brightness, 0.0, 1e6), "colour jitter brightness ", t.brightness,
@@ -630,6 +638,9 @@ void check_train_transform(const TrainTransform& t) {
            " is invalid; use a non-negative amount (0 = off, 0.4 is common)");
   VT_CHECK(finite_in(t.hue, 0.0, 0.5), "colour jitter hue ", t.hue,
            " is out of range; use 0 (off) to 0.5");
+  check_probability(t.jitter_prob, "colour jitter probability");
+  check_probability(t.grayscale, "grayscale probability");
+  check_probability(t.blur, "blur probability");
   VT_CHECK(t.auto_augment == "none" || t.auto_augment == "trivialaugment" ||
                t.auto_augment == "randaugment",
            "unknown auto-augment policy '", t.auto_augment,
@@ -639,8 +650,7 @@ void check_train_transform(const TrainTransform& t) {
   VT_CHECK(t.randaugment_magnitude >= 0 && t.randaugment_magnitude < kBins,
            "RandAugment magnitude ", t.randaugment_magnitude, " is out of range; use 0 to ",
            kBins - 1, " (default 9)");
-  VT_CHECK(finite_in(t.random_erasing, 0.0, 1.0), "random erasing probability ", t.random_erasing,
-           " is out of range; use a probability from 0 to 1");
+  check_probability(t.random_erasing, "random erasing probability");
   VT_CHECK(t.channels == 1 || t.channels == 3, "train transform with ", t.channels,
            " channels; use 3 (RGB) or 1 (grey)");
   const auto n = static_cast<size_t>(t.channels);
@@ -677,8 +687,22 @@ cv::Mat train_augment(const cv::Mat& image, const TrainTransform& t, std::mt1993
     img = flipped;
   }
   if (t.rotation > 0) img = rotate(img, uniform(rng, -t.rotation, t.rotation));
-  if (t.brightness > 0 || t.contrast > 0 || t.saturation > 0 || t.hue > 0) {
+  if ((t.brightness > 0 || t.contrast > 0 || t.saturation > 0 || t.hue > 0) &&
+      (t.jitter_prob >= 1.0 || uniform(rng, 0.0, 1.0) < t.jitter_prob)) {
     img = color_jitter(img, t, rng);
+  }
+  if (t.grayscale > 0 && uniform(rng, 0.0, 1.0) < t.grayscale && img.channels() == 3) {
+    cv::Mat rgb;
+    cv::cvtColor(to_grey(img), rgb, cv::COLOR_GRAY2RGB);
+    img = rgb;
+  }
+  if (t.blur > 0 && uniform(rng, 0.0, 1.0) < t.blur) {
+    const double sigma = uniform(rng, 0.1, 2.0);
+    // SimCLR's kernel: 10% of the side, odd, at least 3.
+    const int k = std::max(3, static_cast<int>(t.size / 10) | 1);
+    cv::Mat blurred;
+    cv::GaussianBlur(img, blurred, cv::Size(k, k), sigma, sigma, cv::BORDER_REFLECT_101);
+    img = blurred;
   }
   if (t.auto_augment == "trivialaugment") {
     img = random_op(img, /*wide=*/true, 0, rng);

@@ -1,12 +1,16 @@
 #include "vitrine/train/evaluate.h"
 
+#include "vitrine/core/base64.h"
 #include "vitrine/core/error.h"
 #include "vitrine/image/transform.h"
 
 #include <ATen/ATen.h>
+#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include <functional>
+#include <limits>
+#include <random>
 
 namespace vitrine::train {
 
@@ -27,6 +31,32 @@ data::SampleTransform eval_sample_transform(const models::ModelConfig& config) {
   };
 }
 
+void for_each_eval_batch(models::VisionModelImpl& model,
+                         const std::shared_ptr<data::Dataset>& data, const EvalOptions& options,
+                         std::vector<std::string>* errors,
+                         const std::function<void(const data::Batch&)>& consume) {
+  VT_CHECK(data && data->size() > 0, "nothing to evaluate: the data set is empty");
+  data::LoaderOptions lo;
+  lo.batch_size = options.batch_size;
+  lo.workers = options.workers;
+  lo.strict = options.strict;
+  lo.targets = options.targets;
+  data::Loader loader(data, eval_sample_transform(model.config()), lo);
+  loader.start_epoch(0);
+  const bool was_training = model.is_training();
+  model.eval();
+  try {
+    at::NoGradGuard no_grad;
+    data::Batch batch;
+    while (loader.next(batch)) consume(batch);
+  } catch (...) {
+    model.train(was_training);
+    throw;
+  }
+  model.train(was_training);
+  if (errors) *errors = loader.errors();
+}
+
 namespace {
 
 // Runs the model over `data` in eval mode, handing (logits, targets) of each batch on.
@@ -38,29 +68,14 @@ void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::
   VT_CHECK(static_cast<int64_t>(data->classes().size()) == k, model.config().arch, " has ", k,
            " classes but the data has ", data->classes().size(),
            "; evaluate on data with the model's classes");
-  data::LoaderOptions lo;
-  lo.batch_size = options.batch_size;
-  lo.workers = options.workers;
-  lo.strict = options.strict;
-  data::Loader loader(data, eval_sample_transform(model.config()), lo);
-  loader.start_epoch(0);
-  const bool was_training = model.is_training();
-  model.eval();
-  {
-    at::NoGradGuard no_grad;
-    data::Batch batch;
-    while (loader.next(batch)) {
-      const at::Tensor logits = model.forward(batch.images);
-      if (!at::isfinite(logits).all().item<bool>()) {
-        model.train(was_training);
-        throw NonFiniteOutput(model.config().arch + " produces non-finite outputs (its weights "
-                              "have diverged)", __FILE__, __LINE__);
-      }
-      consume(logits, batch.targets);
+  for_each_eval_batch(model, data, options, errors, [&](const data::Batch& batch) {
+    const at::Tensor logits = model.forward(batch.images);
+    if (!at::isfinite(logits).all().item<bool>()) {
+      throw NonFiniteOutput(model.config().arch + " produces non-finite outputs (its weights "
+                            "have diverged)", __FILE__, __LINE__);
     }
-  }
-  model.train(was_training);
-  if (errors) *errors = loader.errors();
+    consume(logits, batch.targets);
+  });
 }
 
 }  // namespace
@@ -88,6 +103,37 @@ ClassificationMetrics evaluate(models::VisionModelImpl& model,
     acc.add(at::softmax(logits, 1), t);
   });
   return acc.compute();
+}
+
+std::vector<std::pair<int64_t, double>> predict_items(models::VisionModelImpl& model,
+                                                      const data::Dataset& data,
+                                                      const std::vector<int64_t>& indices) {
+  const auto transform = eval_sample_transform(model.config());
+  std::mt19937_64 unused;
+  const bool was_training = model.is_training();
+  model.eval();
+  at::NoGradGuard no_grad;
+  std::vector<std::pair<int64_t, double>> out;
+  for (const int64_t i : indices) {
+    try {
+      const at::Tensor p =
+          at::softmax(model.forward(transform(data.image(i), unused).unsqueeze(0)), 1)[0];
+      const int64_t top = p.argmax().item<int64_t>();
+      out.emplace_back(top, p[top].item<double>());
+    } catch (const Error&) {
+      out.emplace_back(-1, std::numeric_limits<double>::quiet_NaN());
+    }
+  }
+  model.train(was_training);
+  return out;
+}
+
+std::string png_base64(const cv::Mat& image) {
+  cv::Mat bgr = image;
+  if (image.channels() == 3) cv::cvtColor(image, bgr, cv::COLOR_RGB2BGR);
+  std::vector<uint8_t> png;
+  VT_CHECK(cv::imencode(".png", bgr, png), "could not encode a report image as PNG");
+  return base64_encode(png);
 }
 
 }  // namespace vitrine::train

@@ -2,6 +2,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/train/compare.h"
 
 #include <algorithm>
 #include <array>
@@ -594,6 +595,7 @@ td.name { max-width: 320px; overflow: hidden; text-overflow: ellipsis; }
 .samples img { width: 96px; height: 96px; object-fit: contain; }
 .samples img.px { image-rendering: pixelated; }
 .samples .truth { color: #666; }
+.samples .wrong { color: #b03030; }
 .muted { color: #777; }
 footer { color: #999; font-size: 12px; text-align: center; margin: 8px 0 24px; }
 )css";
@@ -823,6 +825,97 @@ void write_report(const std::string& dir, const ReportInput& input) {
   if (!confusion_svg.empty()) write_file_atomic((base / "confusion.svg").string(), confusion_svg);
   // The page last: once it exists, everything it describes exists too.
   write_file_atomic((base / "report.html").string(), html);
+}
+
+void write_comparison_report(const std::string& path, const std::string& title,
+                             const std::vector<RunSummary>& runs,
+                             const std::vector<ComparedSample>& samples) {
+  VT_CHECK(!runs.empty(), "nothing to compare: give at least one run");
+  for (size_t i = 0; i < samples.size(); ++i) {
+    check_sample_image(samples[i].image_png_base64, i);
+    VT_CHECK(samples[i].predicted.size() == runs.size() &&
+                 samples[i].score.size() == runs.size(),
+             "comparison sample ", i, " has ", samples[i].predicted.size(),
+             " predictions for ", runs.size(), " runs; give one per run");
+  }
+  // Shared charts: every run's validation top-1 and training loss over its epochs.
+  size_t longest = 0;
+  for (const auto& r : runs) longest = std::max(longest, r.history.size());
+  std::vector<double> epochs;
+  for (size_t e = 1; e <= longest; ++e) epochs.push_back(static_cast<double>(e));
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<std::pair<std::string, std::vector<double>>> val_series, loss_series;
+  for (const auto& r : runs) {
+    std::vector<double> val(longest, nan), loss(longest, nan);
+    for (size_t e = 0; e < r.history.size(); ++e) {
+      if (r.history[e].has_val) val[e] = 100 * r.history[e].val_top1;
+      loss[e] = r.history[e].train_loss;
+    }
+    val_series.emplace_back(r.name, val);
+    loss_series.emplace_back(r.name, loss);
+  }
+  std::string html = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+                     "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+                     "<title>" + esc(title) + "</title>\n<style>" + kCss +
+                     "</style>\n</head>\n<body>\n<main>\n<h1>" + esc(title) + "</h1>\n";
+  html += "<section id=\"summary\">\n<h2>Test</h2>\n<table class=\"comparison\">\n<thead><tr>"
+          "<th>run</th><th>top-1</th><th>top-5</th><th>macro-F1</th><th>ECE</th><th>images</th>"
+          "<th>epochs</th><th>training time</th><th>directory</th></tr></thead>\n<tbody>\n";
+  for (const auto& r : runs) {
+    html += "<tr><td>" + esc(r.name) + "</td>";
+    if (r.has_test) {
+      html += "<td>" + pct(r.test_top1) + "</td><td>" + pct(r.test_top5) + "</td><td>" +
+              num(r.test_macro_f1, 4) + "</td><td>" + num(r.test_ece, 4) + "</td><td>" +
+              std::to_string(r.test_count) + "</td>";
+    } else {
+      html += "<td>–</td><td>–</td><td>–</td><td>–</td><td>–</td>";
+    }
+    html += "<td>" + std::to_string(r.history.size()) + "</td><td>" + num(r.train_seconds, 0) +
+            " s</td><td class=\"name\">" + esc(r.dir) + "</td></tr>\n";
+  }
+  html += "</tbody></table>\n</section>\n";
+  html += "<section id=\"training\">\n<h2>Training</h2>\n<div class=\"charts\">\n<figure>\n" +
+          svg_line_chart("Validation top-1", "epoch", "percent", epochs, val_series) +
+          "</figure>\n<figure>\n" +
+          svg_line_chart("Training loss", "epoch", "loss", epochs, loss_series) +
+          "</figure>\n</div>\n</section>\n";
+  html += "<section id=\"confusion\">\n<h2>Confusion on the test split</h2>\n"
+          "<div class=\"charts\">\n";
+  for (const auto& r : runs) {
+    if (!r.has_test || r.confusion.empty()) continue;
+    html += "<figure>\n<h3>" + esc(r.name) + "</h3>\n" +
+            svg_confusion_matrix(r.confusion, r.classes.size() == r.confusion.size()
+                                                  ? r.classes
+                                                  : std::vector<std::string>{}) +
+            "</figure>\n";
+  }
+  html += "</div>\n</section>\n";
+  if (!samples.empty()) {
+    html += "<section id=\"samples\">\n<h2>Test photos</h2>\n<div class=\"samples\">\n";
+    for (const auto& s : samples) {
+      const uint32_t w = png_width(s.image_png_base64);
+      const char* img_class = w > 0 && w <= 64 ? " class=\"px\"" : "";
+      bool all_right = true;
+      std::string lines;
+      for (size_t i = 0; i < runs.size(); ++i) {
+        const bool right = s.predicted[i] == s.truth;
+        all_right = all_right && right;
+        const std::string score = std::isfinite(s.score[i])
+                                      ? fixed(100 * std::clamp(s.score[i], 0.0, 1.0), 0) + "%"
+                                      : "–";
+        lines += std::string("<div class=\"") + (right ? "muted" : "wrong") + "\">" +
+                 (right ? "✓ " : "✗ ") + esc(runs[i].name) + ": " + esc(s.predicted[i]) + " · " +
+                 score + "</div>";
+      }
+      html += std::string("<figure class=\"") + (all_right ? "ok" : "bad") + "\"><img" +
+              img_class + " alt=\"" + esc(s.truth) + "\" src=\"data:image/png;base64," +
+              s.image_png_base64 + "\"><figcaption><div><b>" + esc(s.truth) + "</b></div>" +
+              lines + "</figcaption></figure>\n";
+    }
+    html += "</div>\n</section>\n";
+  }
+  html += "<footer>vitrine comparison report</footer>\n</main>\n</body>\n</html>\n";
+  write_file_atomic(path, html);
 }
 
 }  // namespace vitrine::train

@@ -1,6 +1,5 @@
 #include "vitrine/train/trainer.h"
 
-#include "vitrine/core/base64.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/core/safetensors.h"
@@ -11,22 +10,22 @@
 #include "vitrine/models/registry.h"
 #include "vitrine/train/autocast.h"
 #include "vitrine/train/evaluate.h"
+#include "vitrine/train/loop.h"
 #include "vitrine/train/loss.h"
 #include "vitrine/train/metrics.h"
 #include "vitrine/train/report.h"
+#include "vitrine/train/run_state.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <spdlog/spdlog.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/serialize.h>
 
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <utility>
 
 namespace vitrine::train {
 namespace {
@@ -35,7 +34,7 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 // Bumped when the resumable state's layout changes.
-constexpr int kStateVersion = 1;
+constexpr int kStateVersion = 2;
 
 double beta_sample(double alpha, std::mt19937_64& rng) {
   std::gamma_distribution<double> g(alpha, 1.0);
@@ -65,6 +64,33 @@ std::string EpochRecord::to_json() const {
   return j.dump();
 }
 
+EpochRecord EpochRecord::from_json(const std::string& text) {
+  const json r = json::parse(text);
+  EpochRecord e;
+  e.epoch = r.at("epoch");
+  e.lr = r.at("lr");
+  e.train_loss = r.at("train_loss");
+  e.train_top1 = r.at("train_top1");
+  e.seconds = r.value("seconds", 0.0);
+  e.img_per_s = r.value("img_per_s", 0.0);
+  e.skipped = r.value("skipped_images", int64_t{0});
+  e.multi_label = r.contains("val_map");
+  e.has_val = r.contains("val_top1") || e.multi_label;
+  if (e.multi_label) {
+    e.val_map = r.at("val_map");
+    e.val_micro_f1 = r.at("val_micro_f1");
+    e.val_macro_f1 = r.at("val_macro_f1");
+    e.best = r.at("best");
+  } else if (e.has_val) {
+    e.val_loss = r.at("val_loss");
+    e.val_top1 = r.at("val_top1");
+    e.val_top5 = r.at("val_top5");
+    e.val_macro_f1 = r.at("val_macro_f1");
+    e.best = r.at("best");
+  }
+  return e;
+}
+
 struct Trainer::State {
   TrainOptions o;
   data::DataSplits data;
@@ -81,6 +107,7 @@ struct Trainer::State {
   int64_t start_epoch = 0;
   TrainResult result;
   int64_t bad_epochs = 0;
+  EpochProgress resume_progress;  ///< set by load_state when the state is mid-epoch
 
   std::string path(const std::string& name) const { return (fs::path(o.out_dir) / name).string(); }
   void build_model();
@@ -88,11 +115,21 @@ struct Trainer::State {
   data::SampleTransform train_transform() const;
   at::Tensor train_step(data::Batch& batch, std::mt19937_64& rng, double& top1);
   void update_ema();
-  void save_state(int64_t epochs_done);
+  void save_state(int64_t epochs_done, const EpochProgress& progress = {});
   void write_run_report();
   void load_state();
   bool improved(double value) const;
+  std::vector<double> balanced_sample_weights() const;
 };
+
+std::vector<double> Trainer::State::balanced_sample_weights() const {
+  const int64_t n = data.train->size();
+  std::vector<int64_t> counts(data.classes.size(), 0);
+  for (int64_t i = 0; i < n; ++i) ++counts[data.train->labels(i).at(0)];
+  std::vector<double> weights(n);
+  for (int64_t i = 0; i < n; ++i) weights[i] = 1.0 / counts[data.train->labels(i).at(0)];
+  return weights;
+}
 
 void Trainer::State::build_model() {
   const int64_t classes = static_cast<int64_t>(data.classes.size());
@@ -100,22 +137,21 @@ void Trainer::State::build_model() {
   StateDict init_weights;
   if (!o.init_dir.empty()) {
     VT_CHECK(o.arch.empty(), "give either --model ARCH (from scratch) or --init DIR, not both");
+    VT_CHECK(o.resnet_stem.empty(), "--stem applies to a new model (--model); the --init model "
+             "keeps its own");
     cfg = models::load_model_config(o.init_dir);
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
-    VT_CHECK(cfg.num_classes == classes || o.reinit_head, o.init_dir, " has a head of ",
-             cfg.num_classes, " classes but the data has ", classes,
+    // A backbone without a head (pretrained, or imported with --num-classes 0) gets one.
+    VT_CHECK(cfg.num_classes == classes || cfg.num_classes == 0 || o.reinit_head, o.init_dir,
+             " has a head of ", cfg.num_classes, " classes but the data has ", classes,
              "; pass --reinit-head to train a new head");
   } else {
     VT_CHECK(!o.arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");
-    cfg = models::model_preset(o.arch);
     // Grey data sets (Fashion-MNIST, X-ray-like product scans) train 1-channel models.
-    cfg.in_channels = o.in_channels > 0 ? o.in_channels
-                                        : (data.train->image(0).channels() == 1 ? 1 : 3);
-    if (cfg.in_channels == 1) {
-      cfg.preprocess.mean = {0.5f};
-      cfg.preprocess.std = {0.5f};
-    }
-    cfg.preprocess.channels = cfg.in_channels;
+    cfg = models::new_model_config(
+        o.arch,
+        o.in_channels > 0 ? o.in_channels : (data.train->image(0).channels() == 1 ? 1 : 3),
+        o.resnet_stem);
   }
   if (o.image_size > 0) models::set_image_size(cfg, o.image_size);
   // A model directory keeps the eval transform its weights came with, unless asked.
@@ -123,9 +159,7 @@ void Trainer::State::build_model() {
                           : o.init_dir.empty() || o.image_size > 0 ? 0.875
                                                                    : 0.0;
   VT_CHECK(crop_pct >= 0 && crop_pct <= 1, "--eval-crop-pct must be in (0, 1]");
-  if (crop_pct > 0) {
-    cfg.preprocess.resize = static_cast<int64_t>(std::floor(cfg.image_size / crop_pct + 1e-9));
-  }
+  if (crop_pct > 0) models::set_eval_crop(cfg, crop_pct);
   if (o.dropout >= 0) cfg.dropout = o.dropout;
   if (o.drop_path >= 0) cfg.drop_path = o.drop_path;
   cfg.num_classes = classes;
@@ -135,7 +169,7 @@ void Trainer::State::build_model() {
   model = models::create_model(cfg);
   if (!init_weights.empty()) {
     models::LoadOptions lo;
-    lo.reinit_head = o.reinit_head;
+    lo.reinit_head = o.reinit_head || models::load_model_config(o.init_dir).num_classes == 0;
     const auto report = models::load_state_dict(*model, init_weights, lo);
     if (!report.adapted.empty()) spdlog::info("initialised from {}:{}", o.init_dir, report.summary());
   }
@@ -254,7 +288,7 @@ void Trainer::State::write_run_report() {
   const auto shown = data.test && data.test->size() > 0 ? data.test : data.val;
   if (!data.multi_label && data.test && data.test->size() > 0) {
     std::vector<std::string> errors;
-    test = evaluate(*best, data.test, {o.batch_size, o.workers, o.strict}, &errors);
+    test = evaluate(*best, data.test, {o.batch_size, o.workers, o.strict, true}, &errors);
     in.test = &test;
     result.has_test = true;
     result.test_top1 = test.top1;
@@ -263,26 +297,16 @@ void Trainer::State::write_run_report() {
   }
   // A grid of held-out images with the best model's predictions.
   if (!data.multi_label && shown && shown->size() > 0) {
-    const auto transform = eval_sample_transform(cfg);
-    std::mt19937_64 unused;
-    best->eval();
-    at::NoGradGuard no_grad;
     const int64_t n = std::min<int64_t>(24, shown->size());
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t i = k * shown->size() / n;  // spread over the split
-      try {
-        const cv::Mat img = shown->image(i);
-        const at::Tensor p = at::softmax(best->forward(transform(img, unused).unsqueeze(0)), 1)[0];
-        const int64_t pred = p.argmax().item<int64_t>();
-        cv::Mat bgr = img;
-        if (img.channels() == 3) cv::cvtColor(img, bgr, cv::COLOR_RGB2BGR);
-        std::vector<uint8_t> png;
-        cv::imencode(".png", bgr, png);
-        in.samples.push_back({base64_encode(png), data.classes[shown->labels(i).at(0)],
-                              data.classes[pred], p[pred].item<double>()});
-      } catch (const Error& e) {
-        spdlog::debug("report sample skipped: {}", e.what());
-      }
+    std::vector<int64_t> indices;
+    for (int64_t k = 0; k < n; ++k) indices.push_back(k * shown->size() / n);  // spread out
+    const auto predictions = predict_items(*best, *shown, indices);
+    for (size_t k = 0; k < indices.size(); ++k) {
+      const auto [pred, score] = predictions[k];
+      if (pred < 0) continue;  // unreadable: nothing to show
+      in.samples.push_back({png_base64(shown->image(indices[k])),
+                            data.classes[shown->labels(indices[k]).at(0)], data.classes[pred],
+                            score});
     }
   }
   write_report(o.out_dir, in);
@@ -294,62 +318,38 @@ bool Trainer::State::improved(double value) const {
   return o.monitor == "val_loss" ? value < result.best_value : value > result.best_value;
 }
 
-void Trainer::State::save_state(int64_t epochs_done) {
-  const std::string dir = path("state");
-  fs::create_directories(dir);
-  safetensors_save(dir + "/model.safetensors", models::model_state_dict(*model));
-  if (ema) safetensors_save(dir + "/ema.safetensors", models::model_state_dict(*ema));
-  // libtorch's own archive holds the optimiser's moments and step counts exactly.
-  const std::string tmp = dir + "/optimizer.pt.tmp";
-  torch::save(*optimizer, tmp);
-  fs::rename(tmp, dir + "/optimizer.pt");
-  json history = json::array();
-  for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
-  const json j{{"version", kStateVersion}, {"epochs_done", epochs_done},   {"step", step},
-               {"best_epoch", result.best_epoch}, {"best_value", result.best_value},
-               {"bad_epochs", bad_epochs},        {"seed", o.seed},       {"history", history}};
-  write_file_atomic(dir + "/trainer.json", j.dump(2));
+void Trainer::State::save_state(int64_t epochs_done, const EpochProgress& progress) {
+  write_state_folder(o.out_dir, [&](const std::string& f) {
+    safetensors_save(f + "/model.safetensors", models::model_state_dict(*model));
+    if (ema) safetensors_save(f + "/ema.safetensors", models::model_state_dict(*ema));
+    // libtorch's own archive holds the optimiser's moments and step counts exactly.
+    torch::save(*optimizer, f + "/optimizer.pt");
+    json history = json::array();
+    for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
+    const json extra{{"best_epoch", result.best_epoch},
+                     {"best_value", result.best_value},
+                     {"bad_epochs", bad_epochs},
+                     {"history", history}};
+    write_state_file(f, "trainer.json", {kStateVersion, o.seed, epochs_done, step, progress},
+                     extra.dump());
+  });
 }
 
 void Trainer::State::load_state() {
-  const std::string dir = path("state");
-  VT_CHECK(fs::exists(dir + "/trainer.json"), "--resume: no saved state in ", dir,
-           "; start without --resume");
-  const json j = json::parse(read_text_file(dir + "/trainer.json"));
-  VT_CHECK(j.value("version", 0) == kStateVersion, dir, ": state written by another version");
-  VT_CHECK(j.value("seed", o.seed) == o.seed, "--resume with another --seed (",
-           j.value("seed", o.seed), " before) would not continue the same run");
+  const std::string dir = state_folder_to_resume(o.out_dir, "trainer.json");
+  std::string text;
+  const StateHeader h = read_state_file(dir, "trainer.json", kStateVersion, o.seed, text);
   load_state_dict(*model, safetensors_load(dir + "/model.safetensors").tensors);
   if (ema) load_state_dict(*ema, safetensors_load(dir + "/ema.safetensors").tensors);
   torch::load(*optimizer, dir + "/optimizer.pt");
-  start_epoch = j["epochs_done"];
-  step = j["step"];
-  result.best_epoch = j["best_epoch"];
-  result.best_value = j["best_value"];
-  bad_epochs = j["bad_epochs"];
-  for (const auto& r : j["history"]) {
-    EpochRecord e;
-    e.epoch = r["epoch"];
-    e.lr = r["lr"];
-    e.train_loss = r["train_loss"];
-    e.train_top1 = r["train_top1"];
-    e.multi_label = r.contains("val_map");
-    e.has_val = r.contains("val_top1") || e.multi_label;
-    if (e.multi_label) {
-      e.val_map = r["val_map"];
-      e.val_micro_f1 = r["val_micro_f1"];
-      e.val_macro_f1 = r["val_macro_f1"];
-      e.best = r["best"];
-    } else if (e.has_val) {
-      e.val_loss = r["val_loss"];
-      e.val_top1 = r["val_top1"];
-      e.val_top5 = r["val_top5"];
-      e.val_macro_f1 = r["val_macro_f1"];
-      e.best = r["best"];
-    }
-    result.history.push_back(e);
-  }
-  spdlog::info("resuming after epoch {} (step {})", start_epoch, step);
+  start_epoch = h.epochs_done;
+  step = h.step;
+  resume_progress = h.progress;
+  const json j = json::parse(text);
+  result.best_epoch = j.at("best_epoch");
+  result.best_value = j.at("best_value");
+  bad_epochs = j.at("bad_epochs");
+  for (const auto& r : j.at("history")) result.history.push_back(EpochRecord::from_json(r.dump()));
 }
 
 Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
@@ -364,6 +364,8 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   VT_CHECK(o.amp == "none" || o.amp == "bf16", "--amp must be none or bf16");
   VT_CHECK(o.class_weights == "none" || o.class_weights == "balanced",
            "--class-weights must be none or balanced");
+  VT_CHECK(o.sampler == "random" || o.sampler == "balanced",
+           "--sampler must be random or balanced");
   at::manual_seed(o.seed);
   s.data = data::open_data(o.data);
   for (const auto& w : s.data.warnings) spdlog::warn("{}", w);
@@ -373,6 +375,7 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
     VT_CHECK(o.monitor == "val_map" || o.monitor == "val_macro_f1",
              "--monitor for multi-label data must be val_map or val_macro_f1");
     VT_CHECK(o.class_weights == "none", "--class-weights is for single-label data");
+    VT_CHECK(o.sampler == "random", "--sampler balanced is for single-label data");
   } else {
     VT_CHECK(o.monitor == "val_top1" || o.monitor == "val_loss" || o.monitor == "val_macro_f1",
              "--monitor must be val_top1, val_loss or val_macro_f1");
@@ -405,14 +408,9 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
   const auto& o = s.o;
   fs::create_directories(o.out_dir);
   if (o.resume) s.load_state();
-  data::LoaderOptions lo;
-  lo.batch_size = o.batch_size;
-  lo.shuffle = true;
-  // As timm: a short last batch would weigh its few images more and can break batch norm.
-  lo.drop_last = s.data.train->size() >= o.batch_size;
-  lo.seed = o.seed;
-  lo.workers = o.workers;
-  lo.strict = o.strict;
+  data::LoaderOptions lo =
+      training_loader_options(o.batch_size, s.data.train->size(), o.seed, o.workers, o.strict);
+  if (o.sampler == "balanced") lo.sample_weights = s.balanced_sample_weights();
   data::Loader loader(s.data.train, s.train_transform(), lo);
   s.result.best_dir = s.path("best");
   s.result.last_dir = s.path("last");
@@ -420,74 +418,38 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
   std::string log_text;
   for (const auto& r : s.result.history) log_text += r.to_json() + "\n";
 
+  Optimisation optimisation{*s.model,     *s.optimizer, s.groups,  o.optim,
+                            s.schedule,   s.trainable,  o.clip_grad, s.step};
+  EpochHooks hooks;
+  hooks.loss = [&s](data::Batch& batch, std::mt19937_64& rng, double& top1) {
+    return s.train_step(batch, rng, top1);
+  };
+  hooks.after_step = [&s] { s.update_ema(); };
+  hooks.on_step = on_step;
   for (int64_t epoch = s.start_epoch; epoch < o.epochs; ++epoch) {
-    // Everything random in an epoch derives from (seed, epoch): a resumed run repeats it.
-    at::manual_seed(o.seed * 1000003 + epoch);
-    std::mt19937_64 rng(o.seed * 7919 + epoch);
     s.model->train();
     // A linear probe keeps the frozen backbone's batch norms on their stored statistics.
     if (o.freeze == "backbone") s.model->eval();
-    loader.start_epoch(epoch);
-    const auto t0 = std::chrono::steady_clock::now();
-    double loss_sum = 0, top1_sum = 0;
-    int64_t seen = 0, batches = 0;
-    data::Batch batch;
-    while (loader.next(batch)) {
-      // A batch norm cannot normalise a batch of one (a skipped image can leave one).
-      if (batch.images.size(0) < 2) continue;
-      double top1 = 0;
-      const at::Tensor loss = s.train_step(batch, rng, top1);
-      const double loss_value = loss.item<double>();
-      if (!std::isfinite(loss_value)) {
-        VT_FAIL("the loss became ", loss_value, " at epoch ", epoch + 1,
-                "; the last good checkpoint is in ", s.result.last_dir,
-                ". Lower --lr, add --clip-grad or --warmup-epochs");
-      }
-      s.optimizer->zero_grad();
-      loss.backward();
-      if (o.clip_grad > 0) {
-        torch::nn::utils::clip_grad_norm_(s.trainable, o.clip_grad);
-      }
-      apply_schedule(*s.optimizer, s.groups, o.optim, s.schedule, s.step);
-      s.optimizer->step();
-      s.update_ema();
-      ++s.step;
-      ++batches;
-      const int64_t bs = batch.images.size(0);
-      seen += bs;
-      loss_sum += loss_value * bs;
-      top1_sum += top1 * bs;
-      if (on_step) {
-        const double secs =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        on_step({epoch, o.epochs, batches, s.steps_per_epoch, loss_value, top1,
-                 lr_at(s.schedule, s.step - 1, o.optim.lr), seen / std::max(secs, 1e-9)});
-      }
-    }
-    // Batch-norm statistics diverge too, so buffers are checked with the parameters.
-    for (const auto& [name, p] : models::model_state_dict(*s.model)) {
-      if (!p.is_floating_point()) continue;
-      VT_CHECK(at::isfinite(p).all().item<bool>(), "the weights (", name,
-               ") became non-finite in epoch ",
-               epoch + 1, "; the last good checkpoint is in ", s.result.last_dir,
-               ". Lower --lr, add --clip-grad or --warmup-epochs");
-    }
+    hooks.save = [&s, epoch](const EpochProgress& p) { s.save_state(epoch, p); };
+    const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
+                         s.result.last_dir};
+    const EpochSummary e =
+        run_epoch(loader, plan, std::exchange(s.resume_progress, {}), optimisation, hooks);
     EpochRecord rec;
     rec.epoch = epoch + 1;
-    rec.lr = lr_at(s.schedule, std::max<int64_t>(0, s.step - 1), o.optim.lr);
-    rec.train_loss = seen ? loss_sum / seen : 0;
-    rec.train_top1 = seen ? top1_sum / seen : 0;
-    rec.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    rec.img_per_s = seen / std::max(rec.seconds, 1e-9);
-    rec.skipped = static_cast<int64_t>(loader.errors().size());
-    for (const auto& e : loader.errors()) spdlog::warn("skipped: {}", e);
+    rec.lr = e.lr;
+    rec.train_loss = e.loss;
+    rec.train_top1 = e.top1;
+    rec.seconds = e.seconds;
+    rec.img_per_s = e.img_per_s;
+    rec.skipped = e.skipped;
 
     models::VisionModelImpl& judged = s.ema ? *s.ema : *s.model;
     bool stop = false;
     if (s.data.val && s.data.val->size() > 0) {
       std::vector<std::string> errors;
       std::vector<float> thresholds;
-      const EvalOptions eo{o.batch_size, o.workers, o.strict};
+      const EvalOptions eo{o.batch_size, o.workers, o.strict, true};
       try {
         if (s.data.multi_label) {
           const MultiLabelMetrics m =

@@ -8,6 +8,7 @@
 #include "vitrine/models/registry.h"
 #include "vitrine/train/loss.h"
 #include "vitrine/train/optim.h"
+#include "vitrine/train/ssl.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -125,4 +126,27 @@ TEST_F(GoldenTraining, ResNetFirstLossesMatchPyTorch) {
     EXPECT_NEAR(run.losses[i], ref["steps"][i]["loss"].get<double>(), 0.1) << "step " << i;
   }
   EXPECT_LT(run.losses.back(), run.losses.front() - 0.5);
+}
+
+// SimCLR's loss against the reference formulation on fixed projections: value and
+// gradients with respect to both views.
+TEST(GoldenPretraining, NtXentMatchesPyTorch) {
+  const std::string f = test::data_dir("train/nt_xent.safetensors");
+  const at::Tensor z1 = test::load_tensor(f, "z1").requires_grad_();
+  const at::Tensor z2 = test::load_tensor(f, "z2").requires_grad_();
+  const double temperature = test::load_tensor(f, "temperature").item<double>();
+  double top1 = -1;
+  const at::Tensor loss = train::nt_xent_loss(z1, z2, temperature, &top1);
+  EXPECT_NEAR(loss.item<double>(), test::load_tensor(f, "loss").item<double>(), 1e-5);
+  loss.backward();
+  EXPECT_LT(test::max_abs_diff(z1.grad(), test::load_tensor(f, "grad_z1")), 1e-5);
+  EXPECT_LT(test::max_abs_diff(z2.grad(), test::load_tensor(f, "grad_z2")), 1e-5);
+  EXPECT_GE(top1, 0.0);
+  EXPECT_LE(top1, 1.0);
+  // Identical views, far apart from the others, are found for sure.
+  const at::Tensor eye = at::eye(4, 8);
+  double perfect = 0;
+  const double low = train::nt_xent_loss(eye, eye, 0.1, &perfect).item<double>();
+  EXPECT_DOUBLE_EQ(perfect, 1.0);
+  EXPECT_LT(low, train::nt_xent_loss(eye, eye.flip(0), 0.1).item<double>());
 }

@@ -9,6 +9,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -242,5 +244,59 @@ TEST(Cli, HandEditedConfigThatContradictsItsArchIsRefused) {
                         q(test::data_dir("images/sample/bag.jpg")));
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("'crop' has the wrong type"), std::string::npos) << r.err;
+  fs::remove_all(d);
+}
+
+// The label-efficient path from the command line: pretrain a backbone on the photos,
+// fine-tune it (no --reinit-head needed: it has no head), then compare on the test split.
+TEST(Cli, PretrainThenFineTuneThenCompare) {
+  const std::string d = test::temp_dir("cli-pretrain");
+  for (int c = 0; c < 2; ++c) {
+    for (const char* split : {"train", "val", "test"}) {
+      const std::string dir = d + "/data/" + split + "/class_" + std::to_string(c);
+      fs::create_directories(dir);
+      for (int i = 0; i < 4; ++i) {
+        cv::Mat img(32, 32, CV_8UC3, cv::Scalar(40, 40, 40));
+        cv::circle(img, {8 + 4 * i, 16}, 6, c ? cv::Scalar(0, 0, 255) : cv::Scalar(255, 0, 0),
+                   cv::FILLED);
+        cv::imwrite(dir + "/" + std::to_string(i) + ".png", img);
+      }
+    }
+  }
+  const std::string bin = q(test::vitrine_bin());
+  auto r = test::run_command(bin + " pretrain --model resnet18 --stem small --image-size 32 " +
+                             "--data " + q(d + "/data") + " --epochs 1 --batch-size 4 " +
+                             "--knn-bank 2 --threads 2 --out " + q(d + "/pre"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("k-NN top-1"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(d + "/pre/metrics.jsonl"));
+  // A from-scratch twin of the backbone: same architecture, input and preprocessing.
+  r = test::run_command(bin + " init --like " + q(d + "/pre/last") + " --seed 5 --out " +
+                        q(d + "/twin"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  json backbone = json::parse(std::ifstream(d + "/pre/last/config.json"));
+  json twin = json::parse(std::ifstream(d + "/twin/config.json"));
+  EXPECT_EQ(twin["provenance"]["like"], d + "/pre/last");
+  backbone.erase("provenance");
+  twin.erase("provenance");
+  EXPECT_EQ(twin, backbone);
+  EXPECT_FALSE(test::run_command(bin + " init --like " + q(d + "/pre/last") + " --arch resnet18 " +
+                                 "--out " + q(d + "/twin2")).status == 0);
+  r = test::run_command(bin + " train --init " + q(d + "/pre/last") + " --data " +
+                        q(d + "/data") + " --epochs 1 --batch-size 4 --threads 2 --out " +
+                        q(d + "/fine"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(bin + " eval --model " + q(d + "/fine/best") + " --compare " +
+                        q(d + "/fine/last") + " --data " + q(d + "/data"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 2u) << r.out;
+  EXPECT_EQ(lines[0]["images"], 8);
+  EXPECT_EQ(lines[1]["model"], d + "/fine/last");
+  // A ViT has no ResNet stem: a clear error, exit 2.
+  r = test::run_command(bin + " pretrain --model vit_ti_16 --stem small --data " +
+                        q(d + "/data") + " --out " + q(d + "/bad"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--stem is for ResNets"), std::string::npos) << r.err;
   fs::remove_all(d);
 }

@@ -372,7 +372,11 @@ TEST(DataCsv, MultiLabel) {
       [](const cv::Mat& m, std::mt19937_64&) {
         return vitrine::image::to_tensor(m, {0.5f}, {0.5f});
       },
-      LoaderOptions{/*batch_size=*/3});
+      [] {
+        LoaderOptions lo;
+        lo.batch_size = 3;
+        return lo;
+      }());
   loader.start_epoch(0);
   Batch b;
   ASSERT_TRUE(loader.next(b));
@@ -747,6 +751,49 @@ TEST(DataLoader, SkipBatchesResumesExactly) {
   expect_same(run_epoch(loader, 2, 3), rest);
   EXPECT_CONTAINS(error_of([&] { loader.start_epoch(0, 7); }),
                   "skip_batches 7 is out of range; an epoch has 6 batches");
+}
+
+TEST(DataLoader, WeightedSamplingDrawsByWeight) {
+  LoaderOptions o;
+  o.batch_size = 50;
+  o.seed = 5;
+  o.workers = 2;
+  // FakeDataset's item i has class i % 3; class a weighs 8, b and c 1 each; item 7
+  // (class b) weighs nothing.
+  const int64_t n = 300;
+  o.sample_weights.resize(n);
+  for (int64_t i = 0; i < n; ++i) o.sample_weights[i] = i % 3 == 0 ? 8.0 : 1.0;
+  o.sample_weights[7] = 0;
+  Loader loader(std::make_shared<FakeDataset>(n), index_and_draw, o);
+  int64_t drawn = 0, class_a = 0;
+  std::vector<int64_t> first_epoch;
+  for (int64_t epoch = 0; epoch < 5; ++epoch) {
+    for (const Batch& b : run_epoch(loader, epoch)) {
+      for (const int64_t i : b.indices) {
+        EXPECT_NE(i, 7);
+        ++drawn;
+        class_a += i % 3 == 0;
+        if (epoch == 0) first_epoch.push_back(i);
+      }
+    }
+  }
+  EXPECT_EQ(drawn, 5 * n);  // an epoch draws as many items as the data set holds
+  // 8 / (8 + 1 + 1) = 0.8; the standard error over 1500 draws is 0.01.
+  EXPECT_NEAR(static_cast<double>(class_a) / drawn, 0.8, 0.04);
+  // Drawn with replacement: some items come twice in one epoch.
+  EXPECT_LT(std::set<int64_t>(first_epoch.begin(), first_epoch.end()).size(), first_epoch.size());
+  // The same seed draws the same items.
+  std::vector<int64_t> again;
+  for (const Batch& b : run_epoch(n, o, 0)) again.insert(again.end(), b.indices.begin(), b.indices.end());
+  EXPECT_EQ(again, first_epoch);
+
+  auto data = std::make_shared<FakeDataset>(4);
+  o.sample_weights = {1, 1, 1};
+  EXPECT_CONTAINS(error_of([&] { Loader l(data, index_and_draw, o); }), "one weight per item");
+  o.sample_weights = {1, -1, 1, 1};
+  EXPECT_CONTAINS(error_of([&] { Loader l(data, index_and_draw, o); }), "non-negative");
+  o.sample_weights = {0, 0, 0, 0};
+  EXPECT_CONTAINS(error_of([&] { Loader l(data, index_and_draw, o); }), "all sampling weights");
 }
 
 TEST(DataLoader, BadItemsSkippedOrThrown) {

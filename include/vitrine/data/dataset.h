@@ -36,6 +36,8 @@ class Dataset {
 /// A view of some items of another data set (a split, a label subsample): item i is
 /// base item indices[i]. Same classes as `base`. A subset of a subset refers to the first base.
 std::shared_ptr<Dataset> subset(std::shared_ptr<Dataset> base, std::vector<int64_t> indices);
+/// The items of `a` then those of `b`; both must have the same classes.
+std::shared_ptr<Dataset> concat(std::shared_ptr<Dataset> a, std::shared_ptr<Dataset> b);
 
 /// 0 .. n-1 in an order drawn from `seed` alone, the same on every platform and standard
 /// library (Fisher-Yates over std::mt19937_64 with an unbiased integer draw).
@@ -75,5 +77,10 @@ struct DataSplits {
 /// missing source, a malformed manifest (with its line number), a manifest row naming a
 /// missing file, bad or missing IDX files, no training items, or invalid options.
 DataSplits open_data(const DataOptions& options);
+
+/// Unlabelled images for self-supervised pretraining: a folder of photos (searched
+/// recursively, no class folders needed) as one unlabelled training split; any other
+/// source opens as open_data does (its labels, where it has them, only measure).
+DataSplits open_pretraining_data(const DataOptions& options);
 
 }  // namespace vitrine::data

@@ -21,6 +21,7 @@ namespace vitrine::data {
 struct Batch {
   at::Tensor images;   ///< N x C x H x W float (N x the transform's output shape)
   at::Tensor targets;  ///< N int64 class indices, or N x K float multi-hot when multi-label
+                       ///< (undefined when the loader was asked for images alone)
   std::vector<int64_t> indices;  ///< data set indices of the rows
   /// Position of this batch in the epoch (0-based, counting batches whose items all failed
   /// and were skipped): start_epoch(epoch, batch_index + 1) resumes after it.
@@ -35,6 +36,11 @@ struct LoaderOptions {
   int workers = 0;         ///< decoding threads; 0 = all cores
   int prefetch = 2;        ///< batches prepared ahead (the one awaited included)
   bool strict = false;     ///< a bad image throws instead of being skipped
+  bool targets = true;     ///< false: images alone (Batch::targets undefined), for unlabelled data
+  /// Weighted sampling, as torch's WeightedRandomSampler with replacement: when not empty
+  /// (one non-negative weight per item), each epoch draws as many items as the data set
+  /// holds, item i with probability weight[i] / sum; `shuffle` is then implied.
+  std::vector<double> sample_weights;
 };
 
 /// Per-sample transform: the loader calls it with a generator seeded from (seed, epoch, index),

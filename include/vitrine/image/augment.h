@@ -27,6 +27,10 @@ struct TrainTransform {
   double rotation = 0.0;                          ///< RandomRotation degrees (+-), 0 = off
   /// ColorJitter amounts: factors drawn from [max(0, 1 - a), 1 + a]; hue from [-hue, hue].
   double brightness = 0, contrast = 0, saturation = 0, hue = 0;
+  double jitter_prob = 1.0;  ///< RandomApply([ColorJitter], p): SimCLR uses 0.8
+  double grayscale = 0.0;    ///< RandomGrayscale probability (RGB output stays 3 channels)
+  /// GaussianBlur probability: kernel about a tenth of the side, sigma from [0.1, 2] (SimCLR)
+  double blur = 0.0;
   std::string auto_augment = "none";  ///< none | trivialaugment | randaugment
   /// RandAugment num_ops and magnitude (a bin of 0-30, as torchvision's num_magnitude_bins 31).
   int64_t randaugment_ops = 2, randaugment_magnitude = 9;
@@ -45,8 +49,9 @@ void check_train_transform(const TrainTransform& t);
 /// t.channels (grey -> RGB repeats the plane; RGB -> grey uses PIL's weights, see to_grey).
 /// Returns a new size x size image with t.channels channels; `image` is never modified.
 ///
-/// Order: crop, flip, rotation, jitter, auto-augment (timm's order; torchvision's presets have
-/// no rotation or jitter). Given the same crop and draws, every step after the resize equals
+/// Order: crop, flip, rotation, jitter, grayscale, blur, auto-augment (timm's order, with
+/// SimCLR's grayscale and blur after the jitter; torchvision's presets have no rotation or
+/// jitter). A probability of 1 (jitter_prob) or 0 (grayscale, blur) draws nothing. Given the same crop and draws, every step after the resize equals
 /// torchvision 0.14 on a PIL image (Pillow 9) byte for byte: rotations, shears and
 /// translations with nearest-neighbour sampling and a black fill (torchvision's defaults for
 /// RandomRotation and the auto-augment ops), colour operations as ImageEnhance / ImageOps.

@@ -8,8 +8,10 @@
 #include "vitrine/models/model.h"
 #include "vitrine/train/metrics.h"
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace vitrine::train {
@@ -24,11 +26,20 @@ struct EvalOptions {
   int64_t batch_size = 64;
   int workers = 0;
   bool strict = false;
+  bool targets = true;  ///< false: images alone (unlabelled data); see LoaderOptions
 };
 
 /// The model's eval transform (its config's preprocessing), converting grey data to RGB
 /// models and back as needed.
 data::SampleTransform eval_sample_transform(const models::ModelConfig& config);
+
+/// Runs `consume` on each batch of `data` (the model's eval transform) with the model in
+/// eval mode and gradients off; the mode is restored afterwards, also when `consume`
+/// throws. Images that fail to decode are skipped and listed in `errors`.
+void for_each_eval_batch(models::VisionModelImpl& model,
+                         const std::shared_ptr<data::Dataset>& data, const EvalOptions& options,
+                         std::vector<std::string>* errors,
+                         const std::function<void(const data::Batch&)>& consume);
 
 /// Top-1/top-5, per-class precision/recall/F1, confusion, calibration over `data`, with
 /// the model in eval mode. Images that fail to decode are skipped and listed in `errors`.
@@ -44,6 +55,16 @@ MultiLabelMetrics evaluate_multi_label(models::VisionModelImpl& model,
                                        const EvalOptions& options = {},
                                        std::vector<std::string>* errors = nullptr,
                                        std::vector<float>* tuned = nullptr);
+
+/// The model's top class and its probability for items `indices` of `data` (eval mode,
+/// eval transform, one at a time: for report samples, not for throughput). An item whose
+/// image fails to decode gets class -1 and a NaN probability.
+std::vector<std::pair<int64_t, double>> predict_items(models::VisionModelImpl& model,
+                                                      const data::Dataset& data,
+                                                      const std::vector<int64_t>& indices);
+
+/// An 8-bit RGB or grey image as a base64 PNG (for reports).
+std::string png_base64(const cv::Mat& image);
 
 /// An image converted to `channels` (1 grey or 3 RGB).
 cv::Mat with_channels(const cv::Mat& image, int64_t channels);

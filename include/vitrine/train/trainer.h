@@ -8,6 +8,7 @@
 #include "vitrine/data/dataset.h"
 #include "vitrine/image/augment.h"
 #include "vitrine/models/model.h"
+#include "vitrine/train/loop.h"
 #include "vitrine/train/optim.h"
 
 #include <functional>
@@ -23,6 +24,7 @@ struct TrainOptions {
   std::string init_dir;
   int64_t image_size = 0;    ///< 0: the architecture's (or the init model's)
   int64_t in_channels = 0;   ///< 0: from the data (1 for grey data sets) for --arch
+  std::string resnet_stem;   ///< --arch ResNets: imagenet | small | cifar; empty: imagenet
   bool reinit_head = false;  ///< --init with another class count gets a new head
   double dropout = -1;       ///< < 0: the model's
   double drop_path = -1;     ///< < 0: the model's
@@ -50,6 +52,9 @@ struct TrainOptions {
   double label_smoothing = 0;
   double ema_decay = 0;         ///< model EMA; 0 = off
   std::string class_weights = "none";  ///< none | balanced (inverse class frequency)
+  /// random (each image once per epoch) | balanced (draws with replacement, every class
+  /// equally likely: torch's WeightedRandomSampler with inverse class frequency)
+  std::string sampler = "random";
   std::string freeze = "none";  ///< none | backbone | until:<module>
 
   int64_t epochs = 10;
@@ -60,6 +65,9 @@ struct TrainOptions {
   std::string out_dir;
   uint64_t seed = 0;
   bool resume = false;
+  /// Also save the resumable state every N optimisation steps (0: at epoch ends only),
+  /// so a long epoch killed mid-way loses at most N steps.
+  int64_t save_every_steps = 0;
 };
 
 /// One line of the metrics log (metrics.jsonl).
@@ -71,12 +79,8 @@ struct EpochRecord {
   bool has_val = false, best = false, multi_label = false;
   int64_t skipped = 0;
   std::string to_json() const;
-};
-
-/// What a progress display gets after every optimisation step.
-struct StepInfo {
-  int64_t epoch, epochs, step_in_epoch, steps_per_epoch;
-  double loss, top1, lr, img_per_s;
+  /// Parses a to_json() line; throws (nlohmann::json's errors) on a malformed one.
+  static EpochRecord from_json(const std::string& text);
 };
 
 struct TrainResult {

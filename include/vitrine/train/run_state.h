@@ -1,0 +1,69 @@
+// The resumable state of a training run (fine-tuning or pretraining), kept in
+// <run>/state/: weights, optimiser moments, counters and, mid-epoch, the generators.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+
+namespace vitrine::train {
+
+/// Writes <run_dir>/state as a unit: `write` fills a fresh folder (its argument), which
+/// then replaces the old state by renames, so a kill at any moment leaves either the old
+/// state or the new one, never a mix.
+void write_state_folder(const std::string& run_dir,
+                        const std::function<void(const std::string& folder)>& write);
+
+/// The state folder to resume from: <run_dir>/state, or the previous one when a kill
+/// interrupted the swap. A folder counts when it holds `marker` (written last). Throws,
+/// saying to start without --resume, when there is none.
+std::string state_folder_to_resume(const std::string& run_dir, const std::string& marker);
+
+/// The random generators of an epoch in progress: the epoch's std::mt19937_64 and
+/// libtorch's default CPU generator (dropout, drop-path, random init).
+struct RngState {
+  std::string mt;        ///< the std::mt19937_64 as its stream text
+  at::Tensor torch_cpu;  ///< at::Generator::get_state()
+};
+RngState capture_rng(const std::mt19937_64& rng);
+void restore_rng(const RngState& state, std::mt19937_64& rng);
+
+/// Where an epoch stands between two steps: enough to continue it exactly after a restart.
+struct EpochProgress {
+  int64_t next_batch = 0;  ///< the loader's position (0: the epoch has not started)
+  double loss_sum = 0, top1_sum = 0, seconds = 0;  ///< the epoch's running sums and time
+  int64_t seen = 0, batches = 0;
+  RngState rng;
+};
+
+/// Writes the generator state into `folder` (rng.safetensors) and returns the rest as a
+/// JSON object's text, for the run's state file.
+std::string save_epoch_progress(const EpochProgress& progress, const std::string& folder);
+/// The inverse: `json_text` as save_epoch_progress returned it, `folder` where it wrote.
+EpochProgress load_epoch_progress(const std::string& json_text, const std::string& folder);
+
+/// The part of a run's state file every training loop has.
+struct StateHeader {
+  int version = 0;         ///< of the loop's state layout
+  uint64_t seed = 0;
+  int64_t epochs_done = 0;
+  int64_t step = 0;        ///< optimisation steps so far
+  EpochProgress progress;  ///< where the epoch in progress stands (next_batch 0: none)
+};
+
+/// Writes `folder`/`name` (JSON): the header (the progress's generators beside it) and the
+/// members of `extra_json`, a JSON object's text with the loop's own counters and history.
+/// Write it last: its presence marks the state folder complete.
+void write_state_file(const std::string& folder, const std::string& name,
+                      const StateHeader& header, const std::string& extra_json);
+
+/// Reads a state file that write_state_file wrote, refusing another layout version or
+/// seed; `json_text` receives the whole file for the loop's own members. Logs where the
+/// run resumes.
+StateHeader read_state_file(const std::string& folder, const std::string& name, int version,
+                            uint64_t seed, std::string& json_text);
+
+}  // namespace vitrine::train

@@ -1,0 +1,81 @@
+#include "vitrine/train/compare.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+namespace vitrine::train {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+RunSummary read_run(const std::string& name, const std::string& dir) {
+  RunSummary r;
+  r.name = name;
+  r.dir = dir;
+  const fs::path log = fs::path(dir) / "metrics.jsonl";
+  VT_CHECK(fs::exists(log), dir, " is not a training run (no metrics.jsonl); give the --out "
+           "folder of `vitrine train`");
+  std::istringstream lines(read_text_file(log.string()));
+  int64_t line_no = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++line_no;
+    if (line.empty()) continue;
+    try {
+      r.history.push_back(EpochRecord::from_json(line));
+    } catch (const json::exception& e) {
+      VT_FAIL(log.string(), ":", line_no, ": not a metrics line (", e.what(), ")");
+    }
+    r.train_seconds += r.history.back().seconds;
+  }
+  const fs::path test = fs::path(dir) / "test_metrics.json";
+  if (fs::exists(test)) {
+    try {
+      const json j = json::parse(read_text_file(test.string()));
+      r.test_top1 = j.at("top1");
+      r.test_top5 = j.at("top5");
+      r.test_macro_f1 = j.at("macro_f1");
+      r.test_ece = j.at("ece");
+      r.test_count = j.at("count");
+      r.confusion = j.at("confusion").get<std::vector<std::vector<int64_t>>>();
+      r.classes = j.at("classes").get<std::vector<std::string>>();
+    } catch (const json::exception& e) {
+      VT_FAIL(test.string(), " is malformed (", e.what(), "); re-run `vitrine eval --json`");
+    }
+    r.has_test = true;
+  }
+  return r;
+}
+
+std::string comparison_table(const std::vector<RunSummary>& runs) {
+  size_t width = 3;
+  for (const auto& r : runs) width = std::max(width, r.name.size());
+  auto row = [&](const std::string& name, const std::string& rest) {
+    std::string n = name;
+    n.resize(width, ' ');
+    return n + "  " + rest + "\n";
+  };
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%10s %9s %7s %7s %9s", "test top-1", "macro-F1", "ECE",
+                "epochs", "time");
+  std::string out = row("run", buf);
+  for (const auto& r : runs) {
+    if (r.has_test) {
+      std::snprintf(buf, sizeof buf, "%9.2f%% %9.4f %7.4f %7zu %8.0fs", 100 * r.test_top1,
+                    r.test_macro_f1, r.test_ece, r.history.size(), r.train_seconds);
+    } else {
+      std::snprintf(buf, sizeof buf, "%10s %9s %7s %7zu %8.0fs", "-", "-", "-", r.history.size(),
+                    r.train_seconds);
+    }
+    out += row(r.name, buf);
+  }
+  return out;
+}
+
+}  // namespace vitrine::train

@@ -1,0 +1,105 @@
+#include "vitrine/train/loop.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/state_dict.h"
+#include "vitrine/models/checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/optimizer.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+namespace vitrine::train {
+namespace {
+
+constexpr const char* kAdvice = ". Lower --lr, add --clip-grad or --warmup-epochs";
+
+}  // namespace
+
+data::LoaderOptions training_loader_options(int64_t batch_size, int64_t split_size, uint64_t seed,
+                                            int workers, bool strict) {
+  data::LoaderOptions lo;
+  lo.batch_size = batch_size;
+  lo.shuffle = true;
+  lo.drop_last = split_size >= batch_size;
+  lo.seed = seed;
+  lo.workers = workers;
+  lo.strict = strict;
+  return lo;
+}
+
+EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgress resume,
+                       Optimisation& opt, const EpochHooks& hooks) {
+  // Everything random in an epoch derives from (seed, epoch): a resumed run repeats it.
+  at::manual_seed(plan.seed * 1000003 + plan.epoch);
+  std::mt19937_64 rng(plan.seed * 7919 + plan.epoch);
+  if (resume.next_batch > 0) restore_rng(resume.rng, rng);
+  loader.start_epoch(plan.epoch, resume.next_batch);
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now() - std::chrono::duration_cast<clock::duration>(
+                                     std::chrono::duration<double>(resume.seconds));
+  auto seconds = [&] { return std::chrono::duration<double>(clock::now() - t0).count(); };
+  EpochProgress sums = resume;
+  sums.next_batch = 0;
+  data::Batch batch;
+  while (loader.next(batch)) {
+    const int64_t bs = batch.images.size(0);
+    if (bs < 2) continue;
+    double top1 = 0;
+    const at::Tensor loss = hooks.loss(batch, rng, top1);
+    const double loss_value = loss.item<double>();
+    if (!std::isfinite(loss_value)) {
+      VT_FAIL("the loss became ", loss_value, " at epoch ", plan.epoch + 1,
+              "; the last good checkpoint is in ", plan.last_good, kAdvice);
+    }
+    opt.optimizer.zero_grad();
+    loss.backward();
+    if (opt.clip_grad > 0) torch::nn::utils::clip_grad_norm_(opt.trainable, opt.clip_grad);
+    apply_schedule(opt.optimizer, opt.groups, opt.options, opt.schedule, opt.step);
+    opt.optimizer.step();
+    if (hooks.after_step) hooks.after_step();
+    ++opt.step;
+    ++sums.batches;
+    sums.seen += bs;
+    sums.loss_sum += loss_value * bs;
+    sums.top1_sum += top1 * bs;
+    if (plan.save_every > 0 && opt.step % plan.save_every == 0 &&
+        batch.batch_index + 1 < loader.batches_per_epoch()) {
+      EpochProgress at_step = sums;
+      at_step.next_batch = batch.batch_index + 1;
+      at_step.seconds = seconds();
+      at_step.rng = capture_rng(rng);
+      hooks.save(at_step);
+    }
+    if (hooks.on_step) {
+      const double secs = seconds();
+      hooks.on_step({plan.epoch, plan.epochs, sums.batches, plan.steps_per_epoch, loss_value, top1,
+                     lr_at(opt.schedule, opt.step - 1, opt.options.lr),
+                     sums.seen / std::max(secs, 1e-9), secs});
+    }
+  }
+  for (const auto& [name, p] : models::model_state_dict(opt.model)) {
+    if (!p.is_floating_point()) continue;
+    VT_CHECK(at::isfinite(p).all().item<bool>(), "the weights (", name,
+             ") became non-finite in epoch ", plan.epoch + 1, "; the last good checkpoint is in ",
+             plan.last_good, kAdvice);
+  }
+  EpochSummary out;
+  out.lr = lr_at(opt.schedule, std::max<int64_t>(0, opt.step - 1), opt.options.lr);
+  out.seconds = seconds();
+  if (sums.seen > 0) {
+    out.loss = sums.loss_sum / static_cast<double>(sums.seen);
+    out.top1 = sums.top1_sum / static_cast<double>(sums.seen);
+  }
+  out.img_per_s = static_cast<double>(sums.seen) / std::max(out.seconds, 1e-9);
+  const auto errors = loader.errors();
+  out.skipped = static_cast<int64_t>(errors.size());
+  for (const auto& e : errors) spdlog::warn("skipped: {}", e);
+  return out;
+}
+
+}  // namespace vitrine::train

@@ -1,0 +1,383 @@
+#include "vitrine/train/pretrainer.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/core/json.h"
+#include "vitrine/core/safetensors.h"
+#include "vitrine/data/loader.h"
+#include "vitrine/models/checkpoint.h"
+#include "vitrine/models/model_dir.h"
+#include "vitrine/models/registry.h"
+#include "vitrine/train/autocast.h"
+#include "vitrine/train/evaluate.h"
+#include "vitrine/train/loop.h"
+#include "vitrine/train/report.h"
+#include "vitrine/train/run_state.h"
+#include "vitrine/train/ssl.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/serialize.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <utility>
+
+namespace vitrine::train {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr int kStateVersion = 1;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// Items of `data` per class, the first `per_class` of each class in a seeded order.
+std::vector<int64_t> per_class_sample(const data::Dataset& data, int64_t per_class,
+                                      uint64_t seed) {
+  std::vector<int64_t> taken(data.classes().size(), 0), out;
+  for (const int64_t i : data::permutation(data.size(), seed)) {
+    const auto labels = data.labels(i);
+    if (labels.empty()) continue;
+    if (taken[labels[0]] < per_class) {
+      ++taken[labels[0]];
+      out.push_back(i);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+image::TrainTransform simclr_augment(int64_t image_size) {
+  image::TrainTransform t;
+  t.scale = {0.2, 1.0};
+  t.hflip = 0.5;
+  t.brightness = t.contrast = t.saturation = 0.4;
+  t.hue = 0.1;
+  t.jitter_prob = 0.8;
+  t.grayscale = 0.2;
+  t.blur = image_size >= 96 ? 0.5 : 0.0;
+  return t;
+}
+
+std::string PretrainEpoch::to_json() const {
+  json j{{"epoch", epoch},
+         {"lr", lr},
+         {"loss", loss},
+         {"contrast_top1", contrast_top1},
+         {"seconds", seconds},
+         {"img_per_s", img_per_s},
+         {"skipped_images", skipped}};
+  if (knn_top1 >= 0) j["knn_top1"] = knn_top1;
+  return j.dump();
+}
+
+struct Pretrainer::State {
+  PretrainOptions o;
+  data::DataSplits data;
+  std::shared_ptr<data::Dataset> images;  ///< what pretraining sees: train and val, unlabelled
+  std::shared_ptr<data::Dataset> knn_bank, knn_queries;
+  models::VisionModel model;
+  ProjectionHead projector{nullptr};
+  std::vector<ParamGroup> groups;
+  std::vector<at::Tensor> trainable;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  ScheduleOptions schedule;
+  int64_t steps_per_epoch = 0, step = 0, start_epoch = 0;
+  PretrainResult result;
+
+  EpochProgress resume_progress;
+
+  std::string path(const std::string& name) const { return (fs::path(o.out_dir) / name).string(); }
+  void open_data();
+  void build_model();
+  void build_optimizer();
+  data::SampleTransform two_views() const;
+  double knn_monitor();
+  void save_backbone(const std::string& dir);
+  void save_state(int64_t epochs_done, const EpochProgress& progress = {});
+  void load_state();
+  void write_charts() const;
+};
+
+void Pretrainer::State::open_data() {
+  data = data::open_pretraining_data(o.data);
+  for (const auto& w : data.warnings) spdlog::warn("{}", w);
+  VT_CHECK(data.train && data.train->size() > 0, "no images to pretrain on in ", o.data.source);
+  // Labels are never used for learning: the validation images are pretraining images too.
+  images = data.val && data.val->size() > 0 ? data::concat(data.train, data.val) : data.train;
+  const bool labelled = !data.classes.empty() && !data.multi_label;
+  if (o.knn_bank_per_class > 0 && labelled && data.val && data.val->size() > 0) {
+    knn_bank = data::subset(data.train, per_class_sample(*data.train, o.knn_bank_per_class, o.seed));
+    std::vector<int64_t> queries = data::permutation(data.val->size(), o.seed + 1);
+    queries.resize(std::min<int64_t>(o.knn_queries, data.val->size()));
+    std::sort(queries.begin(), queries.end());
+    knn_queries = data::subset(data.val, std::move(queries));
+    spdlog::info("k-NN monitor: {} labelled training images as the bank, {} validation queries",
+                 knn_bank->size(), knn_queries->size());
+  } else if (o.knn_bank_per_class > 0) {
+    spdlog::info("k-NN monitor off: the data has no single-label validation split");
+  }
+}
+
+void Pretrainer::State::build_model() {
+  models::ModelConfig cfg;
+  StateDict init_weights;
+  if (!o.init_dir.empty()) {
+    VT_CHECK(o.arch.empty(), "give either --model ARCH (from scratch) or --init DIR, not both");
+    VT_CHECK(o.resnet_stem.empty(), "--stem applies to a new model (--model); the --init model "
+             "keeps its own");
+    cfg = models::load_model_config(o.init_dir);
+    init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
+  } else {
+    VT_CHECK(!o.arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");
+    cfg = models::new_model_config(
+        o.arch,
+        o.in_channels > 0 ? o.in_channels : (images->image(0).channels() == 1 ? 1 : 3),
+        o.resnet_stem);
+  }
+  if (o.image_size > 0) models::set_image_size(cfg, o.image_size);
+  const double crop_pct = o.eval_crop_pct > 0 ? o.eval_crop_pct
+                          : o.init_dir.empty() || o.image_size > 0 ? 0.875
+                                                                   : 0.0;
+  VT_CHECK(crop_pct >= 0 && crop_pct <= 1, "--eval-crop-pct must be in (0, 1]");
+  if (crop_pct > 0) models::set_eval_crop(cfg, crop_pct);
+  if (o.drop_path >= 0) cfg.drop_path = o.drop_path;
+  cfg.num_classes = 0;
+  cfg.labels.clear();
+  cfg.task = "single_label";
+  cfg.thresholds.clear();
+  model = models::create_model(cfg);
+  if (!init_weights.empty()) {
+    // Pretraining learns the backbone alone: a classification head is left behind.
+    models::LoadOptions lo;
+    lo.reinit_head = true;
+    models::load_state_dict(*model, init_weights, lo);
+  }
+  const int64_t dim = cfg.embedding_dim();
+  projector = ProjectionHead(dim, o.proj_hidden > 0 ? o.proj_hidden : dim, o.proj_dim);
+}
+
+void Pretrainer::State::build_optimizer() {
+  groups = param_groups(*model, o.optim);
+  // The projection head: decay on its two weight matrices, none on the norm and bias.
+  ParamGroup decay, no_decay;
+  decay.weight_decay = o.optim.weight_decay;
+  for (const auto& p : projector->named_parameters()) {
+    ParamGroup& g = p.value().dim() > 1 ? decay : no_decay;
+    g.params.push_back(p.value());
+    g.names.push_back("projector." + p.key());
+  }
+  groups.push_back(decay);
+  groups.push_back(no_decay);
+  for (const auto& g : groups) trainable.insert(trainable.end(), g.params.begin(), g.params.end());
+  optimizer = make_optimizer(groups, o.optim);
+  schedule.name = o.schedule;
+  schedule.total_steps = std::max<int64_t>(1, steps_per_epoch * o.epochs);
+  schedule.warmup_steps = static_cast<int64_t>(std::llround(o.warmup_epochs * steps_per_epoch));
+  schedule.min_lr = o.min_lr;
+}
+
+data::SampleTransform Pretrainer::State::two_views() const {
+  image::TrainTransform t = o.augment;
+  const auto& cfg = model->config();
+  t.size = cfg.image_size;
+  t.mean = cfg.preprocess.mean;
+  t.std = cfg.preprocess.std;
+  t.channels = cfg.in_channels;
+  t.interpolation = cfg.preprocess.interpolation;
+  if (!o.blur_set) t.blur = simclr_augment(cfg.image_size).blur;
+  image::check_train_transform(t);
+  // Two independent augmentations of the same photo, drawn one after the other.
+  return [t](const cv::Mat& img, std::mt19937_64& rng) {
+    const cv::Mat m = with_channels(img, t.channels);
+    const at::Tensor a = image::train_transform(m, t, rng);
+    const at::Tensor b = image::train_transform(m, t, rng);
+    return at::stack({a, b});
+  };
+}
+
+double Pretrainer::State::knn_monitor() {
+  if (!knn_bank) return -1;
+  const EvalOptions eo{o.batch_size, o.workers, o.strict, true};
+  const Embeddings bank = embed(*model, knn_bank, eo);
+  const Embeddings queries = embed(*model, knn_queries, eo);
+  return knn_top1(bank, queries, static_cast<int64_t>(data.classes.size()), o.knn_k);
+}
+
+void Pretrainer::State::save_backbone(const std::string& dir) {
+  const PretrainEpoch* last = result.history.empty() ? nullptr : &result.history.back();
+  json provenance{{"source", "vitrine pretrain"},
+                  {"method", o.method},
+                  {"data", o.data.source},
+                  {"images", images->size()},
+                  {"epochs", last ? last->epoch : 0},
+                  {"batch_size", o.batch_size},
+                  {"temperature", o.temperature},
+                  {"seed", o.seed}};
+  if (!o.command.empty()) provenance["command"] = o.command;
+  if (last && last->knn_top1 >= 0) provenance["knn_top1"] = last->knn_top1;
+  double seconds = 0;
+  for (const auto& r : result.history) seconds += r.seconds;
+  provenance["train_seconds"] = std::round(seconds);
+  model->mutable_config().provenance_json = json_text(provenance);
+  models::save_model(*model, dir);
+}
+
+void Pretrainer::State::save_state(int64_t epochs_done, const EpochProgress& progress) {
+  write_state_folder(o.out_dir, [&](const std::string& f) {
+    safetensors_save(f + "/model.safetensors", models::model_state_dict(*model));
+    StateDict head;
+    for (const auto& p : projector->named_parameters()) head.emplace_back(p.key(), p.value());
+    for (const auto& b : projector->named_buffers()) head.emplace_back(b.key(), b.value());
+    safetensors_save(f + "/projector.safetensors", head);
+    torch::save(*optimizer, f + "/optimizer.pt");
+    json history = json::array();
+    for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
+    write_state_file(f, "pretrainer.json", {kStateVersion, o.seed, epochs_done, step, progress},
+                     json{{"history", history}}.dump());
+  });
+}
+
+void Pretrainer::State::load_state() {
+  const std::string dir = state_folder_to_resume(o.out_dir, "pretrainer.json");
+  std::string text;
+  const StateHeader h = read_state_file(dir, "pretrainer.json", kStateVersion, o.seed, text);
+  models::load_state_dict(*model, safetensors_load(dir + "/model.safetensors").tensors);
+  {
+    at::NoGradGuard no_grad;
+    auto params = projector->named_parameters();
+    auto buffers = projector->named_buffers();
+    for (const auto& [name, t] : safetensors_load(dir + "/projector.safetensors").tensors) {
+      at::Tensor* dst = params.find(name);
+      if (!dst) dst = buffers.find(name);
+      VT_CHECK(dst && dst->sizes() == t.sizes(), dir,
+               "/projector.safetensors does not fit this projection head (", name,
+               "); resume with the options of the original run");
+      dst->copy_(t);
+    }
+  }
+  torch::load(*optimizer, dir + "/optimizer.pt");
+  start_epoch = h.epochs_done;
+  step = h.step;
+  resume_progress = h.progress;
+  const json j = json::parse(text);
+  for (const auto& r : j.at("history")) {
+    PretrainEpoch e;
+    e.epoch = r.at("epoch");
+    e.lr = r.at("lr");
+    e.loss = r.at("loss");
+    e.contrast_top1 = r.at("contrast_top1");
+    e.seconds = r.at("seconds");
+    e.img_per_s = r.at("img_per_s");
+    e.skipped = r.at("skipped_images");
+    e.knn_top1 = r.value("knn_top1", -1.0);
+    result.history.push_back(e);
+  }
+}
+
+void Pretrainer::State::write_charts() const {
+  std::vector<double> x, loss, top1, knn;
+  for (const auto& r : result.history) {
+    x.push_back(static_cast<double>(r.epoch));
+    loss.push_back(r.loss);
+    top1.push_back(100 * r.contrast_top1);
+    knn.push_back(r.knn_top1 >= 0 ? 100 * r.knn_top1 : std::nan(""));
+  }
+  write_file_atomic(path("loss.svg"),
+                    svg_line_chart("Contrastive loss", "epoch", "NT-Xent", x, {{"train", loss}}));
+  write_file_atomic(path("accuracy.svg"),
+                    svg_line_chart("Accuracy", "epoch", "%", x,
+                                   {{"partner found (train)", top1}, {"k-NN top-1 (val)", knn}}));
+}
+
+Pretrainer::Pretrainer(PretrainOptions options) : s_(std::make_unique<State>()) {
+  auto& s = *s_;
+  s.o = std::move(options);
+  const auto& o = s.o;
+  VT_CHECK(!o.out_dir.empty(), "give --out DIR for the run's checkpoints and logs");
+  VT_CHECK(o.method == "simclr", "--method ", o.method,
+           " is not supported yet; use simclr (contrastive learning of two augmented views)");
+  VT_CHECK(o.epochs > 0, "--epochs must be positive");
+  VT_CHECK(o.batch_size >= 2, "--batch-size must be at least 2: each image's partner view is "
+           "told apart from the other images' views");
+  VT_CHECK(o.temperature > 0, "--temperature must be positive (SimCLR uses 0.1-0.5)");
+  VT_CHECK(o.proj_dim > 0 && o.proj_hidden >= 0, "--proj-dim must be positive");
+  VT_CHECK(o.amp == "none" || o.amp == "bf16", "--amp must be none or bf16");
+  at::manual_seed(o.seed);
+  s.open_data();
+  s.build_model();
+  const int64_t n = s.images->size();
+  VT_CHECK(n >= 2, "pretraining needs at least 2 images, ", o.data.source, " has ", n);
+  s.steps_per_epoch = n >= o.batch_size ? n / o.batch_size : 1;
+  s.build_optimizer();
+}
+
+Pretrainer::~Pretrainer() = default;
+
+PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_step,
+                               const std::function<void(const PretrainEpoch&)>& on_epoch) {
+  auto& s = *s_;
+  const auto& o = s.o;
+  const auto run_start = std::chrono::steady_clock::now();
+  fs::create_directories(o.out_dir);
+  if (o.resume) s.load_state();
+  data::LoaderOptions lo =
+      training_loader_options(o.batch_size, s.images->size(), o.seed, o.workers, o.strict);
+  lo.targets = false;  // labels, where there are any, are never used for learning
+  data::Loader loader(s.images, s.two_views(), lo);
+  s.result.last_dir = s.path("last");
+  std::string log_text;
+  for (const auto& r : s.result.history) log_text += r.to_json() + "\n";
+
+  Optimisation optimisation{*s.model,     *s.optimizer, s.groups,  o.optim,
+                            s.schedule,   s.trainable,  o.clip_grad, s.step};
+  EpochHooks hooks;
+  hooks.loss = [&s, &o](data::Batch& batch, std::mt19937_64&, double& top1) {
+    // N x 2 x C x H x W -> the first views of all images, then the second views.
+    const at::Tensor views = batch.images.transpose(0, 1).flatten(0, 1);
+    AutocastScope autocast(o.amp == "bf16");
+    const at::Tensor z = s.projector(s.model->forward_features(views)).to(at::kFloat);
+    const auto halves = z.chunk(2);
+    return nt_xent_loss(halves[0], halves[1], o.temperature, &top1);
+  };
+  hooks.on_step = on_step;
+  for (int64_t epoch = s.start_epoch; epoch < o.epochs; ++epoch) {
+    s.model->train();
+    s.projector->train();
+    hooks.save = [&s, epoch](const EpochProgress& p) { s.save_state(epoch, p); };
+    const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
+                         s.result.last_dir};
+    const EpochSummary e =
+        run_epoch(loader, plan, std::exchange(s.resume_progress, {}), optimisation, hooks);
+    PretrainEpoch rec;
+    rec.epoch = epoch + 1;
+    rec.lr = e.lr;
+    rec.loss = e.loss;
+    rec.contrast_top1 = e.top1;
+    rec.seconds = e.seconds;
+    rec.img_per_s = e.img_per_s;
+    rec.skipped = e.skipped;
+    rec.knn_top1 = s.knn_monitor();
+    s.result.history.push_back(rec);
+    s.save_backbone(s.result.last_dir);
+    log_text += rec.to_json() + "\n";
+    write_file_atomic(s.path("metrics.jsonl"), log_text);
+    s.write_charts();
+    s.save_state(epoch + 1);
+    if (on_epoch) on_epoch(rec);
+  }
+  s.result.seconds = seconds_since(run_start);
+  return s.result;
+}
+
+}  // namespace vitrine::train

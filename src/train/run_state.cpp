@@ -1,0 +1,133 @@
+#include "vitrine/train/run_state.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/core/safetensors.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <mutex>
+#include <sstream>
+
+namespace vitrine::train {
+
+namespace fs = std::filesystem;
+
+void write_state_folder(const std::string& run_dir,
+                        const std::function<void(const std::string& folder)>& write) {
+  const fs::path dir = fs::path(run_dir) / "state";
+  const fs::path fresh = fs::path(run_dir) / "state.new";
+  const fs::path old = fs::path(run_dir) / "state.old";
+  fs::remove_all(fresh);
+  fs::create_directories(fresh);
+  write(fresh.string());
+  fs::remove_all(old);
+  if (fs::exists(dir)) fs::rename(dir, old);
+  fs::rename(fresh, dir);
+  fs::remove_all(old);
+}
+
+std::string state_folder_to_resume(const std::string& run_dir, const std::string& marker) {
+  for (const char* name : {"state", "state.old"}) {
+    const fs::path folder = fs::path(run_dir) / name;
+    if (fs::exists(folder / marker)) return folder.string();
+  }
+  VT_FAIL("--resume: no saved state in ", (fs::path(run_dir) / "state").string(),
+          "; start without --resume");
+}
+
+RngState capture_rng(const std::mt19937_64& rng) {
+  std::ostringstream text;
+  text << rng;
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  return {text.str(), generator.get_state()};
+}
+
+void restore_rng(const RngState& state, std::mt19937_64& rng) {
+  std::istringstream text(state.mt);
+  text >> rng;
+  VT_CHECK(!text.fail(), "the saved random generator state is damaged; start without --resume");
+  at::Generator generator = at::detail::getDefaultCPUGenerator();  // a handle, shared
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(state.torch_cpu);
+}
+
+std::string save_epoch_progress(const EpochProgress& p, const std::string& folder) {
+  safetensors_save(folder + "/rng.safetensors", {{"torch_cpu", p.rng.torch_cpu}});
+  const nlohmann::json j{{"next_batch", p.next_batch}, {"loss_sum", p.loss_sum},
+                         {"top1_sum", p.top1_sum},     {"seconds", p.seconds},
+                         {"seen", p.seen},             {"batches", p.batches},
+                         {"rng", p.rng.mt}};
+  return j.dump();
+}
+
+EpochProgress load_epoch_progress(const std::string& json_text, const std::string& folder) {
+  EpochProgress p;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(json_text);
+    p.next_batch = j.at("next_batch");
+    p.loss_sum = j.at("loss_sum");
+    p.top1_sum = j.at("top1_sum");
+    p.seconds = j.at("seconds");
+    p.seen = j.at("seen");
+    p.batches = j.at("batches");
+    p.rng.mt = j.at("rng");
+  } catch (const nlohmann::json::exception& e) {
+    VT_FAIL(folder, ": the saved epoch position is damaged (", e.what(),
+            "); start without --resume");
+  }
+  const auto file = safetensors_load(folder + "/rng.safetensors");
+  VT_CHECK(file.tensors.size() == 1 && file.tensors[0].first == "torch_cpu", folder,
+           "/rng.safetensors is damaged; start without --resume");
+  p.rng.torch_cpu = file.tensors[0].second;
+  return p;
+}
+
+void write_state_file(const std::string& folder, const std::string& name,
+                      const StateHeader& header, const std::string& extra_json) {
+  nlohmann::json j = nlohmann::json::parse(extra_json);
+  j["version"] = header.version;
+  j["seed"] = header.seed;
+  j["epochs_done"] = header.epochs_done;
+  j["step"] = header.step;
+  if (header.progress.next_batch > 0) {
+    j["epoch_progress"] = nlohmann::json::parse(save_epoch_progress(header.progress, folder));
+  }
+  write_file_atomic(folder + "/" + name, j.dump(2));
+}
+
+StateHeader read_state_file(const std::string& folder, const std::string& name, int version,
+                            uint64_t seed, std::string& json_text) {
+  const std::string file = folder + "/" + name;
+  json_text = read_text_file(file);
+  StateHeader h;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(json_text);
+    h.version = j.value("version", 0);
+    VT_CHECK(h.version == version, file, ": state written by another version of Vitrine; start "
+             "without --resume");
+    h.seed = j.value("seed", seed);
+    VT_CHECK(h.seed == seed, "--resume with another --seed (", h.seed,
+             " before) would not continue the same run");
+    h.epochs_done = j.at("epochs_done");
+    h.step = j.at("step");
+    if (j.contains("epoch_progress")) {
+      h.progress = load_epoch_progress(j["epoch_progress"].dump(), folder);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    VT_FAIL(file, " is damaged (", e.what(), "); start without --resume");
+  }
+  if (h.progress.next_batch > 0) {
+    spdlog::info("resuming epoch {} at batch {} (step {})", h.epochs_done + 1,
+                 h.progress.next_batch + 1, h.step);
+  } else {
+    spdlog::info("resuming after epoch {} (step {})", h.epochs_done, h.step);
+  }
+  return h;
+}
+
+}  // namespace vitrine::train

@@ -1,0 +1,106 @@
+// Runs side by side: reading run directories, the terminal table and the HTML report.
+#include "test_util.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/train/compare.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+using namespace vitrine;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A run directory as `vitrine train` leaves it: two epochs and test metrics.
+void write_run(const std::string& dir, double top1, bool with_test = true) {
+  fs::create_directories(dir);
+  std::ofstream log(dir + "/metrics.jsonl");
+  for (int e = 1; e <= 2; ++e) {
+    train::EpochRecord r;
+    r.epoch = e;
+    r.lr = 1e-3;
+    r.train_loss = 1.0 / e;
+    r.train_top1 = 0.5;
+    r.seconds = 10;
+    r.has_val = true;
+    r.val_top1 = top1 - 0.1 / e;
+    log << r.to_json() << "\n";
+  }
+  if (with_test) {
+    const nlohmann::json test{{"count", 4},      {"top1", top1},
+                              {"top5", 1.0},     {"macro_f1", top1 - 0.01},
+                              {"ece", 0.05},     {"loss", 0.4},
+                              {"classes", {"bag", "shoe"}},
+                              {"confusion", {{2, 0}, {1, 1}}}};
+    std::ofstream(dir + "/test_metrics.json") << test.dump(2);
+  }
+}
+
+}  // namespace
+
+TEST(Compare, ReadsRunsAndTabulatesThem) {
+  const std::string dir = test::temp_dir("compare");
+  write_run(dir + "/a", 0.75);
+  write_run(dir + "/b", 0.875);
+  write_run(dir + "/c", 0.5, /*with_test=*/false);
+  const std::vector<train::RunSummary> runs = {train::read_run("from scratch", dir + "/a"),
+                                               train::read_run("pretrained", dir + "/b"),
+                                               train::read_run("no test", dir + "/c")};
+  EXPECT_EQ(runs[0].history.size(), 2u);
+  EXPECT_DOUBLE_EQ(runs[0].train_seconds, 20);
+  EXPECT_TRUE(runs[1].has_test);
+  EXPECT_DOUBLE_EQ(runs[1].test_top1, 0.875);
+  EXPECT_EQ(runs[1].confusion, (std::vector<std::vector<int64_t>>{{2, 0}, {1, 1}}));
+  EXPECT_FALSE(runs[2].has_test);
+
+  const std::string table = train::comparison_table(runs);
+  EXPECT_CONTAINS(table, "from scratch");
+  EXPECT_CONTAINS(table, "75.00%");
+  EXPECT_CONTAINS(table, "87.50%");
+  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 4);  // header and three runs
+
+  train::ComparedSample s;
+  s.image_png_base64 =  // a 1x1 grey PNG
+      "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==";
+  s.truth = "shoe";
+  s.predicted = {"bag", "shoe", "shoe"};
+  s.score = {0.6, 0.9, 0.7};
+  const std::string page = dir + "/report.html";
+  train::write_comparison_report(page, "A & B", runs, {s});
+  const std::string html = read_text_file(page);
+  EXPECT_CONTAINS(html, "A &amp; B");
+  EXPECT_CONTAINS(html, "data-series=\"pretrained\"");
+  EXPECT_CONTAINS(html, "✗ from scratch: bag");
+  EXPECT_CONTAINS(html, "✓ pretrained: shoe");
+  // One confusion matrix per run with test metrics.
+  size_t matrices = 0;
+  for (size_t at = html.find("<h3>"); at != std::string::npos; at = html.find("<h3>", at + 1)) {
+    ++matrices;
+  }
+  EXPECT_EQ(matrices, 2u);
+
+  s.predicted.pop_back();
+  EXPECT_CONTAINS(test::error_of([&] { train::write_comparison_report(page, "t", runs, {s}); }),
+                  "one per run");
+  fs::remove_all(dir);
+}
+
+TEST(Compare, BadRunDirectoriesAreExplained) {
+  const std::string dir = test::temp_dir("compare_bad");
+  fs::create_directories(dir + "/empty");
+  EXPECT_CONTAINS(test::error_of([&] { train::read_run("x", dir + "/empty"); }),
+                  "not a training run");
+  write_run(dir + "/broken", 0.5);
+  std::ofstream(dir + "/broken/metrics.jsonl", std::ios::app) << "{\"epoch\": 3}\n";
+  EXPECT_CONTAINS(test::error_of([&] { train::read_run("x", dir + "/broken"); }),
+                  "metrics.jsonl:3");
+  EXPECT_CONTAINS(test::error_of([&] { train::write_comparison_report(dir + "/r.html", "t", {}, {}); }),
+                  "at least one run");
+  fs::remove_all(dir);
+}
