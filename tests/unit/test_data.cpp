@@ -1084,6 +1084,11 @@ TEST(Augment, KeepsShapeAndRange) {
   nearest.interpolation = vitrine::image::Interpolation::kNearest;
   nearest.size = 100;  // enlarging
   configs.push_back({"nearest", nearest});
+  TrainTransform simclr = j;  // SimCLR's views: jitter with p 0.8, grayscale, blur
+  simclr.jitter_prob = 0.8;
+  simclr.grayscale = 0.5;
+  simclr.blur = 0.5;
+  configs.push_back({"simclr", simclr});
 
   for (const auto& [name, cfg] : configs) {
     SCOPED_TRACE(name);
@@ -1105,6 +1110,43 @@ TEST(Augment, KeepsShapeAndRange) {
   std::mt19937_64 rng(1);
   const at::Tensor erased = train_transform(noise(64, 64, 3, 1), e, rng);
   EXPECT_GT((erased == 0).sum().item<int64_t>(), 3 * 24 * 24 / 100);
+}
+
+TEST(Augment, GrayscaleAndBlurDoWhatTheySay) {
+  const cv::Mat rgb = noise(32, 32, 3, 7);
+  TrainTransform t;
+  t.size = 32;
+  t.scale = {1.0, 1.0};
+  t.ratio = {1.0, 1.0};
+  t.hflip = 0;
+  TrainTransform grey = t;
+  grey.grayscale = 1.0;
+  std::mt19937_64 rng(3);
+  const cv::Mat g = train_augment(rgb, grey, rng);
+  ASSERT_EQ(g.type(), CV_8UC3);  // still RGB, with three equal channels
+  std::vector<cv::Mat> planes;
+  cv::split(g, planes);
+  EXPECT_EQ(cv::norm(planes[0], planes[1], cv::NORM_INF), 0);
+  EXPECT_EQ(cv::norm(planes[1], planes[2], cv::NORM_INF), 0);
+  TrainTransform blur = t;
+  blur.blur = 1.0;
+  const cv::Mat plain = train_augment(rgb, t, rng);
+  const cv::Mat b = train_augment(rgb, blur, rng);
+  // Blurring noise lowers its spread.
+  cv::Scalar mean_p, sd_p, mean_b, sd_b;
+  cv::meanStdDev(plain, mean_p, sd_p);
+  cv::meanStdDev(b, mean_b, sd_b);
+  EXPECT_LT(sd_b[0], 0.8 * sd_p[0]);
+  // Probability 0.8: about four in five draws jitter.
+  TrainTransform j = t;
+  j.brightness = 0.9;
+  j.jitter_prob = 0.8;
+  int changed = 0;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    std::mt19937_64 r(seed);
+    changed += cv::norm(train_augment(rgb, j, r), plain, cv::NORM_INF) > 0;
+  }
+  EXPECT_NEAR(changed / 200.0, 0.8, 0.1);
 }
 
 TEST(Augment, SameSeedSameOutput) {
