@@ -7,6 +7,7 @@
 #include "vitrine/models/registry.h"
 
 #include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -18,20 +19,15 @@ int main(int argc, char** argv) {
   std::string arch = "resnet50", precision = "fp32", model_dir;
   int64_t batch = 32, iters = 5, warmup = 2;
   int threads = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--arch") arch = v;
-    else if (k == "--model") model_dir = v;
-    else if (k == "--precision") precision = v;
-    else if (k == "--batch") batch = std::stoll(v);
-    else if (k == "--iters") iters = std::stoll(v);
-    else if (k == "--warmup") warmup = std::stoll(v);
-    else if (k == "--threads") threads = std::stoi(v);
-    else {
-      std::cerr << "unknown flag " << k << "\n";
-      return 2;
-    }
-  }
+  CLI::App app("Vitrine inference throughput (see bench/inference.py)");
+  app.add_option("--arch", arch, "Architecture, randomly initialised");
+  app.add_option("--model", model_dir, "A model directory instead of --arch");
+  app.add_option("--precision", precision, "fp32 | bf16")->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--batch", batch, "Images per batch")->check(CLI::PositiveNumber);
+  app.add_option("--iters", iters, "Timed batches")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "Untimed batches first")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "Compute threads (0: all cores)");
+  CLI11_PARSE(app, argc, argv);
   try {
     threads = vitrine::set_threads(threads);
     at::manual_seed(0);

@@ -5,11 +5,11 @@
 #include "vitrine/core/threads.h"
 #include "vitrine/models/registry.h"
 #include "vitrine/train/loss.h"
+#include "vitrine/train/autocast.h"
 #include "vitrine/train/optim.h"
 
-#include "vitrine/train/autocast.h"
-
 #include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -23,35 +23,21 @@ namespace {
 constexpr int64_t kNumClasses = 10;
 constexpr double kLabelSmoothing = 0.1;
 
-
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string arch = "resnet18", precision = "fp32";
   int64_t image_size = 0, batch = 64, iters = 3, warmup = 1;
   int threads = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--arch") arch = v;
-    else if (k == "--image-size") image_size = std::stoll(v);
-    else if (k == "--precision") precision = v;
-    else if (k == "--batch") batch = std::stoll(v);
-    else if (k == "--iters") iters = std::stoll(v);
-    else if (k == "--warmup") warmup = std::stoll(v);
-    else if (k == "--threads") threads = std::stoi(v);
-    else {
-      std::cerr << "unknown flag " << k << "\n";
-      return 2;
-    }
-  }
-  if (precision != "fp32" && precision != "bf16") {
-    std::cerr << "--precision must be fp32 or bf16, got " << precision << "\n";
-    return 2;
-  }
-  if (iters < 1 || batch < 1) {
-    std::cerr << "--iters and --batch must be at least 1\n";
-    return 2;
-  }
+  CLI::App app("Vitrine training throughput (see bench/train_speed.py)");
+  app.add_option("--arch", arch, "Architecture, randomly initialised");
+  app.add_option("--image-size", image_size, "Input side (0: the architecture's)");
+  app.add_option("--precision", precision, "fp32 | bf16")->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--batch", batch, "Images per step")->check(CLI::PositiveNumber);
+  app.add_option("--iters", iters, "Timed steps")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "Untimed steps first")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "Compute threads (0: all cores)");
+  CLI11_PARSE(app, argc, argv);
   nlohmann::json out{{"arch", arch}, {"precision", precision}, {"batch", batch}};
   try {
     threads = vitrine::set_threads(threads);
