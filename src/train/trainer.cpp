@@ -21,7 +21,6 @@
 #include <spdlog/spdlog.h>
 #include <torch/serialize.h>
 
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -135,11 +134,13 @@ void Trainer::State::build_model() {
   const int64_t classes = static_cast<int64_t>(data.classes.size());
   models::ModelConfig cfg;
   StateDict init_weights;
+  bool init_has_head = false;
   if (!o.init_dir.empty()) {
     VT_CHECK(o.arch.empty(), "give either --model ARCH (from scratch) or --init DIR, not both");
     VT_CHECK(o.resnet_stem.empty(), "--stem applies to a new model (--model); the --init model "
              "keeps its own");
     cfg = models::load_model_config(o.init_dir);
+    init_has_head = cfg.num_classes > 0;
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
     // A backbone without a head (pretrained, or imported with --num-classes 0) gets one.
     VT_CHECK(cfg.num_classes == classes || cfg.num_classes == 0 || o.reinit_head, o.init_dir,
@@ -169,7 +170,7 @@ void Trainer::State::build_model() {
   model = models::create_model(cfg);
   if (!init_weights.empty()) {
     models::LoadOptions lo;
-    lo.reinit_head = o.reinit_head || models::load_model_config(o.init_dir).num_classes == 0;
+    lo.reinit_head = o.reinit_head || !init_has_head;
     const auto report = models::load_state_dict(*model, init_weights, lo);
     if (!report.adapted.empty()) spdlog::info("initialised from {}:{}", o.init_dir, report.summary());
   }
