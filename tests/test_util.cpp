@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -80,6 +81,15 @@ void expect_identical_tensors(const std::string& file_a, const std::string& file
     EXPECT_EQ(a[i].first, b[i].first);
     EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << file_a << ": " << a[i].first;
   }
+}
+
+std::vector<nlohmann::json> json_lines(const std::string& out) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
+  }
+  return lines;
 }
 
 }  // namespace vitrine::test

@@ -6,8 +6,10 @@
 #include "vitrine/models/config.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <string>
+#include <vector>
 
 namespace vitrine::test {
 
@@ -34,6 +36,10 @@ struct CommandResult {
 };
 /// Runs a shell command line, capturing stdout and stderr.
 CommandResult run_command(const std::string& command);
+/// `s` in single quotes for a shell command line (paths here hold no single quote).
+inline std::string q(const std::string& s) { return "'" + s + "'"; }
+/// Each non-empty line of `out` parsed as JSON.
+std::vector<nlohmann::json> json_lines(const std::string& out);
 
 /// The message of the vitrine::Error `f` throws, or a failure when it throws none.
 template <typename F>

@@ -6,6 +6,7 @@
 
 #include "vitrine/core/random.h"
 
+#include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/image/batch.h"
@@ -458,72 +459,6 @@ DataSplits open_image_folder(const fs::path& root, const DataOptions& options) {
 }
 
 // ---- CSV manifests ------------------------------------------------------------------------
-
-struct CsvRecord {
-  int64_t line;  ///< where the record starts (1-based)
-  std::vector<std::string> fields;
-};
-
-/// RFC 4180 records: quoted fields may hold commas, doubled quotes and line breaks; unquoted
-/// fields are trimmed of spaces; CRLF and a UTF-8 byte-order mark (as Excel writes) are
-/// accepted; blank lines are skipped.
-std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& file) {
-  std::vector<CsvRecord> records;
-  const size_t n = text.size();
-  size_t i = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
-  int64_t line = 1;
-  auto at_field_end = [&](size_t k) {
-    return k >= n || text[k] == ',' || text[k] == '\n' || text[k] == '\r';
-  };
-  while (i < n) {
-    CsvRecord record{line, {}};
-    bool any_quoted = false;
-    for (;;) {
-      std::string field;
-      size_t j = i;
-      while (j < n && (text[j] == ' ' || text[j] == '\t')) ++j;
-      if (j < n && text[j] == '"') {
-        any_quoted = true;
-        i = j + 1;
-        for (;;) {
-          VT_CHECK(i < n, file, ":", record.line,
-                   ": a quoted field is not closed; end it with \" (and write \"\" for a quote "
-                   "inside it)");
-          const char c = text[i++];
-          if (c == '"') {
-            if (i < n && text[i] == '"') {
-              field += '"';
-              ++i;
-              continue;
-            }
-            break;
-          }
-          if (c == '\n') ++line;
-          field += c;
-        }
-        while (i < n && (text[i] == ' ' || text[i] == '\t')) ++i;
-        VT_CHECK(at_field_end(i), file, ":", line,
-                 ": text after a closing quote; quote the whole field and write \"\" for a quote "
-                 "inside it");
-      } else {
-        while (!at_field_end(i)) field += text[i++];
-        field = trim(field);
-      }
-      record.fields.push_back(std::move(field));
-      if (i < n && text[i] == ',') {
-        ++i;
-        continue;
-      }
-      if (i < n && text[i] == '\r') ++i;
-      if (i < n && text[i] == '\n') ++i;
-      ++line;
-      break;
-    }
-    const bool blank = record.fields.size() == 1 && record.fields[0].empty() && !any_quoted;
-    if (!blank) records.push_back(std::move(record));
-  }
-  return records;
-}
 
 std::vector<std::string> split_labels(const std::string& field) {
   std::vector<std::string> out;

@@ -49,6 +49,15 @@ at::Tensor Predictor::scores(const at::Tensor& batch) const {
   return config().task == "multi_label" ? at::sigmoid(l) : at::softmax(l, 1);
 }
 
+std::pair<at::Tensor, at::Tensor> Predictor::embeddings_and_scores(const at::Tensor& batch) const {
+  const at::Tensor features = embeddings(batch);
+  if (config().num_classes <= 0) return {features, at::Tensor()};
+  c10::InferenceMode guard;
+  // The head in fp32 from the training weights (the prepared path keeps them untouched).
+  const at::Tensor l = model_->forward_head(features);
+  return {features, config().task == "multi_label" ? at::sigmoid(l) : at::softmax(l, 1)};
+}
+
 std::vector<std::vector<Scored>> Predictor::above_threshold(const at::Tensor& scores) const {
   const auto& t = config().thresholds;
   const auto s = scores.accessor<float, 2>();

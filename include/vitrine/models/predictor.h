@@ -36,6 +36,9 @@ class Predictor {
   at::Tensor embeddings(const at::Tensor& batch) const;
   /// Softmax (single-label) or sigmoid (multi-label) scores.
   at::Tensor scores(const at::Tensor& batch) const;
+  /// Embeddings (N, D) and scores (N, classes; undefined for a model without a head) from
+  /// one forward pass through the backbone.
+  std::pair<at::Tensor, at::Tensor> embeddings_and_scores(const at::Tensor& batch) const;
   /// Multi-label: the labels of each row whose score reaches the model's threshold
   /// (0.5 where it has none), best first.
   std::vector<std::vector<Scored>> above_threshold(const at::Tensor& scores) const;

@@ -1,0 +1,75 @@
+#include "vitrine/core/csv.h"
+
+#include "vitrine/core/error.h"
+
+namespace vitrine {
+namespace {
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return {};
+  const size_t e = s.find_last_not_of(" \t");
+  return s.substr(b, e - b + 1);
+}
+
+}  // namespace
+
+std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& file) {
+  std::vector<CsvRecord> records;
+  const size_t n = text.size();
+  size_t i = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
+  int64_t line = 1;
+  auto at_field_end = [&](size_t k) {
+    return k >= n || text[k] == ',' || text[k] == '\n' || text[k] == '\r';
+  };
+  while (i < n) {
+    CsvRecord record{line, {}};
+    bool any_quoted = false;
+    for (;;) {
+      std::string field;
+      size_t j = i;
+      while (j < n && (text[j] == ' ' || text[j] == '\t')) ++j;
+      if (j < n && text[j] == '"') {
+        any_quoted = true;
+        i = j + 1;
+        for (;;) {
+          VT_CHECK(i < n, file, ":", record.line,
+                   ": a quoted field is not closed; end it with \" (and write \"\" for a quote "
+                   "inside it)");
+          const char c = text[i++];
+          if (c == '"') {
+            if (i < n && text[i] == '"') {
+              field += '"';
+              ++i;
+              continue;
+            }
+            break;
+          }
+          if (c == '\n') ++line;
+          field += c;
+        }
+        while (i < n && (text[i] == ' ' || text[i] == '\t')) ++i;
+        VT_CHECK(at_field_end(i), file, ":", line,
+                 ": text after a closing quote; quote the whole field and write \"\" for a quote "
+                 "inside it");
+      } else {
+        while (!at_field_end(i)) field += text[i++];
+        field = trim(field);
+      }
+      record.fields.push_back(std::move(field));
+      if (i < n && text[i] == ',') {
+        ++i;
+        continue;
+      }
+      if (i < n && text[i] == '\r') ++i;
+      if (i < n && text[i] == '\n') ++i;
+      ++line;
+      break;
+    }
+    const bool blank = record.fields.size() == 1 && record.fields[0].empty() && !any_quoted;
+    if (!blank) records.push_back(std::move(record));
+  }
+  return records;
+}
+
+}  // namespace vitrine
