@@ -18,7 +18,6 @@
 #include <iostream>
 
 namespace vitrine::cli {
-namespace {
 
 std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split) {
   std::shared_ptr<data::Dataset> d = split == "train" ? s.train : split == "val" ? s.val : s.test;
@@ -26,8 +25,6 @@ std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::
            "another with --split");
   return d;
 }
-
-}  // namespace
 
 void add_data_options(CLI::App* cmd, data::DataOptions& d) {
   cmd->add_option("--data", d.source,

@@ -6,10 +6,13 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace vitrine::data {
 struct DataOptions;
+struct DataSplits;
+class Dataset;
 }
 namespace vitrine::image {
 struct TrainTransform;
@@ -34,9 +37,14 @@ void add_train_command(CLI::App& app, int& status);
 void add_eval_command(CLI::App& app, int& status);
 void add_pretrain_command(CLI::App& app, int& status);
 void add_compare_command(CLI::App& app, int& status);
+/// index, search, remove, duplicates, eval-retrieval.
+void add_search_commands(CLI::App& app, int& status);
 
 /// --data and its split and subsampling flags, as train, eval and pretrain share them.
 void add_data_options(CLI::App* cmd, data::DataOptions& d);
+
+/// The named split ("train", "val" or "test"); an error when it is missing or empty.
+std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split);
 
 /// Where the model flags of train and pretrain write.
 struct ModelChoice {

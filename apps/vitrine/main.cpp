@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   add_eval_command(app, status);
   add_pretrain_command(app, status);
   add_compare_command(app, status);
+  add_search_commands(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

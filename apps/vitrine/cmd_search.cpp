@@ -1,0 +1,699 @@
+// Visual search: `vitrine index`, `search`, `remove`, `duplicates`, `eval-retrieval`.
+#include "commands.h"
+#include "progress.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/core/hash.h"
+#include "vitrine/core/json.h"
+#include "vitrine/core/threads.h"
+#include "vitrine/data/dataset.h"
+#include "vitrine/image/batch.h"
+#include "vitrine/search/catalog_csv.h"
+#include "vitrine/search/embedder.h"
+#include "vitrine/search/retrieval.h"
+#include "vitrine/search/search_db.h"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+
+namespace vitrine::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+/// The index flags shared by index and search.
+void add_index_options(CLI::App* cmd, search::IndexOptions& o) {
+  cmd->add_option("--index", o.kind,
+                  "auto (flat up to 100k images, then hnsw, ivfpq above 5M), flat, hnsw, ivfpq")
+      ->check(CLI::IsMember({"auto", "flat", "hnsw", "ivfpq"}));
+  cmd->add_option("--hnsw-m", o.hnsw_m, "HNSW: neighbours per node")->check(CLI::Range(2, 256));
+  cmd->add_option("--ef-construction", o.hnsw_ef_construction, "HNSW: build beam width")
+      ->check(CLI::Range(8, 4096));
+  cmd->add_option("--ef-search", o.hnsw_ef_search, "HNSW: search beam width")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--ivf-lists", o.ivf_lists, "IVF-PQ: inverted lists (0: 4*sqrt(n))")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+  cmd->add_option("--pq-m", o.pq_m, "IVF-PQ: bytes per code (0: dim/4, at most 64)")
+      ->check(CLI::Range(0, 1024));
+  cmd->add_option("--nprobe", o.nprobe, "IVF-PQ: lists visited per query")
+      ->check(CLI::Range(1, 1 << 20));
+}
+
+/// --data (optional, described by `help`), --split among `splits`, --fashion-mnist-dir.
+CLI::Option* add_data_split_options(CLI::App* cmd, data::DataOptions& d, std::string& split,
+                                    const std::string& help, std::vector<std::string> splits) {
+  auto* data = cmd->add_option("--data", d.source, help);
+  std::string names;
+  for (const auto& s : splits) names += (names.empty() ? "" : " | ") + s;
+  cmd->add_option("--split", split, "With --data: " + names)->check(CLI::IsMember(splits));
+  cmd->add_option("--fashion-mnist-dir", d.fashion_mnist_dir, "Where the IDX files are");
+  return data;
+}
+
+nlohmann::json product_json(const search::Product& p) {
+  nlohmann::json j{{"sku", p.sku},       {"title", p.title},   {"category", p.category},
+                   {"brand", p.brand},   {"seller", p.seller}, {"price", nullptr},
+                   {"attributes", nlohmann::json::parse(p.attributes, nullptr, false)}};
+  if (p.price) j["price"] = *p.price;
+  if (j["attributes"].is_discarded()) j["attributes"] = nlohmann::json::object();
+  return j;
+}
+
+nlohmann::json hit_json(const search::Hit& h) {
+  nlohmann::json j = product_json(h.product);
+  j["score"] = h.score;
+  j["image"] = h.image;
+  return j;
+}
+
+/// The model for search and evaluation: --model, or the one the database was indexed with.
+std::string model_for(const search::SearchDb& db, const std::string& given) {
+  if (!given.empty()) return given;
+  const std::string path = db.catalog().model_path();
+  VT_CHECK(!path.empty(), "the database ", db.dir(), " does not name its model; pass --model DIR");
+  VT_CHECK(fs::exists(fs::path(path) / "config.json"), "the database ", db.dir(),
+           " was indexed with the model in ", path, ", which is gone; pass --model DIR (the "
+           "same model, or re-index with the new one)");
+  return path;
+}
+
+/// Same model as the stored embeddings, or a clear error.
+void check_same_model(const search::SearchDb& db, const search::Embedder& embedder) {
+  const auto stored = db.model();
+  VT_CHECK(stored, "the database ", db.dir(), " is empty: run `vitrine index` first");
+  VT_CHECK(*stored == embedder.stamp(), "the database ", db.dir(), " was indexed with model ",
+           stored->id, " (version ", stored->version.substr(0, 12), ", ", stored->dim,
+           " dims), not with ", embedder.stamp().id, " (version ",
+           embedder.stamp().version.substr(0, 12), ", ", embedder.stamp().dim,
+           " dims): search with that model, or re-index into a new --db with this one");
+}
+
+// ---- index -----------------------------------------------------------------------------------
+
+struct IndexArgs {
+  std::string model, db, catalog, precision = "fp32", split = "train";
+  data::DataOptions data;
+  search::IndexOptions index;
+  int64_t batch_size = 64, max_pixels = 100'000'000;
+  int threads = 0;
+  bool quiet = false;
+};
+
+/// One output line per product, written after its batch is committed.
+void report_line(const nlohmann::json& line, bool quiet) {
+  if (quiet && line.value("status", "") != "failed") return;
+  std::cout << json_text(line) << "\n";
+}
+
+int index_catalog(const IndexArgs& a, search::SearchDb& db, const search::Embedder& embedder) {
+  const auto file = search::read_catalog_csv(a.catalog);
+  for (const auto& e : file.errors) {
+    report_line({{"status", "failed"}, {"error", e}}, a.quiet);
+  }
+  int64_t stored = 0, unchanged = 0, failed = static_cast<int64_t>(file.errors.size());
+  Progress progress("index", static_cast<int64_t>(file.rows.size()), "product");
+  for (size_t begin = 0; begin < file.rows.size(); begin += static_cast<size_t>(a.batch_size)) {
+    const size_t end = std::min(file.rows.size(), begin + static_cast<size_t>(a.batch_size));
+    // Which images are new or changed: only those are embedded.
+    struct Pending {
+      const search::CatalogRow* row;
+      std::vector<search::ImageEntry> images;
+      std::vector<std::string> errors;
+      bool changed = false;
+    };
+    std::vector<Pending> pending;
+    std::vector<std::string> to_embed;
+    std::vector<std::pair<size_t, size_t>> embed_slot;  // (pending, image)
+    for (size_t r = begin; r < end; ++r) {
+      const auto& row = file.rows[r];
+      Pending p{&row, {}, {}, false};
+      const auto stored_product = db.catalog().find(row.product.sku);
+      const auto stored_hashes = db.catalog().image_hashes(row.product.sku);
+      std::map<std::string, std::string> hash_of(stored_hashes.begin(), stored_hashes.end());
+      for (const auto& ref : row.product.images) {
+        std::string hash;
+        try {
+          hash = sha256_file(ref);
+        } catch (const std::exception& e) {
+          p.errors.push_back(e.what());
+          continue;
+        }
+        p.images.push_back({ref, hash, {}});
+        const auto it = hash_of.find(ref);
+        if (it == hash_of.end() || it->second != hash) {
+          to_embed.push_back(ref);
+          embed_slot.emplace_back(pending.size(), p.images.size() - 1);
+        }
+      }
+      std::vector<std::pair<std::string, std::string>> now;
+      for (const auto& img : p.images) now.emplace_back(img.ref, img.content_hash);
+      const auto& q = row.product;
+      p.changed = !stored_product || now != stored_hashes || stored_product->title != q.title ||
+                  stored_product->category != q.category || stored_product->price != q.price ||
+                  stored_product->brand != q.brand || stored_product->seller != q.seller ||
+                  nlohmann::json::parse(stored_product->attributes) !=
+                      nlohmann::json::parse(q.attributes);
+      pending.push_back(std::move(p));
+    }
+    const auto embedded = embedder.embed_files(to_embed);
+    std::set<std::pair<size_t, size_t>> bad;
+    for (size_t i = 0; i < embedded.size(); ++i) {
+      const auto [pi, ii] = embed_slot[i];
+      if (embedded[i].ok()) {
+        pending[pi].images[ii].embedding = embedded[i].embedding;
+        pending[pi].images[ii].content_hash = embedded[i].content_hash;
+      } else {
+        pending[pi].errors.push_back(embedded[i].error);
+        bad.insert({pi, ii});
+      }
+    }
+    std::vector<search::ProductUpdate> batch;
+    std::vector<nlohmann::json> lines;
+    for (size_t pi = 0; pi < pending.size(); ++pi) {
+      auto& p = pending[pi];
+      std::vector<search::ImageEntry> good;
+      for (size_t ii = 0; ii < p.images.size(); ++ii) {
+        if (!bad.count({pi, ii})) good.push_back(std::move(p.images[ii]));
+      }
+      nlohmann::json line{{"sku", p.row->product.sku}, {"line", p.row->line}};
+      if (good.empty()) {
+        line["status"] = "failed";
+        line["error"] = "no image of this product could be read: " +
+                        (p.errors.empty() ? std::string("none listed") : p.errors.front());
+        ++failed;
+      } else if (!p.changed && p.errors.empty()) {
+        line["status"] = "unchanged";
+        ++unchanged;
+      } else {
+        search::ProductUpdate u{p.row->product, std::move(good)};
+        u.product.images.clear();
+        for (const auto& img : u.images) u.product.images.push_back(img.ref);
+        batch.push_back(std::move(u));
+        line["status"] = "stored";
+        line["images"] = batch.back().images.size();
+        if (!p.errors.empty()) line["image_errors"] = p.errors;
+        ++stored;
+      }
+      lines.push_back(std::move(line));
+    }
+    if (!batch.empty()) db.upsert(batch);  // committed: only now is "stored" true
+    for (const auto& l : lines) report_line(l, a.quiet);
+    std::cout.flush();
+    progress.advance(static_cast<int64_t>(end - begin));
+  }
+  progress.finish();
+  db.save();
+  spdlog::info("{} stored, {} unchanged, {} failed; the database holds {} products, {} images "
+               "({} index)",
+               stored, unchanged, failed, db.catalog().product_count(),
+               db.catalog().image_count(), db.index() ? db.index()->kind() : "no");
+  return failed > 0 ? kExitSomeFailed : kExitOk;
+}
+
+/// Indexes a data source's items as products: SKU and image reference the item's name,
+/// category its class.
+int index_data(const IndexArgs& a, search::SearchDb& db, const search::Embedder& embedder) {
+  const auto splits = data::open_data(a.data);
+  std::vector<std::shared_ptr<data::Dataset>> parts;
+  if (a.split == "all") {
+    for (const auto& d : {splits.train, splits.val, splits.test}) {
+      if (d && d->size() > 0) parts.push_back(d);
+    }
+  } else {
+    parts.push_back(pick_split(splits, a.split));
+  }
+  int64_t total = 0;
+  for (const auto& d : parts) total += d->size();
+  Progress progress("index", total, "img");
+  int64_t failed = 0;
+  for (const auto& d : parts) {
+    for (int64_t begin = 0; begin < d->size(); begin += a.batch_size) {
+      const int64_t end = std::min(d->size(), begin + a.batch_size);
+      std::vector<cv::Mat> images(static_cast<size_t>(end - begin));
+      std::vector<std::string> errors(images.size());
+      for (int64_t i = begin; i < end; ++i) {
+        try {
+          images[static_cast<size_t>(i - begin)] = d->image(i);
+        } catch (const std::exception& e) {
+          errors[static_cast<size_t>(i - begin)] = e.what();
+        }
+      }
+      auto embedded = embedder.embed_images(images);
+      std::vector<search::ProductUpdate> batch;
+      for (int64_t i = begin; i < end; ++i) {
+        const auto at = static_cast<size_t>(i - begin);
+        const std::string name = d->name(i);
+        std::string error = errors[at].empty() ? embedded[at].error : errors[at];
+        if (!error.empty()) {
+          report_line({{"sku", name}, {"status", "failed"}, {"error", error}}, a.quiet);
+          ++failed;
+          continue;
+        }
+        search::Product p;
+        p.sku = name;
+        const auto labels = d->labels(i);
+        if (!labels.empty()) p.category = d->classes().at(static_cast<size_t>(labels.front()));
+        p.title = p.category;
+        p.images = {name};
+        const cv::Mat& m = images[at];
+        const std::string hash = sha256_hex(m.data, m.total() * m.elemSize());
+        batch.push_back({p, {{name, hash, std::move(embedded[at].embedding)}}});
+      }
+      if (!batch.empty()) db.upsert(batch);
+      for (const auto& u : batch) report_line({{"sku", u.product.sku}, {"status", "stored"}}, a.quiet);
+      std::cout.flush();
+      progress.advance(end - begin);
+    }
+  }
+  progress.finish();
+  db.save();
+  spdlog::info("{} failed; the database holds {} products ({} index)", failed,
+               db.catalog().product_count(), db.index() ? db.index()->kind() : "no");
+  return failed > 0 ? kExitSomeFailed : kExitOk;
+}
+
+void add_index_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand(
+      "index", "Embed a product catalogue's images and store them for search (re-run to update)");
+  auto a = std::make_shared<IndexArgs>();
+  cmd->add_option("--model", a->model, "Model directory that makes the embeddings")->required();
+  cmd->add_option("--db", a->db, "Search database folder (created when missing)")->required();
+  auto* catalog = cmd->add_option(
+      "--catalog", a->catalog,
+      "Products CSV: sku,image[s],title,category,price,brand,seller,attributes (+ any columns)");
+  catalog->excludes(add_data_split_options(
+      cmd, a->data, a->split,
+      "Or a data set (ImageFolder root, manifest, fashion-mnist): each image a product, its "
+      "class the category",
+      {"train", "val", "test", "all"}));
+  add_index_options(cmd, a->index);
+  cmd->add_option("--batch-size", a->batch_size, "Images per forward pass (and per commit)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  cmd->add_option("--precision", a->precision, "fp32 or bf16")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--max-pixels", a->max_pixels, "Refuse larger images (from the header)");
+  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+  cmd->add_flag("--quiet,-q", a->quiet, "Print only the products that failed");
+  cmd->callback([a, &status] {
+    VT_CHECK(!a->catalog.empty() || !a->data.source.empty(),
+             "give --catalog products.csv or --data SOURCE");
+    set_threads(a->threads);
+    search::EmbedderOptions eo;
+    eo.precision = a->precision;
+    eo.max_pixels = a->max_pixels;
+    const search::Embedder embedder(a->model, eo);
+    auto db = search::SearchDb::open(a->db, a->index);
+    if (db->open_report().rebuilt) spdlog::info("index rebuilt: {}", db->open_report().why);
+    db->use_model(embedder.stamp());
+    db->catalog().set_model_path(fs::absolute(a->model).lexically_normal().string());
+    status = a->catalog.empty() ? index_data(*a, *db, embedder) : index_catalog(*a, *db, embedder);
+  });
+}
+
+// ---- search ----------------------------------------------------------------------------------
+
+void add_search_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand("search", "Find the products most similar to photos (JSON lines)");
+  struct Args {
+    std::string db, model, precision = "fp32";
+    std::vector<std::string> filters, images;
+    int64_t k = 10, exact_below = 20'000;
+    bool route = false;
+    double route_min = 0.5, route_mass = 0.9;
+    int64_t route_max = 3;
+    search::IndexOptions index;
+    int threads = 0;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--db", a->db, "Search database folder (from `vitrine index`)")->required();
+  cmd->add_option("--model", a->model, "Model directory (default: the one the database names)");
+  cmd->add_option("--k", a->k, "Products per photo")->check(CLI::Range(int64_t{1}, int64_t{10000}));
+  cmd->add_option("--filter", a->filters,
+                  "Condition on product fields, repeatable: category=shoes, category=a|b, "
+                  "price<=100, brand!=acme, attributes.colour=red")
+      ->allow_extra_args(false);
+  cmd->add_flag("--route-by-category", a->route,
+                "Predict the category with the model's head and search inside the likely ones");
+  cmd->add_option("--route-min-score", a->route_min,
+                  "Route only when the top category's probability reaches this")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--route-mass", a->route_mass,
+                  "Search the top categories until their probabilities add up to this")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--route-max", a->route_max, "At most this many categories")
+      ->check(CLI::Range(int64_t{1}, int64_t{100}));
+  cmd->add_option("--exact-below", a->exact_below,
+                  "Score filtered sets of at most this many images exactly");
+  cmd->add_option("--ef-search", a->index.hnsw_ef_search, "HNSW: search beam width");
+  cmd->add_option("--nprobe", a->index.nprobe, "IVF-PQ: lists visited per query");
+  cmd->add_option("--precision", a->precision, "fp32 or bf16")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+  cmd->add_option("images", a->images, "Query photos (files or folders)")->required();
+  cmd->callback([a, &status] {
+    set_threads(a->threads);
+    std::vector<search::Filter> filters;
+    for (const auto& f : a->filters) filters.push_back(search::parse_filter(f));
+    auto db = search::SearchDb::open(a->db, a->index);
+    search::EmbedderOptions eo;
+    eo.precision = a->precision;
+    const search::Embedder embedder(model_for(*db, a->model), eo);
+    check_same_model(*db, embedder);
+    VT_CHECK(!a->route || !embedder.labels().empty(),
+             "--route-by-category needs a model with a classification head (this one is a "
+             "backbone); fine-tune one on the catalogue's categories with `vitrine train`");
+    std::vector<std::string> warnings;
+    const auto paths = image::expand_image_paths(a->images, &warnings);
+    for (const auto& w : warnings) spdlog::warn("{}", w);
+    VT_CHECK(!paths.empty(), "no query images found in the given paths");
+    int64_t failed = 0;
+    constexpr size_t kBatch = 32;
+    for (size_t begin = 0; begin < paths.size(); begin += kBatch) {
+      const std::vector<std::string> chunk(
+          paths.begin() + static_cast<std::ptrdiff_t>(begin),
+          paths.begin() + static_cast<std::ptrdiff_t>(std::min(paths.size(), begin + kBatch)));
+      const auto embedded = embedder.embed_files(chunk);
+      for (size_t i = 0; i < chunk.size(); ++i) {
+        nlohmann::json line{{"image", chunk[i]}};
+        const auto& e = embedded[i];
+        if (!e.ok()) {
+          line["error"] = e.error;
+          ++failed;
+          std::cout << json_text(line) << "\n";
+          continue;
+        }
+        search::SearchOptions so;
+        so.k = a->k;
+        so.filters = filters;
+        so.exact_below = a->exact_below;
+        std::vector<search::Hit> hits;
+        if (a->route) {
+          // Search inside the likely categories when the head is sure enough; otherwise, or
+          // when they hold too few products, in the whole (filtered) catalogue.
+          nlohmann::json route{{"top", e.top.empty() ? nlohmann::json() : nlohmann::json{
+                                {"category", e.top[0].label}, {"score", e.top[0].score}}}};
+          if (!e.top.empty() && e.top[0].score >= a->route_min) {
+            search::Filter f{"category", "=", {}};
+            double mass = 0;
+            for (const auto& c : e.top) {
+              if (static_cast<int64_t>(f.values.size()) >= a->route_max || mass >= a->route_mass) break;
+              f.values.push_back(c.label);
+              mass += c.score;
+            }
+            search::SearchOptions routed = so;
+            routed.filters.push_back(f);
+            hits = db->search(e.embedding.data(), 1, routed).front();
+            route["categories"] = f.values;
+            if (static_cast<int64_t>(hits.size()) < a->k) {
+              route["fallback"] = "the predicted categories hold fewer than k products";
+              hits.clear();
+            }
+          } else {
+            route["fallback"] = "the head is unsure (top probability below --route-min-score)";
+          }
+          line["route"] = route;
+        }
+        if (hits.empty()) hits = db->search(e.embedding.data(), 1, so).front();
+        auto& results = line["results"] = nlohmann::json::array();
+        for (const auto& h : hits) results.push_back(hit_json(h));
+        std::cout << json_text(line) << "\n";
+      }
+      std::cout.flush();
+    }
+    status = failed > 0 ? kExitSomeFailed : kExitOk;
+  });
+}
+
+// ---- remove ----------------------------------------------------------------------------------
+
+void add_remove_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand("remove", "Delete products (and their embeddings) for real");
+  auto db_dir = std::make_shared<std::string>();
+  auto skus = std::make_shared<std::vector<std::string>>();
+  cmd->add_option("--db", *db_dir, "Search database folder")->required();
+  cmd->add_option("skus", *skus, "SKUs to delete")->required();
+  cmd->callback([db_dir, skus, &status] {
+    VT_CHECK(fs::exists(fs::path(*db_dir) / "catalog.sqlite"), "no search database in ", *db_dir,
+             " (create one with `vitrine index`)");
+    auto db = search::SearchDb::open(*db_dir);
+    const auto unknown = db->remove(*skus);
+    db->save();
+    const std::set<std::string> missing(unknown.begin(), unknown.end());
+    for (const auto& sku : *skus) {
+      nlohmann::json line{{"sku", sku}, {"status", missing.count(sku) ? "unknown" : "removed"}};
+      if (missing.count(sku)) line["error"] = "no product with this SKU in " + *db_dir;
+      std::cout << json_text(line) << "\n";
+    }
+    if (!unknown.empty()) spdlog::warn("{} of {} SKUs were not in the catalogue", unknown.size(), skus->size());
+    status = unknown.empty() ? kExitOk : kExitSomeFailed;
+  });
+}
+
+// ---- duplicates ------------------------------------------------------------------------------
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+void add_duplicates_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand(
+      "duplicates", "Groups of near-identical product images across SKUs and sellers");
+  struct Args {
+    std::string db, format = "json";
+    search::DuplicateOptions options;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--db", a->db, "Search database folder")->required();
+  cmd->add_option("--threshold", a->options.threshold,
+                  "Cosine similarity at or above which two images count as the same")
+      ->check(CLI::Range(-1.0, 1.0));
+  cmd->add_option("--neighbours", a->options.neighbours, "Candidates looked at per image")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000}));
+  cmd->add_option("--format", a->format, "json (one group per line) or csv (one image per row)")
+      ->check(CLI::IsMember({"json", "csv"}));
+  cmd->callback([a, &status] {
+    VT_CHECK(fs::exists(fs::path(a->db) / "catalog.sqlite"), "no search database in ", a->db,
+             " (create one with `vitrine index`)");
+    auto db = search::SearchDb::open(a->db);
+    const auto groups = search::find_duplicates(*db, a->options);
+    if (a->format == "csv") std::cout << "group,sku,seller,title,image,group_max_score,group_min_score\n";
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const auto& group = groups[g];
+      if (a->format == "csv") {
+        for (const auto& m : group.members) {
+          std::cout << g + 1 << "," << csv_field(m.product.sku) << "," << csv_field(m.product.seller)
+                    << "," << csv_field(m.product.title) << "," << csv_field(m.ref) << ","
+                    << group.max_score << "," << group.min_score << "\n";
+        }
+        continue;
+      }
+      nlohmann::json line{{"group", g + 1},
+                          {"max_score", group.max_score},
+                          {"min_score", group.min_score}};
+      std::set<std::string> skus, sellers;
+      auto& members = line["members"] = nlohmann::json::array();
+      for (const auto& m : group.members) {
+        members.push_back({{"sku", m.product.sku}, {"seller", m.product.seller},
+                           {"title", m.product.title}, {"image", m.ref}});
+        skus.insert(m.product.sku);
+        sellers.insert(m.product.seller);
+      }
+      line["skus"] = skus.size();
+      line["sellers"] = sellers.size();
+      std::cout << json_text(line) << "\n";
+    }
+    spdlog::info("{} groups of near-identical images at similarity >= {}", groups.size(),
+                 a->options.threshold);
+    status = kExitOk;
+  });
+}
+
+// ---- eval-retrieval --------------------------------------------------------------------------
+
+struct Query {
+  std::string image;               ///< file path (or data-set item name)
+  std::set<std::string> skus;      ///< relevant SKUs, or
+  std::string category;            ///< relevant category
+};
+
+std::vector<Query> read_queries(const std::string& source) {
+  std::vector<Query> out;
+  if (fs::is_directory(source)) {
+    // <dir>/<category>/<photo>: relevant = products of that category.
+    std::vector<std::string> warnings;
+    for (const auto& entry : fs::directory_iterator(source)) {
+      if (!entry.is_directory()) continue;
+      for (const auto& p : image::expand_image_paths({entry.path().string()}, &warnings)) {
+        out.push_back({p, {}, entry.path().filename().string()});
+      }
+    }
+    std::sort(out.begin(), out.end(), [](const Query& x, const Query& y) { return x.image < y.image; });
+    VT_CHECK(!out.empty(), "no query photos in ", source, " (expected ", source,
+             "/<category>/<photo>)");
+    return out;
+  }
+  for (const auto& q : search::read_query_csv(source)) out.push_back({q.image, q.skus, q.category});
+  return out;
+}
+
+void add_eval_retrieval_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand(
+      "eval-retrieval", "Recall@1/5/10, precision@10 and mAP@10 of queries with known answers");
+  struct Args {
+    std::string db, model, queries, split = "test", json_path, precision = "fp32";
+    data::DataOptions data;
+    int64_t batch_size = 64, limit = 0;
+    search::IndexOptions index;
+    int threads = 0;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--db", a->db, "Search database folder")->required();
+  cmd->add_option("--model", a->model, "Model directory (default: the one the database names)");
+  auto* queries = cmd->add_option(
+      "--queries", a->queries,
+      "CSV (image + sku (| for several) or category column) or a folder <category>/<photo>");
+  queries->excludes(add_data_split_options(
+      cmd, a->data, a->split,
+      "Or a data set: its --split images are the queries, their class the relevant category",
+      {"train", "val", "test"}));
+  cmd->add_option("--limit", a->limit, "Use only the first N queries (0: all)");
+  cmd->add_option("--json", a->json_path, "Also write the metrics as JSON");
+  cmd->add_option("--ef-search", a->index.hnsw_ef_search, "HNSW: search beam width");
+  cmd->add_option("--nprobe", a->index.nprobe, "IVF-PQ: lists visited per query");
+  cmd->add_option("--precision", a->precision, "fp32 or bf16")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+  cmd->callback([a, &status] {
+    VT_CHECK(!a->queries.empty() || !a->data.source.empty(), "give --queries or --data");
+    set_threads(a->threads);
+    auto db = search::SearchDb::open(a->db, a->index);
+    search::EmbedderOptions eo;
+    eo.precision = a->precision;
+    const search::Embedder embedder(model_for(*db, a->model), eo);
+    check_same_model(*db, embedder);
+    std::vector<Query> list;
+    std::shared_ptr<data::Dataset> dataset;
+    if (!a->queries.empty()) {
+      list = read_queries(a->queries);
+    } else {
+      dataset = pick_split(data::open_data(a->data), a->split);
+      for (int64_t i = 0; i < dataset->size(); ++i) {
+        const auto labels = dataset->labels(i);
+        list.push_back({dataset->name(i), {},
+                        labels.empty() ? "" : dataset->classes().at(static_cast<size_t>(labels[0]))});
+      }
+    }
+    if (a->limit > 0 && static_cast<int64_t>(list.size()) > a->limit) list.resize(static_cast<size_t>(a->limit));
+    // How many products each query could find.
+    std::map<std::string, int64_t> per_category;
+    auto relevant_total = [&](const Query& q) -> int64_t {
+      if (!q.skus.empty()) {
+        int64_t n = 0;
+        for (const auto& s : q.skus) n += db->catalog().find(s) ? 1 : 0;
+        return n;
+      }
+      auto it = per_category.find(q.category);
+      if (it == per_category.end()) {
+        it = per_category.emplace(q.category, db->catalog().product_count_where(
+                                                  {search::Filter{"category", "=", {q.category}}}))
+                 .first;
+      }
+      return it->second;
+    };
+    search::RetrievalEvaluator evaluator;
+    int64_t failed = 0;
+    Progress progress("eval-retrieval", static_cast<int64_t>(list.size()), "query");
+    for (size_t begin = 0; begin < list.size(); begin += static_cast<size_t>(a->batch_size)) {
+      const size_t end = std::min(list.size(), begin + static_cast<size_t>(a->batch_size));
+      std::vector<search::Embedded> embedded;
+      if (dataset) {
+        std::vector<cv::Mat> images;
+        for (size_t i = begin; i < end; ++i) images.push_back(dataset->image(static_cast<int64_t>(i)));
+        embedded = embedder.embed_images(images);
+      } else {
+        std::vector<std::string> paths;
+        for (size_t i = begin; i < end; ++i) paths.push_back(list[i].image);
+        embedded = embedder.embed_files(paths);
+      }
+      std::vector<float> batch;
+      std::vector<size_t> which;
+      for (size_t i = 0; i < embedded.size(); ++i) {
+        if (!embedded[i].ok()) {
+          spdlog::warn("{}", embedded[i].error);
+          ++failed;
+          continue;
+        }
+        batch.insert(batch.end(), embedded[i].embedding.begin(), embedded[i].embedding.end());
+        which.push_back(begin + i);
+      }
+      search::SearchOptions so;
+      so.k = 10;
+      const auto hits = db->search(batch.data(), static_cast<int64_t>(which.size()), so);
+      for (size_t j = 0; j < which.size(); ++j) {
+        const Query& q = list[which[j]];
+        std::vector<bool> relevant;
+        for (const auto& h : hits[j]) {
+          relevant.push_back(q.skus.empty() ? h.product.category == q.category
+                                            : q.skus.count(h.product.sku) > 0);
+        }
+        evaluator.add(relevant, relevant_total(q), q.skus.empty() ? q.category : "(by SKU)");
+      }
+      progress.advance(static_cast<int64_t>(end - begin));
+    }
+    progress.finish();
+    const auto m = evaluator.result();
+    std::printf("queries %lld (%lld failed), catalogue %lld products, %s index\n",
+                static_cast<long long>(m.queries), static_cast<long long>(failed),
+                static_cast<long long>(db->catalog().product_count()),
+                db->index() ? db->index()->kind().c_str() : "no");
+    std::printf("Recall@1 %.4f  Recall@5 %.4f  Recall@10 %.4f  precision@10 %.4f  mAP@10 %.4f\n",
+                m.recall_at_1, m.recall_at_5, m.recall_at_10, m.precision_at_10, m.map_at_10);
+    if (m.precision_at_10_by_group.size() > 1) {
+      std::printf("%-24s %8s %13s\n", "category", "queries", "precision@10");
+      for (const auto& [g, p] : m.precision_at_10_by_group) {
+        std::printf("%-24s %8lld %13.4f\n", g.c_str(),
+                    static_cast<long long>(m.queries_by_group.at(g)), p);
+      }
+    }
+    if (!a->json_path.empty()) {
+      nlohmann::json j{{"queries", m.queries},         {"failed", failed},
+                       {"recall_at_1", m.recall_at_1}, {"recall_at_5", m.recall_at_5},
+                       {"recall_at_10", m.recall_at_10}, {"precision_at_10", m.precision_at_10},
+                       {"map_at_10", m.map_at_10},
+                       {"precision_at_10_by_category", m.precision_at_10_by_group},
+                       {"queries_by_category", m.queries_by_group},
+                       {"products", db->catalog().product_count()},
+                       {"index", db->index() ? db->index()->kind() : ""},
+                       {"model", db->model() ? db->model()->id : ""}};
+      write_file_atomic(a->json_path, j.dump(2) + "\n");
+    }
+    status = failed > 0 ? kExitSomeFailed : kExitOk;
+  });
+}
+
+}  // namespace
+
+void add_search_commands(CLI::App& app, int& status) {
+  add_index_command(app, status);
+  add_search_command(app, status);
+  add_remove_command(app, status);
+  add_duplicates_command(app, status);
+  add_eval_retrieval_command(app, status);
+}
+
+}  // namespace vitrine::cli

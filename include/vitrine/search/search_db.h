@@ -1,0 +1,98 @@
+// A search database: a folder holding the catalogue (catalog.sqlite) and the vector index
+// beside it (vectors.index), kept consistent. The catalogue is the source of truth: the
+// index file records the last catalogue change it holds and, when opened, catches up from the
+// catalogue's change log, or is rebuilt from the stored embeddings when it is missing,
+// damaged, of another model or too far behind. Adding products never forces a rebuild.
+#pragma once
+
+#include "vitrine/search/catalog.h"
+#include "vitrine/search/vector_index.h"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vitrine::search {
+
+/// Version of the vectors.index layout written by this build; older ones still load.
+constexpr uint32_t kIndexFormatVersion = 1;
+
+struct SearchOptions {
+  int64_t k = 10;               ///< products per query
+  std::vector<Filter> filters;  ///< all must hold
+  /// A filtered set of at most this many images is scored exactly from the stored
+  /// embeddings (recall 1 whatever the index); larger ones are filtered inside the index.
+  int64_t exact_below = 20'000;
+};
+
+/// One product found: its best-matching image and that image's score (cosine similarity).
+struct Hit {
+  float score = 0;
+  int64_t image_id = 0;
+  std::string image;
+  Product product;
+};
+
+/// How the index was brought up to date when the database was opened.
+struct OpenReport {
+  bool rebuilt = false;
+  std::string why;       ///< why it was rebuilt
+  int64_t replayed = 0;  ///< catalogue changes applied from the log
+};
+
+class SearchDb {
+ public:
+  /// Opens (creating) the folder `dir`. `options.kind` other than auto that differs from the
+  /// stored index's kind rebuilds it as asked.
+  static std::unique_ptr<SearchDb> open(const std::string& dir, const IndexOptions& options = {});
+  ~SearchDb();
+
+  const std::string& dir() const { return dir_; }
+  const OpenReport& open_report() const { return report_; }
+  Catalog& catalog() { return *catalog_; }
+  const Catalog& catalog() const { return *catalog_; }
+  /// Null while the catalogue has no embeddings.
+  const VectorIndex* index() const { return index_.get(); }
+  std::optional<ModelStamp> model() const { return catalog_->model(); }
+  /// Records the model of a new database; throws when the stored embeddings are another's.
+  void use_model(const ModelStamp& model);
+
+  /// Stores the batch in the catalogue (one transaction) and applies it to the index.
+  void upsert(const std::vector<ProductUpdate>& batch);
+  /// Deletes products; they are gone from results at once and their space is reclaimed.
+  /// Returns the SKUs that were not stored.
+  std::vector<std::string> remove(const std::vector<std::string>& skus);
+
+  /// The k best products for each of `nq` queries (L2-normalised, `dim` floats each).
+  std::vector<std::vector<Hit>> search(const float* queries, int64_t nq,
+                                       const SearchOptions& options) const;
+
+  /// Writes the index if it changed (atomically: a temporary file renamed over the old one)
+  /// and trims the change log it holds.
+  void save();
+  std::string index_path() const;
+
+ private:
+  SearchDb() = default;
+  void catch_up();
+  /// The kind an index of `n` images should be: the one asked for (now or when the index was
+  /// first built), auto resolved by size, flat while IVF-PQ has too few images to learn from.
+  std::string target_kind(int64_t n) const;
+  void rebuild(const std::string& why);
+  void apply_changes(const std::vector<Change>& changes);
+  bool load_index_file();
+
+  std::string dir_;
+  IndexOptions options_;
+  std::unique_ptr<Catalog> catalog_;
+  std::unique_ptr<VectorIndex> index_;
+  std::string kind_option_ = "auto";  ///< how the index's kind was chosen: auto or explicit
+  int64_t applied_seq_ = 0;  ///< the last catalogue change the index holds
+  int64_t saved_seq_ = -1;   ///< applied_seq_ of the index file on disk
+  int64_t max_images_ = 1;
+  OpenReport report_;
+};
+
+}  // namespace vitrine::search

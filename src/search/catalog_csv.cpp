@@ -1,0 +1,176 @@
+#include "vitrine/search/catalog_csv.h"
+
+#include "vitrine/core/csv.h"
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <map>
+
+namespace vitrine::search {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+}  // namespace
+
+CatalogFile read_catalog_csv(const std::string& path) {
+  VT_CHECK(fs::is_regular_file(path), "catalogue ", path,
+           " does not exist; give a CSV file with a header row: sku,image,title,category,price,"
+           "brand,seller,attributes");
+  const auto records = parse_csv(read_text_file(path), path);
+  VT_CHECK(!records.empty(), path, " is empty; it needs a header row (sku,image,...) and rows");
+  std::map<std::string, size_t> column;
+  const auto& header = records.front().fields;
+  for (size_t c = 0; c < header.size(); ++c) {
+    const std::string name = lower(header[c]);
+    VT_CHECK(!name.empty(), path, ":1: column ", c + 1, " has no name in the header row");
+    VT_CHECK(!column.count(name), path, ":1: column '", name, "' appears twice");
+    column[name] = c;
+  }
+  const bool has_image = column.count("image") || column.count("images");
+  VT_CHECK(column.count("sku") && has_image, path,
+           ":1: the header row needs a 'sku' and an 'image' (or 'images') column; it has: ",
+           [&] {
+             std::string names;
+             for (const auto& h : header) names += (names.empty() ? "" : ", ") + h;
+             return names;
+           }());
+  static const char* const kKnown[] = {"sku",   "image", "images", "title",     "category",
+                                       "price", "brand", "seller", "attributes"};
+  const fs::path base = fs::path(path).parent_path();
+  CatalogFile out;
+  std::map<std::string, int64_t> seen;  // sku -> line
+  for (size_t r = 1; r < records.size(); ++r) {
+    const auto& rec = records[r];
+    const std::string where = path + ":" + std::to_string(rec.line) + ": ";
+    if (rec.fields.size() != header.size()) {
+      out.errors.push_back(where + "has " + std::to_string(rec.fields.size()) +
+                           " fields, the header has " + std::to_string(header.size()) +
+                           " (quote fields that contain commas)");
+      continue;
+    }
+    auto field = [&](const char* name) -> std::string {
+      const auto it = column.find(name);
+      return it == column.end() ? std::string() : rec.fields[it->second];
+    };
+    CatalogRow row;
+    row.line = rec.line;
+    Product& p = row.product;
+    p.sku = field("sku");
+    if (p.sku.empty()) {
+      out.errors.push_back(where + "the sku is empty");
+      continue;
+    }
+    if (const auto it = seen.find(p.sku); it != seen.end()) {
+      out.errors.push_back(where + "SKU " + p.sku + " is already on line " +
+                           std::to_string(it->second) + " (each product once)");
+      continue;
+    }
+    p.title = field("title");
+    p.category = field("category");
+    p.brand = field("brand");
+    p.seller = field("seller");
+    const std::string price = field("price");
+    if (!price.empty()) {
+      char* end = nullptr;
+      const double v = std::strtod(price.c_str(), &end);
+      if (end != price.c_str() + price.size() || !std::isfinite(v)) {
+        out.errors.push_back(where + "price '" + price + "' is not a number (write 12.50)");
+        continue;
+      }
+      p.price = v;
+    }
+    nlohmann::json attributes = nlohmann::json::object();
+    const std::string attr_text = field("attributes");
+    if (!attr_text.empty()) {
+      attributes = nlohmann::json::parse(attr_text, nullptr, /*allow_exceptions=*/false);
+      if (!attributes.is_object()) {
+        out.errors.push_back(where + "attributes must be a JSON object such as "
+                             "{\"colour\": \"red\"}");
+        continue;
+      }
+    }
+    for (const auto& [name, c] : column) {
+      if (std::find(std::begin(kKnown), std::end(kKnown), name) != std::end(kKnown)) continue;
+      if (!rec.fields[c].empty()) attributes[header[c]] = rec.fields[c];
+    }
+    p.attributes = attributes.dump();
+    std::string images = field("images");
+    if (images.empty()) images = field("image");
+    size_t start = 0;
+    while (start <= images.size()) {
+      size_t end = images.find('|', start);
+      if (end == std::string::npos) end = images.size();
+      std::string ref = images.substr(start, end - start);
+      ref.erase(0, ref.find_first_not_of(" \t"));
+      ref.erase(ref.find_last_not_of(" \t") + 1);
+      if (!ref.empty()) {
+        const fs::path f(ref);
+        p.images.push_back(f.is_absolute() ? ref : (base / f).lexically_normal().string());
+      }
+      start = end + 1;
+    }
+    if (p.images.empty()) {
+      out.errors.push_back(where + "product " + p.sku + " lists no image");
+      continue;
+    }
+    seen[p.sku] = rec.line;
+    out.rows.push_back(std::move(row));
+  }
+  return out;
+}
+
+std::vector<QueryRow> read_query_csv(const std::string& path) {
+  VT_CHECK(fs::is_regular_file(path), "query file ", path,
+           " does not exist; give a CSV with a header row: image,sku (or image,category)");
+  const auto records = parse_csv(read_text_file(path), path);
+  VT_CHECK(records.size() >= 2, path, " has no query rows (header: image,sku or image,category)");
+  std::map<std::string, size_t> column;
+  for (size_t c = 0; c < records.front().fields.size(); ++c) {
+    column[lower(records.front().fields[c])] = c;
+  }
+  VT_CHECK(column.count("image") && (column.count("sku") || column.count("category")), path,
+           ":1: the header row needs an 'image' column and a 'sku' or 'category' column");
+  const fs::path base = fs::path(path).parent_path();
+  std::vector<QueryRow> out;
+  for (size_t r = 1; r < records.size(); ++r) {
+    const auto& rec = records[r];
+    VT_CHECK(rec.fields.size() == records.front().fields.size(), path, ":", rec.line, ": has ",
+             rec.fields.size(), " fields, the header has ", records.front().fields.size());
+    QueryRow q;
+    q.line = rec.line;
+    const fs::path image(rec.fields[column.at("image")]);
+    VT_CHECK(!image.empty(), path, ":", rec.line, ": the image is empty");
+    q.image = image.is_absolute() ? image.string() : (base / image).lexically_normal().string();
+    if (column.count("sku")) {
+      const std::string skus = rec.fields[column.at("sku")];
+      size_t start = 0;
+      while (start <= skus.size()) {
+        size_t end = skus.find('|', start);
+        if (end == std::string::npos) end = skus.size();
+        std::string sku = skus.substr(start, end - start);
+        if (!sku.empty()) q.skus.insert(sku);
+        start = end + 1;
+      }
+    }
+    if (q.skus.empty() && column.count("category")) q.category = rec.fields[column.at("category")];
+    VT_CHECK(!q.skus.empty() || !q.category.empty(), path, ":", rec.line,
+             ": names neither a relevant sku nor a category");
+    out.push_back(std::move(q));
+  }
+  return out;
+}
+
+}  // namespace vitrine::search

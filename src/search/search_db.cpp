@@ -1,0 +1,341 @@
+// vectors.index layout (version 1): "VTIX", uint32 format version, uint32 header length,
+// a JSON header {model: {id, version, dim}, applied_seq, kind, count}, then the index itself
+// (VectorIndex::write).
+#include "vitrine/search/search_db.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <numeric>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace vitrine::search {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr char kMagic[4] = {'V', 'T', 'I', 'X'};
+
+void put_u32(std::ostream& out, uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); }
+uint32_t get_u32(std::istream& in) {
+  uint32_t v = 0;
+  in.read(reinterpret_cast<char*>(&v), 4);
+  VT_CHECK(in, "the vector index file is truncated");
+  return v;
+}
+
+nlohmann::json stamp_json(const ModelStamp& m) {
+  return {{"id", m.id}, {"version", m.version}, {"dim", m.dim}};
+}
+
+}  // namespace
+
+std::unique_ptr<SearchDb> SearchDb::open(const std::string& dir, const IndexOptions& options) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  VT_CHECK(!ec && fs::is_directory(dir), "cannot create the search database folder ", dir, ": ",
+           ec ? ec.message() : "a file has that name");
+  std::unique_ptr<SearchDb> db(new SearchDb());
+  db->dir_ = dir;
+  db->options_ = options;
+  db->catalog_ = open_sqlite_catalog((fs::path(dir) / "catalog.sqlite").string());
+  db->max_images_ = std::max<int64_t>(1, db->catalog_->max_images_per_product());
+  db->catch_up();
+  return db;
+}
+
+SearchDb::~SearchDb() = default;
+
+std::string SearchDb::index_path() const { return (fs::path(dir_) / "vectors.index").string(); }
+
+void SearchDb::use_model(const ModelStamp& model) {
+  const auto before = catalog_->model();
+  catalog_->set_model(model);
+  if (!before || !(*before == model)) {
+    index_.reset();  // an empty catalogue's index of another width is of no use
+    catch_up();
+  }
+}
+
+bool SearchDb::load_index_file() {
+  const std::string path = index_path();
+  if (!fs::exists(path)) {
+    report_.why = "no index file yet";
+    return false;
+  }
+  const auto model = catalog_->model();
+  try {
+    std::ifstream in(path, std::ios::binary);
+    VT_CHECK(in, "cannot read ", path);
+    char magic[4];
+    in.read(magic, 4);
+    VT_CHECK(in && std::memcmp(magic, kMagic, 4) == 0, path, " is not a Vitrine vector index");
+    const uint32_t version = get_u32(in);
+    VT_CHECK(version >= 1 && version <= kIndexFormatVersion, path, " has format version ",
+             version, "; this build reads 1 to ", kIndexFormatVersion, ": upgrade Vitrine");
+    const uint32_t header_length = get_u32(in);
+    VT_CHECK(header_length < (1u << 20), path, " is damaged (header of ", header_length,
+             " bytes)");
+    std::string header_text(header_length, '\0');
+    in.read(header_text.data(), header_length);
+    VT_CHECK(in, path, " is truncated");
+    const auto header = nlohmann::json::parse(header_text, nullptr, false);
+    VT_CHECK(header.is_object() && header.contains("model") && header.contains("applied_seq"),
+             path, " has a damaged header");
+    const auto& m = header.at("model");
+    const ModelStamp stamp{m.at("id").get<std::string>(), m.at("version").get<std::string>(),
+                           m.at("dim").get<int64_t>()};
+    if (!model || !(stamp == *model)) {
+      report_.why = "the index was made with another model than the catalogue's";
+      return false;
+    }
+    auto index = read_index(in, options_);
+    VT_CHECK(index->dim() == stamp.dim, path, " holds vectors of ", index->dim(),
+             " dims, its header says ", stamp.dim);
+    kind_option_ = options_.kind != "auto" ? options_.kind : header.value("kind_option", "auto");
+    const std::string want = target_kind(catalog_->image_count());
+    if (want != index->kind()) {
+      report_.why = "a " + want + " index is asked for, the file holds " + index->kind();
+      return false;
+    }
+    index_ = std::move(index);
+    applied_seq_ = header.at("applied_seq").get<int64_t>();
+    saved_seq_ = applied_seq_;
+    return true;
+  } catch (const std::exception& e) {
+    // The catalogue holds everything needed to rebuild: never fail on a bad index file.
+    spdlog::warn("{} (rebuilding it from the catalogue)", e.what());
+    report_.why = std::string("the index file could not be read: ") + e.what();
+    return false;
+  }
+}
+
+std::string SearchDb::target_kind(int64_t n) const {
+  IndexOptions options = options_;
+  if (options.kind == "auto") options.kind = kind_option_;
+  const std::string kind = resolve_index_kind(options, n);
+  return kind == "ivfpq" && n < kIvfPqMinImages ? "flat" : kind;
+}
+
+void SearchDb::catch_up() {
+  const auto model = catalog_->model();
+  if (!model) return;  // nothing stored yet
+  if (!index_ && !load_index_file()) {
+    rebuild(report_.why);
+    return;
+  }
+  const int64_t last = catalog_->last_change();
+  if (applied_seq_ == last) return;
+  if (applied_seq_ > last) {
+    rebuild("the index is ahead of the catalogue (a catalogue restored from an older backup?)");
+    return;
+  }
+  const int64_t first = catalog_->first_change();
+  if (first == 0 || first > applied_seq_ + 1) {
+    rebuild("the catalogue's change log no longer reaches back to the index");
+    return;
+  }
+  const auto changes = catalog_->changes_since(applied_seq_);
+  apply_changes(changes);
+  report_.replayed += static_cast<int64_t>(changes.size());
+  if (index_->wants_rebuild()) rebuild("many removals: rebuilding reclaims the index's memory");
+}
+
+void SearchDb::apply_changes(const std::vector<Change>& changes) {
+  // Net effect in order: an image added and removed within the window never reaches the
+  // index; ids are never reused, so a removal of an id not added in the window was in it.
+  std::vector<int64_t> added;
+  std::unordered_set<int64_t> pending;
+  std::vector<int64_t> removed;
+  for (const auto& c : changes) {
+    if (!c.removed) {
+      pending.insert(c.image_id);
+      added.push_back(c.image_id);
+    } else if (pending.erase(c.image_id) == 0) {
+      removed.push_back(c.image_id);
+    }
+  }
+  index_->remove(removed);
+  std::vector<int64_t> to_add;
+  for (const int64_t id : added) {
+    if (pending.count(id)) to_add.push_back(id);
+  }
+  constexpr size_t kBatch = 4096;
+  for (size_t begin = 0; begin < to_add.size(); begin += kBatch) {
+    const std::vector<int64_t> ids(to_add.begin() + static_cast<std::ptrdiff_t>(begin),
+                                   to_add.begin() + static_cast<std::ptrdiff_t>(
+                                                        std::min(to_add.size(), begin + kBatch)));
+    const auto values = catalog_->embeddings(ids);
+    index_->add(values.data(), ids.data(), static_cast<int64_t>(ids.size()));
+  }
+  if (!changes.empty()) applied_seq_ = changes.back().seq;
+}
+
+void SearchDb::rebuild(const std::string& why) {
+  const auto model = catalog_->model();
+  VT_DCHECK(model.has_value());
+  report_.rebuilt = true;
+  report_.why = why;
+  // An explicit kind, given now or when the index was first built, stays.
+  IndexOptions options = options_;
+  if (options.kind == "auto") options.kind = kind_option_;
+  // Another process may add products while this one scans: then scan again.
+  for (int attempt = 0;; ++attempt) {
+    const int64_t seq = catalog_->last_change();
+    const int64_t n = catalog_->image_count();
+    const std::string kind = target_kind(n);
+    if (n > 0) spdlog::info("building the {} index of {} images ({})", kind, n, why);
+    std::vector<float> train;
+    int64_t n_train = 0;
+    if (kind == "ivfpq") {
+      // A strided sample of up to 100k images teaches the coarse centroids and codebooks.
+      const int64_t stride = std::max<int64_t>(1, n / 100'000);
+      int64_t seen = 0;
+      catalog_->scan_embeddings(8192, [&](const std::vector<int64_t>& ids,
+                                          const std::vector<float>& values) {
+        for (size_t i = 0; i < ids.size(); ++i, ++seen) {
+          if (seen % stride != 0) continue;
+          const auto row = values.begin() + static_cast<std::ptrdiff_t>(i * model->dim);
+          train.insert(train.end(), row, row + model->dim);
+          ++n_train;
+        }
+      });
+    }
+    auto index = make_index(kind, model->dim, options, train.data(), n_train);
+    train = {};
+    catalog_->scan_embeddings(8192, [&](const std::vector<int64_t>& ids,
+                                        const std::vector<float>& values) {
+      index->add(values.data(), ids.data(), static_cast<int64_t>(ids.size()));
+    });
+    if (catalog_->last_change() == seq || attempt == 2) {
+      VT_CHECK(catalog_->last_change() == seq, "the catalogue kept changing while its index was "
+               "rebuilt: stop the other writers and open it again");
+      index_ = std::move(index);
+      kind_option_ = options.kind;
+      applied_seq_ = seq;
+      saved_seq_ = -1;
+      return;
+    }
+  }
+}
+
+void SearchDb::upsert(const std::vector<ProductUpdate>& batch) {
+  catalog_->upsert(batch);
+  for (const auto& u : batch) {
+    max_images_ = std::max<int64_t>(max_images_, static_cast<int64_t>(u.images.size()));
+  }
+  catch_up();
+}
+
+std::vector<std::string> SearchDb::remove(const std::vector<std::string>& skus) {
+  auto unknown = catalog_->remove(skus);
+  catch_up();
+  if (unknown.size() < skus.size()) catalog_->reclaim_space();
+  return unknown;
+}
+
+void SearchDb::save() {
+  if (!index_) return;
+  if (target_kind(index_->size()) != index_->kind()) {
+    rebuild("the catalogue outgrew its " + index_->kind() + " index");
+  }
+  if (saved_seq_ == applied_seq_) return;
+  const auto model = catalog_->model();
+  VT_DCHECK(model.has_value());
+  const nlohmann::json header{{"model", stamp_json(*model)},
+                              {"applied_seq", applied_seq_},
+                              {"kind", index_->kind()},
+                              {"kind_option", kind_option_},
+                              {"count", index_->size()}};
+  const std::string header_text = header.dump();
+  write_file_atomic(index_path(), [&](std::ostream& out) {
+    out.write(kMagic, 4);
+    put_u32(out, kIndexFormatVersion);
+    put_u32(out, static_cast<uint32_t>(header_text.size()));
+    out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
+    index_->write(out);
+  });
+  saved_seq_ = applied_seq_;
+  // The file now holds every change up to applied_seq_: the log before it is not needed.
+  catalog_->forget_changes_through(applied_seq_);
+}
+
+std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,
+                                               const SearchOptions& options) const {
+  VT_CHECK(options.k > 0, "k must be positive, got ", options.k);
+  std::vector<std::vector<Hit>> out(static_cast<size_t>(nq));
+  if (!index_ || nq == 0) return out;
+  const int64_t dim = index_->dim();
+  std::optional<std::vector<int64_t>> allowed;
+  if (!options.filters.empty()) allowed = catalog_->image_ids(options.filters);
+  const int64_t pool = allowed ? static_cast<int64_t>(allowed->size()) : index_->size();
+  // Each product holds at most max_images_ images, so the best k * max_images_ images name
+  // at least k distinct products (or all there are): the top k products are among them.
+  const int64_t k_images = std::min<int64_t>(pool, options.k * max_images_);
+  if (k_images == 0) return out;
+  std::vector<float> scores(static_cast<size_t>(nq * k_images));
+  std::vector<int64_t> ids(static_cast<size_t>(nq * k_images));
+  if (allowed && pool <= options.exact_below) {
+    // Small filtered sets: score every allowed image exactly.
+    const auto values = catalog_->embeddings(*allowed);
+    std::vector<int64_t> order(static_cast<size_t>(pool));
+    std::vector<float> s(static_cast<size_t>(pool));
+    for (int64_t q = 0; q < nq; ++q) {
+      const float* query = queries + q * dim;
+      for (int64_t i = 0; i < pool; ++i) {
+        const float* v = values.data() + i * dim;
+        s[static_cast<size_t>(i)] = std::inner_product(query, query + dim, v, 0.0f);
+      }
+      std::iota(order.begin(), order.end(), int64_t{0});
+      std::partial_sort(order.begin(), order.begin() + k_images, order.end(),
+                        [&](int64_t a, int64_t b) {
+                          return s[static_cast<size_t>(a)] > s[static_cast<size_t>(b)] ||
+                                 (s[static_cast<size_t>(a)] == s[static_cast<size_t>(b)] &&
+                                  (*allowed)[static_cast<size_t>(a)] <
+                                      (*allowed)[static_cast<size_t>(b)]);
+                        });
+      for (int64_t j = 0; j < k_images; ++j) {
+        const auto i = static_cast<size_t>(order[static_cast<size_t>(j)]);
+        scores[static_cast<size_t>(q * k_images + j)] = s[i];
+        ids[static_cast<size_t>(q * k_images + j)] = (*allowed)[i];
+      }
+    }
+  } else {
+    index_->search(queries, nq, k_images, allowed ? &*allowed : nullptr, scores.data(),
+                   ids.data());
+  }
+  // Describe every image found once, then keep each product's best image.
+  std::vector<int64_t> found;
+  for (const int64_t id : ids) {
+    if (id >= 0) found.push_back(id);
+  }
+  std::sort(found.begin(), found.end());
+  found.erase(std::unique(found.begin(), found.end()), found.end());
+  std::unordered_map<int64_t, ImageRecord> records;
+  for (auto& r : catalog_->images(found)) records.emplace(r.id, std::move(r));
+  for (int64_t q = 0; q < nq; ++q) {
+    auto& hits = out[static_cast<size_t>(q)];
+    std::unordered_set<std::string> seen;
+    for (int64_t j = 0; j < k_images && static_cast<int64_t>(hits.size()) < options.k; ++j) {
+      const int64_t id = ids[static_cast<size_t>(q * k_images + j)];
+      const auto it = records.find(id);
+      if (id < 0 || it == records.end()) continue;
+      if (!seen.insert(it->second.product.sku).second) continue;
+      hits.push_back({scores[static_cast<size_t>(q * k_images + j)], id, it->second.ref,
+                      it->second.product});
+    }
+  }
+  return out;
+}
+
+}  // namespace vitrine::search

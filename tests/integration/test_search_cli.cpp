@@ -1,0 +1,210 @@
+// `vitrine index`, `search`, `remove` end to end: updates, bad rows and images, another
+// model, and a process killed while indexing.
+#include "test_util.h"
+
+#include "vitrine/search/search_db.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+#include <sys/wait.h>
+#include <unistd.h>
+
+using namespace vitrine;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+using test::json_lines;
+using test::q;
+
+/// A small random model (32-pixel input, 3 classes) in `dir`.
+void make_model(const std::string& dir, int seed) {
+  std::ofstream(dir + ".labels") << "shoes\nbags\nhats\n";
+  const auto r = test::run_command(
+      q(test::vitrine_bin()) + " init --arch resnet_custom --layers 1 1 1 1 --image-size 32 " +
+      "--labels " + q(dir + ".labels") + " --seed " + std::to_string(seed) + " --out " + q(dir));
+  ASSERT_EQ(r.status, 0) << r.err;
+}
+
+/// `n` distinct photos and a catalogue CSV naming them.
+void make_catalog(const std::string& dir, int n) {
+  fs::create_directories(dir + "/img");
+  std::mt19937 rng(7);
+  std::ofstream csv(dir + "/products.csv");
+  csv << "sku,image,title,category,price,seller\n";
+  const char* categories[] = {"shoes", "bags", "hats"};
+  for (int i = 0; i < n; ++i) {
+    cv::Mat m(32, 32, CV_8UC3);
+    cv::randu(m, cv::Scalar::all(0), cv::Scalar::all(255));
+    const std::string name = "img/p" + std::to_string(i) + ".png";
+    cv::imwrite(dir + "/" + name, m);
+    csv << "SKU" << i << "," << name << ",Product " << i << "," << categories[i % 3] << ","
+        << (10 + i % 90) << ",seller" << i % 5 << "\n";
+  }
+}
+
+}  // namespace
+
+TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
+  const std::string d = test::temp_dir("search-cli-update");
+  make_model(d + "/m", 0);
+  make_catalog(d, 30);
+  {
+    std::ofstream csv(d + "/products.csv", std::ios::app);
+    csv << "BAD1,img/missing.png,x,shoes,1,s\n"
+        << "BAD2,img/p1.png,x,shoes,cheap,s\n";
+  }
+  const std::string index = q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                            " --catalog " + q(d + "/products.csv") + " --db " + q(d + "/db");
+  auto r = test::run_command(index);
+  EXPECT_EQ(r.status, 1) << "some rows failed: " << r.err;
+  auto lines = json_lines(r.out);
+  std::map<std::string, std::string> status;
+  for (const auto& l : lines) {
+    if (l.contains("sku")) status[l["sku"]] = l["status"];
+  }
+  EXPECT_EQ(status["SKU0"], "stored");
+  EXPECT_EQ(status["BAD1"], "failed");
+  EXPECT_EQ(std::count_if(lines.begin(), lines.end(),
+                          [](const json& l) {
+                            return l.value("error", "").find("products.csv:33: price 'cheap'") !=
+                                   std::string::npos;
+                          }),
+            1)
+      << r.out;
+  // Change one product's title and another's photo: only those two are stored again.
+  std::string text;
+  {
+    std::ifstream in(d + "/products.csv");
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  text.replace(text.find("Product 4,"), 10, "Renamed 4,");
+  std::ofstream(d + "/products.csv") << text;
+  cv::Mat m(32, 32, CV_8UC3, cv::Scalar(1, 2, 3));
+  cv::imwrite(d + "/img/p5.png", m);
+  r = test::run_command(index + " --quiet");
+  lines = json_lines(r.out);
+  EXPECT_EQ(lines.size(), 2u) << "--quiet prints the failures only: " << r.out;
+  r = test::run_command(index);
+  status.clear();
+  for (const auto& l : json_lines(r.out)) {
+    if (l.contains("sku")) status[l["sku"]] = l["status"];
+  }
+  EXPECT_EQ(status["SKU4"], "unchanged") << "stored by the previous run";
+  auto db = search::SearchDb::open(d + "/db");
+  EXPECT_EQ(db->catalog().find("SKU4")->title, "Renamed 4");
+  EXPECT_EQ(db->catalog().product_count(), 30);
+  // The changed photo is what search finds now.
+  r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " --k 1 " +
+                        q(d + "/img/p5.png") + " " + q(d + "/img/missing.png"));
+  EXPECT_EQ(r.status, 1) << r.err;
+  lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0]["results"][0]["sku"], "SKU5");
+  EXPECT_NEAR(lines[0]["results"][0]["score"].get<double>(), 1.0, 1e-4);
+  EXPECT_TRUE(lines[1].contains("error"));
+  // Removing: unknown SKUs named, the others gone.
+  r = test::run_command(q(test::vitrine_bin()) + " remove --db " + q(d + "/db") + " SKU5 NOPE");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.out.find("\"sku\":\"NOPE\",\"status\":\"unknown\""), std::string::npos) << r.out;
+  r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " --k 1 " +
+                        q(d + "/img/p5.png"));
+  EXPECT_NE(json_lines(r.out).at(0)["results"][0]["sku"], "SKU5");
+}
+
+TEST(SearchCli, AnotherModelIsRefusedNotMixed) {
+  const std::string d = test::temp_dir("search-cli-model");
+  make_model(d + "/a", 0);
+  make_model(d + "/b", 1);
+  make_catalog(d, 6);
+  auto r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/a") +
+                             " --catalog " + q(d + "/products.csv") + " --db " + q(d + "/db"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/b") + " --catalog " +
+                        q(d + "/products.csv") + " --db " + q(d + "/db"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "never mixes models");
+  r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " --model " +
+                        q(d + "/b") + " " + q(d + "/img/p0.png"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "was indexed with model");
+  // Without --model, search uses the model the database was made with.
+  r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " " +
+                        q(d + "/img/p0.png"));
+  EXPECT_EQ(r.status, 0) << r.err;
+}
+
+TEST(SearchCli, AProcessKilledWhileIndexingLosesNoProductItReportedAsStored) {
+  const std::string d = test::temp_dir("search-cli-kill");
+  make_model(d + "/m", 0);
+  const int n = 2000;
+  make_catalog(d, n);
+  int out_pipe[2];
+  ASSERT_EQ(pipe(out_pipe), 0);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    dup2(out_pipe[1], STDOUT_FILENO);
+    close(out_pipe[0]);
+    const std::string bin = test::vitrine_bin();
+    const std::string model = d + "/m", catalog = d + "/products.csv", db = d + "/db";
+    execl(bin.c_str(), bin.c_str(), "index", "--model", model.c_str(), "--catalog",
+          catalog.c_str(), "--db", db.c_str(), "--batch-size", "4", "--threads", "1",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  // Read reports until 40 products are stored, then kill the process without warning.
+  std::set<std::string> reported;
+  std::string buffer;
+  char chunk[4096];
+  while (reported.size() < 40) {
+    const ssize_t got = read(out_pipe[0], chunk, sizeof chunk);
+    if (got <= 0) break;
+    buffer.append(chunk, static_cast<size_t>(got));
+    size_t nl;
+    while ((nl = buffer.find('\n')) != std::string::npos) {
+      const auto line = json::parse(buffer.substr(0, nl));
+      buffer.erase(0, nl + 1);
+      if (line.value("status", "") == "stored") reported.insert(line["sku"].get<std::string>());
+    }
+  }
+  kill(pid, SIGKILL);
+  int wstatus = 0;
+  waitpid(pid, &wstatus, 0);
+  close(out_pipe[0]);
+  ASSERT_TRUE(WIFSIGNALED(wstatus)) << "the indexer finished before it could be killed";
+  ASSERT_GE(reported.size(), 40u);
+  {
+    auto db = search::SearchDb::open(d + "/db");
+    EXPECT_LT(db->catalog().product_count(), n) << "killed part-way";
+    const auto indexed = db->index()->ids();
+    for (const auto& sku : reported) {
+      ASSERT_TRUE(db->catalog().find(sku).has_value()) << sku << " was reported stored";
+      for (const auto id : db->catalog().image_ids({search::parse_filter("sku=" + sku)})) {
+        EXPECT_TRUE(std::binary_search(indexed.begin(), indexed.end(), id)) << sku;
+      }
+    }
+    EXPECT_EQ(db->catalog().image_ids({}), indexed);
+  }
+  // Running again completes the catalogue; what was stored is not embedded again.
+  const auto r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                                   " --catalog " + q(d + "/products.csv") + " --db " +
+                                   q(d + "/db"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::map<std::string, std::string> status;
+  for (const auto& l : json_lines(r.out)) status[l["sku"]] = l["status"];
+  for (const auto& sku : reported) EXPECT_EQ(status[sku], "unchanged") << sku;
+  auto db = search::SearchDb::open(d + "/db");
+  EXPECT_EQ(db->catalog().product_count(), n);
+  EXPECT_EQ(db->index()->size(), n);
+}

@@ -1,0 +1,570 @@
+// The catalogue, the vector indexes and the search database that keeps them consistent.
+#include "test_util.h"
+
+#include "vitrine/core/fs.h"
+#include "vitrine/search/catalog.h"
+#include "vitrine/search/catalog_csv.h"
+#include "vitrine/search/retrieval.h"
+#include "vitrine/search/search_db.h"
+#include "vitrine/search/vector_index.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+
+namespace vitrine::search {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr int64_t kDim = 16;
+
+const ModelStamp kModel{"test/model", "0123456789abcdef", kDim};
+
+std::vector<float> unit_vector(std::mt19937_64& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<float> v(kDim);
+  float norm = 0;
+  for (auto& x : v) {
+    x = normal(rng);
+    norm += x * x;
+  }
+  for (auto& x : v) x /= std::sqrt(norm);
+  return v;
+}
+
+const char* const kCategories[] = {"shoes", "bags", "hats"};
+
+/// A product with `images` random embeddings; fields drawn from `rng`.
+ProductUpdate random_product(const std::string& sku, int images, std::mt19937_64& rng) {
+  ProductUpdate u;
+  u.product.sku = sku;
+  u.product.title = "title of " + sku;
+  u.product.category = kCategories[rng() % 3];
+  u.product.price = static_cast<double>(rng() % 200);
+  u.product.brand = rng() % 2 ? "acme" : "zenith";
+  u.product.seller = "seller" + std::to_string(rng() % 4);
+  u.product.attributes = rng() % 2 ? R"({"colour": "red", "size": 42})" : R"({"colour": "blue"})";
+  for (int i = 0; i < images; ++i) {
+    const std::string ref = sku + "/" + std::to_string(i) + ".jpg";
+    u.images.push_back({ref, "hash-" + std::to_string(rng()), unit_vector(rng)});
+    u.product.images.push_back(ref);
+  }
+  return u;
+}
+
+/// Every image in the catalogue is in the index and nothing else is.
+void expect_consistent(const SearchDb& db) {
+  std::vector<int64_t> stored = db.catalog().image_ids({});
+  std::vector<int64_t> indexed = db.index() ? db.index()->ids() : std::vector<int64_t>{};
+  EXPECT_EQ(stored, indexed);
+  EXPECT_EQ(db.index() ? db.index()->size() : 0, static_cast<int64_t>(stored.size()));
+}
+
+/// The exact top-k products for `query` among the images allowed by `filters`, by brute force
+/// over the stored embeddings: each product scores its best image.
+std::vector<std::pair<std::string, float>> brute_force(const SearchDb& db, const float* query,
+                                                       const std::vector<Filter>& filters,
+                                                       int64_t k) {
+  const auto ids = db.catalog().image_ids(filters);
+  const auto values = db.catalog().embeddings(ids);
+  const auto records = db.catalog().images(ids);
+  std::map<std::string, float> best;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    float s = 0;
+    for (int64_t d = 0; d < kDim; ++d) s += query[d] * values[i * kDim + d];
+    auto [it, fresh] = best.emplace(records[i].product.sku, s);
+    if (!fresh) it->second = std::max(it->second, s);
+  }
+  std::vector<std::pair<std::string, float>> out(best.begin(), best.end());
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  if (static_cast<int64_t>(out.size()) > k) out.resize(static_cast<size_t>(k));
+  return out;
+}
+
+void expect_same_hits(const std::vector<Hit>& got,
+                      const std::vector<std::pair<std::string, float>>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_NEAR(got[i].score, want[i].second, 1e-5) << "rank " << i;
+    // Equal scores may swap places; the scores decide.
+    if (std::abs(got[i].score - want[i].second) < 1e-6f && got[i].product.sku != want[i].first) {
+      continue;
+    }
+    EXPECT_EQ(got[i].product.sku, want[i].first) << "rank " << i;
+  }
+}
+
+TEST(SearchFilter, ParsesTheDocumentedForms) {
+  auto f = parse_filter("category=shoes|boots");
+  EXPECT_EQ(f.field, "category");
+  EXPECT_EQ(f.op, "=");
+  EXPECT_EQ(f.values, (std::vector<std::string>{"shoes", "boots"}));
+  f = parse_filter("price<=100");
+  EXPECT_EQ(f.op, "<=");
+  EXPECT_EQ(f.values.at(0), "100");
+  EXPECT_EQ(parse_filter("brand!=acme").op, "!=");
+  EXPECT_EQ(parse_filter("attributes.colour=red").field, "attributes.colour");
+  EXPECT_EQ(parse_filter("price>2.5").op, ">");
+  EXPECT_CONTAINS(test::error_of([] { parse_filter("colour=red"); }), "unknown field 'colour'");
+  EXPECT_CONTAINS(test::error_of([] { parse_filter("price<=cheap"); }), "not one");
+  EXPECT_CONTAINS(test::error_of([] { parse_filter("category"); }), "forms:");
+  EXPECT_CONTAINS(test::error_of([] { parse_filter("=shoes"); }), "bad filter");
+}
+
+TEST(SearchCatalog, FiltersSelectTheRightImages) {
+  const auto dir = test::temp_dir("search_filters");
+  auto catalog = open_sqlite_catalog(dir + "/c.sqlite");
+  catalog->set_model(kModel);
+  std::mt19937_64 rng(1);
+  std::vector<ProductUpdate> batch;
+  for (int i = 0; i < 60; ++i) batch.push_back(random_product("p" + std::to_string(i), 1 + i % 2, rng));
+  batch[0].product.price.reset();  // a product without a price
+  catalog->upsert(batch);
+  auto expect_count = [&](const std::vector<std::string>& texts, auto&& keep) {
+    std::vector<Filter> filters;
+    for (const auto& t : texts) filters.push_back(parse_filter(t));
+    int64_t want = 0;
+    for (const auto& u : batch) want += keep(u.product) ? static_cast<int64_t>(u.images.size()) : 0;
+    EXPECT_EQ(static_cast<int64_t>(catalog->image_ids(filters).size()), want) << texts.at(0);
+  };
+  expect_count({"category=shoes"}, [](const Product& p) { return p.category == "shoes"; });
+  expect_count({"category=shoes|hats"}, [](const Product& p) { return p.category != "bags"; });
+  expect_count({"category!=shoes"}, [](const Product& p) { return p.category != "shoes"; });
+  expect_count({"price<=50"}, [](const Product& p) { return p.price && *p.price <= 50; });
+  expect_count({"price>150", "brand=acme"},
+               [](const Product& p) { return p.price && *p.price > 150 && p.brand == "acme"; });
+  expect_count({"attributes.colour=red"},
+               [](const Product& p) { return p.attributes.find("red") != std::string::npos; });
+  expect_count({"attributes.size>=42"},
+               [](const Product& p) { return p.attributes.find("42") != std::string::npos; });
+  EXPECT_EQ(catalog->product_count_where({parse_filter("category=bags")}),
+            std::count_if(batch.begin(), batch.end(),
+                          [](const ProductUpdate& u) { return u.product.category == "bags"; }));
+}
+
+TEST(SearchCatalog, RefusesAnotherModelsEmbeddings) {
+  const auto dir = test::temp_dir("search_model");
+  auto catalog = open_sqlite_catalog(dir + "/c.sqlite");
+  catalog->set_model(kModel);
+  std::mt19937_64 rng(2);
+  catalog->upsert({random_product("a", 1, rng)});
+  ModelStamp other = kModel;
+  other.version = "fedcba9876543210";
+  EXPECT_CONTAINS(test::error_of([&] { catalog->set_model(other); }), "never mixes models");
+  // A wrong-width embedding is refused and the batch stored nothing.
+  auto bad = random_product("b", 1, rng);
+  bad.images[0].embedding.resize(kDim + 1);
+  EXPECT_CONTAINS(test::error_of([&] { catalog->upsert({random_product("c", 1, rng), bad}); }),
+                  "embedding of 17 values");
+  EXPECT_FALSE(catalog->find("c").has_value());
+  EXPECT_EQ(catalog->product_count(), 1);
+}
+
+TEST(SearchCatalog, RejectsAFileThatIsNotACatalogue) {
+  const auto dir = test::temp_dir("search_notdb");
+  write_file_atomic(dir + "/c.sqlite", std::string(4096, 'x'));
+  EXPECT_CONTAINS(test::error_of([&] { open_sqlite_catalog(dir + "/c.sqlite"); }),
+                  "cannot use");
+}
+
+/// Random sequences of adds, updates (fields and images) and removals, with saves, restarts
+/// (with or without the index file saved) and an index file lost, against a model of what
+/// the catalogue must hold. Index and catalogue must agree after every step.
+void run_property_test(const std::string& kind, uint64_t seed) {
+  const auto dir = test::temp_dir("search_property_" + kind);
+  IndexOptions options;
+  options.kind = kind;
+  std::mt19937_64 rng(seed);
+  std::map<std::string, ProductUpdate> expected;
+  // IVF-PQ learns from the data: it starts flat and becomes IVF-PQ when saved with enough
+  // images.
+  {
+    auto db = SearchDb::open(dir, options);
+    db->use_model(kModel);
+    if (kind == "ivfpq") {
+      std::vector<ProductUpdate> seed_batch;
+      for (int i = 0; i < 1200; ++i) {
+        seed_batch.push_back(random_product("seed" + std::to_string(i), 1, rng));
+        expected[seed_batch.back().product.sku] = seed_batch.back();
+      }
+      db->upsert(seed_batch);
+      EXPECT_EQ(db->index()->kind(), "flat");
+      db->save();
+    }
+  }
+  auto db = SearchDb::open(dir, options);
+  ASSERT_TRUE(db->index());
+  EXPECT_EQ(db->index()->kind(), kind);
+  for (int step = 0; step < 120; ++step) {
+    const int action = static_cast<int>(rng() % 10);
+    if (action < 4 || expected.empty()) {  // add a few products
+      std::vector<ProductUpdate> batch;
+      for (int i = 0, n = 1 + static_cast<int>(rng() % 4); i < n; ++i) {
+        const std::string sku = "p" + std::to_string(rng() % 100000);
+        if (expected.count(sku)) continue;
+        batch.push_back(random_product(sku, 1 + static_cast<int>(rng() % 3), rng));
+        expected[sku] = batch.back();
+      }
+      db->upsert(batch);
+    } else if (action < 6) {  // update: new fields, one image kept, one replaced, one added
+      auto it = std::next(expected.begin(), static_cast<std::ptrdiff_t>(rng() % expected.size()));
+      ProductUpdate u = random_product(it->first, 2, rng);
+      u.images[0] = it->second.images[0];
+      u.product.images[0] = u.images[0].ref;
+      db->upsert({u});
+      it->second = u;
+    } else if (action < 8) {  // remove, sometimes with an unknown SKU beside
+      auto it = std::next(expected.begin(), static_cast<std::ptrdiff_t>(rng() % expected.size()));
+      const auto unknown = db->remove({it->first, "no-such-sku"});
+      EXPECT_EQ(unknown, std::vector<std::string>{"no-such-sku"});
+      expected.erase(it);
+    } else if (action == 8) {  // save, then restart
+      db->save();
+      db.reset();
+      db = SearchDb::open(dir, options);
+      EXPECT_FALSE(db->open_report().rebuilt) << db->open_report().why;
+    } else {  // crash: restart without saving; sometimes the index file is lost too
+      db.reset();
+      if (rng() % 3 == 0) fs::remove(dir + "/vectors.index");
+      db = SearchDb::open(dir, options);
+    }
+    ASSERT_NO_FATAL_FAILURE(expect_consistent(*db)) << "step " << step;
+    ASSERT_EQ(db->catalog().product_count(), static_cast<int64_t>(expected.size()));
+  }
+  for (const auto& [sku, u] : expected) {
+    const auto p = db->catalog().find(sku);
+    ASSERT_TRUE(p.has_value()) << sku;
+    EXPECT_EQ(p->title, u.product.title);
+    EXPECT_EQ(p->images, u.product.images);
+    EXPECT_EQ(nlohmann::json::parse(p->attributes), nlohmann::json::parse(u.product.attributes));
+  }
+  // A removed product's images never come back, whatever the query.
+  std::mt19937_64 qrng(seed + 1);
+  for (int q = 0; q < 20; ++q) {
+    const auto query = unit_vector(qrng);
+    SearchOptions so;
+    so.k = 20;
+    const auto hits = db->search(query.data(), 1, so);
+    for (const auto& hit : hits[0]) {
+      EXPECT_TRUE(expected.count(hit.product.sku)) << hit.product.sku << " was removed";
+    }
+  }
+}
+
+TEST(SearchDb, RandomAddUpdateRemoveKeepsCatalogueAndIndexConsistentFlat) {
+  run_property_test("flat", 11);
+}
+TEST(SearchDb, RandomAddUpdateRemoveKeepsCatalogueAndIndexConsistentHnsw) {
+  run_property_test("hnsw", 12);
+}
+TEST(SearchDb, RandomAddUpdateRemoveKeepsCatalogueAndIndexConsistentIvfPq) {
+  run_property_test("ivfpq", 13);
+}
+
+std::unique_ptr<SearchDb> filled_db(const std::string& dir, const IndexOptions& options,
+                                    int products, uint64_t seed) {
+  auto db = SearchDb::open(dir, options);
+  db->use_model(kModel);
+  std::mt19937_64 rng(seed);
+  std::vector<ProductUpdate> batch;
+  for (int i = 0; i < products; ++i) {
+    batch.push_back(random_product("p" + std::to_string(i), 1 + i % 3, rng));
+  }
+  db->upsert(batch);
+  return db;
+}
+
+TEST(SearchDb, FilteredTopKEqualsBruteForceOnTheFilteredSet) {
+  const auto dir = test::temp_dir("search_filtered");
+  IndexOptions options;
+  options.kind = "flat";
+  auto db = filled_db(dir, options, 400, 3);
+  std::mt19937_64 rng(4);
+  const std::vector<std::vector<std::string>> cases = {
+      {}, {"category=shoes"}, {"price<=20"}, {"brand=acme", "attributes.colour=red"},
+      {"category=bags|hats", "price>100"}, {"seller=seller1", "price<10"}};
+  for (const auto& texts : cases) {
+    std::vector<Filter> filters;
+    for (const auto& t : texts) filters.push_back(parse_filter(t));
+    for (const int64_t exact_below : {int64_t{0}, int64_t{1'000'000}}) {
+      // exact_below 0: filtered inside the FAISS search; large: scored from the catalogue.
+      for (int q = 0; q < 5; ++q) {
+        const auto query = unit_vector(rng);
+        SearchOptions so;
+        so.k = 10;
+        so.filters = filters;
+        so.exact_below = exact_below;
+        const auto hits = db->search(query.data(), 1, so)[0];
+        SCOPED_TRACE(testing::Message() << (texts.empty() ? "(none)" : texts[0]) << " exact_below "
+                                        << exact_below);
+        expect_same_hits(hits, brute_force(*db, query.data(), filters, 10));
+      }
+    }
+  }
+}
+
+TEST(SearchDb, ResultsAfterARestartEqualThoseBefore) {
+  for (const std::string kind : {"flat", "hnsw"}) {
+    const auto dir = test::temp_dir("search_restart_" + kind);
+    IndexOptions options;
+    options.kind = kind;
+    std::mt19937_64 rng(5);
+    std::vector<std::vector<Hit>> before;
+    std::vector<std::vector<float>> queries;
+    SearchOptions so;
+    so.k = 7;
+    so.filters = {parse_filter("category!=hats")};
+    so.exact_below = 0;
+    {
+      auto db = filled_db(dir, options, 300, 6);
+      db->remove({"p1", "p2", "p3"});
+      db->save();
+      for (int q = 0; q < 10; ++q) {
+        queries.push_back(unit_vector(rng));
+        before.push_back(db->search(queries.back().data(), 1, so)[0]);
+      }
+    }
+    auto db = SearchDb::open(dir, options);
+    EXPECT_FALSE(db->open_report().rebuilt);
+    for (size_t q = 0; q < queries.size(); ++q) {
+      const auto after = db->search(queries[q].data(), 1, so)[0];
+      ASSERT_EQ(after.size(), before[q].size());
+      for (size_t i = 0; i < after.size(); ++i) {
+        EXPECT_EQ(after[i].product.sku, before[q][i].product.sku) << kind;
+        EXPECT_EQ(after[i].score, before[q][i].score) << kind;
+      }
+    }
+  }
+}
+
+TEST(SearchDb, RemovedProductsAreGoneAtOnceAndTheirSpaceReclaimed) {
+  const auto dir = test::temp_dir("search_remove");
+  IndexOptions options;
+  options.kind = "flat";
+  auto db = filled_db(dir, options, 3000, 7);
+  db->save();
+  db->catalog().reclaim_space();  // everything in the main file, the journal emptied
+  const auto size_before = fs::file_size(dir + "/catalog.sqlite");
+  // Query with p0's own first image: it is the best match until removed.
+  const auto p0 = db->catalog().image_ids({parse_filter("sku=p0")});
+  const auto v = db->catalog().embeddings({p0.front()});
+  SearchOptions so;
+  so.k = 1;
+  EXPECT_EQ(db->search(v.data(), 1, so)[0].at(0).product.sku, "p0");
+  std::vector<std::string> skus;
+  for (int i = 0; i < 2000; ++i) skus.push_back("p" + std::to_string(i));
+  EXPECT_TRUE(db->remove(skus).empty());
+  EXPECT_NE(db->search(v.data(), 1, so)[0].at(0).product.sku, "p0");
+  EXPECT_FALSE(db->catalog().find("p0").has_value());
+  db->save();
+  const auto size_after = fs::file_size(dir + "/catalog.sqlite");
+  EXPECT_LT(size_after, size_before / 2) << "freed pages returned to the file system";
+}
+
+TEST(SearchDb, ABadIndexFileIsRebuiltFromTheCatalogue) {
+  const auto dir = test::temp_dir("search_badindex");
+  IndexOptions options;
+  options.kind = "flat";
+  filled_db(dir, options, 50, 8)->save();
+  write_file_atomic(dir + "/vectors.index", std::string("VTIX\x01\x00\x00\x00garbage", 15));
+  auto db = SearchDb::open(dir, options);
+  EXPECT_TRUE(db->open_report().rebuilt);
+  expect_consistent(*db);
+  EXPECT_EQ(db->index()->size(), db->catalog().image_count());
+}
+
+TEST(SearchDb, AnIndexFileOfAnEarlierFormatVersionStillLoads) {
+  // tests/fixtures/search/v1: written by format version 1 (regenerate only when adding a
+  // version, never overwrite: VITRINE_WRITE_SEARCH_FIXTURE=<dir> writes a new one).
+  const fs::path fixture = fs::path(VITRINE_SOURCE_DIR) / "tests/fixtures/search/v1";
+  if (const char* out = std::getenv("VITRINE_WRITE_SEARCH_FIXTURE")) {
+    IndexOptions options;
+    options.kind = "hnsw";
+    auto db = filled_db(out, options, 40, 9);
+    db->remove({"p3"});
+    db->save();
+    std::mt19937_64 rng(99);
+    nlohmann::json expected = nlohmann::json::array();
+    for (int q = 0; q < 5; ++q) {
+      const auto query = unit_vector(rng);
+      SearchOptions so;
+      so.k = 5;
+      nlohmann::json skus = nlohmann::json::array();
+      const auto hits = db->search(query.data(), 1, so);
+      for (const auto& h : hits[0]) skus.push_back(h.product.sku);
+      expected.push_back({{"query", query}, {"skus", skus}});
+    }
+    write_file_atomic(std::string(out) + "/expected.json", expected.dump() + "\n");
+    return;
+  }
+  ASSERT_TRUE(fs::exists(fixture / "vectors.index")) << fixture;
+  const auto dir = test::temp_dir("search_fixture");
+  for (const auto* name : {"catalog.sqlite", "vectors.index", "expected.json"}) {
+    fs::copy_file(fixture / name, fs::path(dir) / name);
+  }
+  auto db = SearchDb::open(dir);
+  EXPECT_FALSE(db->open_report().rebuilt) << db->open_report().why;
+  EXPECT_EQ(db->index()->kind(), "hnsw");
+  expect_consistent(*db);
+  // The queries and answers recorded when the fixture was made.
+  const auto expected = nlohmann::json::parse(read_text_file(dir + "/expected.json"));
+  for (const auto& q : expected) {
+    const auto query = q.at("query").get<std::vector<float>>();
+    SearchOptions so;
+    so.k = 5;
+    const auto hits = db->search(query.data(), 1, so)[0];
+    ASSERT_EQ(hits.size(), q.at("skus").size());
+    for (size_t i = 0; i < hits.size(); ++i) {
+      EXPECT_EQ(hits[i].product.sku, q.at("skus")[i].get<std::string>());
+    }
+  }
+}
+
+TEST(SearchDb, AnIndexFileOfANewerFormatIsRebuiltNotMisread) {
+  const auto dir = test::temp_dir("search_newer");
+  IndexOptions options;
+  options.kind = "flat";
+  filled_db(dir, options, 20, 10)->save();
+  std::string bytes = read_text_file(dir + "/vectors.index");
+  bytes[4] = static_cast<char>(kIndexFormatVersion + 1);
+  write_file_atomic(dir + "/vectors.index", bytes);
+  auto db = SearchDb::open(dir, options);
+  EXPECT_TRUE(db->open_report().rebuilt);
+  EXPECT_CONTAINS(db->open_report().why, "upgrade Vitrine");
+  expect_consistent(*db);
+}
+
+TEST(SearchIndex, HnswAndIvfPqFindTheExactNeighboursMostOfTheTime) {
+  std::mt19937_64 rng(14);
+  const int64_t n = 3000;
+  std::vector<float> x;
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < n; ++i) {
+    const auto v = unit_vector(rng);
+    x.insert(x.end(), v.begin(), v.end());
+    ids.push_back(1000 + 3 * i);
+  }
+  IndexOptions options;
+  auto flat = make_index("flat", kDim, options, nullptr, 0);
+  flat->add(x.data(), ids.data(), n);
+  for (const std::string kind : {"hnsw", "ivfpq"}) {
+    options.nprobe = 32;
+    options.pq_m = 8;
+    auto index = make_index(kind, kDim, options, x.data(), n);
+    index->add(x.data(), ids.data(), n);
+    EXPECT_EQ(index->ids(), flat->ids());
+    int64_t found = 0;
+    const int64_t nq = 50, k = 10;
+    for (int64_t q = 0; q < nq; ++q) {
+      const auto query = unit_vector(rng);
+      std::vector<float> s1(k), s2(k);
+      std::vector<int64_t> i1(k), i2(k);
+      flat->search(query.data(), 1, k, nullptr, s1.data(), i1.data());
+      index->search(query.data(), 1, k, nullptr, s2.data(), i2.data());
+      for (const auto id : i2) found += std::count(i1.begin(), i1.end(), id);
+    }
+    const double recall = static_cast<double>(found) / static_cast<double>(nq * k);
+    EXPECT_GT(recall, kind == "hnsw" ? 0.9 : 0.5) << kind;
+    // Round trip through the file format.
+    std::stringstream buffer;
+    index->write(buffer);
+    auto back = read_index(buffer, options);
+    EXPECT_EQ(back->kind(), kind);
+    EXPECT_EQ(back->ids(), index->ids());
+  }
+}
+
+TEST(RetrievalMetrics, AveragePrecisionAndRecallByHand) {
+  // Relevant at ranks 1 and 3 of 4 relevant: (1/1 + 2/3) / 4.
+  EXPECT_NEAR(average_precision_at({true, false, true, false}, 4, 10), (1.0 + 2.0 / 3) / 4, 1e-12);
+  // More relevant than k: the denominator is k.
+  EXPECT_NEAR(average_precision_at({true, true}, 100, 2), 1.0, 1e-12);
+  EXPECT_EQ(average_precision_at({false, false}, 0, 10), 0.0);
+  RetrievalEvaluator e;
+  e.add({false, true, false, false, false, false}, 1, "a");  // hit at rank 2
+  e.add({false, false, false, false, false, false, false, false, false, false}, 3, "b");
+  const auto m = e.result();
+  EXPECT_EQ(m.queries, 2);
+  EXPECT_DOUBLE_EQ(m.recall_at_1, 0.0);
+  EXPECT_DOUBLE_EQ(m.recall_at_5, 0.5);
+  EXPECT_DOUBLE_EQ(m.precision_at_10, 0.05);
+  EXPECT_DOUBLE_EQ(m.map_at_10, 0.25);  // (1/2) / 1 for a, 0 for b
+  EXPECT_DOUBLE_EQ(m.precision_at_10_by_group.at("a"), 0.1);
+}
+
+TEST(Duplicates, GroupsNearIdenticalImagesOfDifferentSkusOnly) {
+  const auto dir = test::temp_dir("search_duplicates");
+  auto db = SearchDb::open(dir);
+  db->use_model(kModel);
+  std::mt19937_64 rng(15);
+  std::vector<ProductUpdate> batch;
+  for (int i = 0; i < 200; ++i) batch.push_back(random_product("p" + std::to_string(i), 1, rng));
+  // Two listings of p0's photo by other sellers (a copy and a slightly changed one), and a
+  // product with two near-identical photos of its own (not a duplicate listing).
+  auto copy = random_product("copy-of-p0", 1, rng);
+  copy.images[0].embedding = batch[0].images[0].embedding;
+  auto edited = random_product("edited-p0", 1, rng);
+  edited.images[0].embedding = batch[0].images[0].embedding;
+  edited.images[0].embedding[0] += 0.05f;
+  auto own = random_product("own-pair", 2, rng);
+  own.images[1].embedding = own.images[0].embedding;
+  batch.push_back(copy);
+  batch.push_back(edited);
+  batch.push_back(own);
+  db->upsert(batch);
+  DuplicateOptions options;
+  options.threshold = 0.98f;
+  const auto groups = find_duplicates(*db, options);
+  ASSERT_EQ(groups.size(), 1u);
+  std::set<std::string> skus;
+  for (const auto& m : groups[0].members) skus.insert(m.product.sku);
+  EXPECT_EQ(skus, (std::set<std::string>{"p0", "copy-of-p0", "edited-p0"}));
+  EXPECT_NEAR(groups[0].max_score, 1.0f, 1e-5);
+  EXPECT_GE(groups[0].min_score, 0.98f);
+}
+
+TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
+  const auto dir = test::temp_dir("search_csv");
+  write_file_atomic(dir + "/p.csv",
+                    "sku,image,title,price,attributes,colour\n"
+                    "a,img/a.jpg,\"Shoe, red\",12.5,\"{\"\"size\"\": 42}\",red\n"
+                    "b,img/b.jpg|/abs/b2.jpg,Bag,cheap,,\n"
+                    ",img/c.jpg,No sku,1,,\n"
+                    "d,img/d.jpg,Hat,3,[1],\n"
+                    "a,img/a2.jpg,Again,1,,\n"
+                    "e,,No image,1,,\n"
+                    "f,img/f.jpg,Too,many,fields,,\n"
+                    "g,img/g.jpg|/abs/g2.jpg,Ok,,,\n");
+  const auto file = read_catalog_csv(dir + "/p.csv");
+  ASSERT_EQ(file.rows.size(), 2u);
+  EXPECT_EQ(file.rows[0].product.sku, "a");
+  EXPECT_EQ(file.rows[0].product.title, "Shoe, red");
+  EXPECT_EQ(*file.rows[0].product.price, 12.5);
+  EXPECT_EQ(nlohmann::json::parse(file.rows[0].product.attributes),
+            nlohmann::json::parse(R"({"size": 42, "colour": "red"})"));
+  EXPECT_EQ(file.rows[0].product.images.at(0), (fs::path(dir) / "img/a.jpg").string());
+  EXPECT_EQ(file.rows[1].product.images,
+            (std::vector<std::string>{(fs::path(dir) / "img/g.jpg").string(), "/abs/g2.jpg"}));
+  ASSERT_EQ(file.errors.size(), 6u);
+  EXPECT_CONTAINS(file.errors[0], "p.csv:3: price 'cheap' is not a number");
+  EXPECT_CONTAINS(file.errors[1], "p.csv:4: the sku is empty");
+  EXPECT_CONTAINS(file.errors[2], "p.csv:5: attributes must be a JSON object");
+  EXPECT_CONTAINS(file.errors[3], "p.csv:6: SKU a is already on line 2");
+  EXPECT_CONTAINS(file.errors[4], "p.csv:7: product e lists no image");
+  EXPECT_CONTAINS(file.errors[5], "p.csv:8: has 7 fields, the header has 6");
+  write_file_atomic(dir + "/q.csv", "name,file\nx,y\n");
+  EXPECT_CONTAINS(test::error_of([&] { read_catalog_csv(dir + "/q.csv"); }),
+                  "needs a 'sku' and an 'image'");
+  EXPECT_CONTAINS(test::error_of([&] { read_catalog_csv(dir + "/missing.csv"); }),
+                  "does not exist");
+}
+
+}  // namespace
+}  // namespace vitrine::search
