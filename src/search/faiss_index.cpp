@@ -77,7 +77,9 @@ std::unique_ptr<faiss::Index> read_faiss(std::istream& in) {
 class PositionalIndex : public VectorIndex {
  public:
   PositionalIndex(std::string kind, std::unique_ptr<faiss::Index> index, int ef_search)
-      : kind_(std::move(kind)), index_(std::move(index)), ef_search_(ef_search) {}
+      : kind_(std::move(kind)), index_(std::move(index)), ef_search_(ef_search) {
+    apply_ef_search();
+  }
 
   std::string kind() const override { return kind_; }
   int64_t dim() const override { return index_->d; }
@@ -175,6 +177,7 @@ class PositionalIndex : public VectorIndex {
 
   void set_search_options(const IndexOptions& options) override {
     ef_search_ = options.hnsw_ef_search;
+    apply_ef_search();
   }
   const faiss::Index& faiss() const { return *index_; }
 
@@ -205,6 +208,7 @@ class PositionalIndex : public VectorIndex {
     id_at_ = get_vector<int64_t>(in, uint64_t{1} << 36);
     removed_ = get<int64_t>(in);
     index_ = read_faiss(in);
+    apply_ef_search();
     VT_CHECK(static_cast<size_t>(index_->ntotal) == id_at_.size(),
              "the vector index file is damaged (", index_->ntotal, " vectors, ", id_at_.size(),
              " ids)");
@@ -214,6 +218,12 @@ class PositionalIndex : public VectorIndex {
   }
 
  private:
+  /// FAISS 1.7.3's HNSW search reads the beam width from the index, not from the search
+  /// parameters (it takes only their ID selector from there).
+  void apply_ef_search() {
+    if (auto* h = dynamic_cast<faiss::IndexHNSW*>(index_.get())) h->hnsw.efSearch = ef_search_;
+  }
+
   std::string kind_;
   std::unique_ptr<faiss::Index> index_;
   int ef_search_;
