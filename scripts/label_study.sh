@@ -6,7 +6,8 @@
 #       labels (models/fashion-mnist-simclr, see docs/pretraining.md), fine-tuned,
 #   (c) as a linear probe of that backbone (frozen, a new head only),
 # with the same labels, epochs and augmentation, evaluates each on the 10,000 test photos,
-# prints the table and writes one HTML report.
+# prints the table and writes one HTML report. Then it indexes the test photos as a product
+# catalogue with the fine-tuned model and shows what visual search finds (search.html).
 #
 # usage: scripts/label_study.sh [--labels-per-class N] [--epochs E] [--seed S] [--out DIR]
 #                               [--backbone DIR] [--threads T]
@@ -67,4 +68,9 @@ $vitrine compare --title "Fashion-MNIST, $labels_per_class labels per class: wha
   --run "from scratch=$out/scratch" --run "pretrained, fine-tuned=$out/pretrained" \
   --run "linear probe=$out/probe" --data fashion-mnist --threads "$threads" \
   --out "$out/report.html" | tee "$out/table.txt"
-echo "wall time: $(( $(date +%s) - start )) s; report: $out/report.html"
+echo "== visual search: the 10,000 test photos as a catalogue, 2,000 other photos as queries"
+$vitrine index --model "$out/pretrained/best" --data fashion-mnist --split test \
+  --db "$out/catalogue" --quiet --threads "$threads"
+$vitrine eval-retrieval --db "$out/catalogue" --data fashion-mnist --split val --limit 2000 \
+  --threads "$threads" --report "$out/search.html" | tee "$out/search.txt"
+echo "wall time: $(( $(date +%s) - start )) s; reports: $out/report.html, $out/search.html"

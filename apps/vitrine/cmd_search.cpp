@@ -13,8 +13,11 @@
 #include "vitrine/search/embedder.h"
 #include "vitrine/search/retrieval.h"
 #include "vitrine/search/search_db.h"
+#include "vitrine/train/evaluate.h"
+#include "vitrine/train/report.h"
 
 #include <nlohmann/json.hpp>
+#include <opencv2/imgproc.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -55,6 +58,9 @@ CLI::Option* add_data_split_options(CLI::App* cmd, data::DataOptions& d, std::st
   std::string names;
   for (const auto& s : splits) names += (names.empty() ? "" : " | ") + s;
   cmd->add_option("--split", split, "With --data: " + names)->check(CLI::IsMember(splits));
+  cmd->add_option("--val-split", d.val_split,
+                  "With --data: validation fraction carved from training (0: all of it)")
+      ->check(CLI::Range(0.0, 0.9));
   cmd->add_option("--fashion-mnist-dir", d.fashion_mnist_dir, "Where the IDX files are");
   return data;
 }
@@ -525,6 +531,39 @@ void add_duplicates_command(CLI::App& app, int& status) {
 
 // ---- eval-retrieval --------------------------------------------------------------------------
 
+/// Thumbnails of photos named by file path or by a data set's item names, as PNG base64.
+class Thumbnails {
+ public:
+  void add(const data::DataSplits& splits) {
+    for (const auto& d : {splits.train, splits.val, splits.test}) {
+      if (!d) continue;
+      for (int64_t i = 0; i < d->size(); ++i) items_[d->name(i)] = {d, i};
+    }
+  }
+  /// Empty when the photo cannot be read (the report shows the caption alone).
+  std::string png(const std::string& ref) const {
+    try {
+      cv::Mat image;
+      if (const auto it = items_.find(ref); it != items_.end()) {
+        image = it->second.first->image(it->second.second);
+      } else {
+        image = image::decode_file(ref);
+      }
+      const int side = std::max(image.cols, image.rows);
+      if (side > 128) {
+        const double f = 128.0 / side;
+        cv::resize(image, image, cv::Size(), f, f, cv::INTER_AREA);
+      }
+      return train::png_base64(image);
+    } catch (const std::exception&) {
+      return {};
+    }
+  }
+
+ private:
+  std::map<std::string, std::pair<std::shared_ptr<data::Dataset>, int64_t>> items_;
+};
+
 struct Query {
   std::string image;               ///< file path (or data-set item name)
   std::set<std::string> skus;      ///< relevant SKUs, or
@@ -555,9 +594,9 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand(
       "eval-retrieval", "Recall@1/5/10, precision@10 and mAP@10 of queries with known answers");
   struct Args {
-    std::string db, model, queries, split = "test", json_path, precision = "fp32";
+    std::string db, model, queries, split = "test", json_path, report_path, precision = "fp32";
     data::DataOptions data;
-    int64_t batch_size = 64, limit = 0;
+    int64_t batch_size = 64, limit = 0, examples = 12;
     search::IndexOptions index;
     int threads = 0;
   };
@@ -573,6 +612,10 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       {"train", "val", "test"}));
   cmd->add_option("--limit", a->limit, "Use only the first N queries (0: all)");
   cmd->add_option("--json", a->json_path, "Also write the metrics as JSON");
+  cmd->add_option("--report", a->report_path,
+                  "Also write an HTML page: metrics and example queries with their results");
+  cmd->add_option("--examples", a->examples, "Example queries in the report")
+      ->check(CLI::Range(int64_t{0}, int64_t{1000}));
   cmd->add_option("--ef-search", a->index.hnsw_ef_search, "HNSW: search beam width");
   cmd->add_option("--nprobe", a->index.nprobe, "IVF-PQ: lists visited per query");
   cmd->add_option("--precision", a->precision, "fp32 or bf16")
@@ -588,10 +631,13 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     check_same_model(*db, embedder);
     std::vector<Query> list;
     std::shared_ptr<data::Dataset> dataset;
+    Thumbnails thumbnails;
     if (!a->queries.empty()) {
       list = read_queries(a->queries);
     } else {
-      dataset = pick_split(data::open_data(a->data), a->split);
+      const auto splits = data::open_data(a->data);
+      dataset = pick_split(splits, a->split);
+      if (!a->report_path.empty()) thumbnails.add(splits);
       for (int64_t i = 0; i < dataset->size(); ++i) {
         const auto labels = dataset->labels(i);
         list.push_back({dataset->name(i), {},
@@ -616,6 +662,12 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       return it->second;
     };
     search::RetrievalEvaluator evaluator;
+    // Example queries for the report, spread over the list.
+    std::map<size_t, std::vector<search::Hit>> examples;
+    if (!a->report_path.empty() && !list.empty()) {
+      const auto n = std::min<size_t>(static_cast<size_t>(a->examples), list.size());
+      for (size_t e = 0; e < n; ++e) examples[e * list.size() / n] = {};
+    }
     int64_t failed = 0;
     Progress progress("eval-retrieval", static_cast<int64_t>(list.size()), "query");
     for (size_t begin = 0; begin < list.size(); begin += static_cast<size_t>(a->batch_size)) {
@@ -652,6 +704,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
                                             : q.skus.count(h.product.sku) > 0);
         }
         evaluator.add(relevant, relevant_total(q), q.skus.empty() ? q.category : "(by SKU)");
+        if (const auto it = examples.find(which[j]); it != examples.end()) it->second = hits[j];
       }
       progress.advance(static_cast<int64_t>(end - begin));
     }
@@ -669,6 +722,41 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
         std::printf("%-24s %8lld %13.4f\n", g.c_str(),
                     static_cast<long long>(m.queries_by_group.at(g)), p);
       }
+    }
+    if (!a->report_path.empty()) {
+      train::RetrievalReport report;
+      report.title = "Retrieval: " + (a->queries.empty() ? a->data.source + " " + a->split
+                                                          : a->queries) +
+                     " against " + db->dir();
+      report.facts = {{"model", db->model() ? db->model()->id : ""},
+                      {"catalogue", std::to_string(db->catalog().product_count()) + " products, " +
+                                        (db->index() ? db->index()->kind() : "no") + " index"},
+                      {"queries", std::to_string(m.queries) + " (" + std::to_string(failed) +
+                                      " could not be read)"}};
+      report.metrics = {{"Recall@1", m.recall_at_1},   {"Recall@5", m.recall_at_5},
+                        {"Recall@10", m.recall_at_10}, {"precision@10", m.precision_at_10},
+                        {"mAP@10", m.map_at_10}};
+      for (const auto& [g, p] : m.precision_at_10_by_group) {
+        report.groups.emplace_back(g, m.queries_by_group.at(g), p);
+      }
+      for (const auto& [i, hits] : examples) {
+        const Query& q = list[i];
+        train::RetrievalExample ex;
+        ex.query.caption = q.skus.empty() ? q.category : *q.skus.begin();
+        ex.query.image_png_base64 = thumbnails.png(q.image);
+        for (size_t r = 0; r < hits.size() && r < 8; ++r) {
+          const auto& h = hits[r];
+          ex.results.push_back({thumbnails.png(h.image),
+                                h.product.sku + (h.product.category.empty() ? "" : " · " +
+                                                 h.product.category),
+                                h.score,
+                                q.skus.empty() ? h.product.category == q.category
+                                               : q.skus.count(h.product.sku) > 0});
+        }
+        report.examples.push_back(std::move(ex));
+      }
+      train::write_retrieval_report(a->report_path, report);
+      spdlog::info("report: {}", a->report_path);
     }
     if (!a->json_path.empty()) {
       nlohmann::json j{{"queries", m.queries},         {"failed", failed},

@@ -44,12 +44,8 @@ struct Embedder::Impl {
   }
 };
 
-Embedder::Embedder(const std::string& model_dir, const EmbedderOptions& options) {
-  auto model = models::load_model(model_dir);
-  const auto& config = model->config();
-  impl_ = std::make_unique<Impl>(
-      Impl{models::Predictor(model, models::parse_precision(options.precision)), options, {}});
-  for (int64_t i = 0; i < config.num_classes; ++i) impl_->labels.push_back(config.label(i));
+ModelStamp read_model_stamp(const std::string& model_dir) {
+  const auto config = models::load_model_config(model_dir);
   const auto weights = std::filesystem::path(model_dir) / "model.safetensors";
   const auto& p = config.preprocess;
   std::string contract = sha256_file(weights.string()) + " " + std::to_string(p.resize) + " " +
@@ -57,11 +53,20 @@ Embedder::Embedder(const std::string& model_dir, const EmbedderOptions& options)
                          image::interpolation_name(p.interpolation) + (p.squash ? " squash" : "");
   for (const float v : p.mean) contract += " " + std::to_string(v);
   for (const float v : p.std) contract += " " + std::to_string(v);
-  const std::string name =
-      std::filesystem::path(model_dir).lexically_normal().filename().string();
-  stamp_.id = config.arch + "/" + (name.empty() ? std::string("model") : name);
-  stamp_.version = sha256_hex(contract);
-  stamp_.dim = config.embedding_dim();
+  auto dir = std::filesystem::path(model_dir).lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();  // "runs/best/"
+  const std::string name = dir.filename().string();
+  return {config.arch + "/" + (name.empty() ? std::string("model") : name), sha256_hex(contract),
+          config.embedding_dim()};
+}
+
+Embedder::Embedder(const std::string& model_dir, const EmbedderOptions& options) {
+  auto model = models::load_model(model_dir);
+  const auto& config = model->config();
+  impl_ = std::make_unique<Impl>(
+      Impl{models::Predictor(model, models::parse_precision(options.precision)), options, {}});
+  for (int64_t i = 0; i < config.num_classes; ++i) impl_->labels.push_back(config.label(i));
+  stamp_ = read_model_stamp(model_dir);
 }
 
 Embedder::~Embedder() = default;

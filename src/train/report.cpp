@@ -595,6 +595,15 @@ td.name { max-width: 320px; overflow: hidden; text-overflow: ellipsis; }
 .samples img { width: 96px; height: 96px; object-fit: contain; }
 .samples img.px { image-rendering: pixelated; }
 .samples .truth { color: #666; }
+.retrieval .row { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start;
+  margin-bottom: 12px; padding-bottom: 12px; border-bottom: 1px solid #e3e5e8; }
+.retrieval figure { margin: 0; width: 104px; border: 2px solid #ccc; border-radius: 6px;
+  padding: 4px; text-align: center; font-size: 12px; background: #fff; }
+.retrieval .query { border-color: #4a6fa5; background: #eef3fb; margin-right: 10px; }
+.retrieval .ok { border-color: #7fbf7f; }
+.retrieval .bad { border-color: #e07b7b; background: #fff6f6; }
+.retrieval img { width: 96px; height: 96px; object-fit: contain; }
+.retrieval img.px { image-rendering: pixelated; }
 .samples .wrong { color: #b03030; }
 .muted { color: #777; }
 footer { color: #999; font-size: 12px; text-align: center; margin: 8px 0 24px; }
@@ -915,6 +924,57 @@ void write_comparison_report(const std::string& path, const std::string& title,
     html += "</div>\n</section>\n";
   }
   html += "<footer>vitrine comparison report</footer>\n</main>\n</body>\n</html>\n";
+  write_file_atomic(path, html);
+}
+
+void write_retrieval_report(const std::string& path, const RetrievalReport& report) {
+  auto figure = [](const RetrievalShown& shown, const std::string& css, const std::string& line) {
+    std::string out = "<figure class=\"" + css + "\">";
+    if (!shown.image_png_base64.empty()) {
+      const uint32_t w = png_width(shown.image_png_base64);
+      out += std::string("<img") + (w > 0 && w <= 64 ? " class=\"px\"" : "") + " alt=\"" +
+             esc(shown.caption) + "\" src=\"data:image/png;base64," + shown.image_png_base64 +
+             "\">";
+    }
+    return out + "<figcaption><div>" + esc(shown.caption) + "</div>" + line +
+           "</figcaption></figure>";
+  };
+  std::string html = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+                     "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+                     "<title>" + esc(report.title) + "</title>\n<style>" + kCss +
+                     "</style>\n</head>\n<body>\n<main>\n<h1>" + esc(report.title) + "</h1>\n";
+  html += "<section id=\"summary\">\n<h2>Retrieval</h2>\n<table class=\"facts\">\n";
+  for (const auto& [key, value] : report.facts) {
+    html += "<tr><th>" + esc(key) + "</th><td>" + esc(value) + "</td></tr>\n";
+  }
+  for (const auto& [key, value] : report.metrics) {
+    html += "<tr><th>" + esc(key) + "</th><td>" + num(value, 4) + "</td></tr>\n";
+  }
+  html += "</table>\n";
+  if (!report.groups.empty()) {
+    html += "<h3>Precision@10 by category</h3>\n<table class=\"comparison\">\n<thead><tr>"
+            "<th>category</th><th>queries</th><th>precision@10</th></tr></thead>\n<tbody>\n";
+    for (const auto& [name, queries, precision] : report.groups) {
+      html += "<tr><td>" + esc(name) + "</td><td>" + std::to_string(queries) + "</td><td>" +
+              num(precision, 4) + "</td></tr>\n";
+    }
+    html += "</tbody></table>\n";
+  }
+  html += "</section>\n";
+  if (!report.examples.empty()) {
+    html += "<section id=\"examples\" class=\"retrieval\">\n<h2>Example queries</h2>\n"
+            "<p class=\"muted\">Each row: the query photo, then the most similar products, best "
+            "first; green frames match the query, red ones do not.</p>\n";
+    for (const auto& ex : report.examples) {
+      html += "<div class=\"row\">" + figure(ex.query, "query", "<div>query</div>");
+      for (const auto& r : ex.results) {
+        html += figure(r, r.relevant ? "ok" : "bad", "<div>" + fixed(r.score, 3) + "</div>");
+      }
+      html += "</div>\n";
+    }
+    html += "</section>\n";
+  }
+  html += "<footer>vitrine retrieval report</footer>\n</main>\n</body>\n</html>\n";
   write_file_atomic(path, html);
 }
 

@@ -27,12 +27,11 @@ struct Product {
 
 /// The model whose embeddings a catalogue holds: one catalogue never mixes models.
 struct ModelStamp {
-  std::string id;       ///< the model's name (architecture and directory)
+  std::string id;       ///< the model's name (architecture and directory), for people
   std::string version;  ///< SHA-256 of its weights and preprocessing
   int64_t dim = 0;      ///< embedding width
-  bool operator==(const ModelStamp& o) const {
-    return id == o.id && version == o.version && dim == o.dim;
-  }
+  /// Same weights and preprocessing, wherever the directory is and whatever it is called.
+  bool operator==(const ModelStamp& o) const { return version == o.version && dim == o.dim; }
 };
 
 /// One image of a product to store.

@@ -34,6 +34,10 @@ struct EmbedderOptions {
   int64_t top_classes = 5;
 };
 
+/// The stamp of a model directory, as Embedder::stamp() gives it, without loading the weights
+/// into a model (reads config.json and hashes model.safetensors).
+ModelStamp read_model_stamp(const std::string& model_dir);
+
 class Embedder {
  public:
   explicit Embedder(const std::string& model_dir, const EmbedderOptions& options = {});

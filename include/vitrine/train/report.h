@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -60,6 +61,32 @@ struct ReportInput {
   const ClassificationMetrics* test = nullptr;  ///< optional: metrics on the held-out split
   std::vector<ReportSample> samples;            ///< optional: a grid of test images
 };
+
+/// One photo in a retrieval report: a query or a result.
+struct RetrievalShown {
+  std::string image_png_base64;  ///< a PNG, base64; empty when the photo could not be read
+  std::string caption;           ///< e.g. the SKU and category
+  double score = 0;              ///< similarity (results only)
+  bool relevant = false;         ///< results: does it match the query
+};
+
+struct RetrievalExample {
+  RetrievalShown query;
+  std::vector<RetrievalShown> results;  ///< best first
+};
+
+struct RetrievalReport {
+  std::string title;
+  std::vector<std::pair<std::string, std::string>> facts;  ///< model, catalogue, queries...
+  std::vector<std::pair<std::string, double>> metrics;     ///< e.g. ("mAP@10", 0.81)
+  /// Per group (category): name, queries, precision@10.
+  std::vector<std::tuple<std::string, int64_t, double>> groups;
+  std::vector<RetrievalExample> examples;
+};
+
+/// Writes a self-contained HTML page of retrieval quality: the metrics, precision@10 per
+/// category, and example queries with their results (relevant ones framed green).
+void write_retrieval_report(const std::string& path, const RetrievalReport& report);
 
 /// Writes `dir/report.html` (self-contained: inline SVG and CSS, images as data: URIs) and
 /// `dir/loss.svg`, `dir/accuracy.svg`, `dir/confusion.svg` (the latter when test metrics
