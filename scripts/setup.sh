@@ -10,7 +10,7 @@ packages=(
   # libraries
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev zlib1g-dev
-  libsqlite3-dev libssl-dev libfaiss-dev
+  libsqlite3-dev libssl-dev libfaiss-dev libcpp-httplib-dev
   # the embedded default data set
   dataset-fashion-mnist
   # Debian's libtorch calls the generic BLAS; without an optimised one ViT-B/16 takes

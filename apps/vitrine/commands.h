@@ -39,6 +39,8 @@ void add_pretrain_command(CLI::App& app, int& status);
 void add_compare_command(CLI::App& app, int& status);
 /// index, search, remove, duplicates, eval-retrieval.
 void add_search_commands(CLI::App& app, int& status);
+/// serve, keys.
+void add_serve_commands(CLI::App& app, int& status);
 
 /// --data and its split and subsampling flags, as train, eval and pretrain share them.
 void add_data_options(CLI::App* cmd, data::DataOptions& d);

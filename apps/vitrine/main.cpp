@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   add_pretrain_command(app, status);
   add_compare_command(app, status);
   add_search_commands(app, status);
+  add_serve_commands(app, status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

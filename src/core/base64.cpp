@@ -1,5 +1,7 @@
 #include "vitrine/core/base64.h"
 
+#include "vitrine/core/error.h"
+
 namespace vitrine {
 
 std::string base64_encode(const uint8_t* data, size_t size) {
@@ -22,6 +24,45 @@ std::string base64_encode(const uint8_t* data, size_t size) {
     out += i + 1 < size ? kAlphabet[(v >> 6) & 63] : '=';
     out += '=';
   }
+  return out;
+}
+
+std::vector<uint8_t> base64_decode(const std::string& text) {
+  size_t start = 0;
+  if (text.rfind("data:", 0) == 0) {
+    const size_t comma = text.find(',');
+    VT_CHECK(comma != std::string::npos && text.compare(comma - 7, 7, ";base64") == 0,
+             "a data: URL must be base64 (data:image/png;base64,...)");
+    start = comma + 1;
+  }
+  std::vector<uint8_t> out;
+  out.reserve((text.size() - start) / 4 * 3);
+  uint32_t acc = 0;
+  int bits = 0;
+  bool padding = false;
+  for (size_t i = start; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == ' ' || c == '\n' || c == '\r' || c == '\t') continue;
+    if (c == '=') {
+      padding = true;
+      continue;
+    }
+    int v;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9') v = c - '0' + 52;
+    else if (c == '+' || c == '-') v = 62;
+    else if (c == '/' || c == '_') v = 63;
+    else VT_FAIL("not base64: character ", i, " is '", c, "'");
+    VT_CHECK(!padding, "not base64: data after the '=' padding at character ", i);
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<uint8_t>((acc >> bits) & 0xff));
+    }
+  }
+  VT_CHECK(bits < 6, "not base64: the length is not a whole number of bytes");
   return out;
 }
 

@@ -12,4 +12,9 @@ inline std::string base64_encode(const std::vector<uint8_t>& bytes) {
   return base64_encode(bytes.data(), bytes.size());
 }
 
+/// Decodes base64 as clients send it: the standard or URL-safe alphabet, padding optional,
+/// whitespace ignored, a `data:<type>;base64,` prefix allowed. Anything else throws
+/// vitrine::Error naming the offending character's position.
+std::vector<uint8_t> base64_decode(const std::string& text);
+
 }  // namespace vitrine

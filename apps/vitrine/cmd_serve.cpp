@@ -1,0 +1,147 @@
+// `vitrine serve` and `vitrine keys`.
+#include "commands.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/threads.h"
+#include "vitrine/serve/auth.h"
+#include "vitrine/serve/http_server.h"
+#include "vitrine/serve/metrics.h"
+#include "vitrine/serve/service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+#include <fstream>
+#include <iostream>
+#include <pthread.h>
+#include <set>
+#include <thread>
+
+namespace vitrine::cli {
+namespace {
+
+void add_serve(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand("serve", "HTTP service: classify, embed, search, products");
+  struct Args {
+    serve::ServiceOptions service;
+    serve::HttpOptions http;
+    int threads = 0;
+    bool quiet = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--model", a->service.model_dir, "Model directory")->required();
+  cmd->add_option("--db", a->service.db_dir, "Search database folder (enables search, products)");
+  cmd->add_option("--host", a->http.host, "Address to listen on");
+  cmd->add_option("--port", a->http.port, "Port (0: any free one, printed at start)")
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--tls-cert", a->http.tls_cert, "PEM certificate (HTTPS with --tls-key)");
+  cmd->add_option("--tls-key", a->http.tls_key, "PEM private key");
+  cmd->add_option("--api-keys", a->http.api_keys_file,
+                  "Key file (`vitrine keys add`); without it, no authentication");
+  cmd->add_option("--rate-limit", a->http.rate_limit, "Requests per second per key (0: none)")
+      ->check(CLI::Range(0.0, 1e6));
+  cmd->add_option("--rate-burst", a->http.rate_burst, "Requests a key may make at once")
+      ->check(CLI::Range(1.0, 1e6));
+  cmd->add_option("--max-batch", a->service.max_batch, "Images per forward pass")
+      ->check(CLI::Range(int64_t{1}, int64_t{1024}));
+  cmd->add_option("--max-delay-ms", a->service.max_delay_ms,
+                  "How long a request waits for others to share its forward pass")
+      ->check(CLI::Range(int64_t{0}, int64_t{1000}));
+  cmd->add_option("--queue", a->service.queue_capacity, "Waiting images beyond which 429")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  cmd->add_option("--timeout-ms", a->service.timeout_ms, "Per request, queueing included (504)")
+      ->check(CLI::Range(int64_t{1}, int64_t{3'600'000}));
+  cmd->add_option("--max-body-mb", a->http.max_body_bytes, "Largest request body, MB (413)")
+      ->transform([](std::string v) { return std::to_string(std::stoll(v) << 20); });
+  cmd->add_option("--max-pixels", a->service.max_pixels, "Largest image, pixels (422)");
+  cmd->add_option("--precision", a->service.precision, "fp32 or bf16")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--http-threads", a->http.threads, "Connections handled at once")
+      ->check(CLI::Range(2, 4096));
+  cmd->add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  cmd->add_flag("--no-access-log", a->quiet, "Do not log each request");
+  cmd->callback([a, &status] {
+    a->http.access_log = !a->quiet;
+    // Signals go to one thread that waits for them, not to whichever thread runs.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    set_threads(a->threads);
+    auto metrics = std::make_shared<serve::Metrics>();
+    serve::Service service(a->service, metrics);
+    serve::HttpServer server(service, metrics, a->http);
+    const int port = server.bind();
+    const bool tls = !a->http.tls_cert.empty();
+    spdlog::info("listening on {}://{}:{} (model {}{}{})", tls ? "https" : "http", a->http.host,
+                 port, service.model_stamp().id, a->service.db_dir.empty() ? "" : ", catalogue ",
+                 a->service.db_dir);
+    if (a->http.api_keys_file.empty() && a->http.host != "127.0.0.1" && a->http.host != "::1" &&
+        a->http.host != "localhost") {
+      spdlog::warn("no --api-keys: anyone who reaches {}:{} can use and change this service",
+                   a->http.host, port);
+    }
+    std::atomic<bool> waiter_done{false};
+    std::thread waiter([&] {
+      for (;;) {
+        int sig = 0;
+        if (sigwait(&signals, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+          try {
+            service.reload();
+          } catch (const std::exception& e) {
+            spdlog::error("reload failed, the old model stays: {}", e.what());
+          }
+          continue;
+        }
+        // Stop accepting; requests already being handled finish, then run() returns.
+        spdlog::info("shutting down: finishing the requests in flight");
+        server.stop();
+        waiter_done = true;
+        return;
+      }
+    });
+    server.run();
+    // run() also returns when listening fails: wake the waiter so it can end.
+    if (!waiter_done) pthread_kill(waiter.native_handle(), SIGTERM);
+    waiter.join();
+    service.drain();
+    spdlog::info("stopped");
+    status = kExitOk;
+  });
+}
+
+void add_keys(CLI::App& app, int& status) {
+  auto* keys = app.add_subcommand("keys", "API keys for `vitrine serve`");
+  keys->require_subcommand(1);
+  auto* add = keys->add_subcommand("add", "Create a key: prints it once, stores only its hash");
+  auto file = std::make_shared<std::string>();
+  auto name = std::make_shared<std::string>();
+  auto scopes = std::make_shared<std::vector<std::string>>();
+  add->add_option("--file", *file, "Key file (created when missing)")->required();
+  add->add_option("--name", *name, "Who the key is for (shown in logs)")->required();
+  add->add_option("--scopes", *scopes, "read, write, admin")->required()->delimiter(',');
+  add->callback([file, name, scopes, &status] {
+    const auto key = serve::generate_key(*name, {scopes->begin(), scopes->end()});
+    std::ofstream out(*file, std::ios::app);
+    VT_CHECK(out, "cannot write the key file ", *file);
+    out << key.line << "\n";
+    out.close();
+    VT_CHECK(out, "cannot write the key file ", *file);
+    std::cout << key.key << "\n";
+    spdlog::info("key '{}' added to {}; it is shown only now", *name, *file);
+    status = kExitOk;
+  });
+}
+
+}  // namespace
+
+void add_serve_commands(CLI::App& app, int& status) {
+  add_serve(app, status);
+  add_keys(app, status);
+}
+
+}  // namespace vitrine::cli

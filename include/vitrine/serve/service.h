@@ -1,0 +1,97 @@
+// The service core behind `vitrine serve`, with no HTTP in it: the model (hot-reloadable),
+// dynamic batching of concurrent requests, the search database, limits and metrics. The HTTP
+// layer (serve/http_server.h) maps requests to these calls and ServiceError to status codes.
+#pragma once
+
+#include "vitrine/search/embedder.h"
+#include "vitrine/search/search_db.h"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace vitrine::serve {
+
+class Metrics;
+
+/// An error with the HTTP status it maps to and a stable machine-readable code.
+class ServiceError : public std::runtime_error {
+ public:
+  ServiceError(int status, std::string code, const std::string& message)
+      : std::runtime_error(message), status_(status), code_(std::move(code)) {}
+  int status() const { return status_; }
+  const std::string& code() const { return code_; }
+
+ private:
+  int status_;
+  std::string code_;
+};
+
+struct ServiceOptions {
+  std::string model_dir;
+  std::string db_dir;                 ///< empty: no search, no products
+  std::string precision = "fp32";     ///< fp32 | bf16
+  int64_t max_batch = 32;             ///< images per forward pass
+  int64_t max_delay_ms = 5;           ///< how long a request may wait for others to join it
+  int64_t queue_capacity = 256;       ///< waiting images beyond which requests get 429
+  int64_t timeout_ms = 30'000;        ///< per request, queueing included
+  int64_t max_pixels = 40'000'000;    ///< larger images: 422
+  int64_t top_classes = 5;
+};
+
+/// One image through the model: its classes and its embedding.
+struct Inference {
+  std::vector<search::ClassScore> top;  ///< best first (empty for a backbone)
+  std::vector<float> embedding;         ///< unit length
+  std::string model_version;            ///< which model answered (hot reload)
+};
+
+class Service {
+ public:
+  /// Loads the model (and opens the database); throws vitrine::Error when they cannot be used.
+  Service(ServiceOptions options, std::shared_ptr<Metrics> metrics);
+  ~Service();  ///< finishes the queued requests, then stops the batching thread
+  Service(const Service&) = delete;
+  Service& operator=(const Service&) = delete;
+
+  /// Decodes an encoded image (JPEG, PNG, WebP, BMP), queues it for the next batch and waits
+  /// for its answer. Throws ServiceError: 400 undecodable, 422 too many pixels, 429 queue
+  /// full, 503 shutting down, 504 timed out.
+  Inference infer(const std::string& encoded, int64_t top_classes);
+
+  bool has_search() const { return db_ != nullptr; }
+  /// The k best products for an embedding; throws ServiceError 404 without a database.
+  std::vector<search::Hit> search(const std::vector<float>& embedding,
+                                  const search::SearchOptions& options);
+
+  /// Loads the model again (from `model_dir`, or the configured one when empty) and swaps it
+  /// in once loaded: requests in flight finish with the old model, later ones use the new one.
+  /// A model of another embedding width than the database's is refused.
+  void reload(const std::string& model_dir = "");
+
+  bool ready() const { return ready_.load(); }
+  /// Stops accepting work (infer throws 503); queued requests are still answered.
+  void drain();
+  const ServiceOptions& options() const { return options_; }
+  search::ModelStamp model_stamp() const;
+  std::vector<std::string> labels() const;
+  int64_t queue_depth() const;
+  search::SearchDb* db() { return db_.get(); }
+  std::mutex& db_mutex() { return db_mutex_; }
+
+ private:
+  struct Batcher;
+  ServiceOptions options_;
+  std::shared_ptr<Metrics> metrics_;
+  std::unique_ptr<Batcher> batcher_;
+  std::unique_ptr<search::SearchDb> db_;
+  std::mutex db_mutex_;
+  std::atomic<bool> ready_{false};
+};
+
+}  // namespace vitrine::serve

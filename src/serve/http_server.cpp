@@ -1,0 +1,438 @@
+#include "vitrine/serve/http_server.h"
+
+#include "vitrine/core/base64.h"
+#include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
+#include "vitrine/core/hash.h"
+#include "vitrine/image/decode.h"
+#include "vitrine/search/catalog.h"
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+namespace vitrine::serve {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, const std::string& code,
+                const std::string& message) {
+  send_json(res, status, {{"error", {{"code", code}, {"message", message}}}});
+}
+
+/// The scope a route needs ("" for public ones).
+std::string scope_for(const httplib::Request& req) {
+  const std::string& p = req.path;
+  if (p == "/healthz" || p == "/readyz" || p == "/openapi.json" || p == "/") return "";
+  if (p.rfind("/v1/admin/", 0) == 0) return "admin";
+  if (p.rfind("/v1/products", 0) == 0 && req.method != "GET") return "write";
+  return "read";
+}
+
+/// The image of a request: the raw body (image/* or octet-stream), the multipart field
+/// "image", or base64 in a JSON body's "image".
+std::string image_of(const httplib::Request& req, const json* body) {
+  if (req.is_multipart_form_data()) {
+    if (!req.has_file("image")) throw ServiceError(400, "no_image", "multipart body without an \"image\" field");
+    return req.get_file_value("image").content;
+  }
+  if (body) {
+    if (!body->contains("image") || !(*body)["image"].is_string()) {
+      throw ServiceError(400, "no_image", "the JSON body needs \"image\": a base64 string");
+    }
+    try {
+      const auto bytes = base64_decode((*body)["image"].get<std::string>());
+      return std::string(bytes.begin(), bytes.end());
+    } catch (const Error& e) {
+      throw ServiceError(400, "bad_base64", e.what());
+    }
+  }
+  if (req.body.empty()) {
+    throw ServiceError(400, "no_image", "send the image as the body (Content-Type image/jpeg, "
+                                        "...), as multipart field \"image\", or as base64 JSON");
+  }
+  return req.body;
+}
+
+/// A JSON body when the request has one (Content-Type application/json).
+std::optional<json> json_body(const httplib::Request& req) {
+  if (req.get_header_value("Content-Type").rfind("application/json", 0) != 0 || req.body.empty()) {
+    return std::nullopt;
+  }
+  auto body = json::parse(req.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    throw ServiceError(400, "bad_json", "the body is not a JSON object");
+  }
+  return body;
+}
+
+/// An integer parameter from the JSON body or the query string, within [lo, hi].
+int64_t int_param(const httplib::Request& req, const json* body, const char* name, int64_t fallback,
+                  int64_t lo, int64_t hi) {
+  int64_t v = fallback;
+  if (body && body->contains(name)) {
+    if (!(*body)[name].is_number_integer()) {
+      throw ServiceError(400, "bad_parameter", std::string(name) + " must be an integer");
+    }
+    v = (*body)[name].get<int64_t>();
+  } else if (req.has_param(name)) {
+    try {
+      size_t used = 0;
+      const std::string text = req.get_param_value(name);
+      v = std::stoll(text, &used);
+      if (used != text.size()) throw std::invalid_argument(name);
+    } catch (const std::exception&) {
+      throw ServiceError(400, "bad_parameter", std::string(name) + " must be an integer");
+    }
+  }
+  if (v < lo || v > hi) {
+    throw ServiceError(400, "bad_parameter", std::string(name) + " must be in " +
+                                                 std::to_string(lo) + ".." + std::to_string(hi));
+  }
+  return v;
+}
+
+json product_json(const search::Product& p) {
+  json j{{"sku", p.sku},     {"title", p.title},   {"category", p.category}, {"brand", p.brand},
+         {"seller", p.seller}, {"price", nullptr}, {"images", p.images}};
+  if (p.price) j["price"] = *p.price;
+  j["attributes"] = json::parse(p.attributes, nullptr, false);
+  if (j["attributes"].is_discarded()) j["attributes"] = json::object();
+  return j;
+}
+
+const char* const kOpenApi = R"json({
+  "openapi": "3.0.3",
+  "info": {"title": "Vitrine", "version": "1"},
+  "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+  "security": [{"bearer": []}],
+  "paths": {
+    "/v1/classify": {"post": {"summary": "Classes of one photo (raw image body, multipart field image, or JSON {image: base64}); topk", "responses": {"200": {"description": "top classes"}}}},
+    "/v1/embed": {"post": {"summary": "The photo's embedding (unit length)", "responses": {"200": {"description": "embedding"}}}},
+    "/v1/search": {"post": {"summary": "Similar products: image, k, filters (category=shoes, price<=100)", "responses": {"200": {"description": "results"}}}},
+    "/v1/products": {"post": {"summary": "Store several products (JSON array of products with base64 images)", "responses": {"200": {"description": "stored"}}}},
+    "/v1/products/{sku}": {
+      "get": {"summary": "One product", "responses": {"200": {"description": "the product"}, "404": {"description": "unknown"}}},
+      "put": {"summary": "Store one product: title, category, price, brand, seller, attributes, images (base64)", "responses": {"200": {"description": "stored"}}},
+      "delete": {"summary": "Delete a product", "responses": {"200": {"description": "deleted"}, "404": {"description": "unknown"}}}},
+    "/v1/admin/reload": {"post": {"summary": "Reload the model (admin scope)", "responses": {"200": {"description": "reloaded"}}}},
+    "/healthz": {"get": {"security": [], "summary": "Alive", "responses": {"200": {"description": "ok"}}}},
+    "/readyz": {"get": {"security": [], "summary": "Model (and index) loaded", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}}
+  }
+})json";
+
+}  // namespace
+
+HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpOptions options)
+    : service_(service),
+      metrics_(std::move(metrics)),
+      options_(std::move(options)),
+      limiter_(options_.rate_limit, options_.rate_burst) {
+  if (!options_.api_keys_file.empty()) keys_ = KeyStore::load(options_.api_keys_file);
+  if (!options_.tls_cert.empty() || !options_.tls_key.empty()) {
+    VT_CHECK(!options_.tls_cert.empty() && !options_.tls_key.empty(),
+             "TLS needs both --tls-cert and --tls-key");
+    auto tls = std::make_unique<httplib::SSLServer>(options_.tls_cert.c_str(),
+                                                    options_.tls_key.c_str());
+    VT_CHECK(tls->is_valid(), "cannot start TLS with ", options_.tls_cert, " and ",
+             options_.tls_key, ": check that they are a PEM certificate and its private key");
+    server_ = std::move(tls);
+  } else {
+    server_ = std::make_unique<httplib::Server>();
+  }
+  const int threads = std::max(options_.threads, 2);
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  server_->set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));
+  routes();
+}
+
+HttpServer::~HttpServer() = default;
+
+int HttpServer::bind() {
+  if (options_.port == 0) {
+    port_ = server_->bind_to_any_port(options_.host);
+  } else {
+    port_ = server_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
+  }
+  VT_CHECK(port_ > 0, "cannot listen on ", options_.host, ":", options_.port,
+           " (in use, or not an address of this machine); choose another --port or --host");
+  return port_;
+}
+
+void HttpServer::run() { server_->listen_after_bind(); }
+void HttpServer::stop() { server_->stop(); }
+
+void HttpServer::routes() {
+  auto& s = *server_;
+  // Authentication, scopes and rate limits before any route runs.
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!keys_) return httplib::Server::HandlerResponse::Unhandled;
+    const std::string scope = scope_for(req);
+    if (scope.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string prefix = "Bearer ";
+    std::optional<ApiKey> key;
+    if (auth.rfind(prefix, 0) == 0) key = keys_->find(auth.substr(prefix.size()));
+    if (!key) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      send_error(res, 401, "unauthorized",
+                 auth.empty() ? "send an API key: Authorization: Bearer <key>"
+                              : "the API key is not valid");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (!key->scopes.count(scope)) {
+      send_error(res, 403, "forbidden",
+                 "the key '" + key->name + "' lacks the '" + scope + "' scope for this route");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    double retry = 0;
+    if (!limiter_.allow(key->name, &retry)) {
+      res.set_header("Retry-After", std::to_string(static_cast<int>(std::ceil(retry))));
+      send_error(res, 429, "rate_limited", "too many requests for this key; slow down");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;  // already an error body
+    if (res.status == 413) {
+      send_error(res, 413, "too_large", "the body exceeds the size this service accepts");
+    } else if (res.status == 404) {
+      send_error(res, 404, "not_found", "no such route (see /openapi.json)");
+    } else {
+      send_error(res, res.status, "http_error", "HTTP error " + std::to_string(res.status));
+    }
+  });
+  s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    if (!options_.access_log) return;
+    // No bodies, no keys: only what an operator needs to follow the traffic.
+    spdlog::info("{}", json{{"method", req.method}, {"path", req.path}, {"status", res.status},
+                            {"remote", req.remote_addr}, {"bytes_in", req.body.size()},
+                            {"bytes_out", res.body.size()}}
+                           .dump());
+  });
+
+  // Each route through one wrapper: timing, metrics, and errors as JSON.
+  using Body = std::function<void(const httplib::Request&, httplib::Response&)>;
+  auto route = [this](const std::string& name, Body body) {
+    return [this, name, body](const httplib::Request& req, httplib::Response& res) {
+      const auto t0 = Clock::now();
+      try {
+        body(req, res);
+      } catch (const ServiceError& e) {
+        if (e.status() == 429) res.set_header("Retry-After", "1");
+        send_error(res, e.status(), e.code(), e.what());
+      } catch (const Error& e) {
+        send_error(res, 400, "bad_request", e.what());
+      } catch (const std::exception& e) {
+        spdlog::error("{} failed: {}", name, e.what());
+        send_error(res, 500, "internal", "the request failed inside the service; see its log");
+      }
+      metrics_->observe_request(name, res.status,
+                                std::chrono::duration<double>(Clock::now() - t0).count());
+    };
+  };
+
+  s.Get("/healthz", route("/healthz", [](const httplib::Request&, httplib::Response& res) {
+          send_json(res, 200, {{"status", "ok"}});
+        }));
+  s.Get("/readyz", route("/readyz", [this](const httplib::Request&, httplib::Response& res) {
+          const bool ready = service_.ready();
+          send_json(res, ready ? 200 : 503,
+                    {{"ready", ready},
+                     {"model", service_.model_stamp().id},
+                     {"catalogue", service_.has_search()}});
+        }));
+  s.Get("/metrics", route("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+          metrics_->set_queue_depth(service_.queue_depth());
+          res.set_content(metrics_->render(), "text/plain; version=0.0.4");
+        }));
+  s.Get("/openapi.json", route("/openapi.json", [](const httplib::Request&, httplib::Response& res) {
+          res.set_content(kOpenApi, "application/json");
+        }));
+  s.Post("/v1/classify", route("/v1/classify", [this](const httplib::Request& req, httplib::Response& res) {
+           const auto body = json_body(req);
+           const json* b = body ? &*body : nullptr;
+           const int64_t topk = int_param(req, b, "topk", 5, 1, 1000);
+           if (service_.labels().empty()) {
+             throw ServiceError(409, "no_head", "the model has no classification head; use "
+                                                "/v1/embed or /v1/search");
+           }
+           const auto out = service_.infer(image_of(req, b), topk);
+           json top = json::array();
+           for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
+           send_json(res, 200, {{"top", top}, {"model", out.model_version.substr(0, 12)}});
+         }));
+  s.Post("/v1/embed", route("/v1/embed", [this](const httplib::Request& req, httplib::Response& res) {
+           const auto body = json_body(req);
+           const auto out = service_.infer(image_of(req, body ? &*body : nullptr), 1);
+           send_json(res, 200, {{"embedding", out.embedding},
+                                {"dim", out.embedding.size()},
+                                {"model", out.model_version.substr(0, 12)}});
+         }));
+  s.Post("/v1/search", route("/v1/search", [this](const httplib::Request& req, httplib::Response& res) {
+           const auto body = json_body(req);
+           const json* b = body ? &*body : nullptr;
+           search::SearchOptions so;
+           so.k = int_param(req, b, "k", 10, 1, 1000);
+           std::vector<std::string> filters;
+           if (b && b->contains("filters")) {
+             for (const auto& f : (*b)["filters"]) {
+               if (!f.is_string()) throw ServiceError(400, "bad_filter", "filters are strings");
+               filters.push_back(f.get<std::string>());
+             }
+           }
+           for (size_t i = 0; i < req.get_param_value_count("filter"); ++i) {
+             filters.push_back(req.get_param_value("filter", i));
+           }
+           for (const auto& f : filters) {
+             try {
+               so.filters.push_back(search::parse_filter(f));
+             } catch (const Error& e) {
+               throw ServiceError(400, "bad_filter", e.what());
+             }
+           }
+           const auto out = service_.infer(image_of(req, b), 5);
+           json results = json::array();
+           for (const auto& h : service_.search(out.embedding, so)) {
+             json r = product_json(h.product);
+             r["score"] = h.score;
+             r["image"] = h.image;
+             results.push_back(r);
+           }
+           json top = json::array();
+           for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
+           send_json(res, 200, {{"results", results}, {"top", top}});
+         }));
+  s.Get(R"(/v1/products/([^/]+))", route("/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
+          if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+          std::lock_guard<std::mutex> lock(service_.db_mutex());
+          const auto p = service_.db()->catalog().find(req.matches[1]);
+          if (!p) throw ServiceError(404, "unknown_sku", "no product " + std::string(req.matches[1]));
+          send_json(res, 200, product_json(*p));
+        }));
+  s.Delete(R"(/v1/products/([^/]+))", route("/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
+             if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+             std::lock_guard<std::mutex> lock(service_.db_mutex());
+             const std::string sku = req.matches[1];
+             if (!service_.db()->remove({sku}).empty()) {
+               throw ServiceError(404, "unknown_sku", "no product " + sku);
+             }
+             metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
+             send_json(res, 200, {{"sku", sku}, {"status", "removed"}});
+           }));
+  // Storing products: each image decoded (so bad ones are refused before anything is
+  // stored), saved again without its metadata (EXIF: GPS, camera, ...), embedded through the
+  // batcher, then the product stored in one transaction.
+  auto store = [this](const std::string& sku, const json& p) {
+    if (!p.is_object()) throw ServiceError(400, "bad_product", "a product is a JSON object");
+    search::ProductUpdate u;
+    u.product.sku = sku;
+    auto text = [&](const char* k) {
+      if (!p.contains(k) || p[k].is_null()) return std::string();
+      if (!p[k].is_string()) throw ServiceError(400, "bad_product", std::string(k) + " must be a string");
+      return p[k].get<std::string>();
+    };
+    u.product.title = text("title");
+    u.product.category = text("category");
+    u.product.brand = text("brand");
+    u.product.seller = text("seller");
+    if (p.contains("price") && !p["price"].is_null()) {
+      if (!p["price"].is_number()) throw ServiceError(400, "bad_product", "price must be a number");
+      u.product.price = p["price"].get<double>();
+    }
+    if (p.contains("attributes")) {
+      if (!p["attributes"].is_object()) {
+        throw ServiceError(400, "bad_product", "attributes must be a JSON object");
+      }
+      u.product.attributes = p["attributes"].dump();
+    }
+    if (!p.contains("images") || !p["images"].is_array() || p["images"].empty()) {
+      throw ServiceError(400, "bad_product", "images: a non-empty array of base64 images");
+    }
+    const auto dir = std::filesystem::path(service_.options().db_dir) / "images";
+    std::filesystem::create_directories(dir);
+    for (const auto& img : p["images"]) {
+      if (!img.is_string()) throw ServiceError(400, "bad_product", "images are base64 strings");
+      std::string encoded;
+      try {
+        const auto bytes = base64_decode(img.get<std::string>());
+        encoded.assign(bytes.begin(), bytes.end());
+      } catch (const Error& e) {
+        throw ServiceError(400, "bad_base64", e.what());
+      }
+      const auto out = service_.infer(encoded, 1);  // refuses bad and oversized images
+      cv::Mat rgb = image::decode(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size());
+      cv::Mat bgr;
+      cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+      std::vector<uint8_t> png;
+      cv::imencode(".png", bgr, png);
+      const std::string hash = sha256_hex(png.data(), png.size());
+      const std::string path = (dir / (hash + ".png")).string();
+      if (!std::filesystem::exists(path)) {
+        write_file_atomic(path, std::string(png.begin(), png.end()));
+      }
+      u.images.push_back({path, hash, out.embedding});
+      u.product.images.push_back(path);
+    }
+    return u;
+  };
+  s.Put(R"(/v1/products/([^/]+))", route("/v1/products/{sku}", [this, store](const httplib::Request& req, httplib::Response& res) {
+          if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+          const auto body = json_body(req);
+          if (!body) throw ServiceError(400, "bad_json", "send the product as application/json");
+          auto u = store(req.matches[1], *body);
+          std::lock_guard<std::mutex> lock(service_.db_mutex());
+          service_.db()->upsert({u});
+          service_.db()->save();
+          metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
+          send_json(res, 200, {{"sku", u.product.sku}, {"status", "stored"},
+                               {"images", u.images.size()}});
+        }));
+  s.Post("/v1/products", route("/v1/products", [this, store](const httplib::Request& req, httplib::Response& res) {
+           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+           const auto body = json::parse(req.body, nullptr, false);
+           if (!body.is_array()) {
+             throw ServiceError(400, "bad_json", "send a JSON array of products, each with a sku");
+           }
+           std::vector<search::ProductUpdate> batch;
+           for (const auto& p : body) {
+             if (!p.is_object() || !p.contains("sku") || !p["sku"].is_string()) {
+               throw ServiceError(400, "bad_product", "each product needs a \"sku\" string");
+             }
+             batch.push_back(store(p["sku"].get<std::string>(), p));
+           }
+           std::lock_guard<std::mutex> lock(service_.db_mutex());
+           service_.db()->upsert(batch);
+           service_.db()->save();
+           metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
+           send_json(res, 200, {{"stored", batch.size()}});
+         }));
+  s.Post("/v1/admin/reload", route("/v1/admin/reload", [this](const httplib::Request& req, httplib::Response& res) {
+           const auto body = json_body(req);
+           std::string dir;
+           if (body && body->contains("model")) dir = (*body)["model"].get<std::string>();
+           try {
+             service_.reload(dir);
+           } catch (const Error& e) {
+             throw ServiceError(422, "reload_failed", e.what());
+           }
+           send_json(res, 200, {{"status", "reloaded"}, {"model", service_.model_stamp().id}});
+         }));
+}
+
+}  // namespace vitrine::serve

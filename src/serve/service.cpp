@@ -1,0 +1,287 @@
+// Dynamic batching: request threads decode and preprocess their image, queue it and wait; one
+// batching thread takes up to max_batch queued images (waiting at most max_delay_ms for the
+// first one's company), runs one forward pass and hands each request its own row. The model
+// sits in a shared_ptr swapped whole on reload: a queued image keeps the model it was
+// preprocessed for, and a batch only mixes images of the same model.
+#include "vitrine/serve/service.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/image/decode.h"
+#include "vitrine/models/model_dir.h"
+#include "vitrine/models/predictor.h"
+#include "vitrine/serve/metrics.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <spdlog/spdlog.h>
+
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <thread>
+
+namespace vitrine::serve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// A loaded model and what requests need to know about it.
+struct ModelSlot {
+  models::Predictor predictor;
+  search::ModelStamp stamp;
+  std::vector<std::string> labels;
+};
+
+std::shared_ptr<const ModelSlot> load_slot(const std::string& dir, const std::string& precision) {
+  auto model = models::load_model(dir);
+  std::vector<std::string> labels;
+  for (int64_t i = 0; i < model->config().num_classes; ++i) labels.push_back(model->config().label(i));
+  auto stamp = search::read_model_stamp(dir);
+  return std::make_shared<const ModelSlot>(
+      ModelSlot{models::Predictor(model, models::parse_precision(precision)), stamp, labels});
+}
+
+struct Job {
+  std::shared_ptr<const ModelSlot> slot;
+  at::Tensor input;
+  int64_t top_classes = 5;
+  Clock::time_point deadline;
+  std::promise<Inference> done;
+  std::atomic<bool> abandoned{false};  ///< the request timed out; skip it
+};
+
+}  // namespace
+
+struct Service::Batcher {
+  Batcher(const ServiceOptions& o, std::shared_ptr<Metrics> m) : options(o), metrics(std::move(m)) {}
+
+  const ServiceOptions& options;
+  std::shared_ptr<Metrics> metrics;
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<Job>> queue;
+  bool accepting = true, stopping = false;
+  std::shared_ptr<const ModelSlot> model;  ///< guarded by mu
+  std::thread worker;
+
+  std::shared_ptr<const ModelSlot> current() const {
+    std::lock_guard<std::mutex> lock(mu);
+    return model;
+  }
+
+  void run() {
+    for (;;) {
+      std::vector<std::shared_ptr<Job>> batch;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (queue.empty()) return;  // stopping, nothing left
+        // Give others a moment to join the first one, unless the batch is full already.
+        const auto until = Clock::now() + std::chrono::milliseconds(options.max_delay_ms);
+        cv.wait_until(lock, until, [&] {
+          return stopping || static_cast<int64_t>(queue.size()) >= options.max_batch;
+        });
+        const auto slot = queue.front()->slot;
+        while (!queue.empty() && static_cast<int64_t>(batch.size()) < options.max_batch &&
+               queue.front()->slot == slot) {
+          batch.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+        metrics->set_queue_depth(static_cast<int64_t>(queue.size()));
+      }
+      run_batch(batch);
+    }
+  }
+
+  void run_batch(std::vector<std::shared_ptr<Job>>& batch) {
+    std::vector<std::shared_ptr<Job>> live;
+    for (auto& job : batch) {
+      if (!job->abandoned.load()) live.push_back(job);
+    }
+    if (live.empty()) return;
+    const auto t0 = Clock::now();
+    try {
+      std::vector<at::Tensor> inputs;
+      for (const auto& job : live) inputs.push_back(job->input);
+      const auto& slot = *live.front()->slot;
+      auto [features, scores] = slot.predictor.embeddings_and_scores(at::stack(inputs));
+      c10::InferenceMode guard;
+      features = (features / features.norm(2, 1, true).clamp_min(1e-12)).contiguous();
+      const int64_t dim = features.size(1);
+      const float* f = features.data_ptr<float>();
+      for (size_t i = 0; i < live.size(); ++i) {
+        Inference out;
+        out.embedding.assign(f + i * dim, f + (i + 1) * dim);
+        out.model_version = slot.stamp.version;
+        if (scores.defined()) {
+          const int64_t k = std::min<int64_t>(live[i]->top_classes, scores.size(1));
+          const auto [values, indices] = scores[static_cast<int64_t>(i)].topk(k);
+          for (int64_t j = 0; j < k; ++j) {
+            out.top.push_back({slot.labels.at(static_cast<size_t>(indices[j].item<int64_t>())),
+                               values[j].item<float>()});
+          }
+        }
+        live[i]->done.set_value(std::move(out));
+      }
+    } catch (...) {
+      // One failure answers the whole batch with it; the service goes on.
+      for (auto& job : live) {
+        try {
+          job->done.set_exception(std::current_exception());
+        } catch (const std::future_error&) {
+        }
+      }
+    }
+    metrics->observe_batch(static_cast<int64_t>(live.size()),
+                           std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+};
+
+Service::Service(ServiceOptions options, std::shared_ptr<Metrics> metrics)
+    : options_(std::move(options)), metrics_(std::move(metrics)) {
+  VT_CHECK(options_.max_batch >= 1, "--max-batch must be at least 1");
+  VT_CHECK(options_.queue_capacity >= 1, "--queue must be at least 1");
+  batcher_ = std::make_unique<Batcher>(options_, metrics_);
+  batcher_->model = load_slot(options_.model_dir, options_.precision);
+  if (!options_.db_dir.empty()) {
+    db_ = search::SearchDb::open(options_.db_dir);
+    const auto stored = db_->model();
+    if (stored) {
+      VT_CHECK(*stored == batcher_->model->stamp, "the database ", options_.db_dir,
+               " was indexed with model ", stored->id, ", not with ",
+               batcher_->model->stamp.id, ": serve that model, or re-index");
+    } else {
+      db_->use_model(batcher_->model->stamp);
+    }
+    metrics_->set_index_size(db_->index() ? db_->index()->size() : 0);
+  }
+  batcher_->worker = std::thread([this] { batcher_->run(); });
+  ready_ = true;
+}
+
+Service::~Service() {
+  {
+    std::lock_guard<std::mutex> lock(batcher_->mu);
+    batcher_->accepting = false;
+    batcher_->stopping = true;
+  }
+  batcher_->cv.notify_all();
+  if (batcher_->worker.joinable()) batcher_->worker.join();
+  if (db_) {
+    try {
+      db_->save();
+    } catch (const std::exception& e) {
+      spdlog::error("could not save the search index: {} (it is rebuilt from the catalogue "
+                    "at the next start)", e.what());
+    }
+  }
+}
+
+void Service::drain() {
+  {
+    std::lock_guard<std::mutex> lock(batcher_->mu);
+    batcher_->accepting = false;
+  }
+  ready_ = false;
+}
+
+search::ModelStamp Service::model_stamp() const { return batcher_->current()->stamp; }
+std::vector<std::string> Service::labels() const { return batcher_->current()->labels; }
+
+int64_t Service::queue_depth() const {
+  std::lock_guard<std::mutex> lock(batcher_->mu);
+  return static_cast<int64_t>(batcher_->queue.size());
+}
+
+Inference Service::infer(const std::string& encoded, int64_t top_classes) {
+  const auto slot = batcher_->current();
+  const auto* data = reinterpret_cast<const uint8_t*>(encoded.data());
+  image::ImageInfo info{};
+  try {
+    info = image::probe(data, encoded.size());
+  } catch (const Error& e) {
+    throw ServiceError(400, "bad_image", e.what());
+  }
+  if (info.width * info.height > options_.max_pixels) {
+    throw ServiceError(422, "too_many_pixels",
+                       "the image has " + std::to_string(info.width) + " x " +
+                           std::to_string(info.height) + " pixels, more than the " +
+                           std::to_string(options_.max_pixels) + " this service accepts; send a "
+                           "smaller one");
+  }
+  auto job = std::make_shared<Job>();
+  job->slot = slot;
+  job->top_classes = top_classes;
+  try {
+    image::DecodeOptions decode;
+    decode.max_pixels = options_.max_pixels;
+    job->input = slot->predictor.preprocess(image::decode(data, encoded.size(), decode));
+  } catch (const Error& e) {
+    throw ServiceError(400, "bad_image", e.what());
+  }
+  job->deadline = Clock::now() + std::chrono::milliseconds(options_.timeout_ms);
+  auto answer = job->done.get_future();
+  {
+    std::lock_guard<std::mutex> lock(batcher_->mu);
+    if (!batcher_->accepting) {
+      throw ServiceError(503, "shutting_down", "the service is shutting down; retry elsewhere");
+    }
+    if (static_cast<int64_t>(batcher_->queue.size()) >= options_.queue_capacity) {
+      metrics_->count_rejected();
+      throw ServiceError(429, "overloaded",
+                         "too many images are waiting (" + std::to_string(options_.queue_capacity) +
+                             "); retry after a second");
+    }
+    batcher_->queue.push_back(job);
+    metrics_->set_queue_depth(static_cast<int64_t>(batcher_->queue.size()));
+  }
+  batcher_->cv.notify_all();
+  if (answer.wait_until(job->deadline) != std::future_status::ready) {
+    job->abandoned = true;
+    throw ServiceError(504, "timeout",
+                       "no answer within " + std::to_string(options_.timeout_ms) + " ms");
+  }
+  try {
+    return answer.get();
+  } catch (const ServiceError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw ServiceError(500, "model_failed", e.what());
+  }
+}
+
+std::vector<search::Hit> Service::search(const std::vector<float>& embedding,
+                                         const search::SearchOptions& options) {
+  if (!db_) throw ServiceError(404, "no_catalogue", "this service runs without --db: no search");
+  std::lock_guard<std::mutex> lock(db_mutex_);
+  if (db_->index() && db_->index()->dim() != static_cast<int64_t>(embedding.size())) {
+    throw ServiceError(409, "model_mismatch",
+                       "the model's embeddings do not fit the catalogue's index; re-index");
+  }
+  return db_->search(embedding.data(), 1, options).front();
+}
+
+void Service::reload(const std::string& model_dir) {
+  const std::string dir = model_dir.empty() ? options_.model_dir : model_dir;
+  try {
+    auto slot = load_slot(dir, options_.precision);
+    if (db_) {
+      const auto stored = db_->model();
+      VT_CHECK(!stored || *stored == slot->stamp, "the new model ", slot->stamp.id,
+               " is not the one the catalogue was indexed with (", stored ? stored->id : "",
+               "); re-index the catalogue with it first");
+    }
+    {
+      std::lock_guard<std::mutex> lock(batcher_->mu);
+      batcher_->model = std::move(slot);
+    }
+    if (!model_dir.empty()) options_.model_dir = model_dir;
+    metrics_->count_reload(true);
+    spdlog::info("model reloaded from {}", dir);
+  } catch (...) {
+    metrics_->count_reload(false);
+    throw;
+  }
+}
+
+}  // namespace vitrine::serve

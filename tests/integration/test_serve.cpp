@@ -1,0 +1,374 @@
+// `vitrine serve` started for real on a loopback port and spoken to over HTTP.
+#include "test_util.h"
+
+#include "vitrine/core/base64.h"
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <random>
+#include <regex>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+using namespace vitrine;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+using test::q;
+
+/// A model, a small catalogue, photos and API keys shared by the tests of this file.
+struct Fixture {
+  std::string dir, read_key, write_key, admin_key;
+  std::vector<std::string> photos;  ///< PNG bytes
+};
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+const Fixture& fixture() {
+  static const Fixture f = [] {
+    Fixture f;
+    f.dir = test::temp_dir("serve");
+    std::ofstream(f.dir + "/labels.txt") << "shoes\nbags\nhats\n";
+    auto r = test::run_command(q(test::vitrine_bin()) +
+                               " init --arch resnet_custom --layers 1 1 1 1 --image-size 32 --labels " +
+                               q(f.dir + "/labels.txt") + " --seed 0 --out " + q(f.dir + "/m"));
+    EXPECT_EQ(r.status, 0) << r.err;
+    fs::create_directories(f.dir + "/img");
+    std::ofstream csv(f.dir + "/products.csv");
+    csv << "sku,image,category,price\n";
+    std::mt19937 rng(3);
+    for (int i = 0; i < 24; ++i) {
+      cv::Mat m(40, 48, CV_8UC3);
+      cv::randu(m, cv::Scalar::all(0), cv::Scalar::all(255));
+      const std::string path = f.dir + "/img/p" + std::to_string(i) + ".png";
+      cv::imwrite(path, m);
+      f.photos.push_back(file_bytes(path));
+      csv << "SKU" << i << "," << path << "," << (i % 2 ? "shoes" : "bags") << "," << i << "\n";
+    }
+    csv.close();
+    r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(f.dir + "/m") +
+                          " --catalog " + q(f.dir + "/products.csv") + " --db " + q(f.dir + "/db"));
+    EXPECT_EQ(r.status, 0) << r.err;
+    auto key = [&](const std::string& name, const std::string& scopes) {
+      const auto k = test::run_command(q(test::vitrine_bin()) + " keys add --file " +
+                                       q(f.dir + "/keys.txt") + " --name " + name + " --scopes " +
+                                       scopes);
+      EXPECT_EQ(k.status, 0) << k.err;
+      return k.out.substr(0, k.out.find('\n'));
+    };
+    f.read_key = key("reader", "read");
+    f.write_key = key("writer", "read,write");
+    f.admin_key = key("admin", "read,admin");
+    return f;
+  }();
+  return f;
+}
+
+/// A `vitrine serve` process on a free loopback port; SIGKILLed when the test ends.
+class Server {
+ public:
+  explicit Server(const std::string& flags) {
+    log_ = test::temp_dir("serve-log") + "/stderr.txt";
+    const auto& f = fixture();
+    const std::string command = q(test::vitrine_bin()) + " serve --model " + q(f.dir + "/m") +
+                                " --db " + q(f.dir + "/db") + " --port 0 --api-keys " +
+                                q(f.dir + "/keys.txt") + " " + flags + " 2> " + q(log_);
+    pid_ = fork();
+    if (pid_ == 0) {
+      setpgid(0, 0);
+      execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    // The port is in the first log line: "listening on http://127.0.0.1:PORT".
+    const std::regex listening("listening on http://127\\.0\\.0\\.1:([0-9]+)");
+    for (int i = 0; i < 600 && port_ == 0; ++i) {
+      std::smatch m;
+      const std::string text = file_bytes(log_);
+      if (std::regex_search(text, m, listening)) port_ = std::stoi(m[1]);
+      if (port_ == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_GT(port_, 0) << file_bytes(log_);
+  }
+  ~Server() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  httplib::Client client(const std::string& key = "") const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(60);
+    if (!key.empty()) c.set_bearer_token_auth(key.c_str());
+    return c;
+  }
+  /// SIGTERM, then the exit status.
+  int terminate() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    exited_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  std::string log() const { return file_bytes(log_); }
+  int port() const { return port_; }
+
+ private:
+  std::string log_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  bool exited_ = false;
+};
+
+json body_of(const httplib::Result& r) {
+  EXPECT_TRUE(r) << "no response";
+  return r ? json::parse(r->body, nullptr, false) : json();
+}
+
+}  // namespace
+
+TEST(Serve, EveryEndpointsHappyPath) {
+  const auto& f = fixture();
+  Server server("");
+  auto reader = server.client(f.read_key);
+  EXPECT_EQ(reader.Get("/healthz")->status, 200);
+  auto ready = reader.Get("/readyz");
+  EXPECT_EQ(ready->status, 200);
+  EXPECT_EQ(body_of(ready)["catalogue"], true);
+  EXPECT_EQ(body_of(reader.Get("/openapi.json"))["openapi"], "3.0.3");
+
+  // classify: raw body, multipart, JSON with base64; the same photo, the same answer.
+  auto raw = reader.Post("/v1/classify?topk=2", f.photos[0], "image/png");
+  ASSERT_EQ(raw->status, 200) << raw->body;
+  const auto top = body_of(raw)["top"];
+  ASSERT_EQ(top.size(), 2u);
+  httplib::MultipartFormDataItems items = {{"image", f.photos[0], "p0.png", "image/png"}};
+  auto multipart = reader.Post("/v1/classify?topk=2", items);
+  ASSERT_EQ(multipart->status, 200) << multipart->body;
+  EXPECT_EQ(body_of(multipart)["top"], top);
+  const std::string b64 =
+      base64_encode(reinterpret_cast<const uint8_t*>(f.photos[0].data()), f.photos[0].size());
+  auto via_json = reader.Post("/v1/classify", json{{"image", b64}, {"topk", 2}}.dump(),
+                              "application/json");
+  ASSERT_EQ(via_json->status, 200) << via_json->body;
+  EXPECT_EQ(body_of(via_json)["top"], top);
+
+  auto embed = reader.Post("/v1/embed", f.photos[3], "image/png");
+  ASSERT_EQ(embed->status, 200);
+  EXPECT_EQ(body_of(embed)["embedding"].size(), 512u);
+
+  // search with a filter inside: the photo of SKU3 finds SKU3 first.
+  auto found = reader.Post("/v1/search",
+                           json{{"image", base64_encode(reinterpret_cast<const uint8_t*>(
+                                                            f.photos[3].data()),
+                                                        f.photos[3].size())},
+                                {"k", 3},
+                                {"filters", {"category=shoes"}}}
+                               .dump(),
+                           "application/json");
+  ASSERT_EQ(found->status, 200) << found->body;
+  const auto results = body_of(found)["results"];
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[0]["sku"], "SKU3");
+  for (const auto& r : results) EXPECT_EQ(r["category"], "shoes");
+
+  // products: put (image without its EXIF), get, bulk post, delete.
+  auto writer = server.client(f.write_key);
+  auto put = writer.Put("/v1/products/NEW1",
+                        json{{"title", "New"}, {"category", "hats"}, {"price", 5},
+                             {"images", {b64}}}.dump(),
+                        "application/json");
+  ASSERT_EQ(put->status, 200) << put->body;
+  auto got = body_of(reader.Get("/v1/products/NEW1"));
+  EXPECT_EQ(got["title"], "New");
+  ASSERT_EQ(got["images"].size(), 1u);
+  EXPECT_TRUE(fs::exists(got["images"][0].get<std::string>()));
+  auto bulk = writer.Post("/v1/products",
+                          json::array({{{"sku", "NEW2"}, {"images", {b64}}},
+                                       {{"sku", "NEW3"}, {"images", {b64}}, {"price", 1}}})
+                              .dump(),
+                          "application/json");
+  ASSERT_EQ(bulk->status, 200) << bulk->body;
+  EXPECT_EQ(body_of(bulk)["stored"], 2);
+  EXPECT_EQ(writer.Delete("/v1/products/NEW2")->status, 200);
+  EXPECT_EQ(reader.Get("/v1/products/NEW2")->status, 404);
+  EXPECT_EQ(writer.Delete("/v1/products/NEW2")->status, 404);
+  writer.Delete("/v1/products/NEW1");
+  writer.Delete("/v1/products/NEW3");
+
+  auto admin = server.client(f.admin_key);
+  auto reload = admin.Post("/v1/admin/reload", "", "application/json");
+  EXPECT_EQ(reload->status, 200) << reload->body;
+
+  const std::string metrics = reader.Get("/metrics")->body;
+  EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 3"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("vitrine_model_reloads_total{outcome=\"ok\"} 1"), std::string::npos);
+  // The access log names routes and statuses, never keys or image bytes.
+  const std::string log = server.log();
+  EXPECT_NE(log.find("\"path\":\"/v1/classify\""), std::string::npos);
+  EXPECT_EQ(log.find(f.read_key), std::string::npos);
+  EXPECT_EQ(log.find(b64.substr(0, 40)), std::string::npos);
+}
+
+TEST(Serve, KeysAndScopes) {
+  const auto& f = fixture();
+  Server server("");
+  auto anonymous = server.client();
+  auto r = anonymous.Post("/v1/classify", f.photos[0], "image/png");
+  EXPECT_EQ(r->status, 401);
+  EXPECT_EQ(body_of(r)["error"]["code"], "unauthorized");
+  EXPECT_EQ(r->get_header_value("WWW-Authenticate"), "Bearer");
+  EXPECT_EQ(server.client("vt_not_a_key").Post("/v1/classify", f.photos[0], "image/png")->status,
+            401);
+  auto reader = server.client(f.read_key);
+  r = reader.Delete("/v1/products/SKU1");
+  EXPECT_EQ(r->status, 403);
+  EXPECT_EQ(body_of(r)["error"]["code"], "forbidden");
+  EXPECT_EQ(reader.Post("/v1/admin/reload", "", "application/json")->status, 403);
+  EXPECT_EQ(anonymous.Get("/healthz")->status, 200) << "health checks need no key";
+}
+
+TEST(Serve, LimitsAndBadInput) {
+  const auto& f = fixture();
+  Server server("--max-body-mb 1 --max-pixels 1000 --rate-limit 1 --rate-burst 3");
+  auto reader = server.client(f.read_key);
+  auto r = reader.Post("/v1/classify", std::string(2 << 20, 'x'), "image/png");
+  EXPECT_EQ(r->status, 413);
+  EXPECT_EQ(body_of(r)["error"]["code"], "too_large");
+  r = reader.Post("/v1/classify", f.photos[0], "image/png");  // 48 x 40 > 1000 pixels
+  EXPECT_EQ(r->status, 422);
+  EXPECT_EQ(body_of(r)["error"]["code"], "too_many_pixels");
+  r = reader.Post("/v1/classify", "not an image", "image/png");
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(body_of(r)["error"]["code"], "bad_image");
+  // Three requests (413 included: limits are checked before the body is read) used up the
+  // burst of 3 at 1 a second: the next one waits its turn.
+  r = reader.Post("/v1/classify", "not an image", "image/png");
+  EXPECT_EQ(r->status, 429);
+  EXPECT_EQ(body_of(r)["error"]["code"], "rate_limited");
+  EXPECT_FALSE(r->get_header_value("Retry-After").empty());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  r = reader.Post("/v1/search", "{\"image\": 3", "application/json");
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(body_of(r)["error"]["code"], "bad_json");
+}
+
+TEST(Serve, AFullQueueAnswers429WithRetryAfter) {
+  const auto& f = fixture();
+  Server server("--queue 1 --max-batch 64 --max-delay-ms 300");
+  std::vector<std::future<int>> answers;
+  for (int i = 0; i < 6; ++i) {
+    answers.push_back(std::async(std::launch::async, [&, i] {
+      auto c = server.client(f.read_key);
+      auto r = c.Post("/v1/classify", f.photos[static_cast<size_t>(i)], "image/png");
+      return r ? r->status : -1;
+    }));
+  }
+  int ok = 0, rejected = 0;
+  for (auto& a : answers) {
+    const int status = a.get();
+    ok += status == 200;
+    rejected += status == 429;
+  }
+  EXPECT_GE(ok, 1);
+  EXPECT_GE(rejected, 1);
+  EXPECT_EQ(ok + rejected, 6);
+}
+
+TEST(Serve, ConcurrentRequestsAreBatchedAndEachGetsItsOwnAnswer) {
+  const auto& f = fixture();
+  Server server("--max-batch 16 --max-delay-ms 200");
+  auto reader = server.client(f.read_key);
+  // Each photo alone first.
+  std::vector<json> alone;
+  for (int i = 0; i < 12; ++i) {
+    alone.push_back(body_of(reader.Post("/v1/embed", f.photos[static_cast<size_t>(i)], "image/png"))["embedding"]);
+  }
+  const std::string before = reader.Get("/metrics")->body;
+  std::vector<std::future<json>> answers;
+  for (int i = 0; i < 12; ++i) {
+    answers.push_back(std::async(std::launch::async, [&, i] {
+      auto c = server.client(f.read_key);
+      return body_of(c.Post("/v1/embed", f.photos[static_cast<size_t>(i)], "image/png"));
+    }));
+  }
+  for (int i = 0; i < 12; ++i) {
+    const auto got = answers[static_cast<size_t>(i)].get()["embedding"];
+    ASSERT_EQ(got.size(), alone[static_cast<size_t>(i)].size());
+    double diff = 0;
+    for (size_t d = 0; d < got.size(); ++d) {
+      diff = std::max(diff, std::abs(got[d].get<double>() - alone[static_cast<size_t>(i)][d].get<double>()));
+    }
+    EXPECT_LT(diff, 1e-4) << "photo " << i << " got another photo's answer";
+  }
+  // 12 + 12 images in fewer than 12 + 12 forward passes: some ran together.
+  const std::string metrics = reader.Get("/metrics")->body;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(metrics, m, std::regex("vitrine_batch_size_count ([0-9]+)")));
+  const int batches = std::stoi(m[1]);
+  EXPECT_LT(batches, 24) << metrics;
+  EXPECT_GE(batches, 13);
+  (void)before;
+}
+
+TEST(Serve, HotReloadUnderLoadLosesNoRequest) {
+  const auto& f = fixture();
+  Server server("--max-delay-ms 2");
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> load;
+  for (int t = 0; t < 4; ++t) {
+    load.emplace_back([&, t] {
+      auto c = server.client(f.read_key);
+      for (int i = 0; !stop; ++i) {
+        auto r = c.Post("/v1/classify", f.photos[static_cast<size_t>((t * 7 + i) % 24)], "image/png");
+        (r && r->status == 200 ? ok : failed)++;
+      }
+    });
+  }
+  auto admin = server.client(f.admin_key);
+  for (int i = 0; i < 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    auto r = admin.Post("/v1/admin/reload", "", "application/json");
+    EXPECT_EQ(r->status, 200) << r->body;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  stop = true;
+  for (auto& t : load) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_GT(ok.load(), 8);
+}
+
+TEST(Serve, GracefulShutdownFinishesRequestsInFlight) {
+  const auto& f = fixture();
+  Server server("--max-delay-ms 800 --max-batch 64");
+  // This request waits ~800 ms for company in the batcher when the server is told to stop.
+  auto inflight = std::async(std::launch::async, [&] {
+    auto c = server.client(f.read_key);
+    auto r = c.Post("/v1/classify", f.photos[1], "image/png");
+    return r ? r->status : -1;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(server.terminate(), 0) << server.log();
+  EXPECT_EQ(inflight.get(), 200);
+  // And nothing listens any more.
+  httplib::Client after("127.0.0.1", server.port());
+  after.set_connection_timeout(1);
+  EXPECT_FALSE(after.Get("/healthz"));
+}
