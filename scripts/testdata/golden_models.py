@@ -291,6 +291,24 @@ def _write_small_interp(d):
         {"arch": "vit_small_interp", "torch": torch.__version__, "torchvision": torchvision.__version__})
 
 
+def grad_cam(model, x, target):
+    """Grad-CAM (Selvaraju et al. 2017) of class `target` for one image x (1, C, H, W), on
+    ResNet's last stage: channels weighted by their mean gradient, ReLU, bilinear resize to
+    the input, divided by the maximum."""
+    saved = {}
+    hook = model.layer4.register_forward_hook(lambda m, i, o: saved.__setitem__("a", o))
+    with torch.enable_grad():
+        logits = model(x)
+        (g,) = torch.autograd.grad(logits[0, target], saved["a"])
+    hook.remove()
+    a = saved["a"].detach()
+    cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=x.shape[2:], mode="bilinear",
+                                          align_corners=False)
+    top = cam.max()
+    return (cam / top if top > 0 else cam)[0, 0]
+
+
 def _write_stems(d):
     for i, stem in enumerate(STEMS):
         torch.manual_seed(SEEDS["resnet18_stems"] + i)
@@ -309,9 +327,13 @@ def _write_stems(d):
         model.eval()
         x = torch.randn(BATCH, 1, STEM_IMAGE_SIZE, STEM_IMAGE_SIZE)
         features, logits = run_model(model, x)
+        target = int(logits[0].argmax())
+        cam = grad_cam(model, x[:1], target)
         sd = OrderedDict((k, v.contiguous()) for k, v in model.state_dict().items())
         safetensors_io.save_file(sd, os.path.join(d, f"{stem}.safetensors"), {"format": "pt"})
-        safetensors_io.save_file({"input": x, "features": features, "logits": logits},
+        safetensors_io.save_file({"input": x, "features": features, "logits": logits,
+                                  "gradcam": cam.contiguous(),
+                                  "gradcam_target": torch.tensor([target])},
                                  os.path.join(d, f"{stem}_ref.safetensors"),
                                  {"arch": "resnet18", "stem": stem, "torch": torch.__version__})
 

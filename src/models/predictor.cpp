@@ -4,7 +4,9 @@
 #include "vitrine/image/transform.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
 
@@ -56,6 +58,23 @@ std::pair<at::Tensor, at::Tensor> Predictor::embeddings_and_scores(const at::Ten
   // The head in fp32 from the training weights (the prepared path keeps them untouched).
   const at::Tensor l = model_->forward_head(features);
   return {features, config().task == "multi_label" ? at::sigmoid(l) : at::softmax(l, 1)};
+}
+
+at::Tensor Predictor::grad_cam(const at::Tensor& image, int64_t target) const {
+  VT_CHECK(image.dim() == 4 && image.size(0) == 1, "grad_cam takes one image (1, C, H, W)");
+  VT_CHECK(target >= 0 && target < config().num_classes, "no class ", target, " to explain");
+  // Autograd on, gradients taken with respect to the map only: nothing accumulates in the
+  // shared parameters, so concurrent requests do not disturb each other.
+  c10::AutoGradMode grad_on(true);
+  auto [map, logits] = model_->forward_with_feature_map(image.to(at::kFloat));
+  const auto grads = torch::autograd::grad({logits.select(1, target).sum()}, {map});
+  c10::InferenceMode guard;
+  const at::Tensor weights = grads[0].mean({2, 3}, /*keepdim=*/true);
+  at::Tensor cam = at::relu((weights * map.detach()).sum(1, /*keepdim=*/true));
+  cam = at::upsample_bilinear2d(cam, {image.size(2), image.size(3)}, /*align_corners=*/false);
+  const at::Tensor top = cam.max();
+  cam = top.item<float>() > 0 ? cam / top : cam;
+  return cam[0][0].contiguous();
 }
 
 std::vector<std::vector<Scored>> Predictor::above_threshold(const at::Tensor& scores) const {

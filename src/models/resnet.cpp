@@ -148,6 +148,14 @@ at::Tensor ResNetImpl::forward_features(const at::Tensor& images) {
   return at::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
 }
 
+std::pair<at::Tensor, at::Tensor> ResNetImpl::forward_with_feature_map(const at::Tensor& images) {
+  check_input(images);
+  at::Tensor x = at::relu(bn1_(conv1_(images)));
+  if (stem_pool_) x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
+  for (auto& block : blocks_) x = block(x);
+  return {x, forward_head(at::adaptive_avg_pool2d(x, {1, 1}).flatten(1))};
+}
+
 at::Tensor ResNetImpl::forward_head(const at::Tensor& features) {
   if (!fc_) return features;
   at::Tensor x = features;

@@ -49,6 +49,7 @@ class ResNetImpl : public VisionModelImpl {
 
   at::Tensor forward_features(const at::Tensor& images) override;
   at::Tensor forward_head(const at::Tensor& features) override;
+  std::pair<at::Tensor, at::Tensor> forward_with_feature_map(const at::Tensor& images) override;
   std::string head_name() const override { return "fc"; }
   std::string stem_weight_name() const override { return "conv1.weight"; }
   void reset_head(int64_t num_classes) override;

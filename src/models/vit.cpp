@@ -160,7 +160,9 @@ at::Tensor ViTImpl::block(const at::Tensor& x, const ViTBlockWeights& w, double 
 }
 
 at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool training,
-                             bool onednn) const {
+                             bool onednn,
+                             const std::function<at::Tensor(const at::Tensor&)>& before_last_block)
+    const {
   const auto& c = config_;
   VT_CHECK(images.dim() == 4 && images.size(1) == c.in_channels && images.size(2) == c.image_size &&
                images.size(3) == c.image_size,
@@ -173,6 +175,7 @@ at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool tr
   x = at::cat({w.cls.expand({x.size(0), -1, -1}), x}, 1) + w.pos;
   if (training && c.dropout > 0) x = at::dropout(x, c.dropout, true);
   for (size_t i = 0; i < w.blocks.size(); ++i) {
+    if (before_last_block && i + 1 == w.blocks.size()) x = before_last_block(x);
     x = block(x, w.blocks[i], blocks_[i]->drop_path_rate, training, onednn);
   }
   x = at::layer_norm(x, {c.vit.hidden_size}, w.ln_w, w.ln_b, c.vit.layer_norm_eps);
@@ -181,6 +184,19 @@ at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool tr
 
 at::Tensor ViTImpl::forward_features(const at::Tensor& images) {
   return features(images, trained_weights(), is_training(), /*onednn=*/false);
+}
+
+std::pair<at::Tensor, at::Tensor> ViTImpl::forward_with_feature_map(const at::Tensor& images) {
+  const int64_t grid = config_.image_size / config_.vit.patch_size;
+  at::Tensor map;
+  // Patch tokens (N, 1 + g*g, D) as a grid (N, D, g, g), put back in the sequence so that
+  // the last block computes from the grid itself (its gradient is then defined).
+  const at::Tensor f = features(
+      images, trained_weights(), is_training(), /*onednn=*/false, [&](const at::Tensor& x) {
+        map = x.narrow(1, 1, grid * grid).transpose(1, 2).reshape({x.size(0), x.size(2), grid, grid});
+        return at::cat({x.narrow(1, 0, 1), map.flatten(2).transpose(1, 2)}, 1);
+      });
+  return {map, forward_head(f)};
 }
 
 at::Tensor ViTImpl::forward_head(const at::Tensor& features) {

@@ -12,6 +12,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
+#include <functional>
 #include <vector>
 
 namespace vitrine::models {
@@ -54,6 +55,7 @@ class ViTImpl : public VisionModelImpl {
 
   at::Tensor forward_features(const at::Tensor& images) override;
   at::Tensor forward_head(const at::Tensor& features) override;
+  std::pair<at::Tensor, at::Tensor> forward_with_feature_map(const at::Tensor& images) override;
   std::string head_name() const override { return "heads.head"; }
   std::string stem_weight_name() const override { return "conv_proj.weight"; }
   void reset_head(int64_t num_classes) override;
@@ -68,8 +70,11 @@ class ViTImpl : public VisionModelImpl {
   };
   Weights trained_weights() const;
   /// `onednn` routes the fp32 matrix products to oneDNN (inference only: no autograd).
-  at::Tensor features(const at::Tensor& images, const Weights& w, bool training,
-                      bool onednn) const;
+  /// `before_last_block`, when given, maps the tokens entering the last block (Grad-CAM
+  /// takes them there).
+  at::Tensor features(const at::Tensor& images, const Weights& w, bool training, bool onednn,
+                      const std::function<at::Tensor(const at::Tensor&)>& before_last_block =
+                          {}) const;
   at::Tensor block(const at::Tensor& x, const ViTBlockWeights& w, double drop_path,
                    bool training, bool onednn) const;
 

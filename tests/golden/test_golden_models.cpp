@@ -197,8 +197,18 @@ TEST_P(ResNetStemGolden, MatchesTorchvisionWithTheSameStem) {
   expect_matches(model, ref);
   // The folded inference path keeps the stem's geometry too.
   model->prepare_inference(at::kFloat);
-  at::NoGradGuard no_grad;
-  EXPECT_LT(max_abs_diff(model->forward_inference(ref.input), ref.logits), kTolerance);
+  {
+    at::NoGradGuard no_grad;
+    EXPECT_LT(max_abs_diff(model->forward_inference(ref.input), ref.logits), kTolerance);
+  }
+  // Grad-CAM of the first image's top class, as computed with hooks in PyTorch.
+  const Predictor predictor(model, Precision::kFp32);
+  const int64_t target = load_tensor(ref_file, "gradcam_target").item<int64_t>();
+  const at::Tensor cam = predictor.grad_cam(ref.input.narrow(0, 0, 1), target);
+  const at::Tensor want = load_tensor(ref_file, "gradcam");
+  ASSERT_EQ(cam.sizes(), want.sizes());
+  EXPECT_LT(max_abs_diff(cam, want), 1e-4);
+  EXPECT_FLOAT_EQ(cam.max().item<float>(), 1.0f);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stems, ResNetStemGolden, ::testing::Values("small", "cifar"),

@@ -1,9 +1,12 @@
 // The contract every registered model keeps (as timm's test_models.py): finite
 // outputs of the right shapes, a gradient for every parameter, valid head and
 // first-layer names, and an inference path that agrees with the training forward.
+#include "test_util.h"
+
 #include "vitrine/core/error.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/config.h"
+#include "vitrine/models/predictor.h"
 #include "vitrine/models/registry.h"
 
 #include <ATen/ATen.h>
@@ -157,4 +160,21 @@ TEST(Models, ResNetStemSetsTheStemAndTravelsInTheConfig) {
   // Older config.json files have no stem: the ImageNet one.
   EXPECT_EQ(config_from_json(R"({"arch": "resnet18", "family": "resnet"})", "test").resnet.stem,
             "imagenet");
+}
+
+// Grad-CAM on a ViT: the map of the patch tokens entering the last block, one value per
+// pixel in [0, 1], different for different classes (ResNet's is checked against PyTorch in
+// the golden tests).
+TEST(Models, ViTGradCamIsAPerPixelMapPerClass) {
+  at::manual_seed(0);
+  auto model = vitrine::models::create_model(vitrine::test::tiny_vit_config());
+  const vitrine::models::Predictor predictor(model, vitrine::models::Precision::kFp32);
+  const at::Tensor image = at::randn({1, 3, 32, 32});
+  const at::Tensor a = predictor.grad_cam(image, 0), b = predictor.grad_cam(image, 1);
+  ASSERT_EQ(a.sizes(), (std::vector<int64_t>{32, 32}));
+  EXPECT_TRUE(a.isfinite().all().item<bool>());
+  EXPECT_GE(a.min().item<float>(), 0.0f);
+  EXPECT_FLOAT_EQ(a.max().item<float>(), 1.0f);
+  EXPECT_GT((a - b).abs().max().item<float>(), 1e-3) << "the class must matter";
+  EXPECT_THROW(predictor.grad_cam(image, 5), vitrine::Error);
 }

@@ -24,6 +24,11 @@ class VisionModelImpl : public torch::nn::Module {
   virtual at::Tensor forward_head(const at::Tensor& features) = 0;
   at::Tensor forward(const at::Tensor& images) { return forward_head(forward_features(images)); }
 
+  /// The last spatial feature map (N, C, h, w) that the logits depend on, and those logits,
+  /// for class-activation maps (Grad-CAM): ResNet's last stage output; for ViT the patch
+  /// tokens entering the last block, as a grid (the class token sees them there).
+  virtual std::pair<at::Tensor, at::Tensor> forward_with_feature_map(const at::Tensor& images) = 0;
+
   /// Checkpoint key prefix of the classification head ("fc", "heads.head").
   virtual std::string head_name() const = 0;
   /// Checkpoint key of the first layer's weight ("conv1.weight", "conv_proj.weight").

@@ -39,6 +39,10 @@ class Predictor {
   /// Embeddings (N, D) and scores (N, classes; undefined for a model without a head) from
   /// one forward pass through the backbone.
   std::pair<at::Tensor, at::Tensor> embeddings_and_scores(const at::Tensor& batch) const;
+  /// Grad-CAM (Selvaraju et al. 2017) of class `target` for one preprocessed image
+  /// (1, C, H, W): the feature map's channels weighted by their mean gradient, ReLU, scaled to
+  /// [0, 1] and resized to H x W (float, H x W). Uses the fp32 training weights.
+  at::Tensor grad_cam(const at::Tensor& image, int64_t target) const;
   /// Multi-label: the labels of each row whose score reaches the model's threshold
   /// (0.5 where it has none), best first.
   std::vector<std::vector<Scored>> above_threshold(const at::Tensor& scores) const;
