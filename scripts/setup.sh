@@ -18,7 +18,11 @@ packages=(
   libopenblas0-openmp
   # the reference implementation for golden tests and benchmark peers
   python3 python3-torch python3-torchvision python3-pil python3-numpy
+  # the browser test of the service's web page (driven by npm's playwright-core)
+  chromium nodejs
 )
+# npm comes with some Node.js builds and is a package of its own in Debian's.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -31,6 +35,12 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
     "${missing[@]}"
+fi
+
+# playwright-core for the browser test, at the version package-lock.json pins.
+if [[ ! -d tests/browser/node_modules/playwright-core ||
+      tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
 
 jobs=${VITRINE_JOBS:-$(nproc)}

@@ -334,6 +334,28 @@ class SqliteCatalog : public Catalog {
     return p;
   }
 
+  std::vector<Product> list(const std::vector<Filter>& filters, int64_t offset,
+                            int64_t limit) const override {
+    VT_CHECK(offset >= 0 && limit >= 0, "offset and limit must not be negative");
+    std::lock_guard<std::mutex> lock(mu_);
+    auto s = filtered(std::string("SELECT ") + kProductColumns + ", p.id FROM products p", filters,
+                      " ORDER BY p.id LIMIT " + std::to_string(limit) + " OFFSET " +
+                          std::to_string(offset));
+    std::vector<Product> out;
+    std::vector<int64_t> ids;
+    while (s->step()) {
+      out.push_back(read_product(*s, 0));
+      ids.push_back(s->int64(7));
+    }
+    Statement imgs(db_, "SELECT ref FROM images WHERE product_id = ? ORDER BY position");
+    for (size_t i = 0; i < out.size(); ++i) {
+      imgs.bind(1, ids[i]);
+      while (imgs.step()) out[i].images.push_back(imgs.text(0));
+      imgs.reset();
+    }
+    return out;
+  }
+
   std::vector<std::pair<std::string, std::string>> image_hashes(
       const std::string& sku) const override {
     std::lock_guard<std::mutex> lock(mu_);

@@ -17,6 +17,10 @@
 #include <cmath>
 #include <filesystem>
 
+// The web page, embedded at build time (cmake/embed.cmake).
+extern const unsigned char kWebIndex[];
+extern const std::size_t kWebIndex_size;
+
 namespace vitrine::serve {
 namespace {
 
@@ -36,7 +40,7 @@ void send_error(httplib::Response& res, int status, const std::string& code,
 /// The scope a route needs ("" for public ones).
 std::string scope_for(const httplib::Request& req) {
   const std::string& p = req.path;
-  if (p == "/healthz" || p == "/readyz" || p == "/openapi.json" || p == "/") return "";
+  if (p == "/healthz" || p == "/readyz" || p == "/openapi.json" || p == "/") return "";  // the page asks for a key itself
   if (p.rfind("/v1/admin/", 0) == 0) return "admin";
   if (p.rfind("/v1/products", 0) == 0 && req.method != "GET") return "write";
   return "read";
@@ -120,10 +124,14 @@ const char* const kOpenApi = R"json({
   "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
   "security": [{"bearer": []}],
   "paths": {
-    "/v1/classify": {"post": {"summary": "Classes of one photo (raw image body, multipart field image, or JSON {image: base64}); topk", "responses": {"200": {"description": "top classes"}}}},
+    "/": {"get": {"security": [], "summary": "The web page", "responses": {"200": {"description": "HTML"}}}},
+    "/v1/classify": {"post": {"summary": "Classes of one photo (raw image body, multipart field image, or JSON {image: base64}); topk; explain=true adds a Grad-CAM heatmap (PNG, base64) of the top class", "responses": {"200": {"description": "top classes"}}}},
     "/v1/embed": {"post": {"summary": "The photo's embedding (unit length)", "responses": {"200": {"description": "embedding"}}}},
     "/v1/search": {"post": {"summary": "Similar products: image, k, filters (category=shoes, price<=100)", "responses": {"200": {"description": "results"}}}},
-    "/v1/products": {"post": {"summary": "Store several products (JSON array of products with base64 images)", "responses": {"200": {"description": "stored"}}}},
+    "/v1/products": {
+      "get": {"summary": "List products: offset, limit, filter", "responses": {"200": {"description": "products and total"}}},
+      "post": {"summary": "Store several products (JSON array of products with base64 images)", "responses": {"200": {"description": "stored"}}}},
+    "/v1/products/{sku}/images/{i}": {"get": {"summary": "A product's i-th stored photo", "responses": {"200": {"description": "the image"}, "404": {"description": "none"}}}},
     "/v1/products/{sku}": {
       "get": {"summary": "One product", "responses": {"200": {"description": "the product"}, "404": {"description": "unknown"}}},
       "put": {"summary": "Store one product: title, category, price, brand, seller, attributes, images (base64)", "responses": {"200": {"description": "stored"}}},
@@ -272,10 +280,18 @@ void HttpServer::routes() {
              throw ServiceError(409, "no_head", "the model has no classification head; use "
                                                 "/v1/embed or /v1/search");
            }
-           const auto out = service_.infer(image_of(req, b), topk);
+           const std::string image = image_of(req, b);
+           const auto out = service_.infer(image, topk);
            json top = json::array();
            for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
-           send_json(res, 200, {{"top", top}, {"model", out.model_version.substr(0, 12)}});
+           json answer{{"top", top}, {"model", out.model_version.substr(0, 12)}};
+           const bool explain = (b && b->value("explain", false)) ||
+                                req.get_param_value("explain") == "true";
+           if (explain && !out.top.empty()) {
+             answer["heatmap"] = service_.explain(image, out.top.front().label);
+             answer["heatmap_label"] = out.top.front().label;
+           }
+           send_json(res, 200, answer);
          }));
   s.Post("/v1/embed", route("/v1/embed", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
@@ -318,6 +334,62 @@ void HttpServer::routes() {
            for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
            send_json(res, 200, {{"results", results}, {"top", top}});
          }));
+  s.Get("/", route("/", [](const httplib::Request&, httplib::Response& res) {
+          res.set_content(reinterpret_cast<const char*>(kWebIndex), kWebIndex_size,
+                          "text/html; charset=utf-8");
+        }));
+  s.Get("/v1/products", route("/v1/products", [this](const httplib::Request& req, httplib::Response& res) {
+          if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+          const int64_t offset = int_param(req, nullptr, "offset", 0, 0, int64_t{1} << 40);
+          const int64_t limit = int_param(req, nullptr, "limit", 24, 1, 1000);
+          std::vector<search::Filter> filters;
+          for (size_t i = 0; i < req.get_param_value_count("filter"); ++i) {
+            try {
+              filters.push_back(search::parse_filter(req.get_param_value("filter", i)));
+            } catch (const Error& e) {
+              throw ServiceError(400, "bad_filter", e.what());
+            }
+          }
+          std::lock_guard<std::mutex> lock(service_.db_mutex());
+          json products = json::array();
+          for (const auto& p : service_.db()->catalog().list(filters, offset, limit)) {
+            products.push_back(product_json(p));
+          }
+          send_json(res, 200, {{"products", products},
+                               {"total", service_.db()->catalog().product_count_where(filters)},
+                               {"offset", offset}});
+        }));
+  // A product's stored photo, by position: only files the catalogue names are served.
+  s.Get(R"(/v1/products/([^/]+)/images/([0-9]+))",
+        route("/v1/products/{sku}/images/{i}", [this](const httplib::Request& req, httplib::Response& res) {
+          if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+          std::optional<search::Product> p;
+          {
+            std::lock_guard<std::mutex> lock(service_.db_mutex());
+            p = service_.db()->catalog().find(req.matches[1]);
+          }
+          if (!p) throw ServiceError(404, "unknown_sku", "no product " + std::string(req.matches[1]));
+          const size_t i = std::stoul(req.matches[2]);
+          if (i >= p->images.size()) throw ServiceError(404, "no_image", "the product has no such image");
+          std::vector<uint8_t> bytes;
+          try {
+            bytes = image::read_file(p->images[i]);
+          } catch (const Error&) {
+            throw ServiceError(404, "no_image", "the image is not a file this service can read");
+          }
+          const char* type = "application/octet-stream";
+          try {
+            switch (image::probe(bytes.data(), bytes.size()).format) {
+              case image::Format::kJpeg: type = "image/jpeg"; break;
+              case image::Format::kPng: type = "image/png"; break;
+              case image::Format::kWebp: type = "image/webp"; break;
+              case image::Format::kBmp: type = "image/bmp"; break;
+              default: break;
+            }
+          } catch (const Error&) {
+          }
+          res.set_content(reinterpret_cast<const char*>(bytes.data()), bytes.size(), type);
+        }));
   s.Get(R"(/v1/products/([^/]+))", route("/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           std::lock_guard<std::mutex> lock(service_.db_mutex());

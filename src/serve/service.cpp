@@ -5,6 +5,7 @@
 // preprocessed for, and a batch only mixes images of the same model.
 #include "vitrine/serve/service.h"
 
+#include "vitrine/core/base64.h"
 #include "vitrine/core/error.h"
 #include "vitrine/image/decode.h"
 #include "vitrine/models/model_dir.h"
@@ -15,6 +16,10 @@
 #include <c10/core/InferenceMode.h>
 #include <spdlog/spdlog.h>
 
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -248,6 +253,30 @@ Inference Service::infer(const std::string& encoded, int64_t top_classes) {
   } catch (const std::exception& e) {
     throw ServiceError(500, "model_failed", e.what());
   }
+}
+
+std::string Service::explain(const std::string& encoded, const std::string& label) {
+  const auto slot = batcher_->current();
+  const auto it = std::find(slot->labels.begin(), slot->labels.end(), label);
+  if (it == slot->labels.end()) throw ServiceError(400, "bad_label", "no class '" + label + "'");
+  at::Tensor input;
+  try {
+    image::DecodeOptions decode;
+    decode.max_pixels = options_.max_pixels;
+    input = slot->predictor.preprocess(
+        image::decode(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size(), decode));
+  } catch (const Error& e) {
+    throw ServiceError(400, "bad_image", e.what());
+  }
+  const at::Tensor cam = slot->predictor.grad_cam(input.unsqueeze(0), it - slot->labels.begin());
+  cv::Mat grey(static_cast<int>(cam.size(0)), static_cast<int>(cam.size(1)), CV_32F,
+               cam.data_ptr<float>());
+  cv::Mat u8, colour;
+  grey.convertTo(u8, CV_8U, 255.0);
+  cv::applyColorMap(u8, colour, cv::COLORMAP_JET);  // BGR, as imencode wants
+  std::vector<uint8_t> png;
+  cv::imencode(".png", colour, png);
+  return base64_encode(png);
 }
 
 std::vector<search::Hit> Service::search(const std::vector<float>& embedding,

@@ -149,7 +149,9 @@ TEST(Serve, EveryEndpointsHappyPath) {
   auto ready = reader.Get("/readyz");
   EXPECT_EQ(ready->status, 200);
   EXPECT_EQ(body_of(ready)["catalogue"], true);
-  EXPECT_EQ(body_of(reader.Get("/openapi.json"))["openapi"], "3.0.3");
+  // The API description served is the one in docs/.
+  EXPECT_EQ(body_of(reader.Get("/openapi.json")),
+            json::parse(file_bytes(std::string(VITRINE_SOURCE_DIR) + "/docs/openapi.json")));
 
   // classify: raw body, multipart, JSON with base64; the same photo, the same answer.
   auto raw = reader.Post("/v1/classify?topk=2", f.photos[0], "image/png");
@@ -166,6 +168,30 @@ TEST(Serve, EveryEndpointsHappyPath) {
                               "application/json");
   ASSERT_EQ(via_json->status, 200) << via_json->body;
   EXPECT_EQ(body_of(via_json)["top"], top);
+
+  // explain: a Grad-CAM heat map of the top class, the size of the model's input crop.
+  auto explained = reader.Post("/v1/classify?explain=true", f.photos[0], "image/png");
+  ASSERT_EQ(explained->status, 200) << explained->body;
+  const auto heat = base64_decode(body_of(explained)["heatmap"].get<std::string>());
+  const cv::Mat heat_image = cv::imdecode(heat, cv::IMREAD_COLOR);
+  EXPECT_EQ(heat_image.cols, 32);
+  EXPECT_EQ(heat_image.rows, 32);
+  EXPECT_EQ(body_of(explained)["heatmap_label"], top[0]["label"]);
+
+  // The web page and what it reads: the catalogue, page by page, and product photos.
+  auto page = server.client().Get("/");
+  ASSERT_EQ(page->status, 200);
+  EXPECT_NE(page->get_header_value("Content-Type").find("text/html"), std::string::npos);
+  EXPECT_NE(page->body.find("/v1/classify"), std::string::npos);
+  auto listing = body_of(reader.Get("/v1/products?offset=2&limit=5"));
+  EXPECT_EQ(listing["total"], 24);
+  ASSERT_EQ(listing["products"].size(), 5u);
+  EXPECT_EQ(listing["products"][0]["sku"], "SKU2");
+  auto photo = reader.Get("/v1/products/SKU3/images/0");
+  ASSERT_EQ(photo->status, 200);
+  EXPECT_EQ(photo->get_header_value("Content-Type"), "image/png");
+  EXPECT_EQ(photo->body, f.photos[3]);
+  EXPECT_EQ(reader.Get("/v1/products/SKU3/images/1")->status, 404);
 
   auto embed = reader.Post("/v1/embed", f.photos[3], "image/png");
   ASSERT_EQ(embed->status, 200);
@@ -215,7 +241,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(reload->status, 200) << reload->body;
 
   const std::string metrics = reader.Get("/metrics")->body;
-  EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 3"),
+  EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 4"),
             std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("vitrine_model_reloads_total{outcome=\"ok\"} 1"), std::string::npos);

@@ -95,6 +95,10 @@ class Catalog {
   virtual void reclaim_space() = 0;
 
   virtual std::optional<Product> find(const std::string& sku) const = 0;
+  /// Products passing the filters, in the order they were first stored, `limit` from
+  /// `offset` (with their images).
+  virtual std::vector<Product> list(const std::vector<Filter>& filters, int64_t offset,
+                                    int64_t limit) const = 0;
   /// Content hash of each stored image of `sku`, by reference (empty when unknown).
   virtual std::vector<std::pair<std::string, std::string>> image_hashes(
       const std::string& sku) const = 0;

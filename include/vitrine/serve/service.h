@@ -64,6 +64,11 @@ class Service {
   /// full, 503 shutting down, 504 timed out.
   Inference infer(const std::string& encoded, int64_t top_classes);
 
+  /// A Grad-CAM heatmap of class `label` for an encoded image: a PNG (base64) of the
+  /// model's input crop, coloured blue (no evidence) to red (most). Runs outside the
+  /// batcher (it needs gradients); throws ServiceError as infer does.
+  std::string explain(const std::string& encoded, const std::string& label);
+
   bool has_search() const { return db_ != nullptr; }
   /// The k best products for an embedding; throws ServiceError 404 without a database.
   std::vector<search::Hit> search(const std::vector<float>& embedding,
