@@ -30,24 +30,49 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-/// Points around `clusters` random centres (unit length): what product embeddings look like.
-std::vector<float> clustered(int64_t n, int64_t dim, const std::vector<float>& centres,
-                             float spread, uint64_t seed) {
-  const int64_t clusters = static_cast<int64_t>(centres.size()) / dim;
+/// Product-like embeddings: points around `clusters` random centres, each cluster varying
+/// along its own `intrinsic`-dimensional subspace (what separates products of one kind) plus
+/// a little isotropic noise, normalised to unit length. Real embeddings have such a low
+/// intrinsic dimension; isotropic noise alone would make every neighbour nearly equidistant.
+struct Clusters {
+  int64_t dim, intrinsic;
+  std::vector<float> centres;  ///< clusters x dim
+  std::vector<float> bases;    ///< clusters x intrinsic x dim
+};
+
+Clusters make_clusters(int64_t clusters, int64_t dim, int64_t intrinsic, uint64_t seed) {
+  Clusters c{dim, intrinsic, std::vector<float>(static_cast<size_t>(clusters * dim)),
+             std::vector<float>(static_cast<size_t>(clusters * intrinsic * dim))};
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f / std::sqrt(static_cast<float>(dim)));
+  for (auto& v : c.centres) v = normal(rng);
+  for (auto& v : c.bases) v = normal(rng);
+  return c;
+}
+
+std::vector<float> clustered(int64_t n, const Clusters& c, float spread, float noise,
+                             uint64_t seed) {
+  const int64_t dim = c.dim, clusters = static_cast<int64_t>(c.centres.size()) / dim;
   std::vector<float> x(static_cast<size_t>(n * dim));
   // Independent streams per block so generation runs on all threads yet stays reproducible.
   const int64_t block = 4096;
 #pragma omp parallel for schedule(dynamic)
   for (int64_t b = 0; b < (n + block - 1) / block; ++b) {
     std::mt19937_64 rng(seed * 1000003 + static_cast<uint64_t>(b));
-    std::normal_distribution<float> normal(0.f, spread);
+    std::normal_distribution<float> unit(0.f, 1.f);
+    std::vector<float> z(static_cast<size_t>(c.intrinsic));
     for (int64_t i = b * block; i < std::min(n, (b + 1) * block); ++i) {
-      const float* c = centres.data() + (rng() % clusters) * dim;
+      const int64_t k = static_cast<int64_t>(rng() % static_cast<uint64_t>(clusters));
+      const float* centre = c.centres.data() + k * dim;
+      const float* basis = c.bases.data() + k * c.intrinsic * dim;
+      for (auto& v : z) v = spread * unit(rng);
       float* v = x.data() + i * dim;
       float norm = 0;
       for (int64_t d = 0; d < dim; ++d) {
-        v[d] = c[d] + normal(rng);
-        norm += v[d] * v[d];
+        float value = centre[d] + noise * unit(rng) / std::sqrt(static_cast<float>(dim));
+        for (int64_t j = 0; j < c.intrinsic; ++j) value += z[static_cast<size_t>(j)] * basis[j * dim + d];
+        v[d] = value;
+        norm += value * value;
       }
       norm = std::sqrt(norm);
       for (int64_t d = 0; d < dim; ++d) v[d] /= norm;
@@ -65,8 +90,9 @@ double percentile(std::vector<double> v, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t n = 1'000'000, dim = 384, clusters = 1000, nq = 1000, latency_queries = 300;
-  float spread = 0.06f;
+  int64_t n = 1'000'000, dim = 384, clusters = 1000, intrinsic = 16, nq = 1000,
+          latency_queries = 300;
+  float spread = 0.2f, noise = 0.1f;
   int threads = 0;
   std::string kinds_text = "flat,hnsw,ivfpq", json_path;
   std::vector<int> ef_list{16, 32, 64, 128}, nprobe_list{8, 16, 32, 64};
@@ -77,7 +103,9 @@ int main(int argc, char** argv) {
   app.add_option("--n", n, "Catalogue size")->check(CLI::PositiveNumber);
   app.add_option("--dim", dim, "Embedding width")->check(CLI::PositiveNumber);
   app.add_option("--clusters", clusters, "Clusters in the data")->check(CLI::PositiveNumber);
-  app.add_option("--spread", spread, "Per-dimension noise around a cluster centre");
+  app.add_option("--intrinsic", intrinsic, "Dimensions along which a cluster varies");
+  app.add_option("--spread", spread, "Spread along those dimensions");
+  app.add_option("--noise", noise, "Isotropic noise (norm) added to every point");
   app.add_option("--queries", nq, "Queries for recall")->check(CLI::PositiveNumber);
   app.add_option("--latency-queries", latency_queries, "Single queries timed per setting");
   app.add_option("--kinds", kinds_text, "Comma-separated: flat,hnsw,ivfpq");
@@ -96,13 +124,10 @@ int main(int argc, char** argv) {
       std::stringstream ss(kinds_text);
       for (std::string k; std::getline(ss, k, ',');) kinds.push_back(k);
     }
-    std::mt19937_64 rng(0);
-    std::normal_distribution<float> normal;
-    std::vector<float> centres(static_cast<size_t>(clusters * dim));
-    for (auto& c : centres) c = normal(rng) / std::sqrt(static_cast<float>(dim));
+    const Clusters shape = make_clusters(clusters, dim, intrinsic, 0);
     auto t0 = Clock::now();
-    const auto x = clustered(n, dim, centres, spread, 1);
-    const auto queries = clustered(nq, dim, centres, spread, 2);
+    const auto x = clustered(n, shape, spread, noise, 1);
+    const auto queries = clustered(nq, shape, spread, noise, 2);
     std::fprintf(stderr, "data: %lld x %lld in %.1f s\n", static_cast<long long>(n),
                  static_cast<long long>(dim), seconds_since(t0));
     std::vector<int64_t> ids(static_cast<size_t>(n));

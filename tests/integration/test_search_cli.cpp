@@ -121,6 +121,31 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
   EXPECT_NE(json_lines(r.out).at(0)["results"][0]["sku"], "SKU5");
 }
 
+TEST(SearchCli, RouteByCategorySearchesThePredictedCategoriesOrFallsBack) {
+  const std::string d = test::temp_dir("search-cli-route");
+  make_model(d + "/m", 0);  // its head's labels are the catalogue's categories
+  make_catalog(d, 30);
+  auto r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                             " --catalog " + q(d + "/products.csv") + " --db " + q(d + "/db"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string search = q(test::vitrine_bin()) + " search --db " + q(d + "/db") +
+                             " --k 5 --route-by-category --route-max 1 " + q(d + "/img/p7.png");
+  // Always sure enough: only the top predicted category is searched.
+  r = test::run_command(search + " --route-min-score 0");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto line = json_lines(r.out).at(0);
+  const std::string predicted = line["route"]["top"]["category"];
+  ASSERT_EQ(line["route"]["categories"], json::array({predicted}));
+  ASSERT_EQ(line["results"].size(), 5u);
+  for (const auto& hit : line["results"]) EXPECT_EQ(hit["category"], predicted);
+  // Never sure enough: the whole catalogue, with the reason given.
+  r = test::run_command(search + " --route-min-score 1");
+  line = json_lines(r.out).at(0);
+  EXPECT_TRUE(line["route"].contains("fallback"));
+  EXPECT_FALSE(line["route"].contains("categories"));
+  EXPECT_EQ(line["results"][0]["sku"], "SKU7") << "its own photo is the best match";
+}
+
 TEST(SearchCli, AnotherModelIsRefusedNotMixed) {
   const std::string d = test::temp_dir("search-cli-model");
   make_model(d + "/a", 0);
