@@ -165,6 +165,10 @@ HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpO
   const int threads = std::max(options_.threads, 2);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   server_->set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));
+  // Clients keep their connections: closing one every few requests (httplib's default is 5)
+  // makes busy clients reconnect, and reconnects race with the close under load.
+  server_->set_keep_alive_max_count(100000);
+  server_->set_keep_alive_timeout(60);
   routes();
 }
 
