@@ -12,6 +12,8 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
+#include <malloc.h>
 #include <fstream>
 #include <iostream>
 #include <pthread.h>
@@ -71,6 +73,14 @@ void add_serve(CLI::App& app, int& status) {
     sigaddset(&signals, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     set_threads(a->threads);
+#ifdef __GLIBC__
+    // Tensors of a batch are megabytes each and their sizes change from batch to batch. glibc
+    // raises its mmap threshold after each large free, so such blocks move onto the heap and
+    // fragment it: under load the service grew by 100-200 MB a minute. A fixed threshold
+    // keeps them mmapped and returned on free (measured: 538 -> 549 -> 555 MB over three
+    // minutes at 64 clients). glibc's own MALLOC_MMAP_THRESHOLD_ variable, when set, wins.
+    if (std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr) mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
     auto metrics = std::make_shared<serve::Metrics>();
     serve::Service service(a->service, metrics);
     serve::HttpServer server(service, metrics, a->http);
