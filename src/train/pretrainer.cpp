@@ -81,6 +81,20 @@ std::string PretrainEpoch::to_json() const {
   return j.dump();
 }
 
+PretrainEpoch PretrainEpoch::from_json(const std::string& text) {
+  const json r = json::parse(text);
+  PretrainEpoch e;
+  e.epoch = r.at("epoch");
+  e.lr = r.at("lr");
+  e.loss = r.at("loss");
+  e.contrast_top1 = r.at("contrast_top1");
+  e.seconds = r.at("seconds");
+  e.img_per_s = r.at("img_per_s");
+  e.skipped = r.at("skipped_images");
+  e.knn_top1 = r.value("knn_top1", -1.0);
+  return e;
+}
+
 struct Pretrainer::State {
   PretrainOptions o;
   data::DataSplits data;
@@ -271,18 +285,7 @@ void Pretrainer::State::load_state() {
   step = h.step;
   resume_progress = h.progress;
   const json j = json::parse(text);
-  for (const auto& r : j.at("history")) {
-    PretrainEpoch e;
-    e.epoch = r.at("epoch");
-    e.lr = r.at("lr");
-    e.loss = r.at("loss");
-    e.contrast_top1 = r.at("contrast_top1");
-    e.seconds = r.at("seconds");
-    e.img_per_s = r.at("img_per_s");
-    e.skipped = r.at("skipped_images");
-    e.knn_top1 = r.value("knn_top1", -1.0);
-    result.history.push_back(e);
-  }
+  for (const auto& r : j.at("history")) result.history.push_back(PretrainEpoch::from_json(r.dump()));
 }
 
 void Pretrainer::State::write_charts() const {

@@ -75,6 +75,8 @@ struct PretrainEpoch {
   double knn_top1 = -1;  ///< < 0: no monitor
   int64_t skipped = 0;
   std::string to_json() const;
+  /// Parses a to_json() line; throws (nlohmann::json's errors) on a malformed one.
+  static PretrainEpoch from_json(const std::string& text);
 };
 
 struct PretrainResult {
