@@ -11,6 +11,7 @@
 #include "vitrine/image/batch.h"
 #include "vitrine/search/catalog_csv.h"
 #include "vitrine/search/embedder.h"
+#include "vitrine/search/json.h"
 #include "vitrine/search/retrieval.h"
 #include "vitrine/search/search_db.h"
 #include "vitrine/train/evaluate.h"
@@ -63,22 +64,6 @@ CLI::Option* add_data_split_options(CLI::App* cmd, data::DataOptions& d, std::st
       ->check(CLI::Range(0.0, 0.9));
   cmd->add_option("--fashion-mnist-dir", d.fashion_mnist_dir, "Where the IDX files are");
   return data;
-}
-
-nlohmann::json product_json(const search::Product& p) {
-  nlohmann::json j{{"sku", p.sku},       {"title", p.title},   {"category", p.category},
-                   {"brand", p.brand},   {"seller", p.seller}, {"price", nullptr},
-                   {"attributes", nlohmann::json::parse(p.attributes, nullptr, false)}};
-  if (p.price) j["price"] = *p.price;
-  if (j["attributes"].is_discarded()) j["attributes"] = nlohmann::json::object();
-  return j;
-}
-
-nlohmann::json hit_json(const search::Hit& h) {
-  nlohmann::json j = product_json(h.product);
-  j["score"] = h.score;
-  j["image"] = h.image;
-  return j;
 }
 
 /// The model for search and evaluation: --model, or the one the database was indexed with.
@@ -430,7 +415,7 @@ void add_search_command(CLI::App& app, int& status) {
         }
         if (hits.empty()) hits = db->search(e.embedding.data(), 1, so).front();
         auto& results = line["results"] = nlohmann::json::array();
-        for (const auto& h : hits) results.push_back(hit_json(h));
+        for (const auto& h : hits) results.push_back(search::hit_json(h));
         std::cout << json_text(line) << "\n";
       }
       std::cout.flush();

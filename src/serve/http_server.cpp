@@ -6,6 +6,7 @@
 #include "vitrine/core/hash.h"
 #include "vitrine/image/decode.h"
 #include "vitrine/search/catalog.h"
+#include "vitrine/search/json.h"
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -109,12 +110,10 @@ int64_t int_param(const httplib::Request& req, const json* body, const char* nam
   return v;
 }
 
-json product_json(const search::Product& p) {
-  json j{{"sku", p.sku},     {"title", p.title},   {"category", p.category}, {"brand", p.brand},
-         {"seller", p.seller}, {"price", nullptr}, {"images", p.images}};
-  if (p.price) j["price"] = *p.price;
-  j["attributes"] = json::parse(p.attributes, nullptr, false);
-  if (j["attributes"].is_discarded()) j["attributes"] = json::object();
+/// A product with its stored images, as the product routes answer.
+json product_with_images(const search::Product& p) {
+  json j = search::product_json(p);
+  j["images"] = p.images;
   return j;
 }
 
@@ -329,10 +328,7 @@ void HttpServer::routes() {
            const auto out = service_.infer(image_of(req, b), 5);
            json results = json::array();
            for (const auto& h : service_.search(out.embedding, so)) {
-             json r = product_json(h.product);
-             r["score"] = h.score;
-             r["image"] = h.image;
-             results.push_back(r);
+             results.push_back(search::hit_json(h));
            }
            json top = json::array();
            for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
@@ -357,7 +353,7 @@ void HttpServer::routes() {
           std::lock_guard<std::mutex> lock(service_.db_mutex());
           json products = json::array();
           for (const auto& p : service_.db()->catalog().list(filters, offset, limit)) {
-            products.push_back(product_json(p));
+            products.push_back(product_with_images(p));
           }
           send_json(res, 200, {{"products", products},
                                {"total", service_.db()->catalog().product_count_where(filters)},
@@ -399,7 +395,7 @@ void HttpServer::routes() {
           std::lock_guard<std::mutex> lock(service_.db_mutex());
           const auto p = service_.db()->catalog().find(req.matches[1]);
           if (!p) throw ServiceError(404, "unknown_sku", "no product " + std::string(req.matches[1]));
-          send_json(res, 200, product_json(*p));
+          send_json(res, 200, product_with_images(*p));
         }));
   s.Delete(R"(/v1/products/([^/]+))", route("/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
              if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
