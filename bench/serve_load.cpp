@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
     std::mutex mu;
     std::vector<double> latencies;
     std::map<int, int64_t> statuses;
+    std::vector<std::pair<double, double>> failures;  // (seconds into the run, ms waited)
     std::vector<std::thread> clients;
     const auto t0 = Clock::now();
     for (int i = 0; i < c; ++i) {
@@ -141,8 +142,13 @@ int main(int argc, char** argv) {
         while (!stop) {
           const auto t1 = Clock::now();
           auto r = client.Post("/v1/classify", body, "image/jpeg");
-          mine.push_back(1000 * std::chrono::duration<double>(Clock::now() - t1).count());
+          const double ms = 1000 * std::chrono::duration<double>(Clock::now() - t1).count();
+          mine.push_back(ms);
           ++codes[r ? r->status : -static_cast<int>(r.error())];
+          if (!r) {
+            std::lock_guard<std::mutex> lock(mu);
+            failures.push_back({std::chrono::duration<double>(t1 - t0).count(), ms});
+          }
         }
         std::lock_guard<std::mutex> lock(mu);
         latencies.insert(latencies.end(), mine.begin(), mine.end());
@@ -171,6 +177,11 @@ int main(int argc, char** argv) {
         if (k != 200) codes += " " + (k < 0 ? "no-response(httplib error " + std::to_string(-k) + ")" : std::to_string(k)) + ":" + std::to_string(v);
       }
       std::printf("%11s errors by status:%s\n", "", codes.c_str());
+      std::sort(failures.begin(), failures.end());
+      for (const auto& [at, waited] : failures) {
+        std::printf("%11s no response: sent %.1f s into the run, failed after %.0f ms\n", "", at,
+                    waited);
+      }
     }
     std::fflush(stdout);
     results.push_back({{"concurrency", c}, {"req_per_s", rps}, {"p50_ms", percentile(latencies, 0.5)},

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <sys/socket.h>
 
 // The web page, embedded at build time (cmake/embed.cmake).
 extern const unsigned char kWebIndex[];
@@ -110,6 +111,21 @@ int64_t int_param(const httplib::Request& req, const json* body, const char* nam
   return v;
 }
 
+/// A boolean parameter from the JSON body (true/false) or the query string (true/false/1/0).
+bool bool_param(const httplib::Request& req, const json* body, const char* name) {
+  if (body && body->contains(name)) {
+    if (!(*body)[name].is_boolean()) {
+      throw ServiceError(400, "bad_parameter", std::string(name) + " must be true or false");
+    }
+    return (*body)[name].get<bool>();
+  }
+  if (!req.has_param(name)) return false;
+  const std::string v = req.get_param_value(name);
+  if (v == "true" || v == "1") return true;
+  if (v == "false" || v == "0") return false;
+  throw ServiceError(400, "bad_parameter", std::string(name) + " must be true or false");
+}
+
 /// A product with its stored images, as the product routes answer.
 json product_with_images(const search::Product& p) {
   json j = search::product_json(p);
@@ -168,6 +184,14 @@ HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpO
   // makes busy clients reconnect, and reconnects race with the close under load.
   server_->set_keep_alive_max_count(100000);
   server_->set_keep_alive_timeout(60);
+  // httplib's default sets SO_REUSEPORT, with which a second server binds the same port
+  // silently and takes half its connections; SO_REUSEADDR alone still allows a restart while
+  // old connections linger. The socket is remembered to widen its listen backlog (below).
+  server_->set_socket_options([this](int sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd_ = sock;
+  });
   routes();
 }
 
@@ -181,6 +205,18 @@ int HttpServer::bind() {
   }
   VT_CHECK(port_ > 0, "cannot listen on ", options_.host, ":", options_.port,
            " (in use, or not an address of this machine); choose another --port or --host");
+  // The packaged httplib listens with a backlog of 5: a crowd of clients connecting at once
+  // (a pool opening, a load balancer's health checks) overflows it and their handshakes are
+  // dropped. Listening again on a listening socket only changes its backlog.
+  int listening = 0;
+  socklen_t size = sizeof(listening);
+  if (listen_fd_ >= 0 &&
+      getsockopt(listen_fd_, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) == 0 && listening) {
+    if (::listen(listen_fd_, SOMAXCONN) != 0) {
+      spdlog::warn("could not widen the listen backlog; many clients connecting at once may "
+                   "wait or fail");
+    }
+  }
   return port_;
 }
 
@@ -279,6 +315,7 @@ void HttpServer::routes() {
            const auto body = json_body(req);
            const json* b = body ? &*body : nullptr;
            const int64_t topk = int_param(req, b, "topk", 5, 1, 1000);
+           const bool explain = bool_param(req, b, "explain");
            if (service_.labels().empty()) {
              throw ServiceError(409, "no_head", "the model has no classification head; use "
                                                 "/v1/embed or /v1/search");
@@ -288,8 +325,6 @@ void HttpServer::routes() {
            json top = json::array();
            for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
            json answer{{"top", top}, {"model", out.model_version.substr(0, 12)}};
-           const bool explain = (b && b->value("explain", false)) ||
-                                req.get_param_value("explain") == "true";
            if (explain && !out.top.empty()) {
              answer["heatmap"] = service_.explain(image, out.top.front().label);
              answer["heatmap_label"] = out.top.front().label;

@@ -95,7 +95,7 @@ class Server {
       _exit(127);
     }
     // The port is in the first log line: "listening on http://127.0.0.1:PORT".
-    const std::regex listening("listening on http://127\\.0\\.0\\.1:([0-9]+)");
+    const std::regex listening("listening on https?://127\\.0\\.0\\.1:([0-9]+)");
     for (int i = 0; i < 600 && port_ == 0; ++i) {
       std::smatch m;
       const std::string text = file_bytes(log_);
@@ -397,4 +397,156 @@ TEST(Serve, GracefulShutdownFinishesRequestsInFlight) {
   httplib::Client after("127.0.0.1", server.port());
   after.set_connection_timeout(1);
   EXPECT_FALSE(after.Get("/healthz"));
+}
+
+TEST(Serve, ManyClientsConnectingAtOnceAreAllAnswered) {
+  // A listen backlog of a few connections drops the handshakes of a crowd arriving together
+  // (a load balancer's pool opening, clients restarting); every one of them must get through.
+  const auto& f = fixture();
+  Server server("");
+  constexpr int kClients = 200;
+  std::atomic<int> ready{0}, answered{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&] {
+      auto c = server.client(f.read_key);
+      c.set_connection_timeout(30);
+      ++ready;
+      while (!go) std::this_thread::yield();
+      auto r = c.Get("/healthz");
+      if (r && r->status == 200) ++answered;
+    });
+  }
+  while (ready < kClients) std::this_thread::yield();
+  go = true;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(answered.load(), kClients);
+}
+
+TEST(Serve, APortInUseIsAnErrorNotASharedPort) {
+  const auto& f = fixture();
+  Server first("");
+  // (`timeout`: a second server that did bind would otherwise run on.)
+  const auto r = test::run_command("timeout 60 " + q(test::vitrine_bin()) + " serve --model " + q(f.dir + "/m") +
+                                   " --port " + std::to_string(first.port()));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("in use"), std::string::npos) << r.err;
+}
+
+TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
+  const auto& f = fixture();
+  Server server("");
+  auto reader = server.client(f.read_key);
+  auto writer = server.client(f.write_key);
+  const std::string b64 = base64_encode(f.photos[0]);
+  struct Case {
+    std::string what, method, path, body, type;
+    int status;
+    std::string code;
+  };
+  const std::vector<Case> cases = {
+      {"topk 0", "POST", "/v1/classify?topk=0", f.photos[0], "image/png", 400, "bad_parameter"},
+      {"topk a word", "POST", "/v1/classify?topk=all", f.photos[0], "image/png", 400, "bad_parameter"},
+      {"topk in JSON too large", "POST", "/v1/classify", json{{"image", b64}, {"topk", 100000}}.dump(),
+       "application/json", 400, "bad_parameter"},
+      {"topk in JSON a string", "POST", "/v1/classify", json{{"image", b64}, {"topk", "3"}}.dump(),
+       "application/json", 400, "bad_parameter"},
+      {"explain a word", "POST", "/v1/classify?explain=yes", f.photos[0], "image/png", 400,
+       "bad_parameter"},
+      {"explain in JSON a string", "POST", "/v1/classify",
+       json{{"image", b64}, {"explain", "true"}}.dump(), "application/json", 400, "bad_parameter"},
+      {"bad base64", "POST", "/v1/classify", json{{"image", "%%%not base64%%%"}}.dump(),
+       "application/json", 400, "bad_base64"},
+      {"image not a string", "POST", "/v1/embed", json{{"image", 42}}.dump(), "application/json",
+       400, "no_image"},
+      {"JSON without image", "POST", "/v1/embed", json{{"photo", b64}}.dump(), "application/json",
+       400, "no_image"},
+      {"empty body", "POST", "/v1/classify", "", "image/png", 400, "no_image"},
+      {"JSON array", "POST", "/v1/search", "[1, 2]", "application/json", 400, "bad_json"},
+      {"k negative", "POST", "/v1/search", json{{"image", b64}, {"k", -1}}.dump(),
+       "application/json", 400, "bad_parameter"},
+      {"k too large", "POST", "/v1/search?k=5000", f.photos[0], "image/png", 400, "bad_parameter"},
+      {"filter a number", "POST", "/v1/search", json{{"image", b64}, {"filters", {7}}}.dump(),
+       "application/json", 400, "bad_filter"},
+      {"filter without operator", "POST", "/v1/search",
+       json{{"image", b64}, {"filters", {"category"}}}.dump(), "application/json", 400, "bad_filter"},
+      {"listing filter unknown field", "GET", "/v1/products?filter=colour%3Dred", "", "", 400,
+       "bad_filter"},
+      {"listing limit 0", "GET", "/v1/products?limit=0", "", "", 400, "bad_parameter"},
+      {"product not JSON", "PUT", "/v1/products/X1", "sku=X1", "text/plain", 400, "bad_json"},
+      {"product price a string", "PUT", "/v1/products/X1",
+       json{{"price", "cheap"}, {"images", {b64}}}.dump(), "application/json", 400, "bad_product"},
+      {"product without images", "PUT", "/v1/products/X1", json{{"title", "t"}}.dump(),
+       "application/json", 400, "bad_product"},
+      {"product image bad base64", "PUT", "/v1/products/X1",
+       json{{"images", {"@@@"}}}.dump(), "application/json", 400, "bad_base64"},
+      {"product image not an image", "PUT", "/v1/products/X1",
+       json{{"images", {base64_encode("plain text")}}}.dump(), "application/json", 400, "bad_image"},
+      {"bulk not an array", "POST", "/v1/products", json{{"sku", "X2"}}.dump(), "application/json",
+       400, "bad_json"},
+      {"bulk product without sku", "POST", "/v1/products",
+       json::array({json{{"images", {b64}}}}).dump(), "application/json", 400, "bad_product"},
+      {"unknown route", "GET", "/v1/nothing", "", "", 404, "not_found"},
+  };
+  for (const auto& c : cases) {
+    auto& client = c.method == "GET" ? reader : writer;
+    httplib::Result r = c.method == "GET"  ? client.Get(c.path.c_str())
+                        : c.method == "PUT" ? client.Put(c.path.c_str(), c.body, c.type.c_str())
+                                            : client.Post(c.path.c_str(), c.body, c.type.c_str());
+    ASSERT_TRUE(r) << c.what << ": no response";
+    EXPECT_EQ(r->status, c.status) << c.what << ": " << r->body;
+    const auto body = json::parse(r->body, nullptr, false);
+    ASSERT_TRUE(body.is_object()) << c.what << ": " << r->body;
+    EXPECT_EQ(body["error"]["code"], c.code) << c.what << ": " << r->body;
+    EXPECT_FALSE(body["error"]["message"].get<std::string>().empty()) << c.what;
+  }
+  // None of them stored anything, and the service still answers.
+  EXPECT_EQ(reader.Get("/v1/products/X1")->status, 404);
+  EXPECT_EQ(reader.Post("/v1/classify", f.photos[0], "image/png")->status, 200);
+}
+
+TEST(Serve, AMalformedKeyFileStopsTheStartWithTheLineNamed) {
+  const auto& f = fixture();
+  const std::string dir = test::temp_dir("serve-badkeys");
+  std::ofstream(dir + "/keys.txt") << "# ok\nnot-a-digest reader read\n";
+  const auto r = test::run_command("timeout 60 " + q(test::vitrine_bin()) + " serve --model " +
+                                   q(f.dir + "/m") + " --port 0 --api-keys " + q(dir + "/keys.txt"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("keys.txt:2"), std::string::npos) << r.err;
+}
+
+TEST(Serve, TlsServesHttpsAndRefusesPlainHttp) {
+  const auto& f = fixture();
+  const std::string dir = test::temp_dir("serve-tls");
+  const auto made = test::run_command(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -keyout " +
+      q(dir + "/key.pem") + " -out " + q(dir + "/cert.pem"));
+  ASSERT_EQ(made.status, 0) << made.err;
+  Server server("--tls-cert " + q(dir + "/cert.pem") + " --tls-key " + q(dir + "/key.pem"));
+  ASSERT_NE(server.log().find("listening on https://"), std::string::npos) << server.log();
+  httplib::SSLClient tls("127.0.0.1", server.port());
+  tls.enable_server_certificate_verification(false);
+  tls.set_bearer_token_auth(f.read_key.c_str());
+  tls.set_read_timeout(60);
+  auto r = tls.Post("/v1/classify?topk=2", f.photos[0], "image/png");
+  ASSERT_TRUE(r) << "no TLS response: error " << static_cast<int>(r.error());
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["top"].size(), 2u) << r->body;
+  // Plain HTTP on the TLS port gets no answer.
+  httplib::Client plain("127.0.0.1", server.port());
+  plain.set_read_timeout(5);
+  auto p = plain.Get("/healthz");
+  EXPECT_FALSE(p && p->status == 200);
+
+  // A key that is not the certificate's: a clear error at start.
+  const auto other = test::run_command(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=x -keyout " +
+      q(dir + "/other.pem") + " -out " + q(dir + "/other-cert.pem"));
+  ASSERT_EQ(other.status, 0) << other.err;
+  const auto bad = test::run_command("timeout 60 " + q(test::vitrine_bin()) + " serve --model " +
+                                     q(f.dir + "/m") + " --port 0 --tls-cert " +
+                                     q(dir + "/cert.pem") + " --tls-key " + q(dir + "/other.pem"));
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.err.find("TLS"), std::string::npos) << bad.err;
 }

@@ -51,6 +51,7 @@ class HttpServer {
   RateLimiter limiter_;
   std::unique_ptr<httplib::Server> server_;
   int port_ = 0;
+  int listen_fd_ = -1;  ///< the listening socket, seen when httplib creates it
 };
 
 }  // namespace vitrine::serve
