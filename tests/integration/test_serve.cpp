@@ -126,6 +126,7 @@ class Server {
   }
   std::string log() const { return file_bytes(log_); }
   int port() const { return port_; }
+  void signal(int sig) const { kill(pid_, sig); }
 
  private:
   std::string log_;
@@ -549,4 +550,72 @@ TEST(Serve, TlsServesHttpsAndRefusesPlainHttp) {
                                      q(dir + "/cert.pem") + " --tls-key " + q(dir + "/other.pem"));
   EXPECT_NE(bad.status, 0);
   EXPECT_NE(bad.err.find("TLS"), std::string::npos) << bad.err;
+}
+
+TEST(Serve, StoredProductPhotosLoseTheirMetadataButKeepTheirOrientation) {
+  const auto& f = fixture();
+  // examples/images/rotated.jpg is stored sideways with EXIF Orientation 6. Its EXIF block is
+  // replaced by one that also carries a description a seller would not want published.
+  const std::string original = file_bytes(std::string(VITRINE_SOURCE_DIR) + "/examples/images/rotated.jpg");
+  ASSERT_GT(original.size(), 100u);
+  const size_t app1 = original.find("\xff\xe1");
+  ASSERT_NE(app1, std::string::npos);
+  const size_t app1_len = (static_cast<uint8_t>(original[app1 + 2]) << 8) | static_cast<uint8_t>(original[app1 + 3]);
+  const std::string secret = "GPS 48.8566N 2.3522E home of the seller";
+  std::string tiff("MM\0\x2a\0\0\0\x08", 8);
+  tiff += std::string("\0\x02", 2);                                       // two entries
+  tiff += std::string("\x01\x12\0\x03\0\0\0\x01\0\x06\0\0", 12);          // Orientation = 6
+  const uint32_t count = static_cast<uint32_t>(secret.size() + 1);
+  tiff += std::string("\x01\x0e\0\x02", 4);                               // ImageDescription
+  tiff += std::string{static_cast<char>(count >> 24), static_cast<char>(count >> 16),
+                      static_cast<char>(count >> 8), static_cast<char>(count)};
+  tiff += std::string("\0\0\0\x26", 4);                                   // at offset 38
+  tiff += std::string("\0\0\0\0", 4);                                     // no next IFD
+  tiff += secret + '\0';
+  const std::string payload = std::string("Exif\0\0", 6) + tiff;
+  const size_t len = payload.size() + 2;
+  const std::string jpeg = original.substr(0, app1) + "\xff\xe1" +
+                           std::string{static_cast<char>(len >> 8), static_cast<char>(len & 255)} +
+                           payload + original.substr(app1 + 2 + app1_len);
+  const cv::Mat upright = cv::imdecode(std::vector<uint8_t>(jpeg.begin(), jpeg.end()), cv::IMREAD_COLOR);
+  const cv::Mat as_stored = cv::imdecode(std::vector<uint8_t>(jpeg.begin(), jpeg.end()),
+                                         cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
+  ASSERT_FALSE(upright.empty());
+  ASSERT_NE(upright.cols, as_stored.cols) << "the photo should be stored sideways";
+  ASSERT_NE(jpeg.find(secret), std::string::npos);
+
+  Server server("");
+  auto writer = server.client(f.write_key);
+  auto put = writer.Put("/v1/products/EXIF1",
+                        json{{"title", "Sideways"}, {"images", {base64_encode(jpeg)}}}.dump(),
+                        "application/json");
+  ASSERT_EQ(put->status, 200) << put->body;
+  auto photo = writer.Get("/v1/products/EXIF1/images/0");
+  ASSERT_EQ(photo->status, 200);
+  const std::string& stored = photo->body;
+  EXPECT_EQ(stored.find(secret), std::string::npos) << "the description survived";
+  EXPECT_EQ(stored.find("GPS 48"), std::string::npos);
+  EXPECT_EQ(stored.find("Exif"), std::string::npos);
+  const cv::Mat back = cv::imdecode(std::vector<uint8_t>(stored.begin(), stored.end()), cv::IMREAD_COLOR);
+  ASSERT_FALSE(back.empty());
+  EXPECT_EQ(back.cols, upright.cols);  // turned upright before the metadata went
+  EXPECT_EQ(back.rows, upright.rows);
+  writer.Delete("/v1/products/EXIF1");
+}
+
+TEST(Serve, SighupReloadsTheModel) {
+  const auto& f = fixture();
+  Server server("");
+  auto reader = server.client(f.read_key);
+  server.signal(SIGHUP);
+  std::string metrics;
+  for (int i = 0; i < 200; ++i) {
+    metrics = reader.Get("/metrics")->body;
+    if (metrics.find("vitrine_model_reloads_total{outcome=\"ok\"} 1") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_NE(metrics.find("vitrine_model_reloads_total{outcome=\"ok\"} 1"), std::string::npos)
+      << metrics;
+  EXPECT_EQ(reader.Post("/v1/classify", f.photos[2], "image/png")->status, 200);
+  EXPECT_NE(server.log().find("reload"), std::string::npos) << server.log();
 }
