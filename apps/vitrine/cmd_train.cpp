@@ -86,6 +86,17 @@ void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& a) {
                   "Colour jitter strength (brightness = contrast = saturation)");
 }
 
+/// --adv-eps, --adv-steps, --adv-alpha: an attack's budget, as training and eval take it.
+void add_attack_options(CLI::App* cmd, train::AttackOptions& a) {
+  cmd->add_option_function<std::string>(
+         "--adv-eps", [&a](const std::string& v) { a.eps = train::parse_epsilon(v); },
+         "L-inf budget in pixel units before normalisation, e.g. 8/255 (default 8/255)");
+  cmd->add_option("--adv-steps", a.steps, "PGD steps (default 10)");
+  cmd->add_option_function<std::string>(
+         "--adv-alpha", [&a](const std::string& v) { a.alpha = train::parse_epsilon(v); },
+         "PGD step size, e.g. 2/255 (default 2.5 * eps / steps)");
+}
+
 void add_train_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand("train", "Fine-tune (or train from scratch) a classifier");
   auto o = std::make_shared<train::TrainOptions>();
@@ -125,6 +136,11 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--reprob", a.random_erasing, "Random erasing probability");
   cmd->add_option("--mixup", o->mixup, "Mixup alpha (0 = off)");
   cmd->add_option("--cutmix", o->cutmix, "CutMix alpha (0 = off)");
+  cmd->add_option("--adv", o->adv, "Adversarial training: none | fgsm | pgd")
+      ->check(CLI::IsMember({"none", "fgsm", "pgd"}));
+  add_attack_options(cmd, o->adv_attack);
+  cmd->add_option("--adv-ratio", o->adv_ratio,
+                  "Share of each batch made adversarial (the rest stays clean; default 1)");
   cmd->callback([o, threads, &status] {
     o->augment.contrast = o->augment.saturation = o->augment.brightness;
     set_threads(*threads);
@@ -167,6 +183,8 @@ void add_eval_command(CLI::App& app, int& status) {
     data::DataOptions data;
     train::EvalOptions eval;
     int threads = 0;
+    std::string attack = "none";
+    train::AttackOptions adv;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "Model directory")->required();
@@ -178,9 +196,20 @@ void add_eval_command(CLI::App& app, int& status) {
   cmd->add_option("--batch-size,-b", a->eval.batch_size, "Images per forward pass");
   cmd->add_option("--workers", a->eval.workers, "Image decoding threads (0 = all cores)");
   cmd->add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  cmd->add_option("--attack", a->attack,
+                  "Also report robust accuracy under this attack: none | fgsm | pgd")
+      ->check(CLI::IsMember({"none", "fgsm", "pgd"}));
+  add_attack_options(cmd, a->adv);
   cmd->callback([a, &status] {
     set_threads(a->threads);
+    const bool attacked = a->attack != "none";
+    if (attacked) {
+      a->adv.method = a->attack;
+      train::check_attack(a->adv);
+    }
     const data::DataSplits splits = data::open_data(a->data);
+    VT_CHECK(!attacked || !splits.multi_label,
+             "--attack on multi-label data is not yet supported; evaluate without it");
     const auto d = pick_split(splits, a->split);
     nlohmann::json out = nlohmann::json::object();
     std::vector<std::string> dirs{a->model};
@@ -202,7 +231,7 @@ void add_eval_command(CLI::App& app, int& status) {
       status = kExitOk;
       return;
     }
-    std::vector<train::ClassificationMetrics> results;
+    std::vector<train::ClassificationMetrics> results, robust;
     for (const auto& dir : dirs) {
       auto model = models::load_model(dir);
       std::vector<std::string> errors;
@@ -210,15 +239,35 @@ void add_eval_command(CLI::App& app, int& status) {
       for (const auto& e : errors) spdlog::warn("skipped: {}", e);
       out[dir] = nlohmann::json::parse(results.back().to_json(splits.classes));
       out[dir]["skipped_images"] = errors.size();
+      if (attacked) {
+        robust.push_back(train::evaluate_under_attack(*model, d, a->adv, a->eval));
+        auto r = nlohmann::json::parse(robust.back().to_json(splits.classes));
+        r["attack"] = {{"method", a->adv.method},
+                       {"eps", a->adv.eps},
+                       {"steps", a->adv.method == "pgd" ? a->adv.steps : 1},
+                       {"alpha", train::attack_step_size(a->adv)},
+                       {"random_start", a->adv.method == "pgd" && a->adv.random_start}};
+        out[dir]["under_attack"] = r;
+      }
     }
     // The summary on stdout, one JSON object per model; the full detail goes to --json.
     for (size_t i = 0; i < dirs.size(); ++i) {
       const auto& m = results[i];
-      std::cout << json_text(nlohmann::json{{"model", dirs[i]},   {"split", a->split},
-                                  {"images", m.count},  {"top1", m.top1},
-                                  {"top5", m.top5},     {"macro_f1", m.macro_f1},
-                                  {"ece", m.ece},       {"loss", m.loss}})
-                << "\n";
+      nlohmann::json line{{"model", dirs[i]},   {"split", a->split},
+                          {"images", m.count},  {"top1", m.top1},
+                          {"top5", m.top5},     {"macro_f1", m.macro_f1},
+                          {"ece", m.ece},       {"loss", m.loss}};
+      if (attacked) {
+        line["attack"] = a->adv.method;
+        line["eps"] = a->adv.eps;
+        line["robust_top1"] = robust[i].top1;
+        line["robust_macro_f1"] = robust[i].macro_f1;
+      }
+      std::cout << json_text(line) << "\n";
+    }
+    if (attacked && robust.size() == 2) {
+      spdlog::info("under {} (eps {:.4f}): top-1 {:.4f} -> {:.4f}", a->adv.method, a->adv.eps,
+                   robust[0].top1, robust[1].top1);
     }
     if (results.size() == 2) {
       spdlog::info("top-1 {:.4f} -> {:.4f} ({:+.2f} points), macro-F1 {:.4f} -> {:.4f}",

@@ -217,6 +217,54 @@ def write_nt_xent(d):
     return float(loss)
 
 
+PGD_SEED = 4242
+PGD_EPS, PGD_ALPHA, PGD_STEPS = 8 / 255, 2 / 255, 5
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def pgd(model, images, targets, eps, steps, alpha, start, mean, std):
+    """L-inf PGD in pixel units behind normalised images, the steps in the order Vitrine's
+    attack takes them (FGSM: one step of size eps from a zero start)."""
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    pixels = images.detach() * s + m
+    lo, hi = pixels.clamp(max=0.0), pixels.clamp(min=1.0)
+    delta = start.clamp(-eps, eps)
+    delta = torch.minimum(torch.maximum(pixels + delta, lo), hi) - pixels
+    for _ in range(steps):
+        x = (pixels + delta).detach().requires_grad_(True)
+        loss = F.cross_entropy(model((x - m) / s), targets)
+        (grad,) = torch.autograd.grad(loss, [x])
+        delta = (delta + alpha * grad.sign()).clamp(-eps, eps)
+        delta = torch.minimum(torch.maximum(pixels + delta, lo), hi) - pixels
+    return ((pixels + delta) - m) / s
+
+
+def write_pgd(d):
+    """resnet18 (train_steps' initial weights) in eval mode, 8 images of the first batch
+    squashed into [0, 1] (many pixels near the ends, so the clamps act), a fixed random
+    start; the PGD and FGSM images and the model's accuracy on each."""
+    model = build("resnet18").eval()
+    x, y = batches()[0]
+    pixels = torch.sigmoid(3 * x)
+    m = torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1)
+    s = torch.tensor(IMAGENET_STD).view(1, -1, 1, 1)
+    images = (pixels - m) / s
+    g = torch.Generator().manual_seed(PGD_SEED)
+    start = (torch.rand(images.shape, generator=g) * 2 - 1) * PGD_EPS
+    adv = pgd(model, images, y, PGD_EPS, PGD_STEPS, PGD_ALPHA, start, IMAGENET_MEAN, IMAGENET_STD)
+    fgsm = pgd(model, images, y, PGD_EPS, 1, PGD_EPS, torch.zeros_like(images), IMAGENET_MEAN,
+               IMAGENET_STD)
+    with torch.no_grad():
+        losses = [float(F.cross_entropy(model(t), y)) for t in (images, fgsm, adv)]
+    safetensors_io.save_file(
+        {"images": images.contiguous(), "targets": y, "start": start, "pgd": adv.contiguous(),
+         "fgsm": fgsm.contiguous(),
+         "settings": torch.tensor([PGD_EPS, PGD_ALPHA, PGD_STEPS], dtype=torch.float64)},
+        os.path.join(d, "pgd.safetensors"), {"torch": torch.__version__})
+    return losses
+
+
 def write(out_dir):
     """Write every model's folder under out_dir; returns a short summary."""
     threads = torch.get_num_threads()
@@ -229,6 +277,8 @@ def write(out_dir):
             done.append(f"{name} loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f} "
                         f"{time.time() - t0:.1f}s")
         done.append(f"nt_xent {write_nt_xent(out_dir):.4f}")
+        losses = write_pgd(out_dir)
+        done.append("pgd loss " + " -> ".join(f"{v:.3f}" for v in losses))
         return ", ".join(done)
     finally:
         torch.set_num_threads(threads)

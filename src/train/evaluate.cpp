@@ -59,17 +59,23 @@ void for_each_eval_batch(models::VisionModelImpl& model,
 
 namespace {
 
-// Runs the model over `data` in eval mode, handing (logits, targets) of each batch on.
+// Runs the model over `data` in eval mode, handing (logits, targets) of each batch on;
+// with `adversary`, over adversarial versions of the images.
 void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::Dataset>& data,
                     const EvalOptions& options, std::vector<std::string>* errors,
-                    const std::function<void(const at::Tensor&, const at::Tensor&)>& consume) {
+                    const std::function<void(const at::Tensor&, const at::Tensor&)>& consume,
+                    const AttackOptions* adversary = nullptr) {
   VT_CHECK(data && data->size() > 0, "nothing to evaluate: the split is empty");
   const int64_t k = model.config().num_classes;
   VT_CHECK(static_cast<int64_t>(data->classes().size()) == k, model.config().arch, " has ", k,
            " classes but the data has ", data->classes().size(),
            "; evaluate on data with the model's classes");
+  const auto& pre = model.config().preprocess;
   for_each_eval_batch(model, data, options, errors, [&](const data::Batch& batch) {
-    const at::Tensor logits = model.forward(batch.images);
+    const at::Tensor logits =
+        adversary ? model.forward(attack(model, batch.images, batch.targets, *adversary,
+                                         pre.mean, pre.std))
+                  : model.forward(batch.images);
     if (!at::isfinite(logits).all().item<bool>()) {
       throw NonFiniteOutput(model.config().arch + " produces non-finite outputs (its weights "
                             "have diverged)", __FILE__, __LINE__);
@@ -102,6 +108,22 @@ ClassificationMetrics evaluate(models::VisionModelImpl& model,
   for_each_batch(model, data, options, errors, [&](const at::Tensor& logits, const at::Tensor& t) {
     acc.add(at::softmax(logits, 1), t);
   });
+  return acc.compute();
+}
+
+ClassificationMetrics evaluate_under_attack(models::VisionModelImpl& model,
+                                            const std::shared_ptr<data::Dataset>& data,
+                                            const AttackOptions& attack,
+                                            const EvalOptions& options,
+                                            std::vector<std::string>* errors) {
+  VT_CHECK(data && !data->multi_label(),
+           "attacks are evaluated on single-label data (multi-label: not yet supported)");
+  check_attack(attack);
+  ClassificationAccumulator acc(model.config().num_classes);
+  for_each_batch(
+      model, data, options, errors,
+      [&](const at::Tensor& logits, const at::Tensor& t) { acc.add(at::softmax(logits, 1), t); },
+      &attack);
   return acc.compute();
 }
 

@@ -113,6 +113,7 @@ struct Trainer::State {
   void build_optimizer();
   data::SampleTransform train_transform() const;
   at::Tensor train_step(data::Batch& batch, std::mt19937_64& rng, double& top1);
+  at::Tensor adversarial_batch(const at::Tensor& images, const at::Tensor& targets);
   void update_ema();
   void save_state(int64_t epochs_done, const EpochProgress& progress = {});
   void write_run_report();
@@ -242,6 +243,8 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
     }
     soft = soft * lam + soft.flip(0) * (1.0 - lam);
   }
+  // Attacks raise the loss the step is about to lower, on the targets it uses.
+  if (o.adv != "none") images = adversarial_batch(images, soft);
   AutocastScope autocast(o.amp == "bf16");
   const at::Tensor logits = model->forward(images);
   VT_DCHECK(logits.size(1) == k);
@@ -253,6 +256,28 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   const at::Tensor loss = soft_cross_entropy(logits.to(at::kFloat), soft, class_weights);
   top1 = logits.argmax(1).eq(hard).to(at::kFloat).mean().item<double>();
   return loss;
+}
+
+at::Tensor Trainer::State::adversarial_batch(const at::Tensor& images, const at::Tensor& targets) {
+  const int64_t n = images.size(0);
+  const int64_t k = std::min<int64_t>(n, std::llround(o.adv_ratio * static_cast<double>(n)));
+  if (k == 0) return images;
+  // Eval mode, as TRADES and most robust-training code make attacks: the attack's passes
+  // neither move the batch-norm statistics nor see dropout's noise.
+  const bool was_training = model->is_training();
+  model->eval();
+  at::Tensor adv;
+  try {
+    AutocastScope autocast(o.amp == "bf16");
+    const auto& pre = model->config().preprocess;
+    adv = attack(*model, images.slice(0, 0, k), targets.slice(0, 0, k), o.adv_attack, pre.mean,
+                 pre.std);
+  } catch (...) {
+    model->train(was_training);
+    throw;
+  }
+  model->train(was_training);
+  return k == n ? adv : at::cat({adv, images.slice(0, k)});
 }
 
 void Trainer::State::update_ema() {
@@ -367,11 +392,19 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
            "--class-weights must be none or balanced");
   VT_CHECK(o.sampler == "random" || o.sampler == "balanced",
            "--sampler must be random or balanced");
+  VT_CHECK(o.adv == "none" || o.adv == "fgsm" || o.adv == "pgd", "--adv must be none, fgsm or pgd");
+  if (o.adv != "none") {
+    s.o.adv_attack.method = o.adv;
+    check_attack(o.adv_attack);
+    VT_CHECK(o.adv_ratio > 0 && o.adv_ratio <= 1, "--adv-ratio must be in (0, 1], got ",
+             o.adv_ratio);
+  }
   at::manual_seed(o.seed);
   s.data = data::open_data(o.data);
   for (const auto& w : s.data.warnings) spdlog::warn("{}", w);
   s.result.warnings = s.data.warnings;
   if (s.o.monitor.empty()) s.o.monitor = s.data.multi_label ? "val_map" : "val_top1";
+  s.o.adv_attack.multi_label = s.data.multi_label;
   if (s.data.multi_label) {
     VT_CHECK(o.monitor == "val_map" || o.monitor == "val_macro_f1",
              "--monitor for multi-label data must be val_map or val_macro_f1");

@@ -6,6 +6,7 @@
 #include "vitrine/core/safetensors.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/registry.h"
+#include "vitrine/train/adversarial.h"
 #include "vitrine/train/loss.h"
 #include "vitrine/train/optim.h"
 #include "vitrine/train/ssl.h"
@@ -149,4 +150,41 @@ TEST(GoldenPretraining, NtXentMatchesPyTorch) {
   const double low = train::nt_xent_loss(eye, eye, 0.1, &perfect).item<double>();
   EXPECT_DOUBLE_EQ(perfect, 1.0);
   EXPECT_LT(low, train::nt_xent_loss(eye, eye.flip(0), 0.1).item<double>());
+}
+
+TEST_F(GoldenTraining, PgdAndFgsmMatchPyTorch) {
+  // train_steps.py's write_pgd: resnet18 in eval mode, PGD (5 steps of 2/255 within 8/255,
+  // from a fixed start) and FGSM (one step of 8/255) on 8 images.
+  const std::string f = test::data_dir("train/pgd.safetensors");
+  auto model = models::create_model(config_for("resnet18"));
+  models::load_state_dict(*model,
+                          safetensors_load(test::data_dir("train/resnet18/init.safetensors")).tensors);
+  model->eval();
+  const at::Tensor images = test::load_tensor(f, "images"), targets = test::load_tensor(f, "targets");
+  const at::Tensor settings = test::load_tensor(f, "settings");
+  train::AttackOptions o;
+  o.eps = settings[0].item<double>();
+  o.alpha = settings[1].item<double>();
+  o.steps = settings[2].item<int64_t>();
+  const std::vector<float> mean{0.485f, 0.456f, 0.406f}, std{0.229f, 0.224f, 0.225f};
+  const at::Tensor pgd =
+      train::attack(*model, images, targets, o, mean, std, test::load_tensor(f, "start"));
+  EXPECT_LT(test::max_abs_diff(pgd, test::load_tensor(f, "pgd")), 1e-5);
+  o.method = "fgsm";
+  const at::Tensor fgsm = train::attack(*model, images, targets, o, mean, std);
+  EXPECT_LT(test::max_abs_diff(fgsm, test::load_tensor(f, "fgsm")), 1e-5);
+
+  // The perturbation stays in the budget (pixel units) and the pixels in [0, 1].
+  const at::Tensor m = at::tensor(mean).view({1, 3, 1, 1}), s = at::tensor(std).view({1, 3, 1, 1});
+  const at::Tensor before = images * s + m, after = pgd * s + m;
+  EXPECT_LE((after - before).abs().max().item<double>(), o.eps + 1e-6);
+  EXPECT_GE(after.min().item<double>(), -1e-6);
+  EXPECT_LE(after.max().item<double>(), 1 + 1e-6);
+  // No gradient reached the weights.
+  for (const auto& p : model->parameters()) EXPECT_FALSE(p.grad().defined());
+  // And the attacks raise the loss.
+  at::NoGradGuard no_grad;
+  const double clean = at::cross_entropy_loss(model->forward(images), targets).item<double>();
+  EXPECT_GT(at::cross_entropy_loss(model->forward(fgsm), targets).item<double>(), clean + 0.1);
+  EXPECT_GT(at::cross_entropy_loss(model->forward(pgd), targets).item<double>(), clean + 0.1);
 }

@@ -21,12 +21,7 @@ std::string write(const std::string& name, const std::string& text) {
 }
 
 std::string error_of(const std::string& path) {
-  try {
-    KeyStore::load(path);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+  return test::error_of([&] { KeyStore::load(path); });
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include "vitrine/data/dataset.h"
 #include "vitrine/data/loader.h"
 #include "vitrine/models/model.h"
+#include "vitrine/train/adversarial.h"
 #include "vitrine/train/metrics.h"
 
 #include <functional>
@@ -47,6 +48,14 @@ ClassificationMetrics evaluate(models::VisionModelImpl& model,
                                const std::shared_ptr<data::Dataset>& data,
                                const EvalOptions& options = {},
                                std::vector<std::string>* errors = nullptr);
+
+/// The same metrics on adversarial versions of each image, made by `attack` against the
+/// model in eval mode with each image's true class (robust accuracy).
+ClassificationMetrics evaluate_under_attack(models::VisionModelImpl& model,
+                                            const std::shared_ptr<data::Dataset>& data,
+                                            const AttackOptions& attack,
+                                            const EvalOptions& options = {},
+                                            std::vector<std::string>* errors = nullptr);
 
 /// Multi-label evaluation: mAP and F1 at the model's thresholds (0.5 where it has none).
 /// `tuned`, when given, receives per-label thresholds that maximise F1 on this data.

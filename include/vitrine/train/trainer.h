@@ -8,6 +8,7 @@
 #include "vitrine/data/dataset.h"
 #include "vitrine/image/augment.h"
 #include "vitrine/models/model.h"
+#include "vitrine/train/adversarial.h"
 #include "vitrine/train/loop.h"
 #include "vitrine/train/optim.h"
 
@@ -56,6 +57,11 @@ struct TrainOptions {
   /// equally likely: torch's WeightedRandomSampler with inverse class frequency)
   std::string sampler = "random";
   std::string freeze = "none";  ///< none | backbone | until:<module>
+  /// Adversarial training: none | fgsm | pgd. The first `adv_ratio` of each batch is
+  /// replaced by adversarial versions made against the current weights (in eval mode).
+  std::string adv = "none";
+  AttackOptions adv_attack;  ///< budget, steps, step size (the method comes from `adv`)
+  double adv_ratio = 1;      ///< share of each batch made adversarial, in (0, 1]
 
   int64_t epochs = 10;
   int64_t patience = 0;         ///< early stopping after this many epochs without gain; 0 = off
