@@ -139,6 +139,14 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--adv", o->adv, "Adversarial training: none | fgsm | pgd")
       ->check(CLI::IsMember({"none", "fgsm", "pgd"}));
   add_attack_options(cmd, o->adv_attack);
+  cmd->add_option("--lora-rank", o->lora_rank,
+                  "LoRA adapters of this rank (ViT); only they and the head train (0 = off)");
+  cmd->add_option("--lora-alpha", o->lora.alpha, "LoRA scale numerator: scale = alpha / rank");
+  cmd->add_option("--lora-targets", o->lora.targets,
+                  "Matrices that get adapters: qkv proj fc1 fc2 (default: all four)")
+      ->delimiter(',');
+  cmd->add_flag("--save-adapter", o->save_adapter,
+                "Also write adapter.safetensors (adapters and head alone) beside each model");
   cmd->add_option("--adv-ratio", o->adv_ratio,
                   "Share of each batch made adversarial (the rest stays clean; default 1)");
   cmd->callback([o, threads, &status] {
@@ -165,6 +173,10 @@ void add_train_command(CLI::App& app, int& status) {
                          r.train_loss, r.train_top1, r.seconds);
           }
         });
+    if (o->lora_rank > 0) {
+      spdlog::info("LoRA: {} trainable weights of {}; saved models have the adapters merged",
+                   result.trainable_params, result.total_params);
+    }
     spdlog::info("best model: {} (epoch {}), last: {}", result.best_dir, result.best_epoch,
                  result.last_dir);
     if (result.has_test) {

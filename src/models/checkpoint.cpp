@@ -330,6 +330,13 @@ StateDict map_keys(const StateDict& state, Source source, Family family, LoadRep
   return out;
 }
 
+int64_t VisionModelImpl::add_lora(const LoraOptions&) {
+  VT_FAIL("LoRA adapters are not yet supported for ", config_.arch,
+          "; they are for ViT models (vit_*)");
+}
+
+StateDict VisionModelImpl::deployable_state_dict() const { return model_state_dict(*this); }
+
 StateDict model_state_dict(const VisionModelImpl& model) {
   StateDict out;
   for (const auto& item : model.named_modules("", /*include_self=*/true)) {

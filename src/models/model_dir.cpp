@@ -19,7 +19,8 @@ void save_model(const VisionModelImpl& model, const std::string& dir) {
            ec.message());
   const std::string config_text = config_to_json(model.config());
   // Weights first: a config next to stale weights would describe the wrong model.
-  safetensors_save((fs::path(dir) / "model.safetensors").string(), model_state_dict(model),
+  // Adapters (LoRA) are merged into the weights they adapt: inference pays nothing for them.
+  safetensors_save((fs::path(dir) / "model.safetensors").string(), model.deployable_state_dict(),
                    {{"format", "pt"}, {"arch", model.config().arch}});
   write_file_atomic((fs::path(dir) / "config.json").string(), config_text);
 }

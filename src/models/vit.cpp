@@ -2,10 +2,13 @@
 
 #include "layers.h"
 #include "vitrine/core/error.h"
+#include "vitrine/models/checkpoint.h"
 
 #include <torch/nn/init.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 
 namespace vitrine::models {
 namespace {
@@ -69,7 +72,88 @@ ViTBlockWeights ViTBlockImpl::weights() const {
   return {ln_1->weight,          ln_1->bias,         self_attention->in_proj_weight,
           self_attention->in_proj_bias, self_attention->out_proj->weight,
           self_attention->out_proj->bias, ln_2->weight, ln_2->bias, mlp->fc1->weight,
-          mlp->fc1->bias,        mlp->fc2->weight,   mlp->fc2->bias};
+          mlp->fc1->bias,        mlp->fc2->weight,   mlp->fc2->bias,
+          self_attention->qkv_lora, self_attention->proj_lora, mlp->fc1_lora, mlp->fc2_lora,
+          lora_scale};
+}
+
+namespace {
+
+// W + scale * B A (a copy; W itself stays as it is).
+at::Tensor merged(const at::Tensor& w, const LoraPair& l, double scale) {
+  if (!l.defined()) return w;
+  at::NoGradGuard no_grad;
+  return w.detach() + at::matmul(l.b.detach(), l.a.detach()) * scale;
+}
+
+LoraPair add_pair(torch::nn::Module& owner, const std::string& name, int64_t out, int64_t in,
+                  int64_t rank) {
+  LoraPair p;
+  // A as nn.Linear(in, rank) initialises its weight (PEFT does the same), B zero.
+  p.a = owner.register_parameter("lora_" + name + "_A", at::empty({rank, in}));
+  nn::init::kaiming_uniform_(p.a, std::sqrt(5.0));
+  p.b = owner.register_parameter("lora_" + name + "_B", at::zeros({out, rank}));
+  return p;
+}
+
+}  // namespace
+
+int64_t ViTImpl::add_lora(const LoraOptions& o) {
+  VT_CHECK(o.rank >= 1, "--lora-rank must be at least 1, got ", o.rank);
+  VT_CHECK(o.alpha > 0, "--lora-alpha must be positive, got ", o.alpha);
+  VT_CHECK(!o.targets.empty(), "--lora-targets: name at least one of qkv, proj, fc1, fc2");
+  VT_CHECK(lora_scale_ == 0, config_.arch, " already has LoRA adapters");
+  for (const auto& t : o.targets) {
+    VT_CHECK(t == "qkv" || t == "proj" || t == "fc1" || t == "fc2", "--lora-targets: unknown '",
+             t, "' (ViT: qkv, proj, fc1, fc2)");
+  }
+  const auto wants = [&](const char* t) {
+    return std::find(o.targets.begin(), o.targets.end(), t) != o.targets.end();
+  };
+  const int64_t d = config_.vit.hidden_size, h = config_.vit.intermediate_size;
+  VT_CHECK(o.rank <= std::min(d, h), "--lora-rank ", o.rank, " is not below the width ", d,
+           " of ", config_.arch, "; LoRA adapts with a low rank (4 to 64)");
+  lora_scale_ = o.alpha / static_cast<double>(o.rank);
+  int64_t count = 0;
+  for (auto& b : blocks_) {
+    auto& attn = *b->self_attention;
+    auto& mlp = *b->mlp;
+    if (wants("qkv")) attn.qkv_lora = add_pair(attn, "qkv", 3 * d, d, o.rank);
+    if (wants("proj")) attn.proj_lora = add_pair(attn, "proj", d, d, o.rank);
+    if (wants("fc1")) mlp.fc1_lora = add_pair(mlp, "fc1", h, d, o.rank);
+    if (wants("fc2")) mlp.fc2_lora = add_pair(mlp, "fc2", d, h, o.rank);
+    count += static_cast<int64_t>(attn.qkv_lora.defined()) + attn.proj_lora.defined() +
+             mlp.fc1_lora.defined() + mlp.fc2_lora.defined();
+    b->lora_scale = lora_scale_;
+  }
+  prepared_ = false;
+  return count;
+}
+
+StateDict ViTImpl::deployable_state_dict() const {
+  StateDict state = model_state_dict(*this);
+  if (lora_scale_ == 0) return state;
+  // Each adapted matrix by its key, merged; adapter tensors dropped.
+  std::map<const void*, at::Tensor> replaced;
+  for (const auto& b : blocks_) {
+    const auto& attn = *b->self_attention;
+    const auto& mlp = *b->mlp;
+    replaced[attn.in_proj_weight.unsafeGetTensorImpl()] =
+        merged(attn.in_proj_weight, attn.qkv_lora, lora_scale_);
+    replaced[attn.out_proj->weight.unsafeGetTensorImpl()] =
+        merged(attn.out_proj->weight, attn.proj_lora, lora_scale_);
+    replaced[mlp.fc1->weight.unsafeGetTensorImpl()] =
+        merged(mlp.fc1->weight, mlp.fc1_lora, lora_scale_);
+    replaced[mlp.fc2->weight.unsafeGetTensorImpl()] =
+        merged(mlp.fc2->weight, mlp.fc2_lora, lora_scale_);
+  }
+  StateDict out;
+  for (auto& [name, t] : state) {
+    if (name.find(".lora_") != std::string::npos) continue;
+    const auto it = replaced.find(t.unsafeGetTensorImpl());
+    out.emplace_back(name, it == replaced.end() ? t : it->second);
+  }
+  return out;
 }
 
 ViTImpl::ViTImpl(ModelConfig config) : VisionModelImpl(std::move(config)) {
@@ -137,24 +221,31 @@ at::Tensor ViTImpl::block(const at::Tensor& x, const ViTBlockWeights& w, double 
                ? onednn_linear(in, wt, b)
                : at::linear(in, wt, b);
   };
+  // A matrix product and, when the matrix has an adapter, its low-rank path beside it.
+  const auto adapted = [&](const at::Tensor& in, const at::Tensor& wt, const at::Tensor& b,
+                           const LoraPair& l) {
+    at::Tensor out = linear(in, wt, b);
+    if (l.defined()) out = out + at::linear(at::linear(in, l.a), l.b) * w.lora_scale;
+    return out;
+  };
   const auto& v = config_.vit;
   const int64_t n = x.size(0), t = x.size(1), d = x.size(2);  ///< batch, tokens, width
   const int64_t h = v.num_attention_heads;
   const int64_t hd = d / h;  ///< width per head
   at::Tensor y = at::layer_norm(x, {d}, w.ln1_w, w.ln1_b, v.layer_norm_eps);
-  const at::Tensor qkv = linear(y, w.qkv_w, w.qkv_b).view({n, t, 3, h, hd}).permute(
+  const at::Tensor qkv = adapted(y, w.qkv_w, w.qkv_b, w.qkv_lora).view({n, t, 3, h, hd}).permute(
       {2, 0, 3, 1, 4});
   const at::Tensor q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(hd)));
   at::Tensor attn = at::softmax(at::matmul(q, qkv[1].transpose(-2, -1)), -1);
   if (training && v.attention_dropout > 0) attn = at::dropout(attn, v.attention_dropout, true);
   y = at::matmul(attn, qkv[2]).transpose(1, 2).reshape({n, t, d});
-  y = linear(y, w.proj_w, w.proj_b);
+  y = adapted(y, w.proj_w, w.proj_b, w.proj_lora);
   if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
   at::Tensor out = x + drop_path(y, dp, training);
   y = at::layer_norm(out, {d}, w.ln2_w, w.ln2_b, v.layer_norm_eps);
-  y = activation(linear(y, w.fc1_w, w.fc1_b), v.hidden_act);
+  y = activation(adapted(y, w.fc1_w, w.fc1_b, w.fc1_lora), v.hidden_act);
   if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
-  y = linear(y, w.fc2_w, w.fc2_b);
+  y = adapted(y, w.fc2_w, w.fc2_b, w.fc2_lora);
   if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
   return out + drop_path(y, dp, training);
 }
@@ -214,11 +305,16 @@ void ViTImpl::prepare_inference(at::ScalarType dtype) {
   Weights out{maybe(w.patch_w, dtype), maybe(w.patch_b, dtype), maybe(w.cls, dtype),
               maybe(w.pos, dtype),     maybe(w.ln_w, dtype),    maybe(w.ln_b, dtype),
               maybe(w.head_w, dtype),  maybe(w.head_b, dtype),  {}};
+  // Adapters are merged into the inference copies: no extra products at inference.
   for (const auto& b : w.blocks) {
-    out.blocks.push_back({maybe(b.ln1_w, dtype), maybe(b.ln1_b, dtype), maybe(b.qkv_w, dtype),
-                          maybe(b.qkv_b, dtype), maybe(b.proj_w, dtype), maybe(b.proj_b, dtype),
-                          maybe(b.ln2_w, dtype), maybe(b.ln2_b, dtype), maybe(b.fc1_w, dtype),
-                          maybe(b.fc1_b, dtype), maybe(b.fc2_w, dtype), maybe(b.fc2_b, dtype)});
+    const double s = b.lora_scale;
+    out.blocks.push_back({maybe(b.ln1_w, dtype), maybe(b.ln1_b, dtype),
+                          maybe(merged(b.qkv_w, b.qkv_lora, s), dtype), maybe(b.qkv_b, dtype),
+                          maybe(merged(b.proj_w, b.proj_lora, s), dtype), maybe(b.proj_b, dtype),
+                          maybe(b.ln2_w, dtype), maybe(b.ln2_b, dtype),
+                          maybe(merged(b.fc1_w, b.fc1_lora, s), dtype), maybe(b.fc1_b, dtype),
+                          maybe(merged(b.fc2_w, b.fc2_lora, s), dtype), maybe(b.fc2_b, dtype),
+                          {}, {}, {}, {}, 0.0});
   }
   inference_ = std::move(out);
   inference_dtype_ = dtype;

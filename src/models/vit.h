@@ -17,10 +17,19 @@
 
 namespace vitrine::models {
 
-/// One encoder block's tensors: either the trained parameters or their inference copies.
+/// A LoRA adapter of one matrix: A (rank x in), B (out x rank); undefined when none.
+struct LoraPair {
+  at::Tensor a, b;
+  bool defined() const { return a.defined(); }
+};
+
+/// One encoder block's tensors: either the trained parameters (with their adapters) or
+/// their inference copies (adapters merged).
 struct ViTBlockWeights {
   at::Tensor ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w,
       fc2_b;
+  LoraPair qkv_lora, proj_lora, fc1_lora, fc2_lora;
+  double lora_scale = 0;
 };
 
 class ViTAttentionImpl : public torch::nn::Module {
@@ -28,6 +37,7 @@ class ViTAttentionImpl : public torch::nn::Module {
   ViTAttentionImpl(int64_t dim, bool qkv_bias);
   at::Tensor in_proj_weight, in_proj_bias;
   torch::nn::Linear out_proj{nullptr};
+  LoraPair qkv_lora, proj_lora;  ///< lora_qkv_{A,B}, lora_proj_{A,B} when added
 };
 TORCH_MODULE(ViTAttention);
 
@@ -35,6 +45,7 @@ class ViTMlpImpl : public torch::nn::Module {
  public:
   ViTMlpImpl(int64_t dim, int64_t hidden);
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};  ///< keys mlp.0 and mlp.3, as torchvision
+  LoraPair fc1_lora, fc2_lora;  ///< lora_fc1_{A,B}, lora_fc2_{A,B} when added
 };
 TORCH_MODULE(ViTMlp);
 
@@ -42,6 +53,7 @@ class ViTBlockImpl : public torch::nn::Module {
  public:
   ViTBlockImpl(const ViTConfig& c, double drop_path);
   ViTBlockWeights weights() const;
+  double lora_scale = 0;
   torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
   ViTAttention self_attention{nullptr};
   ViTMlp mlp{nullptr};
@@ -59,6 +71,9 @@ class ViTImpl : public VisionModelImpl {
   std::string head_name() const override { return "heads.head"; }
   std::string stem_weight_name() const override { return "conv_proj.weight"; }
   void reset_head(int64_t num_classes) override;
+  int64_t add_lora(const LoraOptions& options) override;
+  double lora_scale() const override { return lora_scale_; }
+  StateDict deployable_state_dict() const override;
   void prepare_inference(at::ScalarType dtype) override;
   at::Tensor forward_inference(const at::Tensor& images) override;
   at::Tensor forward_features_inference(const at::Tensor& images) override;
@@ -85,6 +100,7 @@ class ViTImpl : public VisionModelImpl {
   torch::nn::Module* heads_ = nullptr;
   torch::nn::Linear head_{nullptr};
 
+  double lora_scale_ = 0;
   bool prepared_ = false;
   at::ScalarType inference_dtype_ = at::kFloat;
   Weights inference_;

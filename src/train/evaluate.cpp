@@ -102,8 +102,8 @@ MultiLabelMetrics evaluate_multi_label(models::VisionModelImpl& model,
 ClassificationMetrics evaluate(models::VisionModelImpl& model,
                                const std::shared_ptr<data::Dataset>& data,
                                const EvalOptions& options, std::vector<std::string>* errors) {
-  VT_CHECK(data && !data->multi_label(),
-           "the data is multi-label; use multi-label evaluation (mAP, F1)");
+  VT_CHECK(data, "nothing to evaluate: the data has no such split");
+  VT_CHECK(!data->multi_label(), "the data is multi-label; use multi-label evaluation (mAP, F1)");
   ClassificationAccumulator acc(model.config().num_classes);
   for_each_batch(model, data, options, errors, [&](const at::Tensor& logits, const at::Tensor& t) {
     acc.add(at::softmax(logits, 1), t);
@@ -116,7 +116,8 @@ ClassificationMetrics evaluate_under_attack(models::VisionModelImpl& model,
                                             const AttackOptions& attack,
                                             const EvalOptions& options,
                                             std::vector<std::string>* errors) {
-  VT_CHECK(data && !data->multi_label(),
+  VT_CHECK(data, "nothing to evaluate: the data has no such split");
+  VT_CHECK(!data->multi_label(),
            "attacks are evaluated on single-label data (multi-label: not yet supported)");
   check_attack(attack);
   ClassificationAccumulator acc(model.config().num_classes);

@@ -117,6 +117,8 @@ struct Trainer::State {
   void update_ema();
   void save_state(int64_t epochs_done, const EpochProgress& progress = {});
   void write_run_report();
+  /// A model directory (adapters merged) and, with --save-adapter, adapter.safetensors.
+  void save_model_dir(const models::VisionModelImpl& m, const std::string& dir) const;
   void load_state();
   bool improved(double value) const;
   std::vector<double> balanced_sample_weights() const;
@@ -175,6 +177,21 @@ void Trainer::State::build_model() {
     const auto report = models::load_state_dict(*model, init_weights, lo);
     if (!report.adapted.empty()) spdlog::info("initialised from {}:{}", o.init_dir, report.summary());
   }
+  if (o.lora_rank > 0) {
+    VT_CHECK(o.ema_decay == 0, "--model-ema-decay with LoRA is not yet supported");
+    VT_CHECK(o.freeze == "none", "LoRA freezes the backbone itself; drop --freeze");
+    models::LoraOptions lo = o.lora;
+    lo.rank = o.lora_rank;
+    const int64_t adapted = model->add_lora(lo);
+    spdlog::info("LoRA: rank {} (alpha {}) on {} matrices ({})", lo.rank, lo.alpha, adapted,
+                 [&] {
+                   std::string t;
+                   for (const auto& x : lo.targets) t += (t.empty() ? "" : ",") + x;
+                   return t;
+                 }());
+  } else {
+    VT_CHECK(!o.save_adapter, "--save-adapter needs LoRA (--lora-rank)");
+  }
   if (o.ema_decay > 0) {
     VT_CHECK(o.ema_decay < 1, "--model-ema-decay must be in (0, 1)");
     ema = models::create_model(cfg);
@@ -189,6 +206,23 @@ void Trainer::State::build_model() {
 void Trainer::State::build_optimizer() {
   const int64_t frozen = apply_freeze(*model, o.freeze);
   if (frozen > 0) spdlog::info("froze {} tensors ({})", frozen, o.freeze);
+  if (o.lora_rank > 0) {
+    // Only the adapters and the head learn.
+    const std::string head = model->head_name() + ".";
+    for (auto& item : model->named_parameters()) {
+      item.value().set_requires_grad(item.key().find("lora_") != std::string::npos ||
+                                     item.key().rfind(head, 0) == 0);
+    }
+  }
+  for (const auto& item : model->named_parameters()) {
+    const int64_t n = item.value().numel();
+    result.total_params += item.key().find("lora_") == std::string::npos ? n : 0;
+    result.trainable_params += item.value().requires_grad() ? n : 0;
+  }
+  spdlog::info("trainable weights: {} of {} ({:.2f}%)", result.trainable_params,
+               result.total_params,
+               100.0 * static_cast<double>(result.trainable_params) /
+                   static_cast<double>(std::max<int64_t>(1, result.total_params)));
   groups = param_groups(*model, o.optim);
   for (const auto& g : groups) trainable.insert(trainable.end(), g.params.begin(), g.params.end());
   optimizer = make_optimizer(groups, o.optim);
@@ -337,6 +371,26 @@ void Trainer::State::write_run_report() {
   }
   write_report(o.out_dir, in);
   result.report = path("report.html");
+}
+
+void Trainer::State::save_model_dir(const models::VisionModelImpl& m, const std::string& dir) const {
+  models::save_model(m, dir);
+  if (!o.save_adapter) return;
+  StateDict adapter;
+  const std::string head = m.head_name() + ".";
+  for (auto& [name, t] : models::model_state_dict(m)) {
+    if (name.find("lora_") != std::string::npos || name.rfind(head, 0) == 0) {
+      adapter.emplace_back(name, t);
+    }
+  }
+  json targets = o.lora.targets;
+  safetensors_save((fs::path(dir) / "adapter.safetensors").string(), adapter,
+                   {{"format", "vitrine-lora"},
+                    {"arch", m.config().arch},
+                    {"lora_rank", std::to_string(o.lora_rank)},
+                    {"lora_alpha", std::to_string(o.lora.alpha)},
+                    {"lora_targets", targets.dump()},
+                    {"base", o.init_dir}});
 }
 
 bool Trainer::State::improved(double value) const {
@@ -516,12 +570,12 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
         s.result.best_value = value;
         s.bad_epochs = 0;
         rec.best = true;
-        models::save_model(judged, s.result.best_dir);
+        s.save_model_dir(judged, s.result.best_dir);
       } else if (o.patience > 0 && ++s.bad_epochs >= o.patience) {
         stop = true;
       }
     }
-    models::save_model(judged, s.result.last_dir);
+    s.save_model_dir(judged, s.result.last_dir);
     s.result.history.push_back(rec);
     log_text += rec.to_json() + "\n";
     write_file_atomic(log_path, log_text);
@@ -536,7 +590,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
   }
   if (s.result.best_epoch < 0) {
     // No validation data: the last model is the best we know.
-    models::save_model(s.ema ? *s.ema : *s.model, s.result.best_dir);
+    s.save_model_dir(s.ema ? *s.ema : *s.model, s.result.best_dir);
   }
   s.write_run_report();
   return s.result;

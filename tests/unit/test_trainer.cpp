@@ -6,6 +6,7 @@
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/predictor.h"
+#include "vitrine/models/registry.h"
 #include "vitrine/train/evaluate.h"
 #include "vitrine/train/trainer.h"
 
@@ -340,5 +341,84 @@ TEST(Trainer, ModelEmaIsWhatGetsSaved) {
   o.out_dir = dir + "/bad";
   o.ema_decay = 1.0;
   EXPECT_CONTAINS(test::error_of([&] { train::Trainer t(o); }), "--model-ema-decay");
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, LoraTrainsOnlyAdaptersAndTheHeadAndSavesThemMerged) {
+  const std::string dir = test::temp_dir("lora");
+  write_image_folder(dir + "/data/train", {8, 8, 8}, 5);
+  // A "pretrained" backbone: a small ViT without a head.
+  models::ModelConfig cfg = test::tiny_vit_config(2);
+  cfg.num_classes = 0;
+  at::manual_seed(9);
+  auto backbone = models::create_model(cfg);
+  models::save_model(*backbone, dir + "/backbone");
+  const StateDict init = models::model_state_dict(*backbone);
+
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  o.arch.clear();
+  o.image_size = 0;
+  o.init_dir = dir + "/backbone";
+  o.epochs = 2;
+  o.lora_rank = 4;
+  o.lora.alpha = 8;
+  o.save_adapter = true;
+  train::Trainer trainer(o);
+  const auto result = trainer.run();
+
+  // Trainable: 2 blocks x 4 matrices x (A + B), and the head (3 classes x 32 + 3).
+  const int64_t d = 32, h = 64, r = 4;
+  const int64_t lora = 2 * ((r * d + 3 * d * r) + (r * d + d * r) + (r * d + h * r) + (r * h + d * r));
+  EXPECT_EQ(result.trainable_params, lora + 3 * d + 3);
+  int64_t backbone_params = 0;
+  for (const auto& [n, t] : init) backbone_params += n.find("running") == std::string::npos ? t.numel() : 0;
+  EXPECT_EQ(result.total_params, backbone_params + 3 * d + 3);
+
+  // The run's state (unmerged): every backbone tensor bit-identical to the init, the
+  // adapters' B moved off zero, the head trained.
+  const auto state = safetensors_load(dir + "/run/state/model.safetensors").tensors;
+  int64_t compared = 0, moved = 0;
+  for (const auto& [n, t] : state) {
+    if (n.find("lora_") != std::string::npos) {
+      if (n.back() == 'B') moved += t.abs().max().item<double>() > 0;
+      continue;
+    }
+    for (const auto& [in, it] : init) {
+      if (in == n) {
+        EXPECT_TRUE(at::equal(t, it)) << n << " changed although only adapters train";
+        ++compared;
+      }
+    }
+  }
+  EXPECT_EQ(compared, static_cast<int64_t>(init.size()));
+  EXPECT_EQ(moved, 2 * 4);
+  // Saved models: adapters merged (no lora_ keys), the adapted matrices differ from the init.
+  const auto best = safetensors_load(result.best_dir + "/model.safetensors").tensors;
+  bool merged_differs = false;
+  for (const auto& [n, t] : best) {
+    EXPECT_EQ(n.find("lora_"), std::string::npos) << n;
+    if (n == "encoder.layers.encoder_layer_0.self_attention.in_proj_weight") {
+      for (const auto& [in, it] : init) {
+        if (in == n) merged_differs = !at::equal(t, it);
+      }
+    }
+  }
+  EXPECT_TRUE(merged_differs);
+  // The adapter file: adapters and head alone, with its settings.
+  const auto adapter = safetensors_load(result.best_dir + "/adapter.safetensors");
+  EXPECT_EQ(adapter.tensors.size(), static_cast<size_t>(2 * 4 * 2 + 2));
+  EXPECT_EQ(adapter.metadata.at("lora_rank"), "4");
+  // And the saved (merged) model computes what the trained (unmerged) one does.
+  auto saved = models::load_model(result.best_dir);
+  auto trained = models::create_model(saved->config());
+  models::LoraOptions lo = o.lora;
+  lo.rank = o.lora_rank;
+  trained->add_lora(lo);
+  models::load_state_dict(*trained, state);
+  saved->eval();
+  trained->eval();
+  at::NoGradGuard no_grad;
+  const at::Tensor x = at::randn({6, 3, 32, 32});
+  EXPECT_LT(test::max_abs_diff(saved->forward(x), trained->forward(x)), 1e-5);
   fs::remove_all(dir);
 }

@@ -4,6 +4,7 @@
 // torchvision checkpoint keys, so a torchvision state_dict loads as it is.
 #pragma once
 
+#include "vitrine/core/state_dict.h"
 #include "vitrine/models/config.h"
 
 #include <torch/nn/module.h>
@@ -11,8 +12,19 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace vitrine::models {
+
+/// Low-rank adapters (Hu et al., LoRA, 2021): a frozen weight W (out x in) gains
+/// (alpha / rank) * B A, with A (rank x in) initialised as nn.Linear initialises weights
+/// and B (out x rank) zero, so training starts from the unchanged model.
+struct LoraOptions {
+  int64_t rank = 8;
+  double alpha = 16;
+  /// ViT: qkv (attention in-projection), proj (attention out-projection), fc1, fc2 (MLP).
+  std::vector<std::string> targets{"qkv", "proj", "fc1", "fc2"};
+};
 
 class VisionModelImpl : public torch::nn::Module {
  public:
@@ -46,6 +58,16 @@ class VisionModelImpl : public torch::nn::Module {
   virtual at::Tensor forward_features_inference(const at::Tensor& images) {
     return forward_features(images);
   }
+
+  /// Adds LoRA adapters (parameters whose names contain "lora_") to the target matrices;
+  /// returns how many matrices got one. Throws for models without LoRA support.
+  virtual int64_t add_lora(const LoraOptions& options);
+  /// The adapters' scale alpha / rank; 0 without adapters.
+  virtual double lora_scale() const { return 0; }
+  /// The weights to deploy: the state dict with adapters merged into the matrices they
+  /// adapt (W + scale * B A) and the adapter tensors left out. Without adapters, the
+  /// state dict itself.
+  virtual StateDict deployable_state_dict() const;
 
   const ModelConfig& config() const { return config_; }
   ModelConfig& mutable_config() { return config_; }

@@ -62,6 +62,12 @@ struct TrainOptions {
   std::string adv = "none";
   AttackOptions adv_attack;  ///< budget, steps, step size (the method comes from `adv`)
   double adv_ratio = 1;      ///< share of each batch made adversarial, in (0, 1]
+  /// LoRA (ViT): 0 = off; otherwise adapters of this rank on `lora.targets`, and only they
+  /// and the head train. Saved models have them merged; `save_adapter` also writes
+  /// adapter.safetensors (adapters and head alone) beside each saved model.
+  int64_t lora_rank = 0;
+  models::LoraOptions lora;
+  bool save_adapter = false;
 
   int64_t epochs = 10;
   int64_t patience = 0;         ///< early stopping after this many epochs without gain; 0 = off
@@ -99,6 +105,7 @@ struct TrainResult {
   bool has_test = false;        ///< the data has a test split, evaluated with the best model
   double test_top1 = 0, test_macro_f1 = 0;
   std::string report;           ///< report.html of the run
+  int64_t trainable_params = 0, total_params = 0;  ///< numbers of weights
 };
 
 class Trainer {
