@@ -145,6 +145,11 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--lora-targets", o->lora.targets,
                   "Matrices that get adapters: qkv proj fc1 fc2 (default: all four)")
       ->delimiter(',');
+  cmd->add_flag("--append-classes", o->append_classes,
+                "Continual fine-tuning: add the data's new classes to the --init model's head");
+  cmd->add_option("--replay", o->replay,
+                  "Replay up to N photos stored with the --init model, and store N with this one")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--save-adapter", o->save_adapter,
                 "Also write adapter.safetensors (adapters and head alone) beside each model");
   cmd->add_option("--adv-ratio", o->adv_ratio,
@@ -249,11 +254,15 @@ void add_eval_command(CLI::App& app, int& status) {
       std::vector<std::string> errors;
       results.push_back(train::evaluate(*model, d, a->eval, &errors));
       for (const auto& e : errors) spdlog::warn("skipped: {}", e);
-      out[dir] = nlohmann::json::parse(results.back().to_json(splits.classes));
+      // Data with some of the model's classes is scored among all of them.
+      const auto& names = model->config().labels.size() == results.back().per_class.size()
+                              ? model->config().labels
+                              : splits.classes;
+      out[dir] = nlohmann::json::parse(results.back().to_json(names));
       out[dir]["skipped_images"] = errors.size();
       if (attacked) {
         robust.push_back(train::evaluate_under_attack(*model, d, a->adv, a->eval));
-        auto r = nlohmann::json::parse(robust.back().to_json(splits.classes));
+        auto r = nlohmann::json::parse(robust.back().to_json(names));
         r["attack"] = {{"method", a->adv.method},
                        {"eps", a->adv.eps},
                        {"steps", a->adv.method == "pgd" ? a->adv.steps : 1},

@@ -691,7 +691,44 @@ class ConcatDataset : public Dataset {
   std::shared_ptr<Dataset> a_, b_;
 };
 
+class RelabelledDataset : public Dataset {
+ public:
+  RelabelledDataset(std::shared_ptr<Dataset> base, std::vector<std::string> classes,
+                    std::vector<int64_t> map)
+      : base_(std::move(base)), map_(std::move(map)) {
+    classes_ = std::move(classes);
+    multi_label_ = base_->multi_label();
+  }
+  int64_t size() const override { return base_->size(); }
+  cv::Mat image(int64_t i) const override { return base_->image(i); }
+  std::vector<int64_t> labels(int64_t i) const override {
+    std::vector<int64_t> out;
+    for (const int64_t c : base_->labels(i)) out.push_back(map_[static_cast<size_t>(c)]);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+  std::string name(int64_t i) const override { return base_->name(i); }
+
+ private:
+  std::shared_ptr<Dataset> base_;
+  std::vector<int64_t> map_;  ///< base class index -> index into classes_
+};
+
 }  // namespace
+
+std::shared_ptr<Dataset> with_classes(std::shared_ptr<Dataset> base,
+                                      const std::vector<std::string>& classes) {
+  VT_CHECK(base != nullptr, "relabelling a null data set; open a data set first");
+  if (base->classes() == classes) return base;
+  std::vector<int64_t> map;
+  for (const auto& c : base->classes()) {
+    const auto it = std::find(classes.begin(), classes.end(), c);
+    VT_CHECK(it != classes.end(), "the class '", c, "' of the data is not among the ",
+             classes.size(), " classes expected here");
+    map.push_back(it - classes.begin());
+  }
+  return std::make_shared<RelabelledDataset>(std::move(base), classes, std::move(map));
+}
 
 std::shared_ptr<Dataset> concat(std::shared_ptr<Dataset> a, std::shared_ptr<Dataset> b) {
   VT_CHECK(a != nullptr && b != nullptr, "concatenation of a null data set; open both first");

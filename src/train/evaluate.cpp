@@ -8,6 +8,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <functional>
 #include <limits>
 #include <random>
@@ -67,11 +68,23 @@ void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::
                     const AttackOptions* adversary = nullptr) {
   VT_CHECK(data && data->size() > 0, "nothing to evaluate: the split is empty");
   const int64_t k = model.config().num_classes;
-  VT_CHECK(static_cast<int64_t>(data->classes().size()) == k, model.config().arch, " has ", k,
-           " classes but the data has ", data->classes().size(),
+  const auto& labels = model.config().labels;
+  std::shared_ptr<data::Dataset> d = data;
+  if (static_cast<int64_t>(d->classes().size()) < k && static_cast<int64_t>(labels.size()) == k) {
+    // Data with some of the model's classes (e.g. the earlier task of a model fine-tuned
+    // further with new classes): its labels by name among the model's.
+    for (const auto& c : d->classes()) {
+      VT_CHECK(std::find(labels.begin(), labels.end(), c) != labels.end(), "the data's class '",
+               c, "' is not one of the ", k, " classes of ", model.config().arch,
+               "; evaluate on data with the model's classes");
+    }
+    d = data::with_classes(d, labels);
+  }
+  VT_CHECK(static_cast<int64_t>(d->classes().size()) == k, model.config().arch, " has ", k,
+           " classes but the data has ", d->classes().size(),
            "; evaluate on data with the model's classes");
   const auto& pre = model.config().preprocess;
-  for_each_eval_batch(model, data, options, errors, [&](const data::Batch& batch) {
+  for_each_eval_batch(model, d, options, errors, [&](const data::Batch& batch) {
     const at::Tensor logits =
         adversary ? model.forward(attack(model, batch.images, batch.targets, *adversary,
                                          pre.mean, pre.std))

@@ -18,6 +18,8 @@
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/serialize.h>
 
@@ -117,6 +119,8 @@ struct Trainer::State {
   void update_ema();
   void save_state(int64_t epochs_done, const EpochProgress& progress = {});
   void write_run_report();
+  void add_replay();
+  void store_replay(const std::string& dir) const;
   /// A model directory (adapters merged) and, with --save-adapter, adapter.safetensors.
   void save_model_dir(const models::VisionModelImpl& m, const std::string& dir) const;
   void load_state();
@@ -146,9 +150,11 @@ void Trainer::State::build_model() {
     init_has_head = cfg.num_classes > 0;
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
     // A backbone without a head (pretrained, or imported with --num-classes 0) gets one.
-    VT_CHECK(cfg.num_classes == classes || cfg.num_classes == 0 || o.reinit_head, o.init_dir,
-             " has a head of ", cfg.num_classes, " classes but the data has ", classes,
-             "; pass --reinit-head to train a new head");
+    VT_CHECK(cfg.num_classes == classes || cfg.num_classes == 0 || o.reinit_head ||
+                 o.append_classes,
+             o.init_dir, " has a head of ", cfg.num_classes, " classes but the data has ",
+             classes, "; pass --reinit-head to train a new head, or --append-classes to add the "
+             "new classes to it (continual fine-tuning)");
   } else {
     VT_CHECK(!o.arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");
     // Grey data sets (Fashion-MNIST, X-ray-like product scans) train 1-channel models.
@@ -172,10 +178,26 @@ void Trainer::State::build_model() {
   cfg.thresholds.clear();
   model = models::create_model(cfg);
   if (!init_weights.empty()) {
+    const int64_t old_classes = init_has_head ? models::load_model_config(o.init_dir).num_classes : 0;
+    const bool append = o.append_classes && !o.reinit_head && init_has_head && old_classes != classes;
     models::LoadOptions lo;
-    lo.reinit_head = o.reinit_head || !init_has_head;
+    lo.reinit_head = o.reinit_head || !init_has_head || append;
     const auto report = models::load_state_dict(*model, init_weights, lo);
     if (!report.adapted.empty()) spdlog::info("initialised from {}:{}", o.init_dir, report.summary());
+    if (append) {
+      // The known classes come first in the data's class list (see the constructor): their
+      // rows of the head are the old ones.
+      at::NoGradGuard no_grad;
+      const std::string head = model->head_name() + ".";
+      for (auto& item : model->named_parameters()) {
+        if (item.key().rfind(head, 0) != 0) continue;
+        for (const auto& [name, t] : init_weights) {
+          if (name == item.key()) item.value().narrow(0, 0, old_classes).copy_(t);
+        }
+      }
+      spdlog::info("appended {} classes to the head of {} ({} kept)", classes - old_classes,
+                   o.init_dir, old_classes);
+    }
   }
   if (o.lora_rank > 0) {
     VT_CHECK(o.ema_decay == 0, "--model-ema-decay with LoRA is not yet supported");
@@ -375,6 +397,7 @@ void Trainer::State::write_run_report() {
 
 void Trainer::State::save_model_dir(const models::VisionModelImpl& m, const std::string& dir) const {
   models::save_model(m, dir);
+  if (o.replay > 0) store_replay(dir);
   if (!o.save_adapter) return;
   StateDict adapter;
   const std::string head = m.head_name() + ".";
@@ -391,6 +414,69 @@ void Trainer::State::save_model_dir(const models::VisionModelImpl& m, const std:
                     {"lora_alpha", std::to_string(o.lora.alpha)},
                     {"lora_targets", targets.dump()},
                     {"base", o.init_dir}});
+}
+
+void Trainer::State::add_replay() {
+  const fs::path manifest = fs::path(o.init_dir) / "replay" / "manifest.csv";
+  if (!fs::exists(manifest)) {
+    spdlog::warn("{} stores no replay sample; nothing to replay (train the earlier model with "
+                 "--replay N to keep one)", o.init_dir);
+    return;
+  }
+  data::DataOptions d;
+  d.source = manifest.string();
+  d.val_split = 0;
+  d.test_split = 0;
+  auto stored = data::open_data(d).train;
+  VT_CHECK(!stored->multi_label() && !data.multi_label, "--replay is for single-label data");
+  stored = data::with_classes(stored, data.classes);
+  const int64_t n = std::min<int64_t>(o.replay, stored->size());
+  auto order = data::permutation(stored->size(), o.seed);
+  order.resize(static_cast<size_t>(n));
+  data.train = data::concat(data.train, data::subset(stored, order));
+  spdlog::info("replaying {} of the {} photos stored with {}", n, stored->size(), o.init_dir);
+}
+
+void Trainer::State::store_replay(const std::string& dir) const {
+  // Class-balanced: one photo of each class in turn, each class in its own random order.
+  const auto& train = *data.train;
+  const int64_t k = static_cast<int64_t>(data.classes.size());
+  std::vector<std::vector<int64_t>> by_class(static_cast<size_t>(k));
+  for (const int64_t i : data::permutation(train.size(), o.seed + 1)) {
+    by_class[static_cast<size_t>(train.labels(i).at(0))].push_back(i);
+  }
+  std::vector<int64_t> picked;
+  for (size_t round = 0; static_cast<int64_t>(picked.size()) < o.replay; ++round) {
+    bool any = false;
+    for (const auto& items : by_class) {
+      if (round < items.size() && static_cast<int64_t>(picked.size()) < o.replay) {
+        picked.push_back(items[round]);
+        any = true;
+      }
+    }
+    if (!any) break;
+  }
+  const fs::path folder = fs::path(dir) / "replay";
+  fs::remove_all(folder);
+  fs::create_directories(folder);
+  std::string csv = "path,label\n";
+  int64_t written = 0;
+  for (const int64_t i : picked) {
+    cv::Mat img;
+    try {
+      img = train.image(i);
+    } catch (const Error&) {
+      continue;  // unreadable photos were skipped in training too
+    }
+    if (img.channels() == 3) cv::cvtColor(img, img, cv::COLOR_RGB2BGR);
+    const std::string file = std::to_string(written++) + ".png";
+    VT_CHECK(cv::imwrite((folder / file).string(), img), "cannot write ", (folder / file).string());
+    std::string label = data.classes[static_cast<size_t>(train.labels(i).at(0))];
+    std::string quoted = "\"";
+    for (const char c : label) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+    csv += file + "," + quoted + "\"\n";
+  }
+  write_file_atomic((folder / "manifest.csv").string(), csv);
 }
 
 bool Trainer::State::improved(double value) const {
@@ -457,6 +543,43 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   s.data = data::open_data(o.data);
   for (const auto& w : s.data.warnings) spdlog::warn("{}", w);
   s.result.warnings = s.data.warnings;
+  VT_CHECK(o.replay >= 0, "--replay must not be negative");
+  VT_CHECK(o.replay == 0 || !s.data.multi_label, "--replay is for single-label data");
+  VT_CHECK(!o.append_classes || !o.init_dir.empty(),
+           "--append-classes continues an earlier model: give --init DIR");
+  std::vector<std::string> known;  ///< the --init model's classes, when its head is kept
+  if (!o.init_dir.empty() && !o.reinit_head) {
+    const auto c = models::load_model_config(o.init_dir);
+    if (c.num_classes > 0 && static_cast<int64_t>(c.labels.size()) == c.num_classes) known = c.labels;
+  }
+  // Remapped: the same classes in another order, or any data with --append-classes. (Data
+  // with fewer classes and no flag meets the class-count check of build_model.)
+  const bool same_set = std::is_permutation(known.begin(), known.end(), s.data.classes.begin(),
+                                            s.data.classes.end());
+  if (!known.empty() && known != s.data.classes &&
+      (same_set || o.append_classes || s.data.classes.size() >= known.size())) {
+    // The data's labels by name among the model's (its head rows keep their meaning), and
+    // with --append-classes the new classes after them.
+    std::vector<std::string> all = known, unknown;
+    for (const auto& c : s.data.classes) {
+      if (std::find(all.begin(), all.end(), c) == all.end()) unknown.push_back(c);
+    }
+    if (!unknown.empty()) {
+      std::string names;
+      for (size_t i = 0; i < std::min<size_t>(unknown.size(), 5); ++i) names += " '" + unknown[i] + "'";
+      VT_CHECK(o.append_classes, o.init_dir, " does not know ", unknown.size(),
+               " classes of the data (", names, unknown.size() > 5 ? " ..." : "",
+               " ); pass --append-classes to add them to its head (continual fine-tuning) or "
+               "--reinit-head for a new head");
+      VT_CHECK(!s.data.multi_label, "--append-classes is for single-label data");
+      all.insert(all.end(), unknown.begin(), unknown.end());
+    }
+    s.data.classes = all;
+    for (auto* split : {&s.data.train, &s.data.val, &s.data.test}) {
+      if (*split) *split = data::with_classes(*split, all);
+    }
+  }
+  if (o.replay > 0 && !o.init_dir.empty()) s.add_replay();
   if (s.o.monitor.empty()) s.o.monitor = s.data.multi_label ? "val_map" : "val_top1";
   s.o.adv_attack.multi_label = s.data.multi_label;
   if (s.data.multi_label) {

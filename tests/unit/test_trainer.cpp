@@ -18,6 +18,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 
 using namespace vitrine;
@@ -27,14 +28,14 @@ namespace {
 
 // Class c draws a square of its own colour at a random place on a noisy background.
 void write_image_folder(const std::string& root, const std::vector<int>& per_class,
-                        uint64_t seed, double noise = 20) {
+                        uint64_t seed, double noise = 20, size_t first_class = 0) {
   static const cv::Scalar kColours[] = {{255, 40, 40}, {40, 255, 40}, {40, 40, 255},
                                         {230, 230, 40}};
   std::mt19937_64 rng(seed);
-  for (size_t c = 0; c < per_class.size(); ++c) {
+  for (size_t c = first_class; c < first_class + per_class.size(); ++c) {
     const std::string dir = root + "/class_" + std::to_string(c);
     fs::create_directories(dir);
-    for (int i = 0; i < per_class[c]; ++i) {
+    for (int i = 0; i < per_class[c - first_class]; ++i) {
       cv::Mat img(32, 32, CV_8UC3, cv::Scalar(128, 128, 128));
       cv::Mat n(32, 32, CV_8UC3);
       cv::randn(n, 0, noise);
@@ -420,5 +421,63 @@ TEST(Trainer, LoraTrainsOnlyAdaptersAndTheHeadAndSavesThemMerged) {
   at::NoGradGuard no_grad;
   const at::Tensor x = at::randn({6, 3, 32, 32});
   EXPECT_LT(test::max_abs_diff(saved->forward(x), trained->forward(x)), 1e-5);
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, ContinualFineTuningAppendsClassesAndReplayForgetsLess) {
+  const std::string dir = test::temp_dir("continual");
+  write_image_folder(dir + "/old", {16, 16}, 11);        // class_0, class_1
+  write_image_folder(dir + "/new", {16, 16}, 12, 20, 2);  // class_2, class_3
+  auto run = [&](const std::string& data, const std::string& out) {
+    train::TrainOptions o = small_run(data, out);
+    o.arch = "vit_ti_16";  // no batch norm: tiny data sets are fine
+    o.optim.lr = 1e-3;
+    o.epochs = 6;
+    return o;
+  };
+  train::TrainOptions first = run(dir + "/old", dir + "/stage1");
+  first.replay = 16;
+  train::Trainer(first).run();
+  // The stored sample: 16 photos, 8 of each old class.
+  data::DataOptions stored;
+  stored.source = dir + "/stage1/best/replay/manifest.csv";
+  stored.val_split = 0;
+  const auto replay = data::open_data(stored);
+  ASSERT_EQ(replay.train->size(), 16);
+  EXPECT_EQ(replay.classes, (std::vector<std::string>{"class_0", "class_1"}));
+
+  // Without --append-classes a head of other classes is refused.
+  train::TrainOptions refused = run(dir + "/new", dir + "/refused");
+  refused.arch.clear();
+  refused.init_dir = dir + "/stage1/best";
+  const std::string refusal = test::error_of([&] { train::Trainer{refused}; });
+  EXPECT_CONTAINS(refusal, "--append-classes");
+  EXPECT_CONTAINS(refusal, "'class_2'");
+
+  std::map<int, double> old_top1, new_top1;
+  for (const int replayed : {0, 1}) {
+    train::TrainOptions next = run(dir + "/new", dir + "/stage2_" + std::to_string(replayed));
+    next.arch.clear();
+    next.image_size = 0;
+    next.init_dir = dir + "/stage1/best";
+    next.append_classes = true;
+    next.replay = replayed ? 16 : 0;
+    const auto result = train::Trainer(next).run();
+    auto model = models::load_model(result.best_dir);
+    EXPECT_EQ(model->config().labels,
+              (std::vector<std::string>{"class_0", "class_1", "class_2", "class_3"}));
+    data::DataOptions d;
+    d.val_split = 0;
+    d.source = dir + "/old";
+    old_top1[replayed] = train::evaluate(*model, data::open_data(d).train).top1;
+    d.source = dir + "/new";
+    new_top1[replayed] = train::evaluate(*model, data::open_data(d).train).top1;
+  }
+  // Both learn the new classes; replay keeps the old ones, plain fine-tuning forgets them.
+  EXPECT_GE(new_top1[0], 0.9);
+  EXPECT_GE(new_top1[1], 0.9);
+  EXPECT_GE(old_top1[1], old_top1[0] + 0.3) << "with replay " << old_top1[1] << ", without "
+                                            << old_top1[0];
+  EXPECT_GE(old_top1[1], 0.8);
   fs::remove_all(dir);
 }

@@ -66,6 +66,13 @@ struct TrainOptions {
   /// and the head train. Saved models have them merged; `save_adapter` also writes
   /// adapter.safetensors (adapters and head alone) beside each saved model.
   int64_t lora_rank = 0;
+  /// Continual fine-tuning: with --init a model that has a head, classes of the data it does
+  /// not know are appended to the head (its rows for the known classes kept).
+  bool append_classes = false;
+  /// > 0: mix up to this many photos of the --init model's stored replay sample (its
+  /// replay/ folder) into the training data, and store a class-balanced sample of this many
+  /// training photos (replayed ones included) with each saved model.
+  int64_t replay = 0;
   models::LoraOptions lora;
   bool save_adapter = false;
 
