@@ -11,6 +11,8 @@ packages=(
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev zlib1g-dev
   libsqlite3-dev libssl-dev libfaiss-dev libcpp-httplib-dev
+  # headers of Gloo, the CPU backend of libtorch's distributed engine (c10d)
+  libgloo-dev
   # the embedded default data set
   dataset-fashion-mnist
   # Debian's libtorch calls the generic BLAS; without an optimised one ViT-B/16 takes

@@ -14,8 +14,14 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <arpa/inet.h>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace vitrine::cli {
 
@@ -97,6 +103,77 @@ void add_attack_options(CLI::App* cmd, train::AttackOptions& a) {
          "PGD step size, e.g. 2/255 (default 2.5 * eps / steps)");
 }
 
+namespace {
+
+/// A free TCP port on the loopback interface (for a local rendezvous).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  VT_CHECK(fd >= 0, "cannot open a socket to find a free port");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+                  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  close(fd);
+  VT_CHECK(ok, "cannot find a free port on 127.0.0.1; give --master-port");
+  return ntohs(addr.sin_port);
+}
+
+/// `vitrine train ... --nproc N`: this command line N times, as ranks 0..N-1 of one run on
+/// this host; when one fails the others are stopped. Returns the exit status.
+int launch_local(int nproc, int port, int timeout_s) {
+  std::vector<std::string> args;
+  const auto& given = command_args();
+  for (size_t i = 1; i < given.size(); ++i) {
+    if (given[i] == "--nproc") {
+      ++i;  // and its value
+      continue;
+    }
+    if (given[i].rfind("--nproc=", 0) == 0) continue;
+    args.push_back(given[i]);
+  }
+  std::vector<pid_t> children;
+  for (int rank = 0; rank < nproc; ++rank) {
+    std::vector<std::string> mine = args;
+    for (const std::string& a :
+         {std::string("--world-size"), std::to_string(nproc), std::string("--rank"),
+          std::to_string(rank), std::string("--master-addr"), std::string("127.0.0.1"),
+          std::string("--master-port"), std::to_string(port), std::string("--dist-timeout"),
+          std::to_string(timeout_s)}) {
+      mine.push_back(a);
+    }
+    const pid_t pid = fork();
+    VT_CHECK(pid >= 0, "cannot start process ", rank, " of ", nproc);
+    if (pid == 0) {
+      std::vector<char*> argv{const_cast<char*>(given[0].c_str())};
+      for (auto& a : mine) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv("/proc/self/exe", argv.data());
+      _exit(127);
+    }
+    children.push_back(pid);
+  }
+  int status = kExitOk;
+  for (size_t left = children.size(); left > 0; --left) {
+    int st = 0;
+    const pid_t done = wait(&st);
+    if (done < 0) break;
+    const int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (code != 0 && status == kExitOk) {
+      status = code;
+      spdlog::error("a training process exited with status {}; stopping the others", code);
+      for (const pid_t p : children) {
+        if (p != done) kill(p, SIGTERM);
+      }
+    }
+  }
+  return status;
+}
+
+}  // namespace
+
 void add_train_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand("train", "Fine-tune (or train from scratch) a classifier");
   auto o = std::make_shared<train::TrainOptions>();
@@ -152,10 +229,24 @@ void add_train_command(CLI::App& app, int& status) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--save-adapter", o->save_adapter,
                 "Also write adapter.safetensors (adapters and head alone) beside each model");
+  auto nproc = std::make_shared<int>(1);
+  cmd->add_option("--nproc", *nproc, "Data-parallel processes on this host (each takes a batch)")
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--world-size", o->dist.world_size, "Processes in a multi-host run");
+  cmd->add_option("--rank", o->dist.rank, "This process's rank (0 saves and logs)");
+  cmd->add_option("--master-addr", o->dist.master_addr, "Address of rank 0's host");
+  cmd->add_option("--master-port", o->dist.master_port, "Rendezvous port on rank 0's host");
+  cmd->add_option("--dist-timeout", o->dist.timeout_s,
+                  "Seconds to wait for the others (rendezvous, each step)");
   cmd->add_option("--adv-ratio", o->adv_ratio,
                   "Share of each batch made adversarial (the rest stays clean; default 1)");
-  cmd->callback([o, threads, &status] {
+  cmd->callback([o, threads, nproc, &status] {
     o->augment.contrast = o->augment.saturation = o->augment.brightness;
+    if (*nproc > 1) {
+      VT_CHECK(o->dist.world_size == 1, "give either --nproc (one host) or --world-size/--rank");
+      status = launch_local(*nproc, free_port(), o->dist.timeout_s);
+      return;
+    }
     set_threads(*threads);
     train::Trainer trainer(*o);
     EpochBar bar("acc");
@@ -178,6 +269,7 @@ void add_train_command(CLI::App& app, int& status) {
                          r.train_loss, r.train_top1, r.seconds);
           }
         });
+    if (o->dist.rank != 0) return;  // rank 0 reports
     if (o->lora_rank > 0) {
       spdlog::info("LoRA: {} trainable weights of {}; saved models have the adapters merged",
                    result.trainable_params, result.total_params);

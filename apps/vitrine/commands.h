@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace vitrine::data {
 struct DataOptions;
@@ -86,5 +87,7 @@ void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& augment)
 
 /// The command line as typed, for provenance records.
 const std::string& command_line();
+/// The same, word by word (argv), for commands that start copies of themselves.
+const std::vector<std::string>& command_args();
 
 }  // namespace vitrine::cli

@@ -12,13 +12,18 @@
 namespace vitrine::cli {
 namespace {
 std::string g_command_line;
+std::vector<std::string> g_command_args;
 }
 const std::string& command_line() { return g_command_line; }
+const std::vector<std::string>& command_args() { return g_command_args; }
 }  // namespace vitrine::cli
 
 int main(int argc, char** argv) {
   using namespace vitrine::cli;
-  for (int i = 0; i < argc; ++i) g_command_line += (i ? " " : "") + std::string(argv[i]);
+  for (int i = 0; i < argc; ++i) {
+    g_command_line += (i ? " " : "") + std::string(argv[i]);
+    g_command_args.emplace_back(argv[i]);
+  }
   // Logs and progress go to stderr; stdout carries only results (JSON lines).
   spdlog::set_default_logger(spdlog::stderr_color_mt("vitrine"));
   spdlog::set_pattern("%^%l%$: %v");

@@ -290,6 +290,12 @@ Loader::Loader(std::shared_ptr<Dataset> data, SampleTransform transform, LoaderO
            " is out of range; use 1 to 1024 batches");
   VT_CHECK(options.workers >= 0, "workers ", options.workers,
            " is negative; use 0 (all cores) or a thread count");
+  VT_CHECK(options.shards >= 1 && options.shard >= 0 && options.shard < options.shards, "shard ",
+           options.shard, " of ", options.shards, " is invalid");
+  VT_CHECK(options.shards == 1 || data->size() >= options.batch_size * options.shards,
+           "data-parallel training needs at least one full batch of ", options.batch_size, " x ",
+           options.shards, " images; the split holds ", data->size(),
+           ": lower --batch-size or the process count");
   if (!options.sample_weights.empty()) {
     VT_CHECK(static_cast<int64_t>(options.sample_weights.size()) == data->size(), "sampling with ",
              options.sample_weights.size(), " weights for ", data->size(),
@@ -342,6 +348,7 @@ Loader::~Loader() {
 int64_t Loader::batches_per_epoch() const {
   const int64_t bs = impl_->options.batch_size;
   const int64_t n = impl_->size;
+  if (impl_->options.shards > 1) return n / (bs * impl_->options.shards);
   return impl_->options.drop_last ? n / bs : (n + bs - 1) / bs;
 }
 
@@ -360,6 +367,18 @@ void Loader::start_epoch(int64_t epoch, int64_t skip_batches) {
     order.resize(s.size);
     std::iota(order.begin(), order.end(), 0);
   }
+  const int64_t shards = s.options.shards;
+  if (shards > 1) {
+    // This shard's slice of each global batch.
+    const int64_t bs = s.options.batch_size;
+    std::vector<int64_t> mine;
+    mine.reserve(static_cast<size_t>(total * bs));
+    for (int64_t b = 0; b < total; ++b) {
+      const int64_t first = b * bs * shards + s.options.shard * bs;
+      mine.insert(mine.end(), order.begin() + first, order.begin() + first + bs);
+    }
+    order = std::move(mine);
+  }
   {
     std::lock_guard<std::mutex> lock(s.mutex);
     ++s.generation;
@@ -371,7 +390,7 @@ void Loader::start_epoch(int64_t epoch, int64_t skip_batches) {
     s.epoch = epoch;
     s.order = std::move(order);
     s.n_batches = total;
-    s.end = s.options.drop_last ? total * s.options.batch_size : s.size;
+    s.end = s.options.drop_last || shards > 1 ? total * s.options.batch_size : s.size;
     s.claim = std::min(skip_batches * s.options.batch_size, s.end);
     s.consumer = skip_batches;
   }

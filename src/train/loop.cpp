@@ -58,6 +58,7 @@ EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgres
     }
     opt.optimizer.zero_grad();
     loss.backward();
+    if (hooks.after_backward) hooks.after_backward();
     if (opt.clip_grad > 0) torch::nn::utils::clip_grad_norm_(opt.trainable, opt.clip_grad);
     apply_schedule(opt.optimizer, opt.groups, opt.options, opt.schedule, opt.step);
     opt.optimizer.step();

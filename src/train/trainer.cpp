@@ -109,6 +109,9 @@ struct Trainer::State {
   TrainResult result;
   int64_t bad_epochs = 0;
   EpochProgress resume_progress;  ///< set by load_state when the state is mid-epoch
+  std::unique_ptr<ProcessGroup> group;  ///< data-parallel runs only
+  bool lead() const { return !group || group->rank() == 0; }
+  void average_gradients();
 
   std::string path(const std::string& name) const { return (fs::path(o.out_dir) / name).string(); }
   void build_model();
@@ -334,6 +337,16 @@ at::Tensor Trainer::State::adversarial_batch(const at::Tensor& images, const at:
   }
   model->train(was_training);
   return k == n ? adv : at::cat({adv, images.slice(0, k)});
+}
+
+void Trainer::State::average_gradients() {
+  std::vector<at::Tensor> grads;
+  for (auto& p : trainable) {
+    // A parameter the step did not reach still takes part, so every process sends the same.
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+    grads.push_back(p.grad());
+  }
+  group->average(grads);
 }
 
 void Trainer::State::update_ema() {
@@ -594,7 +607,15 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   VT_CHECK(s.data.train && s.data.train->size() > 0, "no training images in ", o.data.source);
   s.build_model();
   const int64_t n = s.data.train->size();
-  s.steps_per_epoch = n >= o.batch_size ? n / o.batch_size : 1;
+  check_distributed(o.dist);
+  const int64_t global_batch = o.batch_size * o.dist.world_size;
+  if (o.dist.world_size > 1) {
+    VT_CHECK(n >= global_batch, "data-parallel training needs one full batch of ", o.batch_size,
+             " x ", o.dist.world_size, " images; the training split holds ", n);
+    VT_CHECK(o.sampler == "random", "--sampler balanced with several processes is not yet "
+             "supported");
+  }
+  s.steps_per_epoch = n >= global_batch ? n / global_batch : 1;
   if (o.class_weights == "balanced") {
     // Inverse class frequency, normalised to mean 1 (sklearn's "balanced").
     const int64_t k = static_cast<int64_t>(s.data.classes.size());
@@ -607,6 +628,17 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
     s.class_weights = at::tensor(w);
   }
   s.build_optimizer();
+  if (o.dist.world_size > 1) {
+    s.group = std::make_unique<ProcessGroup>(o.dist);
+    // Every replica starts from rank 0's weights (and batch-norm statistics).
+    std::vector<at::Tensor> tensors;
+    for (const auto& [name, t] : models::model_state_dict(*s.model)) {
+      if (t.is_floating_point()) tensors.push_back(t);
+    }
+    s.group->broadcast(tensors);
+    spdlog::info("rank {} of {} joined at {}:{}", o.dist.rank, o.dist.world_size,
+                 o.dist.master_addr, o.dist.master_port);
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -622,6 +654,10 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
   data::LoaderOptions lo =
       training_loader_options(o.batch_size, s.data.train->size(), o.seed, o.workers, o.strict);
   if (o.sampler == "balanced") lo.sample_weights = s.balanced_sample_weights();
+  if (s.group) {
+    lo.shards = s.group->size();
+    lo.shard = s.group->rank();
+  }
   data::Loader loader(s.data.train, s.train_transform(), lo);
   s.result.best_dir = s.path("best");
   s.result.last_dir = s.path("last");
@@ -636,12 +672,15 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     return s.train_step(batch, rng, top1);
   };
   hooks.after_step = [&s] { s.update_ema(); };
-  hooks.on_step = on_step;
+  if (s.group) hooks.after_backward = [&s] { s.average_gradients(); };
+  if (s.lead()) hooks.on_step = on_step;
   for (int64_t epoch = s.start_epoch; epoch < o.epochs; ++epoch) {
     s.model->train();
     // A linear probe keeps the frozen backbone's batch norms on their stored statistics.
     if (o.freeze == "backbone") s.model->eval();
-    hooks.save = [&s, epoch](const EpochProgress& p) { s.save_state(epoch, p); };
+    hooks.save = [&s, epoch](const EpochProgress& p) {
+      if (s.lead()) s.save_state(epoch, p);
+    };
     const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
                          s.result.last_dir};
     const EpochSummary e =
@@ -657,7 +696,9 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
 
     models::VisionModelImpl& judged = s.ema ? *s.ema : *s.model;
     bool stop = false;
-    if (s.data.val && s.data.val->size() > 0) {
+    // Other ranks validate only when early stopping needs the same decision everywhere.
+    const bool validate = s.lead() || o.patience > 0;
+    if (validate && s.data.val && s.data.val->size() > 0) {
       std::vector<std::string> errors;
       std::vector<float> thresholds;
       const EvalOptions eo{o.batch_size, o.workers, o.strict, true};
@@ -693,17 +734,19 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
         s.result.best_value = value;
         s.bad_epochs = 0;
         rec.best = true;
-        s.save_model_dir(judged, s.result.best_dir);
+        if (s.lead()) s.save_model_dir(judged, s.result.best_dir);
       } else if (o.patience > 0 && ++s.bad_epochs >= o.patience) {
         stop = true;
       }
     }
-    s.save_model_dir(judged, s.result.last_dir);
     s.result.history.push_back(rec);
-    log_text += rec.to_json() + "\n";
-    write_file_atomic(log_path, log_text);
-    s.save_state(epoch + 1);
-    if (on_epoch) on_epoch(rec);
+    if (s.lead()) {
+      s.save_model_dir(judged, s.result.last_dir);
+      log_text += rec.to_json() + "\n";
+      write_file_atomic(log_path, log_text);
+      s.save_state(epoch + 1);
+      if (on_epoch) on_epoch(rec);
+    }
     if (stop) {
       s.result.stopped_early = true;
       spdlog::info("early stop: {} did not improve for {} epochs (best {} at epoch {})", o.monitor,
@@ -711,6 +754,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
       break;
     }
   }
+  if (!s.lead()) return s.result;  // rank 0 writes the models and the report
   if (s.result.best_epoch < 0) {
     // No validation data: the last model is the best we know.
     s.save_model_dir(s.ema ? *s.ema : *s.model, s.result.best_dir);

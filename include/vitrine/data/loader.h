@@ -41,6 +41,11 @@ struct LoaderOptions {
   /// (one non-negative weight per item), each epoch draws as many items as the data set
   /// holds, item i with probability weight[i] / sum; `shuffle` is then implied.
   std::vector<double> sample_weights;
+  /// Data-parallel training: the epoch's order is cut into global batches of
+  /// batch_size x shards items (a short last one dropped) and this loader delivers slice
+  /// `shard` of each, so the shards together see what one loader with the whole batch would.
+  int shards = 1;
+  int shard = 0;
 };
 
 /// Per-sample transform: the loader calls it with a generator seeded from (seed, epoch, index),

@@ -43,6 +43,7 @@ struct Optimisation {
 struct EpochHooks {
   /// The loss of a batch (a scalar with a graph); `top1` receives the batch's accuracy.
   std::function<at::Tensor(data::Batch& batch, std::mt19937_64& rng, double& top1)> loss;
+  std::function<void()> after_backward;              ///< optional, e.g. a gradient all-reduce
   std::function<void()> after_step;                  ///< optional, e.g. a model EMA
   std::function<void(const EpochProgress&)> save;    ///< the state mid-epoch
   std::function<void(const StepInfo&)> on_step;      ///< optional progress

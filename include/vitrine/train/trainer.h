@@ -9,6 +9,7 @@
 #include "vitrine/image/augment.h"
 #include "vitrine/models/model.h"
 #include "vitrine/train/adversarial.h"
+#include "vitrine/train/distributed.h"
 #include "vitrine/train/loop.h"
 #include "vitrine/train/optim.h"
 
@@ -73,6 +74,9 @@ struct TrainOptions {
   /// replay/ folder) into the training data, and store a class-balanced sample of this many
   /// training photos (replayed ones included) with each saved model.
   int64_t replay = 0;
+  /// Data-parallel training: each of dist.world_size processes takes batch_size images of
+  /// every step (the effective batch is batch_size x world_size); rank 0 saves and logs.
+  DistOptions dist;
   models::LoraOptions lora;
   bool save_adapter = false;
 
