@@ -673,7 +673,15 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
   };
   hooks.after_step = [&s] { s.update_ema(); };
   if (s.group) hooks.after_backward = [&s] { s.average_gradients(); };
-  if (s.lead()) hooks.on_step = on_step;
+  // Rates count the images of all processes (each takes the same share of a step).
+  const int processes = s.group ? s.group->size() : 1;
+  if (s.lead() && on_step) {
+    hooks.on_step = [&on_step, processes](const StepInfo& step) {
+      StepInfo all = step;
+      all.img_per_s *= processes;
+      on_step(all);
+    };
+  }
   for (int64_t epoch = s.start_epoch; epoch < o.epochs; ++epoch) {
     s.model->train();
     // A linear probe keeps the frozen backbone's batch norms on their stored statistics.
@@ -691,7 +699,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     rec.train_loss = e.loss;
     rec.train_top1 = e.top1;
     rec.seconds = e.seconds;
-    rec.img_per_s = e.img_per_s;
+    rec.img_per_s = e.img_per_s * processes;
     rec.skipped = e.skipped;
 
     models::VisionModelImpl& judged = s.ema ? *s.ema : *s.model;
