@@ -3,6 +3,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/json.h"
+#include "vitrine/models/adapter.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/registry.h"
@@ -81,6 +82,26 @@ models::ModelConfig new_config(const Args& a, bool num_classes_given) {
 }
 
 }  // namespace
+
+void add_merge_adapter_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand(
+      "merge-adapter", "Apply a LoRA adapter file to its backbone: a model directory again");
+  struct Args {
+    std::string base, adapter, out;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--base", a->base, "The backbone's model directory")->required();
+  cmd->add_option("--adapter", a->adapter, "adapter.safetensors (vitrine train --save-adapter)")
+      ->required();
+  cmd->add_option("--out", a->out, "Model directory to write (adapters merged)")->required();
+  cmd->callback([a, &status] {
+    const auto model = models::apply_adapter(a->base, a->adapter);
+    models::save_model(*model, a->out);
+    spdlog::info("wrote {} ({} classes, adapters merged) to {}", model->config().arch,
+                 model->config().num_classes, a->out);
+    status = kExitOk;
+  });
+}
 
 void add_init_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand(

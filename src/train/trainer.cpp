@@ -5,6 +5,7 @@
 #include "vitrine/core/safetensors.h"
 #include "vitrine/data/loader.h"
 #include "vitrine/image/transform.h"
+#include "vitrine/models/adapter.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/registry.h"
@@ -412,21 +413,9 @@ void Trainer::State::save_model_dir(const models::VisionModelImpl& m, const std:
   models::save_model(m, dir);
   if (o.replay > 0) store_replay(dir);
   if (!o.save_adapter) return;
-  StateDict adapter;
-  const std::string head = m.head_name() + ".";
-  for (auto& [name, t] : models::model_state_dict(m)) {
-    if (name.find("lora_") != std::string::npos || name.rfind(head, 0) == 0) {
-      adapter.emplace_back(name, t);
-    }
-  }
-  json targets = o.lora.targets;
-  safetensors_save((fs::path(dir) / "adapter.safetensors").string(), adapter,
-                   {{"format", "vitrine-lora"},
-                    {"arch", m.config().arch},
-                    {"lora_rank", std::to_string(o.lora_rank)},
-                    {"lora_alpha", std::to_string(o.lora.alpha)},
-                    {"lora_targets", targets.dump()},
-                    {"base", o.init_dir}});
+  models::LoraOptions lora = o.lora;
+  lora.rank = o.lora_rank;
+  models::save_adapter(m, lora, o.init_dir, (fs::path(dir) / "adapter.safetensors").string());
 }
 
 void Trainer::State::add_replay() {

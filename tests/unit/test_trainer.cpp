@@ -3,6 +3,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/safetensors.h"
+#include "vitrine/models/adapter.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/predictor.h"
@@ -421,6 +422,18 @@ TEST(Trainer, LoraTrainsOnlyAdaptersAndTheHeadAndSavesThemMerged) {
   at::NoGradGuard no_grad;
   const at::Tensor x = at::randn({6, 3, 32, 32});
   EXPECT_LT(test::max_abs_diff(saved->forward(x), trained->forward(x)), 1e-5);
+  // The adapter file applied to the backbone gives the saved model again.
+  auto applied = models::apply_adapter(dir + "/backbone", result.best_dir + "/adapter.safetensors");
+  applied->eval();
+  EXPECT_EQ(applied->config().labels, saved->config().labels);
+  EXPECT_LT(test::max_abs_diff(applied->forward(x), saved->forward(x)), 1e-5);
+  // ... and only to that backbone.
+  auto other = models::create_model(cfg);
+  models::save_model(*other, dir + "/other");
+  EXPECT_CONTAINS(test::error_of([&] {
+                    models::apply_adapter(dir + "/other", result.best_dir + "/adapter.safetensors");
+                  }),
+                  "another backbone");
   fs::remove_all(dir);
 }
 
