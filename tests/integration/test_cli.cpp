@@ -292,3 +292,31 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
   EXPECT_NE(r.err.find("--stem is for ResNets"), std::string::npos) << r.err;
   fs::remove_all(d);
 }
+
+TEST(Cli, BenchReportsEverySettingAsAJsonLine) {
+  const std::string dir = test::temp_dir("bench");
+  auto r = test::run_command(q(test::vitrine_bin()) + " init --arch resnet_custom --layers 1 1 1 1 "
+                             "--image-size 32 --num-classes 3 --seed 0 --out " + q(dir + "/m"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(q(test::vitrine_bin()) + " bench --model " + q(dir + "/m") +
+                        " --batch 1 4 --threads 1 2 --precision fp32 bf16 --iters 3 --warmup 1");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 2u * 2u * 2u);  // precisions x threads x batches, in that order
+  EXPECT_EQ(lines.front()["precision"], "fp32");
+  EXPECT_EQ(lines.back()["precision"], "bf16");
+  EXPECT_EQ(lines[0]["threads"], 1);
+  EXPECT_EQ(lines[2]["threads"], 2);
+  EXPECT_EQ(lines[0]["batch"], 1);
+  EXPECT_EQ(lines[1]["batch"], 4);
+  for (const auto& l : lines) {
+    EXPECT_EQ(l["arch"], "resnet_custom");
+    EXPECT_GT(l["img_per_s"].get<double>(), 0.0) << l;
+    EXPECT_GT(l["p50_ms"].get<double>(), 0.0) << l;
+    EXPECT_GE(l["p90_ms"].get<double>(), l["p50_ms"].get<double>()) << l;
+  }
+  EXPECT_CONTAINS(r.err, "img/s");  // the table for people
+  r = test::run_command(q(test::vitrine_bin()) + " bench --model " + q(dir + "/none"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "not a model directory");
+}

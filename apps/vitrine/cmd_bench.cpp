@@ -1,0 +1,90 @@
+// `vitrine bench`: inference speed of a model at the batch sizes, thread counts and
+// precisions a user is choosing between (random images of the model's input shape).
+#include "commands.h"
+
+#include "vitrine/core/error.h"
+#include "vitrine/core/json.h"
+#include "vitrine/core/threads.h"
+#include "vitrine/models/model_dir.h"
+#include "vitrine/models/predictor.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+namespace vitrine::cli {
+
+void add_bench_command(CLI::App& app, int& status) {
+  auto* cmd = app.add_subcommand(
+      "bench", "Inference speed of a model: img/s and latency per batch size, threads, precision");
+  struct Args {
+    std::string model;
+    std::vector<int64_t> batches{1, 32};
+    std::vector<int> threads{0};
+    std::vector<std::string> precisions{"fp32", "bf16"};
+    int64_t iters = 10, warmup = 2;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--model", a->model, "Model directory")->required();
+  cmd->add_option("--batch", a->batches, "Batch sizes (default: 1 32)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  cmd->add_option("--threads", a->threads, "Compute thread counts (0: all cores; default 0)");
+  cmd->add_option("--precision", a->precisions, "fp32 and/or bf16 (default: both)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--iters", a->iters, "Timed batches per setting")
+      ->check(CLI::Range(int64_t{1}, int64_t{100000}));
+  cmd->add_option("--warmup", a->warmup, "Untimed batches first")
+      ->check(CLI::Range(int64_t{0}, int64_t{1000}));
+  cmd->callback([a, &status] {
+    auto model = models::load_model(a->model);
+    const auto& cfg = model->config();
+    std::fprintf(stderr, "%-9s %6s %8s %10s %12s %12s\n", "precision", "batch", "threads",
+                 "img/s", "p50 ms", "p90 ms");
+    for (const auto& precision : a->precisions) {
+      // The predictor prepares the model for the precision (weights converted once).
+      models::Predictor predictor(model, models::parse_precision(precision));
+      for (const int requested : a->threads) {
+        const int threads = set_threads(requested);
+        for (const int64_t batch : a->batches) {
+          at::manual_seed(0);
+          const at::Tensor x = at::randn({batch, cfg.in_channels, cfg.image_size, cfg.image_size});
+          for (int64_t i = 0; i < a->warmup; ++i) predictor.logits(x);
+          std::vector<double> ms;
+          for (int64_t i = 0; i < a->iters; ++i) {
+            const auto t0 = std::chrono::steady_clock::now();
+            predictor.logits(x);
+            ms.push_back(1000 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+          }
+          double total = 0;
+          for (const double m : ms) total += m;
+          std::sort(ms.begin(), ms.end());
+          const auto at = [&](double q) {
+            return ms[std::min(ms.size() - 1, static_cast<size_t>(q * static_cast<double>(ms.size())))];
+          };
+          const double img_s = 1000.0 * static_cast<double>(batch * a->iters) / total;
+          std::fprintf(stderr, "%-9s %6lld %8d %10.1f %12.2f %12.2f\n", precision.c_str(),
+                       static_cast<long long>(batch), threads, img_s, at(0.5), at(0.9));
+          std::cout << json_text(nlohmann::json{{"model", a->model},
+                                                {"arch", cfg.arch},
+                                                {"precision", precision},
+                                                {"batch", batch},
+                                                {"threads", threads},
+                                                {"img_per_s", img_s},
+                                                {"p50_ms", at(0.5)},
+                                                {"p90_ms", at(0.9)},
+                                                {"iters", a->iters}})
+                    << std::endl;
+        }
+      }
+    }
+    set_threads(0);
+    status = kExitOk;
+  });
+}
+
+}  // namespace vitrine::cli
