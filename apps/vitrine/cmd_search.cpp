@@ -2,6 +2,7 @@
 #include "commands.h"
 #include "progress.h"
 
+#include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/core/hash.h"
@@ -451,15 +452,6 @@ void add_remove_command(CLI::App& app, int& status) {
 
 // ---- duplicates ------------------------------------------------------------------------------
 
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
-  std::string out = "\"";
-  for (const char c : s) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  return out + "\"";
-}
 
 void add_duplicates_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand(

@@ -14,6 +14,18 @@ std::string trim(const std::string& s) {
 
 }  // namespace
 
+std::string csv_field(const std::string& s) {
+  const bool padded = !s.empty() && (s.front() == ' ' || s.front() == '\t' || s.back() == ' ' ||
+                                     s.back() == '\t');
+  if (!padded && s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
 std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& file) {
   std::vector<CsvRecord> records;
   const size_t n = text.size();

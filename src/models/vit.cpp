@@ -68,7 +68,7 @@ ViTBlockImpl::ViTBlockImpl(const ViTConfig& c, double drop_path) : drop_path_rat
   mlp = register_module("mlp", ViTMlp(c.hidden_size, c.intermediate_size));
 }
 
-ViTBlockWeights ViTBlockImpl::weights() const {
+ViTBlockWeights ViTBlockImpl::weights(double lora_scale) const {
   return {ln_1->weight,          ln_1->bias,         self_attention->in_proj_weight,
           self_attention->in_proj_bias, self_attention->out_proj->weight,
           self_attention->out_proj->bias, ln_2->weight, ln_2->bias, mlp->fc1->weight,
@@ -124,7 +124,6 @@ int64_t ViTImpl::add_lora(const LoraOptions& o) {
     if (wants("fc2")) mlp.fc2_lora = add_pair(mlp, "fc2", d, h, o.rank);
     count += static_cast<int64_t>(attn.qkv_lora.defined()) + attn.proj_lora.defined() +
              mlp.fc1_lora.defined() + mlp.fc2_lora.defined();
-    b->lora_scale = lora_scale_;
   }
   prepared_ = false;
   return count;
@@ -210,7 +209,7 @@ ViTImpl::Weights ViTImpl::trained_weights() const {
     w.head_w = head_->weight;
     w.head_b = head_->bias;
   }
-  for (const auto& b : blocks_) w.blocks.push_back(b->weights());
+  for (const auto& b : blocks_) w.blocks.push_back(b->weights(lora_scale_));
   return w;
 }
 

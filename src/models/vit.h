@@ -52,8 +52,8 @@ TORCH_MODULE(ViTMlp);
 class ViTBlockImpl : public torch::nn::Module {
  public:
   ViTBlockImpl(const ViTConfig& c, double drop_path);
-  ViTBlockWeights weights() const;
-  double lora_scale = 0;
+  /// The block's tensors; `lora_scale` is the model's adapter scale (0: none).
+  ViTBlockWeights weights(double lora_scale) const;
   torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
   ViTAttention self_attention{nullptr};
   ViTMlp mlp{nullptr};

@@ -112,16 +112,29 @@ MultiLabelMetrics evaluate_multi_label(models::VisionModelImpl& model,
   return acc.compute(model.config().thresholds);
 }
 
+namespace {
+
+// Single-label metrics over `data`, on adversarial images when `adversary` is given.
+ClassificationMetrics classify(models::VisionModelImpl& model,
+                               const std::shared_ptr<data::Dataset>& data,
+                               const EvalOptions& options, std::vector<std::string>* errors,
+                               const AttackOptions* adversary) {
+  ClassificationAccumulator acc(model.config().num_classes);
+  for_each_batch(
+      model, data, options, errors,
+      [&](const at::Tensor& logits, const at::Tensor& t) { acc.add(at::softmax(logits, 1), t); },
+      adversary);
+  return acc.compute();
+}
+
+}  // namespace
+
 ClassificationMetrics evaluate(models::VisionModelImpl& model,
                                const std::shared_ptr<data::Dataset>& data,
                                const EvalOptions& options, std::vector<std::string>* errors) {
   VT_CHECK(data, "nothing to evaluate: the data has no such split");
   VT_CHECK(!data->multi_label(), "the data is multi-label; use multi-label evaluation (mAP, F1)");
-  ClassificationAccumulator acc(model.config().num_classes);
-  for_each_batch(model, data, options, errors, [&](const at::Tensor& logits, const at::Tensor& t) {
-    acc.add(at::softmax(logits, 1), t);
-  });
-  return acc.compute();
+  return classify(model, data, options, errors, nullptr);
 }
 
 ClassificationMetrics evaluate_under_attack(models::VisionModelImpl& model,
@@ -133,12 +146,7 @@ ClassificationMetrics evaluate_under_attack(models::VisionModelImpl& model,
   VT_CHECK(!data->multi_label(),
            "attacks are evaluated on single-label data (multi-label: not yet supported)");
   check_attack(attack);
-  ClassificationAccumulator acc(model.config().num_classes);
-  for_each_batch(
-      model, data, options, errors,
-      [&](const at::Tensor& logits, const at::Tensor& t) { acc.add(at::softmax(logits, 1), t); },
-      &attack);
-  return acc.compute();
+  return classify(model, data, options, errors, &attack);
 }
 
 std::vector<std::pair<int64_t, double>> predict_items(models::VisionModelImpl& model,

@@ -1,5 +1,6 @@
 #include "vitrine/train/trainer.h"
 
+#include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/core/safetensors.h"
@@ -146,12 +147,14 @@ void Trainer::State::build_model() {
   models::ModelConfig cfg;
   StateDict init_weights;
   bool init_has_head = false;
+  int64_t init_classes = 0;
   if (!o.init_dir.empty()) {
     VT_CHECK(o.arch.empty(), "give either --model ARCH (from scratch) or --init DIR, not both");
     VT_CHECK(o.resnet_stem.empty(), "--stem applies to a new model (--model); the --init model "
              "keeps its own");
     cfg = models::load_model_config(o.init_dir);
     init_has_head = cfg.num_classes > 0;
+    init_classes = cfg.num_classes;
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
     // A backbone without a head (pretrained, or imported with --num-classes 0) gets one.
     VT_CHECK(cfg.num_classes == classes || cfg.num_classes == 0 || o.reinit_head ||
@@ -182,8 +185,7 @@ void Trainer::State::build_model() {
   cfg.thresholds.clear();
   model = models::create_model(cfg);
   if (!init_weights.empty()) {
-    const int64_t old_classes = init_has_head ? models::load_model_config(o.init_dir).num_classes : 0;
-    const bool append = o.append_classes && !o.reinit_head && init_has_head && old_classes != classes;
+    const bool append = o.append_classes && !o.reinit_head && init_has_head && init_classes != classes;
     models::LoadOptions lo;
     lo.reinit_head = o.reinit_head || !init_has_head || append;
     const auto report = models::load_state_dict(*model, init_weights, lo);
@@ -196,11 +198,11 @@ void Trainer::State::build_model() {
       for (auto& item : model->named_parameters()) {
         if (item.key().rfind(head, 0) != 0) continue;
         for (const auto& [name, t] : init_weights) {
-          if (name == item.key()) item.value().narrow(0, 0, old_classes).copy_(t);
+          if (name == item.key()) item.value().narrow(0, 0, init_classes).copy_(t);
         }
       }
-      spdlog::info("appended {} classes to the head of {} ({} kept)", classes - old_classes,
-                   o.init_dir, old_classes);
+      spdlog::info("appended {} classes to the head of {} ({} kept)", classes - init_classes,
+                   o.init_dir, init_classes);
     }
   }
   if (o.lora_rank > 0) {
@@ -473,10 +475,7 @@ void Trainer::State::store_replay(const std::string& dir) const {
     if (img.channels() == 3) cv::cvtColor(img, img, cv::COLOR_RGB2BGR);
     const std::string file = std::to_string(written++) + ".png";
     VT_CHECK(cv::imwrite((folder / file).string(), img), "cannot write ", (folder / file).string());
-    std::string label = data.classes[static_cast<size_t>(train.labels(i).at(0))];
-    std::string quoted = "\"";
-    for (const char c : label) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
-    csv += file + "," + quoted + "\"\n";
+    csv += file + "," + csv_field(data.classes[static_cast<size_t>(train.labels(i).at(0))]) + "\n";
   }
   write_file_atomic((folder / "manifest.csv").string(), csv);
 }

@@ -3,6 +3,7 @@
 // temporary folder or in memory.
 #include "test_util.h"
 
+#include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
 #include "vitrine/data/dataset.h"
 #include "vitrine/data/loader.h"
@@ -1310,4 +1311,15 @@ TEST(Augment, BadParametersAreClearErrors) {
   EXPECT_CONTAINS(
       error_of([&] { train_transform(cv::Mat(4, 4, CV_32FC3), TrainTransform{}, rng); }),
       "expected an 8-bit RGB or grey image");
+}
+
+TEST(DataCsv, WrittenFieldsReadBackUnchanged) {
+  const std::vector<std::string> fields = {"plain", "a, b", "say \"hi\"", " padded ", "\ttab",
+                                           "two\nlines", "", "T-shirt/top"};
+  std::string line;
+  for (size_t i = 0; i < fields.size(); ++i) line += (i ? "," : "") + vitrine::csv_field(fields[i]);
+  const auto records = vitrine::parse_csv("h1,h2,h3,h4,h5,h6,h7,h8\n" + line + "\n", "t.csv");
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[1].fields, fields);
+  EXPECT_EQ(vitrine::csv_field("plain"), "plain");  // quoted only when it must be
 }

@@ -18,4 +18,8 @@ struct CsvRecord {
 /// and the line.
 std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& file);
 
+/// One field as parse_csv reads it back: quoted (inner quotes doubled) when it holds a comma,
+/// a quote or a line break, or begins or ends with a space or tab (which unquoted fields lose).
+std::string csv_field(const std::string& s);
+
 }  // namespace vitrine
