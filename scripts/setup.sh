@@ -13,6 +13,8 @@ packages=(
   libsqlite3-dev libssl-dev libfaiss-dev libcpp-httplib-dev
   # headers of Gloo, the CPU backend of libtorch's distributed engine (c10d)
   libgloo-dev
+  # oneDNN's headers, for the fused inference path (libtorch links the same library)
+  libdnnl-dev
   # the embedded default data set
   dataset-fashion-mnist
   # Debian's libtorch calls the generic BLAS; without an optimised one ViT-B/16 takes

@@ -27,6 +27,7 @@ void add_bench_command(CLI::App& app, int& status) {
     std::vector<int64_t> batches{1, 32};
     std::vector<int> threads{0};
     std::vector<std::string> precisions{"fp32", "bf16"};
+    std::vector<std::string> engines{"auto"};
     int64_t iters = 10, warmup = 2;
   };
   auto a = std::make_shared<Args>();
@@ -34,20 +35,34 @@ void add_bench_command(CLI::App& app, int& status) {
   cmd->add_option("--batch", a->batches, "Batch sizes (default: 1 32)")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   cmd->add_option("--threads", a->threads, "Compute thread counts (0: all cores; default 0)");
-  cmd->add_option("--precision", a->precisions, "fp32 and/or bf16 (default: both)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  auto* precision_opt =
+      cmd->add_option("--precision", a->precisions,
+                      "fp32, bf16 and/or int8 (default: fp32 and bf16, and int8 for a model "
+                      "`vitrine optimize --int8` calibrated)")
+          ->check(CLI::IsMember({"fp32", "bf16", "int8"}));
+  cmd->add_option("--engine", a->engines,
+                  "fused (oneDNN, pre-packed and fused), libtorch (the reference) or auto "
+                  "(fused where built); several to compare (default: auto)")
+      ->check(CLI::IsMember({"auto", "fused", "libtorch"}));
   cmd->add_option("--iters", a->iters, "Timed batches per setting")
       ->check(CLI::Range(int64_t{1}, int64_t{100000}));
   cmd->add_option("--warmup", a->warmup, "Untimed batches first")
       ->check(CLI::Range(int64_t{0}, int64_t{1000}));
-  cmd->callback([a, &status] {
+  cmd->callback([a, precision_opt, &status] {
     auto model = models::load_model(a->model);
     const auto& cfg = model->config();
-    std::fprintf(stderr, "%-9s %6s %8s %10s %12s %12s\n", "precision", "batch", "threads",
-                 "img/s", "p50 ms", "p90 ms");
-    for (const auto& precision : a->precisions) {
+    if (precision_opt->count() == 0 && !cfg.int8_scales.empty()) a->precisions.push_back("int8");
+    std::fprintf(stderr, "%-9s %-9s %6s %8s %10s %12s %12s\n", "engine", "precision", "batch",
+                 "threads", "img/s", "p50 ms", "p90 ms");
+    std::vector<std::pair<std::string, std::string>> settings;  // engine, precision
+    for (const auto& e : a->engines) {
+      for (const auto& p : a->precisions) settings.emplace_back(e, p);
+    }
+    for (const auto& [engine_arg, precision] : settings) {
       // The predictor prepares the model for the precision (weights converted once).
-      models::Predictor predictor(model, models::parse_precision(precision));
+      models::Predictor predictor(model, models::parse_precision(precision),
+                                  models::parse_engine(engine_arg));
+      const char* engine = models::engine_name(predictor.engine());
       for (const int requested : a->threads) {
         const int threads = set_threads(requested);
         for (const int64_t batch : a->batches) {
@@ -67,10 +82,12 @@ void add_bench_command(CLI::App& app, int& status) {
             return ms[std::min(ms.size() - 1, static_cast<size_t>(q * static_cast<double>(ms.size())))];
           };
           const double img_s = 1000.0 * static_cast<double>(batch * a->iters) / total;
-          std::fprintf(stderr, "%-9s %6lld %8d %10.1f %12.2f %12.2f\n", precision.c_str(),
+          std::fprintf(stderr, "%-9s %-9s %6lld %8d %10.1f %12.2f %12.2f\n", engine,
+                       precision.c_str(),
                        static_cast<long long>(batch), threads, img_s, at(0.5), at(0.9));
           std::cout << json_text(nlohmann::json{{"model", a->model},
                                                 {"arch", cfg.arch},
+                                                {"engine", engine},
                                                 {"precision", precision},
                                                 {"batch", batch},
                                                 {"threads", threads},

@@ -20,7 +20,7 @@ namespace vitrine::cli {
 void add_predict_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand("predict", "Classify images; prints one JSON object per line");
   struct Args {
-    std::string model, precision = "fp32";
+    std::string model, precision = "auto", engine = "auto";
     std::vector<std::string> images;
     int64_t topk = 5, batch_size = 32, max_pixels = 100'000'000;
     int threads = 0;
@@ -33,8 +33,14 @@ void add_predict_command(CLI::App& app, int& status) {
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)")
       ->check(CLI::Range(0, 4096));
-  cmd->add_option("--precision", a->precision, "fp32 (reference) or bf16 (faster)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--precision", a->precision,
+                  "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, "
+                  "bf16 or int8; `vitrine bench` measures which is fastest here")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
+  cmd->add_option("--engine", a->engine,
+                  "fused (oneDNN, weights pre-packed, post-ops fused), libtorch (the reference) "
+                  "or auto (fused where built)")
+      ->check(CLI::IsMember({"auto", "fused", "libtorch"}));
   cmd->add_option("--max-pixels", a->max_pixels,
                   "Refuse images with more pixels (checked from the header)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
@@ -42,7 +48,8 @@ void add_predict_command(CLI::App& app, int& status) {
   cmd->callback([a, &status] {
     const int threads = set_threads(a->threads);
     auto predictor =
-        models::Predictor(models::load_model(a->model), models::parse_precision(a->precision));
+        models::Predictor(models::load_model(a->model), models::parse_precision(a->precision),
+                          models::parse_engine(a->engine));
     std::vector<std::string> warnings;
     const auto paths = image::expand_image_paths(a->images, &warnings);
     for (const auto& w : warnings) spdlog::warn("{}", w);

@@ -92,7 +92,7 @@ void check_same_model(const search::SearchDb& db, const search::Embedder& embedd
 // ---- index -----------------------------------------------------------------------------------
 
 struct IndexArgs {
-  std::string model, db, catalog, precision = "fp32", split = "train";
+  std::string model, db, catalog, precision = "auto", split = "train";
   data::DataOptions data;
   search::IndexOptions index;
   int64_t batch_size = 64, max_pixels = 100'000'000;
@@ -290,8 +290,9 @@ void add_index_command(CLI::App& app, int& status) {
   add_index_options(cmd, a->index);
   cmd->add_option("--batch-size", a->batch_size, "Images per forward pass (and per commit)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
-  cmd->add_option("--precision", a->precision, "fp32 or bf16")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--precision", a->precision,
+      "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
   cmd->add_option("--max-pixels", a->max_pixels, "Refuse larger images (from the header)");
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
   cmd->add_flag("--quiet,-q", a->quiet, "Print only the products that failed");
@@ -316,7 +317,7 @@ void add_index_command(CLI::App& app, int& status) {
 void add_search_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand("search", "Find the products most similar to photos (JSON lines)");
   struct Args {
-    std::string db, model, precision = "fp32";
+    std::string db, model, precision = "auto";
     std::vector<std::string> filters, images;
     int64_t k = 10, exact_below = 20'000;
     bool route = false;
@@ -347,8 +348,9 @@ void add_search_command(CLI::App& app, int& status) {
                   "Score filtered sets of at most this many images exactly");
   cmd->add_option("--ef-search", a->index.hnsw_ef_search, "HNSW: search beam width");
   cmd->add_option("--nprobe", a->index.nprobe, "IVF-PQ: lists visited per query");
-  cmd->add_option("--precision", a->precision, "fp32 or bf16")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--precision", a->precision,
+      "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
   cmd->add_option("images", a->images, "Query photos (files or folders)")->required();
   cmd->callback([a, &status] {
@@ -571,7 +573,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand(
       "eval-retrieval", "Recall@1/5/10, precision@10 and mAP@10 of queries with known answers");
   struct Args {
-    std::string db, model, queries, split = "test", json_path, report_path, precision = "fp32";
+    std::string db, model, queries, split = "test", json_path, report_path, precision = "auto";
     data::DataOptions data;
     int64_t batch_size = 64, limit = 0, examples = 12;
     search::IndexOptions index;
@@ -595,8 +597,9 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       ->check(CLI::Range(int64_t{0}, int64_t{1000}));
   cmd->add_option("--ef-search", a->index.hnsw_ef_search, "HNSW: search beam width");
   cmd->add_option("--nprobe", a->index.nprobe, "IVF-PQ: lists visited per query");
-  cmd->add_option("--precision", a->precision, "fp32 or bf16")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--precision", a->precision,
+      "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
   cmd->callback([a, &status] {
     VT_CHECK(!a->queries.empty() || !a->data.source.empty(), "give --queries or --data");

@@ -57,8 +57,9 @@ void add_serve(CLI::App& app, int& status) {
   cmd->add_option("--max-body-mb", a->http.max_body_bytes, "Largest request body, MB (413)")
       ->transform([](std::string v) { return std::to_string(std::stoll(v) << 20); });
   cmd->add_option("--max-pixels", a->service.max_pixels, "Largest image, pixels (422)");
-  cmd->add_option("--precision", a->service.precision, "fp32 or bf16")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+  cmd->add_option("--precision", a->service.precision,
+      "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
   cmd->add_option("--http-threads", a->http.threads, "Connections handled at once")
       ->check(CLI::Range(2, 4096));
   cmd->add_option("--threads", a->threads, "Compute threads (default: all cores)");

@@ -337,6 +337,11 @@ int64_t VisionModelImpl::add_lora(const LoraOptions&) {
 
 StateDict VisionModelImpl::deployable_state_dict() const { return model_state_dict(*this); }
 
+std::vector<float> VisionModelImpl::calibrate_int8(const std::function<at::Tensor()>&) {
+  VT_FAIL("int8 quantisation is not yet supported for ", config_.arch,
+          "; it is for ResNets (resnet*); use --precision bf16 or fp32");
+}
+
 StateDict model_state_dict(const VisionModelImpl& model) {
   StateDict out;
   for (const auto& item : model.named_modules("", /*include_self=*/true)) {

@@ -164,6 +164,12 @@ std::string config_to_json(const ModelConfig& c) {
                      {"resize_mode", p.squash ? "squash" : "shorter_side"}};
   json prov = json::parse(c.provenance_json, nullptr, /*allow_exceptions=*/false);
   j["provenance"] = prov.is_discarded() ? json::object() : prov;
+  if (!c.int8_scales.empty()) {
+    json report = json::parse(c.int8_report_json, nullptr, /*allow_exceptions=*/false);
+    j["quantization"] = {{"int8",
+                          {{"activation_scales", c.int8_scales},
+                           {"report", report.is_discarded() ? json::object() : report}}}};
+  }
   return json_text(j, 2) + "\n";
 }
 
@@ -229,6 +235,11 @@ ModelConfig config_from_json(const std::string& text, const std::string& origin)
     }
     c.preprocess.channels = c.in_channels;
     if (j.contains("provenance")) c.provenance_json = json_text(j["provenance"]);
+    if (j.contains("quantization") && j["quantization"].contains("int8")) {
+      const json& q = j["quantization"]["int8"];
+      read_opt(q, "activation_scales", c.int8_scales);
+      if (q.contains("report")) c.int8_report_json = json_text(q["report"]);
+    }
   } catch (const json::exception& e) {
     VT_FAIL(origin, ": malformed model config: ", e.what());
   } catch (const Error& e) {

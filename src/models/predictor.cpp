@@ -1,5 +1,7 @@
 #include "vitrine/models/predictor.h"
 
+#include "onednn.h"
+
 #include "vitrine/core/error.h"
 #include "vitrine/image/transform.h"
 
@@ -13,19 +15,53 @@
 namespace vitrine::models {
 
 Precision parse_precision(const std::string& name) {
+  if (name == "auto") return Precision::kAuto;
   if (name == "fp32") return Precision::kFp32;
   if (name == "bf16") return Precision::kBf16;
-  VT_FAIL("unknown precision '", name, "'; use fp32 or bf16");
+  if (name == "int8") return Precision::kInt8;
+  VT_FAIL("unknown precision '", name, "'; use auto, fp32, bf16 or int8");
 }
 
 const char* precision_name(Precision precision) {
-  return precision == Precision::kFp32 ? "fp32" : "bf16";
+  switch (precision) {
+    case Precision::kAuto: return "auto";
+    case Precision::kFp32: return "fp32";
+    case Precision::kBf16: return "bf16";
+    case Precision::kInt8: return "int8";
+  }
+  return "?";
 }
 
-Predictor::Predictor(VisionModel model, Precision precision)
+Engine parse_engine(const std::string& name) {
+  if (name == "auto") return Engine::kAuto;
+  if (name == "fused") return Engine::kFused;
+  if (name == "libtorch") return Engine::kLibtorch;
+  VT_FAIL("unknown inference engine '", name, "'; use auto, fused or libtorch");
+}
+
+const char* engine_name(Engine engine) {
+  switch (engine) {
+    case Engine::kAuto: return "auto";
+    case Engine::kFused: return "fused";
+    case Engine::kLibtorch: return "libtorch";
+  }
+  return "?";
+}
+
+Predictor::Predictor(VisionModel model, Precision precision, Engine engine)
     : model_(std::move(model)), precision_(precision) {
   VT_CHECK(model_ != nullptr, "no model given");
-  model_->prepare_inference(precision == Precision::kBf16 ? at::kBFloat16 : at::kFloat);
+  VT_CHECK(engine != Engine::kFused || onednn::available(),
+           "this build has no fused inference path: install libdnnl-dev, rebuild, or use the "
+           "libtorch engine");
+  const bool fused = engine == Engine::kFused || (engine == Engine::kAuto && onednn::available());
+  if (precision_ == Precision::kAuto) {
+    precision_ = fused && !config().int8_scales.empty() ? Precision::kInt8 : Precision::kFp32;
+  }
+  const at::ScalarType dtype = precision_ == Precision::kBf16   ? at::kBFloat16
+                               : precision_ == Precision::kInt8 ? at::kQUInt8
+                                                                : at::kFloat;
+  model_->prepare_inference(dtype, fused);
 }
 
 at::Tensor Predictor::preprocess(const cv::Mat& rgb) const {

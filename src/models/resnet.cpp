@@ -1,6 +1,7 @@
 #include "resnet.h"
 
 #include "layers.h"
+#include "onednn.h"
 #include "vitrine/core/error.h"
 
 #include <torch/nn/functional/pooling.h>
@@ -82,6 +83,19 @@ void ResNetBlockImpl::fold(at::ScalarType dtype, bool channels_last) {
   folded_.push_back(fold_conv_bn(conv2_, bn2_, dtype, channels_last));
   if (bottleneck_) folded_.push_back(fold_conv_bn(conv3_, bn3_, dtype, channels_last));
   if (downsample_) folded_.push_back(fold_conv_bn(down_conv_, down_bn_, dtype, channels_last));
+}
+
+onednn::ResNetBlock ResNetBlockImpl::fused_weights() const {
+  const auto plain = [](const nn::Conv2d& c, const nn::BatchNorm2d& bn) {
+    const FoldedConv f = fold_conv_bn(c, bn, at::kFloat, /*channels_last=*/false);
+    return onednn::Conv{f.weight, f.bias, f.stride, f.padding};
+  };
+  onednn::ResNetBlock b;
+  b.convs.push_back(plain(conv1_, bn1_));
+  b.convs.push_back(plain(conv2_, bn2_));
+  if (bottleneck_) b.convs.push_back(plain(conv3_, bn3_));
+  if (downsample_) b.down = plain(down_conv_, down_bn_);
+  return b;
 }
 
 at::Tensor ResNetBlockImpl::forward_folded(const at::Tensor& x) const {
@@ -178,25 +192,58 @@ void ResNetImpl::reset_head(int64_t num_classes) {
   prepared_ = false;
 }
 
-void ResNetImpl::prepare_inference(at::ScalarType dtype) {
-  VT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
-           "inference precision must be fp32 or bf16");
+onednn::ResNetWeights ResNetImpl::fused_weights() const {
+  onednn::ResNetWeights w;
+  const FoldedConv stem = fold_conv_bn(conv1_, bn1_, at::kFloat, /*channels_last=*/false);
+  w.stem = {stem.weight, stem.bias, stem.stride, stem.padding};
+  w.stem_pool = stem_pool_;
+  for (const auto& block : blocks_) w.blocks.push_back(block->fused_weights());
+  return w;
+}
+
+std::vector<float> ResNetImpl::calibrate_int8(const std::function<at::Tensor()>& next_batch) {
   eval();
-  // oneDNN's convolutions want NHWC; with it bf16 convolutions run on the matrix units.
-  const bool channels_last = true;
-  stem_ = fold_conv_bn(conv1_, bn1_, dtype, channels_last);
-  for (auto& block : blocks_) block->fold(dtype, channels_last);
+  onednn::ResNetCalibrator calibrator(fused_weights());
+  for (at::Tensor batch = next_batch(); batch.defined(); batch = next_batch()) {
+    check_input(batch);
+    calibrator.observe(batch);
+  }
+  VT_CHECK(calibrator.images() > 0, "no calibration images: int8 scales need a sample of the "
+                                    "images the model will see");
+  return calibrator.scales();
+}
+
+void ResNetImpl::prepare_inference(at::ScalarType dtype, bool fused) {
+  VT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kQUInt8,
+           "inference precision must be fp32, bf16 or int8");
+  eval();
+  fused_.reset();
+  if (dtype == at::kQUInt8) {
+    VT_CHECK(fused, "int8 runs on the fused path only; use the fused engine");
+    VT_CHECK(!config_.int8_scales.empty(), config_.arch,
+             ": the model has no int8 calibration; make one with `vitrine optimize --int8 "
+             "--calib DATA`");
+    fused_ = std::make_shared<const onednn::ResNet>(fused_weights(), config_.int8_scales);
+  } else if (fused) {
+    fused_ = std::make_shared<const onednn::ResNet>(fused_weights(), dtype);
+  } else {
+    // oneDNN's convolutions want NHWC; with it bf16 convolutions run on the matrix units.
+    const bool channels_last = true;
+    stem_ = fold_conv_bn(conv1_, bn1_, dtype, channels_last);
+    for (auto& block : blocks_) block->fold(dtype, channels_last);
+  }
   if (fc_) {
     fc_weight_ = fc_->weight.detach().clone();
     fc_bias_ = fc_->bias.detach().clone();
   }
-  inference_dtype_ = dtype;
+  inference_dtype_ = dtype == at::kQUInt8 ? at::kFloat : dtype;
   prepared_ = true;
 }
 
 at::Tensor ResNetImpl::forward_features_inference(const at::Tensor& images) {
   if (!prepared_) return forward_features(images);
   check_input(images);
+  if (fused_) return fused_->features(images);
   at::Tensor x = images.to(inference_dtype_).contiguous(at::MemoryFormat::ChannelsLast);
   x = stem_(x).relu_();
   if (stem_pool_) x = at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});

@@ -12,9 +12,15 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 
+#include <memory>
 #include <vector>
 
 namespace vitrine::models {
+namespace onednn {
+class ResNet;
+struct ResNetBlock;
+struct ResNetWeights;
+}  // namespace onednn
 
 /// A convolution with its batch norm folded in, weights in the inference dtype and layout.
 struct FoldedConv {
@@ -30,6 +36,8 @@ class ResNetBlockImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
   at::Tensor forward_folded(const at::Tensor& x) const;
   void fold(at::ScalarType dtype, bool channels_last);
+  /// The block's convolutions with their batch norms folded in, in fp32, for the fused path.
+  onednn::ResNetBlock fused_weights() const;
 
  private:
   bool bottleneck_;
@@ -53,12 +61,16 @@ class ResNetImpl : public VisionModelImpl {
   std::string head_name() const override { return "fc"; }
   std::string stem_weight_name() const override { return "conv1.weight"; }
   void reset_head(int64_t num_classes) override;
-  void prepare_inference(at::ScalarType dtype) override;
+  void prepare_inference(at::ScalarType dtype, bool fused) override;
+  bool fused_inference() const override { return fused_ != nullptr; }
+  std::vector<float> calibrate_int8(const std::function<at::Tensor()>& next_batch) override;
   at::Tensor forward_inference(const at::Tensor& images) override;
   at::Tensor forward_features_inference(const at::Tensor& images) override;
 
  private:
   void check_input(const at::Tensor& images) const;
+  /// Every convolution with its batch norm folded in, fp32, for the fused path.
+  onednn::ResNetWeights fused_weights() const;
 
   torch::nn::Conv2d conv1_{nullptr};
   torch::nn::BatchNorm2d bn1_{nullptr};
@@ -72,6 +84,7 @@ class ResNetImpl : public VisionModelImpl {
   at::ScalarType inference_dtype_ = at::kFloat;
   FoldedConv stem_;
   at::Tensor fc_weight_, fc_bias_;
+  std::shared_ptr<const onednn::ResNet> fused_;
 };
 TORCH_MODULE(ResNet);
 

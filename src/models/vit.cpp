@@ -1,6 +1,7 @@
 #include "vit.h"
 
 #include "layers.h"
+#include "onednn.h"
 #include "vitrine/core/error.h"
 #include "vitrine/models/checkpoint.h"
 
@@ -249,10 +250,7 @@ at::Tensor ViTImpl::block(const at::Tensor& x, const ViTBlockWeights& w, double 
   return out + drop_path(y, dp, training);
 }
 
-at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool training,
-                             bool onednn,
-                             const std::function<at::Tensor(const at::Tensor&)>& before_last_block)
-    const {
+at::Tensor ViTImpl::embed(const at::Tensor& images, const Weights& w, bool training) const {
   const auto& c = config_;
   VT_CHECK(images.dim() == 4 && images.size(1) == c.in_channels && images.size(2) == c.image_size &&
                images.size(3) == c.image_size,
@@ -264,6 +262,15 @@ at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool tr
   x = x.flatten(2).transpose(1, 2);
   x = at::cat({w.cls.expand({x.size(0), -1, -1}), x}, 1) + w.pos;
   if (training && c.dropout > 0) x = at::dropout(x, c.dropout, true);
+  return x;
+}
+
+at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool training,
+                             bool onednn,
+                             const std::function<at::Tensor(const at::Tensor&)>& before_last_block)
+    const {
+  const auto& c = config_;
+  at::Tensor x = embed(images, w, training);
   for (size_t i = 0; i < w.blocks.size(); ++i) {
     if (before_last_block && i + 1 == w.blocks.size()) x = before_last_block(x);
     x = block(x, w.blocks[i], blocks_[i]->drop_path_rate, training, onednn);
@@ -296,16 +303,19 @@ at::Tensor ViTImpl::forward_head(const at::Tensor& features) {
   return head_(x);
 }
 
-void ViTImpl::prepare_inference(at::ScalarType dtype) {
+void ViTImpl::prepare_inference(at::ScalarType dtype, bool fused) {
+  VT_CHECK(dtype != at::kQUInt8,
+           config_.arch, ": int8 is not yet supported for ViTs; use fp32 or bf16");
   VT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
            "inference precision must be fp32 or bf16");
   eval();
   const Weights w = trained_weights();
   Weights out{maybe(w.patch_w, dtype), maybe(w.patch_b, dtype), maybe(w.cls, dtype),
               maybe(w.pos, dtype),     maybe(w.ln_w, dtype),    maybe(w.ln_b, dtype),
-              maybe(w.head_w, dtype),  maybe(w.head_b, dtype),  {}};
+              // The head in fp32: a bf16 head rounds away the small margins that decide top-1.
+              maybe(w.head_w, at::kFloat),  maybe(w.head_b, at::kFloat),  {}};
   // Adapters are merged into the inference copies: no extra products at inference.
-  for (const auto& b : w.blocks) {
+  for (const auto& b : fused ? std::vector<ViTBlockWeights>{} : w.blocks) {
     const double s = b.lora_scale;
     out.blocks.push_back({maybe(b.ln1_w, dtype), maybe(b.ln1_b, dtype),
                           maybe(merged(b.qkv_w, b.qkv_lora, s), dtype), maybe(b.qkv_b, dtype),
@@ -315,6 +325,21 @@ void ViTImpl::prepare_inference(at::ScalarType dtype) {
                           maybe(merged(b.fc2_w, b.fc2_lora, s), dtype), maybe(b.fc2_b, dtype),
                           {}, {}, {}, {}, 0.0});
   }
+  fused_.reset();
+  if (fused) {
+    onednn::ViTWeights fw;
+    fw.heads = config_.vit.num_attention_heads;
+    fw.eps = config_.vit.layer_norm_eps;
+    fw.hidden_act = config_.vit.hidden_act;
+    for (const auto& b : w.blocks) {
+      const double s = b.lora_scale;
+      fw.blocks.push_back({b.ln1_w, b.ln1_b, merged(b.qkv_w, b.qkv_lora, s), b.qkv_b,
+                           merged(b.proj_w, b.proj_lora, s), b.proj_b, b.ln2_w, b.ln2_b,
+                           merged(b.fc1_w, b.fc1_lora, s), b.fc1_b,
+                           merged(b.fc2_w, b.fc2_lora, s), b.fc2_b});
+    }
+    fused_ = std::make_shared<const onednn::ViTEncoder>(std::move(fw), dtype);
+  }
   inference_ = std::move(out);
   inference_dtype_ = dtype;
   prepared_ = true;
@@ -322,6 +347,13 @@ void ViTImpl::prepare_inference(at::ScalarType dtype) {
 
 at::Tensor ViTImpl::forward_features_inference(const at::Tensor& images) {
   if (!prepared_) return forward_features(images);
+  if (fused_) {
+    const at::Tensor x = fused_->forward(embed(images, inference_, /*training=*/false));
+    // Only the class token goes on: the final norm of that one row.
+    return at::layer_norm(x.select(1, 0).to(at::kFloat), {config_.vit.hidden_size},
+                          inference_.ln_w.to(at::kFloat), inference_.ln_b.to(at::kFloat),
+                          config_.vit.layer_norm_eps);
+  }
   const bool onednn = inference_dtype_ == at::kFloat && at::hasMKLDNN();
   return features(images, inference_, /*training=*/false, onednn);
 }
@@ -330,7 +362,7 @@ at::Tensor ViTImpl::forward_inference(const at::Tensor& images) {
   if (!prepared_) return forward(images);
   const at::Tensor f = forward_features_inference(images);
   if (!head_) return f.to(at::kFloat);
-  return at::linear(f, inference_.head_w, inference_.head_b).to(at::kFloat);
+  return at::linear(f.to(at::kFloat), inference_.head_w, inference_.head_b);
 }
 
 }  // namespace vitrine::models

@@ -13,9 +13,13 @@
 #include <torch/nn/modules/normalization.h>
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 namespace vitrine::models {
+namespace onednn {
+class ViTEncoder;
+}  // namespace onednn
 
 /// A LoRA adapter of one matrix: A (rank x in), B (out x rank); undefined when none.
 struct LoraPair {
@@ -74,7 +78,8 @@ class ViTImpl : public VisionModelImpl {
   int64_t add_lora(const LoraOptions& options) override;
   double lora_scale() const override { return lora_scale_; }
   StateDict deployable_state_dict() const override;
-  void prepare_inference(at::ScalarType dtype) override;
+  void prepare_inference(at::ScalarType dtype, bool fused) override;
+  bool fused_inference() const override { return fused_ != nullptr; }
   at::Tensor forward_inference(const at::Tensor& images) override;
   at::Tensor forward_features_inference(const at::Tensor& images) override;
 
@@ -84,6 +89,8 @@ class ViTImpl : public VisionModelImpl {
     std::vector<ViTBlockWeights> blocks;
   };
   Weights trained_weights() const;
+  /// Patch embedding, class token and position embedding: the tokens entering the encoder.
+  at::Tensor embed(const at::Tensor& images, const Weights& w, bool training) const;
   /// `onednn` routes the fp32 matrix products to oneDNN (inference only: no autograd).
   /// `before_last_block`, when given, maps the tokens entering the last block (Grad-CAM
   /// takes them there).
@@ -104,6 +111,7 @@ class ViTImpl : public VisionModelImpl {
   bool prepared_ = false;
   at::ScalarType inference_dtype_ = at::kFloat;
   Weights inference_;
+  std::shared_ptr<const onednn::ViTEncoder> fused_;  ///< the encoder blocks, fused path
 };
 TORCH_MODULE(ViT);
 

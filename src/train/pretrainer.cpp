@@ -151,6 +151,9 @@ void Pretrainer::State::build_model() {
     VT_CHECK(o.resnet_stem.empty(), "--stem applies to a new model (--model); the --init model "
              "keeps its own");
     cfg = models::load_model_config(o.init_dir);
+    // int8 scales belong to the weights they were calibrated on, which training changes.
+    cfg.int8_scales.clear();
+    cfg.int8_report_json = "{}";
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
   } else {
     VT_CHECK(!o.arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");

@@ -153,6 +153,9 @@ void Trainer::State::build_model() {
     VT_CHECK(o.resnet_stem.empty(), "--stem applies to a new model (--model); the --init model "
              "keeps its own");
     cfg = models::load_model_config(o.init_dir);
+    // int8 scales belong to the weights they were calibrated on, which training changes.
+    cfg.int8_scales.clear();
+    cfg.int8_report_json = "{}";
     init_has_head = cfg.num_classes > 0;
     init_classes = cfg.num_classes;
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;

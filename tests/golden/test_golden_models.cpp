@@ -196,7 +196,7 @@ TEST_P(ResNetStemGolden, MatchesTorchvisionWithTheSameStem) {
                       load_tensor(ref_file, "logits")};
   expect_matches(model, ref);
   // The folded inference path keeps the stem's geometry too.
-  model->prepare_inference(at::kFloat);
+  model->prepare_inference(at::kFloat, /*fused=*/false);
   {
     at::NoGradGuard no_grad;
     EXPECT_LT(max_abs_diff(model->forward_inference(ref.input), ref.logits), kTolerance);

@@ -65,7 +65,7 @@ TEST(Lora, MergedLogitsEqualUnmergedOnes) {
     }
   }
   // The inference path merges them too.
-  model->prepare_inference(at::kFloat);
+  model->prepare_inference(at::kFloat, /*fused=*/false);
   EXPECT_LT(test::max_abs_diff(model->forward_inference(x), unmerged), 1e-5);
 }
 

@@ -68,12 +68,12 @@ TEST_P(ModelContract, InferencePathMatchesForward) {
   const at::Tensor x = at::randn({2, 3, config.image_size, config.image_size});
   at::NoGradGuard no_grad;
   const at::Tensor ref = model->forward(x);
-  model->prepare_inference(at::kFloat);
+  model->prepare_inference(at::kFloat, /*fused=*/false);
   const at::Tensor fp32 = model->forward_inference(x);
   // Randomly initialised deep ResNets reach large activations; compare relative to them.
   const double scale = ref.abs().max().item<double>() + 1e-6;
   EXPECT_LT((fp32 - ref).abs().max().item<double>() / scale, 1e-5);
-  model->prepare_inference(at::kBFloat16);
+  model->prepare_inference(at::kBFloat16, /*fused=*/false);
   const at::Tensor bf16 = model->forward_inference(x);
   EXPECT_EQ(bf16.scalar_type(), at::kFloat);
   EXPECT_TRUE(at::isfinite(bf16).all().item<bool>());

@@ -55,6 +55,11 @@ struct ModelConfig {
   std::vector<float> thresholds;
   image::EvalTransform preprocess;    ///< eval-time preprocessing the weights expect
   std::string provenance_json = "{}"; ///< where the weights came from (JSON object)
+  /// Static int8 quantisation (`vitrine optimize --int8`): the activation scale of each
+  /// quantisation point, measured on calibration images for these weights (empty: none;
+  /// training clears it), and what calibration measured (JSON object).
+  std::vector<float> int8_scales;
+  std::string int8_report_json = "{}";
 
   /// Embedding size of forward_features.
   int64_t embedding_dim() const;

@@ -10,6 +10,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,10 +49,19 @@ class VisionModelImpl : public torch::nn::Module {
   /// Replaces the head with a freshly initialised one for `num_classes` classes.
   virtual void reset_head(int64_t num_classes) = 0;
 
-  /// Prepares for inference in `dtype` (kFloat or kBFloat16): folds batch norms into
+  /// Prepares for inference in `dtype` (kFloat, kBFloat16, or kQUInt8 for static int8): folds batch norms into
   /// the convolutions, converts weights once, picks the memory layout the CPU kernels
-  /// want. The parameters used for training and saving stay untouched.
-  virtual void prepare_inference(at::ScalarType dtype) = 0;
+  /// want. `fused` builds the fused oneDNN path (pre-packed weights, post-op fusion)
+  /// instead of libtorch's operators, the reference. The parameters used for training and
+  /// saving stay untouched.
+  virtual void prepare_inference(at::ScalarType dtype, bool fused) = 0;
+  /// Whether the prepared path is the fused one.
+  virtual bool fused_inference() const { return false; }
+  /// Static int8 calibration: runs the fp32 network over the batches `next_batch` returns
+  /// (preprocessed images; an undefined tensor ends them) and returns the activation scales
+  /// that config().int8_scales stores. prepare_inference(at::kQUInt8, true) then runs int8.
+  /// Throws for architectures without an int8 path.
+  virtual std::vector<float> calibrate_int8(const std::function<at::Tensor()>& next_batch);
   /// Logits through the prepared inference path (falls back to forward()).
   virtual at::Tensor forward_inference(const at::Tensor& images) { return forward(images); }
   /// Embeddings through the prepared inference path.

@@ -11,9 +11,18 @@
 
 namespace vitrine::models {
 
-enum class Precision { kFp32, kBf16 };
-Precision parse_precision(const std::string& name);  ///< fp32 | bf16
+/// kInt8 needs a calibrated model (`vitrine optimize --int8`); kAuto takes int8 for such a
+/// model on the fused path, fp32 otherwise.
+enum class Precision { kAuto, kFp32, kBf16, kInt8 };
+Precision parse_precision(const std::string& name);  ///< auto | fp32 | bf16 | int8
 const char* precision_name(Precision precision);
+
+/// Which operators run inference: the fused oneDNN path (pre-packed weights, bias,
+/// activation and residual fused into the products) or libtorch's, the reference.
+/// kAuto takes the fused path when this build has it.
+enum class Engine { kAuto, kFused, kLibtorch };
+Engine parse_engine(const std::string& name);  ///< auto | fused | libtorch
+const char* engine_name(Engine engine);
 
 struct Scored {
   int64_t index;
@@ -23,10 +32,13 @@ struct Scored {
 
 class Predictor {
  public:
-  Predictor(VisionModel model, Precision precision);
+  Predictor(VisionModel model, Precision precision, Engine engine = Engine::kAuto);
 
   const ModelConfig& config() const { return model_->config(); }
+  /// The precision in use (never kAuto).
   Precision precision() const { return precision_; }
+  /// The engine in use: kFused or kLibtorch, never kAuto.
+  Engine engine() const { return model_->fused_inference() ? Engine::kFused : Engine::kLibtorch; }
 
   /// The model's eval transform of one decoded RGB image (C x crop x crop, float).
   at::Tensor preprocess(const cv::Mat& rgb) const;

@@ -29,7 +29,7 @@ struct Embedded {
 };
 
 struct EmbedderOptions {
-  std::string precision = "fp32";  ///< fp32 | bf16
+  std::string precision = "auto";  ///< auto | fp32 | bf16 | int8
   int64_t max_pixels = 100'000'000;
   int64_t top_classes = 5;
 };

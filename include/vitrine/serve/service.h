@@ -35,7 +35,7 @@ class ServiceError : public std::runtime_error {
 struct ServiceOptions {
   std::string model_dir;
   std::string db_dir;                 ///< empty: no search, no products
-  std::string precision = "fp32";     ///< fp32 | bf16
+  std::string precision = "auto";     ///< auto | fp32 | bf16 | int8
   int64_t max_batch = 32;             ///< images per forward pass
   int64_t max_delay_ms = 5;           ///< how long a request may wait for others to join it
   int64_t queue_capacity = 256;       ///< waiting images beyond which requests get 429

@@ -1,0 +1,807 @@
+#include "onednn.h"
+
+#include "vitrine/core/error.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#ifdef VITRINE_HAVE_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+
+namespace vitrine::models::onednn {
+
+size_t ResNet::calibration_points(const ResNetWeights& w) {
+  size_t n = 2;  // the images, the stem's output
+  for (const auto& b : w.blocks) n += b.convs.size() + (b.down.weight.defined() ? 1 : 0);
+  return n;
+}
+
+ResNetCalibrator::ResNetCalibrator(ResNetWeights weights) : weights_(std::move(weights)) {
+  // The images and the shortcut convolutions' outputs are signed; the rest follow a ReLU.
+  is_signed_ = {true, false};
+  for (const auto& b : weights_.blocks) {
+    for (size_t i = 0; i + 1 < b.convs.size(); ++i) is_signed_.push_back(false);
+    if (b.down.weight.defined()) is_signed_.push_back(true);
+    is_signed_.push_back(false);
+  }
+  max_sum_.assign(is_signed_.size(), 0.0);
+}
+
+void ResNetCalibrator::record(size_t point, const at::Tensor& t) {
+  max_sum_.at(point) += t.abs().max().item<double>();
+}
+
+void ResNetCalibrator::observe(const at::Tensor& images) {
+  VT_CHECK(images.dim() == 4 && images.size(0) > 0,
+           "expected calibration images (N, C, H, W), got ", images.sizes());
+  c10::InferenceMode guard;
+  const auto conv = [](const Conv& c, const at::Tensor& x) {
+    return at::conv2d(x, c.weight, c.bias, {c.stride, c.stride}, {c.padding, c.padding});
+  };
+  size_t k = 0;
+  const at::Tensor x = images.to(at::kFloat);
+  record(k++, x);
+  at::Tensor y = conv(weights_.stem, x).relu_();
+  record(k++, y);  // max pooling keeps the range
+  if (weights_.stem_pool) y = at::max_pool2d(y, {3, 3}, {2, 2}, {1, 1});
+  for (const auto& b : weights_.blocks) {
+    at::Tensor t = y;
+    for (size_t i = 0; i + 1 < b.convs.size(); ++i) {
+      t = conv(b.convs[i], t).relu_();
+      record(k++, t);
+    }
+    at::Tensor shortcut = y;
+    if (b.down.weight.defined()) {
+      shortcut = conv(b.down, y);
+      record(k++, shortcut);
+    }
+    y = (conv(b.convs.back(), t) + shortcut).relu_();
+    record(k++, y);
+  }
+  ++batches_;
+  images_ += images.size(0);
+}
+
+std::vector<float> ResNetCalibrator::scales() const {
+  VT_CHECK(batches_ > 0, "no calibration images observed");
+  std::vector<float> out;
+  for (size_t i = 0; i < max_sum_.size(); ++i) {
+    const double range = max_sum_[i] / static_cast<double>(batches_);
+    out.push_back(static_cast<float>(std::max(range, 1e-8) / (is_signed_[i] ? 127.0 : 255.0)));
+  }
+  return out;
+}
+
+#ifndef VITRINE_HAVE_DNNL
+
+bool available() {
+  return false;
+}
+double matmul_peak_gflops(const std::string&, int64_t, int) {
+  VT_FAIL("this build has no oneDNN: install libdnnl-dev and rebuild");
+}
+struct ResNet::Impl {};
+struct ViTEncoder::Impl {};
+ResNet::ResNet(ResNetWeights, at::ScalarType) {
+  VT_FAIL("this build has no fused inference path: install libdnnl-dev and rebuild");
+}
+ResNet::ResNet(ResNetWeights, const std::vector<float>&) {
+  VT_FAIL(
+      "this build has no fused inference path, which int8 needs: install libdnnl-dev and "
+      "rebuild");
+}
+at::Tensor ResNet::features(const at::Tensor&) const {
+  return {};
+}
+ViTEncoder::ViTEncoder(ViTWeights, at::ScalarType) {
+  VT_FAIL("this build has no fused inference path: install libdnnl-dev and rebuild");
+}
+at::Tensor ViTEncoder::forward(const at::Tensor&) const {
+  return {};
+}
+
+#else
+
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+using Args = std::unordered_map<int, memory>;
+
+const dnnl::engine& cpu() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dt to_dnnl(at::ScalarType type) {
+  VT_CHECK(type == at::kFloat || type == at::kBFloat16, "the fused path runs in fp32 or bf16, not ",
+           c10::toString(type));
+  return type == at::kFloat ? dt::f32 : dt::bf16;
+}
+
+/// A weight matrix or kernel kept in fp32 and reordered once into each layout a primitive
+/// asks for (all shapes of one model usually share one).
+class Packed {
+ public:
+  Packed() = default;
+  /// `plain` describes `fp32`'s own layout (oihw for kernels, ba for (out, in) matrices).
+  Packed(const at::Tensor& fp32, const memory::desc& plain) : state_(std::make_shared<State>()) {
+    state_->fp32 = fp32.contiguous();
+    state_->plain = plain;
+  }
+
+  memory get(const memory::desc& want) const {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    for (const auto& [md, mem] : state_->packed) {
+      if (md == want) return mem;
+    }
+    memory src(state_->plain, cpu(), state_->fp32.data_ptr());
+    memory dst(want, cpu());
+    dnnl::stream s(cpu());
+    dnnl::reorder(src, dst).execute(s, src, dst);
+    s.wait();
+    state_->packed.emplace_back(want, dst);
+    return dst;
+  }
+
+ private:
+  struct State {
+    at::Tensor fp32;
+    memory::desc plain;
+    std::mutex mutex;
+    std::vector<std::pair<memory::desc, memory> > packed;
+  };
+  std::shared_ptr<State> state_;
+};
+
+/// An fp32 vector (bias, norm scale or shift) as a oneDNN memory over the tensor's data.
+struct Vector {
+  at::Tensor data;
+  memory mem;
+  Vector() = default;
+  explicit Vector(const at::Tensor& t, bool as_row = false)
+      : data(t.detach().to(at::kFloat).contiguous()) {
+    const auto n = static_cast<memory::dim>(data.numel());
+    mem = as_row ? memory({{1, n}, dt::f32, tag::ab}, cpu(), data.data_ptr())
+                 : memory({{n}, dt::f32, tag::x}, cpu(), data.data_ptr());
+  }
+};
+
+/// Bytes for one activation of layout `md`, owned by a tensor (libtorch's allocator).
+struct Buffer {
+  at::Tensor bytes;
+  memory mem;
+  explicit Buffer(const memory::desc& md)
+      : bytes(at::empty({static_cast<int64_t>(md.get_size())}, at::kByte)),
+        mem(md, cpu(), bytes.data_ptr()) {}
+};
+
+dnnl::primitive_attr attr_with(const dnnl::post_ops& ops) {
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  // Each call brings its own scratchpad, so calls can run concurrently.
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::post_ops sum_relu(bool sum_first, bool relu) {
+  dnnl::post_ops ops;
+  if (sum_first) ops.append_sum(1.f);
+  if (relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  return ops;
+}
+
+/// A primitive and the memories it was made for.
+struct Step {
+  dnnl::primitive prim;
+  memory::desc src, dst, scratch;
+  memory weights, bias;
+};
+
+struct ConvLayer {
+  Packed weights;
+  Vector bias;
+  int64_t out = 0, in = 0, kernel = 0, stride = 1, padding = 0;
+  // int8 only: per output channel src_scale * weight_scale / dst_scale, and the scale of
+  // the shortcut summed into the output relative to the output's.
+  std::vector<float> out_scales;
+  float sum_scale = 1;
+};
+
+memory::dims conv_out_dims(const ConvLayer& l, const memory::dims& d) {
+  return {d[0], l.out, (d[2] + 2 * l.padding - l.kernel) / l.stride + 1,
+          (d[3] + 2 * l.padding - l.kernel) / l.stride + 1};
+}
+
+/// An int8 convolution: weights quantised symmetrically per output channel, the bias in
+/// accumulator units (oneDNN adds it before the output scale).
+ConvLayer conv_layer_int8(const Conv& c, float src_scale, float dst_scale) {
+  ConvLayer l;
+  l.out = c.weight.size(0);
+  l.in = c.weight.size(1);
+  l.kernel = c.weight.size(2);
+  l.stride = c.stride;
+  l.padding = c.padding;
+  const at::Tensor w = c.weight.detach().to(at::kFloat);
+  const at::Tensor ws = w.abs().amax({1, 2, 3}).clamp_min(1e-12) / 127.0;
+  const at::Tensor q = (w / ws.view({-1, 1, 1, 1})).round().clamp(-127, 127).to(at::kChar);
+  l.weights = Packed(q, memory::desc({l.out, l.in, l.kernel, l.kernel}, dt::s8, tag::oihw));
+  l.bias = Vector(c.bias.detach().to(at::kFloat) / (ws * src_scale));
+  const at::Tensor os = (ws * (src_scale / dst_scale)).contiguous();
+  l.out_scales.assign(os.data_ptr<float>(), os.data_ptr<float>() + os.numel());
+  return l;
+}
+
+/// An int8 convolution between fixed layouts: `ops` may sum the shortcut already in
+/// `dst` and apply the ReLU.
+Step conv_step_int8(const ConvLayer& l, const memory::desc& src, const memory::desc& dst,
+                    const dnnl::post_ops& ops) {
+  const dnnl::convolution_forward::desc desc(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+      memory::desc({l.out, l.in, l.kernel, l.kernel}, dt::s8, tag::any), l.bias.mem.get_desc(), dst,
+      {l.stride, l.stride}, {l.padding, l.padding}, {l.padding, l.padding});
+  dnnl::primitive_attr attr = attr_with(ops);
+  attr.set_output_scales(1 << 1, l.out_scales);  // per output channel
+  const dnnl::convolution_forward::primitive_desc pd(desc, attr, cpu());
+  return {dnnl::convolution_forward(pd),    pd.src_desc(), pd.dst_desc(), pd.scratchpad_desc(),
+          l.weights.get(pd.weights_desc()), l.bias.mem};
+}
+
+ConvLayer conv_layer(const Conv& c) {
+  ConvLayer l;
+  l.out = c.weight.size(0);
+  l.in = c.weight.size(1);
+  l.kernel = c.weight.size(2);
+  l.stride = c.stride;
+  l.padding = c.padding;
+  l.weights = Packed(c.weight.detach().to(at::kFloat),
+                     memory::desc({l.out, l.in, l.kernel, l.kernel}, dt::f32, tag::oihw));
+  l.bias = Vector(c.bias);
+  return l;
+}
+
+/// A convolution from `src` (a fixed layout, or `any` for the first layer); its output in
+/// the layout the kernel prefers unless `dst` fixes it (to sum into a shortcut).
+Step conv_step(const ConvLayer& l, const memory::desc& src, dt type, const dnnl::post_ops& ops,
+               const memory::desc* dst = nullptr) {
+  const auto d = src.dims();
+  const memory::dim ho = (d[2] + 2 * l.padding - l.kernel) / l.stride + 1;
+  const memory::dim wo = (d[3] + 2 * l.padding - l.kernel) / l.stride + 1;
+  const memory::desc dst_md = dst ? *dst : memory::desc({d[0], l.out, ho, wo}, type, tag::any);
+  const dnnl::convolution_forward::desc desc(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+      memory::desc({l.out, l.in, l.kernel, l.kernel}, type, tag::any), l.bias.mem.get_desc(),
+      dst_md, {l.stride, l.stride}, {l.padding, l.padding}, {l.padding, l.padding});
+  const dnnl::convolution_forward::primitive_desc pd(desc, attr_with(ops), cpu());
+  return {dnnl::convolution_forward(pd),    pd.src_desc(), pd.dst_desc(), pd.scratchpad_desc(),
+          l.weights.get(pd.weights_desc()), l.bias.mem};
+}
+
+void run(const Step& s, dnnl::stream& stream, const memory& src, const memory& dst,
+         const memory& scratch) {
+  Args args{{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, scratch}};
+  if (s.weights) args.emplace(DNNL_ARG_WEIGHTS, s.weights);
+  if (s.bias) args.emplace(DNNL_ARG_BIAS, s.bias);
+  s.prim.execute(stream, args);
+}
+
+size_t scratch_bytes(const std::vector<const Step*>& steps) {
+  size_t most = 0;
+  for (const Step* s : steps) most = std::max(most, s->scratch.get_size());
+  return most;
+}
+
+}  // namespace
+
+bool available() {
+  return true;
+}
+
+double matmul_peak_gflops(const std::string& precision, int64_t size, int iters) {
+  dt a = dt::f32, b = dt::f32, c = dt::f32;
+  if (precision == "bf16") {
+    a = b = dt::bf16;
+  } else if (precision == "int8") {
+    a = dt::u8;
+    b = dt::s8;
+    c = dt::s32;
+  } else {
+    VT_CHECK(precision == "fp32", "no peak for precision '", precision,
+             "'; use fp32, bf16 or int8");
+  }
+  const memory::dim n = size;
+  const dnnl::matmul::primitive_desc pd(
+      dnnl::matmul::desc(memory::desc({n, n}, a, tag::ab), memory::desc({n, n}, b, tag::any),
+                         memory::desc({n, n}, c, tag::ab)),
+      attr_with({}), cpu());
+  const dnnl::matmul prim(pd);
+  const Buffer src(pd.src_desc()), wei(pd.weights_desc()), dst(pd.dst_desc()),
+      scratch(pd.scratchpad_desc());
+  src.bytes.zero_();
+  wei.bytes.zero_();
+  dnnl::stream stream(cpu());
+  const auto once = [&] {
+    prim.execute(stream, {{DNNL_ARG_SRC, src.mem},
+                          {DNNL_ARG_WEIGHTS, wei.mem},
+                          {DNNL_ARG_DST, dst.mem},
+                          {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+    stream.wait();
+  };
+  once();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) once();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return 2.0 * static_cast<double>(n * n * n) * iters / s / 1e9;
+}
+
+// ---------------------------------------------------------------- ResNet
+
+struct ResNet::Impl {
+  struct Block {
+    std::vector<ConvLayer> convs;
+    bool has_down = false;
+    ConvLayer down;
+  };
+  struct BlockPlan {
+    std::vector<Step> convs;
+    Step down;  ///< prim undefined without a shortcut convolution
+  };
+  struct Plan {
+    dnnl::reorder in, out;  ///< the caller's fp32 NCHW images in; the last map out (fp32)
+    memory::desc input, output;
+    Step stem, pool;
+    std::vector<BlockPlan> blocks;
+    size_t scratch = 0;
+  };
+
+  dt type;  ///< f32, bf16, or u8 for int8
+  bool int8 = false;
+  float input_scale = 1, output_scale = 1;  ///< int8: the images' and the last map's
+  ConvLayer stem;
+  bool stem_pool = true;
+  std::vector<Block> blocks;
+  std::mutex mutex;
+  std::map<std::vector<int64_t>, std::shared_ptr<const Plan> > plans;
+
+  std::shared_ptr<const Plan> plan_for(const at::IntArrayRef shape) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto& slot = plans[shape.vec()];
+    if (!slot) slot = make_plan(shape);
+    return slot;
+  }
+
+  Step pool_step(const memory::desc& x) const {
+    const auto d = x.dims();
+    const memory::dims out{d[0], d[1], (d[2] + 2 - 3) / 2 + 1, (d[3] + 2 - 3) / 2 + 1};
+    const dnnl::pooling_forward::desc desc(
+        dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max, x,
+        memory::desc(out, x.data_type(), int8 ? tag::nhwc : tag::any), {2, 2}, {3, 3}, {1, 1},
+        {1, 1});
+    const dnnl::pooling_forward::primitive_desc pd(desc, attr_with({}), cpu());
+    return {dnnl::pooling_forward(pd), pd.src_desc(), pd.dst_desc(), pd.scratchpad_desc(), {}, {}};
+  }
+
+  /// What a convolution does after its product: an inner one (the stem included) applies
+  /// a ReLU; a block's last one adds the shortcut already in its output buffer, then the
+  /// ReLU; a shortcut (projection) convolution nothing.
+  enum class Role { kInner, kLast, kShortcut };
+
+  /// fp32 and bf16: layouts as the kernels prefer them, except a fixed `out` (a block's
+  /// input for its last convolution when the shortcut is the identity, or the last
+  /// convolution's output layout for the shortcut convolution). int8: u8 activations after
+  /// each ReLU, s8 for the images and the shortcut convolutions' outputs, all NHWC.
+  Step conv(const ConvLayer& l, const memory::desc& src, Role role, bool projected,
+            const memory::desc* out) const {
+    if (!int8)
+      return conv_step(l, src, type, sum_relu(role == Role::kLast, role != Role::kShortcut), out);
+    dnnl::post_ops ops;
+    // The shortcut, in its own type and scale, read from the output buffer.
+    if (role == Role::kLast) ops.append_sum(l.sum_scale, 0, projected ? dt::s8 : dt::u8);
+    if (role != Role::kShortcut) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    const memory::desc dst(out ? out->dims() : conv_out_dims(l, src.dims()),
+                           role == Role::kShortcut ? dt::s8 : dt::u8, tag::nhwc);
+    return conv_step_int8(l, src, dst, ops);
+  }
+
+  void plan_steps(Plan& p, const at::IntArrayRef s) const {
+    const memory::dims images{s[0], s[1], s[2], s[3]};
+    p.stem = conv(
+        stem, int8 ? memory::desc(images, dt::s8, tag::nhwc) : memory::desc(images, type, tag::any),
+        Role::kInner, false, nullptr);
+    memory::desc x = p.stem.dst;
+    if (stem_pool) {
+      p.pool = pool_step(x);
+      x = p.pool.dst;
+    }
+    for (const Block& b : blocks) {
+      BlockPlan bp;
+      memory::desc y = x;
+      for (size_t i = 0; i < b.convs.size(); ++i) {
+        const bool last = i + 1 == b.convs.size();
+        bp.convs.push_back(conv(b.convs[i], y, last ? Role::kLast : Role::kInner, b.has_down,
+                                last && !b.has_down ? &x : nullptr));
+        y = bp.convs.back().dst;
+      }
+      if (b.has_down) bp.down = conv(b.down, x, Role::kShortcut, true, &y);
+      x = y;
+      p.blocks.push_back(std::move(bp));
+    }
+  }
+
+  std::shared_ptr<const Plan> make_plan(const at::IntArrayRef s) const {
+    auto p = std::make_shared<Plan>();
+    plan_steps(*p, s);
+    std::vector<const Step*> all{&p->stem};
+    if (stem_pool) all.push_back(&p->pool);
+    for (const auto& bp : p->blocks) {
+      for (const auto& c : bp.convs) all.push_back(&c);
+      if (bp.down.prim) all.push_back(&bp.down);
+    }
+    p->scratch = scratch_bytes(all);
+    const memory::desc last = p->blocks.empty() ? (stem_pool ? p->pool.dst : p->stem.dst)
+                                                : p->blocks.back().convs.back().dst;
+    p->input = memory::desc({s[0], s[1], s[2], s[3]}, dt::f32, tag::nchw);
+    p->output = memory::desc(last.dims(), dt::f32, tag::nchw);
+    dnnl::primitive_attr in_attr, out_attr;
+    if (int8) {
+      in_attr.set_output_scales(0, {1.f / input_scale});
+      out_attr.set_output_scales(0, {output_scale});
+    }
+    p->in =
+        dnnl::reorder(dnnl::reorder::primitive_desc(cpu(), p->input, cpu(), p->stem.src, in_attr));
+    p->out = dnnl::reorder(dnnl::reorder::primitive_desc(cpu(), last, cpu(), p->output, out_attr));
+    return p;
+  }
+
+  at::Tensor features(const at::Tensor& images) {
+    const at::Tensor in = images.to(at::kFloat).contiguous();
+    const auto plan = plan_for(in.sizes());
+    dnnl::stream stream(cpu());
+    const Buffer scratch(memory::desc({static_cast<memory::dim>(plan->scratch)}, dt::u8, tag::x));
+    Buffer x(plan->stem.src);
+    memory user(plan->input, cpu(), in.data_ptr());
+    plan->in.execute(stream, user, x.mem);
+    Buffer y(plan->stem.dst);
+    run(plan->stem, stream, x.mem, y.mem, scratch.mem);
+    if (stem_pool) {
+      Buffer z(plan->pool.dst);
+      run(plan->pool, stream, y.mem, z.mem, scratch.mem);
+      y = std::move(z);
+    }
+    Buffer cur = std::move(y);
+    for (const auto& bp : plan->blocks) {
+      // The shortcut: the block's input itself, or its projection, in the output buffer.
+      std::optional<Buffer> shortcut;
+      if (bp.down.prim) {
+        shortcut.emplace(bp.down.dst);
+        run(bp.down, stream, cur.mem, shortcut->mem, scratch.mem);
+      }
+      Buffer t(bp.convs[0].dst);
+      run(bp.convs[0], stream, cur.mem, t.mem, scratch.mem);
+      for (size_t i = 1; i + 1 < bp.convs.size(); ++i) {
+        Buffer u(bp.convs[i].dst);
+        run(bp.convs[i], stream, t.mem, u.mem, scratch.mem);
+        t = std::move(u);
+      }
+      Buffer& out = shortcut ? *shortcut : cur;
+      // The output buffer holds the shortcut (s8 after a projection); the convolution
+      // writes its own u8 result over it.
+      const memory dst(bp.convs.back().dst, cpu(), out.bytes.data_ptr());
+      run(bp.convs.back(), stream, t.mem, dst, scratch.mem);
+      if (shortcut) cur = std::move(*shortcut);
+      cur.mem = dst;
+    }
+    const auto d = plan->output.dims();
+    at::Tensor map = at::empty({d[0], d[1], d[2], d[3]}, at::kFloat);
+    memory out(plan->output, cpu(), map.data_ptr());
+    plan->out.execute(stream, cur.mem, out);
+    stream.wait();
+    return map.mean({2, 3});
+  }
+};
+
+namespace {
+
+void check_block(const ResNetBlock& b) {
+  VT_CHECK(b.convs.size() >= 2, "a residual block has at least two convolutions");
+}
+
+}  // namespace
+
+ResNet::ResNet(ResNetWeights w, at::ScalarType dtype) : impl_(std::make_shared<Impl>()) {
+  impl_->type = to_dnnl(dtype);
+  impl_->stem = conv_layer(w.stem);
+  impl_->stem_pool = w.stem_pool;
+  for (const auto& b : w.blocks) {
+    check_block(b);
+    Impl::Block block;
+    for (const auto& c : b.convs) block.convs.push_back(conv_layer(c));
+    block.has_down = b.down.weight.defined();
+    if (block.has_down) block.down = conv_layer(b.down);
+    impl_->blocks.push_back(std::move(block));
+  }
+}
+
+ResNet::ResNet(ResNetWeights w, const std::vector<float>& scales)
+    : impl_(std::make_shared<Impl>()) {
+  VT_CHECK(scales.size() == calibration_points(w), "the int8 calibration has ", scales.size(),
+           " activation scales where this network needs ", calibration_points(w),
+           "; calibrate again (vitrine optimize --int8)");
+  for (const float s : scales) {
+    VT_CHECK(std::isfinite(s) && s > 0, "an int8 activation scale is ", s,
+             "; calibrate again (vitrine optimize --int8)");
+  }
+  impl_->type = dt::u8;
+  impl_->int8 = true;
+  size_t k = 0;
+  impl_->input_scale = scales[k++];
+  float in = scales[k++];
+  impl_->stem = conv_layer_int8(w.stem, impl_->input_scale, in);
+  impl_->stem_pool = w.stem_pool;
+  for (const auto& b : w.blocks) {
+    check_block(b);
+    Impl::Block block;
+    float prev = in;
+    for (size_t i = 0; i + 1 < b.convs.size(); ++i) {
+      const float out = scales[k++];
+      block.convs.push_back(conv_layer_int8(b.convs[i], prev, out));
+      prev = out;
+    }
+    block.has_down = b.down.weight.defined();
+    const float shortcut = block.has_down ? scales[k++] : in;
+    const float out = scales[k++];
+    block.convs.push_back(conv_layer_int8(b.convs.back(), prev, out));
+    block.convs.back().sum_scale = shortcut / out;
+    if (block.has_down) block.down = conv_layer_int8(b.down, in, shortcut);
+    impl_->blocks.push_back(std::move(block));
+    in = out;
+  }
+  impl_->output_scale = in;
+}
+
+at::Tensor ResNet::features(const at::Tensor& images) const {
+  VT_CHECK(images.dim() == 4, "expected images (N, C, H, W), got ", images.sizes());
+  return impl_->features(images);
+}
+
+// ---------------------------------------------------------------- ViT encoder
+
+namespace {
+
+struct Linear {
+  Packed weights;
+  Vector bias;
+  int64_t out = 0, in = 0;
+};
+
+Linear linear_layer(const at::Tensor& w, const at::Tensor& b) {
+  Linear l;
+  l.out = w.size(0);
+  l.in = w.size(1);
+  // (out, in) row-major is the (in, out) matrix the product wants, stored transposed.
+  l.weights = Packed(w.detach().to(at::kFloat), memory::desc({l.in, l.out}, dt::f32, tag::ba));
+  l.bias = b.defined() ? Vector(b, /*as_row=*/true) : Vector(at::zeros({l.out}), true);
+  return l;
+}
+
+struct Matmul {
+  dnnl::matmul prim;
+  memory::desc src, weights, dst, scratch;
+};
+
+Matmul matmul_step(int64_t rows, const Linear& l, dt type, const dnnl::post_ops& ops) {
+  const dnnl::matmul::desc desc(memory::desc({rows, l.in}, type, tag::ab),
+                                memory::desc({l.in, l.out}, type, tag::any), l.bias.mem.get_desc(),
+                                memory::desc({rows, l.out}, type, tag::ab));
+  const dnnl::matmul::primitive_desc pd(desc, attr_with(ops), cpu());
+  return {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(), pd.scratchpad_desc()};
+}
+
+dnnl::post_ops activation_ops(const std::string& name) {
+  dnnl::post_ops ops;
+  if (name == "gelu") {
+    ops.append_eltwise(1.f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
+  } else if (name == "gelu_new" || name == "gelu_pytorch_tanh") {
+    ops.append_eltwise(1.f, dnnl::algorithm::eltwise_gelu_tanh, 0.f, 0.f);
+  } else if (name == "quick_gelu") {
+    ops.append_eltwise(1.f, dnnl::algorithm::eltwise_swish, 1.702f, 0.f);
+  } else if (name == "relu") {
+    ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  } else {
+    VT_FAIL("the fused path has no activation '", name, "'");
+  }
+  return ops;
+}
+
+}  // namespace
+
+struct ViTEncoder::Impl {
+  struct Block {
+    Vector ln1_w, ln1_b, ln2_w, ln2_b;
+    Linear qkv, proj, fc1, fc2;
+  };
+  struct Plan {
+    dnnl::layer_normalization_forward norm;
+    memory::desc rows, norm_scratch;
+    Matmul qkv, proj, fc1, fc2;
+    // Attention per (image, head): scores = scale * Q K^T, softmax in place, P V written
+    // straight into the (N, T, heads, head width) layout the out-projection reads.
+    Matmul scores, mix;
+    dnnl::softmax_forward softmax;
+    memory::desc q, kt, p, out, softmax_scratch;
+    size_t scratch = 0;
+  };
+
+  dt type;
+  at::ScalarType dtype;
+  int64_t heads = 0;
+  double eps = 1e-6;
+  std::string act;
+  std::vector<Block> blocks;
+  std::mutex mutex;
+  std::map<std::pair<int64_t, int64_t>, std::shared_ptr<const Plan> > plans;
+
+  std::shared_ptr<const Plan> plan_for(int64_t n, int64_t t) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto& slot = plans[{n, t}];
+    if (!slot) slot = make_plan(n, t);
+    return slot;
+  }
+
+  std::shared_ptr<const Plan> make_plan(int64_t n, int64_t t) const {
+    auto p = std::make_shared<Plan>();
+    const Block& b = blocks.front();
+    const int64_t d = b.qkv.in, rows = n * t, hd = d / heads;
+    p->rows = memory::desc({rows, d}, type, tag::ab);
+    const dnnl::layer_normalization_forward::desc ln(
+        dnnl::prop_kind::forward_inference, p->rows, static_cast<float>(eps),
+        dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift);
+    const dnnl::layer_normalization_forward::primitive_desc ln_pd(ln, attr_with({}), cpu());
+    p->norm = dnnl::layer_normalization_forward(ln_pd);
+    p->norm_scratch = ln_pd.scratchpad_desc();
+    // Bias in every product; GELU after fc1; the residual sum after proj and fc2, which
+    // write into the token stream itself.
+    p->qkv = matmul_step(rows, b.qkv, type, {});
+    p->proj = matmul_step(rows, b.proj, type, sum_relu(true, false));
+    p->fc1 = matmul_step(rows, b.fc1, type, activation_ops(act));
+    p->fc2 = matmul_step(rows, b.fc2, type, sum_relu(true, false));
+    // Q, K and V read in place from the (3, N, heads, T, head width) copy of qkv; K as
+    // its transpose by strides.
+    p->q = memory::desc({n * heads, t, hd}, type, tag::abc);
+    p->kt = memory::desc({n * heads, hd, t}, type, tag::acb);
+    p->p = memory::desc({n * heads, t, t}, type, tag::abc);
+    p->out = memory::desc({n, heads, t, hd}, type, memory::dims{t * d, hd, d, 1});
+    {
+      dnnl::primitive_attr attr = attr_with({});
+      attr.set_output_scales(0, {static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))});
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(p->q, p->kt, p->p), attr, cpu());
+      p->scores = {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(),
+                   pd.scratchpad_desc()};
+    }
+    {
+      const dnnl::softmax_forward::desc desc(dnnl::prop_kind::forward_inference,
+                                             memory::desc({n * heads * t, t}, type, tag::ab), 1);
+      const dnnl::softmax_forward::primitive_desc pd(desc, attr_with({}), cpu());
+      p->softmax = dnnl::softmax_forward(pd);
+      p->softmax_scratch = pd.scratchpad_desc();
+    }
+    {
+      const dnnl::matmul::primitive_desc pd(
+          dnnl::matmul::desc(memory::desc({n, heads, t, t}, type, tag::abcd),
+                             memory::desc({n, heads, t, hd}, type, tag::abcd), p->out),
+          attr_with({}), cpu());
+      p->mix = {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(),
+                pd.scratchpad_desc()};
+    }
+    for (const auto* m : {&p->qkv, &p->proj, &p->fc1, &p->fc2, &p->scores, &p->mix}) {
+      p->scratch = std::max(p->scratch, m->scratch.get_size());
+    }
+    p->scratch = std::max({p->scratch, p->norm_scratch.get_size(), p->softmax_scratch.get_size()});
+    return p;
+  }
+
+  at::Tensor forward(const at::Tensor& tokens) {
+    VT_CHECK(tokens.dim() == 3, "expected tokens (N, T, D), got ", tokens.sizes());
+    const int64_t n = tokens.size(0), t = tokens.size(1), d = tokens.size(2);
+    VT_CHECK(d == blocks.front().qkv.in, "tokens of width ", d, " for an encoder of width ",
+             blocks.front().qkv.in);
+    const auto plan = plan_for(n, t);
+    const int64_t hd = d / heads;
+    // The token stream, updated in place by the residual sums.
+    at::Tensor x = tokens.to(dtype).contiguous().clone();
+    at::Tensor h = at::empty_like(x);
+    at::Tensor qkv = at::empty({n, t, 3 * d}, x.options());
+    at::Tensor heads_qkv = at::empty({3, n, heads, t, hd}, x.options());
+    at::Tensor probs = at::empty({n, heads, t, t}, x.options());
+    at::Tensor attn_out = at::empty_like(x);
+    at::Tensor hidden = at::empty({n, t, blocks.front().fc1.out}, x.options());
+    const Buffer scratch(memory::desc({static_cast<memory::dim>(plan->scratch)}, dt::u8, tag::x));
+    const auto mem = [&](const memory::desc& md, const at::Tensor& a) {
+      return memory(md, cpu(), a.data_ptr());
+    };
+    const memory xm = mem(plan->rows, x), hm = mem(plan->rows, h), qkvm = mem(plan->qkv.dst, qkv),
+                 am = mem(plan->rows, attn_out), hidm = mem(plan->fc1.dst, hidden);
+    dnnl::stream stream(cpu());
+    const auto norm = [&](const Vector& w, const Vector& bias) {
+      plan->norm.execute(stream, {{DNNL_ARG_SRC, xm},
+                                  {DNNL_ARG_DST, hm},
+                                  {DNNL_ARG_SCALE, w.mem},
+                                  {DNNL_ARG_SHIFT, bias.mem},
+                                  {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+    };
+    const auto product = [&](const Matmul& m, const Linear& l, const memory& src,
+                             const memory& dst) {
+      m.prim.execute(stream, {{DNNL_ARG_SRC, src},
+                              {DNNL_ARG_WEIGHTS, l.weights.get(m.weights)},
+                              {DNNL_ARG_BIAS, l.bias.mem},
+                              {DNNL_ARG_DST, dst},
+                              {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+    };
+    const size_t part = static_cast<size_t>(n * heads * t * hd) * x.element_size();
+    auto* base = static_cast<char*>(heads_qkv.data_ptr());
+    const memory qm(plan->q, cpu(), base), ktm(plan->kt, cpu(), base + part),
+        vm(plan->mix.weights, cpu(), base + 2 * part), pm(plan->p, cpu(), probs.data_ptr()),
+        om(plan->out, cpu(), attn_out.data_ptr());
+    const memory probs_rows(memory::desc({n * heads * t, t}, plan->p.data_type(), tag::ab), cpu(),
+                            probs.data_ptr());
+    const memory probs_4d(plan->mix.src, cpu(), probs.data_ptr());
+    for (const Block& b : blocks) {
+      norm(b.ln1_w, b.ln1_b);
+      product(plan->qkv, b.qkv, hm, qkvm);
+      stream.wait();
+      // One copy puts each head's Q, K and V rows together; the rest reads in place.
+      heads_qkv.copy_(qkv.view({n, t, 3, heads, hd}).permute({2, 0, 3, 1, 4}));
+      plan->scores.prim.execute(stream, {{DNNL_ARG_SRC, qm},
+                                         {DNNL_ARG_WEIGHTS, ktm},
+                                         {DNNL_ARG_DST, pm},
+                                         {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+      plan->softmax.execute(stream, {{DNNL_ARG_SRC, probs_rows},
+                                     {DNNL_ARG_DST, probs_rows},
+                                     {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+      plan->mix.prim.execute(stream, {{DNNL_ARG_SRC, probs_4d},
+                                      {DNNL_ARG_WEIGHTS, vm},
+                                      {DNNL_ARG_DST, om},
+                                      {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+      product(plan->proj, b.proj, am, xm);
+      norm(b.ln2_w, b.ln2_b);
+      product(plan->fc1, b.fc1, hm, hidm);
+      product(plan->fc2, b.fc2, hidm, xm);
+    }
+    stream.wait();
+    return x;
+  }
+};
+
+ViTEncoder::ViTEncoder(ViTWeights w, at::ScalarType dtype) : impl_(std::make_shared<Impl>()) {
+  VT_CHECK(!w.blocks.empty(), "a ViT encoder needs at least one block");
+  impl_->type = to_dnnl(dtype);
+  impl_->dtype = dtype;
+  impl_->heads = w.heads;
+  impl_->eps = w.eps;
+  activation_ops(w.hidden_act);  // fails early for an activation the path lacks
+  impl_->act = w.hidden_act;
+  for (const auto& b : w.blocks) {
+    impl_->blocks.push_back({Vector(b.ln1_w), Vector(b.ln1_b), Vector(b.ln2_w), Vector(b.ln2_b),
+                             linear_layer(b.qkv_w, b.qkv_b), linear_layer(b.proj_w, b.proj_b),
+                             linear_layer(b.fc1_w, b.fc1_b), linear_layer(b.fc2_w, b.fc2_b)});
+  }
+}
+
+at::Tensor ViTEncoder::forward(const at::Tensor& tokens) const {
+  return impl_->forward(tokens);
+}
+
+#endif
+
+}  // namespace vitrine::models::onednn
