@@ -34,6 +34,7 @@ void add_models_command(CLI::App& app, int& status);
 void add_init_command(CLI::App& app, int& status);
 void add_merge_adapter_command(CLI::App& app, int& status);
 void add_bench_command(CLI::App& app, int& status);
+void add_optimize_command(CLI::App& app, int& status);
 void add_import_command(CLI::App& app, int& status);
 void add_predict_command(CLI::App& app, int& status);
 void add_train_command(CLI::App& app, int& status);

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   add_init_command(app, status);
   add_merge_adapter_command(app, status);
   add_bench_command(app, status);
+  add_optimize_command(app, status);
   add_import_command(app, status);
   add_predict_command(app, status);
   add_train_command(app, status);

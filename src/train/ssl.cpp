@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 namespace vitrine::train {
 
@@ -59,32 +60,35 @@ Embeddings embed(models::VisionModelImpl& model, const std::shared_ptr<data::Dat
   return {at::cat(vectors), at::tensor(labels, at::kLong)};
 }
 
-double knn_top1(const Embeddings& bank, const Embeddings& queries, int64_t num_classes, int64_t k,
-                double temperature) {
-  VT_CHECK(bank.vectors.dim() == 2 && queries.vectors.dim() == 2 &&
-               bank.vectors.size(1) == queries.vectors.size(1),
+at::Tensor knn_predict(const Embeddings& bank, const at::Tensor& queries, int64_t num_classes,
+                       int64_t k, double temperature) {
+  VT_CHECK(bank.vectors.dim() == 2 && queries.dim() == 2 && bank.vectors.size(1) == queries.size(1),
            "k-NN: bank and queries must be N x D of the same D");
-  VT_CHECK(bank.vectors.size(0) > 0 && queries.vectors.size(0) > 0, "k-NN: empty bank or queries");
+  VT_CHECK(bank.vectors.size(0) > 0 && queries.size(0) > 0, "k-NN: empty bank or queries");
   VT_CHECK(num_classes > 0 && k > 0 && temperature > 0, "k-NN: bad parameters");
   VT_CHECK(bank.labels.min().item<int64_t>() >= 0 &&
                bank.labels.max().item<int64_t>() < num_classes,
            "k-NN: every bank item needs a label from 0 to ", num_classes - 1);
   const int64_t kk = std::min<int64_t>(k, bank.vectors.size(0));
-  int64_t correct = 0;
+  std::vector<at::Tensor> out;
   // In chunks, so a large bank never needs a queries x bank matrix at once.
   const int64_t chunk = 512;
-  for (int64_t start = 0; start < queries.vectors.size(0); start += chunk) {
-    const at::Tensor q = queries.vectors.slice(0, start, start + chunk);
+  for (int64_t start = 0; start < queries.size(0); start += chunk) {
+    const at::Tensor q = queries.slice(0, start, start + chunk);
     const auto [sim, idx] = at::topk(at::mm(q, bank.vectors.t()), kk, 1);
     const at::Tensor votes = at::zeros({q.size(0), num_classes}, at::kFloat);
     votes.scatter_add_(1, bank.labels.index_select(0, idx.flatten()).view_as(idx).clamp_min(0),
                        (sim / temperature).exp());
-    correct += votes.argmax(1)
-                   .eq(queries.labels.slice(0, start, start + chunk))
-                   .sum()
-                   .item<int64_t>();
+    out.push_back(votes.argmax(1));
   }
-  return static_cast<double>(correct) / static_cast<double>(queries.vectors.size(0));
+  return at::cat(out);
+}
+
+double knn_top1(const Embeddings& bank, const Embeddings& queries, int64_t num_classes, int64_t k,
+                double temperature) {
+  const at::Tensor predicted = knn_predict(bank, queries.vectors, num_classes, k, temperature);
+  return predicted.eq(queries.labels).sum().item<double>() /
+         static_cast<double>(queries.vectors.size(0));
 }
 
 }  // namespace vitrine::train

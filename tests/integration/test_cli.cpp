@@ -39,6 +39,22 @@ const std::string& model_dir() {
   return dir;
 }
 
+// An ImageFolder of `splits`, each with 4 photos of two classes (a blue or a red disc).
+void write_two_class_folders(const std::string& root, const std::vector<std::string>& splits) {
+  for (int c = 0; c < 2; ++c) {
+    for (const auto& split : splits) {
+      const std::string dir = root + "/" + split + "/class_" + std::to_string(c);
+      fs::create_directories(dir);
+      for (int i = 0; i < 4; ++i) {
+        cv::Mat img(32, 32, CV_8UC3, cv::Scalar(40, 40, 40));
+        cv::circle(img, {8 + 4 * i, 16}, 6, c ? cv::Scalar(0, 0, 255) : cv::Scalar(255, 0, 0),
+                   cv::FILLED);
+        cv::imwrite(dir + "/" + std::to_string(i) + ".png", img);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 TEST(Cli, PredictBadInputFolderReportsEachFileAndGoesOn) {
@@ -243,18 +259,7 @@ TEST(Cli, HandEditedConfigThatContradictsItsArchIsRefused) {
 // fine-tune it (no --reinit-head needed: it has no head), then compare on the test split.
 TEST(Cli, PretrainThenFineTuneThenCompare) {
   const std::string d = test::temp_dir("cli-pretrain");
-  for (int c = 0; c < 2; ++c) {
-    for (const char* split : {"train", "val", "test"}) {
-      const std::string dir = d + "/data/" + split + "/class_" + std::to_string(c);
-      fs::create_directories(dir);
-      for (int i = 0; i < 4; ++i) {
-        cv::Mat img(32, 32, CV_8UC3, cv::Scalar(40, 40, 40));
-        cv::circle(img, {8 + 4 * i, 16}, 6, c ? cv::Scalar(0, 0, 255) : cv::Scalar(255, 0, 0),
-                   cv::FILLED);
-        cv::imwrite(dir + "/" + std::to_string(i) + ".png", img);
-      }
-    }
-  }
+  write_two_class_folders(d + "/data", {"train", "val", "test"});
   const std::string bin = q(test::vitrine_bin());
   auto r = test::run_command(bin + " pretrain --model resnet18 --stem small --image-size 32 " +
                              "--data " + q(d + "/data") + " --epochs 1 --batch-size 4 " +
@@ -319,4 +324,63 @@ TEST(Cli, BenchReportsEverySettingAsAJsonLine) {
   r = test::run_command(q(test::vitrine_bin()) + " bench --model " + q(dir + "/none"));
   EXPECT_EQ(r.status, 2);
   EXPECT_CONTAINS(r.err, "not a model directory");
+}
+
+// Static int8 from the command line: calibrate on the training photos, measure the
+// accuracy change on the test split, and the optimised model runs int8 by default.
+TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
+  const std::string d = test::temp_dir("cli-optimize");
+  write_two_class_folders(d + "/data", {"train", "test"});
+  const std::string bin = q(test::vitrine_bin());
+  auto r = test::run_command(bin + " init --arch resnet_custom --layers 1 1 1 1 --image-size 32 " +
+                             "--num-classes 2 --seed 0 --out " + q(d + "/init"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(bin + " train --init " + q(d + "/init") + " --data " + q(d + "/data") +
+                        " --epochs 1 --batch-size 4 --threads 2 --out " + q(d + "/run"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(bin + " optimize --model " + q(d + "/run/best") + " --int8 --calib " +
+                        q(d + "/data/train") + " --data " + q(d + "/data") + " --out " +
+                        q(d + "/int8"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.out;
+  const json& acc = lines[0]["int8"]["accuracy"];
+  EXPECT_EQ(acc["images"], 8);
+  EXPECT_EQ(acc["task"], "classification");
+  for (const char* p : {"fp32", "bf16", "int8"}) {
+    EXPECT_GE(acc[p]["agreement_with_fp32"].get<double>(), 0.0) << acc;
+    EXPECT_LE(acc[p]["agreement_with_fp32"].get<double>(), 1.0) << acc;
+  }
+  EXPECT_EQ(acc["fp32"]["agreement_with_fp32"], 1.0);
+  EXPECT_EQ(lines[0]["int8"]["calibration"]["images"], 8);
+  // The scales and the report are in the model's config: the images, the stem, and two
+  // convolutions per block plus three shortcut convolutions.
+  const json config = json::parse(std::ifstream(d + "/int8/config.json"));
+  EXPECT_EQ(config["quantization"]["int8"]["activation_scales"].size(), 2u + 4 * 2 + 3);
+  EXPECT_EQ(config["quantization"]["int8"]["report"]["accuracy"], acc);
+  // Its default precision is int8.
+  r = test::run_command(bin + " bench --model " + q(d + "/int8") + " --batch 2 --iters 1 --warmup 0");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto bench = json_lines(r.out);
+  ASSERT_EQ(bench.size(), 3u) << r.out;
+  EXPECT_EQ(bench[2]["precision"], "int8");
+  EXPECT_EQ(bench[2]["engine"], "fused");
+  r = test::run_command(bin + " predict --model " + q(d + "/int8") + " --topk 1 " +
+                        q(d + "/data/test/class_1"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).size(), 4u);
+  // What cannot be done says so.
+  r = test::run_command(bin + " optimize --model " + q(d + "/run/best") + " --calib " +
+                        q(d + "/data/train") + " --out " + q(d + "/none"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "choose an optimisation");
+  r = test::run_command(bin + " init --arch vit_ti_16 --image-size 32 --num-classes 2 --out " +
+                        q(d + "/vit"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(bin + " optimize --model " + q(d + "/vit") + " --int8 --calib " +
+                        q(d + "/data/train") + " --out " + q(d + "/vit8"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "not yet supported for vit_ti_16");
+  EXPECT_FALSE(fs::exists(d + "/vit8"));
+  fs::remove_all(d);
 }

@@ -54,5 +54,8 @@ Embeddings embed(models::VisionModelImpl& model, const std::shared_ptr<data::Dat
 /// for their labels with weight exp(similarity / temperature).
 double knn_top1(const Embeddings& bank, const Embeddings& queries, int64_t num_classes,
                 int64_t k = 20, double temperature = 0.07);
+/// The class that weighted k-NN vote gives each query (N x D, L2-normalised): N int64.
+at::Tensor knn_predict(const Embeddings& bank, const at::Tensor& queries, int64_t num_classes,
+                       int64_t k = 20, double temperature = 0.07);
 
 }  // namespace vitrine::train
