@@ -1,13 +1,16 @@
 #!/usr/bin/python3
-"""Inference speed: Vitrine (fp32, bf16) against PyTorch fp32 eager, in one run.
+"""Inference speed: Vitrine's engines against PyTorch fp32 eager, in one run.
 
 Run with Debian's python3 (it has torch + torchvision) after building:
     bench/inference.py [--build build] [--threads 2] [--archs resnet50 vit_b_16]
                        [--batches 1 32] [--iters 3]
-Prints img/s and ms per batch of each side and Vitrine's ratio to PyTorch, then the
-top-1 agreement of bf16 with fp32 predictions on the photos under --images.
-Both sides use the same thread count, the same random weights' architecture and
-random inputs; each figure is the mean of --iters timed runs after a warm-up.
+Measures first the machine's matrix-product peak (oneDNN, fp32 / bf16 / int8), then per
+model and batch: PyTorch fp32 eager, Vitrine's libtorch path (fp32, the reference) and its
+fused oneDNN path in fp32, bf16 and int8 (ResNets): img/s, ms per batch, the ratio to
+eager, the achieved GFLOP/s and its share of the peak. Last, the top-1 agreement of bf16
+with fp32 predictions on the photos under --images.
+All sides use the same thread count, the same architecture and random inputs; each figure
+is the mean of --iters timed runs after a warm-up.
 """
 import argparse
 import json
@@ -34,11 +37,26 @@ def eager_img_per_s(arch, batch, iters, threads):
     return batch / seconds, 1000 * seconds
 
 
-def vitrine_img_per_s(build, arch, batch, precision, iters, threads):
+# Multiply-adds per 224x224 image (torchvision's "GFLOPS" column counts these); the
+# figures below count 2 operations per multiply-add.
+GMACS = {"resnet18": 1.81, "resnet34": 3.66, "resnet50": 4.09, "resnet101": 7.80,
+         "resnet152": 11.51, "vit_b_16": 17.56, "vit_b_32": 4.41, "vit_l_16": 61.55}
+
+
+def bench_binary(build):
+    return os.path.join(build, "bench", "vitrine_bench_inference")
+
+
+def peak_gflops(build, threads):
+    out = subprocess.run([bench_binary(build), "--peak", "--threads", str(threads)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_gflops"]
+
+
+def vitrine_img_per_s(build, arch, batch, precision, engine, iters, threads):
     out = subprocess.run(
-        [os.path.join(build, "bench", "vitrine_bench_inference"), "--arch", arch,
-         "--batch", str(batch), "--precision", precision, "--iters", str(iters),
-         "--warmup", "1", "--threads", str(threads)],
+        [bench_binary(build), "--arch", arch, "--batch", str(batch), "--precision", precision,
+         "--engine", engine, "--iters", str(iters), "--warmup", "1", "--threads", str(threads)],
         check=True, capture_output=True, text=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
     return r["img_per_s"], r["ms_per_batch"]
@@ -86,15 +104,28 @@ def main():
     a = p.parse_args()
 
     print(f"threads={a.threads} iters={a.iters} torch={torch.__version__}")
-    print(f"{'arch':10} {'batch':>5} {'side':18} {'img/s':>8} {'ms/batch':>9} {'x eager':>8}")
+    peak = peak_gflops(a.build, a.threads)
+    print("matrix-product peak (oneDNN, 2048^3): " +
+          ", ".join(f"{p} {peak[p]:.0f} GFLOP/s" for p in ("fp32", "bf16", "int8")))
+    print(f"{'arch':10} {'batch':>5} {'side':22} {'img/s':>8} {'ms/batch':>9} {'x eager':>8} "
+          f"{'GFLOP/s':>8} {'of peak':>8}")
     for arch in a.archs:
+        sides = [("libtorch", "fp32"), ("fused", "fp32"), ("fused", "bf16")]
+        if arch.startswith("resnet"):
+            sides.append(("fused", "int8"))
         for batch in a.batches:
             e_ips, e_ms = eager_img_per_s(arch, batch, a.iters, a.threads)
-            print(f"{arch:10} {batch:5} {'pytorch fp32 eager':18} {e_ips:8.2f} {e_ms:9.1f} {1:8.2f}")
-            for precision in ("fp32", "bf16"):
-                ips, ms = vitrine_img_per_s(a.build, arch, batch, precision, a.iters, a.threads)
-                print(f"{arch:10} {batch:5} {'vitrine ' + precision:18} {ips:8.2f} {ms:9.1f} "
-                      f"{ips / e_ips:8.2f}")
+
+            def row(name, ips, ms, precision):
+                gflops = 2 * GMACS.get(arch, float("nan")) * ips
+                print(f"{arch:10} {batch:5} {name:22} {ips:8.2f} {ms:9.1f} {ips / e_ips:8.2f} "
+                      f"{gflops:8.0f} {100 * gflops / peak[precision]:7.0f}%")
+
+            row("pytorch eager fp32", e_ips, e_ms, "fp32")
+            for engine, precision in sides:
+                ips, ms = vitrine_img_per_s(a.build, arch, batch, precision, engine, a.iters,
+                                            a.threads)
+                row(f"vitrine {engine} {precision}", ips, ms, precision)
             sys.stdout.flush()
     images = [i for i in a.images if os.path.exists(i)]
     if images:
