@@ -1,6 +1,6 @@
 // `vitrine optimize`: a model made faster for deployment. So far: static int8 quantisation
-// of ResNets, calibrated on a sample of the user's own images, with the accuracy change
-// measured on a labelled split and written into the optimised model's config.
+// of ResNets and ViTs, calibrated on a sample of the user's own images, with the accuracy
+// change measured on a labelled split and written into the optimised model's config.
 #include "commands.h"
 
 #include "vitrine/core/error.h"
@@ -151,14 +151,17 @@ void run(const Args& a) {
                calib->size() - static_cast<int64_t>(loader.errors().size()), calib_s);
   cfg.int8_scales = scales;
 
-  nlohmann::json report{{"method",
-                         "static int8: weights symmetric per output channel, "
-                         "activations per tensor (u8 after ReLU, s8 otherwise)"},
-                        {"calibration",
-                         {{"data", a.calib},
-                          {"images", calib->size() - static_cast<int64_t>(loader.errors().size())},
-                          {"seed", a.seed},
-                          {"statistic", "largest magnitude, mean over batches"}}}};
+  nlohmann::json report{
+      {"method", cfg.family == models::Family::kViT
+                     ? "static int8 products: weights symmetric per output column, "
+                       "inputs per tensor (s8); token stream, norms and attention fp32"
+                     : "static int8: weights symmetric per output channel, activations "
+                       "per tensor (u8 after ReLU, s8 otherwise)"},
+      {"calibration",
+       {{"data", a.calib},
+        {"images", calib->size() - static_cast<int64_t>(loader.errors().size())},
+        {"seed", a.seed},
+        {"statistic", "largest magnitude, mean over batches"}}}};
   if (!a.eval_data.empty()) {
     data::DataOptions eval_opts;
     eval_opts.source = a.eval_data;
@@ -199,7 +202,7 @@ void add_optimize_command(CLI::App& app, int& status) {
   cmd->add_option("--model", a->model, "Model directory to optimise")->required();
   cmd->add_option("--out", a->out, "Where to write the optimised model directory")->required();
   cmd->add_flag("--int8", a->int8,
-                "Static int8: per-channel int8 weights, activation scales from --calib (ResNets)");
+                "Static int8: per-channel int8 weights, activation scales from --calib");
   cmd->add_option("--calib", a->calib,
                   "Calibration images: a folder of photos, an ImageFolder root, a CSV manifest or "
                   "fashion-mnist (labels unused)")

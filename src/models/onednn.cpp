@@ -106,7 +106,15 @@ at::Tensor ResNet::features(const at::Tensor&) const {
 ViTEncoder::ViTEncoder(ViTWeights, at::ScalarType) {
   VT_FAIL("this build has no fused inference path: install libdnnl-dev and rebuild");
 }
+ViTEncoder::ViTEncoder(ViTWeights, const std::vector<float>&) {
+  VT_FAIL(
+      "this build has no fused inference path, which int8 needs: install libdnnl-dev and "
+      "rebuild");
+}
 at::Tensor ViTEncoder::forward(const at::Tensor&) const {
+  return {};
+}
+at::Tensor ViTEncoder::forward_recording(const at::Tensor&, std::vector<double>&) const {
   return {};
 }
 
@@ -583,7 +591,25 @@ struct Linear {
   Packed weights;
   Vector bias;
   int64_t out = 0, in = 0;
+  /// int8 only: per output column src_scale * weight_scale (the product in real units).
+  std::vector<float> out_scales;
 };
+
+/// An int8 matrix: weights symmetric per output column, the bias in accumulator units.
+Linear linear_layer_int8(const at::Tensor& w, const at::Tensor& b, float src_scale) {
+  Linear l;
+  l.out = w.size(0);
+  l.in = w.size(1);
+  const at::Tensor wf = w.detach().to(at::kFloat);
+  const at::Tensor ws = wf.abs().amax({1}).clamp_min(1e-12) / 127.0;
+  const at::Tensor q = (wf / ws.view({-1, 1})).round().clamp(-127, 127).to(at::kChar);
+  l.weights = Packed(q, memory::desc({l.in, l.out}, dt::s8, tag::ba));
+  const at::Tensor bias = b.defined() ? b.detach().to(at::kFloat) : at::zeros({l.out});
+  l.bias = Vector(bias / (ws * src_scale), /*as_row=*/true);
+  const at::Tensor os = (ws * src_scale).contiguous();
+  l.out_scales.assign(os.data_ptr<float>(), os.data_ptr<float>() + os.numel());
+  return l;
+}
 
 Linear linear_layer(const at::Tensor& w, const at::Tensor& b) {
   Linear l;
@@ -599,6 +625,18 @@ struct Matmul {
   dnnl::matmul prim;
   memory::desc src, weights, dst, scratch;
 };
+
+/// An int8 product: s8 rows in, `dst_type` out (real units, or s8 when `ops` end by scaling
+/// into the next product's units).
+Matmul matmul_step_int8(int64_t rows, const Linear& l, dt dst_type, const dnnl::post_ops& ops) {
+  const dnnl::matmul::desc desc(
+      memory::desc({rows, l.in}, dt::s8, tag::ab), memory::desc({l.in, l.out}, dt::s8, tag::any),
+      l.bias.mem.get_desc(), memory::desc({rows, l.out}, dst_type, tag::ab));
+  dnnl::primitive_attr attr = attr_with(ops);
+  attr.set_output_scales(1 << 1, l.out_scales);
+  const dnnl::matmul::primitive_desc pd(desc, attr, cpu());
+  return {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(), pd.scratchpad_desc()};
+}
 
 Matmul matmul_step(int64_t rows, const Linear& l, dt type, const dnnl::post_ops& ops) {
   const dnnl::matmul::desc desc(memory::desc({rows, l.in}, type, tag::ab),
@@ -630,11 +668,21 @@ struct ViTEncoder::Impl {
   struct Block {
     Vector ln1_w, ln1_b, ln2_w, ln2_b;
     Linear qkv, proj, fc1, fc2;
+    /// int8: the scales of the products' inputs (ln_1's output, attention's output, ln_2's
+    /// output, the activation's output).
+    float s_ln1 = 1, s_attn = 1, s_ln2 = 1, s_hidden = 1;
+  };
+  /// int8: a block's own products (their scales are the block's) and the conversions of
+  /// fp32 rows into their s8 inputs.
+  struct Int8Block {
+    Matmul qkv, proj, fc1, fc2;
+    dnnl::reorder ln1, attn, ln2;
   };
   struct Plan {
     dnnl::layer_normalization_forward norm;
     memory::desc rows, norm_scratch;
     Matmul qkv, proj, fc1, fc2;
+    std::vector<Int8Block> int8;
     // Attention per (image, head): scores = scale * Q K^T, softmax in place, P V written
     // straight into the (N, T, heads, head width) layout the out-projection reads.
     Matmul scores, mix;
@@ -645,6 +693,7 @@ struct ViTEncoder::Impl {
 
   dt type;
   at::ScalarType dtype;
+  bool int8 = false;  ///< int8 products; the token stream, norms and attention in fp32
   int64_t heads = 0;
   double eps = 1e-6;
   std::string act;
@@ -672,10 +721,33 @@ struct ViTEncoder::Impl {
     p->norm_scratch = ln_pd.scratchpad_desc();
     // Bias in every product; GELU after fc1; the residual sum after proj and fc2, which
     // write into the token stream itself.
-    p->qkv = matmul_step(rows, b.qkv, type, {});
-    p->proj = matmul_step(rows, b.proj, type, sum_relu(true, false));
-    p->fc1 = matmul_step(rows, b.fc1, type, activation_ops(act));
-    p->fc2 = matmul_step(rows, b.fc2, type, sum_relu(true, false));
+    if (int8) {
+      const memory::desc f32_rows({rows, d}, dt::f32, tag::ab), s8_rows({rows, d}, dt::s8, tag::ab);
+      const auto quantise = [&](float scale) {
+        dnnl::primitive_attr attr;
+        attr.set_output_scales(0, {1.f / scale});
+        return dnnl::reorder(dnnl::reorder::primitive_desc(cpu(), f32_rows, cpu(), s8_rows, attr));
+      };
+      for (const Block& q : blocks) {
+        // fc1 writes its activation straight in fc2's input units.
+        dnnl::post_ops to_s8 = activation_ops(act);
+        to_s8.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, 1.f / q.s_hidden, 0.f);
+        p->int8.push_back({matmul_step_int8(rows, q.qkv, dt::f32, {}),
+                           matmul_step_int8(rows, q.proj, dt::f32, sum_relu(true, false)),
+                           matmul_step_int8(rows, q.fc1, dt::s8, to_s8),
+                           matmul_step_int8(rows, q.fc2, dt::f32, sum_relu(true, false)),
+                           quantise(q.s_ln1), quantise(q.s_attn), quantise(q.s_ln2)});
+        for (const auto* m : {&p->int8.back().qkv, &p->int8.back().proj, &p->int8.back().fc1,
+                              &p->int8.back().fc2}) {
+          p->scratch = std::max(p->scratch, m->scratch.get_size());
+        }
+      }
+    } else {
+      p->qkv = matmul_step(rows, b.qkv, type, {});
+      p->proj = matmul_step(rows, b.proj, type, sum_relu(true, false));
+      p->fc1 = matmul_step(rows, b.fc1, type, activation_ops(act));
+      p->fc2 = matmul_step(rows, b.fc2, type, sum_relu(true, false));
+    }
     // Q, K and V read in place from the (3, N, heads, T, head width) copy of qkv; K as
     // its transpose by strides.
     p->q = memory::desc({n * heads, t, hd}, type, tag::abc);
@@ -705,14 +777,17 @@ struct ViTEncoder::Impl {
                 pd.scratchpad_desc()};
     }
     for (const auto* m : {&p->qkv, &p->proj, &p->fc1, &p->fc2, &p->scores, &p->mix}) {
-      p->scratch = std::max(p->scratch, m->scratch.get_size());
+      if (m->prim) p->scratch = std::max(p->scratch, m->scratch.get_size());
     }
     p->scratch = std::max({p->scratch, p->norm_scratch.get_size(), p->softmax_scratch.get_size()});
     return p;
   }
 
-  at::Tensor forward(const at::Tensor& tokens) {
+  /// `maxima`, when given (fp32 only), gains each block's largest magnitudes of ln_1's,
+  /// attention's, ln_2's and the activation's outputs: int8 calibration.
+  at::Tensor forward(const at::Tensor& tokens, std::vector<double>* maxima = nullptr) {
     VT_CHECK(tokens.dim() == 3, "expected tokens (N, T, D), got ", tokens.sizes());
+    VT_CHECK(!maxima || (!int8 && dtype == at::kFloat), "calibration runs in fp32");
     const int64_t n = tokens.size(0), t = tokens.size(1), d = tokens.size(2);
     VT_CHECK(d == blocks.front().qkv.in, "tokens of width ", d, " for an encoder of width ",
              blocks.front().qkv.in);
@@ -725,13 +800,27 @@ struct ViTEncoder::Impl {
     at::Tensor heads_qkv = at::empty({3, n, heads, t, hd}, x.options());
     at::Tensor probs = at::empty({n, heads, t, t}, x.options());
     at::Tensor attn_out = at::empty_like(x);
-    at::Tensor hidden = at::empty({n, t, blocks.front().fc1.out}, x.options());
+    const int64_t width = blocks.front().fc1.out;
+    at::Tensor hidden = at::empty({n, t, width}, x.options());
+    // int8: the s8 inputs of the products.
+    at::Tensor rows_s8, hidden_s8;
+    if (int8) {
+      rows_s8 = at::empty({n * t, d}, at::kChar);
+      hidden_s8 = at::empty({n * t, width}, at::kChar);
+    }
     const Buffer scratch(memory::desc({static_cast<memory::dim>(plan->scratch)}, dt::u8, tag::x));
     const auto mem = [&](const memory::desc& md, const at::Tensor& a) {
       return memory(md, cpu(), a.data_ptr());
     };
-    const memory xm = mem(plan->rows, x), hm = mem(plan->rows, h), qkvm = mem(plan->qkv.dst, qkv),
-                 am = mem(plan->rows, attn_out), hidm = mem(plan->fc1.dst, hidden);
+    const memory::desc qkv_rows({n * t, 3 * d}, type, tag::ab);
+    const memory xm = mem(plan->rows, x), hm = mem(plan->rows, h), qkvm = mem(qkv_rows, qkv),
+                 am = mem(plan->rows, attn_out),
+                 hidm = mem(memory::desc({n * t, width}, plan->rows.data_type(), tag::ab), hidden);
+    memory rows_q, hidden_q;
+    if (int8) {
+      rows_q = mem(memory::desc({n * t, d}, dt::s8, tag::ab), rows_s8);
+      hidden_q = mem(memory::desc({n * t, width}, dt::s8, tag::ab), hidden_s8);
+    }
     dnnl::stream stream(cpu());
     const auto norm = [&](const Vector& w, const Vector& bias) {
       plan->norm.execute(stream, {{DNNL_ARG_SRC, xm},
@@ -756,9 +845,22 @@ struct ViTEncoder::Impl {
     const memory probs_rows(memory::desc({n * heads * t, t}, plan->p.data_type(), tag::ab), cpu(),
                             probs.data_ptr());
     const memory probs_4d(plan->mix.src, cpu(), probs.data_ptr());
-    for (const Block& b : blocks) {
+    const auto record = [&](size_t i, const at::Tensor& a) {
+      stream.wait();
+      (*maxima)[i] += a.abs().max().item<double>();
+    };
+    if (maxima) maxima->resize(4 * blocks.size(), 0.0);
+    for (size_t bi = 0; bi < blocks.size(); ++bi) {
+      const Block& b = blocks[bi];
+      const Int8Block* q = int8 ? &plan->int8[bi] : nullptr;
       norm(b.ln1_w, b.ln1_b);
-      product(plan->qkv, b.qkv, hm, qkvm);
+      if (maxima) record(4 * bi, h);
+      if (q) {
+        q->ln1.execute(stream, {{DNNL_ARG_FROM, hm}, {DNNL_ARG_TO, rows_q}});
+        product(q->qkv, b.qkv, rows_q, qkvm);
+      } else {
+        product(plan->qkv, b.qkv, hm, qkvm);
+      }
       stream.wait();
       // One copy puts each head's Q, K and V rows together; the rest reads in place.
       heads_qkv.copy_(qkv.view({n, t, 3, heads, hd}).permute({2, 0, 3, 1, 4}));
@@ -773,10 +875,24 @@ struct ViTEncoder::Impl {
                                       {DNNL_ARG_WEIGHTS, vm},
                                       {DNNL_ARG_DST, om},
                                       {DNNL_ARG_SCRATCHPAD, scratch.mem}});
-      product(plan->proj, b.proj, am, xm);
+      if (maxima) record(4 * bi + 1, attn_out);
+      if (q) {
+        q->attn.execute(stream, {{DNNL_ARG_FROM, am}, {DNNL_ARG_TO, rows_q}});
+        product(q->proj, b.proj, rows_q, xm);
+      } else {
+        product(plan->proj, b.proj, am, xm);
+      }
       norm(b.ln2_w, b.ln2_b);
-      product(plan->fc1, b.fc1, hm, hidm);
-      product(plan->fc2, b.fc2, hidm, xm);
+      if (maxima) record(4 * bi + 2, h);
+      if (q) {
+        q->ln2.execute(stream, {{DNNL_ARG_FROM, hm}, {DNNL_ARG_TO, rows_q}});
+        product(q->fc1, b.fc1, rows_q, hidden_q);
+        product(q->fc2, b.fc2, hidden_q, xm);
+      } else {
+        product(plan->fc1, b.fc1, hm, hidm);
+        if (maxima) record(4 * bi + 3, hidden);
+        product(plan->fc2, b.fc2, hidm, xm);
+      }
     }
     stream.wait();
     return x;
@@ -798,8 +914,49 @@ ViTEncoder::ViTEncoder(ViTWeights w, at::ScalarType dtype) : impl_(std::make_sha
   }
 }
 
+ViTEncoder::ViTEncoder(ViTWeights w, const std::vector<float>& scales)
+    : impl_(std::make_shared<Impl>()) {
+  VT_CHECK(!w.blocks.empty(), "a ViT encoder needs at least one block");
+  VT_CHECK(scales.size() == 4 * w.blocks.size(), "the int8 calibration has ", scales.size(),
+           " activation scales where this network needs ", 4 * w.blocks.size(),
+           "; calibrate again (vitrine optimize --int8)");
+  for (const float s : scales) {
+    VT_CHECK(std::isfinite(s) && s > 0, "an int8 activation scale is ", s,
+             "; calibrate again (vitrine optimize --int8)");
+  }
+  impl_->type = dt::f32;
+  impl_->dtype = at::kFloat;
+  impl_->int8 = true;
+  impl_->heads = w.heads;
+  impl_->eps = w.eps;
+  activation_ops(w.hidden_act);
+  impl_->act = w.hidden_act;
+  for (size_t i = 0; i < w.blocks.size(); ++i) {
+    const auto& b = w.blocks[i];
+    const float* s = &scales[4 * i];
+    Impl::Block block{Vector(b.ln1_w),
+                      Vector(b.ln1_b),
+                      Vector(b.ln2_w),
+                      Vector(b.ln2_b),
+                      linear_layer_int8(b.qkv_w, b.qkv_b, s[0]),
+                      linear_layer_int8(b.proj_w, b.proj_b, s[1]),
+                      linear_layer_int8(b.fc1_w, b.fc1_b, s[2]),
+                      linear_layer_int8(b.fc2_w, b.fc2_b, s[3])};
+    block.s_ln1 = s[0];
+    block.s_attn = s[1];
+    block.s_ln2 = s[2];
+    block.s_hidden = s[3];
+    impl_->blocks.push_back(std::move(block));
+  }
+}
+
 at::Tensor ViTEncoder::forward(const at::Tensor& tokens) const {
   return impl_->forward(tokens);
+}
+
+at::Tensor ViTEncoder::forward_recording(const at::Tensor& tokens,
+                                         std::vector<double>& maxima) const {
+  return impl_->forward(tokens, &maxima);
 }
 
 #endif

@@ -102,8 +102,16 @@ struct ViTWeights {
 class ViTEncoder {
  public:
   ViTEncoder(ViTWeights weights, at::ScalarType dtype);
-  /// Tokens (N, T, D) in the encoder's dtype -> tokens after the last block, same shape.
+  /// int8 products (weights per output column; inputs with these scales, four per block:
+  /// ln_1's, attention's, ln_2's and the activation's outputs); the token stream, norms and
+  /// attention stay fp32.
+  ViTEncoder(ViTWeights weights, const std::vector<float>& activation_scales);
+  /// Tokens (N, T, D) in the encoder's dtype (fp32 for int8) -> tokens after the last
+  /// block, same shape.
   at::Tensor forward(const at::Tensor& tokens) const;
+  /// fp32 encoders: forward() that also adds each block's largest magnitudes at the four
+  /// int8 points to `maxima` (resized to 4 per block): calibration.
+  at::Tensor forward_recording(const at::Tensor& tokens, std::vector<double>& maxima) const;
 
   struct Impl;
 

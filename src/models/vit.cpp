@@ -5,6 +5,7 @@
 #include "vitrine/core/error.h"
 #include "vitrine/models/checkpoint.h"
 
+#include <c10/core/InferenceMode.h>
 #include <torch/nn/init.h>
 
 #include <algorithm>
@@ -303,11 +304,52 @@ at::Tensor ViTImpl::forward_head(const at::Tensor& features) {
   return head_(x);
 }
 
+onednn::ViTWeights ViTImpl::fused_weights() const {
+  const Weights w = trained_weights();
+  onednn::ViTWeights fw;
+  fw.heads = config_.vit.num_attention_heads;
+  fw.eps = config_.vit.layer_norm_eps;
+  fw.hidden_act = config_.vit.hidden_act;
+  // Adapters are merged: no extra products at inference.
+  for (const auto& b : w.blocks) {
+    const double s = b.lora_scale;
+    fw.blocks.push_back({b.ln1_w, b.ln1_b, merged(b.qkv_w, b.qkv_lora, s), b.qkv_b,
+                         merged(b.proj_w, b.proj_lora, s), b.proj_b, b.ln2_w, b.ln2_b,
+                         merged(b.fc1_w, b.fc1_lora, s), b.fc1_b, merged(b.fc2_w, b.fc2_lora, s),
+                         b.fc2_b});
+  }
+  return fw;
+}
+
+std::vector<float> ViTImpl::calibrate_int8(const std::function<at::Tensor()>& next_batch) {
+  eval();
+  c10::InferenceMode guard;
+  const Weights w = trained_weights();
+  const onednn::ViTEncoder encoder(fused_weights(), at::kFloat);
+  std::vector<double> maxima;
+  int64_t batches = 0;
+  for (at::Tensor batch = next_batch(); batch.defined(); batch = next_batch()) {
+    encoder.forward_recording(embed(batch.to(at::kFloat), w, /*training=*/false), maxima);
+    ++batches;
+  }
+  VT_CHECK(batches > 0, "no calibration images: int8 scales need a sample of the images the "
+                        "model will see");
+  std::vector<float> scales;
+  for (const double m : maxima) {
+    scales.push_back(static_cast<float>(std::max(m / static_cast<double>(batches), 1e-8) / 127.0));
+  }
+  return scales;
+}
+
 void ViTImpl::prepare_inference(at::ScalarType dtype, bool fused) {
-  VT_CHECK(dtype != at::kQUInt8,
-           config_.arch, ": int8 is not yet supported for ViTs; use fp32 or bf16");
-  VT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
-           "inference precision must be fp32 or bf16");
+  VT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kQUInt8,
+           "inference precision must be fp32, bf16 or int8");
+  const bool int8 = dtype == at::kQUInt8;
+  VT_CHECK(!int8 || fused, "int8 runs on the fused path only; use the fused engine");
+  VT_CHECK(!int8 || !config_.int8_scales.empty(), config_.arch,
+           ": the model has no int8 calibration; make one with `vitrine optimize --int8 "
+           "--calib DATA`");
+  if (int8) dtype = at::kFloat;  // around the int8 products everything is fp32
   eval();
   const Weights w = trained_weights();
   Weights out{maybe(w.patch_w, dtype), maybe(w.patch_b, dtype), maybe(w.cls, dtype),
@@ -326,19 +368,10 @@ void ViTImpl::prepare_inference(at::ScalarType dtype, bool fused) {
                           {}, {}, {}, {}, 0.0});
   }
   fused_.reset();
-  if (fused) {
-    onednn::ViTWeights fw;
-    fw.heads = config_.vit.num_attention_heads;
-    fw.eps = config_.vit.layer_norm_eps;
-    fw.hidden_act = config_.vit.hidden_act;
-    for (const auto& b : w.blocks) {
-      const double s = b.lora_scale;
-      fw.blocks.push_back({b.ln1_w, b.ln1_b, merged(b.qkv_w, b.qkv_lora, s), b.qkv_b,
-                           merged(b.proj_w, b.proj_lora, s), b.proj_b, b.ln2_w, b.ln2_b,
-                           merged(b.fc1_w, b.fc1_lora, s), b.fc1_b,
-                           merged(b.fc2_w, b.fc2_lora, s), b.fc2_b});
-    }
-    fused_ = std::make_shared<const onednn::ViTEncoder>(std::move(fw), dtype);
+  if (int8) {
+    fused_ = std::make_shared<const onednn::ViTEncoder>(fused_weights(), config_.int8_scales);
+  } else if (fused) {
+    fused_ = std::make_shared<const onednn::ViTEncoder>(fused_weights(), dtype);
   }
   inference_ = std::move(out);
   inference_dtype_ = dtype;

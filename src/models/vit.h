@@ -19,6 +19,7 @@
 namespace vitrine::models {
 namespace onednn {
 class ViTEncoder;
+struct ViTWeights;
 }  // namespace onednn
 
 /// A LoRA adapter of one matrix: A (rank x in), B (out x rank); undefined when none.
@@ -80,6 +81,7 @@ class ViTImpl : public VisionModelImpl {
   StateDict deployable_state_dict() const override;
   void prepare_inference(at::ScalarType dtype, bool fused) override;
   bool fused_inference() const override { return fused_ != nullptr; }
+  std::vector<float> calibrate_int8(const std::function<at::Tensor()>& next_batch) override;
   at::Tensor forward_inference(const at::Tensor& images) override;
   at::Tensor forward_features_inference(const at::Tensor& images) override;
 
@@ -89,6 +91,8 @@ class ViTImpl : public VisionModelImpl {
     std::vector<ViTBlockWeights> blocks;
   };
   Weights trained_weights() const;
+  /// The encoder blocks' weights in fp32, adapters merged, for the fused path.
+  onednn::ViTWeights fused_weights() const;
   /// Patch embedding, class token and position embedding: the tokens entering the encoder.
   at::Tensor embed(const at::Tensor& images, const Weights& w, bool training) const;
   /// `onednn` routes the fp32 matrix products to oneDNN (inference only: no autograd).

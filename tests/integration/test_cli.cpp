@@ -377,10 +377,16 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   r = test::run_command(bin + " init --arch vit_ti_16 --image-size 32 --num-classes 2 --out " +
                         q(d + "/vit"));
   ASSERT_EQ(r.status, 0) << r.err;
+  // A ViT, calibrated on a plain folder of photos, without a labelled set to measure on.
   r = test::run_command(bin + " optimize --model " + q(d + "/vit") + " --int8 --calib " +
-                        q(d + "/data/train") + " --out " + q(d + "/vit8"));
+                        q(d + "/data/train/class_0") + " --out " + q(d + "/vit8"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "the accuracy change of int8 is not measured");
+  EXPECT_EQ(json::parse(std::ifstream(d + "/vit8/config.json"))["quantization"]["int8"]
+                ["activation_scales"].size(), 4u * 12);
+  r = test::run_command(bin + " optimize --model " + q(d + "/vit") + " --int8 --calib " +
+                        q(d + "/missing") + " --out " + q(d + "/vit9"));
   EXPECT_EQ(r.status, 2);
-  EXPECT_CONTAINS(r.err, "not yet supported for vit_ti_16");
-  EXPECT_FALSE(fs::exists(d + "/vit8"));
+  EXPECT_FALSE(fs::exists(d + "/vit9"));
   fs::remove_all(d);
 }
