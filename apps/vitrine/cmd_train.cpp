@@ -229,6 +229,15 @@ void add_train_command(CLI::App& app, int& status) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--save-adapter", o->save_adapter,
                 "Also write adapter.safetensors (adapters and head alone) beside each model");
+  cmd->add_option("--teacher", o->teacher_dir,
+                  "Distil from this model directory (any architecture, the same classes): the "
+                  "model also learns its softened predictions");
+  cmd->add_option("--distill-alpha", o->distill_alpha,
+                  "Weight of the teacher's term; 1 - it weighs the labels (default 0.5)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--distill-temperature", o->distill_temperature,
+                  "Softens teacher and model predictions (default 2)")
+      ->check(CLI::PositiveNumber);
   auto nproc = std::make_shared<int>(1);
   cmd->add_option("--nproc", *nproc, "Data-parallel processes on this host (each takes a batch)")
       ->check(CLI::Range(1, 256));

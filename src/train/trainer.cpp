@@ -9,6 +9,7 @@
 #include "vitrine/models/adapter.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/model_dir.h"
+#include "vitrine/models/predictor.h"
 #include "vitrine/models/registry.h"
 #include "vitrine/train/autocast.h"
 #include "vitrine/train/evaluate.h"
@@ -19,6 +20,7 @@
 #include "vitrine/train/run_state.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -112,6 +114,11 @@ struct Trainer::State {
   int64_t bad_epochs = 0;
   EpochProgress resume_progress;  ///< set by load_state when the state is mid-epoch
   std::unique_ptr<ProcessGroup> group;  ///< data-parallel runs only
+  /// Distillation: the teacher (inference path) and, per data class, its logit column.
+  std::unique_ptr<models::Predictor> teacher;
+  at::Tensor teacher_columns;
+  void load_teacher();
+  at::Tensor teacher_logits(const at::Tensor& images) const;
   bool lead() const { return !group || group->rank() == 0; }
   void average_gradients();
 
@@ -318,9 +325,70 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
     top1 = logits.gt(0).eq(hard.gt(0.5)).to(at::kFloat).mean().item<double>();
     return at::binary_cross_entropy_with_logits(logits.to(at::kFloat), soft);
   }
-  const at::Tensor loss = soft_cross_entropy(logits.to(at::kFloat), soft, class_weights);
+  at::Tensor loss = soft_cross_entropy(logits.to(at::kFloat), soft, class_weights);
   top1 = logits.argmax(1).eq(hard).to(at::kFloat).mean().item<double>();
+  if (teacher) {
+    // The teacher sees what the model sees (mixed, cut or attacked images included).
+    const double t = o.distill_temperature;
+    const at::Tensor target = at::softmax(teacher_logits(images) / t, 1);
+    const at::Tensor log_p = at::log_softmax(logits.to(at::kFloat) / t, 1);
+    const at::Tensor kl = (target * (target.clamp_min(1e-12).log() - log_p)).sum(1).mean();
+    loss = (1 - o.distill_alpha) * loss + o.distill_alpha * t * t * kl;
+  }
   return loss;
+}
+
+void Trainer::State::load_teacher() {
+  VT_CHECK(!data.multi_label, "--teacher is for single-label data");
+  VT_CHECK(o.distill_alpha >= 0 && o.distill_alpha <= 1, "--distill-alpha must be in [0, 1], got ",
+           o.distill_alpha);
+  VT_CHECK(o.distill_temperature > 0, "--distill-temperature must be positive, got ",
+           o.distill_temperature);
+  auto t = models::load_model(o.teacher_dir);
+  const auto& c = t->config();
+  VT_CHECK(c.num_classes > 0, o.teacher_dir, " has no classification head: a teacher must "
+                              "classify the data's classes");
+  std::vector<int64_t> columns;
+  for (const auto& name : data.classes) {
+    int64_t found = -1;
+    for (int64_t j = 0; j < c.num_classes; ++j) {
+      if (c.label(j) == name) found = j;
+    }
+    VT_CHECK(found >= 0, "the teacher ", o.teacher_dir, " does not know the class '", name,
+             "' of the data; a teacher must classify the same classes (by name)");
+    columns.push_back(found);
+  }
+  teacher_columns = at::tensor(columns, at::kLong);
+  teacher = std::make_unique<models::Predictor>(t, models::Precision::kFp32);
+  spdlog::info("distilling from {} ({}, {} engine), alpha {}, temperature {}", o.teacher_dir,
+               c.arch, models::engine_name(teacher->engine()), o.distill_alpha,
+               o.distill_temperature);
+}
+
+at::Tensor Trainer::State::teacher_logits(const at::Tensor& images) const {
+  const auto& s = model->config().preprocess;
+  const auto& t = teacher->config();
+  at::Tensor x;
+  {
+    c10::InferenceMode guard;
+    const auto stats = [](const std::vector<float>& v) {
+      return at::tensor(v).view({1, -1, 1, 1});
+    };
+    // Back to pixels, into the teacher's channels, size and normalisation.
+    x = images.detach().to(at::kFloat) * stats(s.std) + stats(s.mean);
+    if (x.size(1) == 1 && t.in_channels == 3) {
+      x = x.expand({-1, 3, -1, -1});
+    } else if (x.size(1) == 3 && t.in_channels == 1) {
+      // ITU-R 601 luma, as torchvision's Grayscale.
+      x = (x * at::tensor({0.299f, 0.587f, 0.114f}).view({1, 3, 1, 1})).sum(1, true);
+    }
+    if (x.size(2) != t.image_size || x.size(3) != t.image_size) {
+      x = at::upsample_bilinear2d(x, {t.image_size, t.image_size}, /*align_corners=*/false);
+    }
+    x = (x - stats(t.preprocess.mean)) / stats(t.preprocess.std);
+  }
+  // Outside inference mode: a plain tensor the loss may keep for its backward pass.
+  return teacher->logits(x).index_select(1, teacher_columns).clone();
 }
 
 at::Tensor Trainer::State::adversarial_batch(const at::Tensor& images, const at::Tensor& targets) {
@@ -597,6 +665,7 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   }
   VT_CHECK(s.data.train && s.data.train->size() > 0, "no training images in ", o.data.source);
   s.build_model();
+  if (!o.teacher_dir.empty()) s.load_teacher();
   const int64_t n = s.data.train->size();
   check_distributed(o.dist);
   const int64_t global_batch = o.batch_size * o.dist.world_size;

@@ -494,3 +494,51 @@ TEST(Trainer, ContinualFineTuningAppendsClassesAndReplayForgetsLess) {
   EXPECT_GE(old_top1[1], 0.8) << "without replay " << old_top1[0];
   fs::remove_all(dir);
 }
+
+// Distillation: with all weight on the teacher, the model learns what the teacher says, not
+// what the labels say. The teacher here learnt the classes swapped; a student distilled from
+// it on the true labels follows it (and an undistilled one the labels). Its images come at
+// another size and normalisation than the student's, as a real teacher's would.
+TEST(Trainer, DistillationFollowsTheTeacher) {
+  const std::string dir = test::temp_dir("distill");
+  write_image_folder(dir + "/data/train", {16, 16}, 21);
+  write_image_folder(dir + "/swapped/train", {16, 16}, 21);
+  fs::rename(dir + "/swapped/train/class_0", dir + "/swapped/train/tmp");
+  fs::rename(dir + "/swapped/train/class_1", dir + "/swapped/train/class_0");
+  fs::rename(dir + "/swapped/train/tmp", dir + "/swapped/train/class_1");
+  train::TrainOptions t = small_run(dir + "/swapped", dir + "/teacher");
+  t.arch = "vit_ti_16";
+  t.image_size = 48;
+  t.data.val_split = 0;
+  t.epochs = 6;
+  t.optim.lr = 1e-3;
+  const auto teacher = train::Trainer(t).run();
+
+  data::DataOptions d;
+  d.source = dir + "/data";
+  const auto splits = data::open_data(d);
+  const auto student_top1 = [&](double alpha, const std::string& out) {
+    train::TrainOptions o = small_run(dir + "/data", dir + "/" + out);
+    o.arch = "vit_ti_16";
+    o.data.val_split = 0;
+    o.epochs = 6;
+    o.optim.lr = 1e-3;
+    o.teacher_dir = teacher.last_dir;
+    o.distill_alpha = alpha;
+    o.distill_temperature = 1;
+    const auto r = train::Trainer(o).run();
+    auto m = models::load_model(r.last_dir);
+    return train::evaluate(*m, splits.train).top1;
+  };
+  auto teacher_model = models::load_model(teacher.last_dir);
+  ASSERT_LT(train::evaluate(*teacher_model, splits.train).top1, 0.2) << "the teacher swaps";
+  EXPECT_GT(student_top1(0.0, "labels"), 0.8);
+  EXPECT_LT(student_top1(1.0, "distilled"), 0.2);
+
+  // A teacher of other classes is refused by name.
+  write_image_folder(dir + "/other/train", {4, 4}, 22, 20, 2);
+  train::TrainOptions o = small_run(dir + "/other", dir + "/bad");
+  o.teacher_dir = teacher.last_dir;
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer{o}; }), "does not know the class 'class_2'");
+  fs::remove_all(dir);
+}

@@ -79,6 +79,13 @@ struct TrainOptions {
   DistOptions dist;
   models::LoraOptions lora;
   bool save_adapter = false;
+  /// Knowledge distillation (Hinton et al. 2015): a model directory (any architecture, the
+  /// same classes by name) whose softened predictions on each training batch the model also
+  /// learns; empty: off. The loss is (1 - alpha) x the label loss + alpha x T^2 x
+  /// KL(teacher || model), both distributions softened by temperature T.
+  std::string teacher_dir;
+  double distill_alpha = 0.5;
+  double distill_temperature = 2.0;
 
   int64_t epochs = 10;
   int64_t patience = 0;         ///< early stopping after this many epochs without gain; 0 = off
