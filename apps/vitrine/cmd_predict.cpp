@@ -55,7 +55,9 @@ void add_predict_command(CLI::App& app, int& status) {
     for (const auto& w : warnings) spdlog::warn("{}", w);
     VT_CHECK(!paths.empty(), "no images found in the given paths (looked for .jpg .jpeg .png "
              ".webp .bmp in folders)");
-    spdlog::debug("{} images, {} threads, {}", paths.size(), threads, a->precision);
+    spdlog::debug("{} images, {} threads, {} engine, {}", paths.size(), threads,
+                  models::engine_name(predictor.engine()),
+                  models::precision_name(predictor.precision()));
     image::DecodeOptions decode;
     decode.max_pixels = a->max_pixels;
     Progress progress("predict", static_cast<int64_t>(paths.size()));

@@ -42,8 +42,11 @@ std::shared_ptr<const ModelSlot> load_slot(const std::string& dir, const std::st
   std::vector<std::string> labels;
   for (int64_t i = 0; i < model->config().num_classes; ++i) labels.push_back(model->config().label(i));
   auto stamp = search::read_model_stamp(dir);
-  return std::make_shared<const ModelSlot>(
-      ModelSlot{models::Predictor(model, models::parse_precision(precision)), stamp, labels});
+  models::Predictor predictor(model, models::parse_precision(precision));
+  spdlog::info("model {} ({}): {} engine, {}", dir, model->config().arch,
+               models::engine_name(predictor.engine()),
+               models::precision_name(predictor.precision()));
+  return std::make_shared<const ModelSlot>(ModelSlot{std::move(predictor), stamp, labels});
 }
 
 struct Job {
