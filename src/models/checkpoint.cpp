@@ -337,6 +337,13 @@ int64_t VisionModelImpl::add_lora(const LoraOptions&) {
 
 StateDict VisionModelImpl::deployable_state_dict() const { return model_state_dict(*this); }
 
+void VisionModelImpl::check_int8_ready(bool fused) const {
+  VT_CHECK(fused, "int8 runs on the fused path only; use the fused engine");
+  VT_CHECK(!config_.int8_scales.empty(), config_.arch,
+           ": the model has no int8 calibration; make one with `vitrine optimize --int8 "
+           "--calib DATA`");
+}
+
 std::vector<float> VisionModelImpl::calibrate_int8(const std::function<at::Tensor()>&) {
   VT_FAIL("int8 quantisation is not yet supported for ", config_.arch,
           "; it is for ResNets (resnet*); use --precision bf16 or fp32");

@@ -26,6 +26,10 @@ size_t ResNet::calibration_points(const ResNetWeights& w) {
   return n;
 }
 
+float int8_scale(double range, bool is_signed) {
+  return static_cast<float>(std::max(range, 1e-8) / (is_signed ? 127.0 : 255.0));
+}
+
 ResNetCalibrator::ResNetCalibrator(ResNetWeights weights) : weights_(std::move(weights)) {
   // The images and the shortcut convolutions' outputs are signed; the rest follow a ReLU.
   is_signed_ = {true, false};
@@ -76,46 +80,49 @@ std::vector<float> ResNetCalibrator::scales() const {
   VT_CHECK(batches_ > 0, "no calibration images observed");
   std::vector<float> out;
   for (size_t i = 0; i < max_sum_.size(); ++i) {
-    const double range = max_sum_[i] / static_cast<double>(batches_);
-    out.push_back(static_cast<float>(std::max(range, 1e-8) / (is_signed_[i] ? 127.0 : 255.0)));
+    out.push_back(int8_scale(max_sum_[i] / static_cast<double>(batches_), is_signed_[i]));
   }
   return out;
 }
 
 #ifndef VITRINE_HAVE_DNNL
 
+namespace {
+[[noreturn]] void no_fused_path() {
+  VT_FAIL(
+      "this build has no fused inference path (which int8 needs): install libdnnl-dev and "
+      "rebuild");
+}
+}  // namespace
+
 bool available() {
   return false;
 }
 double matmul_peak_gflops(const std::string&, int64_t, int) {
-  VT_FAIL("this build has no oneDNN: install libdnnl-dev and rebuild");
+  no_fused_path();
 }
 struct ResNet::Impl {};
 struct ViTEncoder::Impl {};
 ResNet::ResNet(ResNetWeights, at::ScalarType) {
-  VT_FAIL("this build has no fused inference path: install libdnnl-dev and rebuild");
+  no_fused_path();
 }
 ResNet::ResNet(ResNetWeights, const std::vector<float>&) {
-  VT_FAIL(
-      "this build has no fused inference path, which int8 needs: install libdnnl-dev and "
-      "rebuild");
+  no_fused_path();
 }
 at::Tensor ResNet::features(const at::Tensor&) const {
-  return {};
+  no_fused_path();
 }
 ViTEncoder::ViTEncoder(ViTWeights, at::ScalarType) {
-  VT_FAIL("this build has no fused inference path: install libdnnl-dev and rebuild");
+  no_fused_path();
 }
 ViTEncoder::ViTEncoder(ViTWeights, const std::vector<float>&) {
-  VT_FAIL(
-      "this build has no fused inference path, which int8 needs: install libdnnl-dev and "
-      "rebuild");
+  no_fused_path();
 }
 at::Tensor ViTEncoder::forward(const at::Tensor&) const {
-  return {};
+  no_fused_path();
 }
 at::Tensor ViTEncoder::forward_recording(const at::Tensor&, std::vector<double>&) const {
-  return {};
+  no_fused_path();
 }
 
 #else
@@ -138,14 +145,14 @@ dt to_dnnl(at::ScalarType type) {
   return type == at::kFloat ? dt::f32 : dt::bf16;
 }
 
-/// A weight matrix or kernel kept in fp32 and reordered once into each layout a primitive
-/// asks for (all shapes of one model usually share one).
+/// A weight matrix or kernel (fp32, or s8 for int8) kept in its plain layout and reordered
+/// once into each layout a primitive asks for (all shapes of one model usually share one).
 class Packed {
  public:
   Packed() = default;
-  /// `plain` describes `fp32`'s own layout (oihw for kernels, ba for (out, in) matrices).
-  Packed(const at::Tensor& fp32, const memory::desc& plain) : state_(std::make_shared<State>()) {
-    state_->fp32 = fp32.contiguous();
+  /// `plain` describes `source`'s own layout (oihw for kernels, ba for (out, in) matrices).
+  Packed(const at::Tensor& source, const memory::desc& plain) : state_(std::make_shared<State>()) {
+    state_->source = source.contiguous();
     state_->plain = plain;
   }
 
@@ -154,7 +161,7 @@ class Packed {
     for (const auto& [md, mem] : state_->packed) {
       if (md == want) return mem;
     }
-    memory src(state_->plain, cpu(), state_->fp32.data_ptr());
+    memory src(state_->plain, cpu(), state_->source.data_ptr());
     memory dst(want, cpu());
     dnnl::stream s(cpu());
     dnnl::reorder(src, dst).execute(s, src, dst);
@@ -165,7 +172,7 @@ class Packed {
 
  private:
   struct State {
-    at::Tensor fp32;
+    at::Tensor source;
     memory::desc plain;
     std::mutex mutex;
     std::vector<std::pair<memory::desc, memory> > packed;
@@ -232,40 +239,24 @@ memory::dims conv_out_dims(const ConvLayer& l, const memory::dims& d) {
           (d[3] + 2 * l.padding - l.kernel) / l.stride + 1};
 }
 
-/// An int8 convolution: weights quantised symmetrically per output channel, the bias in
-/// accumulator units (oneDNN adds it before the output scale).
-ConvLayer conv_layer_int8(const Conv& c, float src_scale, float dst_scale) {
-  ConvLayer l;
-  l.out = c.weight.size(0);
-  l.in = c.weight.size(1);
-  l.kernel = c.weight.size(2);
-  l.stride = c.stride;
-  l.padding = c.padding;
-  const at::Tensor w = c.weight.detach().to(at::kFloat);
-  const at::Tensor ws = w.abs().amax({1, 2, 3}).clamp_min(1e-12) / 127.0;
-  const at::Tensor q = (w / ws.view({-1, 1, 1, 1})).round().clamp(-127, 127).to(at::kChar);
-  l.weights = Packed(q, memory::desc({l.out, l.in, l.kernel, l.kernel}, dt::s8, tag::oihw));
-  l.bias = Vector(c.bias.detach().to(at::kFloat) / (ws * src_scale));
-  const at::Tensor os = (ws * (src_scale / dst_scale)).contiguous();
-  l.out_scales.assign(os.data_ptr<float>(), os.data_ptr<float>() + os.numel());
-  return l;
+std::vector<float> floats(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kFloat).contiguous();
+  return {c.data_ptr<float>(), c.data_ptr<float>() + c.numel()};
 }
 
-/// An int8 convolution between fixed layouts: `ops` may sum the shortcut already in
-/// `dst` and apply the ReLU.
-Step conv_step_int8(const ConvLayer& l, const memory::desc& src, const memory::desc& dst,
-                    const dnnl::post_ops& ops) {
-  const dnnl::convolution_forward::desc desc(
-      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
-      memory::desc({l.out, l.in, l.kernel, l.kernel}, dt::s8, tag::any), l.bias.mem.get_desc(), dst,
-      {l.stride, l.stride}, {l.padding, l.padding}, {l.padding, l.padding});
-  dnnl::primitive_attr attr = attr_with(ops);
-  attr.set_output_scales(1 << 1, l.out_scales);  // per output channel
-  const dnnl::convolution_forward::primitive_desc pd(desc, attr, cpu());
-  return {dnnl::convolution_forward(pd),    pd.src_desc(), pd.dst_desc(), pd.scratchpad_desc(),
-          l.weights.get(pd.weights_desc()), l.bias.mem};
+/// Symmetric int8 per row (output channel or column) of `w`: the s8 values and each
+/// row's scale (largest |w| / 127).
+std::pair<at::Tensor, at::Tensor> quantise_rows(const at::Tensor& w) {
+  const at::Tensor wf = w.detach().to(at::kFloat);
+  std::vector<int64_t> rest;
+  for (int64_t i = 1; i < wf.dim(); ++i) rest.push_back(i);
+  const at::Tensor scale = wf.abs().amax(rest).clamp_min(1e-12) / 127.0;
+  std::vector<int64_t> shape(static_cast<size_t>(wf.dim()), 1);
+  shape[0] = -1;
+  return {(wf / scale.view(shape)).round().clamp(-127, 127).to(at::kChar), scale};
 }
 
+/// A convolution's weights as given (fp32), its shape and geometry.
 ConvLayer conv_layer(const Conv& c) {
   ConvLayer l;
   l.out = c.weight.size(0);
@@ -279,19 +270,26 @@ ConvLayer conv_layer(const Conv& c) {
   return l;
 }
 
-/// A convolution from `src` (a fixed layout, or `any` for the first layer); its output in
-/// the layout the kernel prefers unless `dst` fixes it (to sum into a shortcut).
-Step conv_step(const ConvLayer& l, const memory::desc& src, dt type, const dnnl::post_ops& ops,
-               const memory::desc* dst = nullptr) {
-  const auto d = src.dims();
-  const memory::dim ho = (d[2] + 2 * l.padding - l.kernel) / l.stride + 1;
-  const memory::dim wo = (d[3] + 2 * l.padding - l.kernel) / l.stride + 1;
-  const memory::desc dst_md = dst ? *dst : memory::desc({d[0], l.out, ho, wo}, type, tag::any);
+/// An int8 convolution: weights quantised symmetrically per output channel, the bias in
+/// accumulator units (oneDNN adds it before the output scale).
+ConvLayer conv_layer_int8(const Conv& c, float src_scale, float dst_scale) {
+  ConvLayer l = conv_layer(c);
+  const auto [q, ws] = quantise_rows(c.weight);
+  l.weights = Packed(q, memory::desc({l.out, l.in, l.kernel, l.kernel}, dt::s8, tag::oihw));
+  l.bias = Vector(c.bias.detach().to(at::kFloat) / (ws * src_scale));
+  l.out_scales = floats(ws * (src_scale / dst_scale));
+  return l;
+}
+
+/// A convolution from `src` to `dst` (either may be `any`: the kernel's preferred layout)
+/// with weights of type `weights`.
+Step conv_step(const ConvLayer& l, const memory::desc& src, const memory::desc& dst, dt weights,
+               const dnnl::primitive_attr& attr) {
   const dnnl::convolution_forward::desc desc(
       dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
-      memory::desc({l.out, l.in, l.kernel, l.kernel}, type, tag::any), l.bias.mem.get_desc(),
-      dst_md, {l.stride, l.stride}, {l.padding, l.padding}, {l.padding, l.padding});
-  const dnnl::convolution_forward::primitive_desc pd(desc, attr_with(ops), cpu());
+      memory::desc({l.out, l.in, l.kernel, l.kernel}, weights, tag::any), l.bias.mem.get_desc(),
+      dst, {l.stride, l.stride}, {l.padding, l.padding}, {l.padding, l.padding});
+  const dnnl::convolution_forward::primitive_desc pd(desc, attr, cpu());
   return {dnnl::convolution_forward(pd),    pd.src_desc(), pd.dst_desc(), pd.scratchpad_desc(),
           l.weights.get(pd.weights_desc()), l.bias.mem};
 }
@@ -411,15 +409,21 @@ struct ResNet::Impl {
   /// each ReLU, s8 for the images and the shortcut convolutions' outputs, all NHWC.
   Step conv(const ConvLayer& l, const memory::desc& src, Role role, bool projected,
             const memory::desc* out) const {
-    if (!int8)
-      return conv_step(l, src, type, sum_relu(role == Role::kLast, role != Role::kShortcut), out);
+    if (!int8) {
+      const memory::desc dst =
+          out ? *out : memory::desc(conv_out_dims(l, src.dims()), type, tag::any);
+      return conv_step(l, src, dst, type,
+                       attr_with(sum_relu(role == Role::kLast, role != Role::kShortcut)));
+    }
     dnnl::post_ops ops;
     // The shortcut, in its own type and scale, read from the output buffer.
     if (role == Role::kLast) ops.append_sum(l.sum_scale, 0, projected ? dt::s8 : dt::u8);
     if (role != Role::kShortcut) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
     const memory::desc dst(out ? out->dims() : conv_out_dims(l, src.dims()),
                            role == Role::kShortcut ? dt::s8 : dt::u8, tag::nhwc);
-    return conv_step_int8(l, src, dst, ops);
+    dnnl::primitive_attr attr = attr_with(ops);
+    attr.set_output_scales(1 << 1, l.out_scales);  // per output channel
+    return conv_step(l, src, dst, dt::s8, attr);
   }
 
   void plan_steps(Plan& p, const at::IntArrayRef s) const {
@@ -525,6 +529,16 @@ void check_block(const ResNetBlock& b) {
   VT_CHECK(b.convs.size() >= 2, "a residual block has at least two convolutions");
 }
 
+void check_int8_scales(const std::vector<float>& scales, size_t needed) {
+  VT_CHECK(scales.size() == needed, "the int8 calibration has ", scales.size(),
+           " activation scales where this network needs ", needed,
+           "; calibrate again (vitrine optimize --int8)");
+  for (const float s : scales) {
+    VT_CHECK(std::isfinite(s) && s > 0, "an int8 activation scale is ", s,
+             "; calibrate again (vitrine optimize --int8)");
+  }
+}
+
 }  // namespace
 
 ResNet::ResNet(ResNetWeights w, at::ScalarType dtype) : impl_(std::make_shared<Impl>()) {
@@ -543,13 +557,7 @@ ResNet::ResNet(ResNetWeights w, at::ScalarType dtype) : impl_(std::make_shared<I
 
 ResNet::ResNet(ResNetWeights w, const std::vector<float>& scales)
     : impl_(std::make_shared<Impl>()) {
-  VT_CHECK(scales.size() == calibration_points(w), "the int8 calibration has ", scales.size(),
-           " activation scales where this network needs ", calibration_points(w),
-           "; calibrate again (vitrine optimize --int8)");
-  for (const float s : scales) {
-    VT_CHECK(std::isfinite(s) && s > 0, "an int8 activation scale is ", s,
-             "; calibrate again (vitrine optimize --int8)");
-  }
+  check_int8_scales(scales, calibration_points(w));
   impl_->type = dt::u8;
   impl_->int8 = true;
   size_t k = 0;
@@ -595,22 +603,6 @@ struct Linear {
   std::vector<float> out_scales;
 };
 
-/// An int8 matrix: weights symmetric per output column, the bias in accumulator units.
-Linear linear_layer_int8(const at::Tensor& w, const at::Tensor& b, float src_scale) {
-  Linear l;
-  l.out = w.size(0);
-  l.in = w.size(1);
-  const at::Tensor wf = w.detach().to(at::kFloat);
-  const at::Tensor ws = wf.abs().amax({1}).clamp_min(1e-12) / 127.0;
-  const at::Tensor q = (wf / ws.view({-1, 1})).round().clamp(-127, 127).to(at::kChar);
-  l.weights = Packed(q, memory::desc({l.in, l.out}, dt::s8, tag::ba));
-  const at::Tensor bias = b.defined() ? b.detach().to(at::kFloat) : at::zeros({l.out});
-  l.bias = Vector(bias / (ws * src_scale), /*as_row=*/true);
-  const at::Tensor os = (ws * src_scale).contiguous();
-  l.out_scales.assign(os.data_ptr<float>(), os.data_ptr<float>() + os.numel());
-  return l;
-}
-
 Linear linear_layer(const at::Tensor& w, const at::Tensor& b) {
   Linear l;
   l.out = w.size(0);
@@ -621,29 +613,42 @@ Linear linear_layer(const at::Tensor& w, const at::Tensor& b) {
   return l;
 }
 
+/// An int8 matrix: weights symmetric per output column, the bias in accumulator units.
+Linear linear_layer_int8(const at::Tensor& w, const at::Tensor& b, float src_scale) {
+  Linear l = linear_layer(w, b);
+  const auto [q, ws] = quantise_rows(w);
+  l.weights = Packed(q, memory::desc({l.in, l.out}, dt::s8, tag::ba));
+  l.bias = Vector(l.bias.data.view({-1}) / (ws * src_scale), /*as_row=*/true);
+  l.out_scales = floats(ws * src_scale);
+  return l;
+}
+
 struct Matmul {
   dnnl::matmul prim;
   memory::desc src, weights, dst, scratch;
 };
 
-/// An int8 product: s8 rows in, `dst_type` out (real units, or s8 when `ops` end by scaling
-/// into the next product's units).
-Matmul matmul_step_int8(int64_t rows, const Linear& l, dt dst_type, const dnnl::post_ops& ops) {
-  const dnnl::matmul::desc desc(
-      memory::desc({rows, l.in}, dt::s8, tag::ab), memory::desc({l.in, l.out}, dt::s8, tag::any),
-      l.bias.mem.get_desc(), memory::desc({rows, l.out}, dst_type, tag::ab));
-  dnnl::primitive_attr attr = attr_with(ops);
-  attr.set_output_scales(1 << 1, l.out_scales);
+/// rows x in (`src` type) times the layer's matrix (`weights` type, packed as the kernel
+/// wants) plus bias -> rows x out (`dst` type).
+Matmul matmul_step(int64_t rows, const Linear& l, dt src, dt weights, dt dst,
+                   const dnnl::primitive_attr& attr) {
+  const dnnl::matmul::desc desc(memory::desc({rows, l.in}, src, tag::ab),
+                                memory::desc({l.in, l.out}, weights, tag::any),
+                                l.bias.mem.get_desc(), memory::desc({rows, l.out}, dst, tag::ab));
   const dnnl::matmul::primitive_desc pd(desc, attr, cpu());
   return {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(), pd.scratchpad_desc()};
 }
 
 Matmul matmul_step(int64_t rows, const Linear& l, dt type, const dnnl::post_ops& ops) {
-  const dnnl::matmul::desc desc(memory::desc({rows, l.in}, type, tag::ab),
-                                memory::desc({l.in, l.out}, type, tag::any), l.bias.mem.get_desc(),
-                                memory::desc({rows, l.out}, type, tag::ab));
-  const dnnl::matmul::primitive_desc pd(desc, attr_with(ops), cpu());
-  return {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(), pd.scratchpad_desc()};
+  return matmul_step(rows, l, type, type, type, attr_with(ops));
+}
+
+/// An int8 product: s8 rows in, `dst` out (real units, or s8 when `ops` end by scaling
+/// into the next product's units).
+Matmul matmul_step_int8(int64_t rows, const Linear& l, dt dst, const dnnl::post_ops& ops) {
+  dnnl::primitive_attr attr = attr_with(ops);
+  attr.set_output_scales(1 << 1, l.out_scales);  // per output column
+  return matmul_step(rows, l, dt::s8, dt::s8, dst, attr);
 }
 
 dnnl::post_ops activation_ops(const std::string& name) {
@@ -700,6 +705,17 @@ struct ViTEncoder::Impl {
   std::vector<Block> blocks;
   std::mutex mutex;
   std::map<std::pair<int64_t, int64_t>, std::shared_ptr<const Plan> > plans;
+
+  /// What both kinds of encoder share: the shape and the non-product settings.
+  void init(const ViTWeights& w, at::ScalarType activations) {
+    VT_CHECK(!w.blocks.empty(), "a ViT encoder needs at least one block");
+    type = to_dnnl(activations);
+    dtype = activations;
+    heads = w.heads;
+    eps = w.eps;
+    activation_ops(w.hidden_act);  // fails early for an activation the path lacks
+    act = w.hidden_act;
+  }
 
   std::shared_ptr<const Plan> plan_for(int64_t n, int64_t t) {
     std::lock_guard<std::mutex> lock(mutex);
@@ -801,13 +817,10 @@ struct ViTEncoder::Impl {
     at::Tensor probs = at::empty({n, heads, t, t}, x.options());
     at::Tensor attn_out = at::empty_like(x);
     const int64_t width = blocks.front().fc1.out;
-    at::Tensor hidden = at::empty({n, t, width}, x.options());
-    // int8: the s8 inputs of the products.
-    at::Tensor rows_s8, hidden_s8;
-    if (int8) {
-      rows_s8 = at::empty({n * t, d}, at::kChar);
-      hidden_s8 = at::empty({n * t, width}, at::kChar);
-    }
+    // The MLP's hidden rows: fp32/bf16, or for int8 s8 (fc1 writes fc2's input units), with
+    // the s8 input rows of the other products.
+    const at::Tensor hidden = at::empty({n * t, width}, int8 ? at::kChar : x.scalar_type());
+    const at::Tensor rows_s8 = int8 ? at::empty({n * t, d}, at::kChar) : at::Tensor();
     const Buffer scratch(memory::desc({static_cast<memory::dim>(plan->scratch)}, dt::u8, tag::x));
     const auto mem = [&](const memory::desc& md, const at::Tensor& a) {
       return memory(md, cpu(), a.data_ptr());
@@ -815,12 +828,8 @@ struct ViTEncoder::Impl {
     const memory::desc qkv_rows({n * t, 3 * d}, type, tag::ab);
     const memory xm = mem(plan->rows, x), hm = mem(plan->rows, h), qkvm = mem(qkv_rows, qkv),
                  am = mem(plan->rows, attn_out),
-                 hidm = mem(memory::desc({n * t, width}, plan->rows.data_type(), tag::ab), hidden);
-    memory rows_q, hidden_q;
-    if (int8) {
-      rows_q = mem(memory::desc({n * t, d}, dt::s8, tag::ab), rows_s8);
-      hidden_q = mem(memory::desc({n * t, width}, dt::s8, tag::ab), hidden_s8);
-    }
+                 hidm = mem(memory::desc({n * t, width}, int8 ? dt::s8 : type, tag::ab), hidden);
+    const memory rows_q = int8 ? mem(memory::desc({n * t, d}, dt::s8, tag::ab), rows_s8) : memory();
     dnnl::stream stream(cpu());
     const auto norm = [&](const Vector& w, const Vector& bias) {
       plan->norm.execute(stream, {{DNNL_ARG_SRC, xm},
@@ -886,8 +895,8 @@ struct ViTEncoder::Impl {
       if (maxima) record(4 * bi + 2, h);
       if (q) {
         q->ln2.execute(stream, {{DNNL_ARG_FROM, hm}, {DNNL_ARG_TO, rows_q}});
-        product(q->fc1, b.fc1, rows_q, hidden_q);
-        product(q->fc2, b.fc2, hidden_q, xm);
+        product(q->fc1, b.fc1, rows_q, hidm);
+        product(q->fc2, b.fc2, hidm, xm);
       } else {
         product(plan->fc1, b.fc1, hm, hidm);
         if (maxima) record(4 * bi + 3, hidden);
@@ -900,13 +909,7 @@ struct ViTEncoder::Impl {
 };
 
 ViTEncoder::ViTEncoder(ViTWeights w, at::ScalarType dtype) : impl_(std::make_shared<Impl>()) {
-  VT_CHECK(!w.blocks.empty(), "a ViT encoder needs at least one block");
-  impl_->type = to_dnnl(dtype);
-  impl_->dtype = dtype;
-  impl_->heads = w.heads;
-  impl_->eps = w.eps;
-  activation_ops(w.hidden_act);  // fails early for an activation the path lacks
-  impl_->act = w.hidden_act;
+  impl_->init(w, dtype);
   for (const auto& b : w.blocks) {
     impl_->blocks.push_back({Vector(b.ln1_w), Vector(b.ln1_b), Vector(b.ln2_w), Vector(b.ln2_b),
                              linear_layer(b.qkv_w, b.qkv_b), linear_layer(b.proj_w, b.proj_b),
@@ -916,21 +919,9 @@ ViTEncoder::ViTEncoder(ViTWeights w, at::ScalarType dtype) : impl_(std::make_sha
 
 ViTEncoder::ViTEncoder(ViTWeights w, const std::vector<float>& scales)
     : impl_(std::make_shared<Impl>()) {
-  VT_CHECK(!w.blocks.empty(), "a ViT encoder needs at least one block");
-  VT_CHECK(scales.size() == 4 * w.blocks.size(), "the int8 calibration has ", scales.size(),
-           " activation scales where this network needs ", 4 * w.blocks.size(),
-           "; calibrate again (vitrine optimize --int8)");
-  for (const float s : scales) {
-    VT_CHECK(std::isfinite(s) && s > 0, "an int8 activation scale is ", s,
-             "; calibrate again (vitrine optimize --int8)");
-  }
-  impl_->type = dt::f32;
-  impl_->dtype = at::kFloat;
+  impl_->init(w, at::kFloat);
+  check_int8_scales(scales, 4 * w.blocks.size());
   impl_->int8 = true;
-  impl_->heads = w.heads;
-  impl_->eps = w.eps;
-  activation_ops(w.hidden_act);
-  impl_->act = w.hidden_act;
   for (size_t i = 0; i < w.blocks.size(); ++i) {
     const auto& b = w.blocks[i];
     const float* s = &scales[4 * i];

@@ -25,6 +25,10 @@ bool available();
 /// peak the fused path's figures are measured against.
 double matmul_peak_gflops(const std::string& precision, int64_t size = 2048, int iters = 5);
 
+/// The int8 scale (real value per integer step) of a range measured by calibration: 127
+/// steps for signed values, 255 for the non-negative outputs of a ReLU.
+float int8_scale(double range, bool is_signed);
+
 /// A convolution with its batch norm folded in: fp32 weight (O, I, k, k) and bias (O).
 struct Conv {
   at::Tensor weight, bias;

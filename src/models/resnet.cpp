@@ -219,10 +219,7 @@ void ResNetImpl::prepare_inference(at::ScalarType dtype, bool fused) {
   eval();
   fused_.reset();
   if (dtype == at::kQUInt8) {
-    VT_CHECK(fused, "int8 runs on the fused path only; use the fused engine");
-    VT_CHECK(!config_.int8_scales.empty(), config_.arch,
-             ": the model has no int8 calibration; make one with `vitrine optimize --int8 "
-             "--calib DATA`");
+    check_int8_ready(fused);
     fused_ = std::make_shared<const onednn::ResNet>(fused_weights(), config_.int8_scales);
   } else if (fused) {
     fused_ = std::make_shared<const onednn::ResNet>(fused_weights(), dtype);

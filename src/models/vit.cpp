@@ -336,7 +336,7 @@ std::vector<float> ViTImpl::calibrate_int8(const std::function<at::Tensor()>& ne
                         "model will see");
   std::vector<float> scales;
   for (const double m : maxima) {
-    scales.push_back(static_cast<float>(std::max(m / static_cast<double>(batches), 1e-8) / 127.0));
+    scales.push_back(onednn::int8_scale(m / static_cast<double>(batches), /*is_signed=*/true));
   }
   return scales;
 }
@@ -345,10 +345,7 @@ void ViTImpl::prepare_inference(at::ScalarType dtype, bool fused) {
   VT_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kQUInt8,
            "inference precision must be fp32, bf16 or int8");
   const bool int8 = dtype == at::kQUInt8;
-  VT_CHECK(!int8 || fused, "int8 runs on the fused path only; use the fused engine");
-  VT_CHECK(!int8 || !config_.int8_scales.empty(), config_.arch,
-           ": the model has no int8 calibration; make one with `vitrine optimize --int8 "
-           "--calib DATA`");
+  if (int8) check_int8_ready(fused);
   if (int8) dtype = at::kFloat;  // around the int8 products everything is fp32
   eval();
   const Weights w = trained_weights();
@@ -356,22 +353,22 @@ void ViTImpl::prepare_inference(at::ScalarType dtype, bool fused) {
               maybe(w.pos, dtype),     maybe(w.ln_w, dtype),    maybe(w.ln_b, dtype),
               // The head in fp32: a bf16 head rounds away the small margins that decide top-1.
               maybe(w.head_w, at::kFloat),  maybe(w.head_b, at::kFloat),  {}};
-  // Adapters are merged into the inference copies: no extra products at inference.
-  for (const auto& b : fused ? std::vector<ViTBlockWeights>{} : w.blocks) {
-    const double s = b.lora_scale;
-    out.blocks.push_back({maybe(b.ln1_w, dtype), maybe(b.ln1_b, dtype),
-                          maybe(merged(b.qkv_w, b.qkv_lora, s), dtype), maybe(b.qkv_b, dtype),
-                          maybe(merged(b.proj_w, b.proj_lora, s), dtype), maybe(b.proj_b, dtype),
-                          maybe(b.ln2_w, dtype), maybe(b.ln2_b, dtype),
-                          maybe(merged(b.fc1_w, b.fc1_lora, s), dtype), maybe(b.fc1_b, dtype),
-                          maybe(merged(b.fc2_w, b.fc2_lora, s), dtype), maybe(b.fc2_b, dtype),
-                          {}, {}, {}, {}, 0.0});
-  }
+  // The blocks with their adapters merged (no extra products at inference): packed by the
+  // fused encoder, or converted for libtorch's operators.
+  onednn::ViTWeights blocks = fused_weights();
   fused_.reset();
   if (int8) {
-    fused_ = std::make_shared<const onednn::ViTEncoder>(fused_weights(), config_.int8_scales);
+    fused_ = std::make_shared<const onednn::ViTEncoder>(std::move(blocks), config_.int8_scales);
   } else if (fused) {
-    fused_ = std::make_shared<const onednn::ViTEncoder>(fused_weights(), dtype);
+    fused_ = std::make_shared<const onednn::ViTEncoder>(std::move(blocks), dtype);
+  } else {
+    for (const auto& b : blocks.blocks) {
+      out.blocks.push_back({maybe(b.ln1_w, dtype), maybe(b.ln1_b, dtype), maybe(b.qkv_w, dtype),
+                            maybe(b.qkv_b, dtype), maybe(b.proj_w, dtype), maybe(b.proj_b, dtype),
+                            maybe(b.ln2_w, dtype), maybe(b.ln2_b, dtype), maybe(b.fc1_w, dtype),
+                            maybe(b.fc1_b, dtype), maybe(b.fc2_w, dtype), maybe(b.fc2_b, dtype),
+                            {}, {}, {}, {}, 0.0});
+    }
   }
   inference_ = std::move(out);
   inference_dtype_ = dtype;

@@ -83,6 +83,9 @@ class VisionModelImpl : public torch::nn::Module {
   ModelConfig& mutable_config() { return config_; }
 
  protected:
+  /// Throws unless int8 can run: the fused path and a calibration in the config.
+  void check_int8_ready(bool fused) const;
+
   ModelConfig config_;
 };
 
