@@ -41,10 +41,6 @@ std::shared_ptr<data::Dataset> sample(std::shared_ptr<data::Dataset> d, int64_t 
   return data::subset(d, std::move(order));
 }
 
-at::Tensor normalized(const at::Tensor& v) {
-  return v / v.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
-}
-
 /// What each precision predicts for the images of `d`: the class of a classifier (N), or
 /// the L2-normalised embedding of a backbone without a head (N x D); and the labels.
 struct Outputs {
@@ -64,7 +60,7 @@ Outputs outputs_on(const Args& a, const std::shared_ptr<data::Dataset>& d,
   train::for_each_eval_batch(any, d, eo, &errors, [&](const data::Batch& b) {
     for (size_t i = 0; i < variants.size(); ++i) {
       parts[i].push_back(classifier ? variants[i].logits(b.images).argmax(1)
-                                    : normalized(variants[i].embeddings(b.images)));
+                                    : models::l2_normalized(variants[i].embeddings(b.images)));
     }
     labels.push_back(b.targets);
   });

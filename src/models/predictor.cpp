@@ -48,6 +48,10 @@ const char* engine_name(Engine engine) {
   return "?";
 }
 
+at::Tensor l2_normalized(const at::Tensor& rows) {
+  return rows / rows.norm(2, 1, true).clamp_min(1e-12);
+}
+
 Predictor::Predictor(VisionModel model, Precision precision, Engine engine)
     : model_(std::move(model)), precision_(precision) {
   VT_CHECK(model_ != nullptr, "no model given");

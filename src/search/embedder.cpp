@@ -26,8 +26,7 @@ struct Embedder::Impl {
     auto [features, scores] = predictor.embeddings_and_scores(at::stack(inputs));
     c10::InferenceMode guard;
     // Unit length: inner product = cosine similarity.
-    features = features / features.norm(2, 1, true).clamp_min(1e-12);
-    features = features.contiguous();
+    features = models::l2_normalized(features).contiguous();
     std::vector<std::vector<models::Scored>> tops;
     if (scores.defined()) tops = predictor.top_k(scores, options.top_classes);
     const int64_t dim = features.size(1);

@@ -114,7 +114,7 @@ struct Service::Batcher {
       const auto& slot = *live.front()->slot;
       auto [features, scores] = slot.predictor.embeddings_and_scores(at::stack(inputs));
       c10::InferenceMode guard;
-      features = (features / features.norm(2, 1, true).clamp_min(1e-12)).contiguous();
+      features = models::l2_normalized(features).contiguous();
       const int64_t dim = features.size(1);
       const float* f = features.data_ptr<float>();
       for (size_t i = 0; i < live.size(); ++i) {

@@ -1,6 +1,7 @@
 #include "vitrine/train/ssl.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/models/predictor.h"
 
 #include <ATen/ATen.h>
 
@@ -19,7 +20,7 @@ at::Tensor nt_xent_loss(const at::Tensor& z1, const at::Tensor& z2, double tempe
   VT_CHECK(temperature > 0, "the NT-Xent temperature must be positive, got ", temperature);
   const int64_t n = z1.size(0);
   const at::Tensor z = at::cat({z1, z2}).to(at::kFloat);
-  const at::Tensor unit = z / z.norm(2, 1, true).clamp_min(1e-12);
+  const at::Tensor unit = models::l2_normalized(z);
   at::Tensor sim = at::mm(unit, unit.t()) / temperature;
   // A view is never its own candidate.
   sim = sim.masked_fill(at::eye(2 * n, sim.options().dtype(at::kBool)),
@@ -50,7 +51,7 @@ Embeddings embed(models::VisionModelImpl& model, const std::shared_ptr<data::Dat
   images_only.targets = false;  // labels come from the data set, where it has them
   for_each_eval_batch(model, data, images_only, errors, [&](const data::Batch& batch) {
     const at::Tensor f = model.forward_features(batch.images);
-    vectors.push_back(f / f.norm(2, 1, true).clamp_min(1e-12));
+    vectors.push_back(models::l2_normalized(f));
     for (const int64_t i : batch.indices) {
       const auto l = data->labels(i);
       labels.push_back(l.empty() ? -1 : l[0]);

@@ -30,6 +30,10 @@ struct Scored {
   float score;
 };
 
+/// Each row scaled to unit length (rows of zeros stay zero): inner products of the results
+/// are cosine similarities.
+at::Tensor l2_normalized(const at::Tensor& rows);
+
 class Predictor {
  public:
   Predictor(VisionModel model, Precision precision, Engine engine = Engine::kAuto);
