@@ -290,7 +290,9 @@ class PthCrafted : public ::testing::Test {
     EXPECT_NE(msg.find(phrase), std::string::npos) << "expected '" << phrase << "' in: " << msg;
   }
 
-  std::string path_ = ::testing::TempDir() + "/vitrine_pth_crafted.pth";
+  // One file per test: ctest runs tests of this fixture in parallel processes.
+  std::string path_ = ::testing::TempDir() + "/vitrine_pth_crafted_" +
+                      ::testing::UnitTest::GetInstance()->current_test_info()->name() + ".pth";
 };
 
 TEST_F(PthCrafted, WellFormedBaseline) {
