@@ -1,6 +1,8 @@
-// `vitrine optimize`: a model made faster for deployment. So far: static int8 quantisation
-// of ResNets and ViTs, calibrated on a sample of the user's own images, with the accuracy
-// change measured on a labelled split and written into the optimised model's config.
+// `vitrine optimize`: a model made faster for deployment: structured pruning with a short
+// recovery fine-tune (distilled from the original), Token Merging for ViTs, and static int8
+// quantisation calibrated on a sample of the user's own images. The accuracy change and the
+// speed-up are measured against the original in the same run and written into the
+// optimised model's config.
 #include "commands.h"
 
 #include "vitrine/core/error.h"
@@ -8,10 +10,13 @@
 #include "vitrine/core/threads.h"
 #include "vitrine/data/dataset.h"
 #include "vitrine/data/loader.h"
+#include "progress.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/predictor.h"
+#include "vitrine/models/prune.h"
 #include "vitrine/train/evaluate.h"
 #include "vitrine/train/ssl.h"
+#include "vitrine/train/trainer.h"
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
@@ -27,9 +32,14 @@ namespace {
 struct Args {
   std::string model, out, calib, eval_data, split = "test";
   bool int8 = false;
+  double prune = 0;
+  int64_t tome = 0;
+  int64_t recover_epochs = 2;
+  double recover_lr = 3e-4;
   int64_t calib_images = 512, eval_images = 0, knn_bank = 10000, batch_size = 64;
   uint64_t seed = 0;
   int threads = 0, workers = 0;
+  bool changes_weights() const { return prune > 0 || tome > 0; }
 };
 
 /// `limit` items of `d` spread over it by a seeded permutation (all when limit <= 0).
@@ -72,21 +82,33 @@ Outputs outputs_on(const Args& a, const std::shared_ptr<data::Dataset>& d,
   return out;
 }
 
-/// Top-1 of the fp32 reference (libtorch), of bf16 and of int8 (fused path), and how often
-/// each agrees with fp32: for a classifier its own top-1; for a backbone without a head a
-/// weighted 20-NN vote among embeddings of a labelled sample of the training split, made
-/// with the same precision (as a catalogue indexed by that model would be).
+/// Top-1 of each variant and how often it agrees with the optimised model's fp32 (and, when
+/// pruning or merging changed the network, with the original's fp32): for a classifier its
+/// own top-1; for a backbone without a head a weighted 20-NN vote among embeddings of a
+/// labelled sample of the training split, made by the same variant (as a catalogue indexed
+/// by that model would be). fp32 runs on libtorch (the reference), bf16 and int8 fused.
 nlohmann::json compare_on(const Args& a, const data::DataSplits& splits,
-                          const std::shared_ptr<data::Dataset>& d,
-                          const models::VisionModel& int8_model) {
-  auto reference = models::load_model(a.model);
+                          const std::shared_ptr<data::Dataset>& d) {
+  auto reference = models::load_model(a.out);
   const bool classifier = reference->config().num_classes > 0;
   std::vector<models::Predictor> variants;
+  std::vector<std::string> names;
+  if (a.changes_weights()) {
+    variants.emplace_back(models::load_model(a.model), models::Precision::kFp32,
+                          models::Engine::kLibtorch);
+    names.emplace_back("original");
+  }
+  const size_t fp32 = variants.size();
   variants.emplace_back(reference, models::Precision::kFp32, models::Engine::kLibtorch);
-  variants.emplace_back(models::load_model(a.model), models::Precision::kBf16,
+  names.emplace_back("fp32");
+  variants.emplace_back(models::load_model(a.out), models::Precision::kBf16,
                         models::Engine::kFused);
-  variants.emplace_back(int8_model, models::Precision::kInt8, models::Engine::kFused);
-  const std::vector<std::string> names{"fp32", "bf16", "int8"};
+  names.emplace_back("bf16");
+  if (a.int8) {
+    variants.emplace_back(models::load_model(a.out), models::Precision::kInt8,
+                          models::Engine::kFused);
+    names.emplace_back("int8");
+  }
 
   const Outputs q = outputs_on(a, d, variants, *reference, classifier);
   std::vector<at::Tensor> predicted = q.per_variant;
@@ -105,24 +127,133 @@ nlohmann::json compare_on(const Args& a, const data::DataSplits& splits,
     out["task"] = "classification";
   }
   const auto n = static_cast<double>(q.labels.size(0));
-  const double top1_fp32 = predicted[0].eq(q.labels).sum().item<double>() / n;
+  const auto share = [n](const at::Tensor& x) { return x.sum().item<double>() / n; };
+  const double top1_base = share(predicted[0].eq(q.labels));
   for (size_t i = 0; i < variants.size(); ++i) {
-    const double top1 = predicted[i].eq(q.labels).sum().item<double>() / n;
-    out[names[i]] = {
-        {"top1", top1},
-        {"top1_change", top1 - top1_fp32},
-        {"agreement_with_fp32", predicted[i].eq(predicted[0]).sum().item<double>() / n}};
+    const double top1 = share(predicted[i].eq(q.labels));
+    nlohmann::json row{{"top1", top1},
+                       {"top1_change", top1 - top1_base},
+                       {"agreement_with_fp32", share(predicted[i].eq(predicted[fp32]))}};
+    if (fp32 > 0) row["agreement_with_original"] = share(predicted[i].eq(predicted[0]));
+    out[names[i]] = row;
+  }
+  out["variants"] = names;
+  return out;
+}
+
+/// Images per second of `p` on random batches of `batch` (after a warm-up call, for at least
+/// `seconds`), and the time of one call.
+std::pair<double, double> throughput(const models::Predictor& p, int64_t batch, double seconds) {
+  const auto& c = p.config();
+  const at::Tensor x = at::randn({batch, c.in_channels, c.image_size, c.image_size});
+  p.logits(x);
+  int64_t calls = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double elapsed = 0;
+  while (calls < 2 || elapsed < seconds) {
+    p.logits(x);
+    ++calls;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return {static_cast<double>(calls * batch) / elapsed, elapsed / static_cast<double>(calls)};
+}
+
+/// The optimised model's speed against the original's, fused engine, same batches.
+nlohmann::json speed_of(const Args& a, int threads) {
+  std::vector<std::pair<std::string, models::Predictor>> runs;
+  runs.emplace_back("original_fp32", models::Predictor(models::load_model(a.model),
+                                                       models::Precision::kFp32));
+  if (a.changes_weights()) {
+    runs.emplace_back("fp32", models::Predictor(models::load_model(a.out),
+                                                models::Precision::kFp32));
+  }
+  if (a.int8) {
+    runs.emplace_back("int8", models::Predictor(models::load_model(a.out),
+                                                models::Precision::kInt8));
+  }
+  nlohmann::json out{{"engine", models::engine_name(runs.front().second.engine())},
+                     {"batch", a.batch_size},
+                     {"threads", threads}};
+  double base = 0;
+  for (const auto& [name, p] : runs) {
+    const auto [rate, latency] = throughput(p, a.batch_size, 2.0);
+    if (base == 0) base = rate;
+    out[name] = {{"img_per_s", rate}, {"ms_per_batch", latency * 1e3}, {"speedup", rate / base}};
+    spdlog::info("  {}: {:.1f} img/s at batch {} ({:.2f}x the original)", name, rate,
+                 a.batch_size, rate / base);
   }
   return out;
 }
 
-void run(const Args& a) {
-  VT_CHECK(a.int8, "nothing to do: choose an optimisation (--int8)");
-  set_threads(a.threads);
-  auto model = models::load_model(a.model);
-  auto& cfg = model->mutable_config();
+/// Structured pruning, then (with labelled --data and a classifier) a short fine-tune that
+/// learns from the labels and from the original model's predictions (distillation).
+models::VisionModel prune_and_recover(const Args& a, const models::VisionModel& original,
+                                      nlohmann::json& report) {
+  models::PruneOptions po;
+  po.ratio = a.prune;
+  auto pruned = models::prune_model(*original, po);
+  spdlog::info("pruned {:.0f}%: {} ({} -> {} weights)", a.prune * 100, pruned.summary,
+               pruned.params_before, pruned.params_after);
+  nlohmann::json r{{"ratio", a.prune},
+                   {"kept", pruned.summary},
+                   {"params_before", pruned.params_before},
+                   {"params_after", pruned.params_after},
+                   {"importance",
+                    "weights only: ReLU'd batch-norm output RMS x read-out norm (ResNet "
+                    "channels), input x output weight norms (ViT heads, MLP units)"}};
+  const bool can_recover =
+      !a.eval_data.empty() && a.recover_epochs > 0 && original->config().num_classes > 0;
+  if (!can_recover) {
+    const char* why = a.eval_data.empty()          ? "no --data"
+                      : a.recover_epochs == 0      ? "--recover-epochs 0"
+                                                   : "the model has no head to train";
+    spdlog::warn("no recovery fine-tune ({}): the pruned model keeps the original's weights "
+                 "for its remaining units",
+                 why);
+    r["recovery"] = why;
+    report["prune"] = r;
+    return pruned.model;
+  }
+  const std::string pruned_dir = a.out + "/pruned";
+  models::save_model(*pruned.model, pruned_dir);
+  train::TrainOptions o;
+  o.init_dir = pruned_dir;
+  o.teacher_dir = a.model;
+  o.data.source = a.eval_data;
+  o.data.seed = a.seed;
+  o.seed = a.seed;
+  o.epochs = a.recover_epochs;
+  o.batch_size = a.batch_size;
+  o.workers = a.workers;
+  o.optim.lr = a.recover_lr;
+  o.warmup_epochs = std::min(0.2, static_cast<double>(a.recover_epochs) / 4);
+  o.augment.scale = {0.25, 1.0};  // a short fine-tune: milder crops than pretraining's
+  o.out_dir = a.out + "/recovery";
+  spdlog::info("recovery: {} epochs on {} at lr {}, distilled from {}", o.epochs, a.eval_data,
+               o.optim.lr, a.model);
+  train::Trainer trainer(o);
+  EpochBar bar("acc");
+  const auto result = trainer.run([&](const train::StepInfo& s) { bar.step(s); },
+                                  [&](const train::EpochRecord& e) {
+                                    bar.end_epoch();
+                                    spdlog::info("recovery epoch {}: val top-1 {:.4f}", e.epoch,
+                                                 e.val_top1);
+                                  });
+  r["recovery"] = {{"epochs", o.epochs},
+                   {"lr", o.optim.lr},
+                   {"data", a.eval_data},
+                   {"teacher", a.model},
+                   {"distill_alpha", o.distill_alpha},
+                   {"run", o.out_dir},
+                   {"best_epoch", result.best_epoch},
+                   {"best_val_top1", result.best_value}};
+  report["prune"] = r;
+  return models::load_model(result.best_dir);
+}
 
-  // Calibration images: any --data source; labels, where present, are not used.
+/// Calibrates `model`'s int8 scales on --calib and stores them in its config.
+void calibrate(const Args& a, models::VisionModelImpl& model, nlohmann::json& report) {
+  auto& cfg = model.mutable_config();
   data::DataOptions calib_opts;
   calib_opts.source = a.calib;
   calib_opts.seed = a.seed;
@@ -136,18 +267,17 @@ void run(const Args& a) {
   data::Loader loader(calib, train::eval_sample_transform(cfg), lo);
   loader.start_epoch(0);
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> scales = model->calibrate_int8([&loader] {
+  cfg.int8_scales = model.calibrate_int8([&loader] {
     data::Batch b;
     return loader.next(b) ? b.images : at::Tensor();
   });
   for (const auto& e : loader.errors()) spdlog::warn("calibration image skipped: {}", e);
   const double calib_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  spdlog::info("calibrated {} activation scales on {} images in {:.1f} s", scales.size(),
-               calib->size() - static_cast<int64_t>(loader.errors().size()), calib_s);
-  cfg.int8_scales = scales;
-
-  nlohmann::json report{
+  const int64_t used = calib->size() - static_cast<int64_t>(loader.errors().size());
+  spdlog::info("calibrated {} activation scales on {} images in {:.1f} s", cfg.int8_scales.size(),
+               used, calib_s);
+  report["int8"] = {
       {"method", cfg.family == models::Family::kViT
                      ? "static int8 products: weights symmetric per output column, "
                        "inputs per tensor (s8); token stream, norms and attention fp32"
@@ -155,37 +285,85 @@ void run(const Args& a) {
                        "per tensor (u8 after ReLU, s8 otherwise)"},
       {"calibration",
        {{"data", a.calib},
-        {"images", calib->size() - static_cast<int64_t>(loader.errors().size())},
+        {"images", used},
         {"seed", a.seed},
         {"statistic", "largest magnitude, mean over batches"}}}};
+}
+
+void run(const Args& a) {
+  VT_CHECK(a.int8 || a.changes_weights(),
+           "nothing to do: choose an optimisation (--prune, --tome, --int8)");
+  VT_CHECK(!a.int8 || !a.calib.empty(), "--int8 needs calibration images: add --calib DIR "
+           "(a sample of the photos the model will see)");
+  const int threads = set_threads(a.threads);
+  const auto original = models::load_model(a.model);
+  VT_CHECK(a.tome == 0 || original->config().family == models::Family::kViT,
+           "--tome merges ViT tokens; ", original->config().arch, " is a ResNet (use --prune)");
+  nlohmann::json report = nlohmann::json::object();
+  models::VisionModel model = a.prune > 0 ? prune_and_recover(a, original, report)
+                                          : models::load_model(a.model);
+  auto& cfg = model->mutable_config();
+  if (a.tome > 0) {
+    cfg.vit.tome_r = a.tome;
+    int64_t t = (cfg.image_size / cfg.vit.patch_size) * (cfg.image_size / cfg.vit.patch_size) + 1;
+    const int64_t t0 = t;
+    for (int64_t i = 0; i < cfg.vit.num_hidden_layers; ++i) t -= models::tome_merges(t, a.tome);
+    spdlog::info("Token Merging: {} pairs per block, {} tokens in, {} leave the last block",
+                 a.tome, t0, t);
+    report["tome"] = {{"r", a.tome}, {"tokens_in", t0}, {"tokens_out", t}};
+  }
+  if (a.int8) {
+    calibrate(a, *model, report);
+  } else {
+    cfg.int8_scales.clear();  // scales belong to the weights and token counts they measured
+  }
+  models::save_model(*model, a.out);
+
   if (!a.eval_data.empty()) {
     data::DataOptions eval_opts;
     eval_opts.source = a.eval_data;
     eval_opts.seed = a.seed;
     const auto splits = data::open_data(eval_opts);
     VT_CHECK(!splits.multi_label,
-             "measuring int8 on multi-label data is not yet supported; "
-             "leave out --data");
+             "measuring on multi-label data is not yet supported; leave out --data");
     // A classifier is scored among its own classes (the data may hold some of them).
     const auto base = pick_split(splits, a.split);
     const auto d = sample(cfg.num_classes > 0 ? data::with_classes(base, cfg.labels) : base,
                           a.eval_images, a.seed);
-    report["accuracy"] = compare_on(a, splits, d, model);
+    report["accuracy"] = compare_on(a, splits, d);
     const auto& acc = report["accuracy"];
     spdlog::info("{} images of {} ({}):", acc["images"].get<int64_t>(), a.eval_data,
                  acc["task"].get<std::string>());
-    for (const char* p : {"fp32", "bf16", "int8"}) {
-      spdlog::info("  {}: top-1 {:.4f} ({:+.4f}), agreement with fp32 {:.4f}", p,
-                   acc[p]["top1"].get<double>(), acc[p]["top1_change"].get<double>(),
-                   acc[p]["agreement_with_fp32"].get<double>());
+    for (const auto& p : acc["variants"]) {
+      const auto& row = acc[p.get<std::string>()];
+      spdlog::info("  {}: top-1 {:.4f} ({:+.4f}), agreement with fp32 {:.4f}{}",
+                   p.get<std::string>(), row["top1"].get<double>(),
+                   row["top1_change"].get<double>(), row["agreement_with_fp32"].get<double>(),
+                   row.contains("agreement_with_original")
+                       ? fmt::format(", with the original {:.4f}",
+                                     row["agreement_with_original"].get<double>())
+                       : std::string());
     }
   } else {
-    spdlog::warn("no --data given: the accuracy change of int8 is not measured");
+    spdlog::warn("no --data given: the accuracy change is not measured");
   }
-  cfg.int8_report_json = json_text(report);
+  spdlog::info("speed ({} threads):", threads);
+  report["speed"] = speed_of(a, threads);
+
+  // The report goes with the weights: under quantization.int8 for an int8 model, under
+  // provenance.optimize for a pruned or merged one.
+  if (a.int8) cfg.int8_report_json = json_text(report);
+  if (a.changes_weights()) {
+    auto prov = nlohmann::json::parse(cfg.provenance_json, nullptr, false);
+    if (!prov.is_object()) prov = nlohmann::json::object();
+    prov["optimize"] = report;
+    prov["optimize"]["from"] = a.model;
+    cfg.provenance_json = json_text(prov);
+  }
   models::save_model(*model, a.out);
-  std::cout << json_text(nlohmann::json{{"model", a.out}, {"int8", report}}) << "\n";
-  spdlog::info("saved {}: `vitrine predict/index/serve --model {}` run it in int8", a.out, a.out);
+  std::cout << json_text(nlohmann::json{{"model", a.out}, {"report", report}}) << "\n";
+  spdlog::info("saved {}: `vitrine predict/index/serve --model {}` run it{}", a.out, a.out,
+               a.int8 ? " in int8" : "");
 }
 
 }  // namespace
@@ -193,21 +371,36 @@ void run(const Args& a) {
 void add_optimize_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand(
       "optimize",
-      "Make a model faster to serve: static int8 quantisation, calibrated on your images");
+      "Make a model faster to serve: structured pruning (--prune), Token Merging (--tome), "
+      "static int8 (--int8); accuracy and speed measured against the original");
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "Model directory to optimise")->required();
   cmd->add_option("--out", a->out, "Where to write the optimised model directory")->required();
+  cmd->add_option("--prune", a->prune,
+                  "Structured pruning: remove this share of each block's inner width (ResNet "
+                  "channels, ViT heads and MLP units), e.g. 0.3")
+      ->check(CLI::Range(0.0, 0.95));
+  cmd->add_option("--recover-epochs", a->recover_epochs,
+                  "After --prune: epochs of fine-tuning on --data, distilled from the original "
+                  "(default 2; 0: none)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1000}));
+  cmd->add_option("--recover-lr", a->recover_lr, "Peak learning rate of that fine-tune (AdamW)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--tome", a->tome,
+                  "ViT Token Merging: merge this many token pairs after each block's "
+                  "attention (training-free), e.g. 8")
+      ->check(CLI::Range(int64_t{0}, int64_t{100000}));
   cmd->add_flag("--int8", a->int8,
                 "Static int8: per-channel int8 weights, activation scales from --calib");
   cmd->add_option("--calib", a->calib,
-                  "Calibration images: a folder of photos, an ImageFolder root, a CSV manifest or "
-                  "fashion-mnist (labels unused)")
-      ->required();
+                  "Calibration images for --int8: a folder of photos, an ImageFolder root, a "
+                  "CSV manifest or fashion-mnist (labels unused)");
   cmd->add_option("--calib-images", a->calib_images,
                   "Calibration sample size, spread over --calib (default 512; 0: all)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   cmd->add_option("--data", a->eval_data,
-                  "Labelled data to measure the accuracy change on (as train/eval take it)");
+                  "Labelled data (as train/eval take it): the accuracy change is measured on "
+                  "its --split, and --prune recovers on its training split");
   cmd->add_option("--split", a->split, "Split of --data: train | val | test")
       ->check(CLI::IsMember({"train", "val", "test"}));
   cmd->add_option("--eval-images", a->eval_images, "Measure on this many images (0: all)")

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <sstream>
 
 namespace vitrine::models {
@@ -14,8 +15,9 @@ namespace {
 
 using json = nlohmann::json;
 
-// Bumped when config.json changes in a way older readers would misread.
-constexpr int kFormatVersion = 1;
+// Bumped when config.json changes in a way older readers would misread: 2 adds per-block
+// sizes (pruned models), written only by models that have them.
+constexpr int kFormatVersion = 2;
 
 template <typename T>
 void read_opt(const json& j, const char* key, T& out) {
@@ -60,6 +62,24 @@ std::vector<std::string> read_labels_file(const std::string& path) {
   }
   VT_CHECK(!labels.empty(), path, ": no labels found (expected one label per line)");
   return labels;
+}
+
+std::vector<int64_t> ResNetConfig::widths_of(size_t i, int64_t planes) const {
+  if (i < block_widths.size()) return block_widths[i];
+  return bottleneck ? std::vector<int64_t>{planes, planes} : std::vector<int64_t>{planes};
+}
+
+int64_t ViTConfig::heads_of(size_t layer) const {
+  return layer < layer_heads.size() ? layer_heads[layer] : num_attention_heads;
+}
+
+int64_t ViTConfig::intermediate_of(size_t layer) const {
+  return layer < layer_intermediate_sizes.size() ? layer_intermediate_sizes[layer]
+                                                 : intermediate_size;
+}
+
+int64_t tome_merges(int64_t tokens, int64_t r) {
+  return std::max<int64_t>(0, std::min(r, (tokens - 1) / 2));
 }
 
 const char* family_name(Family family) {
@@ -118,18 +138,40 @@ void ModelConfig::validate() const {
                  v.hidden_act == "relu",
              arch, ": hidden_act '", v.hidden_act,
              "' is not supported (gelu, gelu_new, gelu_pytorch_tanh, quick_gelu, relu)");
+    const auto per_layer = [&](const std::vector<int64_t>& sizes, const char* name) {
+      VT_CHECK(sizes.empty() || static_cast<int64_t>(sizes.size()) == v.num_hidden_layers, arch,
+               ": ", name, " has ", sizes.size(), " entries for ", v.num_hidden_layers,
+               " layers");
+      for (const int64_t s : sizes) VT_CHECK(s > 0, arch, ": ", name, " must be positive");
+    };
+    per_layer(v.layer_heads, "layer_heads");
+    per_layer(v.layer_intermediate_sizes, "layer_intermediate_sizes");
+    VT_CHECK(v.tome_r >= 0, arch, ": tome_r must be >= 0, got ", v.tome_r);
   } else {
     VT_CHECK(resnet.layers.size() == 4, arch, ": a ResNet needs 4 stages, got ",
              resnet.layers.size());
     for (const int64_t n : resnet.layers) VT_CHECK(n > 0, arch, ": empty ResNet stage");
     VT_CHECK(resnet.stem == "imagenet" || resnet.stem == "small" || resnet.stem == "cifar", arch,
              ": unknown ResNet stem '", resnet.stem, "' (imagenet, small or cifar)");
+    int64_t blocks = 0;
+    for (const int64_t n : resnet.layers) blocks += n;
+    VT_CHECK(resnet.block_widths.empty() ||
+                 static_cast<int64_t>(resnet.block_widths.size()) == blocks,
+             arch, ": block_widths has ", resnet.block_widths.size(), " entries for ", blocks,
+             " blocks");
+    for (const auto& w : resnet.block_widths) {
+      VT_CHECK(w.size() == (resnet.bottleneck ? 2U : 1U), arch, ": block_widths entries need ",
+               resnet.bottleneck ? 2 : 1, " widths");
+      for (const int64_t x : w) VT_CHECK(x > 0, arch, ": block_widths must be positive");
+    }
   }
 }
 
 std::string config_to_json(const ModelConfig& c) {
   json j;
-  j["vitrine_format"] = kFormatVersion;
+  const bool per_block =
+      c.family == Family::kViT ? c.vit.pruned() : !c.resnet.block_widths.empty();
+  j["vitrine_format"] = per_block ? kFormatVersion : 1;
   j["arch"] = c.arch;
   j["family"] = family_name(c.family);
   j["num_classes"] = c.num_classes;
@@ -140,6 +182,7 @@ std::string config_to_json(const ModelConfig& c) {
   if (c.family == Family::kResNet) {
     j["resnet"] = {{"bottleneck", c.resnet.bottleneck}, {"layers", c.resnet.layers},
                    {"stem", c.resnet.stem}};
+    if (!c.resnet.block_widths.empty()) j["resnet"]["block_widths"] = c.resnet.block_widths;
   } else {
     const auto& v = c.vit;
     j["vit"] = {{"patch_size", v.patch_size},
@@ -151,6 +194,11 @@ std::string config_to_json(const ModelConfig& c) {
                 {"hidden_act", v.hidden_act},
                 {"qkv_bias", v.qkv_bias},
                 {"attention_dropout", v.attention_dropout}};
+    if (!v.layer_heads.empty()) j["vit"]["layer_heads"] = v.layer_heads;
+    if (!v.layer_intermediate_sizes.empty()) {
+      j["vit"]["layer_intermediate_sizes"] = v.layer_intermediate_sizes;
+    }
+    if (v.tome_r > 0) j["vit"]["tome_r"] = v.tome_r;
   }
   j["task"] = c.task;
   if (!c.thresholds.empty()) j["thresholds"] = c.thresholds;
@@ -202,6 +250,7 @@ ModelConfig config_from_json(const std::string& text, const std::string& origin)
       read_opt(j["resnet"], "bottleneck", c.resnet.bottleneck);
       read_opt(j["resnet"], "layers", c.resnet.layers);
       read_opt(j["resnet"], "stem", c.resnet.stem);
+      read_opt(j["resnet"], "block_widths", c.resnet.block_widths);
     }
     if (j.contains("vit")) {
       const json& v = j["vit"];
@@ -214,6 +263,9 @@ ModelConfig config_from_json(const std::string& text, const std::string& origin)
       read_opt(v, "hidden_act", c.vit.hidden_act);
       read_opt(v, "qkv_bias", c.vit.qkv_bias);
       read_opt(v, "attention_dropout", c.vit.attention_dropout);
+      read_opt(v, "layer_heads", c.vit.layer_heads);
+      read_opt(v, "layer_intermediate_sizes", c.vit.layer_intermediate_sizes);
+      read_opt(v, "tome_r", c.vit.tome_r);
     }
     read_opt(j, "task", c.task);
     read_opt(j, "thresholds", c.thresholds);

@@ -1,6 +1,8 @@
 #include "onednn.h"
 
+#include "tome.h"
 #include "vitrine/core/error.h"
+#include "vitrine/models/config.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -676,30 +678,32 @@ struct ViTEncoder::Impl {
     /// int8: the scales of the products' inputs (ln_1's output, attention's output, ln_2's
     /// output, the activation's output).
     float s_ln1 = 1, s_attn = 1, s_ln2 = 1, s_hidden = 1;
+    int64_t heads = 0;
   };
-  /// int8: a block's own products (their scales are the block's) and the conversions of
-  /// fp32 rows into their s8 inputs.
-  struct Int8Block {
+  /// One block's primitives for the token counts it sees: `t` into attention, `t_mlp` into
+  /// the MLP (t - merges with Token Merging).
+  struct Step {
+    int64_t t = 0, t_mlp = 0, merges = 0;
+    dnnl::layer_normalization_forward norm1, norm2;
+    memory::desc rows1, rows2;  ///< the token stream before and after merging
     Matmul qkv, proj, fc1, fc2;
-    dnnl::reorder ln1, attn, ln2;
-  };
-  struct Plan {
-    dnnl::layer_normalization_forward norm;
-    memory::desc rows, norm_scratch;
-    Matmul qkv, proj, fc1, fc2;
-    std::vector<Int8Block> int8;
+    dnnl::reorder q_ln1, q_attn, q_ln2;  ///< int8: fp32 rows into the products' s8 inputs
     // Attention per (image, head): scores = scale * Q K^T, softmax in place, P V written
     // straight into the (N, T, heads, head width) layout the out-projection reads.
     Matmul scores, mix;
     dnnl::softmax_forward softmax;
-    memory::desc q, kt, p, out, softmax_scratch;
+    memory::desc q, kt, p, out;
+  };
+  struct Plan {
+    std::vector<Step> steps;
     size_t scratch = 0;
   };
 
   dt type;
   at::ScalarType dtype;
   bool int8 = false;  ///< int8 products; the token stream, norms and attention in fp32
-  int64_t heads = 0;
+  int64_t hd = 64;    ///< width per head
+  int64_t tome_r = 0;
   double eps = 1e-6;
   std::string act;
   std::vector<Block> blocks;
@@ -709,12 +713,23 @@ struct ViTEncoder::Impl {
   /// What both kinds of encoder share: the shape and the non-product settings.
   void init(const ViTWeights& w, at::ScalarType activations) {
     VT_CHECK(!w.blocks.empty(), "a ViT encoder needs at least one block");
+    VT_CHECK(w.head_dim > 0, "a ViT encoder needs a positive width per head");
     type = to_dnnl(activations);
     dtype = activations;
-    heads = w.heads;
+    hd = w.head_dim;
+    tome_r = w.tome_r;
     eps = w.eps;
     activation_ops(w.hidden_act);  // fails early for an activation the path lacks
     act = w.hidden_act;
+  }
+
+  void add_block(Block b) {
+    const int64_t inner = b.proj.in;
+    VT_CHECK(inner % hd == 0 && b.qkv.out == 3 * inner && b.fc2.in == b.fc1.out, "ViT block ",
+             blocks.size(), ": QKV (", b.qkv.out, " rows), projection (", inner,
+             " columns) and MLP widths do not fit heads of width ", hd);
+    b.heads = inner / hd;
+    blocks.push_back(std::move(b));
   }
 
   std::shared_ptr<const Plan> plan_for(int64_t n, int64_t t) {
@@ -724,78 +739,92 @@ struct ViTEncoder::Impl {
     return slot;
   }
 
-  std::shared_ptr<const Plan> make_plan(int64_t n, int64_t t) const {
-    auto p = std::make_shared<Plan>();
-    const Block& b = blocks.front();
-    const int64_t d = b.qkv.in, rows = n * t, hd = d / heads;
-    p->rows = memory::desc({rows, d}, type, tag::ab);
+  dnnl::layer_normalization_forward norm_step(const memory::desc& rows, size_t& scratch) const {
     const dnnl::layer_normalization_forward::desc ln(
-        dnnl::prop_kind::forward_inference, p->rows, static_cast<float>(eps),
+        dnnl::prop_kind::forward_inference, rows, static_cast<float>(eps),
         dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift);
-    const dnnl::layer_normalization_forward::primitive_desc ln_pd(ln, attr_with({}), cpu());
-    p->norm = dnnl::layer_normalization_forward(ln_pd);
-    p->norm_scratch = ln_pd.scratchpad_desc();
-    // Bias in every product; GELU after fc1; the residual sum after proj and fc2, which
-    // write into the token stream itself.
-    if (int8) {
-      const memory::desc f32_rows({rows, d}, dt::f32, tag::ab), s8_rows({rows, d}, dt::s8, tag::ab);
-      const auto quantise = [&](float scale) {
-        dnnl::primitive_attr attr;
-        attr.set_output_scales(0, {1.f / scale});
-        return dnnl::reorder(dnnl::reorder::primitive_desc(cpu(), f32_rows, cpu(), s8_rows, attr));
-      };
-      for (const Block& q : blocks) {
+    const dnnl::layer_normalization_forward::primitive_desc pd(ln, attr_with({}), cpu());
+    scratch = std::max(scratch, pd.scratchpad_desc().get_size());
+    return dnnl::layer_normalization_forward(pd);
+  }
+
+  std::shared_ptr<const Plan> make_plan(int64_t n, int64_t t0) const {
+    auto p = std::make_shared<Plan>();
+    const int64_t d = blocks.front().qkv.in;
+    // oneDNN's primitive cache makes the blocks that share shapes share their kernels.
+    int64_t t = t0;
+    for (const Block& b : blocks) {
+      Step s;
+      s.t = t;
+      s.merges = tome_r > 0 ? tome_merges(t, tome_r) : 0;
+      s.t_mlp = t - s.merges;
+      t = s.t_mlp;
+      const int64_t rows = n * s.t, rows_mlp = n * s.t_mlp, heads = b.heads, inner = heads * hd;
+      s.rows1 = memory::desc({rows, d}, type, tag::ab);
+      s.rows2 = memory::desc({rows_mlp, d}, type, tag::ab);
+      s.norm1 = norm_step(s.rows1, p->scratch);
+      s.norm2 = norm_step(s.rows2, p->scratch);
+      // Bias in every product; the activation after fc1; the residual sum after proj and
+      // fc2, which write into the token stream itself.
+      if (int8) {
+        const auto quantise = [&](int64_t r, int64_t width, float scale) {
+          dnnl::primitive_attr attr;
+          attr.set_output_scales(0, {1.f / scale});
+          return dnnl::reorder(dnnl::reorder::primitive_desc(
+              cpu(), memory::desc({r, width}, dt::f32, tag::ab), cpu(),
+              memory::desc({r, width}, dt::s8, tag::ab), attr));
+        };
         // fc1 writes its activation straight in fc2's input units.
         dnnl::post_ops to_s8 = activation_ops(act);
-        to_s8.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, 1.f / q.s_hidden, 0.f);
-        p->int8.push_back({matmul_step_int8(rows, q.qkv, dt::f32, {}),
-                           matmul_step_int8(rows, q.proj, dt::f32, sum_relu(true, false)),
-                           matmul_step_int8(rows, q.fc1, dt::s8, to_s8),
-                           matmul_step_int8(rows, q.fc2, dt::f32, sum_relu(true, false)),
-                           quantise(q.s_ln1), quantise(q.s_attn), quantise(q.s_ln2)});
-        for (const auto* m : {&p->int8.back().qkv, &p->int8.back().proj, &p->int8.back().fc1,
-                              &p->int8.back().fc2}) {
-          p->scratch = std::max(p->scratch, m->scratch.get_size());
-        }
+        to_s8.append_eltwise(1.f, dnnl::algorithm::eltwise_linear, 1.f / b.s_hidden, 0.f);
+        s.qkv = matmul_step_int8(rows, b.qkv, dt::f32, {});
+        s.proj = matmul_step_int8(rows, b.proj, dt::f32, sum_relu(true, false));
+        s.fc1 = matmul_step_int8(rows_mlp, b.fc1, dt::s8, to_s8);
+        s.fc2 = matmul_step_int8(rows_mlp, b.fc2, dt::f32, sum_relu(true, false));
+        s.q_ln1 = quantise(rows, d, b.s_ln1);
+        s.q_attn = quantise(rows, inner, b.s_attn);
+        s.q_ln2 = quantise(rows_mlp, d, b.s_ln2);
+      } else {
+        s.qkv = matmul_step(rows, b.qkv, type, {});
+        s.proj = matmul_step(rows, b.proj, type, sum_relu(true, false));
+        s.fc1 = matmul_step(rows_mlp, b.fc1, type, activation_ops(act));
+        s.fc2 = matmul_step(rows_mlp, b.fc2, type, sum_relu(true, false));
       }
-    } else {
-      p->qkv = matmul_step(rows, b.qkv, type, {});
-      p->proj = matmul_step(rows, b.proj, type, sum_relu(true, false));
-      p->fc1 = matmul_step(rows, b.fc1, type, activation_ops(act));
-      p->fc2 = matmul_step(rows, b.fc2, type, sum_relu(true, false));
+      // Q, K and V read in place from the (3, N, heads, T, head width) copy of qkv; K as
+      // its transpose by strides.
+      const int64_t tt = s.t;
+      s.q = memory::desc({n * heads, tt, hd}, type, tag::abc);
+      s.kt = memory::desc({n * heads, hd, tt}, type, tag::acb);
+      s.p = memory::desc({n * heads, tt, tt}, type, tag::abc);
+      s.out = memory::desc({n, heads, tt, hd}, type, memory::dims{tt * inner, hd, inner, 1});
+      {
+        dnnl::primitive_attr attr = attr_with({});
+        attr.set_output_scales(0, {static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))});
+        const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(s.q, s.kt, s.p), attr, cpu());
+        s.scores = {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(),
+                    pd.scratchpad_desc()};
+      }
+      {
+        const dnnl::softmax_forward::desc desc(
+            dnnl::prop_kind::forward_inference,
+            memory::desc({n * heads * tt, tt}, type, tag::ab), 1);
+        const dnnl::softmax_forward::primitive_desc pd(desc, attr_with({}), cpu());
+        s.softmax = dnnl::softmax_forward(pd);
+        p->scratch = std::max(p->scratch, pd.scratchpad_desc().get_size());
+      }
+      {
+        const dnnl::matmul::primitive_desc pd(
+            dnnl::matmul::desc(memory::desc({n, heads, tt, tt}, type, tag::abcd),
+                               memory::desc({n, heads, tt, hd}, type, tag::abcd), s.out),
+            attr_with({}), cpu());
+        s.mix = {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(),
+                 pd.scratchpad_desc()};
+      }
+      for (const auto* m : {&s.qkv, &s.proj, &s.fc1, &s.fc2, &s.scores, &s.mix}) {
+        p->scratch = std::max(p->scratch, m->scratch.get_size());
+      }
+      p->steps.push_back(std::move(s));
     }
-    // Q, K and V read in place from the (3, N, heads, T, head width) copy of qkv; K as
-    // its transpose by strides.
-    p->q = memory::desc({n * heads, t, hd}, type, tag::abc);
-    p->kt = memory::desc({n * heads, hd, t}, type, tag::acb);
-    p->p = memory::desc({n * heads, t, t}, type, tag::abc);
-    p->out = memory::desc({n, heads, t, hd}, type, memory::dims{t * d, hd, d, 1});
-    {
-      dnnl::primitive_attr attr = attr_with({});
-      attr.set_output_scales(0, {static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)))});
-      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(p->q, p->kt, p->p), attr, cpu());
-      p->scores = {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(),
-                   pd.scratchpad_desc()};
-    }
-    {
-      const dnnl::softmax_forward::desc desc(dnnl::prop_kind::forward_inference,
-                                             memory::desc({n * heads * t, t}, type, tag::ab), 1);
-      const dnnl::softmax_forward::primitive_desc pd(desc, attr_with({}), cpu());
-      p->softmax = dnnl::softmax_forward(pd);
-      p->softmax_scratch = pd.scratchpad_desc();
-    }
-    {
-      const dnnl::matmul::primitive_desc pd(
-          dnnl::matmul::desc(memory::desc({n, heads, t, t}, type, tag::abcd),
-                             memory::desc({n, heads, t, hd}, type, tag::abcd), p->out),
-          attr_with({}), cpu());
-      p->mix = {dnnl::matmul(pd), pd.src_desc(), pd.weights_desc(), pd.dst_desc(),
-                pd.scratchpad_desc()};
-    }
-    for (const auto* m : {&p->qkv, &p->proj, &p->fc1, &p->fc2, &p->scores, &p->mix}) {
-      if (m->prim) p->scratch = std::max(p->scratch, m->scratch.get_size());
-    }
-    p->scratch = std::max({p->scratch, p->norm_scratch.get_size(), p->softmax_scratch.get_size()});
     return p;
   }
 
@@ -804,39 +833,43 @@ struct ViTEncoder::Impl {
   at::Tensor forward(const at::Tensor& tokens, std::vector<double>* maxima = nullptr) {
     VT_CHECK(tokens.dim() == 3, "expected tokens (N, T, D), got ", tokens.sizes());
     VT_CHECK(!maxima || (!int8 && dtype == at::kFloat), "calibration runs in fp32");
-    const int64_t n = tokens.size(0), t = tokens.size(1), d = tokens.size(2);
+    const int64_t n = tokens.size(0), t0 = tokens.size(1), d = tokens.size(2);
     VT_CHECK(d == blocks.front().qkv.in, "tokens of width ", d, " for an encoder of width ",
              blocks.front().qkv.in);
-    const auto plan = plan_for(n, t);
-    const int64_t hd = d / heads;
-    // The token stream, updated in place by the residual sums.
+    const auto plan = plan_for(n, t0);
+    // The token stream, updated in place by the residual sums (and replaced by a shorter
+    // one where tokens merge).
     at::Tensor x = tokens.to(dtype).contiguous().clone();
-    at::Tensor h = at::empty_like(x);
-    at::Tensor qkv = at::empty({n, t, 3 * d}, x.options());
-    at::Tensor heads_qkv = at::empty({3, n, heads, t, hd}, x.options());
-    at::Tensor probs = at::empty({n, heads, t, t}, x.options());
-    at::Tensor attn_out = at::empty_like(x);
-    const int64_t width = blocks.front().fc1.out;
+    // Work buffers, at the largest size a block asks for (the first sees the most tokens).
+    int64_t inner_max = 0, heads_max = 0, width_max = 0;
+    for (const Block& b : blocks) {
+      heads_max = std::max(heads_max, b.heads);
+      inner_max = std::max(inner_max, b.heads * hd);
+      width_max = std::max(width_max, b.fc1.out);
+    }
+    const auto opts = x.options();
+    const at::Tensor h = at::empty({n * t0 * d}, opts);
+    const at::Tensor qkv = at::empty({n * t0 * 3 * inner_max}, opts);
+    const at::Tensor heads_qkv = at::empty({3 * n * t0 * inner_max}, opts);
+    const at::Tensor probs = at::empty({n * heads_max * t0 * t0}, opts);
+    const at::Tensor attn_out = at::empty({n * t0 * inner_max}, opts);
     // The MLP's hidden rows: fp32/bf16, or for int8 s8 (fc1 writes fc2's input units), with
     // the s8 input rows of the other products.
-    const at::Tensor hidden = at::empty({n * t, width}, int8 ? at::kChar : x.scalar_type());
-    const at::Tensor rows_s8 = int8 ? at::empty({n * t, d}, at::kChar) : at::Tensor();
+    const at::Tensor hidden = at::empty({n * t0 * width_max}, int8 ? opts.dtype(at::kChar) : opts);
+    const at::Tensor rows_s8 =
+        int8 ? at::empty({n * t0 * std::max(d, inner_max)}, at::kChar) : at::Tensor();
     const Buffer scratch(memory::desc({static_cast<memory::dim>(plan->scratch)}, dt::u8, tag::x));
     const auto mem = [&](const memory::desc& md, const at::Tensor& a) {
       return memory(md, cpu(), a.data_ptr());
     };
-    const memory::desc qkv_rows({n * t, 3 * d}, type, tag::ab);
-    const memory xm = mem(plan->rows, x), hm = mem(plan->rows, h), qkvm = mem(qkv_rows, qkv),
-                 am = mem(plan->rows, attn_out),
-                 hidm = mem(memory::desc({n * t, width}, int8 ? dt::s8 : type, tag::ab), hidden);
-    const memory rows_q = int8 ? mem(memory::desc({n * t, d}, dt::s8, tag::ab), rows_s8) : memory();
     dnnl::stream stream(cpu());
-    const auto norm = [&](const Vector& w, const Vector& bias) {
-      plan->norm.execute(stream, {{DNNL_ARG_SRC, xm},
-                                  {DNNL_ARG_DST, hm},
-                                  {DNNL_ARG_SCALE, w.mem},
-                                  {DNNL_ARG_SHIFT, bias.mem},
-                                  {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+    const auto norm = [&](const dnnl::layer_normalization_forward& prim, const memory& src,
+                          const memory& dst, const Vector& w, const Vector& bias) {
+      prim.execute(stream, {{DNNL_ARG_SRC, src},
+                            {DNNL_ARG_DST, dst},
+                            {DNNL_ARG_SCALE, w.mem},
+                            {DNNL_ARG_SHIFT, bias.mem},
+                            {DNNL_ARG_SCRATCHPAD, scratch.mem}});
     };
     const auto product = [&](const Matmul& m, const Linear& l, const memory& src,
                              const memory& dst) {
@@ -846,62 +879,72 @@ struct ViTEncoder::Impl {
                               {DNNL_ARG_DST, dst},
                               {DNNL_ARG_SCRATCHPAD, scratch.mem}});
     };
-    const size_t part = static_cast<size_t>(n * heads * t * hd) * x.element_size();
-    auto* base = static_cast<char*>(heads_qkv.data_ptr());
-    const memory qm(plan->q, cpu(), base), ktm(plan->kt, cpu(), base + part),
-        vm(plan->mix.weights, cpu(), base + 2 * part), pm(plan->p, cpu(), probs.data_ptr()),
-        om(plan->out, cpu(), attn_out.data_ptr());
-    const memory probs_rows(memory::desc({n * heads * t, t}, plan->p.data_type(), tag::ab), cpu(),
-                            probs.data_ptr());
-    const memory probs_4d(plan->mix.src, cpu(), probs.data_ptr());
-    const auto record = [&](size_t i, const at::Tensor& a) {
+    const auto quantise = [&](const dnnl::reorder& r, const memory& from, int64_t rows,
+                              int64_t width) {
+      const memory to = mem(memory::desc({rows, width}, dt::s8, tag::ab), rows_s8);
+      r.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+      return to;
+    };
+    const auto record = [&](size_t i, const at::Tensor& a, int64_t count) {
       stream.wait();
-      (*maxima)[i] += a.abs().max().item<double>();
+      (*maxima)[i] += a.narrow(0, 0, count).abs().max().item<double>();
     };
     if (maxima) maxima->resize(4 * blocks.size(), 0.0);
+    at::Tensor size;  ///< Token Merging: original tokens per token, from the first merge on
     for (size_t bi = 0; bi < blocks.size(); ++bi) {
       const Block& b = blocks[bi];
-      const Int8Block* q = int8 ? &plan->int8[bi] : nullptr;
-      norm(b.ln1_w, b.ln1_b);
-      if (maxima) record(4 * bi, h);
-      if (q) {
-        q->ln1.execute(stream, {{DNNL_ARG_FROM, hm}, {DNNL_ARG_TO, rows_q}});
-        product(q->qkv, b.qkv, rows_q, qkvm);
-      } else {
-        product(plan->qkv, b.qkv, hm, qkvm);
-      }
+      const Step& s = plan->steps[bi];
+      const int64_t t = s.t, rows = n * t, heads = b.heads, inner = heads * hd;
+      const memory xm = mem(s.rows1, x), hm = mem(s.rows1, h),
+                   qkvm = mem(memory::desc({rows, 3 * inner}, type, tag::ab), qkv),
+                   am = mem(memory::desc({rows, inner}, type, tag::ab), attn_out);
+      norm(s.norm1, xm, hm, b.ln1_w, b.ln1_b);
+      if (maxima) record(4 * bi, h, rows * d);
+      product(s.qkv, b.qkv, int8 ? quantise(s.q_ln1, hm, rows, d) : hm, qkvm);
       stream.wait();
       // One copy puts each head's Q, K and V rows together; the rest reads in place.
-      heads_qkv.copy_(qkv.view({n, t, 3, heads, hd}).permute({2, 0, 3, 1, 4}));
-      plan->scores.prim.execute(stream, {{DNNL_ARG_SRC, qm},
-                                         {DNNL_ARG_WEIGHTS, ktm},
-                                         {DNNL_ARG_DST, pm},
-                                         {DNNL_ARG_SCRATCHPAD, scratch.mem}});
-      plan->softmax.execute(stream, {{DNNL_ARG_SRC, probs_rows},
-                                     {DNNL_ARG_DST, probs_rows},
+      const at::Tensor grouped =
+          heads_qkv.narrow(0, 0, 3 * rows * inner).view({3, n, heads, t, hd});
+      grouped.copy_(qkv.narrow(0, 0, rows * 3 * inner)
+                        .view({n, t, 3, heads, hd})
+                        .permute({2, 0, 3, 1, 4}));
+      const size_t part = static_cast<size_t>(rows * inner) * x.element_size();
+      auto* base = static_cast<char*>(heads_qkv.data_ptr());
+      const memory qm(s.q, cpu(), base), ktm(s.kt, cpu(), base + part),
+          vm(s.mix.weights, cpu(), base + 2 * part), pm(s.p, cpu(), probs.data_ptr()),
+          om(s.out, cpu(), attn_out.data_ptr()),
+          probs_rows(memory::desc({n * heads * t, t}, type, tag::ab), cpu(), probs.data_ptr()),
+          probs_4d(s.mix.src, cpu(), probs.data_ptr());
+      s.scores.prim.execute(stream, {{DNNL_ARG_SRC, qm},
+                                     {DNNL_ARG_WEIGHTS, ktm},
+                                     {DNNL_ARG_DST, pm},
                                      {DNNL_ARG_SCRATCHPAD, scratch.mem}});
-      plan->mix.prim.execute(stream, {{DNNL_ARG_SRC, probs_4d},
-                                      {DNNL_ARG_WEIGHTS, vm},
-                                      {DNNL_ARG_DST, om},
-                                      {DNNL_ARG_SCRATCHPAD, scratch.mem}});
-      if (maxima) record(4 * bi + 1, attn_out);
-      if (q) {
-        q->attn.execute(stream, {{DNNL_ARG_FROM, am}, {DNNL_ARG_TO, rows_q}});
-        product(q->proj, b.proj, rows_q, xm);
-      } else {
-        product(plan->proj, b.proj, am, xm);
+      if (size.defined()) {
+        stream.wait();
+        tome::add_log_size(probs.narrow(0, 0, n * heads * t * t).view({n, heads, t, t}), size);
       }
-      norm(b.ln2_w, b.ln2_b);
-      if (maxima) record(4 * bi + 2, h);
-      if (q) {
-        q->ln2.execute(stream, {{DNNL_ARG_FROM, hm}, {DNNL_ARG_TO, rows_q}});
-        product(q->fc1, b.fc1, rows_q, hidm);
-        product(q->fc2, b.fc2, hidm, xm);
-      } else {
-        product(plan->fc1, b.fc1, hm, hidm);
-        if (maxima) record(4 * bi + 3, hidden);
-        product(plan->fc2, b.fc2, hidm, xm);
+      s.softmax.execute(stream, {{DNNL_ARG_SRC, probs_rows},
+                                 {DNNL_ARG_DST, probs_rows},
+                                 {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+      s.mix.prim.execute(stream, {{DNNL_ARG_SRC, probs_4d},
+                                  {DNNL_ARG_WEIGHTS, vm},
+                                  {DNNL_ARG_DST, om},
+                                  {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+      if (maxima) record(4 * bi + 1, attn_out, rows * inner);
+      product(s.proj, b.proj, int8 ? quantise(s.q_attn, am, rows, inner) : am, xm);
+      if (s.merges > 0) {
+        stream.wait();
+        std::tie(x, size) = tome::merge(x, size, grouped[1].mean(1), s.merges);
       }
+      const int64_t rows_mlp = n * s.t_mlp;
+      const memory xm2 = mem(s.rows2, x), hm2 = mem(s.rows2, h),
+                   hidm = mem(memory::desc({rows_mlp, b.fc1.out}, int8 ? dt::s8 : type, tag::ab),
+                              hidden);
+      norm(s.norm2, xm2, hm2, b.ln2_w, b.ln2_b);
+      if (maxima) record(4 * bi + 2, h, rows_mlp * d);
+      product(s.fc1, b.fc1, int8 ? quantise(s.q_ln2, hm2, rows_mlp, d) : hm2, hidm);
+      if (maxima) record(4 * bi + 3, hidden, rows_mlp * b.fc1.out);
+      product(s.fc2, b.fc2, hidm, xm2);
     }
     stream.wait();
     return x;
@@ -911,9 +954,9 @@ struct ViTEncoder::Impl {
 ViTEncoder::ViTEncoder(ViTWeights w, at::ScalarType dtype) : impl_(std::make_shared<Impl>()) {
   impl_->init(w, dtype);
   for (const auto& b : w.blocks) {
-    impl_->blocks.push_back({Vector(b.ln1_w), Vector(b.ln1_b), Vector(b.ln2_w), Vector(b.ln2_b),
-                             linear_layer(b.qkv_w, b.qkv_b), linear_layer(b.proj_w, b.proj_b),
-                             linear_layer(b.fc1_w, b.fc1_b), linear_layer(b.fc2_w, b.fc2_b)});
+    impl_->add_block({Vector(b.ln1_w), Vector(b.ln1_b), Vector(b.ln2_w), Vector(b.ln2_b),
+                      linear_layer(b.qkv_w, b.qkv_b), linear_layer(b.proj_w, b.proj_b),
+                      linear_layer(b.fc1_w, b.fc1_b), linear_layer(b.fc2_w, b.fc2_b)});
   }
 }
 
@@ -937,7 +980,7 @@ ViTEncoder::ViTEncoder(ViTWeights w, const std::vector<float>& scales)
     block.s_attn = s[1];
     block.s_ln2 = s[2];
     block.s_hidden = s[3];
-    impl_->blocks.push_back(std::move(block));
+    impl_->add_block(std::move(block));
   }
 }
 

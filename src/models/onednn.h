@@ -96,13 +96,16 @@ struct ViTBlock {
 
 struct ViTWeights {
   std::vector<ViTBlock> blocks;
-  int64_t heads = 12;
+  int64_t head_dim = 64;  ///< width per head; each block's heads follow from its qkv_w
+  int64_t tome_r = 0;     ///< Token Merging: pairs merged after each block's attention
   double eps = 1e-6;
   std::string hidden_act = "gelu";  ///< gelu | gelu_new | gelu_pytorch_tanh | quick_gelu | relu
 };
 
 /// The encoder blocks of a ViT (patch embedding, class token and the final norm stay with
-/// the model: they are a few percent of the work).
+/// the model: they are a few percent of the work). Blocks may differ in heads and MLP width
+/// (pruned models); with Token Merging, each block's MLP and the blocks after it see fewer
+/// tokens.
 class ViTEncoder {
  public:
   ViTEncoder(ViTWeights weights, at::ScalarType dtype);
@@ -111,7 +114,7 @@ class ViTEncoder {
   /// attention stay fp32.
   ViTEncoder(ViTWeights weights, const std::vector<float>& activation_scales);
   /// Tokens (N, T, D) in the encoder's dtype (fp32 for int8) -> tokens after the last
-  /// block, same shape.
+  /// block (N, T', D): T' = T unless Token Merging is on; the class token stays first.
   at::Tensor forward(const at::Tensor& tokens) const;
   /// fp32 encoders: forward() that also adds each block's largest magnitudes at the four
   /// int8 points to `maxima` (resized to 4 per block): calibration.

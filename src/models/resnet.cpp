@@ -41,20 +41,23 @@ at::Tensor FoldedConv::operator()(const at::Tensor& x) const {
 }
 
 ResNetBlockImpl::ResNetBlockImpl(int64_t in_planes, int64_t planes, int64_t stride,
-                                 bool bottleneck, double drop_path)
+                                 bool bottleneck, double drop_path,
+                                 const std::vector<int64_t>& widths)
     : bottleneck_(bottleneck), drop_path_(drop_path) {
   const int64_t expansion = bottleneck ? 4 : 1;
+  const int64_t w1 = widths.at(0);
   if (bottleneck) {
-    conv1_ = register_module("conv1", conv(in_planes, planes, 1, 1, 0));
-    bn1_ = register_module("bn1", nn::BatchNorm2d(planes));
-    conv2_ = register_module("conv2", conv(planes, planes, 3, stride, 1));
-    bn2_ = register_module("bn2", nn::BatchNorm2d(planes));
-    conv3_ = register_module("conv3", conv(planes, planes * expansion, 1, 1, 0));
+    const int64_t w2 = widths.at(1);
+    conv1_ = register_module("conv1", conv(in_planes, w1, 1, 1, 0));
+    bn1_ = register_module("bn1", nn::BatchNorm2d(w1));
+    conv2_ = register_module("conv2", conv(w1, w2, 3, stride, 1));
+    bn2_ = register_module("bn2", nn::BatchNorm2d(w2));
+    conv3_ = register_module("conv3", conv(w2, planes * expansion, 1, 1, 0));
     bn3_ = register_module("bn3", nn::BatchNorm2d(planes * expansion));
   } else {
-    conv1_ = register_module("conv1", conv(in_planes, planes, 3, stride, 1));
-    bn1_ = register_module("bn1", nn::BatchNorm2d(planes));
-    conv2_ = register_module("conv2", conv(planes, planes, 3, 1, 1));
+    conv1_ = register_module("conv1", conv(in_planes, w1, 3, stride, 1));
+    bn1_ = register_module("bn1", nn::BatchNorm2d(w1));
+    conv2_ = register_module("conv2", conv(w1, planes, 3, 1, 1));
     bn2_ = register_module("bn2", nn::BatchNorm2d(planes));
   }
   if (stride != 1 || in_planes != planes * expansion) {
@@ -128,7 +131,8 @@ ResNetImpl::ResNetImpl(ModelConfig config) : VisionModelImpl(std::move(config)) 
       // Stochastic depth grows linearly with depth, as in timm.
       const double dp =
           total_blocks > 1 ? c.drop_path * block_index / (total_blocks - 1) : c.drop_path;
-      ResNetBlock block(in_planes, planes, stride, bottleneck, dp);
+      ResNetBlock block(in_planes, planes, stride, bottleneck, dp,
+                        c.resnet.widths_of(static_cast<size_t>(block_index), planes));
       list->push_back(block);
       blocks_.push_back(block);
       in_planes = planes * expansion;

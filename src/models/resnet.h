@@ -31,8 +31,10 @@ struct FoldedConv {
 
 class ResNetBlockImpl : public torch::nn::Module {
  public:
+  /// `widths`: the inner widths ({conv1's output} basic, {conv1's, conv2's} bottleneck;
+  /// `planes` each unless pruned); the block's output has planes x expansion channels.
   ResNetBlockImpl(int64_t in_planes, int64_t planes, int64_t stride, bool bottleneck,
-                  double drop_path);
+                  double drop_path, const std::vector<int64_t>& widths);
   at::Tensor forward(const at::Tensor& x);
   at::Tensor forward_folded(const at::Tensor& x) const;
   void fold(at::ScalarType dtype, bool channels_last);

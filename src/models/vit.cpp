@@ -2,6 +2,7 @@
 
 #include "layers.h"
 #include "onednn.h"
+#include "tome.h"
 #include "vitrine/core/error.h"
 #include "vitrine/models/checkpoint.h"
 
@@ -42,11 +43,11 @@ at::Tensor maybe(const at::Tensor& t, at::ScalarType dtype) {
 
 }  // namespace
 
-ViTAttentionImpl::ViTAttentionImpl(int64_t dim, bool qkv_bias) {
-  in_proj_weight = register_parameter("in_proj_weight", at::empty({3 * dim, dim}));
+ViTAttentionImpl::ViTAttentionImpl(int64_t dim, int64_t inner, bool qkv_bias) {
+  in_proj_weight = register_parameter("in_proj_weight", at::empty({3 * inner, dim}));
   nn::init::xavier_uniform_(in_proj_weight);
-  if (qkv_bias) in_proj_bias = register_parameter("in_proj_bias", at::zeros({3 * dim}));
-  out_proj = register_module("out_proj", nn::Linear(dim, dim));
+  if (qkv_bias) in_proj_bias = register_parameter("in_proj_bias", at::zeros({3 * inner}));
+  out_proj = register_module("out_proj", nn::Linear(inner, dim));
   nn::init::zeros_(out_proj->bias);
 }
 
@@ -61,13 +62,16 @@ ViTMlpImpl::ViTMlpImpl(int64_t dim, int64_t hidden) {
   }
 }
 
-ViTBlockImpl::ViTBlockImpl(const ViTConfig& c, double drop_path) : drop_path_rate(drop_path) {
+ViTBlockImpl::ViTBlockImpl(const ViTConfig& c, size_t layer, double drop_path)
+    : drop_path_rate(drop_path) {
   const auto ln_options =
       nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps).elementwise_affine(true);
   ln_1 = register_module("ln_1", nn::LayerNorm(ln_options));
-  self_attention = register_module("self_attention", ViTAttention(c.hidden_size, c.qkv_bias));
+  self_attention = register_module(
+      "self_attention",
+      ViTAttention(c.hidden_size, c.heads_of(layer) * c.head_dim(), c.qkv_bias));
   ln_2 = register_module("ln_2", nn::LayerNorm(ln_options));
-  mlp = register_module("mlp", ViTMlp(c.hidden_size, c.intermediate_size));
+  mlp = register_module("mlp", ViTMlp(c.hidden_size, c.intermediate_of(layer)));
 }
 
 ViTBlockWeights ViTBlockImpl::weights(double lora_scale) const {
@@ -112,16 +116,19 @@ int64_t ViTImpl::add_lora(const LoraOptions& o) {
   const auto wants = [&](const char* t) {
     return std::find(o.targets.begin(), o.targets.end(), t) != o.targets.end();
   };
-  const int64_t d = config_.vit.hidden_size, h = config_.vit.intermediate_size;
-  VT_CHECK(o.rank <= std::min(d, h), "--lora-rank ", o.rank, " is not below the width ", d,
-           " of ", config_.arch, "; LoRA adapts with a low rank (4 to 64)");
+  const int64_t d = config_.vit.hidden_size;
+  VT_CHECK(o.rank <= std::min(d, config_.vit.intermediate_size), "--lora-rank ", o.rank,
+           " is not below the width ", d, " of ", config_.arch,
+           "; LoRA adapts with a low rank (4 to 64)");
   lora_scale_ = o.alpha / static_cast<double>(o.rank);
   int64_t count = 0;
   for (auto& b : blocks_) {
     auto& attn = *b->self_attention;
     auto& mlp = *b->mlp;
-    if (wants("qkv")) attn.qkv_lora = add_pair(attn, "qkv", 3 * d, d, o.rank);
-    if (wants("proj")) attn.proj_lora = add_pair(attn, "proj", d, d, o.rank);
+    // A pruned block has its own attention and MLP widths.
+    const int64_t inner = attn.out_proj->weight.size(1), h = mlp.fc1->weight.size(0);
+    if (wants("qkv")) attn.qkv_lora = add_pair(attn, "qkv", 3 * inner, d, o.rank);
+    if (wants("proj")) attn.proj_lora = add_pair(attn, "proj", d, inner, o.rank);
     if (wants("fc1")) mlp.fc1_lora = add_pair(mlp, "fc1", h, d, o.rank);
     if (wants("fc2")) mlp.fc2_lora = add_pair(mlp, "fc2", d, h, o.rank);
     count += static_cast<int64_t>(attn.qkv_lora.defined()) + attn.proj_lora.defined() +
@@ -179,7 +186,8 @@ ViTImpl::ViTImpl(ModelConfig config) : VisionModelImpl(std::move(config)) {
     const double dp =
         v.num_hidden_layers > 1 ? c.drop_path * i / (v.num_hidden_layers - 1) : c.drop_path;
     blocks_.push_back(
-        layers->register_module("encoder_layer_" + std::to_string(i), ViTBlock(v, dp)));
+        layers->register_module("encoder_layer_" + std::to_string(i),
+                                ViTBlock(v, static_cast<size_t>(i), dp)));
   }
   ln_ = encoder->register_module(
       "ln", nn::LayerNorm(nn::LayerNormOptions({d}).eps(v.layer_norm_eps)));
@@ -216,7 +224,7 @@ ViTImpl::Weights ViTImpl::trained_weights() const {
 }
 
 at::Tensor ViTImpl::block(const at::Tensor& x, const ViTBlockWeights& w, double dp,
-                          bool training, bool onednn) const {
+                          bool training, bool onednn, int64_t merge, at::Tensor& size) const {
   const auto linear = [onednn](const at::Tensor& in, const at::Tensor& wt, const at::Tensor& b) {
     return onednn && in.scalar_type() == at::kFloat && in.device().is_cpu()
                ? onednn_linear(in, wt, b)
@@ -231,18 +239,24 @@ at::Tensor ViTImpl::block(const at::Tensor& x, const ViTBlockWeights& w, double 
   };
   const auto& v = config_.vit;
   const int64_t n = x.size(0), t = x.size(1), d = x.size(2);  ///< batch, tokens, width
-  const int64_t h = v.num_attention_heads;
-  const int64_t hd = d / h;  ///< width per head
+  const int64_t hd = v.head_dim();                ///< width per head
+  const int64_t h = w.qkv_w.size(0) / (3 * hd);   ///< heads (fewer when pruned)
   at::Tensor y = at::layer_norm(x, {d}, w.ln1_w, w.ln1_b, v.layer_norm_eps);
   const at::Tensor qkv = adapted(y, w.qkv_w, w.qkv_b, w.qkv_lora).view({n, t, 3, h, hd}).permute(
       {2, 0, 3, 1, 4});
   const at::Tensor q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(hd)));
-  at::Tensor attn = at::softmax(at::matmul(q, qkv[1].transpose(-2, -1)), -1);
+  at::Tensor scores = at::matmul(q, qkv[1].transpose(-2, -1));
+  if (size.defined()) scores = scores + size.log().view({n, 1, 1, t}).to(scores.scalar_type());
+  at::Tensor attn = at::softmax(scores, -1);
   if (training && v.attention_dropout > 0) attn = at::dropout(attn, v.attention_dropout, true);
-  y = at::matmul(attn, qkv[2]).transpose(1, 2).reshape({n, t, d});
+  y = at::matmul(attn, qkv[2]).transpose(1, 2).reshape({n, t, h * hd});
   y = adapted(y, w.proj_w, w.proj_b, w.proj_lora);
   if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
   at::Tensor out = x + drop_path(y, dp, training);
+  if (merge > 0) {
+    // The metric is a statistic of the keys: no gradient flows through the pairing.
+    std::tie(out, size) = tome::merge(out, size, qkv[1].detach().mean(1), merge);
+  }
   y = at::layer_norm(out, {d}, w.ln2_w, w.ln2_b, v.layer_norm_eps);
   y = activation(adapted(y, w.fc1_w, w.fc1_b, w.fc1_lora), v.hidden_act);
   if (training && config_.dropout > 0) y = at::dropout(y, config_.dropout, true);
@@ -272,9 +286,12 @@ at::Tensor ViTImpl::features(const at::Tensor& images, const Weights& w, bool tr
     const {
   const auto& c = config_;
   at::Tensor x = embed(images, w, training);
+  const int64_t r = before_last_block ? 0 : c.vit.tome_r;
+  at::Tensor size;
   for (size_t i = 0; i < w.blocks.size(); ++i) {
     if (before_last_block && i + 1 == w.blocks.size()) x = before_last_block(x);
-    x = block(x, w.blocks[i], blocks_[i]->drop_path_rate, training, onednn);
+    x = block(x, w.blocks[i], blocks_[i]->drop_path_rate, training, onednn,
+              tome_merges(x.size(1), r), size);
   }
   x = at::layer_norm(x, {c.vit.hidden_size}, w.ln_w, w.ln_b, c.vit.layer_norm_eps);
   return x.select(1, 0);
@@ -307,7 +324,8 @@ at::Tensor ViTImpl::forward_head(const at::Tensor& features) {
 onednn::ViTWeights ViTImpl::fused_weights() const {
   const Weights w = trained_weights();
   onednn::ViTWeights fw;
-  fw.heads = config_.vit.num_attention_heads;
+  fw.head_dim = config_.vit.head_dim();
+  fw.tome_r = config_.vit.tome_r;
   fw.eps = config_.vit.layer_norm_eps;
   fw.hidden_act = config_.vit.hidden_act;
   // Adapters are merged: no extra products at inference.

@@ -39,7 +39,8 @@ struct ViTBlockWeights {
 
 class ViTAttentionImpl : public torch::nn::Module {
  public:
-  ViTAttentionImpl(int64_t dim, bool qkv_bias);
+  /// `inner`: heads x width per head (the model's width unless heads were pruned).
+  ViTAttentionImpl(int64_t dim, int64_t inner, bool qkv_bias);
   at::Tensor in_proj_weight, in_proj_bias;
   torch::nn::Linear out_proj{nullptr};
   LoraPair qkv_lora, proj_lora;  ///< lora_qkv_{A,B}, lora_proj_{A,B} when added
@@ -56,7 +57,7 @@ TORCH_MODULE(ViTMlp);
 
 class ViTBlockImpl : public torch::nn::Module {
  public:
-  ViTBlockImpl(const ViTConfig& c, double drop_path);
+  ViTBlockImpl(const ViTConfig& c, size_t layer, double drop_path);
   /// The block's tensors; `lora_scale` is the model's adapter scale (0: none).
   ViTBlockWeights weights(double lora_scale) const;
   torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
@@ -98,11 +99,14 @@ class ViTImpl : public VisionModelImpl {
   /// `onednn` routes the fp32 matrix products to oneDNN (inference only: no autograd).
   /// `before_last_block`, when given, maps the tokens entering the last block (Grad-CAM
   /// takes them there).
+  /// Token Merging applies unless `before_last_block` is given (it needs the full grid).
   at::Tensor features(const at::Tensor& images, const Weights& w, bool training, bool onednn,
                       const std::function<at::Tensor(const at::Tensor&)>& before_last_block =
                           {}) const;
+  /// One block. With Token Merging on (`merge` > 0 pairs), the stream leaves with fewer
+  /// tokens and `size` (undefined before the first merge) counts what each stands for.
   at::Tensor block(const at::Tensor& x, const ViTBlockWeights& w, double drop_path,
-                   bool training, bool onednn) const;
+                   bool training, bool onednn, int64_t merge, at::Tensor& size) const;
 
   torch::nn::Conv2d conv_proj_{nullptr};
   at::Tensor class_token_, pos_embedding_;

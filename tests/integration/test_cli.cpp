@@ -344,7 +344,7 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   ASSERT_EQ(r.status, 0) << r.err;
   const auto lines = json_lines(r.out);
   ASSERT_EQ(lines.size(), 1u) << r.out;
-  const json& acc = lines[0]["int8"]["accuracy"];
+  const json& acc = lines[0]["report"]["accuracy"];
   EXPECT_EQ(acc["images"], 8);
   EXPECT_EQ(acc["task"], "classification");
   for (const char* p : {"fp32", "bf16", "int8"}) {
@@ -352,7 +352,10 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
     EXPECT_LE(acc[p]["agreement_with_fp32"].get<double>(), 1.0) << acc;
   }
   EXPECT_EQ(acc["fp32"]["agreement_with_fp32"], 1.0);
-  EXPECT_EQ(lines[0]["int8"]["calibration"]["images"], 8);
+  EXPECT_EQ(lines[0]["report"]["int8"]["calibration"]["images"], 8);
+  EXPECT_EQ(acc["variants"], json::array({"fp32", "bf16", "int8"}));
+  // Speed against the original, on the same batches.
+  EXPECT_GT(lines[0]["report"]["speed"]["int8"]["img_per_s"].get<double>(), 0.0);
   // The scales and the report are in the model's config: the images, the stem, and two
   // convolutions per block plus three shortcut convolutions.
   const json config = json::parse(std::ifstream(d + "/int8/config.json"));
@@ -381,12 +384,68 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   r = test::run_command(bin + " optimize --model " + q(d + "/vit") + " --int8 --calib " +
                         q(d + "/data/train/class_0") + " --out " + q(d + "/vit8"));
   ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_CONTAINS(r.err, "the accuracy change of int8 is not measured");
+  EXPECT_CONTAINS(r.err, "the accuracy change is not measured");
   EXPECT_EQ(json::parse(std::ifstream(d + "/vit8/config.json"))["quantization"]["int8"]
                 ["activation_scales"].size(), 4u * 12);
   r = test::run_command(bin + " optimize --model " + q(d + "/vit") + " --int8 --calib " +
                         q(d + "/missing") + " --out " + q(d + "/vit9"));
   EXPECT_EQ(r.status, 2);
   EXPECT_FALSE(fs::exists(d + "/vit9"));
+  fs::remove_all(d);
+}
+
+// Pruning with a recovery fine-tune and Token Merging in one go, measured against the
+// original; the result is a model directory every command takes.
+TEST(Cli, OptimizePrunesRecoversAndMergesTokens) {
+  const std::string d = test::temp_dir("cli-prune");
+  write_two_class_folders(d + "/data", {"train", "test"});
+  const std::string bin = q(test::vitrine_bin());
+  auto r = test::run_command(bin + " init --arch vit_custom --width 32 --depth 2 --heads 4 " +
+                             "--patch-size 8 --image-size 32 --num-classes 2 --seed 0 --out " +
+                             q(d + "/init"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(bin + " optimize --model " + q(d + "/init") + " --prune 0.5 " +
+                        "--recover-epochs 1 --tome 2 --data " + q(d + "/data") +
+                        " --batch-size 4 --out " + q(d + "/opt"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto lines = json_lines(r.out);
+  ASSERT_EQ(lines.size(), 1u) << r.out;
+  const json& rep = lines[0]["report"];
+  EXPECT_LT(rep["prune"]["params_after"].get<int64_t>(),
+            rep["prune"]["params_before"].get<int64_t>());
+  EXPECT_EQ(rep["prune"]["recovery"]["epochs"], 1);
+  EXPECT_EQ(rep["prune"]["recovery"]["teacher"], d + "/init");
+  EXPECT_EQ(rep["tome"]["tokens_in"], 17);  // 16 patches and the class token
+  EXPECT_EQ(rep["tome"]["tokens_out"], 13);
+  const json& acc = rep["accuracy"];
+  EXPECT_EQ(acc["variants"], json::array({"original", "fp32", "bf16"}));
+  EXPECT_EQ(acc["images"], 8);
+  EXPECT_EQ(acc["original"]["agreement_with_original"], 1.0);
+  EXPECT_EQ(acc["fp32"]["agreement_with_fp32"], 1.0);
+  for (const char* p : {"fp32", "bf16"}) {
+    EXPECT_GE(acc[p]["agreement_with_original"].get<double>(), 0.0) << acc;
+    EXPECT_LE(acc[p]["agreement_with_original"].get<double>(), 1.0) << acc;
+  }
+  EXPECT_GT(rep["speed"]["original_fp32"]["img_per_s"].get<double>(), 0.0);
+  EXPECT_GT(rep["speed"]["fp32"]["img_per_s"].get<double>(), 0.0);
+  // The sizes, the merging and the report travel with the weights.
+  const json config = json::parse(std::ifstream(d + "/opt/config.json"));
+  EXPECT_EQ(config["vitrine_format"], 2);
+  EXPECT_EQ(config["vit"]["layer_heads"], json::array({2, 2}));
+  EXPECT_EQ(config["vit"]["tome_r"], 2);
+  EXPECT_EQ(config["provenance"]["optimize"]["accuracy"], acc);
+  EXPECT_TRUE(fs::exists(d + "/opt/recovery/metrics.jsonl"));
+  r = test::run_command(bin + " predict --model " + q(d + "/opt") + " --topk 1 " +
+                        q(d + "/data/test/class_1"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).size(), 4u);
+  // Token Merging is for ViTs.
+  r = test::run_command(bin + " init --arch resnet_custom --layers 1 1 1 1 --image-size 32 " +
+                        "--num-classes 2 --seed 0 --out " + q(d + "/resnet"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(bin + " optimize --model " + q(d + "/resnet") + " --tome 4 --out " +
+                        q(d + "/none"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "merges ViT tokens");
   fs::remove_all(d);
 }

@@ -23,6 +23,14 @@ struct ResNetConfig {
   ///  "cifar"    3x3 stride-1 convolution, no pool (/1; CIFAR ResNets, for 32 px and less).
   /// Only "imagenet" matches published checkpoints.
   std::string stem = "imagenet";
+  /// Structured pruning (`vitrine optimize --prune`): each block's inner widths, in block
+  /// order: {conv1's output} for basic blocks, {conv1's, conv2's outputs} for bottlenecks.
+  /// Empty: the standard widths (64, 128, 256, 512 per stage). The widths between blocks
+  /// (the residual stream) are never pruned.
+  std::vector<std::vector<int64_t>> block_widths;
+
+  /// Inner widths of block `i` of a stage of `planes` channels.
+  std::vector<int64_t> widths_of(size_t i, int64_t planes) const;
 };
 
 /// ViT sizes (Dosovitskiy et al. 2020), named as in Hugging Face's ViTConfig.
@@ -36,6 +44,20 @@ struct ViTConfig {
   std::string hidden_act = "gelu";    ///< gelu | gelu_new | gelu_pytorch_tanh | quick_gelu | relu
   bool qkv_bias = true;
   double attention_dropout = 0.0;
+  /// Structured pruning (`vitrine optimize --prune`): attention heads and MLP width of each
+  /// block; empty: num_attention_heads and intermediate_size in every block. The width per
+  /// head stays hidden_size / num_attention_heads.
+  std::vector<int64_t> layer_heads, layer_intermediate_sizes;
+  /// Token Merging (Bolya et al., ICLR 2023): after each block's attention, the `tome_r` most
+  /// similar pairs of tokens are merged (size-weighted), so later blocks see fewer tokens;
+  /// attention is then proportional to the merged sizes. 0: off. Training-free.
+  int64_t tome_r = 0;
+
+  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  int64_t heads_of(size_t layer) const;
+  int64_t intermediate_of(size_t layer) const;
+  /// Whether any block's sizes differ from the uniform ones.
+  bool pruned() const { return !layer_heads.empty() || !layer_intermediate_sizes.empty(); }
 };
 
 struct ModelConfig {
@@ -70,6 +92,11 @@ struct ModelConfig {
 };
 
 const char* family_name(Family family);
+
+/// Token Merging: how many pairs a ViT block merges when `tokens` tokens (class token
+/// included) enter it and the model asks for r: at most half of those besides the class
+/// token.
+int64_t tome_merges(int64_t tokens, int64_t r);
 
 /// Class labels from a text file, one per line (blank lines skipped).
 std::vector<std::string> read_labels_file(const std::string& path);
