@@ -314,8 +314,13 @@ void run(const Args& a) {
   }
   if (a.int8) {
     calibrate(a, *model, report);
-  } else {
-    cfg.int8_scales.clear();  // scales belong to the weights and token counts they measured
+  } else if (!cfg.int8_scales.empty()) {
+    // Scales belong to the weights and token counts they were measured on.
+    cfg.int8_scales.clear();
+    cfg.int8_report_json = "{}";
+    spdlog::warn("{}'s int8 scales do not fit the changed network and are dropped; add --int8 "
+                 "--calib DIR to calibrate it again",
+                 a.model);
   }
   models::save_model(*model, a.out);
 

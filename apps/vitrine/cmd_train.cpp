@@ -294,6 +294,19 @@ void add_train_command(CLI::App& app, int& status) {
   });
 }
 
+namespace {
+
+/// The settings of an attack, as the eval report records them.
+nlohmann::json attack_json(const train::AttackOptions& o) {
+  return {{"method", o.method},
+          {"eps", o.eps},
+          {"steps", o.method == "pgd" ? o.steps : 1},
+          {"alpha", train::attack_step_size(o)},
+          {"random_start", o.method == "pgd" && o.random_start}};
+}
+
+}  // namespace
+
 void add_eval_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand("eval", "Evaluate a model on a labelled split");
   struct Args {
@@ -326,8 +339,6 @@ void add_eval_command(CLI::App& app, int& status) {
       train::check_attack(a->adv);
     }
     const data::DataSplits splits = data::open_data(a->data);
-    VT_CHECK(!attacked || !splits.multi_label,
-             "--attack on multi-label data is not yet supported; evaluate without it");
     const auto d = pick_split(splits, a->split);
     nlohmann::json out = nlohmann::json::object();
     std::vector<std::string> dirs{a->model};
@@ -340,10 +351,21 @@ void add_eval_command(CLI::App& app, int& status) {
         for (const auto& e : errors) spdlog::warn("skipped: {}", e);
         out[dir] = nlohmann::json::parse(m.to_json(splits.classes));
         out[dir]["skipped_images"] = errors.size();
-        std::cout << json_text(nlohmann::json{{"model", dir},          {"split", a->split},
-                                              {"images", m.count},     {"map", m.mean_ap},
-                                              {"micro_f1", m.micro_f1}, {"macro_f1", m.macro_f1}})
-                  << "\n";
+        nlohmann::json line{{"model", dir},          {"split", a->split},
+                            {"images", m.count},     {"map", m.mean_ap},
+                            {"micro_f1", m.micro_f1}, {"macro_f1", m.macro_f1}};
+        if (attacked) {
+          const auto r = train::evaluate_multi_label_under_attack(*model, d, a->adv, a->eval);
+          auto rj = nlohmann::json::parse(r.to_json(splits.classes));
+          rj["attack"] = attack_json(a->adv);
+          out[dir]["under_attack"] = rj;
+          line["attack"] = a->adv.method;
+          line["eps"] = a->adv.eps;
+          line["robust_map"] = r.mean_ap;
+          line["robust_micro_f1"] = r.micro_f1;
+          line["robust_macro_f1"] = r.macro_f1;
+        }
+        std::cout << json_text(line) << "\n";
       }
       if (!a->json.empty()) write_file_atomic(a->json, json_text(out, 2) + "\n");
       status = kExitOk;
@@ -364,11 +386,7 @@ void add_eval_command(CLI::App& app, int& status) {
       if (attacked) {
         robust.push_back(train::evaluate_under_attack(*model, d, a->adv, a->eval));
         auto r = nlohmann::json::parse(robust.back().to_json(names));
-        r["attack"] = {{"method", a->adv.method},
-                       {"eps", a->adv.eps},
-                       {"steps", a->adv.method == "pgd" ? a->adv.steps : 1},
-                       {"alpha", train::attack_step_size(a->adv)},
-                       {"random_start", a->adv.method == "pgd" && a->adv.random_start}};
+        r["attack"] = attack_json(a->adv);
         out[dir]["under_attack"] = r;
       }
     }

@@ -37,7 +37,7 @@ std::pair<at::Tensor, at::Tensor> merge(const at::Tensor& x, const at::Tensor& s
     const int64_t t1 = src.size(1);
     const at::Tensor unm = src.gather(1, unm_idx.expand({n, t1 - r, w}));
     const at::Tensor moved = src.gather(1, src_idx.expand({n, r, w}));
-    return at::cat({unm, dst.scatter_reduce(1, dst_idx.expand({n, r, w}), moved, "sum")}, 1);
+    return at::cat({unm, dst.scatter_add(1, dst_idx.expand({n, r, w}), moved)}, 1);
   };
   // Size-weighted average, in fp32 whatever the stream's type.
   const at::Tensor merged_size = merge_sum(s);

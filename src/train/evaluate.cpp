@@ -112,6 +112,23 @@ MultiLabelMetrics evaluate_multi_label(models::VisionModelImpl& model,
   return acc.compute(model.config().thresholds);
 }
 
+MultiLabelMetrics evaluate_multi_label_under_attack(models::VisionModelImpl& model,
+                                                    const std::shared_ptr<data::Dataset>& data,
+                                                    const AttackOptions& attack,
+                                                    const EvalOptions& options,
+                                                    std::vector<std::string>* errors) {
+  VT_CHECK(data && data->multi_label(), "multi-label evaluation needs multi-label data");
+  check_attack(attack);
+  AttackOptions a = attack;
+  a.multi_label = true;
+  MultiLabelAccumulator acc(model.config().num_classes);
+  for_each_batch(
+      model, data, options, errors,
+      [&](const at::Tensor& logits, const at::Tensor& t) { acc.add(at::sigmoid(logits), t); },
+      &a);
+  return acc.compute(model.config().thresholds);
+}
+
 namespace {
 
 // Single-label metrics over `data`, on adversarial images when `adversary` is given.
@@ -144,7 +161,7 @@ ClassificationMetrics evaluate_under_attack(models::VisionModelImpl& model,
                                             std::vector<std::string>* errors) {
   VT_CHECK(data, "nothing to evaluate: the data has no such split");
   VT_CHECK(!data->multi_label(),
-           "attacks are evaluated on single-label data (multi-label: not yet supported)");
+           "the data is multi-label; use evaluate_multi_label_under_attack");
   check_attack(attack);
   return classify(model, data, options, errors, &attack);
 }

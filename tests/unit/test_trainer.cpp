@@ -288,6 +288,18 @@ TEST(Trainer, MultiLabelTunesThresholdsThatPredictUses) {
   const auto splits = data::open_data(d);
   const auto m = train::evaluate_multi_label(*model, splits.train);
   EXPECT_GT(m.mean_ap, 0.9);
+  // Robust evaluation raises the true labels' binary cross-entropy: PGD pulls the scores
+  // apart from the labels, while a vanishing budget leaves the metrics as they were.
+  train::AttackOptions pgd;
+  pgd.eps = 32.0 / 255;
+  const auto attacked = train::evaluate_multi_label_under_attack(*model, splits.train, pgd);
+  EXPECT_EQ(attacked.count, m.count);
+  EXPECT_LT(attacked.mean_ap, m.mean_ap - 0.2) << "clean " << m.mean_ap;
+  EXPECT_LT(attacked.micro_f1, m.micro_f1 - 0.2) << "clean " << m.micro_f1;
+  pgd.eps = 1e-7;
+  pgd.random_start = false;
+  EXPECT_NEAR(train::evaluate_multi_label_under_attack(*model, splits.train, pgd).mean_ap,
+              m.mean_ap, 1e-3);
   // Predictions follow the stored thresholds: at 1.0 nothing passes, at 0.0 everything.
   model->mutable_config().thresholds = {1.0f, 1.0f, 1.0f};
   models::Predictor strict(model, models::Precision::kFp32);

@@ -65,6 +65,15 @@ MultiLabelMetrics evaluate_multi_label(models::VisionModelImpl& model,
                                        std::vector<std::string>* errors = nullptr,
                                        std::vector<float>* tuned = nullptr);
 
+/// The multi-label metrics on adversarial versions of each image, made by `attack` (its
+/// loss: binary cross-entropy against each image's true labels) against the model in eval
+/// mode, scored at the model's thresholds.
+MultiLabelMetrics evaluate_multi_label_under_attack(models::VisionModelImpl& model,
+                                                    const std::shared_ptr<data::Dataset>& data,
+                                                    const AttackOptions& attack,
+                                                    const EvalOptions& options = {},
+                                                    std::vector<std::string>* errors = nullptr);
+
 /// The model's top class and its probability for items `indices` of `data` (eval mode,
 /// eval transform, one at a time: for report samples, not for throughput). An item whose
 /// image fails to decode gets class -1 and a NaN probability.
