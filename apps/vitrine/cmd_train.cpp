@@ -203,8 +203,8 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--freeze", o->freeze, "none | backbone | until:<module>");
   cmd->add_option("--patience", o->patience, "Early stopping patience in epochs (0 = off)");
   cmd->add_option("--monitor", o->monitor,
-                  "val_top1 | val_loss | val_macro_f1 | val_map (default: val_top1, or val_map "
-                  "for multi-label data)");
+                  "val_top1 | val_loss | val_macro_f1 | val_robust_top1 | val_map (default: "
+                  "val_top1; val_robust_top1 with --adv; val_map for multi-label data)");
   auto& a = o->augment;
   add_crop_flip_jitter_options(cmd, a);
   cmd->add_option("--rotation", a.rotation, "Random rotation, degrees");
@@ -270,9 +270,13 @@ void add_train_command(CLI::App& app, int& status) {
                          r.best ? " *" : "", r.seconds);
           } else if (r.has_val) {
             spdlog::info("epoch {}: train loss {:.4f} top-1 {:.4f} | val loss {:.4f} top-1 {:.4f} "
-                         "macro-F1 {:.4f}{} ({:.0f}s)",
+                         "macro-F1 {:.4f}{}{} ({:.0f}s)",
                          r.epoch, r.train_loss, r.train_top1, r.val_loss, r.val_top1,
-                         r.val_macro_f1, r.best ? " *" : "", r.seconds);
+                         r.val_macro_f1,
+                         r.val_robust_top1 >= 0
+                             ? fmt::format(" robust top-1 {:.4f}", r.val_robust_top1)
+                             : std::string(),
+                         r.best ? " *" : "", r.seconds);
           } else {
             spdlog::info("epoch {}: train loss {:.4f} top-1 {:.4f} ({:.0f}s)", r.epoch,
                          r.train_loss, r.train_top1, r.seconds);

@@ -64,6 +64,7 @@ std::string EpochRecord::to_json() const {
     j["val_top1"] = val_top1;
     j["val_top5"] = val_top5;
     j["val_macro_f1"] = val_macro_f1;
+    if (val_robust_top1 >= 0) j["val_robust_top1"] = val_robust_top1;
     j["best"] = best;
   }
   return j.dump();
@@ -91,6 +92,7 @@ EpochRecord EpochRecord::from_json(const std::string& text) {
     e.val_top1 = r.at("val_top1");
     e.val_top5 = r.at("val_top5");
     e.val_macro_f1 = r.at("val_macro_f1");
+    e.val_robust_top1 = r.value("val_robust_top1", -1.0);
     e.best = r.at("best");
   }
   return e;
@@ -652,7 +654,11 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
     }
   }
   if (o.replay > 0 && !o.init_dir.empty()) s.add_replay();
-  if (s.o.monitor.empty()) s.o.monitor = s.data.multi_label ? "val_map" : "val_top1";
+  if (s.o.monitor.empty()) {
+    s.o.monitor = s.data.multi_label ? "val_map"
+                  : o.adv != "none"  ? "val_robust_top1"
+                                     : "val_top1";
+  }
   s.o.adv_attack.multi_label = s.data.multi_label;
   if (s.data.multi_label) {
     VT_CHECK(o.monitor == "val_map" || o.monitor == "val_macro_f1",
@@ -660,8 +666,12 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
     VT_CHECK(o.class_weights == "none", "--class-weights is for single-label data");
     VT_CHECK(o.sampler == "random", "--sampler balanced is for single-label data");
   } else {
-    VT_CHECK(o.monitor == "val_top1" || o.monitor == "val_loss" || o.monitor == "val_macro_f1",
-             "--monitor must be val_top1, val_loss or val_macro_f1");
+    VT_CHECK(o.monitor == "val_top1" || o.monitor == "val_loss" || o.monitor == "val_macro_f1" ||
+                 o.monitor == "val_robust_top1",
+             "--monitor must be val_top1, val_loss, val_macro_f1 or val_robust_top1");
+    VT_CHECK(o.monitor != "val_robust_top1" || o.adv != "none",
+             "--monitor val_robust_top1 measures robustness to the training attack; add --adv "
+             "fgsm|pgd");
   }
   VT_CHECK(s.data.train && s.data.train->size() > 0, "no training images in ", o.data.source);
   s.build_model();
@@ -784,6 +794,10 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
           rec.val_top1 = m.top1;
           rec.val_top5 = m.top5;
           rec.val_macro_f1 = m.macro_f1;
+          if (o.adv != "none") {
+            rec.val_robust_top1 =
+                evaluate_under_attack(judged, s.data.val, o.adv_attack, eo, nullptr).top1;
+          }
         }
       } catch (const NonFiniteOutput& e) {
         VT_FAIL(e.what(), " in epoch ", epoch + 1, "; the last good checkpoint is in ",
@@ -793,10 +807,11 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
       // Thresholds tuned on this validation pass travel with the model saved after it.
       if (s.data.multi_label) judged.mutable_config().thresholds = thresholds;
       rec.has_val = true;
-      const double value = o.monitor == "val_loss"       ? rec.val_loss
-                           : o.monitor == "val_macro_f1" ? rec.val_macro_f1
-                           : o.monitor == "val_map"      ? rec.val_map
-                                                         : rec.val_top1;
+      const double value = o.monitor == "val_loss"          ? rec.val_loss
+                           : o.monitor == "val_macro_f1"    ? rec.val_macro_f1
+                           : o.monitor == "val_map"         ? rec.val_map
+                           : o.monitor == "val_robust_top1" ? rec.val_robust_top1
+                                                            : rec.val_top1;
       if (s.improved(value)) {
         s.result.best_epoch = rec.epoch;
         s.result.best_value = value;

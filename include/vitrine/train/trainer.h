@@ -89,8 +89,10 @@ struct TrainOptions {
 
   int64_t epochs = 10;
   int64_t patience = 0;         ///< early stopping after this many epochs without gain; 0 = off
-  /// val_top1 | val_loss | val_macro_f1 (single-label), val_map | val_macro_f1 (multi-label);
-  /// empty: val_top1, or val_map for multi-label data.
+  /// val_top1 | val_loss | val_macro_f1 | val_robust_top1 (single-label; the last with
+  /// --adv), val_map | val_macro_f1 (multi-label); empty: val_top1, val_robust_top1 for
+  /// adversarial training (Rice et al. 2020: robust accuracy peaks and then falls while clean
+  /// accuracy does not tell), or val_map for multi-label data.
   std::string monitor;
   std::string out_dir;
   uint64_t seed = 0;
@@ -105,6 +107,9 @@ struct EpochRecord {
   int64_t epoch = 0;
   double lr = 0, train_loss = 0, train_top1 = 0, seconds = 0, img_per_s = 0;
   double val_loss = 0, val_top1 = 0, val_top5 = 0, val_macro_f1 = 0;
+  /// Adversarial training (single-label): top-1 on validation photos under the training
+  /// attack; < 0 when not measured.
+  double val_robust_top1 = -1;
   double val_map = 0, val_micro_f1 = 0;  ///< multi-label
   bool has_val = false, best = false, multi_label = false;
   int64_t skipped = 0;
