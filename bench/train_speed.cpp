@@ -49,12 +49,15 @@ int main(int argc, char** argv) {
     out["image_size"] = config.image_size;
     auto model = vitrine::models::create_model(config);
     model->train();
+    // The layout `vitrine train` uses (channels-last for ResNets).
+    const bool channels_last = model->use_channels_last_for_training();
+    out["channels_last"] = channels_last;
     const vitrine::train::OptimizerOptions options;  // AdamW, lr 1e-3, weight decay 0.05
     const auto groups = vitrine::train::param_groups(*model, options);
     auto optimizer = vitrine::train::make_optimizer(groups, options);
 
-    const at::Tensor x =
-        at::randn({batch, config.in_channels, config.image_size, config.image_size});
+    at::Tensor x = at::randn({batch, config.in_channels, config.image_size, config.image_size});
+    if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
     const at::Tensor soft = vitrine::train::smoothed_targets(
         at::randint(kNumClasses, {batch}, at::kLong), kNumClasses, kLabelSmoothing);
     const bool bf16 = precision == "bf16";

@@ -12,7 +12,9 @@ both sides, with fp32 weights and optimiser state. Both sides use the same threa
 architecture, image size and batch, measured one after the other for each pair of rows.
 img/s and ms/step are the mean of --iters timed steps after --warmup untimed ones; the
 ratio compares each side's fastest step, which other work on a shared machine disturbs
-least.
+least. Vitrine trains ResNets in channels-last layout; for them the table also has PyTorch
+in that layout (`model.to(memory_format=torch.channels_last)`, PyTorch's advice for CPU
+training), so the ratio against PyTorch's default and against its best layout are both there.
 """
 import argparse
 import json
@@ -39,7 +41,7 @@ PEERS = {
 }
 
 
-def pytorch_step_seconds(arch, batch, precision, iters, warmup, threads):
+def pytorch_step_seconds(arch, batch, precision, iters, warmup, threads, channels_last=False):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     size, make = PEERS[arch]
@@ -49,6 +51,9 @@ def pytorch_step_seconds(arch, batch, precision, iters, warmup, threads):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(NUM_CLASSES, (batch,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -110,16 +115,21 @@ def main():
         size = PEERS[arch][0]
         for precision in a.precisions:
             head = f"{arch:10} {size:4}"
-            try:
-                mean, best = pytorch_step_seconds(arch, a.batch, precision, a.iters, a.warmup,
-                                                  a.threads)
-                p_best_ms = 1000 * best
-                print(f"{head} {'pytorch ' + precision:14} {a.batch / mean:8.2f} "
-                      f"{1000 * mean:9.1f} {p_best_ms:9.1f} {1:9.2f}")
-            except Exception as e:  # a peer that fails is a row, not the end of the table
-                p_best_ms = None
-                print(f"{head} {'pytorch ' + precision:14} error: {e}")
-            sys.stdout.flush()
+            p_best_ms = None
+            layouts = [False, True] if arch.startswith("resnet") else [False]
+            for channels_last in layouts:
+                side = ("pytorch-cl " if channels_last else "pytorch ") + precision
+                try:
+                    mean, best = pytorch_step_seconds(arch, a.batch, precision, a.iters,
+                                                      a.warmup, a.threads, channels_last)
+                    if not channels_last:
+                        p_best_ms = 1000 * best
+                    ratio = f"{p_best_ms / (1000 * best):9.2f}" if p_best_ms else f"{'-':>9}"
+                    print(f"{head} {side:14} {a.batch / mean:8.2f} {1000 * mean:9.1f} "
+                          f"{1000 * best:9.1f} {ratio}")
+                except Exception as e:  # a peer that fails is a row, not the end of the table
+                    print(f"{head} {side:14} error: {e}")
+                sys.stdout.flush()
             r = vitrine_result(binary, arch, a.batch, precision, a.iters, a.warmup, a.threads)
             if "error" in r:
                 print(f"{head} {'vitrine ' + precision:14} error: {r['error']}")

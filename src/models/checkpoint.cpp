@@ -337,6 +337,17 @@ int64_t VisionModelImpl::add_lora(const LoraOptions&) {
 
 StateDict VisionModelImpl::deployable_state_dict() const { return model_state_dict(*this); }
 
+bool VisionModelImpl::use_channels_last_for_training() {
+  if (config_.family != Family::kResNet) return false;
+  at::NoGradGuard no_grad;
+  const auto to_nhwc = [](at::Tensor& t) {
+    if (t.defined() && t.dim() == 4) t.set_data(t.data().contiguous(at::MemoryFormat::ChannelsLast));
+  };
+  for (auto& p : parameters()) to_nhwc(p);
+  for (auto& b : buffers()) to_nhwc(b);
+  return true;
+}
+
 void VisionModelImpl::check_int8_ready(bool fused) const {
   VT_CHECK(fused, "int8 runs on the fused path only; use the fused engine");
   VT_CHECK(!config_.int8_scales.empty(), config_.arch,

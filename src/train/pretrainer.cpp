@@ -102,6 +102,7 @@ struct Pretrainer::State {
   std::shared_ptr<data::Dataset> knn_bank, knn_queries;
   models::VisionModel model;
   ProjectionHead projector{nullptr};
+  bool channels_last = false;  ///< the backbone trains in channels-last layout
   std::vector<ParamGroup> groups;
   std::vector<at::Tensor> trainable;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
@@ -180,6 +181,7 @@ void Pretrainer::State::build_model() {
     lo.reinit_head = true;
     models::load_state_dict(*model, init_weights, lo);
   }
+  channels_last = model->use_channels_last_for_training();
   const int64_t dim = cfg.embedding_dim();
   projector = ProjectionHead(dim, o.proj_hidden > 0 ? o.proj_hidden : dim, o.proj_dim);
 }
@@ -350,7 +352,8 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
   EpochHooks hooks;
   hooks.loss = [&s, &o](data::Batch& batch, std::mt19937_64&, double& top1) {
     // N x 2 x C x H x W -> the first views of all images, then the second views.
-    const at::Tensor views = batch.images.transpose(0, 1).flatten(0, 1);
+    at::Tensor views = batch.images.transpose(0, 1).flatten(0, 1);
+    if (s.channels_last) views = views.contiguous(at::MemoryFormat::ChannelsLast);
     AutocastScope autocast(o.amp == "bf16");
     const at::Tensor z = s.projector(s.model->forward_features(views)).to(at::kFloat);
     const auto halves = z.chunk(2);

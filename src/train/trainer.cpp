@@ -102,6 +102,7 @@ struct Trainer::State {
   TrainOptions o;
   data::DataSplits data;
   models::VisionModel model, ema;
+  bool channels_last = false;  ///< the model trains in channels-last layout
   std::vector<ParamGroup> groups;
   std::vector<at::Tensor> trainable;  ///< every group's parameters, for gradient clipping
   /// (EMA tensor, model tensor) pairs; load_state_dict copies in place, so they stay valid.
@@ -232,11 +233,13 @@ void Trainer::State::build_model() {
   } else {
     VT_CHECK(!o.save_adapter, "--save-adapter needs LoRA (--lora-rank)");
   }
+  channels_last = model->use_channels_last_for_training();
   if (o.ema_decay > 0) {
     VT_CHECK(o.ema_decay < 1, "--model-ema-decay must be in (0, 1)");
     ema = models::create_model(cfg);
     const StateDict src = models::model_state_dict(*model);
     load_state_dict(*ema, src);
+    ema->use_channels_last_for_training();
     for (auto& p : ema->parameters()) p.set_requires_grad(false);
     const StateDict dst = models::model_state_dict(*ema);
     for (size_t i = 0; i < dst.size(); ++i) ema_pairs.emplace_back(dst[i].second, src[i].second);
@@ -289,7 +292,8 @@ data::SampleTransform Trainer::State::train_transform() const {
 
 at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, double& top1) {
   const int64_t k = model->config().num_classes;
-  at::Tensor images = batch.images;
+  at::Tensor images =
+      channels_last ? batch.images.contiguous(at::MemoryFormat::ChannelsLast) : batch.images;
   const at::Tensor hard = batch.targets;
   const bool multi = data.multi_label;
   // Multi-label targets are smoothed towards 1/2 per label, as timm's BCE smoothing does.

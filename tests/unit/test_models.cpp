@@ -4,6 +4,7 @@
 #include "test_util.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/safetensors.h"
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/config.h"
 #include "vitrine/models/predictor.h"
@@ -79,6 +80,66 @@ TEST_P(ModelContract, InferencePathMatchesForward) {
   EXPECT_TRUE(at::isfinite(bf16).all().item<bool>());
   // bf16 keeps ~3 significant digits; relative to the logits' scale it stays close.
   EXPECT_LT((bf16 - ref).abs().max().item<double>() / scale, 0.1);
+}
+
+// Training layout: ResNets train channels-last. The layout changes where the numbers are
+// stored and the order of some sums, not what they are: forward and gradients stay about as
+// close to a float64 reference as the default layout's are (deep, randomly initialised ResNets
+// in train-mode batch norm lose several digits in fp32 either way). Saving writes the
+// standard layout, so the files do not depend on it.
+TEST_P(ModelContract, ChannelsLastTrainingKeepsTheNumbers) {
+  const ModelConfig config = small_config(GetParam());
+  const auto make = [&] {
+    at::manual_seed(2);
+    VisionModel m = create_model(config);
+    m->train();
+    return m;
+  };
+  VisionModel nhwc = make();
+  const bool changed = nhwc->use_channels_last_for_training();
+  ASSERT_EQ(changed, config.family == Family::kResNet);
+  if (!changed) {  // ViTs keep the default layout
+    for (const auto& p : nhwc->parameters()) EXPECT_TRUE(p.is_contiguous());
+    return;
+  }
+  VisionModel ref = make(), fp64 = make();
+  fp64->to(at::kDouble);
+  int64_t four_d = 0;
+  for (const auto& p : nhwc->named_parameters()) {
+    if (p.value().dim() != 4) continue;
+    ++four_d;
+    EXPECT_TRUE(p.value().is_contiguous(at::MemoryFormat::ChannelsLast)) << p.key();
+    EXPECT_TRUE(p.value().equal(ref->named_parameters()[p.key()])) << p.key();
+  }
+  EXPECT_GT(four_d, 0);
+  const at::Tensor x = at::randn({4, 3, config.image_size, config.image_size});
+  const at::Tensor a = ref->forward(x);
+  const at::Tensor b = nhwc->forward(x.contiguous(at::MemoryFormat::ChannelsLast));
+  const at::Tensor c = fp64->forward(x.to(at::kDouble));
+  const auto rel = [](const at::Tensor& t, const at::Tensor& exact) {
+    return (t.to(at::kDouble) - exact).norm().item<double>() / (exact.norm().item<double>() + 1e-30);
+  };
+  EXPECT_LE(rel(b, c), 3 * rel(a, c) + 1e-6);
+  a.pow(2).sum().backward();
+  b.pow(2).sum().backward();
+  c.pow(2).sum().backward();
+  // All gradients as one vector: single tensors of deep networks scatter too much.
+  const auto grads = [](const VisionModel& m) {
+    std::vector<at::Tensor> g;
+    for (const auto& p : m->parameters()) g.push_back(p.grad().to(at::kDouble).flatten());
+    return at::cat(g);
+  };
+  const at::Tensor exact = grads(fp64);
+  EXPECT_LE(rel(grads(nhwc), exact), 3 * rel(grads(ref), exact) + 1e-5);
+  // Saved in the standard layout: the file loads into a default model unchanged.
+  const std::string file = vitrine::test::temp_dir("channels_last_" + GetParam()) + "/m.safetensors";
+  vitrine::safetensors_save(file, model_state_dict(*nhwc));
+  VisionModel loaded = create_model(config);
+  load_state_dict(*loaded, vitrine::safetensors_load(file).tensors);
+  const auto loaded_params = loaded->named_parameters();
+  for (const auto& p : nhwc->named_parameters()) {
+    EXPECT_TRUE(p.value().equal(loaded_params[p.key()])) << p.key();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Registry, ModelContract, ::testing::ValuesIn(model_names()),

@@ -82,6 +82,13 @@ class VisionModelImpl : public torch::nn::Module {
   const ModelConfig& config() const { return config_; }
   ModelConfig& mutable_config() { return config_; }
 
+  /// Training layout. A ResNet keeps its 4-D weights and buffers channels-last, so its
+  /// activations and gradients follow and oneDNN's convolutions run forward and backward
+  /// without reordering them (PyTorch's own advice for CPU training); the numbers differ
+  /// from the default layout by summation order only. ViTs keep theirs. Call it before
+  /// the optimiser is built; returns whether the layout changed.
+  bool use_channels_last_for_training();
+
  protected:
   /// Throws unless int8 can run: the fused path and a calibration in the config.
   void check_int8_ready(bool fused) const;
