@@ -2,6 +2,7 @@
 // img/s and ms per batch. bench/inference.py runs it beside PyTorch eager in the
 // same run and prints the ratios.
 #include "models/onednn.h"
+#include "vitrine/core/memory.h"
 #include "vitrine/core/threads.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/predictor.h"
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
                "Print the rate of a 2048^3 oneDNN matrix product in fp32, bf16 and int8 instead");
   CLI11_PARSE(app, argc, argv);
   try {
+    vitrine::keep_freed_memory();  // as the vitrine binary does
     threads = vitrine::set_threads(threads);
     if (peak) {
       nlohmann::json out{{"threads", threads}};

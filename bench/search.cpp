@@ -3,6 +3,7 @@
 // through the FAISS index it wraps (the same object, queried alternately), and the index
 // memory per product. Prints one JSON line per setting and a table.
 #include "search/faiss_access.h"
+#include "vitrine/core/memory.h"
 #include "vitrine/core/threads.h"
 #include "vitrine/search/vector_index.h"
 
@@ -118,6 +119,7 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "Also write the results here");
   CLI11_PARSE(app, argc, argv);
   try {
+    vitrine::keep_freed_memory();  // as the vitrine binary does
     threads = vitrine::set_threads(threads);
     std::vector<std::string> kinds;
     {

@@ -2,6 +2,7 @@
 // /v1/classify for a fixed time; throughput, p50/p99 latency, errors by status, and the
 // server's resident memory before and after. The peer: the same model's offline batch
 // throughput (Predictor, batch --max-batch) in the same run.
+#include "vitrine/core/memory.h"
 #include "vitrine/core/threads.h"
 #include "vitrine/image/decode.h"
 #include "vitrine/models/model_dir.h"
@@ -79,6 +80,7 @@ int main(int argc, char** argv) {
   // The peer: offline batched inference of the same model on the same photo.
   double offline_img_s = 0;
   {
+    vitrine::keep_freed_memory();  // as the vitrine binary does
     vitrine::set_threads(threads);
     vitrine::models::Predictor predictor(vitrine::models::load_model(model),
                                          vitrine::models::Precision::kFp32);

@@ -2,6 +2,7 @@
 // label-smoothed cross-entropy, zero_grad, backward, AdamW step) on random inputs, as a
 // JSON line with img/s and ms per step. bench/train_speed.py runs it beside PyTorch eager
 // in the same run and prints the ratios.
+#include "vitrine/core/memory.h"
 #include "vitrine/core/threads.h"
 #include "vitrine/models/registry.h"
 #include "vitrine/train/loss.h"
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   nlohmann::json out{{"arch", arch}, {"precision", precision}, {"batch", batch}};
   try {
+    out["malloc_keeps_freed_memory"] = vitrine::keep_freed_memory();  // as `vitrine` does
     threads = vitrine::set_threads(threads);
     out["threads"] = threads;
     at::manual_seed(0);

@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/memory.h"
 
 #include <c10/util/Exception.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -27,6 +28,8 @@ int main(int argc, char** argv) {
   // Logs and progress go to stderr; stdout carries only results (JSON lines).
   spdlog::set_default_logger(spdlog::stderr_color_mt("vitrine"));
   spdlog::set_pattern("%^%l%$: %v");
+  // Large tensors reuse freed heap memory instead of fresh pages (see memory.h).
+  const bool kept = vitrine::keep_freed_memory();
 
   CLI::App app{"Vitrine: image recognition and visual search for product photos"};
   app.require_subcommand(1);
@@ -35,6 +38,8 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose, "More detailed logs");
   app.parse_complete_callback([&] {
     spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::info);
+    spdlog::debug("malloc: {}", kept ? "freed memory kept for reuse (VITRINE_MALLOC=system: off)"
+                                     : "the system's settings");
   });
   int status = kExitOk;
   add_models_command(app, status);
