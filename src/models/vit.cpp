@@ -242,8 +242,12 @@ at::Tensor ViTImpl::block(const at::Tensor& x, const ViTBlockWeights& w, double 
   const int64_t hd = v.head_dim();                ///< width per head
   const int64_t h = w.qkv_w.size(0) / (3 * hd);   ///< heads (fewer when pruned)
   at::Tensor y = at::layer_norm(x, {d}, w.ln1_w, w.ln1_b, v.layer_norm_eps);
-  const at::Tensor qkv = adapted(y, w.qkv_w, w.qkv_b, w.qkv_lora).view({n, t, 3, h, hd}).permute(
-      {2, 0, 3, 1, 4});
+  // unbind, not three selects: the backward of a select writes a zero tensor the size of
+  // all three and adds them up, which cost a training step 30% (a stack is one copy).
+  const auto qkv = adapted(y, w.qkv_w, w.qkv_b, w.qkv_lora)
+                       .view({n, t, 3, h, hd})
+                       .permute({2, 0, 3, 1, 4})
+                       .unbind(0);
   const at::Tensor q = qkv[0] * (1.0 / std::sqrt(static_cast<double>(hd)));
   at::Tensor scores = at::matmul(q, qkv[1].transpose(-2, -1));
   if (size.defined()) scores = scores + size.log().view({n, 1, 1, t}).to(scores.scalar_type());
