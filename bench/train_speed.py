@@ -15,6 +15,10 @@ ratio compares each side's fastest step, which other work on a shared machine di
 least. Vitrine trains ResNets in channels-last layout; for them the table also has PyTorch
 in that layout (`model.to(memory_format=torch.channels_last)`, PyTorch's advice for CPU
 training), so the ratio against PyTorch's default and against its best layout are both there.
+Vitrine also keeps freed heap memory for reuse (vitrine::keep_freed_memory); the
+`pytorch-m` row runs PyTorch in a child process with the same glibc malloc settings
+(GLIBC_TUNABLES), and for ResNets in channels-last layout as well: PyTorch given both of
+Vitrine's settings. The last column compares Vitrine with the fastest PyTorch row.
 """
 import argparse
 import json
@@ -30,6 +34,9 @@ import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
 
 NUM_CLASSES = 10
+# What vitrine::keep_freed_memory sets with mallopt, as glibc tunables for a child process.
+KEEP_FREED_MEMORY = ("glibc.malloc.mmap_threshold=1073741824:"
+                     "glibc.malloc.trim_threshold=2147483647")
 LABEL_SMOOTHING = 0.1
 
 # arch -> (image size, torchvision model of the same shape)
@@ -73,6 +80,21 @@ def pytorch_step_seconds(arch, batch, precision, iters, warmup, threads, channel
     return sum(times) / iters, min(times)
 
 
+def pytorch_tuned_step_seconds(arch, batch, precision, iters, warmup, threads):
+    """PyTorch with Vitrine's malloc settings (and layout): (mean, best) seconds a step."""
+    env = dict(os.environ, GLIBC_TUNABLES=KEEP_FREED_MEMORY)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--peer", arch, precision,
+         "--batch", str(batch), "--iters", str(iters), "--warmup", str(warmup),
+         "--threads", str(threads)], capture_output=True, text=True, env=env)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"exited with {proc.returncode}"]
+        raise RuntimeError(tail[0])
+    r = json.loads(lines[-1])
+    return r["mean"], r["best"]
+
+
 def vitrine_result(binary, arch, batch, precision, iters, warmup, threads):
     """The benchmark's JSON line; a crash or a missing line becomes {"error": ...}."""
     size = PEERS[arch][0]
@@ -102,7 +124,14 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--peer", nargs=2, metavar=("ARCH", "PRECISION"), help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.peer:  # the child process of pytorch_tuned_step_seconds
+        arch, precision = a.peer
+        mean, best = pytorch_step_seconds(arch, a.batch, precision, a.iters, a.warmup,
+                                          a.threads, channels_last=arch.startswith("resnet"))
+        print(json.dumps({"mean": mean, "best": best}))
+        return
     binary = a.binary or os.path.join(a.build, "bench", "vitrine_bench_train")
     if not os.access(binary, os.X_OK):
         sys.exit(f"{binary}: not built; build the vitrine_bench_train target or pass --binary")
@@ -110,20 +139,27 @@ def main():
     print(f"threads={a.threads} batch={a.batch} iters={a.iters} warmup={a.warmup} "
           f"torch={torch.__version__} torchvision={torchvision.__version__}")
     print(f"{'arch':10} {'size':>4} {'side':14} {'img/s':>8} {'ms/step':>9} {'best ms':>9} "
-          f"{'x pytorch':>9}")
+          f"{'x pytorch':>9} {'x best':>6}")
     for arch in a.archs:
         size = PEERS[arch][0]
         for precision in a.precisions:
             head = f"{arch:10} {size:4}"
             p_best_ms = None
-            layouts = [False, True] if arch.startswith("resnet") else [False]
-            for channels_last in layouts:
-                side = ("pytorch-cl " if channels_last else "pytorch ") + precision
+            fastest_ms = None
+            peers = (["pytorch", "pytorch-cl"] if arch.startswith("resnet") else ["pytorch"])
+            for peer in peers + ["pytorch-m"]:
+                side = f"{peer} {precision}"
                 try:
-                    mean, best = pytorch_step_seconds(arch, a.batch, precision, a.iters,
-                                                      a.warmup, a.threads, channels_last)
-                    if not channels_last:
+                    if peer == "pytorch-m":
+                        mean, best = pytorch_tuned_step_seconds(arch, a.batch, precision,
+                                                                a.iters, a.warmup, a.threads)
+                    else:
+                        mean, best = pytorch_step_seconds(arch, a.batch, precision, a.iters,
+                                                          a.warmup, a.threads,
+                                                          peer == "pytorch-cl")
+                    if peer == "pytorch":
                         p_best_ms = 1000 * best
+                    fastest_ms = min(fastest_ms or 1e30, 1000 * best)
                     ratio = f"{p_best_ms / (1000 * best):9.2f}" if p_best_ms else f"{'-':>9}"
                     print(f"{head} {side:14} {a.batch / mean:8.2f} {1000 * mean:9.1f} "
                           f"{1000 * best:9.1f} {ratio}")
@@ -136,8 +172,9 @@ def main():
             else:
                 best_ms = r["best_ms_per_step"]
                 ratio = f"{p_best_ms / best_ms:9.2f}" if p_best_ms else f"{'-':>9}"
+                vs_best = f"{fastest_ms / best_ms:6.2f}" if fastest_ms else f"{'-':>6}"
                 print(f"{head} {'vitrine ' + precision:14} {r['img_per_s']:8.2f} "
-                      f"{r['ms_per_step']:9.1f} {best_ms:9.1f} {ratio}")
+                      f"{r['ms_per_step']:9.1f} {best_ms:9.1f} {ratio} {vs_best}")
             sys.stdout.flush()
 
 
