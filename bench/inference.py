@@ -11,6 +11,9 @@ eager, the achieved GFLOP/s and its share of the peak. Last, the top-1 agreement
 with fp32 predictions on the photos under --images.
 All sides use the same thread count, the same architecture and random inputs; each figure
 is the mean of --iters timed runs after a warm-up.
+Vitrine keeps freed heap memory for reuse (vitrine::keep_freed_memory); the
+`pytorch-m eager fp32` row runs PyTorch in a child process with the same glibc malloc
+settings (GLIBC_TUNABLES), so the gain that setting alone brings is visible.
 """
 import argparse
 import json
@@ -35,6 +38,26 @@ def eager_img_per_s(arch, batch, iters, threads):
             model(x)
         seconds = (time.perf_counter() - start) / iters
     return batch / seconds, 1000 * seconds
+
+
+# What vitrine::keep_freed_memory sets with mallopt, as glibc tunables for a child process.
+KEEP_FREED_MEMORY = ("glibc.malloc.mmap_threshold=1073741824:"
+                     "glibc.malloc.trim_threshold=2147483647")
+
+
+def eager_tuned_img_per_s(arch, batch, iters, threads):
+    """eager_img_per_s in a child process with Vitrine's malloc settings."""
+    env = dict(os.environ, GLIBC_TUNABLES=KEEP_FREED_MEMORY)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--eager-peer", arch, "--batches", str(batch),
+         "--iters", str(iters), "--threads", str(threads)],
+        capture_output=True, text=True, env=env)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"exited with {proc.returncode}"]
+        raise RuntimeError(tail[0])
+    r = json.loads(lines[-1])
+    return r["img_per_s"], r["ms"]
 
 
 # Multiply-adds per 224x224 image (torchvision's "GFLOPS" column counts these); the
@@ -101,7 +124,12 @@ def main():
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--images", nargs="*", default=["examples/images", "build/testdata/images"])
+    p.add_argument("--eager-peer", metavar="ARCH", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.eager_peer:  # the child process of eager_tuned_img_per_s
+        ips, ms = eager_img_per_s(a.eager_peer, a.batches[0], a.iters, a.threads)
+        print(json.dumps({"img_per_s": ips, "ms": ms}))
+        return
 
     print(f"threads={a.threads} iters={a.iters} torch={torch.__version__}")
     peak = peak_gflops(a.build, a.threads)
@@ -121,6 +149,11 @@ def main():
                       f"{gflops:8.0f} {100 * gflops / peak[precision]:7.0f}%")
 
             row("pytorch eager fp32", e_ips, e_ms, "fp32")
+            try:
+                row("pytorch-m eager fp32", *eager_tuned_img_per_s(arch, batch, a.iters,
+                                                                   a.threads), "fp32")
+            except Exception as e:  # a peer that fails is a row, not the end of the table
+                print(f"{arch:10} {batch:5} {'pytorch-m eager fp32':22} error: {e}")
             for engine, precision in sides:
                 ips, ms = vitrine_img_per_s(a.build, arch, batch, precision, engine, a.iters,
                                             a.threads)
