@@ -26,6 +26,8 @@ import time
 import torch
 import torchvision
 
+from malloc_peer import run_with_vitrine_malloc
+
 
 def eager_img_per_s(arch, batch, iters, threads):
     torch.set_num_threads(threads)
@@ -40,23 +42,10 @@ def eager_img_per_s(arch, batch, iters, threads):
     return batch / seconds, 1000 * seconds
 
 
-# What vitrine::keep_freed_memory sets with mallopt, as glibc tunables for a child process.
-KEEP_FREED_MEMORY = ("glibc.malloc.mmap_threshold=1073741824:"
-                     "glibc.malloc.trim_threshold=2147483647")
-
-
 def eager_tuned_img_per_s(arch, batch, iters, threads):
     """eager_img_per_s in a child process with Vitrine's malloc settings."""
-    env = dict(os.environ, GLIBC_TUNABLES=KEEP_FREED_MEMORY)
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--eager-peer", arch, "--batches", str(batch),
-         "--iters", str(iters), "--threads", str(threads)],
-        capture_output=True, text=True, env=env)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    if not lines:
-        tail = proc.stderr.strip().splitlines()[-1:] or [f"exited with {proc.returncode}"]
-        raise RuntimeError(tail[0])
-    r = json.loads(lines[-1])
+    r = run_with_vitrine_malloc(__file__, ["--eager-peer", arch, "--batches", batch,
+                                           "--iters", iters, "--threads", threads])
     return r["img_per_s"], r["ms"]
 
 

@@ -33,10 +33,9 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
 
+from malloc_peer import run_with_vitrine_malloc
+
 NUM_CLASSES = 10
-# What vitrine::keep_freed_memory sets with mallopt, as glibc tunables for a child process.
-KEEP_FREED_MEMORY = ("glibc.malloc.mmap_threshold=1073741824:"
-                     "glibc.malloc.trim_threshold=2147483647")
 LABEL_SMOOTHING = 0.1
 
 # arch -> (image size, torchvision model of the same shape)
@@ -82,16 +81,9 @@ def pytorch_step_seconds(arch, batch, precision, iters, warmup, threads, channel
 
 def pytorch_tuned_step_seconds(arch, batch, precision, iters, warmup, threads):
     """PyTorch with Vitrine's malloc settings (and layout): (mean, best) seconds a step."""
-    env = dict(os.environ, GLIBC_TUNABLES=KEEP_FREED_MEMORY)
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--peer", arch, precision,
-         "--batch", str(batch), "--iters", str(iters), "--warmup", str(warmup),
-         "--threads", str(threads)], capture_output=True, text=True, env=env)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    if not lines:
-        tail = proc.stderr.strip().splitlines()[-1:] or [f"exited with {proc.returncode}"]
-        raise RuntimeError(tail[0])
-    r = json.loads(lines[-1])
+    r = run_with_vitrine_malloc(__file__, ["--peer", arch, precision, "--batch", batch,
+                                           "--iters", iters, "--warmup", warmup,
+                                           "--threads", threads])
     return r["mean"], r["best"]
 
 
