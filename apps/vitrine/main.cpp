@@ -40,6 +40,9 @@ int main(int argc, char** argv) {
     spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::info);
     spdlog::debug("malloc: {}", kept ? "freed memory kept for reuse (VITRINE_MALLOC=system: off)"
                                      : "the system's settings");
+    if (const auto problem = vitrine::malloc_setting_problem(); !problem.empty()) {
+      spdlog::warn("{}", problem);
+    }
   });
   int status = kExitOk;
   add_models_command(app, status);

@@ -30,6 +30,14 @@ bool user_tunes_malloc() {
 
 }  // namespace
 
+std::string malloc_setting_problem() {
+  const char* mode = std::getenv("VITRINE_MALLOC");
+  if (mode == nullptr || *mode == '\0' || std::strcmp(mode, "system") == 0) return {};
+  return std::string("VITRINE_MALLOC='") + mode +
+         "' is not a setting; it is ignored and freed memory is kept for reuse "
+         "(VITRINE_MALLOC=system leaves glibc's malloc as it is)";
+}
+
 bool keep_freed_memory() {
 #if defined(__GLIBC__)
   if (user_tunes_malloc()) return false;

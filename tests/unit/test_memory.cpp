@@ -49,7 +49,18 @@ TEST(Memory, LargeTensorsReuseTheHeapOnceFreedMemoryIsKept) {
   EXPECT_FALSE(vitrine::keep_freed_memory());
   EXPECT_EQ(mmapped_blocks_with_a_large_tensor(), idle + 1);
 
+  EXPECT_EQ(vitrine::malloc_setting_problem(), "");
+
+  // A misspelt opt-out is named, and does not count as one.
+  setenv("VITRINE_MALLOC", "sytem", 1);
+  const std::string problem = vitrine::malloc_setting_problem();
+  EXPECT_NE(problem.find("VITRINE_MALLOC='sytem'"), std::string::npos) << problem;
+  EXPECT_NE(problem.find("VITRINE_MALLOC=system"), std::string::npos) << problem;
+  ASSERT_TRUE(vitrine::keep_freed_memory());
+  EXPECT_EQ(mmapped_blocks_with_a_large_tensor(), idle);
+
   unsetenv("VITRINE_MALLOC");
+  EXPECT_EQ(vitrine::malloc_setting_problem(), "");
   ASSERT_TRUE(vitrine::keep_freed_memory());
   EXPECT_EQ(mmapped_blocks_with_a_large_tensor(), idle);
   // Freed, the block stays in the heap for the next tensor.

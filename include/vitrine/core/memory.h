@@ -1,6 +1,8 @@
 // Process-wide memory allocator settings.
 #pragma once
 
+#include <string>
+
 namespace vitrine {
 
 /// Makes glibc's malloc keep freed memory for reuse instead of handing it back to the
@@ -16,5 +18,9 @@ namespace vitrine {
 /// VITRINE_MALLOC=system asks for the system's default behaviour, or on a C library
 /// other than glibc. Returns true when the settings took effect.
 bool keep_freed_memory();
+
+/// What is wrong with VITRINE_MALLOC, when it is set to anything but "system" (such a
+/// value is ignored and freed memory is kept); empty when there is nothing to say.
+std::string malloc_setting_problem();
 
 }  // namespace vitrine
