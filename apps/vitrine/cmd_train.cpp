@@ -238,6 +238,18 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--distill-temperature", o->distill_temperature,
                   "Softens teacher and model predictions (default 2)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--unlabelled", o->unlabelled,
+                  "Semi-supervised (FixMatch): also learn from these unlabelled photos (a "
+                  "folder, ImageFolder, CSV or fashion-mnist; labels unused)");
+  cmd->add_option("--unlabelled-ratio", o->unlabelled_ratio,
+                  "Unlabelled photos per labelled photo in each step (default 7)")
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("--pseudo-threshold", o->pseudo_threshold,
+                  "Confidence a weak view's prediction needs to become a target (default 0.95)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--unlabelled-weight", o->unlabelled_weight,
+                  "Weight of the unlabelled photos' loss (default 1)")
+      ->check(CLI::NonNegativeNumber);
   auto nproc = std::make_shared<int>(1);
   cmd->add_option("--nproc", *nproc, "Data-parallel processes on this host (each takes a batch)")
       ->check(CLI::Range(1, 256));

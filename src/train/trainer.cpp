@@ -54,6 +54,7 @@ std::string EpochRecord::to_json() const {
          {"train_loss", train_loss}, {"train_top1", train_top1},
          {"seconds", seconds},       {"img_per_s", img_per_s},
          {"skipped_images", skipped}};
+  if (unlabelled_confident >= 0) j["unlabelled_confident"] = unlabelled_confident;
   if (has_val && multi_label) {
     j["val_map"] = val_map;
     j["val_micro_f1"] = val_micro_f1;
@@ -80,6 +81,7 @@ EpochRecord EpochRecord::from_json(const std::string& text) {
   e.seconds = r.value("seconds", 0.0);
   e.img_per_s = r.value("img_per_s", 0.0);
   e.skipped = r.value("skipped_images", int64_t{0});
+  e.unlabelled_confident = r.value("unlabelled_confident", -1.0);
   e.multi_label = r.contains("val_map");
   e.has_val = r.contains("val_top1") || e.multi_label;
   if (e.multi_label) {
@@ -122,12 +124,24 @@ struct Trainer::State {
   at::Tensor teacher_columns;
   void load_teacher();
   at::Tensor teacher_logits(const at::Tensor& images) const;
+  /// FixMatch: the unlabelled photos, their loader (two views per photo) and the position of
+  /// its next batch, a function of the optimisation step (so a resumed run draws the same).
+  std::shared_ptr<data::Dataset> unlabelled;
+  std::unique_ptr<data::Loader> unlabelled_loader;
+  int64_t unlabelled_epoch = -1, unlabelled_next = 0;
+  double confident_sum = 0;  ///< this epoch: the share of unlabelled photos given a target,
+  int64_t confident_steps = 0;  ///< summed over its steps
+  void open_unlabelled();
+  data::SampleTransform weak_and_strong_views() const;
+  data::Batch next_unlabelled();
   bool lead() const { return !group || group->rank() == 0; }
   void average_gradients();
 
   std::string path(const std::string& name) const { return (fs::path(o.out_dir) / name).string(); }
   void build_model();
   void build_optimizer();
+  /// The --augment settings at the model's size, normalisation and channels.
+  image::TrainTransform augmentation() const;
   data::SampleTransform train_transform() const;
   at::Tensor train_step(data::Batch& batch, std::mt19937_64& rng, double& top1);
   at::Tensor adversarial_batch(const at::Tensor& images, const at::Tensor& targets);
@@ -277,7 +291,72 @@ void Trainer::State::build_optimizer() {
   for (const int64_t e : o.lr_milestones) schedule.milestones.push_back(e * steps_per_epoch);
 }
 
-data::SampleTransform Trainer::State::train_transform() const {
+void Trainer::State::open_unlabelled() {
+  VT_CHECK(!data.multi_label, "--unlabelled (FixMatch) is for single-label data");
+  VT_CHECK(o.unlabelled_ratio >= 1, "--unlabelled-ratio must be at least 1, got ",
+           o.unlabelled_ratio);
+  VT_CHECK(o.pseudo_threshold >= 0 && o.pseudo_threshold <= 1,
+           "--pseudo-threshold must be in [0, 1], got ", o.pseudo_threshold);
+  VT_CHECK(o.unlabelled_weight >= 0, "--unlabelled-weight must not be negative, got ",
+           o.unlabelled_weight);
+  data::DataOptions d;
+  d.source = o.unlabelled;
+  d.seed = o.data.seed;
+  d.fashion_mnist_dir = o.data.fashion_mnist_dir;
+  // The training data's own photos: the same split keeps its validation photos out.
+  d.val_split = o.unlabelled == o.data.source ? o.data.val_split : 0.0;
+  d.test_split = o.unlabelled == o.data.source ? o.data.test_split : 0.0;
+  data::DataSplits u = data::open_pretraining_data(d);
+  for (const auto& w : u.warnings) spdlog::warn("--unlabelled: {}", w);
+  VT_CHECK(u.train && u.train->size() > 0, "--unlabelled ", o.unlabelled, " holds no photos");
+  unlabelled = u.train;
+  // Label smoothing teaches the model never to be surer than 1 - e + e / K.
+  const double k = static_cast<double>(data.classes.size());
+  const double surest = 1.0 - o.label_smoothing + o.label_smoothing / k;
+  if (o.pseudo_threshold > surest) {
+    spdlog::warn("--label-smoothing {} keeps the model's confidence near {:.3f}, below "
+                 "--pseudo-threshold {}: few unlabelled photos will get a target; drop label "
+                 "smoothing or lower the threshold",
+                 o.label_smoothing, surest, o.pseudo_threshold);
+  }
+  spdlog::info("semi-supervised (FixMatch): {} unlabelled photos, {} per labelled photo, "
+               "threshold {}, weight {}",
+               unlabelled->size(), o.unlabelled_ratio, o.pseudo_threshold, o.unlabelled_weight);
+}
+
+data::SampleTransform Trainer::State::weak_and_strong_views() const {
+  const image::TrainTransform weak = augmentation();
+  // FixMatch's strong view: RandAugment and Cutout (here random erasing) on top.
+  image::TrainTransform strong = weak;
+  if (strong.auto_augment == "none") strong.auto_augment = "randaugment";
+  strong.random_erasing = 1.0;
+  image::check_train_transform(strong);
+  return [weak, strong](const cv::Mat& img, std::mt19937_64& rng) {
+    const cv::Mat m = with_channels(img, weak.channels);
+    const at::Tensor a = image::train_transform(m, weak, rng);
+    const at::Tensor b = image::train_transform(m, strong, rng);
+    return at::stack({a, b});
+  };
+}
+
+data::Batch Trainer::State::next_unlabelled() {
+  const int64_t per_epoch = unlabelled_loader->batches_per_epoch();
+  const int64_t epoch = step / per_epoch, index = step % per_epoch;
+  if (epoch != unlabelled_epoch || index != unlabelled_next) {
+    unlabelled_loader->start_epoch(epoch, index);
+    unlabelled_epoch = epoch;
+  }
+  data::Batch b;
+  if (!unlabelled_loader->next(b)) {
+    // The epoch's last batches all failed to decode: the next epoch's first batch.
+    unlabelled_loader->start_epoch(++unlabelled_epoch, 0);
+    VT_CHECK(unlabelled_loader->next(b), "none of the --unlabelled photos could be read");
+  }
+  unlabelled_next = b.batch_index + 1;
+  return b;
+}
+
+image::TrainTransform Trainer::State::augmentation() const {
   image::TrainTransform t = o.augment;
   const auto& cfg = model->config();
   t.size = cfg.image_size;
@@ -285,6 +364,11 @@ data::SampleTransform Trainer::State::train_transform() const {
   t.std = cfg.preprocess.std;
   t.channels = cfg.in_channels;
   t.interpolation = cfg.preprocess.interpolation;
+  return t;
+}
+
+data::SampleTransform Trainer::State::train_transform() const {
+  const image::TrainTransform t = augmentation();
   return [t](const cv::Mat& img, std::mt19937_64& rng) {
     return image::train_transform(with_channels(img, t.channels), t, rng);
   };
@@ -324,7 +408,32 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   // Attacks raise the loss the step is about to lower, on the targets it uses.
   if (o.adv != "none") images = adversarial_batch(images, soft);
   AutocastScope autocast(o.amp == "bf16");
-  const at::Tensor logits = model->forward(images);
+  // FixMatch: targets from the weak views, then the strong views in the same forward pass
+  // as the labelled images (one batch for the batch norms, as FixMatch's).
+  at::Tensor strong, pseudo, confident;
+  if (unlabelled_loader) {
+    data::Batch u = next_unlabelled();
+    const at::Tensor weak = u.images.select(1, 0).contiguous();
+    strong = u.images.select(1, 1).contiguous();
+    if (channels_last) strong = strong.contiguous(at::MemoryFormat::ChannelsLast);
+    {
+      at::NoGradGuard no_grad;
+      const at::Tensor w = channels_last ? weak.contiguous(at::MemoryFormat::ChannelsLast) : weak;
+      const at::Tensor probs = at::softmax(model->forward(w).to(at::kFloat), 1);
+      const auto best = probs.max(1);
+      confident = std::get<0>(best).ge(o.pseudo_threshold).to(at::kFloat);
+      pseudo = std::get<1>(best);
+    }
+    confident_sum += confident.mean().item<double>();
+    ++confident_steps;
+  }
+  const int64_t labelled = images.size(0);
+  at::Tensor logits = model->forward(strong.defined() ? at::cat({images, strong}) : images);
+  at::Tensor strong_logits;
+  if (strong.defined()) {
+    strong_logits = logits.narrow(0, labelled, strong.size(0)).to(at::kFloat);
+    logits = logits.narrow(0, 0, labelled);
+  }
   VT_DCHECK(logits.size(1) == k);
   if (multi) {
     // "Accuracy" of a multi-label step: the share of right yes/no decisions at 0.5.
@@ -340,6 +449,11 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
     const at::Tensor log_p = at::log_softmax(logits.to(at::kFloat) / t, 1);
     const at::Tensor kl = (target * (target.clamp_min(1e-12).log() - log_p)).sum(1).mean();
     loss = (1 - o.distill_alpha) * loss + o.distill_alpha * t * t * kl;
+  }
+  if (strong_logits.defined()) {
+    const at::Tensor per_photo = at::cross_entropy_loss(strong_logits, pseudo, {},
+                                                        at::Reduction::None);
+    loss = loss + o.unlabelled_weight * (per_photo * confident).mean();
   }
   return loss;
 }
@@ -680,6 +794,7 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   VT_CHECK(s.data.train && s.data.train->size() > 0, "no training images in ", o.data.source);
   s.build_model();
   if (!o.teacher_dir.empty()) s.load_teacher();
+  if (!o.unlabelled.empty()) s.open_unlabelled();
   const int64_t n = s.data.train->size();
   check_distributed(o.dist);
   const int64_t global_batch = o.batch_size * o.dist.world_size;
@@ -733,6 +848,17 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     lo.shard = s.group->rank();
   }
   data::Loader loader(s.data.train, s.train_transform(), lo);
+  if (s.unlabelled) {
+    // Its own order (another seed), cut as the labelled loader's into the processes' shares.
+    data::LoaderOptions ul =
+        training_loader_options(o.batch_size * o.unlabelled_ratio, s.unlabelled->size(),
+                                o.seed ^ 0x9e3779b97f4a7c15ULL, o.workers, o.strict);
+    ul.targets = false;
+    ul.shards = lo.shards;
+    ul.shard = lo.shard;
+    s.unlabelled_loader =
+        std::make_unique<data::Loader>(s.unlabelled, s.weak_and_strong_views(), ul);
+  }
   s.result.best_dir = s.path("best");
   s.result.last_dir = s.path("last");
   const std::string log_path = s.path("metrics.jsonl");
@@ -765,8 +891,11 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     };
     const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
                          s.result.last_dir};
+    s.confident_sum = 0;
+    s.confident_steps = 0;
     const EpochSummary e =
         run_epoch(loader, plan, std::exchange(s.resume_progress, {}), optimisation, hooks);
+
     EpochRecord rec;
     rec.epoch = epoch + 1;
     rec.lr = e.lr;
@@ -775,6 +904,13 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     rec.seconds = e.seconds;
     rec.img_per_s = e.img_per_s * processes;
     rec.skipped = e.skipped;
+    if (s.confident_steps > 0) {
+      rec.unlabelled_confident = s.confident_sum / static_cast<double>(s.confident_steps);
+      if (s.lead()) {
+        spdlog::info("epoch {}: {:.1f}% of the unlabelled photos were confident enough to "
+                     "learn from", rec.epoch, 100.0 * rec.unlabelled_confident);
+      }
+    }
 
     models::VisionModelImpl& judged = s.ema ? *s.ema : *s.model;
     bool stop = false;

@@ -2,6 +2,7 @@
 #include "test_util.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/models/adapter.h"
 #include "vitrine/models/checkpoint.h"
@@ -171,6 +172,83 @@ TEST(Trainer, RunKilledMidEpochResumesExactly) {
   EXPECT_DOUBLE_EQ(resumed.history[1].train_loss, full.history[1].train_loss);
   test::expect_identical_tensors(dir + "/full/last/model.safetensors",
                                  dir + "/killed/last/model.safetensors");
+  fs::remove_all(dir);
+}
+
+// FixMatch draws its unlabelled batches by the optimisation step, so a run killed mid-epoch
+// resumes bit-identically; with threshold 0 every unlabelled photo gets a target.
+TEST(Trainer, SemiSupervisedRunResumesExactly) {
+  const std::string dir = test::temp_dir("fixmatch_resume");
+  write_image_folder(dir + "/data", {6, 6, 6}, 5);
+  write_image_folder(dir + "/unlabelled", {5, 5, 5}, 6);  // 15 photos, class folders unused
+  train::TrainOptions o = small_run(dir + "/data", dir + "/full");
+  o.batch_size = 4;  // 13 training images: 3 steps an epoch; 8 unlabelled photos a step
+  o.augment.hflip = 0.5;
+  o.augment.scale = {0.5, 1.0};
+  o.unlabelled = dir + "/unlabelled";
+  o.unlabelled_ratio = 2;
+  o.pseudo_threshold = 0;
+  const auto full = train::Trainer(o).run();
+  for (const auto& r : full.history) EXPECT_DOUBLE_EQ(r.unlabelled_confident, 1.0);
+
+  o.out_dir = dir + "/killed";
+  o.save_every_steps = 2;
+  try {
+    train::Trainer(o).run([](const train::StepInfo& info) {
+      if (info.epoch == 1 && info.step_in_epoch == 2) throw std::runtime_error("killed");
+    });
+    FAIL() << "the run should have been interrupted";
+  } catch (const std::runtime_error&) {
+  }
+  o.resume = true;
+  train::Trainer(o).run();
+  test::expect_identical_tensors(dir + "/full/last/model.safetensors",
+                                 dir + "/killed/last/model.safetensors");
+
+  o.out_dir = dir + "/empty";
+  o.resume = false;
+  fs::create_directories(dir + "/nothing");
+  EXPECT_CONTAINS(test::error_of([&] {
+                    o.unlabelled = dir + "/nothing";
+                    train::Trainer{o};
+                  }),
+                  "nothing");
+  fs::remove_all(dir);
+}
+
+// Only weak views whose top class reaches the threshold become targets: a network just
+// initialised is nowhere near 99.9% sure of three classes, and a trained one is 80% sure of
+// most photos. The share is what each epoch logs.
+TEST(Trainer, SemiSupervisedLearnsFromConfidentPhotosOnly) {
+  const std::string dir = test::temp_dir("fixmatch_threshold");
+  write_image_folder(dir + "/data", {8, 8, 8}, 31);
+  write_image_folder(dir + "/photos", {8, 8, 8}, 32);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/fresh");
+  o.data.val_split = 0;
+  o.epochs = 1;
+  o.unlabelled = dir + "/photos";
+  o.unlabelled_ratio = 2;
+  o.pseudo_threshold = 0.999;
+  o.optim.lr = 1e-7;  // the network stays as initialised through the epoch
+  const auto fresh = train::Trainer(o).run();
+  EXPECT_LT(fresh.history.at(0).unlabelled_confident, 0.2);
+
+  o.out_dir = dir + "/trained";
+  o.unlabelled.clear();
+  o.optim.lr = 2e-3;
+  o.epochs = 6;
+  const auto trained = train::Trainer(o).run();
+  o.arch.clear();
+  o.init_dir = trained.last_dir;
+  o.out_dir = dir + "/semi";
+  o.unlabelled = dir + "/photos";
+  o.pseudo_threshold = 0.8;
+  o.optim.lr = 1e-4;
+  o.epochs = 1;
+  const auto semi = train::Trainer(o).run();
+  EXPECT_GT(semi.history.at(0).unlabelled_confident, 0.6);
+  // metrics.jsonl carries it.
+  EXPECT_CONTAINS(read_text_file(dir + "/semi/metrics.jsonl"), "\"unlabelled_confident\"");
   fs::remove_all(dir);
 }
 

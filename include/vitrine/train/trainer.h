@@ -86,6 +86,17 @@ struct TrainOptions {
   std::string teacher_dir;
   double distill_alpha = 0.5;
   double distill_temperature = 2.0;
+  /// Semi-supervised learning from unlabelled photos (FixMatch, Sohn et al. 2020): a source
+  /// as `pretrain --data` takes (its labels, where it has them, unused; for the training data
+  /// itself its validation photos are left out); empty: off. Each step also draws
+  /// `unlabelled_ratio` x batch_size of its photos in two views: where the model's prediction
+  /// on the weak view (the training augmentation) reaches `pseudo_threshold`, its top class
+  /// becomes the target for the strong view (RandAugment and random erasing on top), a
+  /// cross-entropy averaged over all the unlabelled photos and weighted by `unlabelled_weight`.
+  std::string unlabelled;
+  int64_t unlabelled_ratio = 7;
+  double pseudo_threshold = 0.95;
+  double unlabelled_weight = 1.0;
 
   int64_t epochs = 10;
   int64_t patience = 0;         ///< early stopping after this many epochs without gain; 0 = off
@@ -111,6 +122,9 @@ struct EpochRecord {
   /// attack; < 0 when not measured.
   double val_robust_top1 = -1;
   double val_map = 0, val_micro_f1 = 0;  ///< multi-label
+  /// Semi-supervised runs: the share of unlabelled photos whose weak view was confident
+  /// enough to become a target (FixMatch's mask rate); < 0 when there are none.
+  double unlabelled_confident = -1;
   bool has_val = false, best = false, multi_label = false;
   int64_t skipped = 0;
   std::string to_json() const;
