@@ -14,6 +14,9 @@ is the mean of --iters timed runs after a warm-up.
 Vitrine keeps freed heap memory for reuse (vitrine::keep_freed_memory); the
 `pytorch-m eager fp32` row runs PyTorch in a child process with the same glibc malloc
 settings (GLIBC_TUNABLES), so the gain that setting alone brings is visible.
+The `onnxruntime fp32` row is ONNX Runtime (npm's onnxruntime-node, CPU) on the same
+torchvision model exported to ONNX by torch.onnx, its graph optimisations all on. Install
+it once with `(cd bench/onnxruntime && npm ci)`; without it the row says so.
 """
 import argparse
 import json
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import torch
 import torchvision
@@ -46,6 +50,32 @@ def eager_tuned_img_per_s(arch, batch, iters, threads):
     """eager_img_per_s in a child process with Vitrine's malloc settings."""
     r = run_with_vitrine_malloc(__file__, ["--eager-peer", arch, "--batches", batch,
                                            "--iters", iters, "--threads", threads])
+    return r["img_per_s"], r["ms"]
+
+
+ORT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onnxruntime")
+
+
+def onnxruntime_img_per_s(arch, batch, iters, threads):
+    """ONNX Runtime on the torchvision model, exported for this batch size."""
+    if not os.path.isdir(os.path.join(ORT_DIR, "node_modules", "onnxruntime-node")):
+        raise RuntimeError("not installed: (cd bench/onnxruntime && npm ci)")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on ViT's shape checks
+            torch.onnx.export(model, torch.randn(batch, 3, 224, 224), path, opset_version=14,
+                              input_names=["image"], output_names=["logits"])
+        del model
+        proc = subprocess.run(["node", os.path.join(ORT_DIR, "peer.mjs"), path, str(batch),
+                               str(iters), str(threads)], capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        tail = proc.stderr.strip().splitlines()[-1:] or [f"exited with {proc.returncode}"]
+        raise RuntimeError(tail[0])
+    r = json.loads(lines[-1])
     return r["img_per_s"], r["ms"]
 
 
@@ -143,6 +173,11 @@ def main():
                                                                    a.threads), "fp32")
             except Exception as e:  # a peer that fails is a row, not the end of the table
                 print(f"{arch:10} {batch:5} {'pytorch-m eager fp32':22} error: {e}")
+            try:
+                row("onnxruntime fp32", *onnxruntime_img_per_s(arch, batch, a.iters,
+                                                               a.threads), "fp32")
+            except Exception as e:
+                print(f"{arch:10} {batch:5} {'onnxruntime fp32':22} {e}")
             for engine, precision in sides:
                 ips, ms = vitrine_img_per_s(a.build, arch, batch, precision, engine, a.iters,
                                             a.threads)
