@@ -30,7 +30,7 @@ import warnings
 import torch
 import torchvision
 
-from malloc_peer import run_with_vitrine_malloc
+from malloc_peer import last_json_line, run_with_vitrine_malloc
 
 
 def eager_img_per_s(arch, batch, iters, threads):
@@ -71,11 +71,7 @@ def onnxruntime_img_per_s(arch, batch, iters, threads):
         del model
         proc = subprocess.run(["node", os.path.join(ORT_DIR, "peer.mjs"), path, str(batch),
                                str(iters), str(threads)], capture_output=True, text=True)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    if not lines:
-        tail = proc.stderr.strip().splitlines()[-1:] or [f"exited with {proc.returncode}"]
-        raise RuntimeError(tail[0])
-    r = json.loads(lines[-1])
+    r = last_json_line(proc)
     return r["img_per_s"], r["ms"]
 
 

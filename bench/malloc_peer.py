@@ -19,6 +19,11 @@ def run_with_vitrine_malloc(script, args):
     env = dict(os.environ, GLIBC_TUNABLES=KEEP_FREED_MEMORY)
     proc = subprocess.run([sys.executable, os.path.abspath(script)] + [str(a) for a in args],
                           capture_output=True, text=True, env=env)
+    return last_json_line(proc)
+
+
+def last_json_line(proc):
+    """A peer process's result: its last JSON line, or its last error line raised."""
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if not lines:
         tail = proc.stderr.strip().splitlines()[-1:] or [f"exited with {proc.returncode}"]

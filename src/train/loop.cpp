@@ -3,6 +3,7 @@
 #include "vitrine/core/error.h"
 #include "vitrine/core/state_dict.h"
 #include "vitrine/models/checkpoint.h"
+#include "vitrine/train/evaluate.h"
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
@@ -101,6 +102,15 @@ EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgres
   out.skipped = static_cast<int64_t>(errors.size());
   for (const auto& e : errors) spdlog::warn("skipped: {}", e);
   return out;
+}
+
+data::SampleTransform two_views(image::TrainTransform first, image::TrainTransform second) {
+  return [first, second](const cv::Mat& img, std::mt19937_64& rng) {
+    const cv::Mat m = with_channels(img, first.channels);
+    const at::Tensor a = image::train_transform(m, first, rng);
+    const at::Tensor b = image::train_transform(m, second, rng);
+    return at::stack({a, b});
+  };
 }
 
 }  // namespace vitrine::train

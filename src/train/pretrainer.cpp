@@ -216,13 +216,7 @@ data::SampleTransform Pretrainer::State::two_views() const {
   t.interpolation = cfg.preprocess.interpolation;
   if (!o.blur_set) t.blur = simclr_augment(cfg.image_size).blur;
   image::check_train_transform(t);
-  // Two independent augmentations of the same photo, drawn one after the other.
-  return [t](const cv::Mat& img, std::mt19937_64& rng) {
-    const cv::Mat m = with_channels(img, t.channels);
-    const at::Tensor a = image::train_transform(m, t, rng);
-    const at::Tensor b = image::train_transform(m, t, rng);
-    return at::stack({a, b});
-  };
+  return train::two_views(t, t);  // the free function, not this member
 }
 
 double Pretrainer::State::knn_monitor() {

@@ -331,12 +331,7 @@ data::SampleTransform Trainer::State::weak_and_strong_views() const {
   if (strong.auto_augment == "none") strong.auto_augment = "randaugment";
   strong.random_erasing = 1.0;
   image::check_train_transform(strong);
-  return [weak, strong](const cv::Mat& img, std::mt19937_64& rng) {
-    const cv::Mat m = with_channels(img, weak.channels);
-    const at::Tensor a = image::train_transform(m, weak, rng);
-    const at::Tensor b = image::train_transform(m, strong, rng);
-    return at::stack({a, b});
-  };
+  return two_views(weak, strong);
 }
 
 data::Batch Trainer::State::next_unlabelled() {
@@ -413,13 +408,13 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   at::Tensor strong, pseudo, confident;
   if (unlabelled_loader) {
     data::Batch u = next_unlabelled();
-    const at::Tensor weak = u.images.select(1, 0).contiguous();
-    strong = u.images.select(1, 1).contiguous();
-    if (channels_last) strong = strong.contiguous(at::MemoryFormat::ChannelsLast);
+    const auto layout =
+        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    const at::Tensor weak = u.images.select(1, 0).contiguous(layout);
+    strong = u.images.select(1, 1).contiguous(layout);
     {
       at::NoGradGuard no_grad;
-      const at::Tensor w = channels_last ? weak.contiguous(at::MemoryFormat::ChannelsLast) : weak;
-      const at::Tensor probs = at::softmax(model->forward(w).to(at::kFloat), 1);
+      const at::Tensor probs = at::softmax(model->forward(weak).to(at::kFloat), 1);
       const auto best = probs.max(1);
       confident = std::get<0>(best).ge(o.pseudo_threshold).to(at::kFloat);
       pseudo = std::get<1>(best);
@@ -895,7 +890,6 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     s.confident_steps = 0;
     const EpochSummary e =
         run_epoch(loader, plan, std::exchange(s.resume_progress, {}), optimisation, hooks);
-
     EpochRecord rec;
     rec.epoch = epoch + 1;
     rec.lr = e.lr;

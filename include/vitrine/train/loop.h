@@ -5,6 +5,7 @@
 #pragma once
 
 #include "vitrine/data/loader.h"
+#include "vitrine/image/augment.h"
 #include "vitrine/models/model.h"
 #include "vitrine/train/optim.h"
 #include "vitrine/train/run_state.h"
@@ -72,6 +73,11 @@ struct EpochSummary {
 /// breaks batch norm).
 data::LoaderOptions training_loader_options(int64_t batch_size, int64_t split_size, uint64_t seed,
                                             int workers, bool strict);
+
+/// Two augmentations of each photo, drawn one after the other and stacked (2 x C x H x W),
+/// the photo first brought to `first.channels`: SimCLR's two views (the same settings
+/// twice), FixMatch's weak and strong ones.
+data::SampleTransform two_views(image::TrainTransform first, image::TrainTransform second);
 
 /// Runs one epoch: libtorch's generator and the epoch's std::mt19937_64 seeded from (seed,
 /// epoch), or restored from `resume` (then the loader starts at its position and the sums
