@@ -29,6 +29,23 @@ int64_t vit_layer_id(const std::string& name, int64_t depth) {
   return depth + 1;
 }
 
+// Depth of a ResNet parameter, as timm groups a ResNet for layer-wise decay: 0 for the stem
+// (conv1, bn1), one depth per residual block in order (layer1.0 is 1), and the head last.
+int64_t resnet_layer_id(const std::string& name, const std::vector<int64_t>& stages) {
+  static const std::regex block(R"(^layer(\d+)\.(\d+)\.)");
+  std::smatch m;
+  if (std::regex_search(name, m, block)) {
+    const auto stage = static_cast<size_t>(std::stoll(m[1]));
+    int64_t id = std::stoll(m[2]) + 1;
+    for (size_t i = 0; i + 1 < stage && i < stages.size(); ++i) id += stages[i];
+    return id;
+  }
+  if (name.rfind("conv1.", 0) == 0 || name.rfind("bn1.", 0) == 0) return 0;
+  int64_t blocks = 0;
+  for (const int64_t n : stages) blocks += n;
+  return blocks + 1;
+}
+
 }  // namespace
 
 double lr_at(const ScheduleOptions& s, int64_t step, double base_lr) {
@@ -52,13 +69,23 @@ std::vector<ParamGroup> param_groups(const models::VisionModelImpl& model,
                                      const OptimizerOptions& o) {
   VT_CHECK(o.layer_decay > 0 && o.layer_decay <= 1, "--layer-decay must be in (0, 1], got ",
            o.layer_decay);
-  const bool layered = o.layer_decay < 1.0 && model.config().family == models::Family::kViT;
-  const int64_t depth = model.config().vit.num_hidden_layers;
+  const auto& config = model.config();
+  const bool vit = config.family == models::Family::kViT;
+  const bool layered = o.layer_decay < 1.0;
+  int64_t depth = config.vit.num_hidden_layers;
+  if (!vit) {
+    depth = 0;
+    for (const int64_t n : config.resnet.layers) depth += n;
+  }
   std::map<std::pair<int64_t, bool>, ParamGroup> groups;  // (layer, decay) -> group
   for (const auto& item : model.named_parameters()) {
     if (!item.value().requires_grad()) continue;
     const bool decay = !no_decay(item.key(), item.value());
-    const int64_t layer = layered ? vit_layer_id(item.key(), depth) : 0;
+    int64_t layer = 0;
+    if (layered) {
+      layer = vit ? vit_layer_id(item.key(), depth)
+                  : resnet_layer_id(item.key(), config.resnet.layers);
+    }
     ParamGroup& g = groups[{layer, decay}];
     g.params.push_back(item.value());
     g.names.push_back(item.key());

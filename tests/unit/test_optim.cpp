@@ -79,6 +79,27 @@ TEST(ParamGroups, LayerDecayScalesDeeperLayersLess) {
   EXPECT_DOUBLE_EQ(scale["conv_proj.weight"], 0.0625);
 }
 
+TEST(ParamGroups, ResNetLayerDecayScalesEachResidualBlock) {
+  models::ModelConfig c = models::model_preset("resnet18");  // 2 blocks in each of 4 stages
+  models::set_image_size(c, 32);
+  auto model = models::create_model(c);
+  OptimizerOptions o;
+  o.layer_decay = 0.5;
+  std::map<std::string, double> scale;
+  for (const auto& g : param_groups(*model, o)) {
+    for (const auto& n : g.names) scale[n] = g.lr_scale;
+  }
+  // Head depth 9; layer4.1 is block 8, layer1.0 block 1, the stem 0.
+  EXPECT_DOUBLE_EQ(scale.at("fc.weight"), 1.0);
+  EXPECT_DOUBLE_EQ(scale.at("layer4.1.conv2.weight"), 0.5);
+  EXPECT_DOUBLE_EQ(scale.at("layer4.0.downsample.0.weight"), 0.25);
+  EXPECT_DOUBLE_EQ(scale.at("layer2.0.bn1.bias"), std::pow(0.5, 6));
+  EXPECT_DOUBLE_EQ(scale.at("layer1.0.conv1.weight"), std::pow(0.5, 8));
+  EXPECT_DOUBLE_EQ(scale.at("conv1.weight"), std::pow(0.5, 9));
+  EXPECT_DOUBLE_EQ(scale.at("bn1.weight"), std::pow(0.5, 9));
+  EXPECT_EQ(scale.size(), model->parameters().size());
+}
+
 TEST(Freeze, BackboneLeavesOnlyTheHead) {
   auto model = models::create_model(tiny_vit());
   const int64_t frozen = apply_freeze(*model, "backbone");

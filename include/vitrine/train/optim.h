@@ -20,7 +20,10 @@ struct OptimizerOptions {
   double momentum = 0.9;       ///< sgd
   bool nesterov = false;       ///< sgd
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  ///< adamw
-  double layer_decay = 1.0;    ///< ViT: block i gets lr * layer_decay^(depth - i); 1 = off
+  /// Layer-wise lr decay (1 = off): the head gets lr, each block below it layer_decay times
+  /// the rate of the block above, the embeddings or stem the least. ViT: per encoder block;
+  /// ResNet: per residual block, as timm groups them.
+  double layer_decay = 1.0;
 };
 
 struct ScheduleOptions {
@@ -44,7 +47,7 @@ struct ParamGroup {
 };
 
 /// Groups the trainable parameters (requires_grad) of `model`: decay or not, and for
-/// ViT with layer_decay < 1 one group per depth.
+/// layer_decay < 1 one group per depth.
 std::vector<ParamGroup> param_groups(const models::VisionModelImpl& model,
                                      const OptimizerOptions& options);
 
