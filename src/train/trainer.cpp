@@ -292,7 +292,8 @@ void Trainer::State::build_optimizer() {
 }
 
 void Trainer::State::open_unlabelled() {
-  VT_CHECK(!data.multi_label, "--unlabelled (FixMatch) is for single-label data");
+  VT_CHECK(!data.multi_label, "--unlabelled (FixMatch) is for single-label data; these labels are multi-label, so "
+           "train without --unlabelled");
   VT_CHECK(o.unlabelled_ratio >= 1, "--unlabelled-ratio must be at least 1, got ",
            o.unlabelled_ratio);
   VT_CHECK(o.pseudo_threshold >= 0 && o.pseudo_threshold <= 1,
@@ -682,7 +683,9 @@ void Trainer::State::save_state(int64_t epochs_done, const EpochProgress& progre
     const json extra{{"best_epoch", result.best_epoch},
                      {"best_value", result.best_value},
                      {"bad_epochs", bad_epochs},
-                     {"history", history}};
+                     {"history", history},
+                     {"confident_sum", confident_sum},
+                     {"confident_steps", confident_steps}};
     write_state_file(f, "trainer.json", {kStateVersion, o.seed, epochs_done, step, progress},
                      extra.dump());
   });
@@ -702,6 +705,9 @@ void Trainer::State::load_state() {
   result.best_epoch = j.at("best_epoch");
   result.best_value = j.at("best_value");
   bad_epochs = j.at("bad_epochs");
+  // An epoch interrupted in its middle goes on with its share of confident photos so far.
+  confident_sum = j.value("confident_sum", 0.0);
+  confident_steps = j.value("confident_steps", int64_t{0});
   for (const auto& r : j.at("history")) result.history.push_back(EpochRecord::from_json(r.dump()));
 }
 
@@ -886,8 +892,10 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     };
     const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
                          s.result.last_dir};
-    s.confident_sum = 0;
-    s.confident_steps = 0;
+    if (s.resume_progress.next_batch == 0) {  // not an epoch resumed in its middle
+      s.confident_sum = 0;
+      s.confident_steps = 0;
+    }
     const EpochSummary e =
         run_epoch(loader, plan, std::exchange(s.resume_progress, {}), optimisation, hooks);
     EpochRecord rec;

@@ -187,9 +187,14 @@ TEST(Trainer, SemiSupervisedRunResumesExactly) {
   o.augment.scale = {0.5, 1.0};
   o.unlabelled = dir + "/unlabelled";
   o.unlabelled_ratio = 2;
-  o.pseudo_threshold = 0;
+  // A threshold some weak views reach and others do not, so each epoch's logged share
+  // depends on every one of its steps.
+  o.pseudo_threshold = 0.7;
   const auto full = train::Trainer(o).run();
-  for (const auto& r : full.history) EXPECT_DOUBLE_EQ(r.unlabelled_confident, 1.0);
+  ASSERT_EQ(full.history.size(), 3u);
+  const double interrupted_share = full.history.at(1).unlabelled_confident;
+  EXPECT_GT(interrupted_share, 0.0);
+  EXPECT_LT(interrupted_share, 1.0);
 
   o.out_dir = dir + "/killed";
   o.save_every_steps = 2;
@@ -201,9 +206,15 @@ TEST(Trainer, SemiSupervisedRunResumesExactly) {
   } catch (const std::runtime_error&) {
   }
   o.resume = true;
-  train::Trainer(o).run();
+  const auto resumed = train::Trainer(o).run();
   test::expect_identical_tensors(dir + "/full/last/model.safetensors",
                                  dir + "/killed/last/model.safetensors");
+  // The epoch killed in its middle logs the share over all its steps, not only the last.
+  ASSERT_EQ(resumed.history.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_DOUBLE_EQ(resumed.history[i].unlabelled_confident,
+                     full.history[i].unlabelled_confident) << "epoch " << i + 1;
+  }
 
   o.out_dir = dir + "/empty";
   o.resume = false;
@@ -385,6 +396,10 @@ TEST(Trainer, MultiLabelTunesThresholdsThatPredictUses) {
   for (const auto& labels : strict.above_threshold(strict.scores(x))) EXPECT_TRUE(labels.empty());
   model->mutable_config().thresholds = {0.0f, 0.0f, 0.0f};
   for (const auto& labels : strict.above_threshold(strict.scores(x))) EXPECT_EQ(labels.size(), 3u);
+  // FixMatch's pseudo-labels are single labels: multi-label data with --unlabelled is refused.
+  o.out_dir = dir + "/semi";
+  o.unlabelled = dir;
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer{o}; }), "multi-label");
   fs::remove_all(dir);
 }
 
