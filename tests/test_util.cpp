@@ -3,6 +3,7 @@
 #include "vitrine/core/fs.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/models/registry.h"
+#include "vitrine/train/loop.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
+#include <stdexcept>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -81,6 +83,20 @@ void expect_identical_tensors(const std::string& file_a, const std::string& file
     EXPECT_EQ(a[i].first, b[i].first);
     EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << file_a << ": " << a[i].first;
   }
+}
+
+void run_killed_at(int64_t epoch, int64_t step_in_epoch,
+                   const std::function<void(const StepCallback&)>& run) {
+  try {
+    run([&](const train::StepInfo& s) {
+      if (s.epoch == epoch && s.step_in_epoch == step_in_epoch) throw std::runtime_error("killed");
+    });
+  } catch (const std::runtime_error& e) {
+    if (std::string(e.what()) == "killed") return;
+    throw;
+  }
+  ADD_FAILURE() << "the run should have been killed at step " << step_in_epoch << " of epoch "
+                << epoch + 1;
 }
 
 std::vector<nlohmann::json> json_lines(const std::string& out) {

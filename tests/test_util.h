@@ -8,8 +8,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <string>
 #include <vector>
+
+namespace vitrine::train {
+struct StepInfo;
+}
 
 namespace vitrine::test {
 
@@ -28,6 +33,14 @@ at::Tensor load_tensor(const std::string& file, const std::string& name);
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
 /// Expects two safetensors files to hold the same names and bit-identical tensors.
 void expect_identical_tensors(const std::string& file_a, const std::string& file_b);
+
+/// A training loop's step callback.
+using StepCallback = std::function<void(const train::StepInfo&)>;
+/// Calls `run` with a step callback that throws std::runtime_error at step `step_in_epoch`
+/// (1-based) of epoch `epoch` (0-based), as if the process were killed there, and catches
+/// it; the test fails if the run ends without reaching that step.
+void run_killed_at(int64_t epoch, int64_t step_in_epoch,
+                   const std::function<void(const StepCallback&)>& run);
 
 struct CommandResult {
   int status;

@@ -15,7 +15,7 @@ namespace vitrine::cli {
 
 void add_pretrain_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand(
-      "pretrain", "Pretrain a backbone on unlabelled photos (self-supervised, SimCLR)");
+      "pretrain", "Pretrain a backbone on unlabelled photos (self-supervised: SimCLR, or MAE for ViTs)");
   auto o = std::make_shared<train::PretrainOptions>();
   auto threads = std::make_shared<int>(0);
   add_model_options(cmd, {&o->arch, &o->init_dir, &o->image_size, &o->in_channels,
@@ -23,42 +23,60 @@ void add_pretrain_command(CLI::App& app, int& status) {
   cmd->add_option("--out", o->out_dir, "Run directory: last/ (the backbone), metrics.jsonl, state/")
       ->required();
   add_data_options(cmd, o->data);
-  cmd->add_option("--method", o->method, "simclr (contrastive learning of two augmented views)");
+  cmd->add_option("--method", o->method,
+                  "simclr (contrastive learning of two augmented views) | mae (masked "
+                  "autoencoder, ViTs: the encoder sees a few patches, a decoder paints the rest)")
+      ->check(CLI::IsMember({"simclr", "mae"}));
   add_loop_options(cmd, {&o->epochs, &o->batch_size, &o->optim, &o->schedule, &o->warmup_epochs,
                          &o->min_lr, &o->clip_grad, &o->amp, &o->seed, &o->workers, threads.get(),
                          &o->resume, &o->save_every_steps, &o->strict});
-  cmd->add_option("--temperature", o->temperature, "NT-Xent temperature");
-  cmd->add_option("--proj-dim", o->proj_dim, "Projection output size");
-  cmd->add_option("--proj-hidden", o->proj_hidden, "Projection hidden size (0: the embedding's)");
+  cmd->add_option("--temperature", o->temperature, "simclr: NT-Xent temperature");
+  cmd->add_option("--proj-dim", o->proj_dim, "simclr: projection output size");
+  cmd->add_option("--proj-hidden", o->proj_hidden,
+                  "simclr: projection hidden size (0: the embedding's)");
+  cmd->add_option("--mask-ratio", o->mask_ratio,
+                  "mae: share of each image's patches hidden from the encoder (default 0.75)");
+  cmd->add_option("--decoder-width", o->decoder_width, "mae: decoder width (default 256)");
+  cmd->add_option("--decoder-depth", o->decoder_depth, "mae: decoder blocks (default 4)");
+  cmd->add_option("--decoder-heads", o->decoder_heads, "mae: decoder attention heads (default 8)");
   cmd->add_option("--drop-path", o->drop_path, "Stochastic depth rate");
   auto& a = o->augment;
   add_crop_flip_jitter_options(cmd, a);
-  cmd->add_option("--jitter-prob", a.jitter_prob, "Probability of the colour jitter");
-  cmd->add_option("--grayscale", a.grayscale, "Random grayscale probability");
-  auto* blur = cmd->add_option("--blur", a.blur,
-                               "Gaussian blur probability (default: 0.5 for 96 px and more)");
+  auto* jitter = cmd->get_option("--color-jitter");
+  auto* jitter_prob = cmd->add_option("--jitter-prob", a.jitter_prob,
+                                      "Probability of the colour jitter (simclr default 0.8)");
+  auto* grayscale = cmd->add_option("--grayscale", a.grayscale,
+                                    "Random grayscale probability (simclr default 0.2)");
+  auto* blur = cmd->add_option(
+      "--blur", a.blur, "Gaussian blur probability (simclr default: 0.5 for 96 px and more)");
   cmd->add_option("--knn-bank", o->knn_bank_per_class,
                   "k-NN monitor: labelled training images per class (0 = off)");
   cmd->add_option("--knn-queries", o->knn_queries, "k-NN monitor: validation queries");
   cmd->add_option("--knn-k", o->knn_k, "k-NN monitor: neighbours that vote");
-  cmd->callback([o, threads, blur, &status] {
-    o->augment.contrast = o->augment.saturation = o->augment.brightness;
+  cmd->callback([o, threads, jitter, jitter_prob, grayscale, blur, &status] {
+    auto& a = o->augment;
+    if (o->method == "mae") {
+      // MAE's views are crops and flips: colour changes stay off unless asked for.
+      if (jitter->count() == 0) a.brightness = 0;
+      if (jitter_prob->count() == 0) a.jitter_prob = 0;
+      if (grayscale->count() == 0) a.grayscale = 0;
+      if (blur->count() == 0) a.blur = 0;
+      a.hue = jitter->count() > 0 ? a.hue : 0.0;
+    }
+    a.contrast = a.saturation = a.brightness;
     o->blur_set = blur->count() > 0;
     o->command = command_line();
     set_threads(*threads);
     train::Pretrainer pretrainer(*o);
-    EpochBar bar("pair-acc");
+    EpochBar bar(o->method == "mae" ? "" : "pair-acc");
     const auto result = pretrainer.run(
         [&](const train::StepInfo& s) { bar.step(s); },
         [&](const train::PretrainEpoch& r) {
           bar.end_epoch();
-          if (r.knn_top1 >= 0) {
-            spdlog::info("epoch {}: loss {:.4f} pair-acc {:.3f} | k-NN top-1 {:.4f} ({:.0f}s)",
-                         r.epoch, r.loss, r.contrast_top1, r.knn_top1, r.seconds);
-          } else {
-            spdlog::info("epoch {}: loss {:.4f} pair-acc {:.3f} ({:.0f}s)", r.epoch, r.loss,
-                         r.contrast_top1, r.seconds);
-          }
+          std::string line = fmt::format("epoch {}: loss {:.4f}", r.epoch, r.loss);
+          if (r.contrast_top1 >= 0) line += fmt::format(" pair-acc {:.3f}", r.contrast_top1);
+          if (r.knn_top1 >= 0) line += fmt::format(" | k-NN top-1 {:.4f}", r.knn_top1);
+          spdlog::info("{} ({:.0f}s)", line, r.seconds);
         });
     spdlog::info("backbone: {} (fine-tune it with `vitrine train --init {}`)", result.last_dir,
                  result.last_dir);

@@ -73,8 +73,12 @@ void EpochBar::step(const train::StepInfo& s) {
         "step", s.seconds, s.step_in_epoch - 1);
   }
   char text[128];
-  std::snprintf(text, sizeof text, "loss %.4f %s %.3f lr %.2e %.0f img/s", s.loss,
-                accuracy_name_.c_str(), s.top1, s.lr, s.img_per_s);
+  if (accuracy_name_.empty()) {
+    std::snprintf(text, sizeof text, "loss %.4f lr %.2e %.0f img/s", s.loss, s.lr, s.img_per_s);
+  } else {
+    std::snprintf(text, sizeof text, "loss %.4f %s %.3f lr %.2e %.0f img/s", s.loss,
+                  accuracy_name_.c_str(), s.top1, s.lr, s.img_per_s);
+  }
   bar_->set_status(text);
   bar_->set_done(s.step_in_epoch);
 }

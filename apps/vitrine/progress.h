@@ -38,7 +38,8 @@ class Progress {
 };
 
 /// The per-epoch bars of a training loop: a new bar for each epoch (a resumed one starts
-/// where it stopped), with loss, accuracy (named `accuracy_name`), lr and img/s.
+/// where it stopped), with loss, accuracy (named `accuracy_name`; none when empty), lr and
+/// img/s.
 class EpochBar {
  public:
   explicit EpochBar(std::string accuracy_name) : accuracy_name_(std::move(accuracy_name)) {}

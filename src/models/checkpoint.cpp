@@ -335,6 +335,11 @@ int64_t VisionModelImpl::add_lora(const LoraOptions&) {
           "; they are for ViT models (vit_*)");
 }
 
+at::Tensor VisionModelImpl::forward_visible(const at::Tensor&, const at::Tensor&) {
+  VT_FAIL("masked-image modelling needs patch tokens, which ", config_.arch,
+          " has not; use a ViT (vit_*), or --method simclr");
+}
+
 StateDict VisionModelImpl::deployable_state_dict() const { return model_state_dict(*this); }
 
 bool VisionModelImpl::use_channels_last_for_training() {

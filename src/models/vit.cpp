@@ -305,6 +305,28 @@ at::Tensor ViTImpl::forward_features(const at::Tensor& images) {
   return features(images, trained_weights(), is_training(), /*onednn=*/false);
 }
 
+at::Tensor ViTImpl::forward_visible(const at::Tensor& images, const at::Tensor& keep) {
+  const auto& c = config_;
+  const Weights w = trained_weights();
+  // Position embeddings join every patch before the masking, so the kept ones know where
+  // they sit (as MAE does).
+  at::Tensor x = embed(images, w, is_training());
+  const int64_t n = x.size(0), patches = x.size(1) - 1, d = x.size(2);
+  VT_CHECK(keep.dim() == 2 && keep.size(0) == n && keep.size(1) >= 1 && keep.size(1) <= patches &&
+               keep.scalar_type() == at::kLong,
+           "expected (", n, ", K) int64 patch indices with 1 <= K <= ", patches, ", got ",
+           keep.sizes(), " ", keep.scalar_type());
+  const at::Tensor visible =
+      x.narrow(1, 1, patches).gather(1, keep.unsqueeze(-1).expand({n, keep.size(1), d}));
+  x = at::cat({x.narrow(1, 0, 1), visible}, 1);
+  at::Tensor size;  // no Token Merging: the decoder needs every kept token back
+  for (size_t i = 0; i < w.blocks.size(); ++i) {
+    x = block(x, w.blocks[i], blocks_[i]->drop_path_rate, is_training(), /*onednn=*/false, 0,
+              size);
+  }
+  return at::layer_norm(x, {c.vit.hidden_size}, w.ln_w, w.ln_b, c.vit.layer_norm_eps);
+}
+
 std::pair<at::Tensor, at::Tensor> ViTImpl::forward_with_feature_map(const at::Tensor& images) {
   const int64_t grid = config_.image_size / config_.vit.patch_size;
   at::Tensor map;

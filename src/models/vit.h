@@ -79,6 +79,7 @@ class ViTImpl : public VisionModelImpl {
   void reset_head(int64_t num_classes) override;
   int64_t add_lora(const LoraOptions& options) override;
   double lora_scale() const override { return lora_scale_; }
+  at::Tensor forward_visible(const at::Tensor& images, const at::Tensor& keep) override;
   StateDict deployable_state_dict() const override;
   void prepare_inference(at::ScalarType dtype, bool fused) override;
   bool fused_inference() const override { return fused_ != nullptr; }

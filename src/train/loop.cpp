@@ -104,6 +104,12 @@ EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgres
   return out;
 }
 
+data::SampleTransform one_view(image::TrainTransform t) {
+  return [t](const cv::Mat& img, std::mt19937_64& rng) {
+    return image::train_transform(with_channels(img, t.channels), t, rng);
+  };
+}
+
 data::SampleTransform two_views(image::TrainTransform first, image::TrainTransform second) {
   return [first, second](const cv::Mat& img, std::mt19937_64& rng) {
     const cv::Mat m = with_channels(img, first.channels);

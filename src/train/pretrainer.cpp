@@ -57,6 +57,13 @@ std::vector<int64_t> per_class_sample(const data::Dataset& data, int64_t per_cla
 
 }  // namespace
 
+image::TrainTransform mae_augment() {
+  image::TrainTransform t;
+  t.scale = {0.2, 1.0};
+  t.hflip = 0.5;
+  return t;
+}
+
 image::TrainTransform simclr_augment(int64_t image_size) {
   image::TrainTransform t;
   t.scale = {0.2, 1.0};
@@ -73,10 +80,10 @@ std::string PretrainEpoch::to_json() const {
   json j{{"epoch", epoch},
          {"lr", lr},
          {"loss", loss},
-         {"contrast_top1", contrast_top1},
          {"seconds", seconds},
          {"img_per_s", img_per_s},
          {"skipped_images", skipped}};
+  if (contrast_top1 >= 0) j["contrast_top1"] = contrast_top1;
   if (knn_top1 >= 0) j["knn_top1"] = knn_top1;
   return j.dump();
 }
@@ -87,7 +94,7 @@ PretrainEpoch PretrainEpoch::from_json(const std::string& text) {
   e.epoch = r.at("epoch");
   e.lr = r.at("lr");
   e.loss = r.at("loss");
-  e.contrast_top1 = r.at("contrast_top1");
+  e.contrast_top1 = r.value("contrast_top1", -1.0);
   e.seconds = r.at("seconds");
   e.img_per_s = r.at("img_per_s");
   e.skipped = r.at("skipped_images");
@@ -101,7 +108,9 @@ struct Pretrainer::State {
   std::shared_ptr<data::Dataset> images;  ///< what pretraining sees: train and val, unlabelled
   std::shared_ptr<data::Dataset> knn_bank, knn_queries;
   models::VisionModel model;
-  ProjectionHead projector{nullptr};
+  ProjectionHead projector{nullptr};  ///< simclr
+  MaeDecoder decoder{nullptr};        ///< mae
+  int64_t patch = 0;                  ///< mae: the ViT's patch side
   bool channels_last = false;  ///< the backbone trains in channels-last layout
   std::vector<ParamGroup> groups;
   std::vector<at::Tensor> trainable;
@@ -113,10 +122,18 @@ struct Pretrainer::State {
   EpochProgress resume_progress;
 
   std::string path(const std::string& name) const { return (fs::path(o.out_dir) / name).string(); }
+  bool mae() const { return o.method == "mae"; }
+  /// What trains beside the backbone and is thrown away after: the projection head or the
+  /// decoder, and the file its state is saved in.
+  torch::nn::Module& aside() {
+    if (mae()) return *decoder;
+    return *projector;
+  }
+  std::string aside_file() const { return mae() ? "decoder.safetensors" : "projector.safetensors"; }
   void open_data();
   void build_model();
   void build_optimizer();
-  data::SampleTransform two_views() const;
+  data::SampleTransform views() const;
   double knn_monitor();
   void save_backbone(const std::string& dir);
   void save_state(int64_t epochs_done, const EpochProgress& progress = {});
@@ -183,18 +200,28 @@ void Pretrainer::State::build_model() {
   }
   channels_last = model->use_channels_last_for_training();
   const int64_t dim = cfg.embedding_dim();
-  projector = ProjectionHead(dim, o.proj_hidden > 0 ? o.proj_hidden : dim, o.proj_dim);
+  if (!mae()) {
+    projector = ProjectionHead(dim, o.proj_hidden > 0 ? o.proj_hidden : dim, o.proj_dim);
+    return;
+  }
+  VT_CHECK(cfg.family == models::Family::kViT, "--method mae hides image patches from the "
+           "encoder, so it needs a ViT (vit_*); ", cfg.arch, " has no patches: use --method simclr");
+  patch = cfg.vit.patch_size;
+  const int64_t grid = cfg.image_size / patch;
+  decoder = MaeDecoder(dim, grid, patch * patch * cfg.in_channels, o.decoder_width,
+                       o.decoder_depth, o.decoder_heads);
 }
 
 void Pretrainer::State::build_optimizer() {
   groups = param_groups(*model, o.optim);
-  // The projection head: decay on its two weight matrices, none on the norm and bias.
+  // The projection head or decoder: decay on its weight matrices, none on norms, biases
+  // and the mask token.
   ParamGroup decay, no_decay;
   decay.weight_decay = o.optim.weight_decay;
-  for (const auto& p : projector->named_parameters()) {
-    ParamGroup& g = p.value().dim() > 1 ? decay : no_decay;
+  for (const auto& p : aside().named_parameters()) {
+    ParamGroup& g = p.value().dim() > 1 && p.key() != "mask_token" ? decay : no_decay;
     g.params.push_back(p.value());
-    g.names.push_back("projector." + p.key());
+    g.names.push_back((mae() ? "decoder." : "projector.") + p.key());
   }
   groups.push_back(decay);
   groups.push_back(no_decay);
@@ -206,7 +233,7 @@ void Pretrainer::State::build_optimizer() {
   schedule.min_lr = o.min_lr;
 }
 
-data::SampleTransform Pretrainer::State::two_views() const {
+data::SampleTransform Pretrainer::State::views() const {
   image::TrainTransform t = o.augment;
   const auto& cfg = model->config();
   t.size = cfg.image_size;
@@ -214,9 +241,9 @@ data::SampleTransform Pretrainer::State::two_views() const {
   t.std = cfg.preprocess.std;
   t.channels = cfg.in_channels;
   t.interpolation = cfg.preprocess.interpolation;
-  if (!o.blur_set) t.blur = simclr_augment(cfg.image_size).blur;
+  if (!o.blur_set && !mae()) t.blur = simclr_augment(cfg.image_size).blur;
   image::check_train_transform(t);
-  return train::two_views(t, t);  // the free function, not this member
+  return mae() ? one_view(t) : two_views(t, t);
 }
 
 double Pretrainer::State::knn_monitor() {
@@ -235,8 +262,15 @@ void Pretrainer::State::save_backbone(const std::string& dir) {
                   {"images", images->size()},
                   {"epochs", last ? last->epoch : 0},
                   {"batch_size", o.batch_size},
-                  {"temperature", o.temperature},
                   {"seed", o.seed}};
+  if (mae()) {
+    provenance["mask_ratio"] = o.mask_ratio;
+    provenance["decoder"] = {{"width", o.decoder_width},
+                             {"depth", o.decoder_depth},
+                             {"heads", o.decoder_heads}};
+  } else {
+    provenance["temperature"] = o.temperature;
+  }
   if (!o.command.empty()) provenance["command"] = o.command;
   if (last && last->knn_top1 >= 0) provenance["knn_top1"] = last->knn_top1;
   double seconds = 0;
@@ -250,9 +284,9 @@ void Pretrainer::State::save_state(int64_t epochs_done, const EpochProgress& pro
   write_state_folder(o.out_dir, [&](const std::string& f) {
     safetensors_save(f + "/model.safetensors", models::model_state_dict(*model));
     StateDict head;
-    for (const auto& p : projector->named_parameters()) head.emplace_back(p.key(), p.value());
-    for (const auto& b : projector->named_buffers()) head.emplace_back(b.key(), b.value());
-    safetensors_save(f + "/projector.safetensors", head);
+    for (const auto& p : aside().named_parameters()) head.emplace_back(p.key(), p.value());
+    for (const auto& b : aside().named_buffers()) head.emplace_back(b.key(), b.value());
+    safetensors_save(f + "/" + aside_file(), head);
     torch::save(*optimizer, f + "/optimizer.pt");
     json history = json::array();
     for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
@@ -268,13 +302,16 @@ void Pretrainer::State::load_state() {
   models::load_state_dict(*model, safetensors_load(dir + "/model.safetensors").tensors);
   {
     at::NoGradGuard no_grad;
-    auto params = projector->named_parameters();
-    auto buffers = projector->named_buffers();
-    for (const auto& [name, t] : safetensors_load(dir + "/projector.safetensors").tensors) {
+    auto params = aside().named_parameters();
+    auto buffers = aside().named_buffers();
+    const std::string file = dir + "/" + aside_file();
+    VT_CHECK(fs::exists(file), dir, " has no ", aside_file(), ": it was saved by another --method;",
+             " resume with the options of the original run");
+    for (const auto& [name, t] : safetensors_load(file).tensors) {
       at::Tensor* dst = params.find(name);
       if (!dst) dst = buffers.find(name);
-      VT_CHECK(dst && dst->sizes() == t.sizes(), dir,
-               "/projector.safetensors does not fit this projection head (", name,
+      VT_CHECK(dst && dst->sizes() == t.sizes(), file, " does not fit this ",
+               mae() ? "decoder" : "projection head", " (", name,
                "); resume with the options of the original run");
       dst->copy_(t);
     }
@@ -296,10 +333,18 @@ void Pretrainer::State::write_charts() const {
     knn.push_back(r.knn_top1 >= 0 ? 100 * r.knn_top1 : std::nan(""));
   }
   write_file_atomic(path("loss.svg"),
-                    svg_line_chart("Contrastive loss", "epoch", "NT-Xent", x, {{"train", loss}}));
-  write_file_atomic(path("accuracy.svg"),
-                    svg_line_chart("Accuracy", "epoch", "%", x,
-                                   {{"partner found (train)", top1}, {"k-NN top-1 (val)", knn}}));
+                    mae() ? svg_line_chart("Reconstruction loss", "epoch",
+                                           "MSE on hidden patches", x, {{"train", loss}})
+                          : svg_line_chart("Contrastive loss", "epoch", "NT-Xent", x,
+                                           {{"train", loss}}));
+  if (mae()) {
+    write_file_atomic(path("accuracy.svg"),
+                      svg_line_chart("Accuracy", "epoch", "%", x, {{"k-NN top-1 (val)", knn}}));
+  } else {
+    write_file_atomic(path("accuracy.svg"),
+                      svg_line_chart("Accuracy", "epoch", "%", x,
+                                     {{"partner found (train)", top1}, {"k-NN top-1 (val)", knn}}));
+  }
 }
 
 Pretrainer::Pretrainer(PretrainOptions options) : s_(std::make_unique<State>()) {
@@ -307,8 +352,11 @@ Pretrainer::Pretrainer(PretrainOptions options) : s_(std::make_unique<State>()) 
   s.o = std::move(options);
   const auto& o = s.o;
   VT_CHECK(!o.out_dir.empty(), "give --out DIR for the run's checkpoints and logs");
-  VT_CHECK(o.method == "simclr", "--method ", o.method,
-           " is not supported yet; use simclr (contrastive learning of two augmented views)");
+  VT_CHECK(o.method == "simclr" || o.method == "mae", "--method ", o.method,
+           " is not supported; use simclr (contrastive learning of two augmented views) or, "
+           "for a ViT, mae (masked autoencoder)");
+  VT_CHECK(o.mask_ratio >= 0 && o.mask_ratio < 1, "--mask-ratio must be in [0, 1), got ",
+           o.mask_ratio);
   VT_CHECK(o.epochs > 0, "--epochs must be positive");
   VT_CHECK(o.batch_size >= 2, "--batch-size must be at least 2: each image's partner view is "
            "told apart from the other images' views");
@@ -336,7 +384,7 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
   data::LoaderOptions lo =
       training_loader_options(o.batch_size, s.images->size(), o.seed, o.workers, o.strict);
   lo.targets = false;  // labels, where there are any, are never used for learning
-  data::Loader loader(s.images, s.two_views(), lo);
+  data::Loader loader(s.images, s.views(), lo);
   s.result.last_dir = s.path("last");
   std::string log_text;
   for (const auto& r : s.result.history) log_text += r.to_json() + "\n";
@@ -345,6 +393,15 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
                             s.schedule,   s.trainable,  o.clip_grad, s.step};
   EpochHooks hooks;
   hooks.loss = [&s, &o](data::Batch& batch, std::mt19937_64&, double& top1) {
+    if (s.mae()) {
+      const at::Tensor& images = batch.images;
+      const int64_t grid = images.size(2) / s.patch;
+      const at::Tensor keep = mae_keep(images.size(0), grid * grid, o.mask_ratio);
+      AutocastScope autocast(o.amp == "bf16");
+      const at::Tensor pred = s.decoder(s.model->forward_visible(images, keep), keep);
+      top1 = 0;
+      return mae_loss(pred.to(at::kFloat), images, keep, s.patch);
+    }
     // N x 2 x C x H x W -> the first views of all images, then the second views.
     at::Tensor views = batch.images.transpose(0, 1).flatten(0, 1);
     if (s.channels_last) views = views.contiguous(at::MemoryFormat::ChannelsLast);
@@ -356,7 +413,7 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
   hooks.on_step = on_step;
   for (int64_t epoch = s.start_epoch; epoch < o.epochs; ++epoch) {
     s.model->train();
-    s.projector->train();
+    s.aside().train();
     hooks.save = [&s, epoch](const EpochProgress& p) { s.save_state(epoch, p); };
     const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
                          s.result.last_dir};
@@ -366,7 +423,7 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
     rec.epoch = epoch + 1;
     rec.lr = e.lr;
     rec.loss = e.loss;
-    rec.contrast_top1 = e.top1;
+    rec.contrast_top1 = s.mae() ? -1.0 : e.top1;
     rec.seconds = e.seconds;
     rec.img_per_s = e.img_per_s;
     rec.skipped = e.skipped;

@@ -364,10 +364,7 @@ image::TrainTransform Trainer::State::augmentation() const {
 }
 
 data::SampleTransform Trainer::State::train_transform() const {
-  const image::TrainTransform t = augmentation();
-  return [t](const cv::Mat& img, std::mt19937_64& rng) {
-    return image::train_transform(with_channels(img, t.channels), t, rng);
-  };
+  return one_view(augmentation());
 }
 
 at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, double& top1) {

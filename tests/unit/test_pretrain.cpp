@@ -1,11 +1,13 @@
 // Self-supervised pretraining on small synthetic photo sets: the loss falls, a killed run
-// resumes exactly, the k-NN monitor counts right, and the backbone fine-tunes.
+// resumes exactly, the k-NN monitor counts right, and the backbone fine-tunes; SimCLR and
+// MAE (its masking, loss and the encoder pass over kept patches alone).
 #include "test_util.h"
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/data/dataset.h"
 #include "vitrine/models/model_dir.h"
+#include "vitrine/models/registry.h"
 #include "vitrine/train/pretrainer.h"
 #include "vitrine/train/ssl.h"
 #include "vitrine/train/trainer.h"
@@ -66,7 +68,138 @@ train::PretrainOptions small_pretrain(const std::string& data, const std::string
   return o;
 }
 
+/// MAE on a two-block ViT of 8-pixel patches (16 per 32-pixel photo), from a model
+/// directory written at `dir`/init.
+train::PretrainOptions small_mae(const std::string& data, const std::string& dir) {
+  models::ModelConfig c = test::tiny_vit_config(2);
+  c.num_classes = 0;
+  models::save_model(*models::create_model(c), dir + "/init");
+  train::PretrainOptions o = small_pretrain(data, dir + "/run");
+  o.arch.clear();
+  o.resnet_stem.clear();
+  o.init_dir = dir + "/init";
+  o.method = "mae";
+  o.augment = train::mae_augment();
+  o.decoder_width = 32;
+  o.decoder_depth = 1;
+  o.decoder_heads = 4;
+  return o;
+}
+
 }  // namespace
+
+TEST(Mae, PatchesMaskingAndLossCountOnlyHiddenPatches) {
+  at::manual_seed(0);
+  const at::Tensor images = at::randn({2, 3, 8, 8});
+  const at::Tensor patches = train::patchify(images, 4);  // 2 x 2 patches of 4 x 4 x 3
+  ASSERT_EQ(patches.sizes(), (at::IntArrayRef{2, 4, 48}));
+  // Patch 1 is the top row's right one, its values pixel by pixel, channels innermost.
+  const at::Tensor top_right = images[1].slice(1, 0, 4).slice(2, 4, 8).permute({1, 2, 0});
+  EXPECT_TRUE(at::equal(patches[1][1], top_right.flatten()));
+
+  const at::Tensor keep = train::mae_keep(3, 16, 0.75);
+  ASSERT_EQ(keep.sizes(), (at::IntArrayRef{3, 4}));
+  for (int64_t i = 0; i < 3; ++i) {
+    const auto kept = std::get<0>(at::_unique(keep[i]));
+    EXPECT_EQ(kept.numel(), 4);  // four different patches
+    EXPECT_GE(kept.min().item<int64_t>(), 0);
+    EXPECT_LT(kept.max().item<int64_t>(), 16);
+  }
+  EXPECT_FALSE(at::equal(keep[0], keep[1]));  // each image its own draw
+  EXPECT_EQ(train::mae_keep(1, 16, 0.99).size(1), 1);  // never nothing
+  EXPECT_CONTAINS(test::error_of([] { train::mae_keep(1, 16, 1.0); }), "--mask-ratio");
+
+  // Predictions equal to the normalised true patches where hidden, far off where seen:
+  // nothing to pay. One unit off everywhere hidden: a squared error of 1.
+  const at::Tensor seen = at::tensor(std::vector<int64_t>{0, 3, 2, 2}).view({2, 2});
+  const at::Tensor mean = patches.mean(-1, true), var = patches.var(-1, true, true);
+  const at::Tensor target = (patches - mean) / (var + 1e-6).sqrt();
+  at::Tensor pred = target.clone();
+  for (int64_t i = 0; i < 2; ++i) {
+    for (int64_t j = 0; j < 2; ++j) pred[i][seen[i][j].item<int64_t>()] += 5.0;
+  }
+  EXPECT_NEAR(train::mae_loss(pred, images, seen, 4).item<double>(), 0.0, 1e-10);
+  EXPECT_NEAR(train::mae_loss(target + 1.0, images, seen, 4).item<double>(), 1.0, 1e-6);
+  // Without the per-patch normalisation the raw values are the target.
+  EXPECT_NEAR(train::mae_loss(patches, images, seen, 4, /*norm_pix=*/false).item<double>(), 0.0,
+              1e-12);
+}
+
+TEST(Mae, EncoderSeesOnlyTheKeptPatches) {
+  models::ModelConfig c = test::tiny_vit_config(2);  // 16 patches of 8 x 8
+  c.num_classes = 0;
+  auto model = models::create_model(c);
+  model->eval();
+  at::NoGradGuard no_grad;
+  at::manual_seed(1);
+  const at::Tensor images = at::randn({2, 3, 32, 32});
+  const at::Tensor keep = at::tensor(std::vector<int64_t>{5, 0, 9, 5, 6, 15}).view({2, 3});
+  const at::Tensor out = model->forward_visible(images, keep);
+  ASSERT_EQ(out.sizes(), (at::IntArrayRef{2, 4, 32}));
+  // Patch 1 (top row, second) is hidden in both images: changing it changes nothing.
+  at::Tensor other = images.clone();
+  other.slice(2, 0, 8).slice(3, 8, 16).add_(3.0);
+  EXPECT_TRUE(at::allclose(model->forward_visible(other, keep), out, 0, 1e-6));
+  // Patch 6 is seen by image 1 only.
+  other = images.clone();
+  other.slice(2, 8, 16).slice(3, 16, 24).add_(3.0);
+  const at::Tensor changed = model->forward_visible(other, keep);
+  EXPECT_TRUE(at::allclose(changed[0], out[0], 0, 1e-6));
+  EXPECT_FALSE(at::allclose(changed[1], out[1], 0, 1e-3));
+  // Keeping every patch is the plain encoder: its class token is the embedding.
+  const at::Tensor all = at::arange(16, at::kLong).repeat({2, 1});
+  EXPECT_TRUE(at::allclose(model->forward_visible(images, all).select(1, 0),
+                           model->forward_features(images), 1e-5, 1e-5));
+  // A ResNet has no patches to hide.
+  models::ModelConfig r = models::model_preset("resnet18");
+  models::set_image_size(r, 32);
+  EXPECT_CONTAINS(test::error_of([&] { models::create_model(r)->forward_visible(images, keep); }),
+                  "ViT");
+}
+
+TEST(Pretrain, MaeLowersTheReconstructionLossAndResumesExactly) {
+  const std::string dir = test::temp_dir("pretrain_mae");
+  write_shapes(dir + "/data", 8, 7, /*class_folders=*/true);  // 24 photos
+  train::PretrainOptions o = small_mae(dir + "/data", dir);
+  o.batch_size = 8;  // 3 steps an epoch
+  o.epochs = 15;
+  o.schedule = "constant";
+  o.optim.lr = 2e-3;
+  const auto result = train::Pretrainer(o).run();
+  const auto& h = result.history;
+  ASSERT_EQ(h.size(), 15u);
+  EXPECT_LT(h[13].loss + h[14].loss, 0.8 * (h[0].loss + h[1].loss))
+      << h.front().loss << " -> " << h.back().loss;
+  EXPECT_LT(h.back().contrast_top1, 0);  // no pairs to find in MAE
+  EXPECT_GE(h.back().knn_top1, 0.0);
+  const auto cfg = models::load_model_config(result.last_dir);
+  EXPECT_EQ(cfg.family, models::Family::kViT);
+  EXPECT_EQ(cfg.num_classes, 0);
+  const auto provenance = nlohmann::json::parse(cfg.provenance_json);
+  EXPECT_EQ(provenance["method"], "mae");
+  EXPECT_DOUBLE_EQ(provenance["mask_ratio"].get<double>(), 0.75);
+  EXPECT_FALSE(provenance.contains("temperature"));
+
+  // Killed after step 5 (the middle of epoch 2) with the state of step 4 on disk.
+  o.epochs = 3;
+  o.schedule = "cosine";
+  o.out_dir = dir + "/full";
+  const auto full = train::Pretrainer(o).run();
+  o.out_dir = dir + "/killed";
+  o.save_every_steps = 4;
+  test::run_killed_at(1, 2, [&](const auto& on_step) { train::Pretrainer(o).run(on_step); });
+  o.resume = true;
+  const auto resumed = train::Pretrainer(o).run();
+  ASSERT_EQ(resumed.history.size(), 3u);
+  EXPECT_DOUBLE_EQ(resumed.history[1].loss, full.history[1].loss);
+  for (const std::string file : {"state/model.safetensors", "state/decoder.safetensors"}) {
+    test::expect_identical_tensors(dir + "/full/" + file, dir + "/killed/" + file);
+  }
+  // A SimCLR state is not an MAE one.
+  o.method = "simclr";
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer(o).run(); }), "another --method");
+  fs::remove_all(dir);
+}
 
 TEST(Pretrain, StepsLowerTheContrastiveLoss) {
   const std::string dir = test::temp_dir("pretrain_loss");
@@ -107,15 +240,9 @@ TEST(Pretrain, KilledRunResumesExactly) {
 
   o.out_dir = dir + "/killed";
   o.save_every_steps = 3;
-  try {
-    // Killed at step 8 (the last of epoch 2) before the epoch's end was saved: the state
-    // saved mid-epoch after step 6 is on disk, and steps 7 and 8 must be redone alike.
-    train::Pretrainer(o).run([](const train::StepInfo& s) {
-      if (s.epoch == 1 && s.step_in_epoch == 4) throw std::runtime_error("killed");
-    });
-    FAIL() << "the run should have been interrupted";
-  } catch (const std::runtime_error&) {
-  }
+  // Killed at step 8 (the last of epoch 2) before the epoch's end was saved: the state
+  // saved mid-epoch after step 6 is on disk, and steps 7 and 8 must be redone alike.
+  test::run_killed_at(1, 4, [&](const auto& on_step) { train::Pretrainer(o).run(on_step); });
   ASSERT_TRUE(fs::exists(dir + "/killed/state/rng.safetensors"));  // a mid-epoch state
   o.resume = true;
   const auto resumed = train::Pretrainer(o).run();
@@ -157,8 +284,10 @@ TEST(Pretrain, BadOptionsAreExplained) {
   const std::string dir = test::temp_dir("pretrain_bad");
   write_shapes(dir + "/photos", 2, 4, /*class_folders=*/false);
   train::PretrainOptions o = small_pretrain(dir + "/photos", dir + "/run");
-  o.method = "mae";
-  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "not supported yet");
+  o.method = "byol";
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "not supported");
+  o.method = "mae";  // on a ResNet
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "needs a ViT");
   o = small_pretrain(dir + "/photos", dir + "/run");
   o.temperature = 0;
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--temperature");

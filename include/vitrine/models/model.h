@@ -72,6 +72,11 @@ class VisionModelImpl : public torch::nn::Module {
   /// Adds LoRA adapters (parameters whose names contain "lora_") to the target matrices;
   /// returns how many matrices got one. Throws for models without LoRA support.
   virtual int64_t add_lora(const LoraOptions& options);
+  /// Masked-image modelling (MAE): the encoder's pass over only the patches `keep` (N, K
+  /// int64, indices into the patch grid read row by row) of each image; the class token and
+  /// the K tokens after the final norm, (N, 1 + K, width). Throws for models without patch
+  /// tokens.
+  virtual at::Tensor forward_visible(const at::Tensor& images, const at::Tensor& keep);
   /// The adapters' scale alpha / rank; 0 without adapters.
   virtual double lora_scale() const { return 0; }
   /// The weights to deploy: the state dict with adapters merged into the matrices they

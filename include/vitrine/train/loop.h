@@ -74,6 +74,9 @@ struct EpochSummary {
 data::LoaderOptions training_loader_options(int64_t batch_size, int64_t split_size, uint64_t seed,
                                             int workers, bool strict);
 
+/// One augmentation of each photo (C x H x W), the photo first brought to `t.channels`.
+data::SampleTransform one_view(image::TrainTransform t);
+
 /// Two augmentations of each photo, drawn one after the other and stacked (2 x C x H x W),
 /// the photo first brought to `first.channels`: SimCLR's two views (the same settings
 /// twice), FixMatch's weak and strong ones.

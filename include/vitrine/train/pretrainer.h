@@ -1,6 +1,7 @@
 // Self-supervised pretraining: the loop behind `vitrine pretrain`. SimCLR (two augmented
-// views of each image, a projection head, the NT-Xent loss) teaches a backbone from
-// unlabelled photos; a k-NN monitor on a few labelled images, when the data has labels,
+// views of each image, a projection head, the NT-Xent loss) or, for ViTs, MAE (the encoder
+// sees a quarter of each image's patches, a small decoder paints the rest) teaches a
+// backbone from unlabelled photos; a k-NN monitor on a few labelled images, when the data has labels,
 // shows each epoch how well the embeddings already separate the classes. The result is a
 // model directory without a head that `vitrine train --init` fine-tunes.
 #pragma once
@@ -16,6 +17,9 @@
 #include <vector>
 
 namespace vitrine::train {
+
+/// MAE's augmentation: random-resized crop (0.2-1 of the area) and flip, nothing else.
+image::TrainTransform mae_augment();
 
 /// SimCLR's augmentation for images of `image_size` (0: unknown): random-resized crop
 /// (0.2-1 of the area), flip, colour jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale with
@@ -43,9 +47,11 @@ struct PretrainOptions {
   /// unless `blur_set`
   image::TrainTransform augment = simclr_augment(0);
   bool blur_set = false;
-  double temperature = 0.2;
-  int64_t proj_hidden = 0;  ///< 0: the embedding width
-  int64_t proj_dim = 128;
+  double temperature = 0.2;  ///< simclr
+  int64_t proj_hidden = 0;   ///< simclr: 0 for the embedding width
+  int64_t proj_dim = 128;    ///< simclr
+  double mask_ratio = 0.75;  ///< mae: the share of each image's patches the encoder never sees
+  int64_t decoder_width = 256, decoder_depth = 4, decoder_heads = 8;  ///< mae
 
   OptimizerOptions optim;  ///< AdamW, lr 1e-3, weight decay 0.05 (not on norms and biases)
   std::string schedule = "cosine";
@@ -71,7 +77,8 @@ struct PretrainOptions {
 /// One line of the pretraining log (metrics.jsonl).
 struct PretrainEpoch {
   int64_t epoch = 0;
-  double lr = 0, loss = 0, contrast_top1 = 0, seconds = 0, img_per_s = 0;
+  double lr = 0, loss = 0, seconds = 0, img_per_s = 0;
+  double contrast_top1 = -1;  ///< simclr: the share of views that found their partner
   double knn_top1 = -1;  ///< < 0: no monitor
   int64_t skipped = 0;
   std::string to_json() const;
@@ -90,7 +97,8 @@ class Pretrainer {
   explicit Pretrainer(PretrainOptions options);
   ~Pretrainer();
 
-  /// Pretrains; StepInfo::top1 is the share of views whose most similar view is their pair.
+  /// Pretrains; StepInfo::top1 is, for SimCLR, the share of views whose most similar view is
+  /// their pair (0 for MAE).
   PretrainResult run(const std::function<void(const StepInfo&)>& on_step = {},
                      const std::function<void(const PretrainEpoch&)>& on_epoch = {});
 

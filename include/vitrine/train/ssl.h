@@ -1,5 +1,5 @@
-// Self-supervised pretraining pieces: SimCLR's loss and projection head, and the
-// k-nearest-neighbour monitor that tells, without training a classifier, how well
+// Self-supervised pretraining pieces: SimCLR's loss and projection head, MAE's masking,
+// loss and decoder, and the k-nearest-neighbour monitor that tells, without training a classifier, how well
 // embeddings separate classes.
 #pragma once
 
@@ -11,6 +11,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
 
 #include <memory>
 #include <string>
@@ -38,6 +39,50 @@ class ProjectionHeadImpl : public torch::nn::Module {
   torch::nn::BatchNorm1d bn_{nullptr};
 };
 TORCH_MODULE(ProjectionHead);
+
+/// MAE (He et al. 2021, "Masked Autoencoders Are Scalable Vision Learners") draws, for
+/// each of `n` images of `patches` patches, the patches its encoder sees: a uniformly random
+/// round(patches * (1 - mask_ratio)) of them (at least one), from libtorch's generator.
+/// (n, K) int64 patch indices.
+at::Tensor mae_keep(int64_t n, int64_t patches, double mask_ratio);
+
+/// Images (N, C, H, W) as rows of patch values (N, L, p * p * C): the patches of side `patch`
+/// row by row, each patch's values in (row, column, channel) order, as MAE's patchify.
+at::Tensor patchify(const at::Tensor& images, int64_t patch);
+
+/// MAE's loss: the mean squared error between the predicted patch values `pred` (N, L, P)
+/// and the images' own, over the patches the encoder did not see (those not in `keep`).
+/// With `norm_pix` (MAE's default) each true patch is first normalised by its own mean and
+/// variance, so the loss rewards structure, not brightness.
+at::Tensor mae_loss(const at::Tensor& pred, const at::Tensor& images, const at::Tensor& keep,
+                    int64_t patch, bool norm_pix = true);
+
+/// MAE's decoder, trained with the encoder and then thrown away: the encoder's tokens
+/// projected to its width, a learned mask token in every place the encoder did not see,
+/// fixed 2-D sine-cosine positions, pre-norm transformer blocks, and a linear layer that
+/// predicts each patch's values.
+class MaeDecoderImpl : public torch::nn::Module {
+ public:
+  /// `grid`: patches per side; `patch_values`: p * p * channels; `width` divisible by 4
+  /// and by `heads`.
+  MaeDecoderImpl(int64_t encoder_width, int64_t grid, int64_t patch_values, int64_t width,
+                 int64_t depth, int64_t heads);
+  /// `latent`: the encoder's tokens (N, 1 + K, encoder width), class token first, for the
+  /// patches `keep` (N, K). Returns predicted values of every patch (N, grid^2, patch values).
+  at::Tensor forward(const at::Tensor& latent, const at::Tensor& keep);
+
+ private:
+  struct Block {
+    torch::nn::LayerNorm ln_1{nullptr}, ln_2{nullptr};
+    torch::nn::Linear qkv{nullptr}, proj{nullptr}, fc1{nullptr}, fc2{nullptr};
+  };
+  int64_t heads_;
+  torch::nn::Linear embed_{nullptr}, pred_{nullptr};
+  torch::nn::LayerNorm norm_{nullptr};
+  at::Tensor mask_token_, pos_;
+  std::vector<Block> blocks_;
+};
+TORCH_MODULE(MaeDecoder);
 
 /// Backbone embeddings (forward_features, eval mode, the model's eval transform),
 /// L2-normalised, of `data`'s images, with their first labels (-1 when unlabelled).
