@@ -217,6 +217,56 @@ def write_nt_xent(d):
     return float(loss)
 
 
+MAE_SEED = 91
+MAE_PATCH, MAE_MASK_RATIO = 4, 0.75
+
+
+def mae_patchify(imgs, p):
+    """MAE's patchify (models_mae.py): (N, 3, H, W) -> (N, L, p * p * 3)."""
+    h = w = imgs.shape[2] // p
+    x = imgs.reshape(imgs.shape[0], 3, h, p, w, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    return x.reshape(imgs.shape[0], h * w, p ** 2 * 3)
+
+
+def mae_loss(imgs, pred, mask, p):
+    """MAE's forward_loss with norm_pix_loss: mask is 1 where a patch was hidden."""
+    target = mae_patchify(imgs, p)
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    target = (target - mean) / (var + 1.e-6) ** .5
+    loss = ((pred - target) ** 2).mean(dim=-1)
+    return (loss * mask).sum() / mask.sum()
+
+
+def write_mae(d):
+    """Fixed images (3, 3, 16, 16: 16 patches of 4 x 4), predictions and MAE's random
+    masking (the kept patches as MAE's random_masking draws them); the loss and its
+    gradient with respect to the predictions."""
+    g = torch.Generator().manual_seed(MAE_SEED)
+    images = torch.randn(3, 3, 16, 16, generator=g)
+    n, patches = 3, 16
+    pred = torch.randn(n, patches, MAE_PATCH * MAE_PATCH * 3, generator=g)
+    keep_count = int(patches * (1 - MAE_MASK_RATIO))
+    noise = torch.rand(n, patches, generator=g)
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    keep = ids_shuffle[:, :keep_count]
+    mask = torch.ones(n, patches)
+    mask[:, :keep_count] = 0
+    mask = torch.gather(mask, dim=1, index=ids_restore)
+    p = pred.clone().requires_grad_()
+    loss = mae_loss(images, p, mask, MAE_PATCH)
+    loss.backward()
+    safetensors_io.save_file(
+        {"images": images, "pred": pred, "keep": keep.contiguous(),
+         "patches": mae_patchify(images, MAE_PATCH).contiguous(),
+         "loss": loss.detach().reshape(1), "grad_pred": p.grad,
+         "patch": torch.tensor([MAE_PATCH])},
+        os.path.join(d, "mae.safetensors"), {"torch": torch.__version__})
+    return float(loss)
+
+
 PGD_SEED = 4242
 PGD_EPS, PGD_ALPHA, PGD_STEPS = 8 / 255, 2 / 255, 5
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -277,6 +327,7 @@ def write(out_dir):
             done.append(f"{name} loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f} "
                         f"{time.time() - t0:.1f}s")
         done.append(f"nt_xent {write_nt_xent(out_dir):.4f}")
+        done.append(f"mae {write_mae(out_dir):.4f}")
         losses = write_pgd(out_dir)
         done.append("pgd loss " + " -> ".join(f"{v:.3f}" for v in losses))
         return ", ".join(done)

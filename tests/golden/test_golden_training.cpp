@@ -152,6 +152,21 @@ TEST(GoldenPretraining, NtXentMatchesPyTorch) {
   EXPECT_LT(low, train::nt_xent_loss(eye, eye.flip(0), 0.1).item<double>());
 }
 
+// MAE's patch layout and loss against its reference code (models_mae.py: patchify,
+// forward_loss with norm_pix_loss) on fixed images, predictions and masking.
+TEST(GoldenPretraining, MaeLossMatchesPyTorch) {
+  const std::string f = test::data_dir("train/mae.safetensors");
+  const at::Tensor images = test::load_tensor(f, "images");
+  const at::Tensor keep = test::load_tensor(f, "keep");
+  const int64_t patch = test::load_tensor(f, "patch").item<int64_t>();
+  EXPECT_TRUE(at::equal(train::patchify(images, patch), test::load_tensor(f, "patches")));
+  const at::Tensor pred = test::load_tensor(f, "pred").requires_grad_();
+  const at::Tensor loss = train::mae_loss(pred, images, keep, patch);
+  EXPECT_NEAR(loss.item<double>(), test::load_tensor(f, "loss").item<double>(), 1e-5);
+  loss.backward();
+  EXPECT_LT(test::max_abs_diff(pred.grad(), test::load_tensor(f, "grad_pred")), 1e-5);
+}
+
 TEST_F(GoldenTraining, PgdAndFgsmMatchPyTorch) {
   // train_steps.py's write_pgd: resnet18 in eval mode, PGD (5 steps of 2/255 within 8/255,
   // from a fixed start) and FGSM (one step of 8/255) on 8 images.
