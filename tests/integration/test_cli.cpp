@@ -3,6 +3,7 @@
 #include "test_util.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/image/decode.h"
 
@@ -295,6 +296,36 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
                         q(d + "/data") + " --out " + q(d + "/bad"));
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("--stem is for ResNets"), std::string::npos) << r.err;
+  fs::remove_all(d);
+}
+
+// MAE from the command line: a small ViT of 8-pixel patches, one epoch; a ResNet is refused.
+TEST(Cli, PretrainMaskedAutoencoder) {
+  const std::string d = test::temp_dir("cli-mae");
+  write_two_class_folders(d + "/data", {"train", "val"});
+  const std::string bin = q(test::vitrine_bin());
+  auto r = test::run_command(bin + " init --arch vit_custom --patch-size 8 --width 32 --depth 1 " +
+                             "--heads 2 --image-size 32 --num-classes 0 --out " + q(d + "/vit"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(bin + " pretrain --init " + q(d + "/vit") + " --method mae --data " +
+                        q(d + "/data") + " --epochs 1 --batch-size 4 --knn-bank 2 " +
+                        "--decoder-width 32 --decoder-depth 1 --decoder-heads 4 --threads 2 " +
+                        "--out " + q(d + "/pre"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("k-NN top-1"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("pair-acc"), std::string::npos) << r.err;  // no pairs in MAE
+  const auto lines = json_lines(read_text_file(d + "/pre/metrics.jsonl"));
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_FALSE(lines[0].contains("contrast_top1"));
+  EXPECT_GT(lines[0]["loss"].get<double>(), 0.0);
+  const json provenance = json::parse(std::ifstream(d + "/pre/last/config.json"))["provenance"];
+  EXPECT_EQ(provenance["method"], "mae");
+  EXPECT_EQ(provenance["decoder"]["width"], 32);
+  EXPECT_TRUE(fs::exists(d + "/pre/state/decoder.safetensors"));
+  r = test::run_command(bin + " pretrain --model resnet18 --method mae --data " + q(d + "/data") +
+                        " --out " + q(d + "/bad"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("needs a ViT"), std::string::npos) << r.err;
   fs::remove_all(d);
 }
 
