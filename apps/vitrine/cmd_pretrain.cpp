@@ -15,7 +15,8 @@ namespace vitrine::cli {
 
 void add_pretrain_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand(
-      "pretrain", "Pretrain a backbone on unlabelled photos (self-supervised: SimCLR, or MAE for ViTs)");
+      "pretrain",
+      "Pretrain a backbone on unlabelled photos (self-supervised: SimCLR, or MAE for ViTs)");
   auto o = std::make_shared<train::PretrainOptions>();
   auto threads = std::make_shared<int>(0);
   add_model_options(cmd, {&o->arch, &o->init_dir, &o->image_size, &o->in_channels,
@@ -57,11 +58,10 @@ void add_pretrain_command(CLI::App& app, int& status) {
     auto& a = o->augment;
     if (o->method == "mae") {
       // MAE's views are crops and flips: colour changes stay off unless asked for.
-      if (jitter->count() == 0) a.brightness = 0;
+      if (jitter->count() == 0) a.brightness = a.hue = 0;
       if (jitter_prob->count() == 0) a.jitter_prob = 0;
       if (grayscale->count() == 0) a.grayscale = 0;
       if (blur->count() == 0) a.blur = 0;
-      a.hue = jitter->count() > 0 ? a.hue : 0.0;
     }
     a.contrast = a.saturation = a.brightness;
     o->blur_set = blur->count() > 0;

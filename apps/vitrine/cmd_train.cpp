@@ -187,7 +187,9 @@ void add_train_command(CLI::App& app, int& status) {
   add_loop_options(cmd, {&o->epochs, &o->batch_size, &o->optim, &o->schedule, &o->warmup_epochs,
                          &o->min_lr, &o->clip_grad, &o->amp, &o->seed, &o->workers, threads.get(),
                          &o->resume, &o->save_every_steps, &o->strict});
-  cmd->add_option("--layer-decay", o->optim.layer_decay, "Layer-wise LR decay: each block below the head gets this times the rate of the one above (ViT blocks, ResNet residual blocks; 1 = off)");
+  cmd->add_option("--layer-decay", o->optim.layer_decay,
+                  "Layer-wise LR decay: each block below the head gets this times the rate of "
+                  "the one above (ViT blocks, ResNet residual blocks; 1 = off)");
   cmd->add_option("--decay-milestones", o->lr_milestones,
                   "Epochs where step decay applies (--sched step)");
   cmd->add_option("--decay-rate", o->lr_gamma, "Step decay factor");

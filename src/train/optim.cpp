@@ -30,8 +30,10 @@ int64_t vit_layer_id(const std::string& name, int64_t depth) {
 }
 
 // Depth of a ResNet parameter, as timm groups a ResNet for layer-wise decay: 0 for the stem
-// (conv1, bn1), one depth per residual block in order (layer1.0 is 1), and the head last.
-int64_t resnet_layer_id(const std::string& name, const std::vector<int64_t>& stages) {
+// (conv1, bn1), one depth per residual block in order (layer1.0 is 1), and depth + 1 (depth:
+// the blocks in all) for the head.
+int64_t resnet_layer_id(const std::string& name, const std::vector<int64_t>& stages,
+                        int64_t depth) {
   static const std::regex block(R"(^layer(\d+)\.(\d+)\.)");
   std::smatch m;
   if (std::regex_search(name, m, block)) {
@@ -41,9 +43,7 @@ int64_t resnet_layer_id(const std::string& name, const std::vector<int64_t>& sta
     return id;
   }
   if (name.rfind("conv1.", 0) == 0 || name.rfind("bn1.", 0) == 0) return 0;
-  int64_t blocks = 0;
-  for (const int64_t n : stages) blocks += n;
-  return blocks + 1;
+  return depth + 1;
 }
 
 }  // namespace
@@ -84,7 +84,7 @@ std::vector<ParamGroup> param_groups(const models::VisionModelImpl& model,
     int64_t layer = 0;
     if (layered) {
       layer = vit ? vit_layer_id(item.key(), depth)
-                  : resnet_layer_id(item.key(), config.resnet.layers);
+                  : resnet_layer_id(item.key(), config.resnet.layers, depth);
     }
     ParamGroup& g = groups[{layer, decay}];
     g.params.push_back(item.value());

@@ -110,7 +110,6 @@ struct Pretrainer::State {
   models::VisionModel model;
   ProjectionHead projector{nullptr};  ///< simclr
   MaeDecoder decoder{nullptr};        ///< mae
-  int64_t patch = 0;                  ///< mae: the ViT's patch side
   bool channels_last = false;  ///< the backbone trains in channels-last layout
   std::vector<ParamGroup> groups;
   std::vector<at::Tensor> trainable;
@@ -205,9 +204,9 @@ void Pretrainer::State::build_model() {
     return;
   }
   VT_CHECK(cfg.family == models::Family::kViT, "--method mae hides image patches from the "
-           "encoder, so it needs a ViT (vit_*); ", cfg.arch, " has no patches: use --method simclr");
-  patch = cfg.vit.patch_size;
-  const int64_t grid = cfg.image_size / patch;
+           "encoder, so it needs a ViT (vit_*); ", cfg.arch,
+           " has no patches: use --method simclr");
+  const int64_t patch = cfg.vit.patch_size, grid = cfg.image_size / patch;
   decoder = MaeDecoder(dim, grid, patch * patch * cfg.in_channels, o.decoder_width,
                        o.decoder_depth, o.decoder_heads);
 }
@@ -333,18 +332,13 @@ void Pretrainer::State::write_charts() const {
     knn.push_back(r.knn_top1 >= 0 ? 100 * r.knn_top1 : std::nan(""));
   }
   write_file_atomic(path("loss.svg"),
-                    mae() ? svg_line_chart("Reconstruction loss", "epoch",
-                                           "MSE on hidden patches", x, {{"train", loss}})
-                          : svg_line_chart("Contrastive loss", "epoch", "NT-Xent", x,
-                                           {{"train", loss}}));
-  if (mae()) {
-    write_file_atomic(path("accuracy.svg"),
-                      svg_line_chart("Accuracy", "epoch", "%", x, {{"k-NN top-1 (val)", knn}}));
-  } else {
-    write_file_atomic(path("accuracy.svg"),
-                      svg_line_chart("Accuracy", "epoch", "%", x,
-                                     {{"partner found (train)", top1}, {"k-NN top-1 (val)", knn}}));
-  }
+                    svg_line_chart(mae() ? "Reconstruction loss" : "Contrastive loss", "epoch",
+                                   mae() ? "MSE on hidden patches" : "NT-Xent", x,
+                                   {{"train", loss}}));
+  std::vector<std::pair<std::string, std::vector<double>>> accuracy;
+  if (!mae()) accuracy.emplace_back("partner found (train)", top1);  // MAE has no pairs
+  accuracy.emplace_back("k-NN top-1 (val)", knn);
+  write_file_atomic(path("accuracy.svg"), svg_line_chart("Accuracy", "epoch", "%", x, accuracy));
 }
 
 Pretrainer::Pretrainer(PretrainOptions options) : s_(std::make_unique<State>()) {
@@ -395,12 +389,12 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
   hooks.loss = [&s, &o](data::Batch& batch, std::mt19937_64&, double& top1) {
     if (s.mae()) {
       const at::Tensor& images = batch.images;
-      const int64_t grid = images.size(2) / s.patch;
+      const int64_t patch = s.model->config().vit.patch_size, grid = images.size(2) / patch;
       const at::Tensor keep = mae_keep(images.size(0), grid * grid, o.mask_ratio);
       AutocastScope autocast(o.amp == "bf16");
       const at::Tensor pred = s.decoder(s.model->forward_visible(images, keep), keep);
       top1 = 0;
-      return mae_loss(pred.to(at::kFloat), images, keep, s.patch);
+      return mae_loss(pred.to(at::kFloat), images, keep, patch);
     }
     // N x 2 x C x H x W -> the first views of all images, then the second views.
     at::Tensor views = batch.images.transpose(0, 1).flatten(0, 1);

@@ -52,7 +52,10 @@ at::Tensor mae_keep(int64_t n, int64_t patches, double mask_ratio) {
   const int64_t keep = std::max<int64_t>(
       1, std::llround(static_cast<double>(patches) * (1.0 - mask_ratio)));
   // A random permutation per image (the order of uniform noise, as MAE draws it).
-  return at::rand({n, patches}).argsort(/*dim=*/1, /*descending=*/false).narrow(1, 0, keep).contiguous();
+  return at::rand({n, patches})
+      .argsort(/*dim=*/1, /*descending=*/false)
+      .narrow(1, 0, keep)
+      .contiguous();
 }
 
 at::Tensor patchify(const at::Tensor& images, int64_t patch) {
@@ -154,8 +157,8 @@ at::Tensor MaeDecoderImpl::forward(const at::Tensor& latent, const at::Tensor& k
   for (Block& b : blocks_) {
     const auto qkv =
         b.qkv(b.ln_1(x)).view({n, t, 3, heads_, hd}).permute({2, 0, 3, 1, 4}).unbind(0);
-    const at::Tensor attn =
-        at::softmax(at::matmul(qkv[0], qkv[1].transpose(-2, -1)) / std::sqrt(static_cast<double>(hd)), -1);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    const at::Tensor attn = at::softmax(at::matmul(qkv[0], qkv[1].transpose(-2, -1)) * scale, -1);
     x = x + b.proj(at::matmul(attn, qkv[2]).transpose(1, 2).reshape({n, t, d}));
     x = x + b.fc2(at::gelu(b.fc1(b.ln_2(x))));
   }

@@ -292,8 +292,8 @@ void Trainer::State::build_optimizer() {
 }
 
 void Trainer::State::open_unlabelled() {
-  VT_CHECK(!data.multi_label, "--unlabelled (FixMatch) is for single-label data; these labels are multi-label, so "
-           "train without --unlabelled");
+  VT_CHECK(!data.multi_label, "--unlabelled (FixMatch) is for single-label data; these labels "
+           "are multi-label, so train without --unlabelled");
   VT_CHECK(o.unlabelled_ratio >= 1, "--unlabelled-ratio must be at least 1, got ",
            o.unlabelled_ratio);
   VT_CHECK(o.pseudo_threshold >= 0 && o.pseudo_threshold <= 1,

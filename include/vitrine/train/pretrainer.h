@@ -1,9 +1,9 @@
 // Self-supervised pretraining: the loop behind `vitrine pretrain`. SimCLR (two augmented
 // views of each image, a projection head, the NT-Xent loss) or, for ViTs, MAE (the encoder
 // sees a quarter of each image's patches, a small decoder paints the rest) teaches a
-// backbone from unlabelled photos; a k-NN monitor on a few labelled images, when the data has labels,
-// shows each epoch how well the embeddings already separate the classes. The result is a
-// model directory without a head that `vitrine train --init` fine-tunes.
+// backbone from unlabelled photos; a k-NN monitor on a few labelled images, when the data
+// has labels, shows each epoch how well the embeddings already separate the classes. The
+// result is a model directory without a head that `vitrine train --init` fine-tunes.
 #pragma once
 
 #include "vitrine/data/dataset.h"

@@ -1,6 +1,6 @@
 // Self-supervised pretraining pieces: SimCLR's loss and projection head, MAE's masking,
-// loss and decoder, and the k-nearest-neighbour monitor that tells, without training a classifier, how well
-// embeddings separate classes.
+// loss and decoder, and the k-nearest-neighbour monitor that tells, without training a
+// classifier, how well embeddings separate classes.
 #pragma once
 
 #include "vitrine/data/dataset.h"
