@@ -288,6 +288,12 @@ TEST(Pretrain, BadOptionsAreExplained) {
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "not supported");
   o.method = "mae";  // on a ResNet
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "needs a ViT");
+  o = small_mae(dir + "/photos", dir + "/vit");
+  o.mask_ratio = 1;
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--mask-ratio");
+  o.mask_ratio = 0.75;
+  o.decoder_width = 30;  // not a multiple of 4 (sine-cosine positions) nor of 4 heads
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--decoder-width");
   o = small_pretrain(dir + "/photos", dir + "/run");
   o.temperature = 0;
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--temperature");
