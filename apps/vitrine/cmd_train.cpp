@@ -252,6 +252,10 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--unlabelled-weight", o->unlabelled_weight,
                   "Weight of the unlabelled photos' loss (default 1)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--unlabelled-targets", o->unlabelled_targets,
+                  "Targets of the unlabelled photos: self (FixMatch: the model's own confident "
+                  "predictions) or teacher (the --teacher's softened predictions, every photo)")
+      ->check(CLI::IsMember({"self", "teacher"}));
   auto nproc = std::make_shared<int>(1);
   cmd->add_option("--nproc", *nproc, "Data-parallel processes on this host (each takes a batch)")
       ->check(CLI::Range(1, 256));

@@ -47,6 +47,12 @@ double beta_sample(double alpha, std::mt19937_64& rng) {
   return a / (a + b);
 }
 
+// KL(target || softmax(logits / t)) averaged over the batch: distillation's term.
+at::Tensor kl_from(const at::Tensor& target, const at::Tensor& logits, double t) {
+  const at::Tensor log_p = at::log_softmax(logits.to(at::kFloat) / t, 1);
+  return (target * (target.clamp_min(1e-12).log() - log_p)).sum(1).mean();
+}
+
 }  // namespace
 
 std::string EpochRecord::to_json() const {
@@ -300,6 +306,10 @@ void Trainer::State::open_unlabelled() {
            "--pseudo-threshold must be in [0, 1], got ", o.pseudo_threshold);
   VT_CHECK(o.unlabelled_weight >= 0, "--unlabelled-weight must not be negative, got ",
            o.unlabelled_weight);
+  VT_CHECK(o.unlabelled_targets == "self" || o.unlabelled_targets == "teacher",
+           "--unlabelled-targets must be self or teacher, got '", o.unlabelled_targets, "'");
+  VT_CHECK(o.unlabelled_targets == "self" || !o.teacher_dir.empty(),
+           "--unlabelled-targets teacher needs a --teacher model directory to give the targets");
   data::DataOptions d;
   d.source = o.unlabelled;
   d.seed = o.data.seed;
@@ -314,15 +324,21 @@ void Trainer::State::open_unlabelled() {
   // Label smoothing teaches the model never to be surer than 1 - e + e / K.
   const double k = static_cast<double>(data.classes.size());
   const double surest = 1.0 - o.label_smoothing + o.label_smoothing / k;
-  if (o.pseudo_threshold > surest) {
+  if (o.unlabelled_targets == "self" && o.pseudo_threshold > surest) {
     spdlog::warn("--label-smoothing {} keeps the model's confidence near {:.3f}, below "
                  "--pseudo-threshold {}: few unlabelled photos will get a target; drop label "
                  "smoothing or lower the threshold",
                  o.label_smoothing, surest, o.pseudo_threshold);
   }
-  spdlog::info("semi-supervised (FixMatch): {} unlabelled photos, {} per labelled photo, "
-               "threshold {}, weight {}",
-               unlabelled->size(), o.unlabelled_ratio, o.pseudo_threshold, o.unlabelled_weight);
+  if (o.unlabelled_targets == "teacher") {
+    spdlog::info("semi-supervised (the teacher's targets): {} unlabelled photos, {} per labelled "
+                 "photo, weight {}",
+                 unlabelled->size(), o.unlabelled_ratio, o.unlabelled_weight);
+  } else {
+    spdlog::info("semi-supervised (FixMatch): {} unlabelled photos, {} per labelled photo, "
+                 "threshold {}, weight {}",
+                 unlabelled->size(), o.unlabelled_ratio, o.pseudo_threshold, o.unlabelled_weight);
+  }
 }
 
 data::SampleTransform Trainer::State::weak_and_strong_views() const {
@@ -402,23 +418,26 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   if (o.adv != "none") images = adversarial_batch(images, soft);
   AutocastScope autocast(o.amp == "bf16");
   // FixMatch: targets from the weak views, then the strong views in the same forward pass
-  // as the labelled images (one batch for the batch norms, as FixMatch's).
-  at::Tensor strong, pseudo, confident;
+  // as the labelled images (one batch for the batch norms, as FixMatch's). With the
+  // teacher's targets: its softened predictions on the weak views, for every photo.
+  at::Tensor strong, pseudo, confident, taught;
   if (unlabelled_loader) {
     data::Batch u = next_unlabelled();
     const auto layout =
         channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
     const at::Tensor weak = u.images.select(1, 0).contiguous(layout);
     strong = u.images.select(1, 1).contiguous(layout);
-    {
+    if (o.unlabelled_targets == "teacher") {
+      taught = at::softmax(teacher_logits(weak) / o.distill_temperature, 1);
+    } else {
       at::NoGradGuard no_grad;
       const at::Tensor probs = at::softmax(model->forward(weak).to(at::kFloat), 1);
       const auto best = probs.max(1);
       confident = std::get<0>(best).ge(o.pseudo_threshold).to(at::kFloat);
       pseudo = std::get<1>(best);
+      confident_sum += confident.mean().item<double>();
+      ++confident_steps;
     }
-    confident_sum += confident.mean().item<double>();
-    ++confident_steps;
   }
   const int64_t labelled = images.size(0);
   at::Tensor logits = model->forward(strong.defined() ? at::cat({images, strong}) : images);
@@ -435,15 +454,16 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   }
   at::Tensor loss = soft_cross_entropy(logits.to(at::kFloat), soft, class_weights);
   top1 = logits.argmax(1).eq(hard).to(at::kFloat).mean().item<double>();
-  if (teacher) {
+  if (teacher && o.distill_alpha > 0) {
     // The teacher sees what the model sees (mixed, cut or attacked images included).
     const double t = o.distill_temperature;
-    const at::Tensor target = at::softmax(teacher_logits(images) / t, 1);
-    const at::Tensor log_p = at::log_softmax(logits.to(at::kFloat) / t, 1);
-    const at::Tensor kl = (target * (target.clamp_min(1e-12).log() - log_p)).sum(1).mean();
+    const at::Tensor kl = kl_from(at::softmax(teacher_logits(images) / t, 1), logits, t);
     loss = (1 - o.distill_alpha) * loss + o.distill_alpha * t * t * kl;
   }
-  if (strong_logits.defined()) {
+  if (taught.defined()) {
+    const double t = o.distill_temperature;
+    loss = loss + o.unlabelled_weight * t * t * kl_from(taught, strong_logits, t);
+  } else if (strong_logits.defined()) {
     const at::Tensor per_photo = at::cross_entropy_loss(strong_logits, pseudo, {},
                                                         at::Reduction::None);
     loss = loss + o.unlabelled_weight * (per_photo * confident).mean();
@@ -793,6 +813,9 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   s.build_model();
   if (!o.teacher_dir.empty()) s.load_teacher();
   if (!o.unlabelled.empty()) s.open_unlabelled();
+  VT_CHECK(!o.unlabelled.empty() || o.unlabelled_targets == "self",
+           "--unlabelled-targets ", o.unlabelled_targets, " gives targets to --unlabelled photos; "
+           "name them with --unlabelled");
   const int64_t n = s.data.train->size();
   check_distributed(o.dist);
   const int64_t global_batch = o.batch_size * o.dist.world_size;

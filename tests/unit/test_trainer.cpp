@@ -635,3 +635,54 @@ TEST(Trainer, DistillationFollowsTheTeacher) {
   EXPECT_CONTAINS(test::error_of([&] { train::Trainer{o}; }), "does not know the class 'class_2'");
   fs::remove_all(dir);
 }
+
+// --unlabelled-targets teacher: the unlabelled photos learn the teacher's predictions. A
+// teacher that swaps the two classes, a few rightly labelled photos (their loss left to the
+// labels, alpha 0) and many unlabelled ones weighing ten times more: the student follows the
+// teacher on photos it never saw, where without the unlabelled photos it follows the labels.
+TEST(Trainer, UnlabelledPhotosLearnTheTeachersTargets) {
+  const std::string dir = test::temp_dir("noisy_student");
+  write_image_folder(dir + "/swapped/train", {16, 16}, 41);
+  fs::rename(dir + "/swapped/train/class_0", dir + "/swapped/train/tmp");
+  fs::rename(dir + "/swapped/train/class_1", dir + "/swapped/train/class_0");
+  fs::rename(dir + "/swapped/train/tmp", dir + "/swapped/train/class_1");
+  train::TrainOptions t = small_run(dir + "/swapped", dir + "/teacher");
+  t.data.val_split = 0;
+  t.epochs = 6;
+  const auto teacher = train::Trainer(t).run();
+  write_image_folder(dir + "/data/train", {6, 6}, 42);
+  write_image_folder(dir + "/photos", {24, 24}, 43);
+  write_image_folder(dir + "/held_out/train", {16, 16}, 44);
+  data::DataOptions d;
+  d.source = dir + "/held_out";
+  const auto held_out = data::open_data(d).train;
+  auto teacher_model = models::load_model(teacher.last_dir);
+  ASSERT_LT(train::evaluate(*teacher_model, held_out).top1, 0.2) << "the teacher swaps";
+
+  const auto student_top1 = [&](const std::string& unlabelled, const std::string& out) {
+    train::TrainOptions o = small_run(dir + "/data", dir + "/" + out);
+    o.data.val_split = 0;
+    o.batch_size = 4;
+    o.epochs = 12;
+    o.unlabelled = unlabelled;
+    o.unlabelled_ratio = 3;
+    o.unlabelled_weight = 10;
+    o.unlabelled_targets = unlabelled.empty() ? "self" : "teacher";
+    o.teacher_dir = teacher.last_dir;
+    o.distill_alpha = 0;  // the labelled photos learn their labels alone
+    o.distill_temperature = 1;
+    const auto r = train::Trainer(o).run();
+    return train::evaluate(*models::load_model(r.last_dir), held_out).top1;
+  };
+  EXPECT_GT(student_top1("", "labels"), 0.8);
+  EXPECT_LT(student_top1(dir + "/photos", "taught"), 0.3);
+
+  train::TrainOptions o = small_run(dir + "/data", dir + "/bad");
+  o.unlabelled = dir + "/photos";
+  o.unlabelled_targets = "teacher";
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer{o}; }), "needs a --teacher");
+  o.unlabelled.clear();
+  o.teacher_dir = teacher.last_dir;
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer{o}; }), "name them with --unlabelled");
+  fs::remove_all(dir);
+}

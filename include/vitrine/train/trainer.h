@@ -97,6 +97,12 @@ struct TrainOptions {
   int64_t unlabelled_ratio = 7;
   double pseudo_threshold = 0.95;
   double unlabelled_weight = 1.0;
+  /// Where the unlabelled photos' targets come from: "self" (FixMatch, above) or "teacher":
+  /// the `teacher_dir` model's predictions on the weak view, softened by
+  /// `distill_temperature`, for every photo (no threshold), learnt by the model on the strong
+  /// view as T^2 x KL(teacher || model) (Noisy Student, Xie et al. 2020; SimCLRv2's
+  /// distillation step, Chen et al. 2020: a fine-tuned model teaches its unlabelled photos).
+  std::string unlabelled_targets = "self";
 
   int64_t epochs = 10;
   int64_t patience = 0;         ///< early stopping after this many epochs without gain; 0 = off
