@@ -132,6 +132,7 @@ struct Pretrainer::State {
   void open_data();
   void build_model();
   void build_optimizer();
+  image::TrainTransform view_transform() const;  ///< what each view of a photo goes through
   data::SampleTransform views() const;
   double knn_monitor();
   void save_backbone(const std::string& dir);
@@ -232,7 +233,7 @@ void Pretrainer::State::build_optimizer() {
   schedule.min_lr = o.min_lr;
 }
 
-data::SampleTransform Pretrainer::State::views() const {
+image::TrainTransform Pretrainer::State::view_transform() const {
   image::TrainTransform t = o.augment;
   const auto& cfg = model->config();
   t.size = cfg.image_size;
@@ -242,6 +243,11 @@ data::SampleTransform Pretrainer::State::views() const {
   t.interpolation = cfg.preprocess.interpolation;
   if (!o.blur_set && !mae()) t.blur = simclr_augment(cfg.image_size).blur;
   image::check_train_transform(t);
+  return t;
+}
+
+data::SampleTransform Pretrainer::State::views() const {
+  const image::TrainTransform t = view_transform();
   return mae() ? one_view(t) : two_views(t, t);
 }
 
@@ -270,6 +276,16 @@ void Pretrainer::State::save_backbone(const std::string& dir) {
   } else {
     provenance["temperature"] = o.temperature;
   }
+  const image::TrainTransform t = view_transform();
+  provenance["augmentation"] = {{"scale", t.scale},
+                                {"ratio", t.ratio},
+                                {"hflip", t.hflip},
+                                {"rotation", t.rotation},
+                                {"color_jitter", {t.brightness, t.contrast, t.saturation, t.hue}},
+                                {"jitter_prob", t.jitter_prob},
+                                {"grayscale", t.grayscale},
+                                {"blur", t.blur},
+                                {"auto_augment", t.auto_augment}};
   if (!o.command.empty()) provenance["command"] = o.command;
   if (last && last->knn_top1 >= 0) provenance["knn_top1"] = last->knn_top1;
   double seconds = 0;

@@ -273,6 +273,12 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
                         q(d + "/twin"));
   ASSERT_EQ(r.status, 0) << r.err;
   json backbone = json::parse(std::ifstream(d + "/pre/last/config.json"));
+  // SimCLR's views by default: colour jitter, grayscale, no blur below 96 pixels.
+  const json& views = backbone["provenance"]["augmentation"];
+  EXPECT_EQ(views["color_jitter"], json::array({0.4, 0.4, 0.4, 0.1})) << views;
+  EXPECT_EQ(views["jitter_prob"], 0.8);
+  EXPECT_EQ(views["grayscale"], 0.2);
+  EXPECT_EQ(views["blur"], 0.0);
   json twin = json::parse(std::ifstream(d + "/twin/config.json"));
   EXPECT_EQ(twin["provenance"]["like"], d + "/pre/last");
   backbone.erase("provenance");
@@ -321,6 +327,13 @@ TEST(Cli, PretrainMaskedAutoencoder) {
   const json provenance = json::parse(std::ifstream(d + "/pre/last/config.json"))["provenance"];
   EXPECT_EQ(provenance["method"], "mae");
   EXPECT_EQ(provenance["decoder"]["width"], 32);
+  // MAE's views are crops and flips: SimCLR's colour changes stay off unless asked for.
+  const json& views = provenance["augmentation"];
+  EXPECT_EQ(views["color_jitter"], json::array({0.0, 0.0, 0.0, 0.0})) << views;
+  EXPECT_EQ(views["jitter_prob"], 0.0);
+  EXPECT_EQ(views["grayscale"], 0.0);
+  EXPECT_EQ(views["blur"], 0.0);
+  EXPECT_EQ(views["hflip"], 0.5);
   EXPECT_TRUE(fs::exists(d + "/pre/state/decoder.safetensors"));
   r = test::run_command(bin + " pretrain --model resnet18 --method mae --data " + q(d + "/data") +
                         " --out " + q(d + "/bad"));
