@@ -5,16 +5,19 @@
 #   (b) from the backbone Vitrine pretrained on the 60,000 training photos without their
 #       labels (models/fashion-mnist-simclr, see docs/pretraining.md), fine-tuned,
 #   (c) as a linear probe of that backbone (frozen, a new head only),
-#   (d) with --semi also: from that backbone, fine-tuned on the labelled photos and the
-#       60,000 training photos without their labels together (semi-supervised, FixMatch;
-#       about 7 more minutes),
+#   (d) from that backbone again, on the labelled photos and the 60,000 training photos
+#       without their labels, whose targets are (b)'s predictions (distillation into the
+#       unlabelled photos, as SimCLRv2's third step; about 7 minutes; --no-distil skips it),
+#   (e) with --semi also: from that backbone, fine-tuned on the labelled photos and the
+#       unlabelled ones with its own confident predictions as targets (FixMatch; about 7
+#       more minutes),
 # with the same labels, epochs and augmentation, evaluates each on the 10,000 test photos,
 # prints the table and writes one HTML report. Then it indexes the test photos as a product
-# catalogue with model (b), or (d) with --semi, and shows what visual search finds
+# catalogue with the last of (b), (d) and (e) it trained and shows what visual search finds
 # (search.html).
 #
 # usage: scripts/label_study.sh [--labels-per-class N] [--epochs E] [--seed S] [--out DIR]
-#                               [--backbone DIR] [--threads T] [--semi]
+#                               [--backbone DIR] [--threads T] [--no-distil] [--semi]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +28,7 @@ out=runs/label_study
 backbone=models/fashion-mnist-simclr
 threads=0
 semi=0
+distil=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --labels-per-class) labels_per_class=$2; shift 2 ;;
@@ -34,7 +38,8 @@ while [[ $# -gt 0 ]]; do
     --backbone) backbone=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --semi) semi=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-distil) distil=0; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "label_study.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +60,7 @@ start=$(date +%s)
 $vitrine init --like "$backbone" --seed "$seed" --out "$out/random_init"
 
 # One recipe for all: AdamW, warm-up then cosine, crop and flip, label smoothing (but for
-# (d), whose pseudo-labels need a model that may be more than 91% sure).
+# (e), whose pseudo-labels need a model that may be more than 91% sure).
 # No validation split: it would hold labels beyond the N per class (2% of the training set
 # is 1,200 photos), so each run trains its fixed epochs and its last model is tested once.
 common=(--data fashion-mnist --labels-per-class "$labels_per_class" --val-split 0
@@ -74,11 +79,19 @@ $vitrine train --init "$backbone" --freeze backbone --lr 1e-2 --weight-decay 0 \
 runs=(--run "from scratch=$out/scratch" --run "pretrained, fine-tuned=$out/pretrained"
       --run "linear probe=$out/probe")
 search_model=$out/pretrained/best
+if [[ $distil == 1 ]]; then
+  echo "== (d) pretrained backbone, fine-tuned with the unlabelled photos taught by (b)"
+  $vitrine train --init "$backbone" --lr 1e-3 --weight-decay 0.05 --label-smoothing 0.1 \
+    --unlabelled fashion-mnist --teacher "$out/pretrained/best" --unlabelled-targets teacher \
+    --distill-alpha 0 --distill-temperature 1 "${common[@]}" --out "$out/distilled"
+  runs+=(--run "pretrained + unlabelled, taught by (b)=$out/distilled")
+  search_model=$out/distilled/best
+fi
 if [[ $semi == 1 ]]; then
-  echo "== (d) pretrained backbone, fine-tuned with the unlabelled photos too (FixMatch)"
+  echo "== (e) pretrained backbone, fine-tuned with the unlabelled photos too (FixMatch)"
   $vitrine train --init "$backbone" --lr 1e-3 --weight-decay 0.05 --unlabelled fashion-mnist \
     "${common[@]}" --out "$out/semi"
-  runs+=(--run "pretrained + unlabelled=$out/semi")
+  runs+=(--run "pretrained + unlabelled (FixMatch)=$out/semi")
   search_model=$out/semi/best
 fi
 
