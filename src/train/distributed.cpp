@@ -8,7 +8,15 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
 
 namespace vitrine::train {
 
@@ -18,6 +26,41 @@ constexpr const char* kPeerAdvice =
     ": a peer process failed or stopped answering (see its log); the run cannot go on "
     "without it. Restart all processes (with --resume to continue from the last state)";
 
+// c10's errors carry a C++ backtrace in what(): keep the message alone.
+std::string message_of(const std::exception& e) {
+  if (const auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
+// Gloo's listening devices: the interfaces of GLOO_SOCKET_IFNAME, or this host's address on
+// the route to the master. (Gloo's own choice, the master's address, exists only on the
+// master's host: every other host fails to listen there.)
+std::vector<std::shared_ptr<gloo::transport::Device>> gloo_devices(const std::string& master) {
+  std::vector<std::shared_ptr<gloo::transport::Device>> devices;
+  const char* names = std::getenv("GLOO_SOCKET_IFNAME");
+  if (names != nullptr && *names != '\0') {
+    std::stringstream list(names);
+    for (std::string name; std::getline(list, name, ',');) {
+      if (name.empty()) continue;
+      try {
+        devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+      } catch (const std::exception& e) {
+        VT_FAIL("GLOO_SOCKET_IFNAME names the interface '", name, "', which Gloo cannot use "
+                "here (`ip addr` lists this host's interfaces) [", message_of(e), "]");
+      }
+    }
+    if (!devices.empty()) return devices;
+  }
+  const std::string local = local_address_towards(master);
+  try {
+    devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(local));
+  } catch (const std::exception& e) {
+    VT_FAIL("Gloo cannot listen on ", local, ", this host's address towards --master-addr ",
+            master, "; name the interface to use in GLOO_SOCKET_IFNAME [", message_of(e), "]");
+  }
+  return devices;
+}
+
 template <typename F>
 void collective(const char* what, F&& f) {
   try {
@@ -25,11 +68,44 @@ void collective(const char* what, F&& f) {
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    VT_FAIL(what, kPeerAdvice, " [", e.what(), "]");
+    VT_FAIL(what, kPeerAdvice, " [", message_of(e), "]");
   }
 }
 
 }  // namespace
+
+std::string local_address_towards(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  const int rc = getaddrinfo(host.c_str(), "9", &hints, &found);
+  VT_CHECK(rc == 0 && found != nullptr, "--master-addr ", host, " does not resolve to an "
+           "address (", gai_strerror(rc), "): give rank 0's host by a name or address every "
+           "host can resolve");
+  std::string address, last_error;
+  for (const addrinfo* a = found; a != nullptr && address.empty(); a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    sockaddr_storage mine{};
+    socklen_t size = sizeof(mine);
+    // Connecting a datagram socket sends nothing: the kernel only picks the route.
+    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&mine), &size) == 0) {
+      char text[NI_MAXHOST];
+      if (getnameinfo(reinterpret_cast<sockaddr*>(&mine), size, text, sizeof(text), nullptr, 0,
+                      NI_NUMERICHOST) == 0) {
+        address = text;
+      }
+    } else {
+      last_error = std::strerror(errno);
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  VT_CHECK(!address.empty(), "no route from this host to --master-addr ", host, " (",
+           last_error, "): check the address and this host's network");
+  return address;
+}
 
 void check_distributed(const DistOptions& o) {
   VT_CHECK(o.world_size >= 1, "--world-size must be at least 1, got ", o.world_size);
@@ -52,6 +128,10 @@ ProcessGroup::ProcessGroup(const DistOptions& o) : impl_(std::make_unique<Impl>(
   impl_->rank = o.rank;
   impl_->size = o.world_size;
   const std::chrono::milliseconds timeout(static_cast<int64_t>(o.timeout_s) * 1000);
+  // Where Gloo listens, first: a bad setting fails at once, not after the rendezvous.
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  options->devices = gloo_devices(o.master_addr);
+  options->threads = 2;
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(o.master_port);
@@ -60,17 +140,13 @@ ProcessGroup::ProcessGroup(const DistOptions& o) : impl_(std::make_unique<Impl>(
     so.waitWorkers = true;
     so.timeout = timeout;
     impl_->store = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
-    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-    // The interface that reaches the master: loopback for one host, the network otherwise.
-    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(o.master_addr));
-    options->threads = 2;
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, o.rank,
                                                                o.world_size, options);
   } catch (const std::exception& e) {
     VT_FAIL("rank ", o.rank, " could not join the ", o.world_size, "-process group at ",
             o.master_addr, ":", o.master_port, " within ", o.timeout_s,
             " s: check that every rank runs with the same --master-addr, --master-port and "
-            "--world-size, and that the port is open [", e.what(), "]");
+            "--world-size, and that the port is open [", message_of(e), "]");
   }
 }
 

@@ -4,6 +4,7 @@
 #include "test_util.h"
 
 #include "vitrine/core/safetensors.h"
+#include "vitrine/train/distributed.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -15,6 +16,9 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <ifaddrs.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -141,4 +145,40 @@ TEST(Distributed, AMissingPeerFailsTheRendezvousClearly) {
                                    " --dist-timeout 3");
   EXPECT_NE(r.status, 0);
   EXPECT_CONTAINS(r.err, "could not join the 2-process group");
+}
+
+// Gloo listens on this host's own address on the way to the master: on another host than
+// the master's, the master's address cannot be listened on.
+TEST(Distributed, EachHostListensOnItsOwnAddressTowardsTheMaster) {
+  EXPECT_EQ(train::local_address_towards("127.0.0.1"), "127.0.0.1");
+  const std::string local = train::local_address_towards("localhost");
+  EXPECT_TRUE(local == "127.0.0.1" || local == "::1") << local;
+  // This host's network addresses: towards each, the route starts at that address itself.
+  ifaddrs* list = nullptr;
+  ASSERT_EQ(getifaddrs(&list), 0);
+  int checked = 0;
+  for (const ifaddrs* a = list; a != nullptr; a = a->ifa_next) {
+    if (a->ifa_addr == nullptr || a->ifa_addr->sa_family != AF_INET) continue;
+    char text[INET_ADDRSTRLEN];
+    const auto* in = reinterpret_cast<const sockaddr_in*>(a->ifa_addr);
+    ASSERT_NE(inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text)), nullptr);
+    EXPECT_EQ(train::local_address_towards(text), text) << a->ifa_name;
+    ++checked;
+  }
+  freeifaddrs(list);
+  EXPECT_GE(checked, 1);
+  EXPECT_CONTAINS(test::error_of([] { train::local_address_towards("no-such-host.invalid"); }),
+                  "does not resolve");
+
+  // An interface named in GLOO_SOCKET_IFNAME that this host lacks: a clear error at once,
+  // before the rendezvous waits for peers.
+  const std::string dir = make_run_dir("ddp-ifname");
+  const int port = 20000 + static_cast<int>((getpid() + 11) % 20000);
+  const auto r = test::run_command("GLOO_SOCKET_IFNAME=vt-none " + train_command(dir, "run", 8) +
+                                   " --epochs 1 --world-size 2 --rank 0 --master-port " +
+                                   std::to_string(port) + " --dist-timeout 60");
+  EXPECT_NE(r.status, 0);
+  EXPECT_CONTAINS(r.err, "GLOO_SOCKET_IFNAME names the interface 'vt-none'");
+  EXPECT_EQ(r.err.find("frame #"), std::string::npos) << "no C++ backtrace: " << r.err;
+  fs::remove_all(dir);
 }

@@ -23,10 +23,17 @@ struct DistOptions {
 /// Throws naming the option when `o` is not a valid setting.
 void check_distributed(const DistOptions& o);
 
+/// The address of this host on the route to `host` (a name or an IPv4/IPv6 address): the
+/// one Gloo listens on for its peers, 127.0.0.1 when `host` is loopback. No packet is sent.
+/// Throws vitrine::Error naming `host` when it does not resolve or no route leads to it.
+std::string local_address_towards(const std::string& host);
+
 class ProcessGroup {
  public:
   /// Joins the group: waits for all `world_size` processes at the master (rank 0 hosts the
-  /// store). Throws vitrine::Error when they do not all arrive within the timeout.
+  /// store). Throws vitrine::Error when they do not all arrive within the timeout. Gloo
+  /// listens on the interfaces named in GLOO_SOCKET_IFNAME (comma-separated, as PyTorch
+  /// reads it) or else on local_address_towards(master_addr).
   explicit ProcessGroup(const DistOptions& options);
   ~ProcessGroup();
   ProcessGroup(const ProcessGroup&) = delete;
