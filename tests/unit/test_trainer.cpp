@@ -169,8 +169,8 @@ TEST(Trainer, RunKilledMidEpochResumesExactly) {
   fs::remove_all(dir);
 }
 
-// FixMatch draws its unlabelled batches by the optimisation step, so a run killed mid-epoch
-// resumes bit-identically; with threshold 0 every unlabelled photo gets a target.
+// The unlabelled batches are drawn by the optimisation step, so a run killed mid-epoch
+// resumes bit-identically, with FixMatch's own targets or with a teacher's.
 TEST(Trainer, SemiSupervisedRunResumesExactly) {
   const std::string dir = test::temp_dir("fixmatch_resume");
   write_image_folder(dir + "/data", {6, 6, 6}, 5);
@@ -204,8 +204,26 @@ TEST(Trainer, SemiSupervisedRunResumesExactly) {
                      full.history[i].unlabelled_confident) << "epoch " << i + 1;
   }
 
+  // The teacher's targets: a fixed teacher, so a resumed run is as exact.
+  o.unlabelled_targets = "teacher";
+  o.teacher_dir = dir + "/full/last";
+  o.distill_alpha = 0;
+  o.resume = false;
+  o.save_every_steps = 0;
+  o.out_dir = dir + "/taught";
+  train::Trainer(o).run();
+  o.out_dir = dir + "/taught_killed";
+  o.save_every_steps = 2;
+  test::run_killed_at(1, 2, [&](const auto& on_step) { train::Trainer(o).run(on_step); });
+  o.resume = true;
+  train::Trainer(o).run();
+  test::expect_identical_tensors(dir + "/taught/last/model.safetensors",
+                                 dir + "/taught_killed/last/model.safetensors");
+
   o.out_dir = dir + "/empty";
   o.resume = false;
+  o.unlabelled_targets = "self";
+  o.teacher_dir.clear();
   fs::create_directories(dir + "/nothing");
   EXPECT_CONTAINS(test::error_of([&] {
                     o.unlabelled = dir + "/nothing";
