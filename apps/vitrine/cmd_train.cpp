@@ -275,6 +275,7 @@ void add_train_command(CLI::App& app, int& status) {
       return;
     }
     set_threads(*threads);
+    o->command = command_line();
     train::Trainer trainer(*o);
     EpochBar bar("acc");
     const auto result = trainer.run(

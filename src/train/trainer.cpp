@@ -3,6 +3,7 @@
 #include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/core/json.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/data/loader.h"
 #include "vitrine/image/transform.h"
@@ -158,6 +159,9 @@ struct Trainer::State {
   void store_replay(const std::string& dir) const;
   /// A model directory (adapters merged) and, with --save-adapter, adapter.safetensors.
   void save_model_dir(const models::VisionModelImpl& m, const std::string& dir) const;
+  /// The saved models' provenance: this run's settings, and the --init model's own
+  /// provenance under init_provenance (so a fine-tuned backbone keeps its pretraining).
+  void set_provenance();
   void load_state();
   bool improved(double value) const;
   std::vector<double> balanced_sample_weights() const;
@@ -624,6 +628,33 @@ void Trainer::State::save_model_dir(const models::VisionModelImpl& m, const std:
   models::save_adapter(m, lora, o.init_dir, (fs::path(dir) / "adapter.safetensors").string());
 }
 
+void Trainer::State::set_provenance() {
+  json p{{"source", "vitrine train"},
+         {"data", o.data.source},
+         {"epochs", o.epochs},
+         {"batch_size", o.batch_size},
+         {"lr", o.optim.lr},
+         {"seed", o.seed}};
+  if (o.data.labels_per_class > 0) p["labels_per_class"] = o.data.labels_per_class;
+  if (o.init_dir.empty()) {
+    p["arch"] = o.arch;
+  } else {
+    p["init"] = o.init_dir;
+    const json prior = json::parse(model->config().provenance_json, nullptr, false);
+    if (!prior.is_discarded() && !prior.empty()) p["init_provenance"] = prior;
+  }
+  if (o.freeze != "none" && !o.freeze.empty()) p["freeze"] = o.freeze;
+  if (!o.teacher_dir.empty()) p["teacher"] = o.teacher_dir;
+  if (!o.unlabelled.empty()) {
+    p["unlabelled"] = o.unlabelled;
+    p["unlabelled_targets"] = o.unlabelled_targets;
+  }
+  if (!o.command.empty()) p["command"] = o.command;
+  const std::string text = json_text(p);
+  model->mutable_config().provenance_json = text;
+  if (ema) ema->mutable_config().provenance_json = text;
+}
+
 void Trainer::State::add_replay() {
   const fs::path manifest = fs::path(o.init_dir) / "replay" / "manifest.csv";
   if (!fs::exists(manifest)) {
@@ -811,6 +842,7 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   }
   VT_CHECK(s.data.train && s.data.train->size() > 0, "no training images in ", o.data.source);
   s.build_model();
+  s.set_provenance();
   if (!o.teacher_dir.empty()) s.load_teacher();
   if (!o.unlabelled.empty()) s.open_unlabelled();
   VT_CHECK(!o.unlabelled.empty() || o.unlabelled_targets == "self",

@@ -290,6 +290,14 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
                         q(d + "/data") + " --epochs 1 --batch-size 4 --threads 2 --out " +
                         q(d + "/fine"));
   ASSERT_EQ(r.status, 0) << r.err;
+  // The fine-tuned model names its run and keeps the backbone's pretraining beneath it.
+  const json fine = json::parse(std::ifstream(d + "/fine/best/config.json"))["provenance"];
+  EXPECT_EQ(fine["source"], "vitrine train") << fine;
+  EXPECT_EQ(fine["init"], d + "/pre/last");
+  EXPECT_EQ(fine["epochs"], 1);
+  EXPECT_NE(fine["command"].get<std::string>().find(" train --init "), std::string::npos);
+  EXPECT_EQ(fine["init_provenance"]["source"], "vitrine pretrain");
+  EXPECT_EQ(fine["init_provenance"]["method"], "simclr");
   r = test::run_command(bin + " eval --model " + q(d + "/fine/best") + " --compare " +
                         q(d + "/fine/last") + " --data " + q(d + "/data"));
   ASSERT_EQ(r.status, 0) << r.err;

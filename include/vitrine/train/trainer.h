@@ -114,6 +114,8 @@ struct TrainOptions {
   std::string out_dir;
   uint64_t seed = 0;
   bool resume = false;
+  /// The command line, for the saved models' provenance (empty: not recorded).
+  std::string command;
   /// Also save the resumable state every N optimisation steps (0: at epoch ends only),
   /// so a long epoch killed mid-way loses at most N steps.
   int64_t save_every_steps = 0;
