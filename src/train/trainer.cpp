@@ -310,10 +310,6 @@ void Trainer::State::open_unlabelled() {
            "--pseudo-threshold must be in [0, 1], got ", o.pseudo_threshold);
   VT_CHECK(o.unlabelled_weight >= 0, "--unlabelled-weight must not be negative, got ",
            o.unlabelled_weight);
-  VT_CHECK(o.unlabelled_targets == "self" || o.unlabelled_targets == "teacher",
-           "--unlabelled-targets must be self or teacher, got '", o.unlabelled_targets, "'");
-  VT_CHECK(o.unlabelled_targets == "self" || !o.teacher_dir.empty(),
-           "--unlabelled-targets teacher needs a --teacher model directory to give the targets");
   data::DataOptions d;
   d.source = o.unlabelled;
   d.seed = o.data.seed;
@@ -780,6 +776,13 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
     VT_CHECK(o.adv_ratio > 0 && o.adv_ratio <= 1, "--adv-ratio must be in (0, 1], got ",
              o.adv_ratio);
   }
+  VT_CHECK(o.unlabelled_targets == "self" || o.unlabelled_targets == "teacher",
+           "--unlabelled-targets must be self or teacher, got '", o.unlabelled_targets, "'");
+  VT_CHECK(!o.unlabelled.empty() || o.unlabelled_targets == "self",
+           "--unlabelled-targets ", o.unlabelled_targets, " gives targets to --unlabelled photos; "
+           "name them with --unlabelled");
+  VT_CHECK(o.unlabelled_targets == "self" || !o.teacher_dir.empty(),
+           "--unlabelled-targets teacher needs a --teacher model directory to give the targets");
   at::manual_seed(o.seed);
   s.data = data::open_data(o.data);
   for (const auto& w : s.data.warnings) spdlog::warn("{}", w);
@@ -845,9 +848,6 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   s.set_provenance();
   if (!o.teacher_dir.empty()) s.load_teacher();
   if (!o.unlabelled.empty()) s.open_unlabelled();
-  VT_CHECK(!o.unlabelled.empty() || o.unlabelled_targets == "self",
-           "--unlabelled-targets ", o.unlabelled_targets, " gives targets to --unlabelled photos; "
-           "name them with --unlabelled");
   const int64_t n = s.data.train->size();
   check_distributed(o.dist);
   const int64_t global_batch = o.batch_size * o.dist.world_size;
