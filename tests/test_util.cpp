@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
@@ -33,11 +35,46 @@ std::string vitrine_bin() {
   return bin != nullptr ? bin : VITRINE_BIN_DEFAULT;
 }
 
+namespace {
+
+// The directories temp_dir() made in this process. Some are shared by several tests of a
+// file (a model imported once), so they are removed when the program ends: all of them
+// when every test passed, none when one failed (they are what a failure is read from), or
+// with VITRINE_KEEP_TEST_DIRS set.
+std::vector<fs::path>& made_dirs() {
+  static std::vector<fs::path> dirs;
+  return dirs;
+}
+
+class TempDirCleaner : public ::testing::EmptyTestEventListener {
+  void OnTestProgramEnd(const ::testing::UnitTest& unit) override {
+    auto& dirs = made_dirs();
+    if (dirs.empty()) return;
+    if (!unit.Passed() || std::getenv("VITRINE_KEEP_TEST_DIRS") != nullptr) {
+      std::fprintf(stderr, "test directories kept for inspection:\n");
+      for (const auto& d : dirs) std::fprintf(stderr, "  %s\n", d.c_str());
+      return;
+    }
+    std::error_code ec;
+    for (const auto& d : dirs) fs::remove_all(d, ec);
+    dirs.clear();
+  }
+};
+
+[[maybe_unused]] const bool kCleanerInstalled = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new TempDirCleaner);
+  return true;
+}();
+
+}  // namespace
+
 std::string temp_dir(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() /
                        ("vitrine-test-" + std::to_string(::getpid()) + "-" + name);
   fs::remove_all(dir);
   fs::create_directories(dir);
+  auto& dirs = made_dirs();
+  if (std::find(dirs.begin(), dirs.end(), dir) == dirs.end()) dirs.push_back(dir);
   return dir.string();
 }
 

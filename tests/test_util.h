@@ -22,7 +22,8 @@ namespace vitrine::test {
 std::string data_dir(const std::string& sub = "");
 /// The `vitrine` binary under test ($VITRINE_BIN).
 std::string vitrine_bin();
-/// A fresh empty directory under the system temp dir.
+/// A fresh empty directory under the system temp dir, removed when the test program ends
+/// with every test passed (kept after a failure, or with VITRINE_KEEP_TEST_DIRS set).
 std::string temp_dir(const std::string& name);
 /// A small ViT for fast tests, the size of scripts/testdata/train_steps.py's: 32-pixel
 /// input, 8-pixel patches, width 32, 4 heads, MLP 64, 5 classes.
