@@ -747,6 +747,11 @@ auto guarded(const std::string& path, const char* doing, F&& f) -> decltype(f())
   } catch (const std::bad_alloc&) {
     VT_FAIL(path, ": out of memory while ", doing,
             "; the file is corrupt or larger than this machine can load");
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // the zip reader's number parsing (std::stoull)
+    VT_FAIL(path, ": cannot read the checkpoint while ", doing, " (", e.what(),
+            "); the file is truncated or corrupt, or is not a zip-format torch.save file");
   }
 }
 
@@ -887,6 +892,13 @@ StateDict extract_state_dict(const std::string& path, const Value& root) {
       out.emplace_back(std::move(name), t);
       continue;
     }
+    // A view larger than its storage repeats elements (stride 0, as expand() makes): real
+    // checkpoints have few and small ones, a corrupt one could ask for terabytes.
+    constexpr uint64_t kMaxExpandedBytes = uint64_t{1} << 30;
+    VT_CHECK(static_cast<uint64_t>(t.nbytes()) <= std::max<uint64_t>(t.storage().nbytes(),
+                                                                      kMaxExpandedBytes),
+             path, ": tensor '", shown(name), "' repeats its ", t.storage().nbytes(),
+             "-byte storage into ", t.nbytes(), " bytes; the file is corrupt");
     at::Tensor copy;
     try {
       copy = t.clone(at::MemoryFormat::Contiguous);

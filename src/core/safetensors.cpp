@@ -2,6 +2,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/core/json.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -70,9 +71,9 @@ SafetensorsFile safetensors_load(const std::string& path) {
 
   json meta;
   try {
-    meta = json::parse(header);
-  } catch (const json::exception& e) {
-    VT_FAIL(path, ": malformed safetensors header: ", e.what());
+    meta = parse_json(header, "header");
+  } catch (const Error& e) {
+    VT_FAIL(path, ": malformed safetensors header (", e.what(), ")");
   }
   VT_CHECK(meta.is_object(), path, ": malformed safetensors header (not a JSON object)");
 
@@ -90,7 +91,7 @@ SafetensorsFile safetensors_load(const std::string& path) {
     if (name == "__metadata__") {
       VT_CHECK(info.is_object(), path, ": __metadata__ must be an object of strings");
       for (const auto& [k, v] : info.items()) {
-        out.metadata[k] = v.is_string() ? v.get<std::string>() : v.dump();
+        out.metadata[k] = v.is_string() ? v.get<std::string>() : json_text(v);
       }
       continue;
     }
@@ -117,11 +118,15 @@ SafetensorsFile safetensors_load(const std::string& path) {
   for (const size_t i : order) {
     const Entry& e = entries[i];
     uint64_t numel = 1;
+    bool overflow = false;
     for (const int64_t d : e.shape) {
       VT_CHECK(d >= 0, path, ": tensor '", e.name, "' has a negative dimension");
-      numel *= static_cast<uint64_t>(d);
+      overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel);
     }
-    const uint64_t bytes = numel * c10::elementSize(e.type);
+    uint64_t bytes = 0;
+    overflow |= __builtin_mul_overflow(numel, c10::elementSize(e.type), &bytes);
+    VT_CHECK(!overflow, path, ": tensor '", e.name, "' has a shape whose size overflows; the "
+             "file is corrupt");
     VT_CHECK(e.begin <= e.end && e.end <= data_size && e.end - e.begin == bytes, path,
              ": tensor '", e.name, "' claims bytes [", e.begin, ", ", e.end,
              ") which do not match its shape or lie outside the file (", data_size,

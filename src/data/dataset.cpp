@@ -12,6 +12,7 @@
 #include "vitrine/image/batch.h"
 #include "vitrine/image/decode.h"
 
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -372,7 +373,8 @@ std::vector<std::string> subfolders(const fs::path& dir) {
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
-    if (!name.empty() && name[0] != '.' && it->is_directory()) out.push_back(name);
+    std::error_code entry_ec;
+    if (!name.empty() && name[0] != '.' && it->is_directory(entry_ec)) out.push_back(name);
   }
   VT_CHECK(!ec, "cannot list the folder ", dir.string(), ": ", ec.message(),
            "; check that it exists and is readable");
@@ -381,13 +383,29 @@ std::vector<std::string> subfolders(const fs::path& dir) {
 }
 
 /// Image files anywhere below `dir` (following links, as torchvision's os.walk does), sorted.
+/// A link back to a folder already entered (a loop) is not followed again, and entries that
+/// cannot be read (a broken link, a folder without permission) are passed over.
 std::vector<std::string> images_below(const fs::path& dir) {
   std::vector<std::string> out;
+  std::set<std::pair<dev_t, ino_t>> entered;
+  const auto enter = [&entered](const fs::path& p) {
+    struct stat st{};
+    return ::stat(p.c_str(), &st) == 0 && entered.insert({st.st_dev, st.st_ino}).second;
+  };
+  enter(dir);
   std::error_code ec;
-  const auto options = fs::directory_options::follow_directory_symlink;
+  const auto options = fs::directory_options::follow_directory_symlink |
+                       fs::directory_options::skip_permission_denied;
   for (fs::recursive_directory_iterator it(dir, options, ec), end; !ec && it != end;
        it.increment(ec)) {
-    if (it->is_regular_file() && is_image_file(it->path())) out.push_back(it->path().string());
+    std::error_code entry_ec;
+    const fs::file_status st = it->status(entry_ec);  // follows links
+    if (entry_ec) continue;
+    if (fs::is_directory(st)) {
+      if (!enter(it->path())) it.disable_recursion_pending();
+    } else if (fs::is_regular_file(st) && is_image_file(it->path())) {
+      out.push_back(it->path().string());
+    }
   }
   VT_CHECK(!ec, "cannot list the folder ", dir.string(), ": ", ec.message(),
            "; check that it exists and is readable");
@@ -400,7 +418,8 @@ int64_t loose_images(const fs::path& dir) {
   int64_t n = 0;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (it->is_regular_file() && is_image_file(it->path())) ++n;
+    std::error_code entry_ec;
+    if (it->is_regular_file(entry_ec) && is_image_file(it->path())) ++n;
   }
   return n;
 }

@@ -31,25 +31,6 @@ void read_opt(const json& j, const char* key, T& out) {
 
 }  // namespace
 
-namespace {
-
-// Checks UTF-8 structure (lead and continuation bytes), enough to reject Latin-1 text.
-bool valid_utf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
-    }
-    i += n;
-  }
-  return true;
-}
-
-}  // namespace
-
 std::vector<std::string> read_labels_file(const std::string& path) {
   std::string text = read_text_file(path);
   if (text.rfind("\xEF\xBB\xBF", 0) == 0) text.erase(0, 3);  // a byte-order mark
@@ -96,12 +77,21 @@ std::string ModelConfig::label(int64_t i) const {
   return "class_" + std::to_string(i);
 }
 
+// Upper bounds on sizes read from a config.json: far above any real model's, low enough that
+// a corrupt or hostile file fails here instead of allocating or looping without end (and
+// that products of sizes stay far from overflowing).
+constexpr int64_t kMaxClasses = 1 << 20;
+constexpr int64_t kMaxPixels = 1 << 14;  ///< image_size, resize, crop
+constexpr int64_t kMaxWidth = 1 << 16;   ///< ViT widths, ResNet block widths
+constexpr int64_t kMaxDepth = 1 << 10;   ///< ViT layers, ResNet blocks per stage
+
 void ModelConfig::validate() const {
-  VT_CHECK(num_classes >= 0, arch, ": num_classes must be >= 0 (0 means no head), got ",
-           num_classes);
+  VT_CHECK(num_classes >= 0 && num_classes <= kMaxClasses, arch, ": num_classes must be in "
+           "0..", kMaxClasses, " (0 means no head), got ", num_classes);
   VT_CHECK(in_channels == 1 || in_channels == 3, arch, ": in_channels must be 1 or 3, got ",
            in_channels);
-  VT_CHECK(image_size > 0, arch, ": image_size must be positive, got ", image_size);
+  VT_CHECK(image_size > 0 && image_size <= kMaxPixels, arch, ": image_size must be in 1..",
+           kMaxPixels, ", got ", image_size);
   VT_CHECK(dropout >= 0 && dropout < 1, arch, ": dropout must be in [0, 1), got ", dropout);
   VT_CHECK(drop_path >= 0 && drop_path < 1, arch, ": drop_path must be in [0, 1), got ",
            drop_path);
@@ -115,9 +105,10 @@ void ModelConfig::validate() const {
   for (const float t : thresholds) {
     VT_CHECK(t >= 0 && t <= 1, arch, ": thresholds must lie in [0, 1], got ", t);
   }
-  VT_CHECK(preprocess.resize > 0 && preprocess.crop > 0, arch,
-           ": preprocessing resize and crop must be positive, got ", preprocess.resize, " and ",
-           preprocess.crop);
+  VT_CHECK(preprocess.resize > 0 && preprocess.crop > 0 && preprocess.resize <= kMaxPixels &&
+               preprocess.crop <= kMaxPixels,
+           arch, ": preprocessing resize and crop must be in 1..", kMaxPixels, ", got ",
+           preprocess.resize, " and ", preprocess.crop);
   VT_CHECK(static_cast<int64_t>(preprocess.mean.size()) == in_channels &&
                static_cast<int64_t>(preprocess.std.size()) == in_channels,
            arch, ": preprocessing mean/std need ", in_channels, " values each");
@@ -130,8 +121,12 @@ void ModelConfig::validate() const {
                  v.hidden_size % v.num_attention_heads == 0,
              arch, ": hidden_size ", v.hidden_size, " must be a multiple of num_attention_heads ",
              v.num_attention_heads);
-    VT_CHECK(v.num_hidden_layers > 0 && v.intermediate_size > 0, arch,
-             ": num_hidden_layers and intermediate_size must be positive");
+    VT_CHECK(v.hidden_size <= kMaxWidth && v.intermediate_size <= kMaxWidth, arch,
+             ": hidden_size and intermediate_size must be at most ", kMaxWidth);
+    VT_CHECK(v.num_hidden_layers > 0 && v.num_hidden_layers <= kMaxDepth &&
+                 v.intermediate_size > 0,
+             arch, ": num_hidden_layers must be in 1..", kMaxDepth,
+             " and intermediate_size positive");
     VT_CHECK(v.layer_norm_eps > 0, arch, ": layer_norm_eps must be positive");
     VT_CHECK(v.hidden_act == "gelu" || v.hidden_act == "gelu_new" ||
                  v.hidden_act == "gelu_pytorch_tanh" || v.hidden_act == "quick_gelu" ||
@@ -142,7 +137,9 @@ void ModelConfig::validate() const {
       VT_CHECK(sizes.empty() || static_cast<int64_t>(sizes.size()) == v.num_hidden_layers, arch,
                ": ", name, " has ", sizes.size(), " entries for ", v.num_hidden_layers,
                " layers");
-      for (const int64_t s : sizes) VT_CHECK(s > 0, arch, ": ", name, " must be positive");
+      for (const int64_t s : sizes) {
+        VT_CHECK(s > 0 && s <= kMaxWidth, arch, ": ", name, " must be in 1..", kMaxWidth);
+      }
     };
     per_layer(v.layer_heads, "layer_heads");
     per_layer(v.layer_intermediate_sizes, "layer_intermediate_sizes");
@@ -150,7 +147,10 @@ void ModelConfig::validate() const {
   } else {
     VT_CHECK(resnet.layers.size() == 4, arch, ": a ResNet needs 4 stages, got ",
              resnet.layers.size());
-    for (const int64_t n : resnet.layers) VT_CHECK(n > 0, arch, ": empty ResNet stage");
+    for (const int64_t n : resnet.layers) {
+      VT_CHECK(n > 0 && n <= kMaxDepth, arch, ": a ResNet stage needs 1..", kMaxDepth,
+               " blocks, got ", n);
+    }
     VT_CHECK(resnet.stem == "imagenet" || resnet.stem == "small" || resnet.stem == "cifar", arch,
              ": unknown ResNet stem '", resnet.stem, "' (imagenet, small or cifar)");
     int64_t blocks = 0;
@@ -162,7 +162,9 @@ void ModelConfig::validate() const {
     for (const auto& w : resnet.block_widths) {
       VT_CHECK(w.size() == (resnet.bottleneck ? 2U : 1U), arch, ": block_widths entries need ",
                resnet.bottleneck ? 2 : 1, " widths");
-      for (const int64_t x : w) VT_CHECK(x > 0, arch, ": block_widths must be positive");
+      for (const int64_t x : w) {
+        VT_CHECK(x > 0 && x <= kMaxWidth, arch, ": block_widths must be in 1..", kMaxWidth);
+      }
     }
   }
 }
@@ -222,16 +224,13 @@ std::string config_to_json(const ModelConfig& c) {
 }
 
 ModelConfig config_from_json(const std::string& text, const std::string& origin) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    VT_FAIL(origin, ": not valid JSON: ", e.what());
-  }
+  const json j = parse_json(text, origin);
   VT_CHECK(j.is_object(), origin, ": expected a JSON object");
   ModelConfig c;
   try {
-    const int version = j.value("vitrine_format", 1);
+    VT_CHECK(!j.contains("vitrine_format") || j["vitrine_format"].is_number_integer(), origin,
+             ": vitrine_format must be an integer");
+    const int64_t version = j.value("vitrine_format", int64_t{1});
     VT_CHECK(version <= kFormatVersion, origin, ": written by a newer Vitrine (format ",
              version, ", this one reads up to ", kFormatVersion, "); upgrade Vitrine");
     VT_CHECK(j.contains("arch") && j.contains("family"), origin,

@@ -3,6 +3,7 @@
 #include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/core/json.h"
 
 #include <nlohmann/json.hpp>
 
@@ -36,6 +37,8 @@ CatalogFile read_catalog_csv(const std::string& path) {
   for (size_t c = 0; c < header.size(); ++c) {
     const std::string name = lower(header[c]);
     VT_CHECK(!name.empty(), path, ":1: column ", c + 1, " has no name in the header row");
+    VT_CHECK(valid_utf8(name), path, ":1: column ", c + 1, "'s name is not UTF-8 text; save the "
+             "catalogue as UTF-8");
     VT_CHECK(!column.count(name), path, ":1: column '", name, "' appears twice");
     column[name] = c;
   }
@@ -59,6 +62,15 @@ CatalogFile read_catalog_csv(const std::string& path) {
       out.errors.push_back(where + "has " + std::to_string(rec.fields.size()) +
                            " fields, the header has " + std::to_string(header.size()) +
                            " (quote fields that contain commas)");
+      continue;
+    }
+    // Text goes into JSON (attributes, the HTTP answers), which must be UTF-8: a file saved
+    // as Latin-1 or Windows-1252 is refused row by row, naming the column.
+    const auto bad_text = std::find_if(rec.fields.begin(), rec.fields.end(),
+                                       [](const std::string& f) { return !valid_utf8(f); });
+    if (bad_text != rec.fields.end()) {
+      out.errors.push_back(where + "column '" + header[bad_text - rec.fields.begin()] +
+                           "' is not UTF-8 text; save the catalogue as UTF-8");
       continue;
     }
     auto field = [&](const char* name) -> std::string {
@@ -95,7 +107,11 @@ CatalogFile read_catalog_csv(const std::string& path) {
     nlohmann::json attributes = nlohmann::json::object();
     const std::string attr_text = field("attributes");
     if (!attr_text.empty()) {
-      attributes = nlohmann::json::parse(attr_text, nullptr, /*allow_exceptions=*/false);
+      try {
+        attributes = parse_json(attr_text, "attributes");
+      } catch (const Error&) {
+        attributes = nullptr;
+      }
       if (!attributes.is_object()) {
         out.errors.push_back(where + "attributes must be a JSON object such as "
                              "{\"colour\": \"red\"}");

@@ -218,7 +218,45 @@ TEST(Safetensors, CorruptFilesGiveClearErrors) {
             std::string::npos);
   EXPECT_NE(test::error_of([&] { safetensors_load(dir + "/missing.safetensors"); }).find("no such file"),
             std::string::npos);
+  // Headers written by hand: a shape whose byte count wraps around 2^64 to match the
+  // offsets, and metadata nested a million deep (which used to overflow the stack).
+  const auto with_header = [&](const std::string& name, const std::string& header) {
+    std::string file(8, '\0');
+    for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+    write_file_atomic(dir + "/" + name, file + header);
+    return test::error_of([&] { safetensors_load(dir + "/" + name); });
+  };
+  EXPECT_CONTAINS(with_header("wrap.safetensors", R"({"w": {"dtype": "F32", "shape": )"
+                                                  R"([4611686018427387904, 4], )"
+                                                  R"("data_offsets": [0, 0]}})"),
+                  "size overflows");
+  EXPECT_CONTAINS(with_header("deep.safetensors", R"({"__metadata__": {"x": )" +
+                                                      std::string(1000000, '[') +
+                                                      std::string(1000000, ']') + "}}"),
+                  "nested deeper than 64 levels");
   fs::remove_all(dir);
+}
+
+TEST(ModelDir, ConfigSizesBeyondAnyRealModelAreRefused) {
+  models::ModelConfig c = models::model_preset("resnet_custom");
+  const auto error_with = [&](const std::function<void(models::ModelConfig&)>& edit) {
+    models::ModelConfig bad = c;
+    edit(bad);
+    return test::error_of([&] { bad.validate(); });
+  };
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_CONTAINS(error_with([](auto& m) { m.resnet.layers = {int64_t{1} << 62, 1, 1, 1}; }),
+                  "a ResNet stage needs 1..1024 blocks");
+  EXPECT_CONTAINS(error_with([](auto& m) { m.num_classes = int64_t{1} << 40; }),
+                  "num_classes must be in 0..1048576");
+  EXPECT_CONTAINS(error_with([](auto& m) { m.preprocess.resize = int64_t{1} << 31; }),
+                  "resize and crop must be in 1..16384");
+  EXPECT_CONTAINS(test::error_of([] {
+                    models::config_from_json(
+                        R"({"arch": "resnet18", "family": "resnet", "vitrine_format": 1e30})",
+                        "c.json");
+                  }),
+                  "vitrine_format must be an integer");
 }
 
 TEST(Preprocess, SquashKeepsTheWholeImage) {

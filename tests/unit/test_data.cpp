@@ -286,6 +286,13 @@ TEST(DataImageFolder, Errors) {
   o.source = "";
   EXPECT_CONTAINS(error_of([&] { open_data(o); }), "no data source given");
 
+  // A link to a folder already entered (here: itself) is not followed round and round.
+  make_classes(root / "loop", {{"a", 2}, {"b", 1}});
+  fs::create_directory_symlink(".", root / "loop" / "a" / "self");
+  o.source = (root / "loop").string();
+  o.val_split = 0;
+  EXPECT_EQ(open_data(o).train->size(), 3);
+
   // A bad file fails when it is read, naming the file.
   write_text(root / "bad" / "a" / "broken.png", "not a png");
   o.source = (root / "bad").string();

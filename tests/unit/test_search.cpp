@@ -559,6 +559,19 @@ TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
   EXPECT_CONTAINS(file.errors[3], "p.csv:6: SKU a is already on line 2");
   EXPECT_CONTAINS(file.errors[4], "p.csv:7: product e lists no image");
   EXPECT_CONTAINS(file.errors[5], "p.csv:8: has 7 fields, the header has 6");
+  // Text that is not UTF-8 (a Latin-1 export) fails its row, naming the column; attributes
+  // nested without end fail theirs; the other rows are kept.
+  write_file_atomic(dir + "/latin1.csv",
+                    "sku,image,title,colour,attributes\n"
+                    "a,a.jpg,Shoe,ros\xE9,\n"
+                    "b,b.jpg,Bag,red,\"" + std::string(100000, '[') + "\"\n"
+                    "c,c.jpg,Hat,blue,\n");
+  const auto latin1 = read_catalog_csv(dir + "/latin1.csv");
+  ASSERT_EQ(latin1.rows.size(), 1u);
+  EXPECT_EQ(latin1.rows[0].product.sku, "c");
+  ASSERT_EQ(latin1.errors.size(), 2u);
+  EXPECT_CONTAINS(latin1.errors[0], "latin1.csv:2: column 'colour' is not UTF-8 text");
+  EXPECT_CONTAINS(latin1.errors[1], "latin1.csv:3: attributes must be a JSON object");
   write_file_atomic(dir + "/q.csv", "name,file\nx,y\n");
   EXPECT_CONTAINS(test::error_of([&] { read_catalog_csv(dir + "/q.csv"); }),
                   "needs a 'sku' and an 'image'");
