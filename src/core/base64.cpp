@@ -27,11 +27,21 @@ std::string base64_encode(const uint8_t* data, size_t size) {
   return out;
 }
 
+namespace {
+std::string byte_hex(char c) {
+  static const char* const kHex = "0123456789ABCDEF";
+  const auto b = static_cast<unsigned char>(c);
+  return std::string("0x") + kHex[b >> 4] + kHex[b & 15];
+}
+}  // namespace
+
 std::vector<uint8_t> base64_decode(const std::string& text) {
   size_t start = 0;
   if (text.rfind("data:", 0) == 0) {
     const size_t comma = text.find(',');
-    VT_CHECK(comma != std::string::npos && text.compare(comma - 7, 7, ";base64") == 0,
+    const std::string kind = ";base64";
+    VT_CHECK(comma != std::string::npos && comma >= 5 + kind.size() &&
+                 text.compare(comma - kind.size(), kind.size(), kind) == 0,
              "a data: URL must be base64 (data:image/png;base64,...)");
     start = comma + 1;
   }
@@ -53,7 +63,8 @@ std::vector<uint8_t> base64_decode(const std::string& text) {
     else if (c >= '0' && c <= '9') v = c - '0' + 52;
     else if (c == '+' || c == '-') v = 62;
     else if (c == '/' || c == '_') v = 63;
-    else VT_FAIL("not base64: character ", i, " is '", c, "'");
+    else if (c > ' ' && c < 127) VT_FAIL("not base64: character ", i, " is '", c, "'");
+    else VT_FAIL("not base64: character ", i, " is the byte ", byte_hex(c));
     VT_CHECK(!padding, "not base64: data after the '=' padding at character ", i);
     acc = (acc << 6) | static_cast<uint32_t>(v);
     bits += 6;

@@ -4,6 +4,7 @@
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/core/hash.h"
+#include "vitrine/core/json.h"
 #include "vitrine/image/decode.h"
 #include "vitrine/search/catalog.h"
 #include "vitrine/search/json.h"
@@ -16,6 +17,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <regex>
 #include <filesystem>
 #include <sys/socket.h>
 
@@ -31,7 +33,9 @@ using Clock = std::chrono::steady_clock;
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  // json_text: a message may quote the client's bytes (a bad base64 character, a SKU),
+  // which need not be UTF-8.
+  res.set_content(json_text(body), "application/json");
 }
 
 void send_error(httplib::Response& res, int status, const std::string& code,
@@ -46,6 +50,21 @@ std::string scope_for(const httplib::Request& req) {
   if (p.rfind("/v1/admin/", 0) == 0) return "admin";
   if (p.rfind("/v1/products", 0) == 0 && req.method != "GET") return "write";
   return "read";
+}
+
+/// The methods a path's routes take ("GET, PUT"), or "" for a path no route has.
+std::string allowed_methods(const std::string& path) {
+  static const std::pair<std::regex, const char*> kRoutes[] = {
+      {std::regex("/|/healthz|/readyz|/metrics|/openapi\\.json"), "GET"},
+      {std::regex("/v1/(classify|embed|search|admin/reload)"), "POST"},
+      {std::regex("/v1/products"), "GET, POST"},
+      {std::regex("/v1/products/[^/]+/images/[0-9]+"), "GET"},
+      {std::regex("/v1/products/[^/]+"), "GET, PUT, DELETE"},
+  };
+  for (const auto& [pattern, methods] : kRoutes) {
+    if (std::regex_match(path, pattern)) return methods;
+  }
+  return "";
 }
 
 /// The image of a request: the raw body (image/* or octet-stream), the multipart field
@@ -78,10 +97,13 @@ std::optional<json> json_body(const httplib::Request& req) {
   if (req.get_header_value("Content-Type").rfind("application/json", 0) != 0 || req.body.empty()) {
     return std::nullopt;
   }
-  auto body = json::parse(req.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object()) {
-    throw ServiceError(400, "bad_json", "the body is not a JSON object");
+  json body;
+  try {
+    body = parse_json(req.body, "the request body");
+  } catch (const Error& e) {
+    throw ServiceError(400, "bad_json", e.what());
   }
+  if (!body.is_object()) throw ServiceError(400, "bad_json", "the body is not a JSON object");
   return body;
 }
 
@@ -254,23 +276,39 @@ void HttpServer::routes() {
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
-  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;  // already an error body
+    const bool sends_body = req.method == "POST" || req.method == "PUT";
     if (res.status == 413) {
       send_error(res, 413, "too_large", "the body exceeds the size this service accepts");
+    } else if (res.status == 404 && !allowed_methods(req.path).empty()) {
+      res.set_header("Allow", allowed_methods(req.path));
+      send_error(res, 405, "method_not_allowed",
+                 req.method + " is not a method of this route; it takes " +
+                     allowed_methods(req.path));
     } else if (res.status == 404) {
       send_error(res, 404, "not_found", "no such route (see /openapi.json)");
+    } else if (res.status == 400 && sends_body && !req.has_header("Content-Length") &&
+               req.get_header_value("Transfer-Encoding") != "chunked") {
+      send_error(res, 400, "no_content_length",
+                 "a " + req.method + " request needs a Content-Length header, 0 for no body "
+                 "(curl sends one with -d '')");
     } else {
       send_error(res, res.status, "http_error", "HTTP error " + std::to_string(res.status));
     }
   });
   s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     if (!options_.access_log) return;
-    // No bodies, no keys: only what an operator needs to follow the traffic.
-    spdlog::info("{}", json{{"method", req.method}, {"path", req.path}, {"status", res.status},
-                            {"remote", req.remote_addr}, {"bytes_in", req.body.size()},
-                            {"bytes_out", res.body.size()}}
-                           .dump());
+    // No bodies, no keys: only what an operator needs to follow the traffic. The path and
+    // method are the client's bytes (json_text: not necessarily UTF-8), and nothing thrown
+    // here may leave the server's worker thread.
+    try {
+      spdlog::info("{}", json_text(json{{"method", req.method}, {"path", req.path},
+                                        {"status", res.status}, {"remote", req.remote_addr},
+                                        {"bytes_in", req.body.size()},
+                                        {"bytes_out", res.body.size()}}));
+    } catch (const std::exception&) {
+    }
   });
 
   // Each route through one wrapper: timing, metrics, and errors as JSON.
@@ -280,6 +318,7 @@ void HttpServer::routes() {
       const auto t0 = Clock::now();
       try {
         body(req, res);
+        if (res.status == -1) res.status = 200;  // set_content leaves it to httplib
       } catch (const ServiceError& e) {
         if (e.status() == 429) res.set_header("Retry-After", "1");
         send_error(res, e.status(), e.code(), e.what());
@@ -404,8 +443,12 @@ void HttpServer::routes() {
             p = service_.db()->catalog().find(req.matches[1]);
           }
           if (!p) throw ServiceError(404, "unknown_sku", "no product " + std::string(req.matches[1]));
-          const size_t i = std::stoul(req.matches[2]);
-          if (i >= p->images.size()) throw ServiceError(404, "no_image", "the product has no such image");
+          // The route's pattern allows digits only; more of them than any product has images.
+          const std::string index = req.matches[2];
+          if (index.size() > 6 || std::stoul(index) >= p->images.size()) {
+            throw ServiceError(404, "no_image", "the product has no such image");
+          }
+          const size_t i = std::stoul(index);
           std::vector<uint8_t> bytes;
           try {
             bytes = image::read_file(p->images[i]);
@@ -447,6 +490,7 @@ void HttpServer::routes() {
   // batcher, then the product stored in one transaction.
   auto store = [this](const std::string& sku, const json& p) {
     if (!p.is_object()) throw ServiceError(400, "bad_product", "a product is a JSON object");
+    if (!valid_utf8(sku)) throw ServiceError(400, "bad_sku", "a SKU must be UTF-8 text");
     search::ProductUpdate u;
     u.product.sku = sku;
     auto text = [&](const char* k) {
@@ -512,27 +556,57 @@ void HttpServer::routes() {
         }));
   s.Post("/v1/products", route("/v1/products", [this, store](const httplib::Request& req, httplib::Response& res) {
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
-           const auto body = json::parse(req.body, nullptr, false);
+           json body;
+           try {
+             body = parse_json(req.body, "the request body");
+           } catch (const Error& e) {
+             throw ServiceError(400, "bad_json", e.what());
+           }
            if (!body.is_array()) {
              throw ServiceError(400, "bad_json", "send a JSON array of products, each with a sku");
            }
+           // As `vitrine index`: the good products are stored, each bad one is reported
+           // (by its position and SKU) and stores nothing.
            std::vector<search::ProductUpdate> batch;
-           for (const auto& p : body) {
-             if (!p.is_object() || !p.contains("sku") || !p["sku"].is_string()) {
-               throw ServiceError(400, "bad_product", "each product needs a \"sku\" string");
+           json results = json::array();
+           for (size_t i = 0; i < body.size(); ++i) {
+             const json& p = body[i];
+             json result{{"index", i}};
+             try {
+               if (!p.is_object() || !p.contains("sku") || !p["sku"].is_string()) {
+                 throw ServiceError(400, "bad_product", "each product needs a \"sku\" string");
+               }
+               result["sku"] = p["sku"];
+               batch.push_back(store(p["sku"].get<std::string>(), p));
+               result["status"] = "stored";
+             } catch (const ServiceError& e) {
+               result["status"] = "failed";
+               result["error"] = {{"code", e.code()}, {"message", e.what()}};
+             } catch (const Error& e) {
+               result["status"] = "failed";
+               result["error"] = {{"code", "bad_request"}, {"message", e.what()}};
              }
-             batch.push_back(store(p["sku"].get<std::string>(), p));
+             results.push_back(std::move(result));
            }
-           std::lock_guard<std::mutex> lock(service_.db_mutex());
-           service_.db()->upsert(batch);
-           service_.db()->save();
-           metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
-           send_json(res, 200, {{"stored", batch.size()}});
+           if (!batch.empty()) {
+             std::lock_guard<std::mutex> lock(service_.db_mutex());
+             service_.db()->upsert(batch);
+             service_.db()->save();
+             metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
+           }
+           send_json(res, 200, {{"stored", batch.size()},
+                                {"failed", body.size() - batch.size()},
+                                {"results", results}});
          }));
   s.Post("/v1/admin/reload", route("/v1/admin/reload", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
            std::string dir;
-           if (body && body->contains("model")) dir = (*body)["model"].get<std::string>();
+           if (body && body->contains("model")) {
+             if (!(*body)["model"].is_string()) {
+               throw ServiceError(400, "bad_parameter", "model must be a directory path (a string)");
+             }
+             dir = (*body)["model"].get<std::string>();
+           }
            try {
              service_.reload(dir);
            } catch (const Error& e) {

@@ -16,6 +16,9 @@
 #include <future>
 #include <random>
 #include <regex>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -135,6 +138,25 @@ class Server {
   bool exited_ = false;
 };
 
+/// Sends `request` as is on a new connection to the server and returns all it answers.
+std::string raw_exchange(int port, const std::string& request) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string answer;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      ::send(fd, request.data(), request.size(), 0) == static_cast<ssize_t>(request.size())) {
+    timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) answer.append(buf, n);
+  }
+  ::close(fd);
+  return answer;
+}
+
 json body_of(const httplib::Result& r) {
   EXPECT_TRUE(r) << "no response";
   return r ? json::parse(r->body, nullptr, false) : json();
@@ -231,6 +253,27 @@ TEST(Serve, EveryEndpointsHappyPath) {
                           "application/json");
   ASSERT_EQ(bulk->status, 200) << bulk->body;
   EXPECT_EQ(body_of(bulk)["stored"], 2);
+  EXPECT_EQ(body_of(bulk)["failed"], 0);
+  // A batch with bad products stores the good ones and names each bad one.
+  auto mixed = writer.Post("/v1/products",
+                           json::array({{{"sku", "NEW4"}, {"images", {b64}}},
+                                        {{"sku", "BAD1"}, {"images", {base64_encode("text")}}},
+                                        {{"images", {b64}}}})
+                               .dump(),
+                           "application/json");
+  ASSERT_EQ(mixed->status, 200) << mixed->body;
+  const json m = body_of(mixed);
+  EXPECT_EQ(m["stored"], 1) << m;
+  EXPECT_EQ(m["failed"], 2) << m;
+  ASSERT_EQ(m["results"].size(), 3u) << m;
+  EXPECT_EQ(m["results"][0]["status"], "stored");
+  EXPECT_EQ(m["results"][1]["sku"], "BAD1");
+  EXPECT_EQ(m["results"][1]["error"]["code"], "bad_image");
+  EXPECT_EQ(m["results"][2]["index"], 2);
+  EXPECT_EQ(m["results"][2]["error"]["code"], "bad_product");
+  EXPECT_EQ(reader.Get("/v1/products/NEW4")->status, 200);
+  EXPECT_EQ(reader.Get("/v1/products/BAD1")->status, 404);
+  writer.Delete("/v1/products/NEW4");
   EXPECT_EQ(writer.Delete("/v1/products/NEW2")->status, 200);
   EXPECT_EQ(reader.Get("/v1/products/NEW2")->status, 404);
   EXPECT_EQ(writer.Delete("/v1/products/NEW2")->status, 404);
@@ -246,6 +289,9 @@ TEST(Serve, EveryEndpointsHappyPath) {
             std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("vitrine_model_reloads_total{outcome=\"ok\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("{route=\"/v1/products/{sku}/images/{i}\",status=\"200\"} 1"),
+            std::string::npos)
+      << metrics;
   // The access log names routes and statuses, never keys or image bytes.
   const std::string log = server.log();
   EXPECT_NE(log.find("\"path\":\"/v1/classify\""), std::string::npos);
@@ -486,9 +532,18 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
        json{{"images", {base64_encode("plain text")}}}.dump(), "application/json", 400, "bad_image"},
       {"bulk not an array", "POST", "/v1/products", json{{"sku", "X2"}}.dump(), "application/json",
        400, "bad_json"},
-      {"bulk product without sku", "POST", "/v1/products",
-       json::array({json{{"images", {b64}}}}).dump(), "application/json", 400, "bad_product"},
       {"unknown route", "GET", "/v1/nothing", "", "", 404, "not_found"},
+      {"wrong method", "GET", "/v1/classify", "", "", 405, "method_not_allowed"},
+      {"nested a million deep", "PUT", "/v1/products/X1",
+       "{\"attributes\": {\"a\": " + std::string(1000000, '[') + std::string(1000000, ']') +
+           "}, \"images\": [\"" + b64 + "\"]}",
+       "application/json", 400, "bad_json"},
+      {"data URL too short", "POST", "/v1/embed", json{{"image", "data:,AAAA"}}.dump(),
+       "application/json", 400, "bad_base64"},
+      {"base64 with a non-ASCII character", "POST", "/v1/embed", json{{"image", "AA\u00e9"}}.dump(),
+       "application/json", 400, "bad_base64"},
+      {"image index huge", "GET", "/v1/products/SKU1/images/99999999999999999999999", "", "",
+       404, "no_image"},
   };
   for (const auto& c : cases) {
     auto& client = c.method == "GET" ? reader : writer;
@@ -502,6 +557,28 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
     EXPECT_EQ(body["error"]["code"], c.code) << c.what << ": " << r->body;
     EXPECT_FALSE(body["error"]["message"].get<std::string>().empty()) << c.what;
   }
+  // The reload route wants a path, and a POST without a Content-Length is named as such
+  // (httplib's clients always send one: this request is written by hand).
+  auto admin = server.client(fixture().admin_key);
+  auto reload = admin.Post("/v1/admin/reload", json{{"model", 5}}.dump(), "application/json");
+  EXPECT_EQ(reload->status, 400) << reload->body;
+  const std::string raw = raw_exchange(server.port(),
+                                       "POST /v1/admin/reload HTTP/1.1\r\nHost: x\r\n"
+                                       "Authorization: Bearer " + fixture().admin_key +
+                                       "\r\nConnection: close\r\n\r\n");
+  EXPECT_NE(raw.find("no_content_length"), std::string::npos) << raw;
+  // Paths whose bytes (percent-decoded) are not UTF-8: logged and answered, not a crash.
+  const std::string bad_path = raw_exchange(server.port(), "GET /v1/%FF HTTP/1.1\r\nHost: x\r\n"
+                                                           "Connection: close\r\n\r\n");
+  EXPECT_EQ(bad_path.rfind("HTTP/1.1 401", 0), 0u) << bad_path;  // no key given
+  const std::string product = json{{"images", {b64}}}.dump();
+  const std::string bad_sku = raw_exchange(
+      server.port(), "PUT /v1/products/X%FF HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                         fixture().write_key +
+                         "\r\nContent-Type: application/json\r\nContent-Length: " +
+                         std::to_string(product.size()) + "\r\nConnection: close\r\n\r\n" +
+                         product);
+  EXPECT_NE(bad_sku.find("bad_sku"), std::string::npos) << bad_sku;
   // None of them stored anything, and the service still answers.
   EXPECT_EQ(reader.Get("/v1/products/X1")->status, 404);
   EXPECT_EQ(reader.Post("/v1/classify", f.photos[0], "image/png")->status, 200);
