@@ -167,7 +167,7 @@ const char* const kOpenApi = R"json({
     "/v1/search": {"post": {"summary": "Similar products: image, k, filters (category=shoes, price<=100)", "responses": {"200": {"description": "results"}}}},
     "/v1/products": {
       "get": {"summary": "List products: offset, limit, filter", "responses": {"200": {"description": "products and total"}}},
-      "post": {"summary": "Store several products (JSON array of products with base64 images)", "responses": {"200": {"description": "stored"}}}},
+      "post": {"summary": "Store several products (JSON array of products with base64 images): the good ones are stored, each product has its status in results", "responses": {"200": {"description": "stored and failed counts, and each product's status"}}}},
     "/v1/products/{sku}/images/{i}": {"get": {"summary": "A product's i-th stored photo", "responses": {"200": {"description": "the image"}, "404": {"description": "none"}}}},
     "/v1/products/{sku}": {
       "get": {"summary": "One product", "responses": {"200": {"description": "the product"}, "404": {"description": "unknown"}}},
