@@ -30,7 +30,7 @@ void add_pretrain_command(CLI::App& app, int& status) {
       ->check(CLI::IsMember({"simclr", "mae"}));
   add_loop_options(cmd, {&o->epochs, &o->batch_size, &o->optim, &o->schedule, &o->warmup_epochs,
                          &o->min_lr, &o->clip_grad, &o->amp, &o->seed, &o->workers, threads.get(),
-                         &o->resume, &o->save_every_steps, &o->strict});
+                         &o->resume, &o->overwrite, &o->save_every_steps, &o->strict});
   cmd->add_option("--temperature", o->temperature, "simclr: NT-Xent temperature");
   cmd->add_option("--proj-dim", o->proj_dim, "simclr: projection output size");
   cmd->add_option("--proj-hidden", o->proj_hidden,

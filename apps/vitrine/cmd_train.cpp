@@ -28,7 +28,8 @@ namespace vitrine::cli {
 std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split) {
   std::shared_ptr<data::Dataset> d = split == "train" ? s.train : split == "val" ? s.val : s.test;
   VT_CHECK(d && d->size() > 0, "the data has no '", split, "' split (or it is empty); choose "
-           "another with --split");
+           "another with --split", split == "train" ? "" : ", or split one off a root without "
+           "a " + split + "/ folder with --" + split + "-split as the model's train run did");
   return d;
 }
 
@@ -78,6 +79,9 @@ void add_loop_options(CLI::App* cmd, LoopFlags f) {
   cmd->add_option("--workers", *f.workers, "Image decoding threads (0 = all cores)");
   cmd->add_option("--threads", *f.threads, "Compute threads (default: all cores)");
   cmd->add_flag("--resume", *f.resume, "Continue the run in --out from its saved state");
+  cmd->add_flag("--overwrite", *f.overwrite,
+                "Replace the run already in --out (without it, such a --out is refused)")
+      ->excludes("--resume");
   cmd->add_option("--save-every", *f.save_every,
                   "Also save the resumable state every N steps (0: at epoch ends)")
       ->check(CLI::NonNegativeNumber);
@@ -186,7 +190,7 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_flag("--reinit-head", o->reinit_head, "New head when --init has another class count");
   add_loop_options(cmd, {&o->epochs, &o->batch_size, &o->optim, &o->schedule, &o->warmup_epochs,
                          &o->min_lr, &o->clip_grad, &o->amp, &o->seed, &o->workers, threads.get(),
-                         &o->resume, &o->save_every_steps, &o->strict});
+                         &o->resume, &o->overwrite, &o->save_every_steps, &o->strict});
   cmd->add_option("--layer-decay", o->optim.layer_decay,
                   "Layer-wise LR decay: each block below the head gets this times the rate of "
                   "the one above (ViT blocks, ResNet residual blocks; 1 = off)");
@@ -308,9 +312,15 @@ void add_train_command(CLI::App& app, int& status) {
     }
     spdlog::info("best model: {} (epoch {}), last: {}", result.best_dir, result.best_epoch,
                  result.last_dir);
-    if (result.has_test) {
-      spdlog::info("test: top-1 {:.4f}, macro-F1 {:.4f} (best model)", result.test_top1,
-                   result.test_macro_f1);
+    const auto skipped_note = [](int64_t n) {
+      return n > 0 ? fmt::format("; {} unreadable test images skipped", n) : std::string();
+    };
+    if (result.has_test && result.test_multi_label) {
+      spdlog::info("test: mAP {:.4f}, macro-F1 {:.4f} (best model){}", result.test_map,
+                   result.test_macro_f1, skipped_note(result.test_skipped));
+    } else if (result.has_test) {
+      spdlog::info("test: top-1 {:.4f}, macro-F1 {:.4f} (best model){}", result.test_top1,
+                   result.test_macro_f1, skipped_note(result.test_skipped));
     }
     spdlog::info("report: {}", result.report);
     status = kExitOk;

@@ -78,12 +78,13 @@ struct LoopFlags {
   int* workers;
   int* threads;
   bool* resume;
+  bool* overwrite;
   int64_t* save_every;
   bool* strict;
 };
 /// --epochs, -b, --opt, --lr, --weight-decay, --momentum, --nesterov, --sched,
 /// --warmup-epochs, --min-lr, --clip-grad, --amp, --seed, --workers, --threads, --resume,
-/// --save-every, --strict.
+/// --overwrite, --save-every, --strict.
 void add_loop_options(CLI::App* cmd, LoopFlags flags);
 /// --scale, --ratio, --hflip, --color-jitter.
 void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& augment);

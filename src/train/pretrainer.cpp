@@ -119,6 +119,7 @@ struct Pretrainer::State {
   PretrainResult result;
 
   EpochProgress resume_progress;
+  bool replaces_run = false;  ///< --overwrite and out_dir holds a run: removed in run()
 
   std::string path(const std::string& name) const { return (fs::path(o.out_dir) / name).string(); }
   bool mae() const { return o.method == "mae"; }
@@ -373,6 +374,7 @@ Pretrainer::Pretrainer(PretrainOptions options) : s_(std::make_unique<State>()) 
   VT_CHECK(o.temperature > 0, "--temperature must be positive (SimCLR uses 0.1-0.5)");
   VT_CHECK(o.proj_dim > 0 && o.proj_hidden >= 0, "--proj-dim must be positive");
   VT_CHECK(o.amp == "none" || o.amp == "bf16", "--amp must be none or bf16");
+  s.replaces_run = check_run_dir(o.out_dir, o.resume, o.overwrite);
   at::manual_seed(o.seed);
   s.open_data();
   s.build_model();
@@ -389,6 +391,7 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
   auto& s = *s_;
   const auto& o = s.o;
   const auto run_start = std::chrono::steady_clock::now();
+  if (s.replaces_run) remove_run_files(o.out_dir);
   fs::create_directories(o.out_dir);
   if (o.resume) s.load_state();
   data::LoaderOptions lo =

@@ -39,6 +39,27 @@ std::string state_folder_to_resume(const std::string& run_dir, const std::string
           "; start without --resume");
 }
 
+bool check_run_dir(const std::string& run_dir, bool resume, bool overwrite) {
+  if (resume) return false;
+  std::error_code ec;
+  const fs::path dir(run_dir);
+  const bool holds_run = fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "state", ec) ||
+                         fs::exists(dir / "best", ec) || fs::exists(dir / "last", ec);
+  VT_CHECK(!holds_run || overwrite, run_dir, " already holds a run (metrics.jsonl, state/, "
+           "best/ or last/); continue it with --resume, choose another --out, or pass "
+           "--overwrite to replace it");
+  return holds_run;
+}
+
+void remove_run_files(const std::string& run_dir) {
+  // What train and pretrain write.
+  static const char* const kRunFiles[] = {
+      "metrics.jsonl", "state",       "state.new", "state.old",    "best",          "last",
+      "report.html",   "test_metrics.json", "loss.svg", "accuracy.svg", "confusion.svg"};
+  spdlog::warn("--overwrite: removing the earlier run in {}", run_dir);
+  for (const char* name : kRunFiles) fs::remove_all(fs::path(run_dir) / name);
+}
+
 RngState capture_rng(const std::mt19937_64& rng) {
   std::ostringstream text;
   text << rng;

@@ -125,6 +125,7 @@ struct Trainer::State {
   TrainResult result;
   int64_t bad_epochs = 0;
   EpochProgress resume_progress;  ///< set by load_state when the state is mid-epoch
+  bool replaces_run = false;      ///< --overwrite and out_dir holds a run: removed in run()
   std::unique_ptr<ProcessGroup> group;  ///< data-parallel runs only
   /// Distillation: the teacher (inference path) and, per data class, its logit column.
   std::unique_ptr<models::Predictor> teacher;
@@ -588,14 +589,25 @@ void Trainer::State::write_run_report() {
               {"run directory", o.out_dir}};
   ClassificationMetrics test;
   const auto shown = data.test && data.test->size() > 0 ? data.test : data.val;
-  if (!data.multi_label && data.test && data.test->size() > 0) {
+  if (data.test && data.test->size() > 0) {
     std::vector<std::string> errors;
-    test = evaluate(*best, data.test, {o.batch_size, o.workers, o.strict, true}, &errors);
-    in.test = &test;
+    const EvalOptions eo{o.batch_size, o.workers, o.strict, true};
     result.has_test = true;
-    result.test_top1 = test.top1;
-    result.test_macro_f1 = test.macro_f1;
-    write_file_atomic(path("test_metrics.json"), test.to_json(data.classes));
+    if (data.multi_label) {
+      const auto m = evaluate_multi_label(*best, data.test, eo, &errors);
+      result.test_multi_label = true;
+      result.test_map = m.mean_ap;
+      result.test_macro_f1 = m.macro_f1;
+      write_file_atomic(path("test_metrics.json"), m.to_json(data.classes));
+    } else {
+      test = evaluate(*best, data.test, eo, &errors);
+      in.test = &test;
+      result.test_top1 = test.top1;
+      result.test_macro_f1 = test.macro_f1;
+      write_file_atomic(path("test_metrics.json"), test.to_json(data.classes));
+    }
+    for (const auto& e : errors) spdlog::warn("test: skipped {}", e);
+    result.test_skipped = static_cast<int64_t>(errors.size());
   }
   // A grid of held-out images with the best model's predictions.
   if (!data.multi_label && shown && shown->size() > 0) {
@@ -783,6 +795,8 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
            "name them with --unlabelled");
   VT_CHECK(o.unlabelled_targets == "self" || !o.teacher_dir.empty(),
            "--unlabelled-targets teacher needs a --teacher model directory to give the targets");
+  // Rank 0 writes the run, and it alone owns the directory.
+  if (o.dist.rank == 0) s.replaces_run = check_run_dir(o.out_dir, o.resume, o.overwrite);
   at::manual_seed(o.seed);
   s.data = data::open_data(o.data);
   for (const auto& w : s.data.warnings) spdlog::warn("{}", w);
@@ -891,6 +905,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
                          const std::function<void(const EpochRecord&)>& on_epoch) {
   auto& s = *s_;
   const auto& o = s.o;
+  if (s.replaces_run) remove_run_files(o.out_dir);
   fs::create_directories(o.out_dir);
   if (o.resume) s.load_state();
   data::LoaderOptions lo =

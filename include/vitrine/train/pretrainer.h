@@ -70,6 +70,7 @@ struct PretrainOptions {
   std::string out_dir;
   uint64_t seed = 0;
   bool resume = false;
+  bool overwrite = false;  ///< replace a run already in out_dir (check_run_dir)
   int64_t save_every_steps = 0;  ///< also save the resumable state every N steps
   std::string command;           ///< the command line, for the model's provenance
 };

@@ -22,6 +22,14 @@ void write_state_folder(const std::string& run_dir,
 /// saying to start without --resume, when there is none.
 std::string state_folder_to_resume(const std::string& run_dir, const std::string& marker);
 
+/// Before a run is set up: a fresh run (not `resume`) in a directory that already holds one
+/// (its metrics.jsonl, state/, best/ or last/) is refused, since it would replace that run's
+/// models and logs, unless `overwrite`. Returns whether there is such a run to replace.
+bool check_run_dir(const std::string& run_dir, bool resume, bool overwrite);
+/// Removes the files a run writes (models, logs, state, report) from `run_dir`, and only
+/// those: other files in the directory stay.
+void remove_run_files(const std::string& run_dir);
+
 /// The random generators of an epoch in progress: the epoch's std::mt19937_64 and
 /// libtorch's default CPU generator (dropout, drop-path, random init).
 struct RngState {

@@ -114,6 +114,7 @@ struct TrainOptions {
   std::string out_dir;
   uint64_t seed = 0;
   bool resume = false;
+  bool overwrite = false;  ///< replace a run already in out_dir (check_run_dir)
   /// The command line, for the saved models' provenance (empty: not recorded).
   std::string command;
   /// Also save the resumable state every N optimisation steps (0: at epoch ends only),
@@ -149,6 +150,9 @@ struct TrainResult {
   std::vector<std::string> warnings;
   bool has_test = false;        ///< the data has a test split, evaluated with the best model
   double test_top1 = 0, test_macro_f1 = 0;
+  bool test_multi_label = false;  ///< test_map and test_macro_f1 are set, not test_top1
+  double test_map = 0;        ///< multi-label data: mean average precision on the test split
+  int64_t test_skipped = 0;   ///< test images that could not be read
   std::string report;           ///< report.html of the run
   int64_t trainable_params = 0, total_params = 0;  ///< numbers of weights
 };
