@@ -23,6 +23,7 @@ void add_compare_command(CLI::App& app, int& status) {
     std::vector<std::string> runs;
     std::string out, title = "Vitrine: runs compared", data;
     int64_t samples = 24;
+    double val_split = data::DataOptions{}.val_split, test_split = data::DataOptions{}.test_split;
     std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
     int threads = 0;
   };
@@ -33,6 +34,10 @@ void add_compare_command(CLI::App& app, int& status) {
   cmd->add_option("--title", a->title, "The report's title");
   cmd->add_option("--data", a->data,
                   "The runs' data: its test photos are shown with each best model's prediction");
+  cmd->add_option("--val-split", a->val_split,
+                  "Validation fraction of a --data root without val/ (as the runs were trained)");
+  cmd->add_option("--test-split", a->test_split,
+                  "Test fraction of a --data root without test/ (as the runs were trained)");
   cmd->add_option("--samples", a->samples, "How many test photos to show")
       ->check(CLI::Range(0, 200));
   cmd->add_option("--fashion-mnist-dir", a->fashion_mnist_dir, "Where the IDX files are");
@@ -50,6 +55,8 @@ void add_compare_command(CLI::App& app, int& status) {
     if (!a->data.empty() && a->samples > 0) {
       data::DataOptions d;
       d.source = a->data;
+      d.val_split = a->val_split;
+      d.test_split = a->test_split;
       d.fashion_mnist_dir = a->fashion_mnist_dir;
       const data::DataSplits splits = data::open_data(d);
       const auto shown = splits.test && splits.test->size() > 0 ? splits.test : splits.val;

@@ -23,6 +23,8 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <filesystem>
+#include <optional>
 #include <cstdio>
 #include <iostream>
 
@@ -31,6 +33,7 @@ namespace {
 
 struct Args {
   std::string model, out, calib, eval_data, split = "test";
+  std::string final_out;  ///< --out as given (out is where the model is written meanwhile)
   bool int8 = false;
   double prune = 0;
   int64_t tome = 0;
@@ -39,7 +42,17 @@ struct Args {
   int64_t calib_images = 512, eval_images = 0, knn_bank = 10000, batch_size = 64;
   uint64_t seed = 0;
   int threads = 0, workers = 0;
+  /// --data's splits as `train` made them (the same fractions and split seed, so "test" is
+  /// the run's test split, never photos it trained on).
+  double val_split = data::DataOptions{}.val_split, test_split = data::DataOptions{}.test_split;
   bool changes_weights() const { return prune > 0 || tome > 0; }
+  data::DataOptions eval_options() const {
+    data::DataOptions d;
+    d.source = eval_data;
+    d.val_split = val_split;
+    d.test_split = test_split;
+    return d;
+  }
 };
 
 /// `limit` items of `d` spread over it by a seeded permutation (all when limit <= 0).
@@ -219,8 +232,7 @@ models::VisionModel prune_and_recover(const Args& a, const models::VisionModel& 
   train::TrainOptions o;
   o.init_dir = pruned_dir;
   o.teacher_dir = a.model;
-  o.data.source = a.eval_data;
-  o.data.seed = a.seed;
+  o.data = a.eval_options();
   o.seed = a.seed;
   o.epochs = a.recover_epochs;
   o.batch_size = a.batch_size;
@@ -244,7 +256,7 @@ models::VisionModel prune_and_recover(const Args& a, const models::VisionModel& 
                    {"data", a.eval_data},
                    {"teacher", a.model},
                    {"distill_alpha", o.distill_alpha},
-                   {"run", o.out_dir},
+                   {"run", a.final_out + "/recovery"},
                    {"best_epoch", result.best_epoch},
                    {"best_val_top1", result.best_value}};
   report["prune"] = r;
@@ -290,12 +302,64 @@ void calibrate(const Args& a, models::VisionModelImpl& model, nlohmann::json& re
         {"statistic", "largest magnitude, mean over batches"}}}};
 }
 
+/// Removes a directory being written unless it was finished (a failed run leaves nothing that
+/// looks like a model).
+class PartialDir {
+ public:
+  explicit PartialDir(std::string path) : path_(std::move(path)) {
+    std::filesystem::remove_all(path_);
+  }
+  ~PartialDir() {
+    std::error_code ec;
+    if (!done_) std::filesystem::remove_all(path_, ec);
+  }
+  PartialDir(const PartialDir&) = delete;
+  PartialDir& operator=(const PartialDir&) = delete;
+  /// Moves it to `dest`, replacing what was there.
+  void finish(const std::string& dest) {
+    const std::string old = dest + ".old";
+    std::filesystem::remove_all(old);
+    if (std::filesystem::exists(dest)) std::filesystem::rename(dest, old);
+    std::filesystem::rename(path_, dest);
+    std::filesystem::remove_all(old);
+    done_ = true;
+  }
+
+ private:
+  std::string path_;
+  bool done_ = false;
+};
+
+void run_into(const Args& a);
+
 void run(const Args& a) {
   VT_CHECK(a.int8 || a.changes_weights(),
            "nothing to do: choose an optimisation (--prune, --tome, --int8)");
   VT_CHECK(!a.int8 || !a.calib.empty(), "--int8 needs calibration images: add --calib DIR "
            "(a sample of the photos the model will see)");
+  // Everything is written beside --out and moved there once measured.
+  const std::string out = std::filesystem::path(a.out).lexically_normal().string();
+  VT_CHECK(!out.empty() && out != "." && out != "/", "--out must name a directory for the model");
+  Args partial = a;
+  partial.final_out = a.out;
+  partial.out = (out.back() == '/' ? out.substr(0, out.size() - 1) : out) + ".partial";
+  PartialDir dir(partial.out);
+  run_into(partial);
+  dir.finish(a.out);
+  spdlog::info("saved {}: `vitrine predict/index/serve --model {}` run it{}", a.out, a.out,
+               a.int8 ? " in int8" : "");
+}
+
+void run_into(const Args& a) {
   const int threads = set_threads(a.threads);
+  // The labelled data first: a bad --data or --split fails before any work is done.
+  std::optional<data::DataSplits> splits;
+  if (!a.eval_data.empty()) {
+    splits = data::open_data(a.eval_options());
+    VT_CHECK(!splits->multi_label,
+             "measuring on multi-label data is not yet supported; leave out --data");
+    pick_split(*splits, a.split);
+  }
   const auto original = models::load_model(a.model);
   VT_CHECK(a.tome == 0 || original->config().family == models::Family::kViT,
            "--tome merges ViT tokens; ", original->config().arch, " is a ResNet (use --prune)");
@@ -324,18 +388,12 @@ void run(const Args& a) {
   }
   models::save_model(*model, a.out);
 
-  if (!a.eval_data.empty()) {
-    data::DataOptions eval_opts;
-    eval_opts.source = a.eval_data;
-    eval_opts.seed = a.seed;
-    const auto splits = data::open_data(eval_opts);
-    VT_CHECK(!splits.multi_label,
-             "measuring on multi-label data is not yet supported; leave out --data");
+  if (splits) {
     // A classifier is scored among its own classes (the data may hold some of them).
-    const auto base = pick_split(splits, a.split);
+    const auto base = pick_split(*splits, a.split);
     const auto d = sample(cfg.num_classes > 0 ? data::with_classes(base, cfg.labels) : base,
                           a.eval_images, a.seed);
-    report["accuracy"] = compare_on(a, splits, d);
+    report["accuracy"] = compare_on(a, *splits, d);
     const auto& acc = report["accuracy"];
     spdlog::info("{} images of {} ({}):", acc["images"].get<int64_t>(), a.eval_data,
                  acc["task"].get<std::string>());
@@ -366,9 +424,7 @@ void run(const Args& a) {
     cfg.provenance_json = json_text(prov);
   }
   models::save_model(*model, a.out);
-  std::cout << json_text(nlohmann::json{{"model", a.out}, {"report", report}}) << "\n";
-  spdlog::info("saved {}: `vitrine predict/index/serve --model {}` run it{}", a.out, a.out,
-               a.int8 ? " in int8" : "");
+  std::cout << json_text(nlohmann::json{{"model", a.final_out}, {"report", report}}) << "\n";
 }
 
 }  // namespace
@@ -408,6 +464,10 @@ void add_optimize_command(CLI::App& app, int& status) {
                   "its --split, and --prune recovers on its training split");
   cmd->add_option("--split", a->split, "Split of --data: train | val | test")
       ->check(CLI::IsMember({"train", "val", "test"}));
+  cmd->add_option("--val-split", a->val_split,
+                  "Validation fraction of a --data root without val/ (as the model's train run)");
+  cmd->add_option("--test-split", a->test_split,
+                  "Test fraction of a --data root without test/ (as the model's train run)");
   cmd->add_option("--eval-images", a->eval_images, "Measure on this many images (0: all)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   cmd->add_option("--knn-bank", a->knn_bank,

@@ -394,6 +394,17 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
                         q(d + "/data/train") + " --data " + q(d + "/data") + " --out " +
                         q(d + "/int8"));
   ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(fs::exists(d + "/int8.partial"));
+  // A split the data lacks fails before any work, and leaves no model behind.
+  const auto failed = test::run_command(
+      bin + " optimize --model " + q(d + "/run/best") + " --int8 --calib " +
+      q(d + "/data/train") + " --data " + q(d + "/data") + " --split val --val-split 0 --out " +
+      q(d + "/bad"));
+  EXPECT_EQ(failed.status, 2);
+  EXPECT_NE(failed.err.find("no 'val' split"), std::string::npos) << failed.err;
+  EXPECT_EQ(failed.err.find("calibrated"), std::string::npos) << failed.err;
+  EXPECT_FALSE(fs::exists(d + "/bad"));
+  EXPECT_FALSE(fs::exists(d + "/bad.partial"));
   const auto lines = json_lines(r.out);
   ASSERT_EQ(lines.size(), 1u) << r.out;
   const json& acc = lines[0]["report"]["accuracy"];
