@@ -68,6 +68,15 @@ CLI::Option* add_data_split_options(CLI::App* cmd, data::DataOptions& d, std::st
 }
 
 /// The model for search and evaluation: --model, or the one the database was indexed with.
+/// An existing search database: commands that read one never create it (a mistyped --db
+/// would otherwise leave a new empty database behind and answer nothing).
+std::unique_ptr<search::SearchDb> open_existing_db(const std::string& dir,
+                                                   const search::IndexOptions& index = {}) {
+  VT_CHECK(fs::exists(fs::path(dir) / "catalog.sqlite"), "no search database in ", dir,
+           " (create one with `vitrine index`)");
+  return search::SearchDb::open(dir, index);
+}
+
 std::string model_for(const search::SearchDb& db, const std::string& given) {
   if (!given.empty()) return given;
   const std::string path = db.catalog().model_path();
@@ -357,7 +366,7 @@ void add_search_command(CLI::App& app, int& status) {
     set_threads(a->threads);
     std::vector<search::Filter> filters;
     for (const auto& f : a->filters) filters.push_back(search::parse_filter(f));
-    auto db = search::SearchDb::open(a->db, a->index);
+    auto db = open_existing_db(a->db, a->index);
     search::EmbedderOptions eo;
     eo.precision = a->precision;
     const search::Embedder embedder(model_for(*db, a->model), eo);
@@ -436,9 +445,7 @@ void add_remove_command(CLI::App& app, int& status) {
   cmd->add_option("--db", *db_dir, "Search database folder")->required();
   cmd->add_option("skus", *skus, "SKUs to delete")->required();
   cmd->callback([db_dir, skus, &status] {
-    VT_CHECK(fs::exists(fs::path(*db_dir) / "catalog.sqlite"), "no search database in ", *db_dir,
-             " (create one with `vitrine index`)");
-    auto db = search::SearchDb::open(*db_dir);
+    auto db = open_existing_db(*db_dir);
     const auto unknown = db->remove(*skus);
     db->save();
     const std::set<std::string> missing(unknown.begin(), unknown.end());
@@ -472,9 +479,7 @@ void add_duplicates_command(CLI::App& app, int& status) {
   cmd->add_option("--format", a->format, "json (one group per line) or csv (one image per row)")
       ->check(CLI::IsMember({"json", "csv"}));
   cmd->callback([a, &status] {
-    VT_CHECK(fs::exists(fs::path(a->db) / "catalog.sqlite"), "no search database in ", a->db,
-             " (create one with `vitrine index`)");
-    auto db = search::SearchDb::open(a->db);
+    auto db = open_existing_db(a->db);
     const auto groups = search::find_duplicates(*db, a->options);
     if (a->format == "csv") std::cout << "group,sku,seller,title,image,group_max_score,group_min_score\n";
     for (size_t g = 0; g < groups.size(); ++g) {
@@ -604,7 +609,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
   cmd->callback([a, &status] {
     VT_CHECK(!a->queries.empty() || !a->data.source.empty(), "give --queries or --data");
     set_threads(a->threads);
-    auto db = search::SearchDb::open(a->db, a->index);
+    auto db = open_existing_db(a->db, a->index);
     search::EmbedderOptions eo;
     eo.precision = a->precision;
     const search::Embedder embedder(model_for(*db, a->model), eo);

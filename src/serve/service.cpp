@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
 #include <future>
 #include <thread>
 
@@ -152,6 +153,11 @@ Service::Service(ServiceOptions options, std::shared_ptr<Metrics> metrics)
   batcher_ = std::make_unique<Batcher>(options_, metrics_);
   batcher_->model = load_slot(options_.model_dir, options_.precision);
   if (!options_.db_dir.empty()) {
+    if (!std::filesystem::exists(std::filesystem::path(options_.db_dir) / "catalog.sqlite")) {
+      spdlog::warn("no search database in {}: starting an empty one (fill it with `vitrine "
+                   "index` or PUT/POST /v1/products; if you meant an existing one, check --db)",
+                   options_.db_dir);
+    }
     db_ = search::SearchDb::open(options_.db_dir);
     const auto stored = db_->model();
     if (stored) {

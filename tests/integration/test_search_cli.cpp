@@ -119,6 +119,12 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
   r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " --k 1 " +
                         q(d + "/img/p5.png"));
   EXPECT_NE(json_lines(r.out).at(0)["results"][0]["sku"], "SKU5");
+  // A mistyped --db is named, and no empty database is left in its place.
+  r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/dbb") + " " +
+                        q(d + "/img/p5.png"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("no search database in"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d + "/dbb"));
 }
 
 TEST(SearchCli, RouteByCategorySearchesThePredictedCategoriesOrFallsBack) {
