@@ -41,9 +41,14 @@ void Progress::finish() {
 void Progress::draw(bool final) {
   const auto now = std::chrono::steady_clock::now();
   const double secs = std::chrono::duration<double>(now - start_).count();
-  // Under a tenth of a second a rate is noise (and near-infinite): show none yet.
-  const double rate = secs >= 0.1 ? done_ / secs : 0.0;
-  const double eta = rate > 0 ? (total_ - done_) / rate : 0.0;
+  // Under a tenth of a second a rate is noise (and near-infinite): show none yet, unless the
+  // work is done, when it is what it was.
+  const bool known = secs >= 0.1 || (final && secs > 0 && done_ > 0);
+  const double rate = known ? done_ / secs : 0.0;
+  char rate_text[32] = "-";
+  if (known) std::snprintf(rate_text, sizeof rate_text, "%.1f", rate);
+  char eta_text[32] = "?";
+  if (rate > 0) std::snprintf(eta_text, sizeof eta_text, "%.0fs", (total_ - done_) / rate);
   if (tty_) {
     if (!final && now - last_draw_ < std::chrono::milliseconds(100)) return;
     last_draw_ = now;
@@ -51,16 +56,16 @@ void Progress::draw(bool final) {
     const int filled = total_ > 0 ? static_cast<int>(kWidth * done_ / total_) : kWidth;
     std::string bar(filled, '#');
     bar.resize(kWidth, '.');
-    std::fprintf(stderr, "\r%s [%s] %lld/%lld %.1f %s/s ETA %.0fs %s%s", what_.c_str(),
-                 bar.c_str(), static_cast<long long>(done_), static_cast<long long>(total_), rate,
-                 unit_.c_str(), eta, status_.c_str(), final ? "\n" : "  ");
+    std::fprintf(stderr, "\r%s [%s] %lld/%lld %s %s/s ETA %s %s%s", what_.c_str(),
+                 bar.c_str(), static_cast<long long>(done_), static_cast<long long>(total_),
+                 rate_text, unit_.c_str(), eta_text, status_.c_str(), final ? "\n" : "  ");
   } else {
     const int decile = total_ > 0 ? static_cast<int>(10 * done_ / total_) : 10;
     if (final ? done_ == last_printed_ : decile == last_decile_) return;
     last_decile_ = decile;
     last_printed_ = done_;
-    std::fprintf(stderr, "%s: %lld/%lld (%.1f %s/s, %.1fs)%s%s\n", what_.c_str(),
-                 static_cast<long long>(done_), static_cast<long long>(total_), rate,
+    std::fprintf(stderr, "%s: %lld/%lld (%s %s/s, %.1fs)%s%s\n", what_.c_str(),
+                 static_cast<long long>(done_), static_cast<long long>(total_), rate_text,
                  unit_.c_str(), secs, status_.empty() ? "" : " ", status_.c_str());
   }
   std::fflush(stderr);
