@@ -155,12 +155,7 @@ std::string now_iso8601() {
 // A Hugging Face ViT config.json onto a ModelConfig (sizes, eps, activation, labels).
 ModelConfig config_from_hf(const std::string& dir) {
   const std::string path = (fs::path(dir) / "config.json").string();
-  json j;
-  try {
-    j = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    VT_FAIL(path, ": not valid JSON: ", e.what());
-  }
+  const json j = parse_json(read_text_file(path), path);
   const std::string model_type = j.value("model_type", "");
   VT_CHECK(model_type == "vit", path, ": model_type '", model_type,
            "' is not supported for Hugging Face import (supported: vit)");
@@ -204,12 +199,12 @@ ModelConfig config_from_hf(const std::string& dir) {
   // Hugging Face's image processor (ViTImageProcessor): resize straight to the model's
   // size, mean = std = 0.5 unless the directory's preprocessor_config.json says otherwise.
   c.preprocess.squash = true;
-  c.preprocess.mean = {0.5f, 0.5f, 0.5f};
-  c.preprocess.std = {0.5f, 0.5f, 0.5f};
+  c.preprocess.mean.assign(static_cast<size_t>(c.in_channels), 0.5f);
+  c.preprocess.std.assign(static_cast<size_t>(c.in_channels), 0.5f);
   const fs::path pre = fs::path(dir) / "preprocessor_config.json";
   if (fs::exists(pre)) {
     try {
-      const json p = json::parse(read_text_file(pre.string()));
+      const json p = parse_json(read_text_file(pre.string()), pre.string());
       if (p.contains("image_mean")) c.preprocess.mean = p["image_mean"].get<std::vector<float>>();
       if (p.contains("image_std")) c.preprocess.std = p["image_std"].get<std::vector<float>>();
       // PIL's filter numbers: 0 nearest, 2 bilinear, 3 bicubic.
@@ -220,6 +215,10 @@ ModelConfig config_from_hf(const std::string& dir) {
     } catch (const json::exception& e) {
       VT_FAIL(pre.string(), ": malformed preprocessor config: ", e.what());
     }
+    VT_CHECK(c.preprocess.mean.size() == static_cast<size_t>(c.in_channels) &&
+                 c.preprocess.std.size() == static_cast<size_t>(c.in_channels),
+             pre.string(), ": image_mean and image_std need one value per channel (",
+             c.in_channels, ", config.json's num_channels)");
   }
   return c;
 }
