@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <malloc.h>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <pthread.h>
@@ -136,6 +137,11 @@ void add_keys(CLI::App& app, int& status) {
   add->add_option("--name", *name, "Who the key is for (shown in logs)")->required();
   add->add_option("--scopes", *scopes, "read, write, admin")->required()->delimiter(',');
   add->callback([file, name, scopes, &status] {
+    if (std::filesystem::exists(*file)) {
+      const auto existing = serve::KeyStore::load(*file);
+      VT_CHECK(!existing.has_name(*name), *file, " already has a key named '", *name,
+               "'; give this one another --name (names key the rate limit and the access log)");
+    }
     const auto key = serve::generate_key(*name, {scopes->begin(), scopes->end()});
     std::ofstream out(*file, std::ios::app);
     VT_CHECK(out, "cannot write the key file ", *file);

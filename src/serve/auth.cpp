@@ -7,6 +7,7 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 
 namespace vitrine::serve {
@@ -20,6 +21,7 @@ KeyStore KeyStore::load(const std::string& path) {
   KeyStore store;
   std::istringstream in(read_text_file(path));
   int line_no = 0;
+  std::map<std::string, int> line_of_name;  // names key the rate limits and the logs
   for (std::string line; std::getline(in, line);) {
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -33,6 +35,10 @@ KeyStore KeyStore::load(const std::string& path) {
              }) && !name.empty() && !scopes.empty() && extra.empty(),
              path, ":", line_no, ": expected `<sha256-hex> <name> <scopes>`; create keys with "
              "`vitrine keys add --file ", path, " --name NAME --scopes read,write`");
+    const auto [named, fresh] = line_of_name.emplace(name, line_no);
+    VT_CHECK(fresh, path, ":", line_no, ": the name '", name, "' is already used on line ",
+             named->second, "; each key needs its own name (it keys the rate limit and the "
+             "access log)");
     ApiKey key{name, {}};
     std::istringstream list(scopes);
     for (std::string s; std::getline(list, s, ',');) {
@@ -43,6 +49,10 @@ KeyStore KeyStore::load(const std::string& path) {
     store.keys_[digest] = key;
   }
   return store;
+}
+
+bool KeyStore::has_name(const std::string& name) const {
+  return std::any_of(keys_.begin(), keys_.end(), [&](const auto& k) { return k.second.name == name; });
 }
 
 std::optional<ApiKey> KeyStore::find(const std::string& presented) const {

@@ -187,7 +187,13 @@ HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpO
       metrics_(std::move(metrics)),
       options_(std::move(options)),
       limiter_(options_.rate_limit, options_.rate_burst) {
-  if (!options_.api_keys_file.empty()) keys_ = KeyStore::load(options_.api_keys_file);
+  if (!options_.api_keys_file.empty()) {
+    keys_ = KeyStore::load(options_.api_keys_file);
+    if (keys_->size() == 0) {
+      spdlog::warn("{} holds no key: every request but /healthz, /readyz and the page will be "
+                   "refused (401); add one with `vitrine keys add`", options_.api_keys_file);
+    }
+  }
   if (!options_.tls_cert.empty() || !options_.tls_key.empty()) {
     VT_CHECK(!options_.tls_cert.empty() && !options_.tls_key.empty(),
              "TLS needs both --tls-cert and --tls-key");

@@ -69,6 +69,10 @@ TEST(Auth, MalformedKeyFilesNameTheLine) {
   EXPECT_NE(scope.find("unknown scope 'delete'"), std::string::npos) << scope;
   const auto missing = error_of(test::temp_dir("auth") + "/none.txt");
   EXPECT_NE(missing.find("none.txt"), std::string::npos) << missing;
+  // Two keys of one name would share a rate limit and read as one in the log.
+  const auto twice = error_of(write("twice.txt", good + "\n" + generate_key("a", {"write"}).line + "\n"));
+  EXPECT_NE(twice.find("twice.txt:2: the name 'a' is already used on line 1"), std::string::npos)
+      << twice;
   // A clear message also says how to make keys.
   EXPECT_NE(error_of(write("bad.txt", "key\n")).find("vitrine keys add"), std::string::npos);
 }

@@ -27,6 +27,7 @@ class KeyStore {
   /// The key's entry, or none when it is unknown.
   std::optional<ApiKey> find(const std::string& presented) const;
   size_t size() const { return keys_.size(); }
+  bool has_name(const std::string& name) const;
 
  private:
   std::map<std::string, ApiKey> keys_;  ///< by digest
