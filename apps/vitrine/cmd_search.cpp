@@ -632,10 +632,15 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     if (a->limit > 0 && static_cast<int64_t>(list.size()) > a->limit) list.resize(static_cast<size_t>(a->limit));
     // How many products each query could find.
     std::map<std::string, int64_t> per_category;
+    std::set<std::string> unknown;  ///< SKUs and categories queries name that are not stored
     auto relevant_total = [&](const Query& q) -> int64_t {
       if (!q.skus.empty()) {
         int64_t n = 0;
-        for (const auto& s : q.skus) n += db->catalog().find(s) ? 1 : 0;
+        for (const auto& s : q.skus) {
+          const bool stored = db->catalog().find(s).has_value();
+          if (!stored) unknown.insert("SKU " + s);
+          n += stored ? 1 : 0;
+        }
         return n;
       }
       auto it = per_category.find(q.category);
@@ -644,6 +649,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
                                                   {search::Filter{"category", "=", {q.category}}}))
                  .first;
       }
+      if (it->second == 0) unknown.insert("category " + q.category);
       return it->second;
     };
     search::RetrievalEvaluator evaluator;
@@ -695,6 +701,16 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     }
     progress.finish();
     const auto m = evaluator.result();
+    if (!unknown.empty()) {
+      std::string names;
+      for (const auto& u : unknown) {
+        if (names.size() > 200) { names += ", ..."; break; }
+        names += (names.empty() ? "" : ", ") + u;
+      }
+      spdlog::warn("{} of the queries' answers are not in the catalogue ({}); queries with no "
+                   "stored answer count as misses: check the query file against --db",
+                   unknown.size(), names);
+    }
     std::printf("queries %lld (%lld failed), catalogue %lld products, %s index\n",
                 static_cast<long long>(m.queries), static_cast<long long>(failed),
                 static_cast<long long>(db->catalog().product_count()),

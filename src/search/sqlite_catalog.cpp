@@ -633,6 +633,8 @@ Filter parse_filter(const std::string& text) {
     double number = 0;
     VT_CHECK(parse_number(value, &number), "bad filter '", text, "': ", op,
              " compares numbers, and '", value, "' is not one", kForms);
+    VT_CHECK(f.field == "price" || f.field.rfind("attributes.", 0) == 0, "bad filter '", text,
+             "': ", f.field, " is text, and ", op, " compares numbers (price, attributes.<key>)");
     f.values.push_back(value);
   }
   if (f.field == "price") {

@@ -116,6 +116,9 @@ TEST(SearchFilter, ParsesTheDocumentedForms) {
   EXPECT_CONTAINS(test::error_of([] { parse_filter("price<=cheap"); }), "not one");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("category"); }), "forms:");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("=shoes"); }), "bad filter");
+  // A text field under a numeric comparison would match nothing, silently.
+  EXPECT_CONTAINS(test::error_of([] { parse_filter("category<5"); }), "category is text");
+  EXPECT_EQ(parse_filter("attributes.size>=40").op, ">=");
 }
 
 TEST(SearchCatalog, FiltersSelectTheRightImages) {
