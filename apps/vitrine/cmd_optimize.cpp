@@ -356,6 +356,7 @@ void run_into(const Args& a) {
   std::optional<data::DataSplits> splits;
   if (!a.eval_data.empty()) {
     splits = data::open_data(a.eval_options());
+    for (const auto& w : splits->warnings) spdlog::warn("{}", w);
     VT_CHECK(!splits->multi_label,
              "measuring on multi-label data is not yet supported; leave out --data");
     pick_split(*splits, a.split);

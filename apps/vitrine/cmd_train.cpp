@@ -372,6 +372,7 @@ void add_eval_command(CLI::App& app, int& status) {
       train::check_attack(a->adv);
     }
     const data::DataSplits splits = data::open_data(a->data);
+    for (const auto& w : splits.warnings) spdlog::warn("{}", w);
     const auto d = pick_split(splits, a->split);
     nlohmann::json out = nlohmann::json::object();
     std::vector<std::string> dirs{a->model};

@@ -524,6 +524,9 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
   const fs::path folder = fs::path(file).parent_path();
 
   FileItems items;
+  // Rows whose file is missing (a product photo deleted since the manifest was written) are
+  // skipped and named; a manifest none of whose files exist is an error (a wrong base folder).
+  std::vector<std::string> missing;
   for (size_t r = 1; r < records.size(); ++r) {
     const CsvRecord& rec = records[r];
     VT_CHECK(rec.fields.size() == header.fields.size(), file, ":", rec.line, ": expected ",
@@ -533,9 +536,11 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
     VT_CHECK(!given.empty(), file, ":", rec.line, ": the path is empty; name an image file");
     const fs::path path = fs::path(given).is_absolute() ? fs::path(given) : folder / given;
     std::error_code ec;
-    VT_CHECK(fs::is_regular_file(path, ec), file, ":", rec.line, ": image '", given,
-             "' not found (looked for ", path.string(),
-             "); fix the path (relative paths start at the manifest's folder) or remove the row");
+    if (!fs::is_regular_file(path, ec)) {
+      missing.push_back(file + ":" + std::to_string(rec.line) + ": image '" + given +
+                        "' not found (looked for " + path.string() + ")");
+      continue;
+    }
     std::vector<std::string> names;
     if (multi_label) {
       names = split_labels(rec.fields[labels_col]);
@@ -555,7 +560,18 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
     items.labels.push_back(std::move(names));
     items.split.push_back(split);
   }
-  return finish_files(std::move(items), {}, multi_label, splits_given, options, {}, file);
+  std::vector<std::string> warnings;
+  if (!missing.empty()) {
+    VT_CHECK(!items.paths.empty(), missing.front(), ", and so is every other image of ", file,
+             "; fix the paths (relative paths start at the manifest's folder)");
+    for (size_t i = 0; i < missing.size() && i < 5; ++i) warnings.push_back(missing[i] + ", skipped");
+    if (missing.size() > 5) {
+      warnings.push_back(std::to_string(missing.size()) + " rows of " + file + " name images "
+                         "that do not exist, skipped (the first 5 above)");
+    }
+  }
+  return finish_files(std::move(items), {}, multi_label, splits_given, options,
+                      std::move(warnings), file);
 }
 
 // ---- Fashion-MNIST ------------------------------------------------------------------------

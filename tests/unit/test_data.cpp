@@ -408,9 +408,18 @@ TEST(DataCsv, Errors) {
   for (int line = 2; line <= 16; ++line) rows += "img/ok.png,a\n";
   EXPECT_CONTAINS(open("products.csv", rows + "img/ok.png,a,b\n"),
                   "products.csv:17: expected 2 fields, got 3");
-  EXPECT_CONTAINS(open("missing.csv", "path,label\nimg/ok.png,a\nimg/missing.png,b\n"),
-                  "missing.csv:3: image 'img/missing.png' not found (looked for " +
-                      (dir / "img" / "missing.png").string());
+  // A missing photo is skipped and named; a manifest of missing photos is an error.
+  write_text(dir / "missing.csv", "path,label\nimg/ok.png,a\nimg/missing.png,a\nimg/ok.png,a\n");
+  o.source = (dir / "missing.csv").string();
+  o.val_split = 0;
+  const DataSplits kept = open_data(o);
+  EXPECT_EQ(kept.train->size(), 2);
+  ASSERT_FALSE(kept.warnings.empty());
+  EXPECT_CONTAINS(kept.warnings.front(), "missing.csv:3: image 'img/missing.png' not found "
+                                         "(looked for " + (dir / "img" / "missing.png").string());
+  o.val_split = 0.1;
+  EXPECT_CONTAINS(open("none.csv", "path,label\nimg/gone.png,a\nimg/missing.png,b\n"),
+                  "none.csv:2: image 'img/gone.png' not found");
   EXPECT_CONTAINS(open("quote.csv", "path,label\nimg/ok.png,a\n\"img/ok.png,a\n"),
                   "quote.csv:3: a quoted field is not closed");
   EXPECT_CONTAINS(open("after.csv", "path,label\n\"img/ok.png\"x,a\n"),
