@@ -128,7 +128,9 @@ void apply_schedule(torch::optim::Optimizer& optimizer, const std::vector<ParamG
   auto& pgs = optimizer.param_groups();
   VT_DCHECK(pgs.size() == groups.size());
   for (size_t i = 0; i < pgs.size(); ++i) {
-    pgs[i].options().set_lr(lr_at(schedule, step, o.lr * groups[i].lr_scale));
+    // The whole schedule scaled, floor included (as timm and BEiT/MAE scale it): a floor
+    // left unscaled would raise the lowest layers' rate towards the end and undo the decay.
+    pgs[i].options().set_lr(groups[i].lr_scale * lr_at(schedule, step, o.lr));
   }
 }
 

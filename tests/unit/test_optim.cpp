@@ -77,6 +77,24 @@ TEST(ParamGroups, LayerDecayScalesDeeperLayersLess) {
   EXPECT_DOUBLE_EQ(scale["encoder.layers.encoder_layer_2.mlp.0.weight"], 0.5);
   EXPECT_DOUBLE_EQ(scale["encoder.layers.encoder_layer_0.mlp.0.weight"], 0.125);
   EXPECT_DOUBLE_EQ(scale["conv_proj.weight"], 0.0625);
+
+  // The optimiser follows the schedule times each group's scale, the floor included: every
+  // group keeps its ratio to the head's rate from the first step to the last.
+  o.lr = 1e-3;
+  const auto groups = param_groups(*model, o);
+  auto optimizer = make_optimizer(groups, o);
+  ScheduleOptions sched;
+  sched.total_steps = 10;
+  sched.warmup_steps = 2;
+  sched.min_lr = 1e-4;
+  for (const int64_t step : {0, 5, 10}) {
+    apply_schedule(*optimizer, groups, o, sched, step);
+    for (size_t i = 0; i < groups.size(); ++i) {
+      EXPECT_NEAR(optimizer->param_groups()[i].options().get_lr(),
+                  groups[i].lr_scale * lr_at(sched, step, o.lr), 1e-15)
+          << "step " << step << ", group " << i;
+    }
+  }
 }
 
 TEST(ParamGroups, ResNetLayerDecayScalesEachResidualBlock) {
