@@ -129,16 +129,20 @@ struct Loader::Impl {
     consumer = n_batches;
   }
 
-  Sample load(int64_t index, int64_t ep) const;
+  Sample load(int64_t index, int64_t ep, int64_t pos) const;
   void assemble(std::vector<Sample>& samples, Slot& slot) const;
   void worker();
 };
 
-Sample Loader::Impl::load(int64_t index, int64_t ep) const {
+Sample Loader::Impl::load(int64_t index, int64_t ep, int64_t pos) const {
   Sample s;
   s.index = index;
   try {
-    std::mt19937_64 rng(sample_seed(options.seed, ep, index));
+    // An image's draws depend on (seed, epoch, index); a weighted sampler draws with
+    // replacement, so there the position in the epoch keys them, and an image drawn twice
+    // is augmented twice, differently.
+    const int64_t key = options.sample_weights.empty() ? index : pos;
+    std::mt19937_64 rng(sample_seed(options.seed, ep, key));
     s.image = transform(data->image(index), rng);
     VT_CHECK(s.image.defined(),
              "the sample transform returned an undefined tensor; return the "
@@ -253,7 +257,7 @@ void Loader::Impl::worker() {
     const int64_t ep = epoch;
     const uint64_t gen = generation;
     lock.unlock();
-    Sample sample = load(index, ep);
+    Sample sample = load(index, ep, pos);
     lock.lock();
     if (gen != generation) continue;  // the epoch was abandoned meanwhile
     Slot& slot = slots.at(b);

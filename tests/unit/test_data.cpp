@@ -782,18 +782,25 @@ TEST(DataLoader, WeightedSamplingDrawsByWeight) {
   for (int64_t i = 0; i < n; ++i) o.sample_weights[i] = i % 3 == 0 ? 8.0 : 1.0;
   o.sample_weights[7] = 0;
   Loader loader(std::make_shared<FakeDataset>(n), index_and_draw, o);
-  int64_t drawn = 0, class_a = 0;
+  int64_t drawn = 0, class_a = 0, repeats = 0;
   std::vector<int64_t> first_epoch;
+  std::map<int64_t, std::set<float>> draws;  // item -> its random draws in the first epoch
   for (int64_t epoch = 0; epoch < 5; ++epoch) {
     for (const Batch& b : run_epoch(loader, epoch)) {
-      for (const int64_t i : b.indices) {
+      for (size_t r = 0; r < b.indices.size(); ++r) {
+        const int64_t i = b.indices[r];
         EXPECT_NE(i, 7);
         ++drawn;
         class_a += i % 3 == 0;
-        if (epoch == 0) first_epoch.push_back(i);
+        if (epoch == 0) {
+          first_epoch.push_back(i);
+          repeats += !draws[i].insert(b.images[static_cast<int64_t>(r)][1].item<float>()).second;
+        }
       }
     }
   }
+  // An item drawn twice is augmented twice, with draws of its own each time.
+  EXPECT_EQ(repeats, 0);
   EXPECT_EQ(drawn, 5 * n);  // an epoch draws as many items as the data set holds
   // 8 / (8 + 1 + 1) = 0.8; the standard error over 1500 draws is 0.01.
   EXPECT_NEAR(static_cast<double>(class_a) / drawn, 0.8, 0.04);
