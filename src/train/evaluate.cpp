@@ -108,8 +108,9 @@ MultiLabelMetrics evaluate_multi_label(models::VisionModelImpl& model,
   for_each_batch(model, data, options, errors, [&](const at::Tensor& logits, const at::Tensor& t) {
     acc.add(at::sigmoid(logits), t);
   });
-  if (tuned) *tuned = acc.tune_thresholds();
-  return acc.compute(model.config().thresholds);
+  if (!tuned) return acc.compute(model.config().thresholds);
+  *tuned = acc.tune_thresholds();
+  return acc.compute(*tuned);
 }
 
 MultiLabelMetrics evaluate_multi_label_under_attack(models::VisionModelImpl& model,

@@ -47,8 +47,14 @@ EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgres
   EpochProgress sums = resume;
   sums.next_batch = 0;
   data::Batch batch;
+  int64_t expected_batch = resume.next_batch;
   while (loader.next(batch)) {
     const int64_t bs = batch.images.size(0);
+    VT_CHECK(!plan.distributed || (bs >= 2 && batch.batch_index == expected_batch),
+             "unreadable images cost this process its batch ", expected_batch + 1, " of epoch ",
+             plan.epoch + 1, ", and with several processes each must take every step: remove "
+             "the images named above from the data, or train with one process");
+    expected_batch = batch.batch_index + 1;
     if (bs < 2) continue;
     double top1 = 0;
     const at::Tensor loss = hooks.loss(batch, rng, top1);

@@ -315,9 +315,14 @@ void Trainer::State::open_unlabelled() {
   d.source = o.unlabelled;
   d.seed = o.data.seed;
   d.fashion_mnist_dir = o.data.fashion_mnist_dir;
-  // The training data's own photos: the same split keeps its validation photos out.
-  d.val_split = o.unlabelled == o.data.source ? o.data.val_split : 0.0;
-  d.test_split = o.unlabelled == o.data.source ? o.data.test_split : 0.0;
+  // The training data's own photos (however the path is written): the same split keeps its
+  // validation and test photos out.
+  std::error_code ec;
+  const bool same = o.unlabelled == o.data.source ||
+                    (o.data.source != "fashion-mnist" && fs::exists(o.unlabelled, ec) &&
+                     fs::equivalent(o.unlabelled, o.data.source, ec));
+  d.val_split = same ? o.data.val_split : 0.0;
+  d.test_split = same ? o.data.test_split : 0.0;
   data::DataSplits u = data::open_pretraining_data(d);
   for (const auto& w : u.warnings) spdlog::warn("--unlabelled: {}", w);
   VT_CHECK(u.train && u.train->size() > 0, "--unlabelled ", o.unlabelled, " holds no photos");
@@ -343,9 +348,18 @@ void Trainer::State::open_unlabelled() {
 }
 
 data::SampleTransform Trainer::State::weak_and_strong_views() const {
-  const image::TrainTransform weak = augmentation();
-  // FixMatch's strong view: RandAugment and Cutout (here random erasing) on top.
-  image::TrainTransform strong = weak;
+  // FixMatch's weak view: the geometry alone (crop, flip, rotation), whatever else the
+  // training augmentation adds; a target read off a photo the strong augmentation already
+  // changed would be a guess about another photo.
+  image::TrainTransform weak = augmentation();
+  weak.brightness = weak.contrast = weak.saturation = weak.hue = 0;
+  weak.grayscale = 0;
+  weak.blur = 0;
+  weak.auto_augment = "none";
+  weak.random_erasing = 0;
+  // The strong view: the training augmentation, with RandAugment and Cutout (here random
+  // erasing) on top.
+  image::TrainTransform strong = augmentation();
   if (strong.auto_augment == "none") strong.auto_augment = "randaugment";
   strong.random_erasing = 1.0;
   image::check_train_transform(strong);
@@ -390,7 +404,8 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
       channels_last ? batch.images.contiguous(at::MemoryFormat::ChannelsLast) : batch.images;
   const at::Tensor hard = batch.targets;
   const bool multi = data.multi_label;
-  // Multi-label targets are smoothed towards 1/2 per label, as timm's BCE smoothing does.
+  // Multi-label targets are smoothed towards 1/2 per label: each label is a two-class problem
+  // of its own. (timm's BinaryCrossEntropy, made for one-hot targets, smooths towards 1/K.)
   at::Tensor soft = multi ? hard.to(at::kFloat) * (1.0 - o.label_smoothing) + o.label_smoothing / 2
                           : smoothed_targets(hard, k, o.label_smoothing);
   const bool use_mixup = o.mixup > 0, use_cutmix = o.cutmix > 0;
@@ -958,7 +973,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
       if (s.lead()) s.save_state(epoch, p);
     };
     const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
-                         s.result.last_dir};
+                         s.result.last_dir, /*distributed=*/s.group != nullptr};
     if (s.resume_progress.next_batch == 0) {  // not an epoch resumed in its middle
       s.confident_sum = 0;
       s.confident_steps = 0;
@@ -983,9 +998,10 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
 
     models::VisionModelImpl& judged = s.ema ? *s.ema : *s.model;
     bool stop = false;
-    // Other ranks validate only when early stopping needs the same decision everywhere.
-    const bool validate = s.lead() || o.patience > 0;
-    if (validate && s.data.val && s.data.val->size() > 0) {
+    // Rank 0 validates and decides; the others follow its decision to stop (below): each
+    // rank's batch-norm statistics follow its own shard, so their own validations could
+    // disagree, and a rank that stopped alone would leave the others waiting.
+    if (s.lead() && s.data.val && s.data.val->size() > 0) {
       std::vector<std::string> errors;
       std::vector<float> thresholds;
       const EvalOptions eo{o.batch_size, o.workers, o.strict, true};
@@ -1030,6 +1046,11 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
       } else if (o.patience > 0 && ++s.bad_epochs >= o.patience) {
         stop = true;
       }
+    }
+    if (s.group && o.patience > 0) {
+      at::Tensor decision = at::full({1}, stop ? 1.0f : 0.0f);
+      s.group->broadcast({decision});
+      stop = decision.item<float>() > 0;
     }
     s.result.history.push_back(rec);
     if (s.lead()) {

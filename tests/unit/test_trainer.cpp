@@ -415,6 +415,11 @@ TEST(Trainer, MultiLabelTunesThresholdsThatPredictUses) {
   const auto splits = data::open_data(d);
   const auto m = train::evaluate_multi_label(*model, splits.train);
   EXPECT_GT(m.mean_ap, 0.9);
+  // The F1 logged for the best epoch is the saved model's own, at the thresholds it carries.
+  const auto& best_record = result.history.at(static_cast<size_t>(result.best_epoch - 1));
+  const train::EvalOptions as_in_training{o.batch_size, o.workers, false, true};
+  EXPECT_NEAR(train::evaluate_multi_label(*model, splits.val, as_in_training).macro_f1,
+              best_record.val_macro_f1, 1e-9);
   // Robust evaluation raises the true labels' binary cross-entropy: PGD pulls the scores
   // apart from the labels, while a vanishing budget leaves the metrics as they were.
   train::AttackOptions pgd;

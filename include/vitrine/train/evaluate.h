@@ -58,7 +58,9 @@ ClassificationMetrics evaluate_under_attack(models::VisionModelImpl& model,
                                             std::vector<std::string>* errors = nullptr);
 
 /// Multi-label evaluation: mAP and F1 at the model's thresholds (0.5 where it has none).
-/// `tuned`, when given, receives per-label thresholds that maximise F1 on this data.
+/// `tuned`, when given, receives per-label thresholds that maximise F1 on this data, and the
+/// F1 scores are then those at the tuned thresholds (the ones a model saved after this
+/// validation carries).
 MultiLabelMetrics evaluate_multi_label(models::VisionModelImpl& model,
                                        const std::shared_ptr<data::Dataset>& data,
                                        const EvalOptions& options = {},

@@ -56,6 +56,9 @@ struct EpochPlan {
   int64_t steps_per_epoch = 0;
   int64_t save_every = 0;     ///< save mid-epoch every this many steps; 0 = never
   std::string last_good;      ///< the checkpoint an error message points to
+  /// One of several processes that all-reduce every step: a batch it cannot take (lost to
+  /// unreadable images) is an error, since skipping it would pair its steps with others'.
+  bool distributed = false;
 };
 
 /// What an epoch did.
