@@ -15,9 +15,7 @@
 #include <iostream>
 
 namespace vitrine::cli {
-namespace {
 
-// A model directory may be replaced; any other non-empty directory is left alone.
 void check_output_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   if (!fs::exists(dir)) return;
@@ -27,6 +25,8 @@ void check_output_dir(const std::string& dir) {
            " is a non-empty directory that holds no model; choose another --out");
   if (!empty) spdlog::warn("replacing the model in {}", dir);
 }
+
+namespace {
 
 int64_t parameter_count(const models::VisionModelImpl& model) {
   int64_t n = 0;
@@ -96,6 +96,7 @@ void add_merge_adapter_command(CLI::App& app, int& status) {
   cmd->add_option("--out", a->out, "Model directory to write (adapters merged)")->required();
   cmd->callback([a, &status] {
     const auto model = models::apply_adapter(a->base, a->adapter);
+    check_output_dir(a->out);
     models::save_model(*model, a->out);
     spdlog::info("wrote {} ({} classes, adapters merged) to {}", model->config().arch,
                  model->config().num_classes, a->out);

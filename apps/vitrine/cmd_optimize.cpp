@@ -340,6 +340,10 @@ void run(const Args& a) {
   // Everything is written beside --out and moved there once measured.
   const std::string out = std::filesystem::path(a.out).lexically_normal().string();
   VT_CHECK(!out.empty() && out != "." && out != "/", "--out must name a directory for the model");
+  std::error_code ec;
+  VT_CHECK(!std::filesystem::equivalent(a.model, a.out, ec), "--out ", a.out, " is --model "
+           "itself; write the optimised model elsewhere (the original stays the reference)");
+  check_output_dir(a.out);
   Args partial = a;
   partial.final_out = a.out;
   partial.out = (out.back() == '/' ? out.substr(0, out.size() - 1) : out) + ".partial";

@@ -51,6 +51,9 @@ void add_data_options(CLI::App* cmd, data::DataOptions& d);
 
 /// The named split ("train", "val" or "test"); an error when it is missing or empty.
 std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split);
+/// Before writing a model directory to `dir`: a model directory there may be replaced (with a
+/// warning), any other non-empty directory (a run, a data set) is refused.
+void check_output_dir(const std::string& dir);
 
 /// Where the model flags of train and pretrain write.
 struct ModelChoice {

@@ -405,6 +405,13 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   EXPECT_EQ(failed.err.find("calibrated"), std::string::npos) << failed.err;
   EXPECT_FALSE(fs::exists(d + "/bad"));
   EXPECT_FALSE(fs::exists(d + "/bad.partial"));
+  // --out a training run (or anything but a model directory) is refused, not replaced.
+  const auto onto_run = test::run_command(
+      bin + " optimize --model " + q(d + "/run/best") + " --int8 --calib " +
+      q(d + "/data/train") + " --out " + q(d + "/run"));
+  EXPECT_EQ(onto_run.status, 2);
+  EXPECT_NE(onto_run.err.find("holds no model"), std::string::npos) << onto_run.err;
+  EXPECT_TRUE(fs::exists(d + "/run/metrics.jsonl"));
   const auto lines = json_lines(r.out);
   ASSERT_EQ(lines.size(), 1u) << r.out;
   const json& acc = lines[0]["report"]["accuracy"];
