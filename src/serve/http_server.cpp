@@ -52,20 +52,43 @@ std::string scope_for(const httplib::Request& req) {
   return "read";
 }
 
+/// The routes by path: the methods each takes, and its name in the metrics.
+struct RouteShape {
+  std::regex path;
+  const char* methods;
+  const char* name;  ///< nullptr: the path itself
+};
+const std::vector<RouteShape>& route_shapes() {
+  static const std::vector<RouteShape> kRoutes = {
+      {std::regex("/|/healthz|/readyz|/metrics|/openapi\\.json"), "GET", nullptr},
+      {std::regex("/v1/(classify|embed|search|admin/reload)"), "POST", nullptr},
+      {std::regex("/v1/products"), "GET, POST", nullptr},
+      {std::regex("/v1/products/[^/]+/images/[0-9]+"), "GET", "/v1/products/{sku}/images/{i}"},
+      {std::regex("/v1/products/[^/]+"), "GET, PUT, DELETE", "/v1/products/{sku}"},
+  };
+  return kRoutes;
+}
+
 /// The methods a path's routes take ("GET, PUT"), or "" for a path no route has.
 std::string allowed_methods(const std::string& path) {
-  static const std::pair<std::regex, const char*> kRoutes[] = {
-      {std::regex("/|/healthz|/readyz|/metrics|/openapi\\.json"), "GET"},
-      {std::regex("/v1/(classify|embed|search|admin/reload)"), "POST"},
-      {std::regex("/v1/products"), "GET, POST"},
-      {std::regex("/v1/products/[^/]+/images/[0-9]+"), "GET"},
-      {std::regex("/v1/products/[^/]+"), "GET, PUT, DELETE"},
-  };
-  for (const auto& [pattern, methods] : kRoutes) {
-    if (std::regex_match(path, pattern)) return methods;
+  for (const auto& r : route_shapes()) {
+    if (std::regex_match(path, r.path)) return r.methods;
   }
   return "";
 }
+
+/// The route a path belongs to, as the metrics name it ("other" for none: client paths are
+/// not label values, or a scan of random paths would grow the metrics without bound).
+std::string route_name(const std::string& path) {
+  for (const auto& r : route_shapes()) {
+    if (std::regex_match(path, r.path)) return r.name ? r.name : path;
+  }
+  return "other";
+}
+
+/// The key of the request this server thread is answering (httplib runs a request's
+/// pre-routing, handler and logger on one thread), for the access log.
+thread_local std::string t_key_name;
 
 /// The image of a request: the raw body (image/* or octet-stream), the multipart field
 /// "image", or base64 in a JSON body's "image".
@@ -211,7 +234,9 @@ HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpO
   // Clients keep their connections: closing one every few requests (httplib's default is 5)
   // makes busy clients reconnect, and reconnects race with the close under load.
   server_->set_keep_alive_max_count(100000);
-  server_->set_keep_alive_timeout(60);
+  // Idle connections close after 5 s (httplib's default): httplib 0.11 notices stop() only
+  // between requests, so a longer wait would hold a shutdown up that long.
+  server_->set_keep_alive_timeout(5);
   // httplib's default sets SO_REUSEPORT, with which a second server binds the same port
   // silently and takes half its connections; SO_REUSEADDR alone still allows a restart while
   // old connections linger. The socket is remembered to widen its listen backlog (below).
@@ -255,6 +280,11 @@ void HttpServer::routes() {
   auto& s = *server_;
   // Authentication, scopes and rate limits before any route runs.
   s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    t_key_name.clear();
+    const auto refused = [&] {
+      metrics_->observe_request(route_name(req.path), res.status, 0.0);
+      return httplib::Server::HandlerResponse::Handled;
+    };
     if (!keys_) return httplib::Server::HandlerResponse::Unhandled;
     const std::string scope = scope_for(req);
     if (scope.empty()) return httplib::Server::HandlerResponse::Unhandled;
@@ -267,23 +297,24 @@ void HttpServer::routes() {
       send_error(res, 401, "unauthorized",
                  auth.empty() ? "send an API key: Authorization: Bearer <key>"
                               : "the API key is not valid");
-      return httplib::Server::HandlerResponse::Handled;
+      return refused();
     }
+    t_key_name = key->name;
     if (!key->scopes.count(scope)) {
       send_error(res, 403, "forbidden",
                  "the key '" + key->name + "' lacks the '" + scope + "' scope for this route");
-      return httplib::Server::HandlerResponse::Handled;
+      return refused();
     }
     double retry = 0;
     if (!limiter_.allow(key->name, &retry)) {
       res.set_header("Retry-After", std::to_string(static_cast<int>(std::ceil(retry))));
       send_error(res, 429, "rate_limited", "too many requests for this key; slow down");
-      return httplib::Server::HandlerResponse::Handled;
+      return refused();
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
-  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;  // already an error body
+  s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;  // already an error body (and counted)
     const bool sends_body = req.method == "POST" || req.method == "PUT";
     if (res.status == 413) {
       send_error(res, 413, "too_large", "the body exceeds the size this service accepts");
@@ -302,6 +333,7 @@ void HttpServer::routes() {
     } else {
       send_error(res, res.status, "http_error", "HTTP error " + std::to_string(res.status));
     }
+    metrics_->observe_request(route_name(req.path), res.status, 0.0);
   });
   s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     if (!options_.access_log) return;
@@ -309,10 +341,11 @@ void HttpServer::routes() {
     // method are the client's bytes (json_text: not necessarily UTF-8), and nothing thrown
     // here may leave the server's worker thread.
     try {
-      spdlog::info("{}", json_text(json{{"method", req.method}, {"path", req.path},
-                                        {"status", res.status}, {"remote", req.remote_addr},
-                                        {"bytes_in", req.body.size()},
-                                        {"bytes_out", res.body.size()}}));
+      json line{{"method", req.method}, {"path", req.path},       {"status", res.status},
+                {"remote", req.remote_addr}, {"bytes_in", req.body.size()},
+                {"bytes_out", res.body.size()}};
+      if (!t_key_name.empty()) line["key"] = t_key_name;  // the key's name, never the key
+      spdlog::info("{}", json_text(line));
     } catch (const std::exception&) {
     }
   });
@@ -539,6 +572,9 @@ void HttpServer::routes() {
       std::vector<uint8_t> png;
       cv::imencode(".png", bgr, png);
       const std::string hash = sha256_hex(png.data(), png.size());
+      const bool again = std::any_of(u.images.begin(), u.images.end(),
+                                     [&](const auto& stored) { return stored.content_hash == hash; });
+      if (again) continue;  // the same photo twice is one photo of the product
       const std::string path = (dir / (hash + ".png")).string();
       if (!std::filesystem::exists(path)) {
         write_file_atomic(path, std::string(png.begin(), png.end()));

@@ -315,6 +315,13 @@ TEST(Serve, KeysAndScopes) {
   EXPECT_EQ(body_of(r)["error"]["code"], "forbidden");
   EXPECT_EQ(reader.Post("/v1/admin/reload", "", "application/json")->status, 403);
   EXPECT_EQ(anonymous.Get("/healthz")->status, 200) << "health checks need no key";
+  // Refusals are counted as any answer is, and the log names the key (by its name).
+  const std::string metrics = reader.Get("/metrics")->body;
+  EXPECT_NE(metrics.find("{route=\"/v1/classify\",status=\"401\"} 2"), std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("{route=\"/v1/products/{sku}\",status=\"403\"} 1"), std::string::npos)
+      << metrics;
+  EXPECT_NE(server.log().find("\"key\":\"reader\""), std::string::npos) << server.log();
 }
 
 TEST(Serve, LimitsAndBadInput) {
