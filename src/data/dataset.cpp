@@ -539,6 +539,8 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
     if (!fs::is_regular_file(path, ec)) {
       missing.push_back(file + ":" + std::to_string(rec.line) + ": image '" + given +
                         "' not found (looked for " + path.string() + ")");
+      VT_CHECK(!options.strict, missing.back(), "; fix the path (relative paths start at the "
+               "manifest's folder) or remove the row");
       continue;
     }
     std::vector<std::string> names;

@@ -813,6 +813,7 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   // Rank 0 writes the run, and it alone owns the directory.
   if (o.dist.rank == 0) s.replaces_run = check_run_dir(o.out_dir, o.resume, o.overwrite);
   at::manual_seed(o.seed);
+  s.o.data.strict = o.strict;
   s.data = data::open_data(o.data);
   for (const auto& w : s.data.warnings) spdlog::warn("{}", w);
   s.result.warnings = s.data.warnings;

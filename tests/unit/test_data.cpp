@@ -417,6 +417,9 @@ TEST(DataCsv, Errors) {
   ASSERT_FALSE(kept.warnings.empty());
   EXPECT_CONTAINS(kept.warnings.front(), "missing.csv:3: image 'img/missing.png' not found "
                                          "(looked for " + (dir / "img" / "missing.png").string());
+  o.strict = true;  // ... unless missing photos are to stop the run
+  EXPECT_CONTAINS(error_of([&] { open_data(o); }), "missing.csv:3: image 'img/missing.png' not found");
+  o.strict = false;
   o.val_split = 0.1;
   EXPECT_CONTAINS(open("none.csv", "path,label\nimg/gone.png,a\nimg/missing.png,b\n"),
                   "none.csv:2: image 'img/gone.png' not found");

@@ -65,6 +65,9 @@ struct DataOptions {
   /// < 1: keep this fraction of training items (per class, rounded up).
   double label_fraction = 1.0;
   std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+  /// A CSV manifest row naming a missing file is an error instead of a skipped row (with a
+  /// warning), as unreadable images stop a --strict run.
+  bool strict = false;
 };
 
 struct DataSplits {
