@@ -134,7 +134,11 @@ CatalogFile read_catalog_csv(const std::string& path) {
       ref.erase(ref.find_last_not_of(" \t") + 1);
       if (!ref.empty()) {
         const fs::path f(ref);
-        p.images.push_back(f.is_absolute() ? ref : (base / f).lexically_normal().string());
+        const std::string image = f.is_absolute() ? ref : (base / f).lexically_normal().string();
+        // A photo listed twice is one photo of the product.
+        if (std::find(p.images.begin(), p.images.end(), image) == p.images.end()) {
+          p.images.push_back(image);
+        }
       }
       start = end + 1;
     }

@@ -579,8 +579,9 @@ class SqliteCatalog : public Catalog {
         list += i ? ", ?" : "?";
         params->emplace_back(numeric, f.values[i]);
       }
+      // The column once: an attribute's column has a parameter (its JSON path) of its own.
       sql = f.op == "=" ? column + " IN (" + list + ")"
-                        : "(" + column + " IS NULL OR " + column + " NOT IN (" + list + "))";
+                        : "COALESCE(" + column + " NOT IN (" + list + "), 1)";
     } else {
       params->emplace_back(numeric, f.values.at(0));
       sql = column + " " + f.op + " ?";

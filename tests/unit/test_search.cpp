@@ -147,6 +147,8 @@ TEST(SearchCatalog, FiltersSelectTheRightImages) {
                [](const Product& p) { return p.attributes.find("red") != std::string::npos; });
   expect_count({"attributes.size>=42"},
                [](const Product& p) { return p.attributes.find("42") != std::string::npos; });
+  expect_count({"attributes.colour!=red"},
+               [](const Product& p) { return p.attributes.find("red") == std::string::npos; });
   EXPECT_EQ(catalog->product_count_where({parse_filter("category=bags")}),
             std::count_if(batch.begin(), batch.end(),
                           [](const ProductUpdate& u) { return u.product.category == "bags"; }));
@@ -544,7 +546,7 @@ TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
                     "a,img/a2.jpg,Again,1,,\n"
                     "e,,No image,1,,\n"
                     "f,img/f.jpg,Too,many,fields,,\n"
-                    "g,img/g.jpg|/abs/g2.jpg,Ok,,,\n");
+                    "g,img/g.jpg|/abs/g2.jpg|img/g.jpg,Ok,,,\n");
   const auto file = read_catalog_csv(dir + "/p.csv");
   ASSERT_EQ(file.rows.size(), 2u);
   EXPECT_EQ(file.rows[0].product.sku, "a");
