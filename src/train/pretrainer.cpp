@@ -391,9 +391,9 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
   auto& s = *s_;
   const auto& o = s.o;
   const auto run_start = std::chrono::steady_clock::now();
+  if (o.resume) s.load_state();  // before anything is created: a wrong --out stays absent
   if (s.replaces_run) remove_run_files(o.out_dir);
   fs::create_directories(o.out_dir);
-  if (o.resume) s.load_state();
   data::LoaderOptions lo =
       training_loader_options(o.batch_size, s.images->size(), o.seed, o.workers, o.strict);
   lo.targets = false;  // labels, where there are any, are never used for learning

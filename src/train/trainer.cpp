@@ -921,9 +921,9 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
                          const std::function<void(const EpochRecord&)>& on_epoch) {
   auto& s = *s_;
   const auto& o = s.o;
+  if (o.resume) s.load_state();  // before anything is created: a wrong --out stays absent
   if (s.replaces_run) remove_run_files(o.out_dir);
   fs::create_directories(o.out_dir);
-  if (o.resume) s.load_state();
   data::LoaderOptions lo =
       training_loader_options(o.batch_size, s.data.train->size(), o.seed, o.workers, o.strict);
   if (o.sampler == "balanced") lo.sample_weights = s.balanced_sample_weights();
