@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -22,6 +23,24 @@ std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return s;
+}
+
+/// A catalogue cell as an attribute value: a number when the text is one, written as JSON
+/// writes it ("42", "4.5"), so that filters compare it as a number (size>=40); anything else,
+/// "007" and "1e3" included, stays the text it is.
+nlohmann::json cell_value(const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const long long whole = std::strtoll(text.c_str(), &end, 10);
+  if (errno == 0 && end == text.c_str() + text.size() && nlohmann::json(whole).dump() == text) {
+    return whole;
+  }
+  const double real = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() + text.size() && std::isfinite(real) &&
+      nlohmann::json(real).dump() == text) {
+    return real;
+  }
+  return text;
 }
 
 }  // namespace
@@ -120,7 +139,7 @@ CatalogFile read_catalog_csv(const std::string& path) {
     }
     for (const auto& [name, c] : column) {
       if (std::find(std::begin(kKnown), std::end(kKnown), name) != std::end(kKnown)) continue;
-      if (!rec.fields[c].empty()) attributes[header[c]] = rec.fields[c];
+      if (!rec.fields[c].empty()) attributes[header[c]] = cell_value(rec.fields[c]);
     }
     p.attributes = attributes.dump();
     std::string images = field("images");

@@ -577,6 +577,12 @@ TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
   ASSERT_EQ(latin1.errors.size(), 2u);
   EXPECT_CONTAINS(latin1.errors[0], "latin1.csv:2: column 'colour' is not UTF-8 text");
   EXPECT_CONTAINS(latin1.errors[1], "latin1.csv:3: attributes must be a JSON object");
+  // Cells that are numbers become numbers (filters compare them as such); others stay text.
+  write_file_atomic(dir + "/numbers.csv", "sku,image,size,code,width\na,a.jpg,42,007,4.5\n");
+  const auto numbers = read_catalog_csv(dir + "/numbers.csv");
+  ASSERT_EQ(numbers.rows.size(), 1u);
+  EXPECT_EQ(nlohmann::json::parse(numbers.rows[0].product.attributes),
+            nlohmann::json::parse(R"({"size": 42, "code": "007", "width": 4.5})"));
   write_file_atomic(dir + "/q.csv", "name,file\nx,y\n");
   EXPECT_CONTAINS(test::error_of([&] { read_catalog_csv(dir + "/q.csv"); }),
                   "needs a 'sku' and an 'image'");
