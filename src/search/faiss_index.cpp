@@ -1,7 +1,9 @@
 // FAISS behind VectorIndex. Flat and HNSW number their vectors 0..n-1 themselves and
 // Debian's FAISS 1.7.3 cannot pass search parameters (the ID selector) through IndexIDMap,
 // so those two keep the id of each position here and filter by position. IVF-PQ stores the
-// ids itself and filters by id.
+// ids itself and filters by id. Approximate searches meet only part of a filtered set, so a
+// filtered search that comes back short is completed exactly (HNSW) or over every list
+// (IVF-PQ): a filtered top-k holds min(k, allowed) results.
 #include "vitrine/search/vector_index.h"
 #include "search/faiss_access.h"
 
@@ -159,10 +161,37 @@ class PositionalIndex : public VectorIndex {
     }
     std::vector<faiss::Index::idx_t> positions(static_cast<size_t>(nq * k));
     if (kind_ == "hnsw") {
-      faiss::SearchParametersHNSW params;
-      params.sel = sel.get();
-      params.efSearch = std::max<int>(ef_search_, static_cast<int>(k));
-      index_->search(nq, queries, k, scores, positions.data(), &params);
+      if (sel) {
+        // The graph search meets only the allowed nodes on its path: a selective filter leaves
+        // it short of results. Small allowed sets are scanned exactly; larger ones fall back
+        // to that scan for the queries left short.
+        std::vector<int64_t> live;
+        for (size_t p = 0; p < n; ++p) {
+          if (sel->is_member(static_cast<faiss::Index::idx_t>(p)) && id_at_[p] >= 0) {
+            live.push_back(static_cast<int64_t>(p));
+          }
+        }
+        const int64_t want = std::min<int64_t>(k, static_cast<int64_t>(live.size()));
+        std::vector<int64_t> short_queries;
+        if (static_cast<int64_t>(live.size()) <= kExactScanMax) {
+          for (int64_t q = 0; q < nq; ++q) short_queries.push_back(q);
+        } else {
+          faiss::SearchParametersHNSW params;
+          params.sel = sel.get();
+          index_->search(nq, queries, k, scores, positions.data(), &params);
+          for (int64_t q = 0; q < nq; ++q) {
+            const auto* row = positions.data() + q * k;
+            if (std::count_if(row, row + k, [](auto p) { return p >= 0; }) < want) {
+              short_queries.push_back(q);
+            }
+          }
+        }
+        if (!short_queries.empty()) {
+          exact_search(queries, short_queries, k, live, scores, positions.data());
+        }
+      } else {
+        index_->search(nq, queries, k, scores, positions.data());
+      }
     } else {
       faiss::SearchParameters params;
       params.sel = sel.get();
@@ -218,6 +247,38 @@ class PositionalIndex : public VectorIndex {
   }
 
  private:
+  /// Filtered HNSW searches scan allowed sets up to this size exactly.
+  static constexpr int64_t kExactScanMax = 4096;
+
+  /// Exact top-k of `queries` rows `which` over the nodes at `positions`, written into
+  /// their rows of `scores` and `out` (as positions).
+  void exact_search(const float* queries, const std::vector<int64_t>& which, int64_t k,
+                    const std::vector<int64_t>& positions, float* scores,
+                    faiss::Index::idx_t* out) const {
+    const int64_t d = index_->d;
+    faiss::IndexFlatIP flat(d);
+    std::vector<float> row(static_cast<size_t>(d));
+    for (const int64_t p : positions) {
+      index_->reconstruct(p, row.data());
+      flat.add(1, row.data());
+    }
+    std::vector<float> q(which.size() * static_cast<size_t>(d));
+    for (size_t i = 0; i < which.size(); ++i) {
+      std::copy(queries + which[i] * d, queries + (which[i] + 1) * d, q.begin() + i * d);
+    }
+    const auto nq = static_cast<int64_t>(which.size());
+    std::vector<float> s(static_cast<size_t>(nq * k));
+    std::vector<faiss::Index::idx_t> at(static_cast<size_t>(nq * k));
+    flat.search(nq, q.data(), k, s.data(), at.data());
+    for (int64_t i = 0; i < nq; ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        const auto a = at[static_cast<size_t>(i * k + j)];
+        scores[which[i] * k + j] = s[static_cast<size_t>(i * k + j)];
+        out[which[i] * k + j] = a >= 0 ? positions[static_cast<size_t>(a)] : -1;
+      }
+    }
+  }
+
   /// FAISS 1.7.3's HNSW search reads the beam width from the index, not from the search
   /// parameters (it takes only their ID selector from there).
   void apply_ef_search() {
@@ -278,6 +339,18 @@ class IvfPqIndex : public VectorIndex {
       params.sel = sel.get();
     }
     index_->search(nq, queries, k, scores, ids, &params);
+    if (allowed) {
+      // The allowed ids may lie in lists the probe skipped: queries left short of them scan
+      // every list.
+      const int64_t want = std::min<int64_t>(k, static_cast<int64_t>(allowed->size()));
+      params.nprobe = index_->nlist;
+      for (int64_t q = 0; q < nq; ++q) {
+        const int64_t* row = ids + q * k;
+        if (std::count_if(row, row + k, [](int64_t id) { return id >= 0; }) < want) {
+          index_->search(1, queries + q * index_->d, k, scores + q * k, ids + q * k, &params);
+        }
+      }
+    }
     for (int64_t i = 0; i < nq * k; ++i) {
       if (ids[i] < 0) scores[i] = -std::numeric_limits<float>::infinity();
     }

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 #include <set>
@@ -483,6 +484,62 @@ TEST(SearchIndex, HnswAndIvfPqFindTheExactNeighboursMostOfTheTime) {
     auto back = read_index(buffer, options);
     EXPECT_EQ(back->kind(), kind);
     EXPECT_EQ(back->ids(), index->ids());
+  }
+}
+
+TEST(SearchIndex, ASelectiveFilterStillGivesTheTopKOfTheFilteredSet) {
+  // HNSW meets few of a handful of allowed nodes on its path and IVF-PQ probes few of the
+  // lists that hold them: both used to come back with fewer than k results.
+  std::mt19937_64 rng(15);
+  const int64_t n = 6000;
+  std::vector<float> x;
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < n; ++i) {
+    const auto v = unit_vector(rng);
+    x.insert(x.end(), v.begin(), v.end());
+    ids.push_back(7 + 2 * i);
+  }
+  IndexOptions options;
+  options.nprobe = 2;
+  options.pq_m = 8;
+  options.hnsw_ef_search = 16;
+  auto flat = make_index("flat", kDim, options, nullptr, 0);
+  flat->add(x.data(), ids.data(), n);
+  for (const std::string kind : {"hnsw", "ivfpq"}) {
+    auto index = make_index(kind, kDim, options, x.data(), n);
+    index->add(x.data(), ids.data(), n);
+    // Sizes below and above the exact-scan limit of HNSW.
+    for (const size_t allowed_size : {size_t{6}, size_t{40}, size_t{5000}}) {
+      std::vector<int64_t> allowed;
+      std::sample(ids.begin(), ids.end(), std::back_inserter(allowed), allowed_size, rng);
+      const int64_t nq = 20, k = 10;
+      std::vector<float> queries;
+      for (int64_t q = 0; q < nq; ++q) {
+        const auto v = unit_vector(rng);
+        queries.insert(queries.end(), v.begin(), v.end());
+      }
+      std::vector<float> s1(nq * k), s2(nq * k);
+      std::vector<int64_t> i1(nq * k), i2(nq * k);
+      flat->search(queries.data(), nq, k, &allowed, s1.data(), i1.data());
+      index->search(queries.data(), nq, k, &allowed, s2.data(), i2.data());
+      const auto want = std::min<int64_t>(k, static_cast<int64_t>(allowed_size));
+      int64_t same = 0;
+      for (int64_t q = 0; q < nq; ++q) {
+        for (int64_t j = 0; j < k; ++j) {
+          const auto id = i2[q * k + j];
+          if (j < want) {
+            ASSERT_GE(id, 0) << kind << " " << allowed_size << " query " << q << " rank " << j;
+            ASSERT_TRUE(std::binary_search(allowed.begin(), allowed.end(), id)) << kind;
+          } else {
+            ASSERT_EQ(id, -1) << kind;
+          }
+          if (id >= 0) same += std::count(i1.begin() + q * k, i1.begin() + (q + 1) * k, id);
+        }
+      }
+      if (kind == "hnsw" && allowed_size <= 40) {
+        EXPECT_EQ(same, nq * want) << "small filtered sets are scanned exactly";
+      }
+    }
   }
 }
 
