@@ -584,6 +584,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     int64_t batch_size = 64, limit = 0, examples = 12;
     search::IndexOptions index;
     int threads = 0;
+    bool keep_self = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--db", a->db, "Search database folder")->required();
@@ -596,6 +597,8 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       "Or a data set: its --split images are the queries, their class the relevant category",
       {"train", "val", "test"}));
   cmd->add_option("--limit", a->limit, "Use only the first N queries (0: all)");
+  cmd->add_flag("--keep-self", a->keep_self,
+                "Let a query photo that the catalogue holds find itself (left out by default)");
   cmd->add_option("--json", a->json_path, "Also write the metrics as JSON");
   cmd->add_option("--report", a->report_path,
                   "Also write an HTML page: metrics and example queries with their results");
@@ -661,7 +664,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       const auto n = std::min<size_t>(static_cast<size_t>(a->examples), list.size());
       for (size_t e = 0; e < n; ++e) examples[e * list.size() / n] = {};
     }
-    int64_t failed = 0;
+    int64_t failed = 0, found_self = 0, only_self = 0;
     Progress progress("eval-retrieval", static_cast<int64_t>(list.size()), "query");
     for (size_t begin = 0; begin < list.size(); begin += static_cast<size_t>(a->batch_size)) {
       const size_t end = std::min(list.size(), begin + static_cast<size_t>(a->batch_size));
@@ -670,6 +673,11 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
         std::vector<cv::Mat> images;
         for (size_t i = begin; i < end; ++i) images.push_back(dataset->image(static_cast<int64_t>(i)));
         embedded = embedder.embed_images(images);
+        // Hashed as `vitrine index --data` hashes them: their decoded pixels.
+        for (size_t i = 0; i < images.size(); ++i) {
+          const cv::Mat m = images[i].isContinuous() ? images[i] : images[i].clone();
+          embedded[i].content_hash = sha256_hex(m.data, m.total() * m.elemSize());
+        }
       } else {
         std::vector<std::string> paths;
         for (size_t i = begin; i < end; ++i) paths.push_back(list[i].image);
@@ -677,6 +685,8 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       }
       std::vector<float> batch;
       std::vector<size_t> which;
+      search::SearchOptions so;
+      so.k = 10;
       for (size_t i = 0; i < embedded.size(); ++i) {
         if (!embedded[i].ok()) {
           spdlog::warn("{}", embedded[i].error);
@@ -685,9 +695,12 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
         }
         batch.insert(batch.end(), embedded[i].embedding.begin(), embedded[i].embedding.end());
         which.push_back(begin + i);
+        // The query photo itself, when the catalogue holds it, is no answer.
+        const std::string& hash = embedded[i].content_hash;
+        so.exclude_images.push_back(a->keep_self || hash.empty()
+                                        ? std::vector<int64_t>{}
+                                        : db->catalog().image_ids_with_hash(hash));
       }
-      search::SearchOptions so;
-      so.k = 10;
       const auto hits = db->search(batch.data(), static_cast<int64_t>(which.size()), so);
       for (size_t j = 0; j < which.size(); ++j) {
         const Query& q = list[which[j]];
@@ -696,7 +709,28 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
           relevant.push_back(q.skus.empty() ? h.product.category == q.category
                                             : q.skus.count(h.product.sku) > 0);
         }
-        evaluator.add(relevant, relevant_total(q), q.skus.empty() ? q.category : "(by SKU)");
+        int64_t total = relevant_total(q);
+        const auto& own = so.exclude_images[j];
+        if (!own.empty()) {
+          ++found_self;
+          // A relevant product whose every image is the query photo cannot be found.
+          std::map<std::string, size_t> excluded_of;
+          std::map<std::string, search::Product> products;  // with all their images
+          for (const auto& r : db->catalog().images(own)) {
+            ++excluded_of[r.product.sku];
+            products[r.product.sku] = r.product;
+          }
+          for (const auto& [sku, n] : excluded_of) {
+            const auto& p = products[sku];
+            const bool is_relevant = q.skus.empty() ? p.category == q.category : q.skus.count(sku);
+            if (is_relevant && n >= p.images.size()) --total;
+          }
+          if (total == 0) {
+            ++only_self;  // nothing to find but itself
+            continue;
+          }
+        }
+        evaluator.add(relevant, total, q.skus.empty() ? q.category : "(by SKU)");
         if (const auto it = examples.find(which[j]); it != examples.end()) it->second = hits[j];
       }
       progress.advance(static_cast<int64_t>(end - begin));
@@ -712,6 +746,15 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       spdlog::warn("{} of the queries' answers are not in the catalogue ({}); queries with no "
                    "stored answer count as misses: check the query file against --db",
                    unknown.size(), names);
+    }
+    if (found_self > 0) {
+      spdlog::info("{} of the query photos are in the catalogue themselves: {}", found_self,
+                   a->keep_self ? "kept as answers (--keep-self)"
+                                : "left out of their own results (--keep-self keeps them)");
+    }
+    if (only_self > 0) {
+      spdlog::warn("{} queries have no answer in the catalogue but their own photo: they are "
+                   "not scored", only_self);
     }
     std::printf("queries %lld (%lld failed), catalogue %lld products, %s index\n",
                 static_cast<long long>(m.queries), static_cast<long long>(failed),
@@ -763,6 +806,8 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     }
     if (!a->json_path.empty()) {
       nlohmann::json j{{"queries", m.queries},         {"failed", failed},
+                       {"found_self", found_self}, {"keep_self", a->keep_self},
+                       {"only_self", only_self},
                        {"recall_at_1", m.recall_at_1}, {"recall_at_5", m.recall_at_5},
                        {"recall_at_10", m.recall_at_10}, {"precision_at_10", m.precision_at_10},
                        {"map_at_10", m.map_at_10},

@@ -281,7 +281,13 @@ std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,
   const int64_t pool = allowed ? static_cast<int64_t>(allowed->size()) : index_->size();
   // Each product holds at most max_images_ images, so the best k * max_images_ images name
   // at least k distinct products (or all there are): the top k products are among them.
-  const int64_t k_images = std::min<int64_t>(pool, options.k * max_images_);
+  VT_CHECK(options.exclude_images.empty() ||
+               static_cast<int64_t>(options.exclude_images.size()) == nq,
+           "exclude_images must hold one list per query");
+  size_t most_excluded = 0;
+  for (const auto& e : options.exclude_images) most_excluded = std::max(most_excluded, e.size());
+  const int64_t k_images = std::min<int64_t>(
+      pool, options.k * max_images_ + static_cast<int64_t>(most_excluded));
   if (k_images == 0) return out;
   std::vector<float> scores(static_cast<size_t>(nq * k_images));
   std::vector<int64_t> ids(static_cast<size_t>(nq * k_images));
@@ -330,6 +336,10 @@ std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,
       const int64_t id = ids[static_cast<size_t>(q * k_images + j)];
       const auto it = records.find(id);
       if (id < 0 || it == records.end()) continue;
+      if (!options.exclude_images.empty()) {
+        const auto& skip = options.exclude_images[static_cast<size_t>(q)];
+        if (std::find(skip.begin(), skip.end(), id) != skip.end()) continue;
+      }
       if (!seen.insert(it->second.product.sku).second) continue;
       hits.push_back({scores[static_cast<size_t>(q * k_images + j)], id, it->second.ref,
                       it->second.product});

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS images(
   content_hash TEXT NOT NULL,
   embedding BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS images_product ON images(product_id);
+CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
 CREATE TABLE IF NOT EXISTS changes(
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   image_id INTEGER NOT NULL,
@@ -368,6 +369,15 @@ class SqliteCatalog : public Catalog {
     return out;
   }
 
+  std::vector<int64_t> image_ids_with_hash(const std::string& hash) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Statement s(db_, "SELECT id FROM images WHERE content_hash = ? ORDER BY id");
+    s.bind(1, hash);
+    std::vector<int64_t> out;
+    while (s.step()) out.push_back(s.int64(0));
+    return out;
+  }
+
   int64_t product_count() const override {
     std::lock_guard<std::mutex> lock(mu_);
     return query_int("SELECT COUNT(*) FROM products");
@@ -401,12 +411,25 @@ class SqliteCatalog : public Catalog {
   std::vector<ImageRecord> images(const std::vector<int64_t>& ids) const override {
     std::lock_guard<std::mutex> lock(mu_);
     Statement s(db_, std::string("SELECT i.ref, ") + kProductColumns +
-                         " FROM images i JOIN products p ON p.id = i.product_id WHERE i.id = ?");
+                         ", p.id FROM images i JOIN products p ON p.id = i.product_id WHERE i.id = ?");
+    Statement imgs(db_, "SELECT ref FROM images WHERE product_id = ? ORDER BY position");
+    std::map<int64_t, std::vector<std::string>> refs_of;  ///< each product's images, once
     std::vector<ImageRecord> out;
     out.reserve(ids.size());
     for (const int64_t id : ids) {
       s.bind(1, id);
-      if (s.step()) out.push_back({id, s.text(0), read_product(s, 1)});
+      if (s.step()) {
+        out.push_back({id, s.text(0), read_product(s, 1)});
+        const int64_t product = s.int64(8);
+        auto it = refs_of.find(product);
+        if (it == refs_of.end()) {
+          it = refs_of.emplace(product, std::vector<std::string>{}).first;
+          imgs.bind(1, product);
+          while (imgs.step()) it->second.push_back(imgs.text(0));
+          imgs.reset();
+        }
+        out.back().product.images = it->second;
+      }
       s.reset();
     }
     return out;

@@ -2,6 +2,7 @@
 // model, and a process killed while indexing.
 #include "test_util.h"
 
+#include "vitrine/core/fs.h"
 #include "vitrine/search/search_db.h"
 
 #include <gtest/gtest.h>
@@ -238,4 +239,74 @@ TEST(SearchCli, AProcessKilledWhileIndexingLosesNoProductItReportedAsStored) {
   auto db = search::SearchDb::open(d + "/db");
   EXPECT_EQ(db->catalog().product_count(), n);
   EXPECT_EQ(db->index()->size(), n);
+}
+
+TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
+  const std::string d = test::temp_dir("search-cli-self");
+  make_model(d + "/m", 0);
+  // Nine products of two unrelated photos each, and one of a single photo; each product's
+  // first photo is also a query for it.
+  fs::create_directories(d + "/img");
+  std::mt19937 rng(3);
+  auto photo = [&](const std::string& name) {
+    cv::Mat m(32, 32, CV_8UC3);
+    cv::randu(m, cv::Scalar::all(0), cv::Scalar::all(255));
+    cv::imwrite(d + "/img/" + name, m);
+    return "img/" + name;
+  };
+  std::ofstream csv(d + "/products.csv");
+  std::ofstream queries(d + "/queries.csv");
+  csv << "sku,images,category\n";
+  queries << "image,sku\n";
+  for (int i = 0; i < 9; ++i) {
+    const std::string first = photo("p" + std::to_string(i) + "a.png");
+    csv << "SKU" << i << "," << first << "|" << photo("p" + std::to_string(i) + "b.png")
+        << ",shoes\n";
+    queries << first << ",SKU" << i << "\n";
+  }
+  const std::string single = photo("single.png");
+  csv << "ONLY," << single << ",bags\n";
+  queries << single << ",ONLY\n";
+  csv.close();
+  queries.close();
+  auto r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                             " --catalog " + q(d + "/products.csv") + " --db " + q(d + "/db"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string eval = q(test::vitrine_bin()) + " eval-retrieval --db " + q(d + "/db") +
+                           " --queries " + q(d + "/queries.csv") + " --json " + q(d + "/m.json");
+  r = test::run_command(eval);
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto m = json::parse(read_text_file(d + "/m.json"));
+  EXPECT_EQ(m["found_self"], 10);
+  EXPECT_EQ(m["only_self"], 1) << "ONLY has nothing to find but its own photo";
+  EXPECT_EQ(m["queries"], 9);
+  EXPECT_CONTAINS(r.err, "not scored");
+  // Each product is still found by its other photo (10 products, 10 results) but rarely
+  // first: the query photo no longer finds itself.
+  EXPECT_EQ(m["recall_at_10"], 1.0);
+  EXPECT_LT(m["recall_at_1"].get<double>(), 0.5);
+  r = test::run_command(eval + " --keep-self");
+  ASSERT_EQ(r.status, 0) << r.err;
+  m = json::parse(read_text_file(d + "/m.json"));
+  EXPECT_EQ(m["queries"], 10);
+  EXPECT_EQ(m["recall_at_1"], 1.0);
+
+  // A data set as queries is hashed as `index --data` hashed it.
+  for (const std::string c : {"shoes", "bags"}) {
+    fs::create_directories(d + "/set/" + c);
+    for (int i = 0; i < 6; ++i) {
+      const std::string name = c + std::to_string(i) + ".png";
+      fs::rename(d + "/" + photo(name), d + "/set/" + c + "/" + name);
+    }
+  }
+  r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") + " --data " +
+                        q(d + "/set") + " --split all --db " + q(d + "/db2"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(q(test::vitrine_bin()) + " eval-retrieval --db " + q(d + "/db2") +
+                        " --data " + q(d + "/set") + " --val-split 0.5 --split val --json " +
+                        q(d + "/m.json"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  m = json::parse(read_text_file(d + "/m.json"));
+  EXPECT_GT(m["queries"].get<int>(), 0);
+  EXPECT_EQ(m["found_self"], m["queries"]);
 }

@@ -102,6 +102,8 @@ class Catalog {
   /// Content hash of each stored image of `sku`, by reference (empty when unknown).
   virtual std::vector<std::pair<std::string, std::string>> image_hashes(
       const std::string& sku) const = 0;
+  /// Ids of the stored images with this content hash, ascending.
+  virtual std::vector<int64_t> image_ids_with_hash(const std::string& hash) const = 0;
   virtual int64_t product_count() const = 0;
   /// Products passing every filter.
   virtual int64_t product_count_where(const std::vector<Filter>& filters) const = 0;
@@ -111,8 +113,8 @@ class Catalog {
 
   /// Ids of the images whose product passes every filter, ascending.
   virtual std::vector<int64_t> image_ids(const std::vector<Filter>& filters) const = 0;
-  /// The images with these ids and their products, in the order of `ids`; ids no longer
-  /// stored are left out.
+  /// The images with these ids and their products (with all their images), in the order of
+  /// `ids`; ids no longer stored are left out.
   virtual std::vector<ImageRecord> images(const std::vector<int64_t>& ids) const = 0;
   /// Embeddings of these images, `dim` floats each, in the order of `ids`; throws for an id
   /// not stored.

@@ -25,6 +25,10 @@ struct SearchOptions {
   /// A filtered set of at most this many images is scored exactly from the stored
   /// embeddings (recall 1 whatever the index); larger ones are filtered inside the index.
   int64_t exact_below = 20'000;
+  /// Per query (empty, or one list per query): image ids never returned, such as the query
+  /// photo itself when the catalogue holds it. The product may still be found by its other
+  /// images.
+  std::vector<std::vector<int64_t>> exclude_images;
 };
 
 /// One product found: its best-matching image and that image's score (cosine similarity).
