@@ -58,8 +58,7 @@ void add_compare_command(CLI::App& app, int& status) {
       d.val_split = a->val_split;
       d.test_split = a->test_split;
       d.fashion_mnist_dir = a->fashion_mnist_dir;
-      const data::DataSplits splits = data::open_data(d);
-      for (const auto& w : splits.warnings) spdlog::warn("{}", w);
+      const data::DataSplits splits = open_data_logged(d);
       const auto shown = splits.test && splits.test->size() > 0 ? splits.test : splits.val;
       VT_CHECK(shown && shown->size() > 0 && !splits.multi_label, a->data,
                " has no single-label test or validation photos to show; drop --data");

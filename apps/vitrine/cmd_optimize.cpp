@@ -359,8 +359,7 @@ void run_into(const Args& a) {
   // The labelled data first: a bad --data or --split fails before any work is done.
   std::optional<data::DataSplits> splits;
   if (!a.eval_data.empty()) {
-    splits = data::open_data(a.eval_options());
-    for (const auto& w : splits->warnings) spdlog::warn("{}", w);
+    splits = open_data_logged(a.eval_options());
     VT_CHECK(!splits->multi_label,
              "measuring on multi-label data is not yet supported; leave out --data");
     pick_split(*splits, a.split);

@@ -223,8 +223,7 @@ int index_catalog(const IndexArgs& a, search::SearchDb& db, const search::Embedd
 /// Indexes a data source's items as products: SKU and image reference the item's name,
 /// category its class.
 int index_data(const IndexArgs& a, search::SearchDb& db, const search::Embedder& embedder) {
-  const auto splits = data::open_data(a.data);
-  for (const auto& w : splits.warnings) spdlog::warn("{}", w);
+  const auto splits = open_data_logged(a.data);
   std::vector<std::shared_ptr<data::Dataset>> parts;
   if (a.split == "all") {
     for (const auto& d : {splits.train, splits.val, splits.test}) {
@@ -624,8 +623,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     if (!a->queries.empty()) {
       list = read_queries(a->queries);
     } else {
-      const auto splits = data::open_data(a->data);
-      for (const auto& w : splits.warnings) spdlog::warn("{}", w);
+      const auto splits = open_data_logged(a->data);
       dataset = pick_split(splits, a->split);
       if (!a->report_path.empty()) thumbnails.add(splits);
       for (int64_t i = 0; i < dataset->size(); ++i) {

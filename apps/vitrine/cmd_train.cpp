@@ -25,6 +25,12 @@
 
 namespace vitrine::cli {
 
+data::DataSplits open_data_logged(const data::DataOptions& options) {
+  data::DataSplits splits = data::open_data(options);
+  for (const auto& w : splits.warnings) spdlog::warn("{}", w);
+  return splits;
+}
+
 std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split) {
   std::shared_ptr<data::Dataset> d = split == "train" ? s.train : split == "val" ? s.val : s.test;
   VT_CHECK(d && d->size() > 0, "the data has no '", split, "' split (or it is empty); choose "
@@ -371,8 +377,7 @@ void add_eval_command(CLI::App& app, int& status) {
       a->adv.method = a->attack;
       train::check_attack(a->adv);
     }
-    const data::DataSplits splits = data::open_data(a->data);
-    for (const auto& w : splits.warnings) spdlog::warn("{}", w);
+    const data::DataSplits splits = open_data_logged(a->data);
     const auto d = pick_split(splits, a->split);
     nlohmann::json out = nlohmann::json::object();
     std::vector<std::string> dirs{a->model};

@@ -49,6 +49,8 @@ void add_serve_commands(CLI::App& app, int& status);
 /// --data and its split and subsampling flags, as train, eval and pretrain share them.
 void add_data_options(CLI::App* cmd, data::DataOptions& d);
 
+/// data::open_data, with the data's warnings (skipped rows, unreadable files) logged.
+data::DataSplits open_data_logged(const data::DataOptions& options);
 /// The named split ("train", "val" or "test"); an error when it is missing or empty.
 std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split);
 /// Before writing a model directory to `dir`: a model directory there may be replaced (with a
