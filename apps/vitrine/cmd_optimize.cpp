@@ -6,6 +6,7 @@
 #include "commands.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
 #include "vitrine/core/json.h"
 #include "vitrine/core/threads.h"
 #include "vitrine/data/dataset.h"
@@ -317,11 +318,7 @@ class PartialDir {
   PartialDir& operator=(const PartialDir&) = delete;
   /// Moves it to `dest`, replacing what was there.
   void finish(const std::string& dest) {
-    const std::string old = dest + ".old";
-    std::filesystem::remove_all(old);
-    if (std::filesystem::exists(dest)) std::filesystem::rename(dest, old);
-    std::filesystem::rename(path_, dest);
-    std::filesystem::remove_all(old);
+    replace_dir(path_, dest);
     done_ = true;
   }
 

@@ -53,6 +53,23 @@ void write_file_atomic(const std::string& path, const std::string& data) {
   write_file_atomic(path, [&](std::ostream& out) { out.write(data.data(), data.size()); });
 }
 
+void replace_dir(const std::string& fresh, const std::string& dest) {
+  std::string d = fs::path(dest).lexically_normal().string();
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  const std::string old = d + ".old";
+  std::error_code ec;
+  fs::remove_all(old, ec);
+  VT_CHECK(!ec, "cannot remove ", old, ": ", ec.message());
+  if (fs::exists(d)) {
+    fs::rename(d, old, ec);
+    VT_CHECK(!ec, "cannot move ", d, " aside to replace it: ", ec.message());
+  }
+  fs::rename(fresh, d, ec);
+  VT_CHECK(!ec, "cannot move ", fresh, " to ", d, ": ", ec.message(), " (the previous one is in ",
+           old, ")");
+  fs::remove_all(old, ec);
+}
+
 std::string read_text_file(const std::string& path) {
   VT_CHECK(fs::exists(path), path, ": no such file");
   VT_CHECK(!fs::is_directory(path), path, ": is a directory, expected a file");

@@ -13,16 +13,43 @@ namespace vitrine::models {
 namespace fs = std::filesystem;
 
 void save_model(const VisionModelImpl& model, const std::string& dir) {
+  // The weights and config.json are written into a fresh directory beside `dir` that then
+  // takes its place: a reader or a crash never sees the new weights with the old config.
+  std::string dest = fs::path(dir).lexically_normal().string();
+  while (dest.size() > 1 && dest.back() == '/') dest.pop_back();
+  VT_CHECK(!dest.empty() && dest != "." && dest != "/", "cannot save a model as ", dir,
+           ": name a directory for it");
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  VT_CHECK(!ec && fs::is_directory(dir), "cannot create model directory ", dir, ": ",
-           ec.message());
-  const std::string config_text = config_to_json(model.config());
-  // Weights first: a config next to stale weights would describe the wrong model.
-  // Adapters (LoRA) are merged into the weights they adapt: inference pays nothing for them.
-  safetensors_save((fs::path(dir) / "model.safetensors").string(), model.deployable_state_dict(),
-                   {{"format", "pt"}, {"arch", model.config().arch}});
-  write_file_atomic((fs::path(dir) / "config.json").string(), config_text);
+  if (fs::is_symlink(dest, ec)) dest = fs::canonical(dest).string();  // the link stays
+  const fs::path fresh = dest + ".saving";
+  fs::remove_all(fresh, ec);
+  fs::create_directories(fresh, ec);
+  VT_CHECK(!ec && fs::is_directory(fresh), "cannot create model directory ", fresh.string(),
+           ": ", ec.message());
+  try {
+    // Adapters (LoRA) are merged into the weights they adapt: inference pays nothing for them.
+    safetensors_save((fresh / "model.safetensors").string(), model.deployable_state_dict(),
+                     {{"format", "pt"}, {"arch", model.config().arch}});
+    write_file_atomic((fresh / "config.json").string(), config_to_json(model.config()));
+    // Whatever else the directory held (a replay sample, an adapter, notes) stays: linked,
+    // or copied where links are not possible, so the old directory is whole until replaced.
+    if (fs::is_directory(dest)) {
+      for (const auto& e : fs::directory_iterator(dest)) {
+        const auto name = e.path().filename();
+        if (name == "model.safetensors" || name == "config.json") continue;
+        const auto opts = fs::copy_options::recursive | fs::copy_options::copy_symlinks;
+        fs::copy(e.path(), fresh / name, opts | fs::copy_options::create_hard_links, ec);
+        if (ec) {
+          fs::remove_all(fresh / name);
+          fs::copy(e.path(), fresh / name, opts);
+        }
+      }
+    }
+    replace_dir(fresh.string(), dest);
+  } catch (...) {
+    fs::remove_all(fresh, ec);
+    throw;
+  }
 }
 
 ModelConfig load_model_config(const std::string& dir) {

@@ -2,6 +2,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/train/run_files.h"
 
 #include <nlohmann/json.hpp>
 
@@ -19,7 +20,7 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
   RunSummary r;
   r.name = name;
   r.dir = dir;
-  const fs::path log = fs::path(dir) / "metrics.jsonl";
+  const fs::path log = fs::path(dir) / run_files::kLog;
   VT_CHECK(fs::exists(log), dir, " is not a training run (no metrics.jsonl); give the --out "
            "folder of `vitrine train`");
   std::istringstream lines(read_text_file(log.string()));
@@ -34,7 +35,7 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
     }
     r.train_seconds += r.history.back().seconds;
   }
-  const fs::path test = fs::path(dir) / "test_metrics.json";
+  const fs::path test = fs::path(dir) / run_files::kTestMetrics;
   if (fs::exists(test)) {
     try {
       const json j = json::parse(read_text_file(test.string()));

@@ -12,6 +12,7 @@
 #include "vitrine/train/evaluate.h"
 #include "vitrine/train/loop.h"
 #include "vitrine/train/report.h"
+#include "vitrine/train/run_files.h"
 #include "vitrine/train/run_state.h"
 #include "vitrine/train/ssl.h"
 
@@ -348,14 +349,14 @@ void Pretrainer::State::write_charts() const {
     top1.push_back(100 * r.contrast_top1);
     knn.push_back(r.knn_top1 >= 0 ? 100 * r.knn_top1 : std::nan(""));
   }
-  write_file_atomic(path("loss.svg"),
+  write_file_atomic(path(run_files::kLossChart),
                     svg_line_chart(mae() ? "Reconstruction loss" : "Contrastive loss", "epoch",
                                    mae() ? "MSE on hidden patches" : "NT-Xent", x,
                                    {{"train", loss}}));
   std::vector<std::pair<std::string, std::vector<double>>> accuracy;
   if (!mae()) accuracy.emplace_back("partner found (train)", top1);  // MAE has no pairs
   accuracy.emplace_back("k-NN top-1 (val)", knn);
-  write_file_atomic(path("accuracy.svg"), svg_line_chart("Accuracy", "epoch", "%", x, accuracy));
+  write_file_atomic(path(run_files::kAccuracyChart), svg_line_chart("Accuracy", "epoch", "%", x, accuracy));
 }
 
 Pretrainer::Pretrainer(PretrainOptions options) : s_(std::make_unique<State>()) {
@@ -398,7 +399,7 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
       training_loader_options(o.batch_size, s.images->size(), o.seed, o.workers, o.strict);
   lo.targets = false;  // labels, where there are any, are never used for learning
   data::Loader loader(s.images, s.views(), lo);
-  s.result.last_dir = s.path("last");
+  s.result.last_dir = s.path(run_files::kLast);
   std::string log_text;
   for (const auto& r : s.result.history) log_text += r.to_json() + "\n";
 
@@ -444,7 +445,7 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
     s.result.history.push_back(rec);
     s.save_backbone(s.result.last_dir);
     log_text += rec.to_json() + "\n";
-    write_file_atomic(s.path("metrics.jsonl"), log_text);
+    write_file_atomic(s.path(run_files::kLog), log_text);
     s.write_charts();
     s.save_state(epoch + 1);
     if (on_epoch) on_epoch(rec);

@@ -3,6 +3,7 @@
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/train/compare.h"
+#include "vitrine/train/run_files.h"
 
 #include <algorithm>
 #include <array>
@@ -829,11 +830,11 @@ void write_report(const std::string& dir, const ReportInput& input) {
   html += "<footer>vitrine run report</footer>\n</main>\n</body>\n</html>\n";
 
   const fs::path base(dir);
-  write_file_atomic((base / "loss.svg").string(), loss_svg);
-  write_file_atomic((base / "accuracy.svg").string(), accuracy_svg);
-  if (!confusion_svg.empty()) write_file_atomic((base / "confusion.svg").string(), confusion_svg);
+  write_file_atomic((base / run_files::kLossChart).string(), loss_svg);
+  write_file_atomic((base / run_files::kAccuracyChart).string(), accuracy_svg);
+  if (!confusion_svg.empty()) write_file_atomic((base / run_files::kConfusionChart).string(), confusion_svg);
   // The page last: once it exists, everything it describes exists too.
-  write_file_atomic((base / "report.html").string(), html);
+  write_file_atomic((base / run_files::kReport).string(), html);
 }
 
 void write_comparison_report(const std::string& path, const std::string& title,

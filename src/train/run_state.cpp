@@ -2,6 +2,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/train/run_files.h"
 #include "vitrine/core/safetensors.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -18,24 +19,20 @@ namespace fs = std::filesystem;
 
 void write_state_folder(const std::string& run_dir,
                         const std::function<void(const std::string& folder)>& write) {
-  const fs::path dir = fs::path(run_dir) / "state";
-  const fs::path fresh = fs::path(run_dir) / "state.new";
-  const fs::path old = fs::path(run_dir) / "state.old";
+  const fs::path dir = fs::path(run_dir) / run_files::kState;
+  const fs::path fresh = dir.string() + ".new";
   fs::remove_all(fresh);
   fs::create_directories(fresh);
   write(fresh.string());
-  fs::remove_all(old);
-  if (fs::exists(dir)) fs::rename(dir, old);
-  fs::rename(fresh, dir);
-  fs::remove_all(old);
+  replace_dir(fresh.string(), dir.string());
 }
 
 std::string state_folder_to_resume(const std::string& run_dir, const std::string& marker) {
-  for (const char* name : {"state", "state.old"}) {
+  for (const std::string name : {std::string(run_files::kState), run_files::kState + std::string(".old")}) {
     const fs::path folder = fs::path(run_dir) / name;
     if (fs::exists(folder / marker)) return folder.string();
   }
-  VT_FAIL("--resume: no saved state in ", (fs::path(run_dir) / "state").string(),
+  VT_FAIL("--resume: no saved state in ", (fs::path(run_dir) / run_files::kState).string(),
           "; start without --resume");
 }
 
@@ -43,8 +40,8 @@ bool check_run_dir(const std::string& run_dir, bool resume, bool overwrite) {
   if (resume) return false;
   std::error_code ec;
   const fs::path dir(run_dir);
-  const bool holds_run = fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "state", ec) ||
-                         fs::exists(dir / "best", ec) || fs::exists(dir / "last", ec);
+  bool holds_run = fs::exists(dir / run_files::kLog, ec);
+  for (const char* folder : run_files::kFolders) holds_run = holds_run || fs::exists(dir / folder, ec);
   VT_CHECK(!holds_run || overwrite, run_dir, " already holds a run (metrics.jsonl, state/, "
            "best/ or last/); continue it with --resume, choose another --out, or pass "
            "--overwrite to replace it");
@@ -52,12 +49,15 @@ bool check_run_dir(const std::string& run_dir, bool resume, bool overwrite) {
 }
 
 void remove_run_files(const std::string& run_dir) {
-  // What train and pretrain write.
-  static const char* const kRunFiles[] = {
-      "metrics.jsonl", "state",       "state.new", "state.old",    "best",          "last",
-      "report.html",   "test_metrics.json", "loss.svg", "accuracy.svg", "confusion.svg"};
   spdlog::warn("--overwrite: removing the earlier run in {}", run_dir);
-  for (const char* name : kRunFiles) fs::remove_all(fs::path(run_dir) / name);
+  const fs::path dir(run_dir);
+  for (const char* name : run_files::kFiles) fs::remove_all(dir / name);
+  for (const char* folder : run_files::kFolders) {
+    fs::remove_all(dir / folder);
+    for (const char* suffix : run_files::kFolderSuffixes) {
+      fs::remove_all(dir / (std::string(folder) + suffix));
+    }
+  }
 }
 
 RngState capture_rng(const std::mt19937_64& rng) {

@@ -18,6 +18,7 @@
 #include "vitrine/train/loss.h"
 #include "vitrine/train/metrics.h"
 #include "vitrine/train/report.h"
+#include "vitrine/train/run_files.h"
 #include "vitrine/train/run_state.h"
 
 #include <ATen/ATen.h>
@@ -613,13 +614,13 @@ void Trainer::State::write_run_report() {
       result.test_multi_label = true;
       result.test_map = m.mean_ap;
       result.test_macro_f1 = m.macro_f1;
-      write_file_atomic(path("test_metrics.json"), m.to_json(data.classes));
+      write_file_atomic(path(run_files::kTestMetrics), m.to_json(data.classes));
     } else {
       test = evaluate(*best, data.test, eo, &errors);
       in.test = &test;
       result.test_top1 = test.top1;
       result.test_macro_f1 = test.macro_f1;
-      write_file_atomic(path("test_metrics.json"), test.to_json(data.classes));
+      write_file_atomic(path(run_files::kTestMetrics), test.to_json(data.classes));
     }
     for (const auto& e : errors) spdlog::warn("test: skipped {}", e);
     result.test_skipped = static_cast<int64_t>(errors.size());
@@ -639,7 +640,7 @@ void Trainer::State::write_run_report() {
     }
   }
   write_report(o.out_dir, in);
-  result.report = path("report.html");
+  result.report = path(run_files::kReport);
 }
 
 void Trainer::State::save_model_dir(const models::VisionModelImpl& m, const std::string& dir) const {
@@ -943,9 +944,9 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     s.unlabelled_loader =
         std::make_unique<data::Loader>(s.unlabelled, s.weak_and_strong_views(), ul);
   }
-  s.result.best_dir = s.path("best");
-  s.result.last_dir = s.path("last");
-  const std::string log_path = s.path("metrics.jsonl");
+  s.result.best_dir = s.path(run_files::kBest);
+  s.result.last_dir = s.path(run_files::kLast);
+  const std::string log_path = s.path(run_files::kLog);
   std::string log_text;
   for (const auto& r : s.result.history) log_text += r.to_json() + "\n";
 

@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 using namespace vitrine;
 using namespace vitrine::models;
@@ -56,6 +57,27 @@ TEST(ModelDir, SaveLoadIsBitExact) {
     EXPECT_EQ(config_to_json(loaded->config()), config_to_json(model->config()));
     fs::remove_all(dir);
   }
+}
+
+TEST(ModelDir, SavingAgainReplacesWeightsAndConfigTogetherAndKeepsOtherFiles) {
+  const std::string root = test::temp_dir("modeldir-again");
+  const std::string dir = root + "/model";
+  ModelConfig c = tiny_resnet();
+  save_model(*create_model(c), dir);
+  write_file_atomic(dir + "/notes.txt", "trained on the spring catalogue");
+  fs::create_directories(dir + "/extra");
+  write_file_atomic(dir + "/extra/a.txt", "a");
+  fs::create_directory_symlink(dir, root + "/current");
+  c.num_classes = 7;  // another head: weights and config must change together
+  save_model(*create_model(c), root + "/current/");
+  EXPECT_TRUE(fs::is_symlink(root + "/current")) << "saving through a link keeps the link";
+  EXPECT_EQ(load_model(dir)->config().num_classes, 7);
+  EXPECT_EQ(read_text_file(dir + "/notes.txt"), "trained on the spring catalogue");
+  EXPECT_EQ(read_text_file(dir + "/extra/a.txt"), "a");
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(root)) names.insert(e.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"model", "current"})) << "no .saving or .old left";
+  EXPECT_CONTAINS(test::error_of([&] { save_model(*create_model(c), "."); }), "name a directory");
 }
 
 TEST(ModelDir, ClearErrors) {

@@ -13,6 +13,11 @@ namespace vitrine {
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write);
 void write_file_atomic(const std::string& path, const std::string& data);
 
+/// Puts the finished directory `fresh` in the place of `dest` (which may be missing): `dest`
+/// is renamed to `dest.old` first and removed last, so a crash leaves one complete
+/// directory, the old or the new one, under one of those names.
+void replace_dir(const std::string& fresh, const std::string& dest);
+
 /// The whole file as a string; a clear error when it is missing or unreadable.
 std::string read_text_file(const std::string& path);
 
