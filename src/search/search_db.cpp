@@ -151,6 +151,29 @@ void SearchDb::catch_up() {
   if (index_->wants_rebuild()) rebuild("many removals: rebuilding reclaims the index's memory");
 }
 
+void SearchDb::refresh() {
+  if (catalog_->last_change() == applied_seq_) return;
+  if (!index_) {
+    catch_up();  // the first embeddings, stored by another process
+    max_images_ = std::max<int64_t>(1, catalog_->max_images_per_product());
+    return;
+  }
+  // Another process changed the catalogue. When it also saved its index, it trimmed the log
+  // this index would catch up from: load its file, which holds those changes, instead.
+  const int64_t first = catalog_->first_change();
+  if (first == 0 || first > applied_seq_ + 1) {
+    auto mine = std::move(index_);
+    const int64_t applied = applied_seq_, saved = saved_seq_;
+    if (!load_index_file() || applied_seq_ < applied) {
+      index_ = std::move(mine);  // catch_up rebuilds it when it cannot catch up
+      applied_seq_ = applied;
+      saved_seq_ = saved;
+    }
+  }
+  catch_up();
+  max_images_ = std::max<int64_t>(1, catalog_->max_images_per_product());
+}
+
 void SearchDb::apply_changes(const std::vector<Change>& changes) {
   // Net effect in order: an image added and removed within the window never reaches the
   // index; ids are never reused, so a removal of an id not added in the window was in it.
@@ -229,18 +252,62 @@ void SearchDb::rebuild(const std::string& why) {
   }
 }
 
+std::string SearchDb::photo_dir() const {
+  return fs::absolute(fs::path(dir_) / "images").lexically_normal().string();
+}
+
+std::vector<std::string> SearchDb::owned_photos(const std::vector<std::string>& skus) const {
+  std::error_code ec;
+  const auto dir = fs::weakly_canonical(photo_dir(), ec);
+  std::vector<std::string> out;
+  if (ec) return out;
+  for (const auto& sku : skus) {
+    for (const auto& [ref, hash] : catalog_->image_hashes(sku)) {
+      // Only <hash>.png files can be the service's: look no further at the others.
+      if (fs::path(ref).filename() != hash + ".png") continue;
+      if (fs::weakly_canonical(ref, ec).parent_path() == dir && !ec) out.push_back(ref);
+    }
+  }
+  return out;
+}
+
+void SearchDb::drop_orphan_photos(const std::vector<std::string>& refs) {
+  // Stored photos are named by their content hash, which is also stored beside each image:
+  // the images of that hash tell whether any still names the file.
+  std::error_code ec;
+  for (const auto& ref : refs) {
+    const auto file = fs::weakly_canonical(ref, ec);
+    if (ec) continue;
+    bool used = false;
+    for (const auto& r : catalog_->images(catalog_->image_ids_with_hash(fs::path(ref).stem()))) {
+      used = used || fs::weakly_canonical(r.ref, ec) == file;
+    }
+    if (used) continue;
+    fs::remove(file, ec);
+    if (ec) spdlog::warn("cannot delete the unused photo {}: {}", ref, ec.message());
+  }
+}
+
 void SearchDb::upsert(const std::vector<ProductUpdate>& batch) {
+  std::vector<std::string> skus;
+  for (const auto& u : batch) skus.push_back(u.product.sku);
+  refresh();
+  const auto before = owned_photos(skus);
   catalog_->upsert(batch);
   for (const auto& u : batch) {
     max_images_ = std::max<int64_t>(max_images_, static_cast<int64_t>(u.images.size()));
   }
   catch_up();
+  drop_orphan_photos(before);
 }
 
 std::vector<std::string> SearchDb::remove(const std::vector<std::string>& skus) {
+  refresh();
+  const auto before = owned_photos(skus);
   auto unknown = catalog_->remove(skus);
   catch_up();
   if (unknown.size() < skus.size()) catalog_->reclaim_space();
+  drop_orphan_photos(before);
   return unknown;
 }
 

@@ -447,6 +447,63 @@ TEST(SearchDb, AnIndexFileOfANewerFormatIsRebuiltNotMisread) {
   expect_consistent(*db);
 }
 
+TEST(SearchDb, DeletesItsOwnPhotosWhenNoProductUsesThemAndNeverTheUsers) {
+  const std::string dir = test::temp_dir("searchdb-photos");
+  auto db = SearchDb::open(dir + "/db");
+  db->use_model(kModel);
+  std::mt19937_64 rng(21);
+  // The same bytes (hash "h1") as a photo the service stored and as the user's own file.
+  fs::create_directories(db->photo_dir());
+  fs::create_directories(dir + "/mine");
+  const std::string own = db->photo_dir() + "/h1.png", users = dir + "/mine/h1.png";
+  write_file_atomic(own, "png");
+  write_file_atomic(users, "png");
+  auto product = [&](const std::string& sku, const std::string& ref) {
+    ProductUpdate u;
+    u.product.sku = sku;
+    u.product.images = {ref};
+    u.images.push_back({ref, "h1", unit_vector(rng)});
+    return u;
+  };
+  db->upsert({product("A", own), product("B", own), product("C", users)});
+  db->remove({"A"});
+  EXPECT_TRUE(fs::exists(own)) << "B still shows it";
+  db->remove({"B"});
+  EXPECT_FALSE(fs::exists(own)) << "C shows the same bytes, but from the user's file";
+  db->remove({"C"});
+  EXPECT_TRUE(fs::exists(users)) << "a photo outside the database is the user's";
+}
+
+TEST(SearchDb, ARunningDatabaseSeesWhatAnotherWriterStoredAndRemoved) {
+  const std::string dir = test::temp_dir("searchdb-two-writers") + "/db";
+  std::mt19937_64 rng(22);
+  auto service = SearchDb::open(dir);
+  service->use_model(kModel);
+  const auto p1 = random_product("P1", 1, rng), p2 = random_product("P2", 2, rng);
+  service->upsert({p1});
+  service->save();
+  // Another process stores P2 and saves its index (trimming the change log the first one
+  // would catch up from), then removes P1 without saving.
+  {
+    auto other = SearchDb::open(dir);
+    other->upsert({p2});
+    other->save();
+    other->remove({"P1"});
+  }
+  SearchOptions so;
+  so.k = 5;
+  auto hits = service->search(p2.images[1].embedding.data(), 1, so).front();
+  EXPECT_TRUE(hits.empty() || hits[0].product.sku != "P2") << "not seen before refresh()";
+  service->refresh();
+  EXPECT_EQ(service->open_report().why.find("no longer reaches"), std::string::npos)
+      << "it loads the other's index instead of rebuilding";
+  hits = service->search(p2.images[1].embedding.data(), 1, so).front();
+  ASSERT_EQ(hits.size(), 1u);
+  EXPECT_EQ(hits[0].product.sku, "P2");
+  EXPECT_EQ(service->index()->size(), 2);
+  expect_consistent(*service);
+}
+
 TEST(SearchIndex, HnswAndIvfPqFindTheExactNeighboursMostOfTheTime) {
   std::mt19937_64 rng(14);
   const int64_t n = 3000;

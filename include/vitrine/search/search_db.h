@@ -63,11 +63,20 @@ class SearchDb {
   /// Records the model of a new database; throws when the stored embeddings are another's.
   void use_model(const ModelStamp& model);
 
+  /// Where photos sent to the service are kept (`<dir>/images`, named by content hash).
+  /// The database deletes those no product refers to any more; photos elsewhere are the
+  /// user's and never touched.
+  std::string photo_dir() const;
+
   /// Stores the batch in the catalogue (one transaction) and applies it to the index.
   void upsert(const std::vector<ProductUpdate>& batch);
   /// Deletes products; they are gone from results at once and their space is reclaimed.
   /// Returns the SKUs that were not stored.
   std::vector<std::string> remove(const std::vector<std::string>& skus);
+
+  /// Brings the index up to date with catalogue changes made by other processes (another
+  /// `vitrine index` or `remove` beside a running service). Cheap when there are none.
+  void refresh();
 
   /// The k best products for each of `nq` queries (L2-normalised, `dim` floats each).
   std::vector<std::vector<Hit>> search(const float* queries, int64_t nq,
@@ -87,6 +96,10 @@ class SearchDb {
   void rebuild(const std::string& why);
   void apply_changes(const std::vector<Change>& changes);
   bool load_index_file();
+  /// The stored photos of these products that lie in photo_dir().
+  std::vector<std::string> owned_photos(const std::vector<std::string>& skus) const;
+  /// Deletes those of `refs` that no stored image refers to (after a change committed).
+  void drop_orphan_photos(const std::vector<std::string>& refs);
 
   std::string dir_;
   IndexOptions options_;
