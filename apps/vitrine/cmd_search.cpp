@@ -19,6 +19,7 @@
 #include "vitrine/train/report.h"
 
 #include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <spdlog/spdlog.h>
 
@@ -264,10 +265,24 @@ int index_data(const IndexArgs& a, search::SearchDb& db, const search::Embedder&
         const auto labels = d->labels(i);
         if (!labels.empty()) p.category = d->classes().at(static_cast<size_t>(labels.front()));
         p.title = p.category;
-        p.images = {name};
         const cv::Mat& m = images[at];
         const std::string hash = sha256_hex(m.data, m.total() * m.elemSize());
-        batch.push_back({p, {{name, hash, std::move(embedded[at].embedding)}}});
+        // A photo of a packed data set (Fashion-MNIST's files) is no file of its own: a PNG
+        // copy in the database lets `vitrine serve` show it.
+        std::string ref = name;
+        if (!fs::is_regular_file(name)) {
+          ref = (fs::path(db.photo_dir()) / (hash + ".png")).string();
+          if (!fs::exists(ref)) {
+            cv::Mat bgr = m;
+            if (m.channels() == 3) cv::cvtColor(m, bgr, cv::COLOR_RGB2BGR);
+            std::vector<uint8_t> png;
+            cv::imencode(".png", bgr, png);
+            fs::create_directories(db.photo_dir());
+            write_file_atomic(ref, std::string(png.begin(), png.end()));
+          }
+        }
+        p.images = {ref};
+        batch.push_back({p, {{ref, hash, std::move(embedded[at].embedding)}}});
       }
       if (!batch.empty()) db.upsert(batch);
       for (const auto& u : batch) report_line({{"sku", u.product.sku}, {"status", "stored"}}, a.quiet);

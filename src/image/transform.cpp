@@ -10,6 +10,7 @@
 
 #include <ATen/ops/empty.h>
 #include <opencv2/core/utility.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -382,6 +383,8 @@ at::Tensor eval_transform(const cv::Mat& rgb, const EvalTransform& t) {
   cv::Mat src = rgb;
   if (t.channels == 1 && rgb.channels() == 3) {
     src = to_grey(rgb);
+  } else if (t.channels == 3 && rgb.channels() == 1) {
+    cv::cvtColor(rgb, src, cv::COLOR_GRAY2RGB);  // a grey photo for an RGB model, as decode does
   } else {
     VT_CHECK(rgb.channels() == t.channels, "eval transform for ", t.channels,
              "-channel input got an image with ", rgb.channels(),

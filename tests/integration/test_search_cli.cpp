@@ -310,3 +310,51 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
   EXPECT_GT(m["queries"].get<int>(), 0);
   EXPECT_EQ(m["found_self"], m["queries"]);
 }
+
+TEST(SearchCli, PhotosOfAPackedDataSetAreStoredForTheServiceAndDeletedWithTheirProduct) {
+  const std::string d = test::temp_dir("search-cli-packed");
+  make_model(d + "/m", 0);
+  // A Fashion-MNIST of 3 training and 4 test photos (IDX files, as Zalando ships them).
+  fs::create_directories(d + "/fm");
+  auto be32 = [](uint32_t v) {
+    return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16),
+                       static_cast<char>(v >> 8), static_cast<char>(v)};
+  };
+  std::vector<cv::Mat> test_photos;
+  for (const std::string part : {"train", "t10k"}) {
+    const uint32_t n = part == "train" ? 3 : 4;
+    std::string images = be32(0x803) + be32(n) + be32(28) + be32(28), labels = be32(0x801) + be32(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      cv::Mat m(28, 28, CV_8UC1);
+      cv::randu(m, cv::Scalar::all(0), cv::Scalar::all(255));
+      images.append(reinterpret_cast<const char*>(m.data), 28 * 28);
+      labels += static_cast<char>(i);
+      if (part == "t10k") test_photos.push_back(m);
+    }
+    std::ofstream(d + "/fm/" + part + "-images-idx3-ubyte", std::ios::binary) << images;
+    std::ofstream(d + "/fm/" + part + "-labels-idx1-ubyte", std::ios::binary) << labels;
+  }
+  auto r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                             " --data fashion-mnist --fashion-mnist-dir " + q(d + "/fm") +
+                             " --split test --db " + q(d + "/db") + " --quiet");
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<search::Product> products;
+  {
+    auto db = search::SearchDb::open(d + "/db");
+    products = db->catalog().list({}, 0, 100);
+  }
+  ASSERT_EQ(products.size(), 4u);
+  for (size_t i = 0; i < products.size(); ++i) {
+    ASSERT_EQ(products[i].images.size(), 1u);
+    const std::string& photo = products[i].images[0];
+    EXPECT_EQ(fs::path(photo).parent_path(), fs::absolute(d + "/db/images").lexically_normal());
+    const cv::Mat back = cv::imread(photo, cv::IMREAD_UNCHANGED);
+    ASSERT_FALSE(back.empty()) << photo;
+    EXPECT_EQ(cv::norm(back, test_photos[i], cv::NORM_INF), 0.0) << "the photo itself, lossless";
+  }
+  r = test::run_command(q(test::vitrine_bin()) + " remove --db " + q(d + "/db") + " " +
+                        q(products[0].sku));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(fs::exists(products[0].images[0]));
+  EXPECT_TRUE(fs::exists(products[1].images[0]));
+}

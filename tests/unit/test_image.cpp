@@ -772,6 +772,17 @@ TEST(ImageTransform, EvalTransformEqualsItsSteps) {
   }
 }
 
+TEST(ImageTransform, AGreyImageFeedsAnRgbModelAsItsGreyRgbCopy) {
+  // Packed data sets (Fashion-MNIST) hand over 1-channel images; decode gives grey files
+  // as RGB. Both must reach an RGB model the same way.
+  const cv::Mat grey = noise(40, 30, 1, 5);
+  cv::Mat rgb;
+  cv::cvtColor(grey, rgb, cv::COLOR_GRAY2RGB);
+  const vitrine::image::EvalTransform t;
+  EXPECT_TRUE(at::equal(vitrine::image::eval_transform(grey, t),
+                        vitrine::image::eval_transform(rgb, t)));
+}
+
 TEST(ImageTransform, RejectsBadArguments) {
   const cv::Mat rgb = noise(20, 20, 3, 13);
   vitrine::image::EvalTransform t;
