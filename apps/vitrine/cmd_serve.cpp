@@ -83,6 +83,7 @@ void add_serve(CLI::App& app, int& status) {
     // minutes at 64 clients). glibc's own MALLOC_MMAP_THRESHOLD_ variable, when set, wins.
     if (std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr) mallopt(M_MMAP_THRESHOLD, 1 << 20);
 #endif
+    serve::HttpServer::check(a->http);  // a bad key file fails now, not after the model loads
     auto metrics = std::make_shared<serve::Metrics>();
     serve::Service service(a->service, metrics);
     serve::HttpServer server(service, metrics, a->http);

@@ -15,6 +15,8 @@
 #include <opencv2/imgproc.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <regex>
@@ -52,39 +54,6 @@ std::string scope_for(const httplib::Request& req) {
   return "read";
 }
 
-/// The routes by path: the methods each takes, and its name in the metrics.
-struct RouteShape {
-  std::regex path;
-  const char* methods;
-  const char* name;  ///< nullptr: the path itself
-};
-const std::vector<RouteShape>& route_shapes() {
-  static const std::vector<RouteShape> kRoutes = {
-      {std::regex("/|/healthz|/readyz|/metrics|/openapi\\.json"), "GET", nullptr},
-      {std::regex("/v1/(classify|embed|search|admin/reload)"), "POST", nullptr},
-      {std::regex("/v1/products"), "GET, POST", nullptr},
-      {std::regex("/v1/products/[^/]+/images/[0-9]+"), "GET", "/v1/products/{sku}/images/{i}"},
-      {std::regex("/v1/products/[^/]+"), "GET, PUT, DELETE", "/v1/products/{sku}"},
-  };
-  return kRoutes;
-}
-
-/// The methods a path's routes take ("GET, PUT"), or "" for a path no route has.
-std::string allowed_methods(const std::string& path) {
-  for (const auto& r : route_shapes()) {
-    if (std::regex_match(path, r.path)) return r.methods;
-  }
-  return "";
-}
-
-/// The route a path belongs to, as the metrics name it ("other" for none: client paths are
-/// not label values, or a scan of random paths would grow the metrics without bound).
-std::string route_name(const std::string& path) {
-  for (const auto& r : route_shapes()) {
-    if (std::regex_match(path, r.path)) return r.name ? r.name : path;
-  }
-  return "other";
-}
 
 /// The key of the request this server thread is answering (httplib runs a request's
 /// pre-routing, handler and logger on one thread), for the access log.
@@ -171,10 +140,46 @@ bool bool_param(const httplib::Request& req, const json* body, const char* name)
   throw ServiceError(400, "bad_parameter", std::string(name) + " must be true or false");
 }
 
-/// A product with its stored images, as the product routes answer.
+/// Where the service serves a product's i-th photo (the SKU percent-encoded). Answers name
+/// photos by these URLs, never by the server's file paths.
+std::string image_url(const std::string& sku, size_t i) {
+  static const char* const kHex = "0123456789ABCDEF";
+  std::string out = "/v1/products/";
+  for (const unsigned char c : sku) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out + "/images/" + std::to_string(i);
+}
+
+/// A product sent to the service, with its photos (path, PNG bytes) still to be written.
+struct StoredProduct {
+  search::ProductUpdate update;
+  std::vector<std::pair<std::string, std::string>> photos;
+};
+
+/// A product with the URLs of its stored images, as the product routes answer.
 json product_with_images(const search::Product& p) {
   json j = search::product_json(p);
-  j["images"] = p.images;
+  json urls = json::array();
+  for (size_t i = 0; i < p.images.size(); ++i) urls.push_back(image_url(p.sku, i));
+  j["images"] = urls;
+  return j;
+}
+
+/// A search result: the product and the URL of its photo that matched.
+json hit_with_url(const search::Hit& h) {
+  json j = search::hit_json(h);
+  const auto& images = h.product.images;
+  const auto at = std::find(images.begin(), images.end(), h.image);
+  j["image"] = at == images.end() ? json(nullptr)
+                                  : json(image_url(h.product.sku,
+                                                   static_cast<size_t>(at - images.begin())));
   return j;
 }
 
@@ -205,6 +210,29 @@ const char* const kOpenApi = R"json({
 
 }  // namespace
 
+namespace {
+
+/// An HTTP server, or an HTTPS one when the options name a certificate and key.
+std::unique_ptr<httplib::Server> make_server(const HttpOptions& options) {
+  if (options.tls_cert.empty() && options.tls_key.empty()) {
+    return std::make_unique<httplib::Server>();
+  }
+  VT_CHECK(!options.tls_cert.empty() && !options.tls_key.empty(),
+           "TLS needs both --tls-cert and --tls-key");
+  auto tls = std::make_unique<httplib::SSLServer>(options.tls_cert.c_str(),
+                                                  options.tls_key.c_str());
+  VT_CHECK(tls->is_valid(), "cannot start TLS with ", options.tls_cert, " and ",
+           options.tls_key, ": check that they are a PEM certificate and its private key");
+  return tls;
+}
+
+}  // namespace
+
+void HttpServer::check(const HttpOptions& options) {
+  if (!options.api_keys_file.empty()) KeyStore::load(options.api_keys_file);
+  make_server(options);
+}
+
 HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpOptions options)
     : service_(service),
       metrics_(std::move(metrics)),
@@ -217,17 +245,7 @@ HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpO
                    "refused (401); add one with `vitrine keys add`", options_.api_keys_file);
     }
   }
-  if (!options_.tls_cert.empty() || !options_.tls_key.empty()) {
-    VT_CHECK(!options_.tls_cert.empty() && !options_.tls_key.empty(),
-             "TLS needs both --tls-cert and --tls-key");
-    auto tls = std::make_unique<httplib::SSLServer>(options_.tls_cert.c_str(),
-                                                    options_.tls_key.c_str());
-    VT_CHECK(tls->is_valid(), "cannot start TLS with ", options_.tls_cert, " and ",
-             options_.tls_key, ": check that they are a PEM certificate and its private key");
-    server_ = std::move(tls);
-  } else {
-    server_ = std::make_unique<httplib::Server>();
-  }
+  server_ = make_server(options_);
   const int threads = std::max(options_.threads, 2);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   server_->set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));
@@ -249,6 +267,29 @@ HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpO
 }
 
 HttpServer::~HttpServer() = default;
+
+/// A registered route: its path pattern (as httplib matches it), method and metrics name.
+struct HttpServer::RouteEntry {
+  std::regex pattern;
+  std::string method;
+  std::string name;
+};
+
+std::string HttpServer::allowed_methods(const std::string& path) const {
+  std::string out;
+  for (const auto& r : table_) {
+    if (!std::regex_match(path, r.pattern)) continue;
+    if (out.find(r.method) == std::string::npos) out += (out.empty() ? "" : ", ") + r.method;
+  }
+  return out;
+}
+
+std::string HttpServer::route_name(const std::string& path) const {
+  for (const auto& r : table_) {
+    if (std::regex_match(path, r.pattern)) return r.name;
+  }
+  return "other";
+}
 
 int HttpServer::bind() {
   if (options_.port == 0) {
@@ -371,25 +412,35 @@ void HttpServer::routes() {
                                 std::chrono::duration<double>(Clock::now() - t0).count());
     };
   };
+  // Registers a route with httplib and in the table that answers 405s and names metrics.
+  auto add = [this, &s, route](const std::string& method, const std::string& pattern,
+                               const std::string& name, Body body) {
+    table_.push_back({std::regex(pattern), method, name});
+    auto handler = route(name, std::move(body));
+    if (method == "GET") s.Get(pattern, handler);
+    if (method == "POST") s.Post(pattern, handler);
+    if (method == "PUT") s.Put(pattern, handler);
+    if (method == "DELETE") s.Delete(pattern, handler);
+  };
 
-  s.Get("/healthz", route("/healthz", [](const httplib::Request&, httplib::Response& res) {
+  add("GET", "/healthz", "/healthz", [](const httplib::Request&, httplib::Response& res) {
           send_json(res, 200, {{"status", "ok"}});
-        }));
-  s.Get("/readyz", route("/readyz", [this](const httplib::Request&, httplib::Response& res) {
+        });
+  add("GET", "/readyz", "/readyz", [this](const httplib::Request&, httplib::Response& res) {
           const bool ready = service_.ready();
           send_json(res, ready ? 200 : 503,
                     {{"ready", ready},
                      {"model", service_.model_stamp().id},
                      {"catalogue", service_.has_search()}});
-        }));
-  s.Get("/metrics", route("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+        });
+  add("GET", "/metrics", "/metrics", [this](const httplib::Request&, httplib::Response& res) {
           metrics_->set_queue_depth(service_.queue_depth());
           res.set_content(metrics_->render(), "text/plain; version=0.0.4");
-        }));
-  s.Get("/openapi.json", route("/openapi.json", [](const httplib::Request&, httplib::Response& res) {
+        });
+  add("GET", "/openapi.json", "/openapi.json", [](const httplib::Request&, httplib::Response& res) {
           res.set_content(kOpenApi, "application/json");
-        }));
-  s.Post("/v1/classify", route("/v1/classify", [this](const httplib::Request& req, httplib::Response& res) {
+        });
+  add("POST", "/v1/classify", "/v1/classify", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
            const json* b = body ? &*body : nullptr;
            const int64_t topk = int_param(req, b, "topk", 5, 1, 1000);
@@ -408,15 +459,15 @@ void HttpServer::routes() {
              answer["heatmap_label"] = out.top.front().label;
            }
            send_json(res, 200, answer);
-         }));
-  s.Post("/v1/embed", route("/v1/embed", [this](const httplib::Request& req, httplib::Response& res) {
+         });
+  add("POST", "/v1/embed", "/v1/embed", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
            const auto out = service_.infer(image_of(req, body ? &*body : nullptr), 1);
            send_json(res, 200, {{"embedding", out.embedding},
                                 {"dim", out.embedding.size()},
                                 {"model", out.model_version.substr(0, 12)}});
-         }));
-  s.Post("/v1/search", route("/v1/search", [this](const httplib::Request& req, httplib::Response& res) {
+         });
+  add("POST", "/v1/search", "/v1/search", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
            const json* b = body ? &*body : nullptr;
            search::SearchOptions so;
@@ -441,17 +492,17 @@ void HttpServer::routes() {
            const auto out = service_.infer(image_of(req, b), 5);
            json results = json::array();
            for (const auto& h : service_.search(out.embedding, so)) {
-             results.push_back(search::hit_json(h));
+             results.push_back(hit_with_url(h));
            }
            json top = json::array();
            for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
            send_json(res, 200, {{"results", results}, {"top", top}});
-         }));
-  s.Get("/", route("/", [](const httplib::Request&, httplib::Response& res) {
+         });
+  add("GET", "/", "/", [](const httplib::Request&, httplib::Response& res) {
           res.set_content(reinterpret_cast<const char*>(kWebIndex), kWebIndex_size,
                           "text/html; charset=utf-8");
-        }));
-  s.Get("/v1/products", route("/v1/products", [this](const httplib::Request& req, httplib::Response& res) {
+        });
+  add("GET", "/v1/products", "/v1/products", [this](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           const int64_t offset = int_param(req, nullptr, "offset", 0, 0, int64_t{1} << 40);
           const int64_t limit = int_param(req, nullptr, "limit", 24, 1, 1000);
@@ -471,10 +522,10 @@ void HttpServer::routes() {
           send_json(res, 200, {{"products", products},
                                {"total", service_.db()->catalog().product_count_where(filters)},
                                {"offset", offset}});
-        }));
+        });
   // A product's stored photo, by position: only files the catalogue names are served.
-  s.Get(R"(/v1/products/([^/]+)/images/([0-9]+))",
-        route("/v1/products/{sku}/images/{i}", [this](const httplib::Request& req, httplib::Response& res) {
+  add("GET", R"(/v1/products/([^/]+)/images/([0-9]+))",
+        "/v1/products/{sku}/images/{i}", [this](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           std::optional<search::Product> p;
           {
@@ -506,15 +557,15 @@ void HttpServer::routes() {
           } catch (const Error&) {
           }
           res.set_content(reinterpret_cast<const char*>(bytes.data()), bytes.size(), type);
-        }));
-  s.Get(R"(/v1/products/([^/]+))", route("/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
+        });
+  add("GET", R"(/v1/products/([^/]+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           std::lock_guard<std::mutex> lock(service_.db_mutex());
           const auto p = service_.db()->catalog().find(req.matches[1]);
           if (!p) throw ServiceError(404, "unknown_sku", "no product " + std::string(req.matches[1]));
           send_json(res, 200, product_with_images(*p));
-        }));
-  s.Delete(R"(/v1/products/([^/]+))", route("/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
+        });
+  add("DELETE", R"(/v1/products/([^/]+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
              if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
              std::lock_guard<std::mutex> lock(service_.db_mutex());
              const std::string sku = req.matches[1];
@@ -523,14 +574,15 @@ void HttpServer::routes() {
              }
              metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
              send_json(res, 200, {{"sku", sku}, {"status", "removed"}});
-           }));
+           });
   // Storing products: each image decoded (so bad ones are refused before anything is
   // stored), saved again without its metadata (EXIF: GPS, camera, ...), embedded through the
   // batcher, then the product stored in one transaction.
   auto store = [this](const std::string& sku, const json& p) {
     if (!p.is_object()) throw ServiceError(400, "bad_product", "a product is a JSON object");
     if (!valid_utf8(sku)) throw ServiceError(400, "bad_sku", "a SKU must be UTF-8 text");
-    search::ProductUpdate u;
+    StoredProduct stored;
+    search::ProductUpdate& u = stored.update;
     u.product.sku = sku;
     auto text = [&](const char* k) {
       if (!p.contains(k) || p[k].is_null()) return std::string();
@@ -554,8 +606,7 @@ void HttpServer::routes() {
     if (!p.contains("images") || !p["images"].is_array() || p["images"].empty()) {
       throw ServiceError(400, "bad_product", "images: a non-empty array of base64 images");
     }
-    const auto dir = std::filesystem::path(service_.options().db_dir) / "images";
-    std::filesystem::create_directories(dir);
+    const std::filesystem::path dir = service_.db()->photo_dir();
     for (const auto& img : p["images"]) {
       if (!img.is_string()) throw ServiceError(400, "bad_product", "images are base64 strings");
       std::string encoded;
@@ -576,27 +627,46 @@ void HttpServer::routes() {
                                      [&](const auto& stored) { return stored.content_hash == hash; });
       if (again) continue;  // the same photo twice is one photo of the product
       const std::string path = (dir / (hash + ".png")).string();
-      if (!std::filesystem::exists(path)) {
-        write_file_atomic(path, std::string(png.begin(), png.end()));
-      }
+      stored.photos.emplace_back(path, std::string(png.begin(), png.end()));
       u.images.push_back({path, hash, out.embedding});
       u.product.images.push_back(path);
     }
-    return u;
+    return stored;
   };
-  s.Put(R"(/v1/products/([^/]+))", route("/v1/products/{sku}", [this, store](const httplib::Request& req, httplib::Response& res) {
+  // Writes the photos and stores the products, under the database lock: a product removed
+  // meanwhile cannot take a shared photo file away with it.
+  auto commit = [this](const std::vector<StoredProduct>& products) {
+    std::lock_guard<std::mutex> lock(service_.db_mutex());
+    std::vector<std::string> written;
+    std::vector<search::ProductUpdate> batch;
+    try {
+      std::filesystem::create_directories(service_.db()->photo_dir());
+      for (const auto& p : products) {
+        for (const auto& [path, png] : p.photos) {
+          if (std::filesystem::exists(path)) continue;
+          write_file_atomic(path, png);
+          written.push_back(path);
+        }
+        batch.push_back(p.update);
+      }
+      service_.db()->upsert(batch);
+    } catch (...) {
+      for (const auto& path : written) std::filesystem::remove(path);
+      throw;
+    }
+    service_.db()->save();
+    metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
+  };
+  add("PUT", R"(/v1/products/([^/]+))", "/v1/products/{sku}", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           const auto body = json_body(req);
           if (!body) throw ServiceError(400, "bad_json", "send the product as application/json");
-          auto u = store(req.matches[1], *body);
-          std::lock_guard<std::mutex> lock(service_.db_mutex());
-          service_.db()->upsert({u});
-          service_.db()->save();
-          metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
-          send_json(res, 200, {{"sku", u.product.sku}, {"status", "stored"},
-                               {"images", u.images.size()}});
-        }));
-  s.Post("/v1/products", route("/v1/products", [this, store](const httplib::Request& req, httplib::Response& res) {
+          const auto p = store(req.matches[1], *body);
+          commit({p});
+          send_json(res, 200, {{"sku", p.update.product.sku}, {"status", "stored"},
+                               {"images", p.update.images.size()}});
+        });
+  add("POST", "/v1/products", "/v1/products", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
            json body;
            try {
@@ -609,7 +679,7 @@ void HttpServer::routes() {
            }
            // As `vitrine index`: the good products are stored, each bad one is reported
            // (by its position and SKU) and stores nothing.
-           std::vector<search::ProductUpdate> batch;
+           std::vector<StoredProduct> batch;
            json results = json::array();
            for (size_t i = 0; i < body.size(); ++i) {
              const json& p = body[i];
@@ -630,17 +700,12 @@ void HttpServer::routes() {
              }
              results.push_back(std::move(result));
            }
-           if (!batch.empty()) {
-             std::lock_guard<std::mutex> lock(service_.db_mutex());
-             service_.db()->upsert(batch);
-             service_.db()->save();
-             metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
-           }
+           if (!batch.empty()) commit(batch);
            send_json(res, 200, {{"stored", batch.size()},
                                 {"failed", body.size() - batch.size()},
                                 {"results", results}});
-         }));
-  s.Post("/v1/admin/reload", route("/v1/admin/reload", [this](const httplib::Request& req, httplib::Response& res) {
+         });
+  add("POST", "/v1/admin/reload", "/v1/admin/reload", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
            std::string dir;
            if (body && body->contains("model")) {
@@ -655,7 +720,7 @@ void HttpServer::routes() {
              throw ServiceError(422, "reload_failed", e.what());
            }
            send_json(res, 200, {{"status", "reloaded"}, {"model", service_.model_stamp().id}});
-         }));
+         });
 }
 
 }  // namespace vitrine::serve

@@ -292,6 +292,7 @@ std::vector<search::Hit> Service::search(const std::vector<float>& embedding,
                                          const search::SearchOptions& options) {
   if (!db_) throw ServiceError(404, "no_catalogue", "this service runs without --db: no search");
   std::lock_guard<std::mutex> lock(db_mutex_);
+  db_->refresh();  // products another process stored or removed meanwhile
   if (db_->index() && db_->index()->dim() != static_cast<int64_t>(embedding.size())) {
     throw ServiceError(409, "model_mismatch",
                        "the model's embeddings do not fit the catalogue's index; re-index");
@@ -300,6 +301,9 @@ std::vector<search::Hit> Service::search(const std::vector<float>& embedding,
 }
 
 void Service::reload(const std::string& model_dir) {
+  // One reload at a time (SIGHUP and the admin route may ask at once): each loads a whole
+  // model, and the later request must be the one that stays.
+  std::lock_guard<std::mutex> one_at_a_time(reload_mu_);
   const std::string dir = model_dir.empty() ? options_.model_dir : model_dir;
   try {
     auto slot = load_slot(dir, options_.precision);

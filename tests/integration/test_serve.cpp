@@ -210,6 +210,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(listing["total"], 24);
   ASSERT_EQ(listing["products"].size(), 5u);
   EXPECT_EQ(listing["products"][0]["sku"], "SKU2");
+  EXPECT_EQ(listing["products"][0]["images"], json::array({"/v1/products/SKU2/images/0"}));
   auto photo = reader.Get("/v1/products/SKU3/images/0");
   ASSERT_EQ(photo->status, 200);
   EXPECT_EQ(photo->get_header_value("Content-Type"), "image/png");
@@ -233,6 +234,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   const auto results = body_of(found)["results"];
   ASSERT_EQ(results.size(), 3u);
   EXPECT_EQ(results[0]["sku"], "SKU3");
+  EXPECT_EQ(results[0]["image"], "/v1/products/SKU3/images/0");
   for (const auto& r : results) EXPECT_EQ(r["category"], "shoes");
 
   // products: put (image without its EXIF), get, bulk post, delete.
@@ -245,7 +247,11 @@ TEST(Serve, EveryEndpointsHappyPath) {
   auto got = body_of(reader.Get("/v1/products/NEW1"));
   EXPECT_EQ(got["title"], "New");
   ASSERT_EQ(got["images"].size(), 1u);
-  EXPECT_TRUE(fs::exists(got["images"][0].get<std::string>()));
+  // Photos are named by the URL that serves them, not by a path on the server.
+  EXPECT_EQ(got["images"][0], "/v1/products/NEW1/images/0");
+  auto stored = reader.Get(got["images"][0].get<std::string>().c_str());
+  ASSERT_EQ(stored->status, 200);
+  EXPECT_EQ(stored->get_header_value("Content-Type"), "image/png");
   auto bulk = writer.Post("/v1/products",
                           json::array({{{"sku", "NEW2"}, {"images", {b64}}},
                                        {{"sku", "NEW3"}, {"images", {b64}}, {"price", 1}}})
@@ -289,7 +295,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
             std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("vitrine_model_reloads_total{outcome=\"ok\"} 1"), std::string::npos);
-  EXPECT_NE(metrics.find("{route=\"/v1/products/{sku}/images/{i}\",status=\"200\"} 1"),
+  EXPECT_NE(metrics.find("{route=\"/v1/products/{sku}/images/{i}\",status=\"200\"} 2"),
             std::string::npos)
       << metrics;
   // The access log names routes and statuses, never keys or image bytes.
@@ -564,6 +570,11 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
     EXPECT_EQ(body["error"]["code"], c.code) << c.what << ": " << r->body;
     EXPECT_FALSE(body["error"]["message"].get<std::string>().empty()) << c.what;
   }
+  // Allow lists every method the path's routes take, from the routes registered.
+  auto wrong = writer.Post("/v1/products/X1", "{}", "application/json");
+  ASSERT_TRUE(wrong);
+  EXPECT_EQ(wrong->status, 405);
+  EXPECT_EQ(wrong->get_header_value("Allow"), "GET, DELETE, PUT");
   // The reload route wants a path, and a POST without a Content-Length is named as such
   // (httplib's clients always send one: this request is written by hand).
   auto admin = server.client(fixture().admin_key);
@@ -599,6 +610,7 @@ TEST(Serve, AMalformedKeyFileStopsTheStartWithTheLineNamed) {
                                    q(f.dir + "/m") + " --port 0 --api-keys " + q(dir + "/keys.txt"));
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("keys.txt:2"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find(" engine, "), std::string::npos) << "checked before the model loads";
 }
 
 TEST(Serve, TlsServesHttpsAndRefusesPlainHttp) {
@@ -685,6 +697,52 @@ TEST(Serve, StoredProductPhotosLoseTheirMetadataButKeepTheirOrientation) {
   EXPECT_EQ(back.cols, upright.cols);  // turned upright before the metadata went
   EXPECT_EQ(back.rows, upright.rows);
   writer.Delete("/v1/products/EXIF1");
+}
+
+TEST(Serve, PhotosNoProductUsesAnyMoreAreDeleted) {
+  const auto& f = fixture();
+  Server server("");
+  auto writer = server.client(f.write_key);
+  const std::string photos = f.dir + "/db/images";
+  auto files = [&] {
+    std::set<std::string> out;
+    if (fs::exists(photos)) {
+      for (const auto& e : fs::directory_iterator(photos)) out.insert(e.path().string());
+    }
+    return out;
+  };
+  auto random_png = [](int seed) {
+    cv::Mat m(24, 24, CV_8UC3);
+    cv::RNG rng(static_cast<uint64_t>(seed));
+    rng.fill(m, cv::RNG::UNIFORM, 0, 255);
+    std::vector<uint8_t> png;
+    cv::imencode(".png", m, png);
+    return base64_encode(png.data(), png.size());
+  };
+  const auto before = files();
+  // Two products share photo A.
+  const std::string a = random_png(101), b = random_png(102);
+  auto put = writer.Post("/v1/products",
+                         json::array({{{"sku", "ORPH1"}, {"images", {a}}},
+                                      {{"sku", "ORPH2"}, {"images", {a}}}}).dump(),
+                         "application/json");
+  ASSERT_EQ(put->status, 200) << put->body;
+  auto after = files();
+  ASSERT_EQ(after.size(), before.size() + 1);
+  std::string file_a;
+  for (const auto& p : after) {
+    if (!before.count(p)) file_a = p;
+  }
+  EXPECT_EQ(writer.Delete("/v1/products/ORPH1")->status, 200);
+  EXPECT_TRUE(fs::exists(file_a)) << "ORPH2 still shows it";
+  // Replacing ORPH2's photo with B leaves A to nobody.
+  put = writer.Put("/v1/products/ORPH2", json{{"images", {b}}}.dump(), "application/json");
+  ASSERT_EQ(put->status, 200) << put->body;
+  EXPECT_FALSE(fs::exists(file_a));
+  after = files();
+  ASSERT_EQ(after.size(), before.size() + 1);
+  EXPECT_EQ(writer.Delete("/v1/products/ORPH2")->status, 200);
+  EXPECT_EQ(files(), before);
 }
 
 TEST(Serve, SighupReloadsTheModel) {

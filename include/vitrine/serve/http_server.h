@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace httplib {
 class Server;
@@ -32,6 +33,9 @@ struct HttpOptions {
 
 class HttpServer {
  public:
+  /// Throws vitrine::Error for a key file or TLS files that cannot be used: cheap checks to
+  /// run before the model is loaded.
+  static void check(const HttpOptions& options);
   HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpOptions options);
   ~HttpServer();
   /// Binds the port (throws vitrine::Error when it cannot) and returns it.
@@ -43,7 +47,13 @@ class HttpServer {
   void stop();
 
  private:
+  struct RouteEntry;
   void routes();
+  /// The methods the routes matching `path` take ("GET, PUT"), or "" for none.
+  std::string allowed_methods(const std::string& path) const;
+  /// The route `path` belongs to, as the metrics name it ("other" for none: client paths are
+  /// not label values, or a scan of random paths would grow the metrics without bound).
+  std::string route_name(const std::string& path) const;
   Service& service_;
   std::shared_ptr<Metrics> metrics_;
   HttpOptions options_;
@@ -52,6 +62,7 @@ class HttpServer {
   std::unique_ptr<httplib::Server> server_;
   int port_ = 0;
   int listen_fd_ = -1;  ///< the listening socket, seen when httplib creates it
+  std::vector<RouteEntry> table_;  ///< every route, in registration order (set up once)
 };
 
 }  // namespace vitrine::serve

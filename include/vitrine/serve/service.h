@@ -76,7 +76,8 @@ class Service {
 
   /// Loads the model again (from `model_dir`, or the configured one when empty) and swaps it
   /// in once loaded: requests in flight finish with the old model, later ones use the new one.
-  /// A model of another embedding width than the database's is refused.
+  /// A model of another embedding width than the database's is refused. Reloads asked for
+  /// at once run one after the other.
   void reload(const std::string& model_dir = "");
 
   bool ready() const { return ready_.load(); }
@@ -96,6 +97,7 @@ class Service {
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<search::SearchDb> db_;
   std::mutex db_mutex_;
+  std::mutex reload_mu_;  ///< serialises reload(); guards options_.model_dir
   std::atomic<bool> ready_{false};
 };
 
