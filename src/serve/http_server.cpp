@@ -654,7 +654,7 @@ void HttpServer::routes() {
       for (const auto& path : written) std::filesystem::remove(path);
       throw;
     }
-    service_.db()->save();
+    service_.save_index_when_due();
     metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
   };
   add("PUT", R"(/v1/products/([^/]+))", "/v1/products/{sku}", [this, store, commit](const httplib::Request& req, httplib::Response& res) {

@@ -191,6 +191,16 @@ Service::~Service() {
   }
 }
 
+void Service::save_index_when_due() {
+  // A save writes the whole index: for every stored product of a large catalogue that is
+  // gigabytes. Changes not saved yet are replayed from the catalogue's change log at the
+  // next start, and the index is saved at shutdown.
+  const auto now = Clock::now();
+  if (now - last_index_save_ < std::chrono::seconds(30)) return;
+  db_->save();
+  last_index_save_ = now;
+}
+
 void Service::drain() {
   {
     std::lock_guard<std::mutex> lock(batcher_->mu);

@@ -745,6 +745,35 @@ TEST(Serve, PhotosNoProductUsesAnyMoreAreDeleted) {
   EXPECT_EQ(files(), before);
 }
 
+TEST(Serve, ProductsStoredJustBeforeACrashAreFoundAfterARestart) {
+  const auto& f = fixture();
+  cv::Mat m(24, 24, CV_8UC3);
+  cv::RNG(77).fill(m, cv::RNG::UNIFORM, 0, 255);
+  std::vector<uint8_t> png;
+  cv::imencode(".png", m, png);
+  const std::string photo(png.begin(), png.end());
+  {
+    Server server("");
+    auto writer = server.client(f.write_key);
+    // The second store comes within the index's save interval: only the catalogue has it.
+    for (const std::string sku : {"CRASH1", "CRASH2"}) {
+      auto put = writer.Put(("/v1/products/" + sku).c_str(),
+                            json{{"images", {base64_encode(sku == "CRASH2" ? photo : f.photos[5])}}}
+                                .dump(),
+                            "application/json");
+      ASSERT_EQ(put->status, 200) << put->body;
+    }
+  }  // SIGKILL: no save at shutdown
+  Server server("");
+  auto writer = server.client(f.write_key);
+  auto found = writer.Post("/v1/search?k=1", photo, "image/png");
+  ASSERT_EQ(found->status, 200) << found->body;
+  ASSERT_EQ(body_of(found)["results"].size(), 1u);
+  EXPECT_EQ(body_of(found)["results"][0]["sku"], "CRASH2");
+  EXPECT_EQ(writer.Delete("/v1/products/CRASH1")->status, 200);
+  EXPECT_EQ(writer.Delete("/v1/products/CRASH2")->status, 200);
+}
+
 TEST(Serve, SighupReloadsTheModel) {
   const auto& f = fixture();
   Server server("");

@@ -89,6 +89,9 @@ class Service {
   int64_t queue_depth() const;
   search::SearchDb* db() { return db_.get(); }
   std::mutex& db_mutex() { return db_mutex_; }
+  /// After storing products (db_mutex held): saves the index when the last save is 30 s
+  /// old or more, not after every write.
+  void save_index_when_due();
 
  private:
   struct Batcher;
@@ -98,6 +101,7 @@ class Service {
   std::unique_ptr<search::SearchDb> db_;
   std::mutex db_mutex_;
   std::mutex reload_mu_;  ///< serialises reload(); guards options_.model_dir
+  std::chrono::steady_clock::time_point last_index_save_{};  ///< guarded by db_mutex_
   std::atomic<bool> ready_{false};
 };
 
