@@ -577,6 +577,7 @@ class SqliteCatalog : public Catalog {
   static std::string condition(const Filter& f,
                                std::vector<std::pair<bool, std::string>>* params) {
     std::string column;
+    std::string path;  ///< an attribute's JSON path, bound before each use of its column
     bool numeric = false;
     if (f.field == "price") {
       column = "p.price";
@@ -589,25 +590,48 @@ class SqliteCatalog : public Catalog {
         if (c == '"' || c == '\\') escaped += '\\';
         escaped += c;
       }
-      params->emplace_back(false, "$.\"" + escaped + "\"");
+      path = "$.\"" + escaped + "\"";
       column = "json_extract(p.attributes, ?)";
       numeric = true;  // numbers compare as numbers, other values as text
     } else {
       column = "p." + f.field;  // parse_filter allows only the known columns
     }
+    auto use_column = [&] {
+      if (!path.empty()) params->emplace_back(false, path);
+      return column;
+    };
     std::string sql;
     if (f.values.size() > 1 || f.op == "=" || f.op == "!=") {
+      // A value matches the number it reads as and the text it is ("42" matches 42 and "42",
+      // "007" matches 7 and "007"); in double quotes it is text only.
+      const std::string col = use_column();
       std::string list;
-      for (size_t i = 0; i < f.values.size(); ++i) {
-        list += i ? ", ?" : "?";
-        params->emplace_back(numeric, f.values[i]);
+      auto placeholder = [&](bool as_number, const std::string& v) {
+        list += list.empty() ? "?" : ", ?";
+        params->emplace_back(as_number, v);
+      };
+      for (const auto& v : f.values) {
+        double number = 0;
+        if (v.size() >= 2 && v.front() == '"' && v.back() == '"') {
+          placeholder(false, v.substr(1, v.size() - 2));
+        } else if (numeric && parse_number(v, &number)) {
+          placeholder(true, v);
+          placeholder(false, v);
+        } else {
+          placeholder(false, v);
+        }
       }
-      // The column once: an attribute's column has a parameter (its JSON path) of its own.
-      sql = f.op == "=" ? column + " IN (" + list + ")"
-                        : "COALESCE(" + column + " NOT IN (" + list + "), 1)";
+      sql = f.op == "=" ? col + " IN (" + list + ")"
+                        : "COALESCE(" + col + " NOT IN (" + list + "), 1)";
+    } else if (!path.empty()) {
+      // Only numbers are compared: text such as "007" or "red" is neither above nor below 40.
+      const std::string type_col = "json_type(p.attributes, ?)";
+      params->emplace_back(false, path);
+      sql = "(" + type_col + " IN ('integer', 'real') AND " + use_column() + " " + f.op + " ?)";
+      params->emplace_back(true, f.values.at(0));
     } else {
+      sql = use_column() + " " + f.op + " ?";
       params->emplace_back(numeric, f.values.at(0));
-      sql = column + " " + f.op + " ?";
     }
     return sql;
   }

@@ -153,6 +153,27 @@ TEST(SearchCatalog, FiltersSelectTheRightImages) {
   EXPECT_EQ(catalog->product_count_where({parse_filter("category=bags")}),
             std::count_if(batch.begin(), batch.end(),
                           [](const ProductUpdate& u) { return u.product.category == "bags"; }));
+  // Numbers and text in one attribute: ranges compare numbers only; = matches a value as
+  // the number it reads as and as the text it is, or as text alone in double quotes.
+  batch.clear();
+  for (const char* size : {R"("007")", "7", "42", R"("XL")"}) {
+    batch.push_back(random_product(std::string("size") + size, 1, rng));
+    batch.back().product.attributes = std::string(R"({"size": )") + size + "}";
+  }
+  catalog->upsert(batch);
+  auto skus = [&](const std::string& text) {
+    std::set<std::string> out;
+    for (const auto& r : catalog->images(catalog->image_ids({parse_filter(text)}))) {
+      if (r.product.sku.rfind("size", 0) == 0) out.insert(r.product.sku);  // these four only
+    }
+    return out;
+  };
+  using Set = std::set<std::string>;
+  EXPECT_EQ(skus("attributes.size>=40"), Set{"size42"});
+  EXPECT_EQ(skus("attributes.size<10"), Set{"size7"});
+  EXPECT_EQ(skus("attributes.size=007"), (Set{"size\"007\"", "size7"}));
+  EXPECT_EQ(skus("attributes.size=\"007\""), Set{"size\"007\""});
+  EXPECT_EQ(skus("attributes.size=XL|42"), (Set{"size\"XL\"", "size42"}));
 }
 
 TEST(SearchCatalog, RefusesAnotherModelsEmbeddings) {
