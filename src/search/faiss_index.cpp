@@ -144,13 +144,17 @@ class PositionalIndex : public VectorIndex {
     const auto n = static_cast<size_t>(index_->ntotal);
     std::vector<uint8_t> bitmap;
     std::unique_ptr<faiss::IDSelectorBitmap> sel;
+    auto live = static_cast<int64_t>(where_.size());  ///< nodes the search may return
     if (allowed || removed_ > 0) {
       bitmap.assign((n + 7) / 8, 0);
       auto set = [&](size_t p) { bitmap[p >> 3] |= static_cast<uint8_t>(1u << (p & 7)); };
       if (allowed) {
+        live = 0;
         for (const int64_t id : *allowed) {
           const auto it = where_.find(id);
-          if (it != where_.end()) set(static_cast<size_t>(it->second));
+          if (it == where_.end()) continue;
+          set(static_cast<size_t>(it->second));
+          ++live;
         }
       } else {
         for (size_t p = 0; p < n; ++p) {
@@ -165,15 +169,9 @@ class PositionalIndex : public VectorIndex {
         // The graph search meets only the allowed nodes on its path: a selective filter leaves
         // it short of results. Small allowed sets are scanned exactly; larger ones fall back
         // to that scan for the queries left short.
-        std::vector<int64_t> live;
-        for (size_t p = 0; p < n; ++p) {
-          if (sel->is_member(static_cast<faiss::Index::idx_t>(p)) && id_at_[p] >= 0) {
-            live.push_back(static_cast<int64_t>(p));
-          }
-        }
-        const int64_t want = std::min<int64_t>(k, static_cast<int64_t>(live.size()));
+        const int64_t want = std::min<int64_t>(k, live);
         std::vector<int64_t> short_queries;
-        if (static_cast<int64_t>(live.size()) <= kExactScanMax) {
+        if (live <= kExactScanMax) {
           for (int64_t q = 0; q < nq; ++q) short_queries.push_back(q);
         } else {
           faiss::SearchParametersHNSW params;
@@ -187,7 +185,7 @@ class PositionalIndex : public VectorIndex {
           }
         }
         if (!short_queries.empty()) {
-          exact_search(queries, short_queries, k, live, scores, positions.data());
+          exact_search(queries, short_queries, k, *sel, scores, positions.data());
         }
       } else {
         index_->search(nq, queries, k, scores, positions.data());
@@ -250,18 +248,15 @@ class PositionalIndex : public VectorIndex {
   /// Filtered HNSW searches scan allowed sets up to this size exactly.
   static constexpr int64_t kExactScanMax = 4096;
 
-  /// Exact top-k of `queries` rows `which` over the nodes at `positions`, written into
-  /// their rows of `scores` and `out` (as positions).
+  /// Exact top-k of `queries` rows `which` over the nodes `sel` allows, written into their
+  /// rows of `scores` and `out` (as positions): a scan of the graph's own flat storage, whose
+  /// positions are the graph's.
   void exact_search(const float* queries, const std::vector<int64_t>& which, int64_t k,
-                    const std::vector<int64_t>& positions, float* scores,
+                    const faiss::IDSelector& sel, float* scores,
                     faiss::Index::idx_t* out) const {
+    const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(index_.get());
+    VT_DCHECK(hnsw && hnsw->storage);
     const int64_t d = index_->d;
-    faiss::IndexFlatIP flat(d);
-    std::vector<float> row(static_cast<size_t>(d));
-    for (const int64_t p : positions) {
-      index_->reconstruct(p, row.data());
-      flat.add(1, row.data());
-    }
     std::vector<float> q(which.size() * static_cast<size_t>(d));
     for (size_t i = 0; i < which.size(); ++i) {
       std::copy(queries + which[i] * d, queries + (which[i] + 1) * d, q.begin() + i * d);
@@ -269,13 +264,12 @@ class PositionalIndex : public VectorIndex {
     const auto nq = static_cast<int64_t>(which.size());
     std::vector<float> s(static_cast<size_t>(nq * k));
     std::vector<faiss::Index::idx_t> at(static_cast<size_t>(nq * k));
-    flat.search(nq, q.data(), k, s.data(), at.data());
+    faiss::SearchParameters params;
+    params.sel = const_cast<faiss::IDSelector*>(&sel);
+    hnsw->storage->search(nq, q.data(), k, s.data(), at.data(), &params);
     for (int64_t i = 0; i < nq; ++i) {
-      for (int64_t j = 0; j < k; ++j) {
-        const auto a = at[static_cast<size_t>(i * k + j)];
-        scores[which[i] * k + j] = s[static_cast<size_t>(i * k + j)];
-        out[which[i] * k + j] = a >= 0 ? positions[static_cast<size_t>(a)] : -1;
-      }
+      std::copy(s.begin() + i * k, s.begin() + (i + 1) * k, scores + which[i] * k);
+      std::copy(at.begin() + i * k, at.begin() + (i + 1) * k, out + which[i] * k);
     }
   }
 
