@@ -146,6 +146,12 @@ void SearchDb::catch_up() {
     return;
   }
   const auto changes = catalog_->changes_since(applied_seq_);
+  // Another process may have trimmed the log between the reads above: sequence numbers have
+  // no gaps, so a log that does not start right after this index's last change lacks some.
+  if (changes.empty() || changes.front().seq != applied_seq_ + 1) {
+    rebuild("the catalogue's change log no longer reaches back to the index");
+    return;
+  }
   apply_changes(changes);
   report_.replayed += static_cast<int64_t>(changes.size());
   if (index_->wants_rebuild()) rebuild("many removals: rebuilding reclaims the index's memory");
@@ -280,7 +286,8 @@ void SearchDb::drop_orphan_photos(const std::vector<std::string>& refs) {
     if (ec) continue;
     bool used = false;
     for (const auto& r : catalog_->images(catalog_->image_ids_with_hash(fs::path(ref).stem()))) {
-      used = used || fs::weakly_canonical(r.ref, ec) == file;
+      const auto other = fs::weakly_canonical(r.ref, ec);
+      used = used || ec || other == file;  // when in doubt, it is in use
     }
     if (used) continue;
     fs::remove(file, ec);
