@@ -524,7 +524,7 @@ void HttpServer::routes() {
                                {"offset", offset}});
         });
   // A product's stored photo, by position: only files the catalogue names are served.
-  add("GET", R"(/v1/products/([^/]+)/images/([0-9]+))",
+  add("GET", R"(/v1/products/(.+)/images/([0-9]+))",
         "/v1/products/{sku}/images/{i}", [this](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           std::optional<search::Product> p;
@@ -558,14 +558,14 @@ void HttpServer::routes() {
           }
           res.set_content(reinterpret_cast<const char*>(bytes.data()), bytes.size(), type);
         });
-  add("GET", R"(/v1/products/([^/]+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
+  add("GET", R"(/v1/products/(.+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           std::lock_guard<std::mutex> lock(service_.db_mutex());
           const auto p = service_.db()->catalog().find(req.matches[1]);
           if (!p) throw ServiceError(404, "unknown_sku", "no product " + std::string(req.matches[1]));
           send_json(res, 200, product_with_images(*p));
         });
-  add("DELETE", R"(/v1/products/([^/]+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
+  add("DELETE", R"(/v1/products/(.+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
              if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
              std::lock_guard<std::mutex> lock(service_.db_mutex());
              const std::string sku = req.matches[1];
@@ -581,6 +581,9 @@ void HttpServer::routes() {
   auto store = [this](const std::string& sku, const json& p) {
     if (!p.is_object()) throw ServiceError(400, "bad_product", "a product is a JSON object");
     if (!valid_utf8(sku)) throw ServiceError(400, "bad_sku", "a SKU must be UTF-8 text");
+    if (sku.find_first_not_of(" \t\r\n") == std::string::npos) {
+      throw ServiceError(400, "bad_sku", "a SKU must not be empty or blank");
+    }
     StoredProduct stored;
     search::ProductUpdate& u = stored.update;
     u.product.sku = sku;
@@ -636,28 +639,41 @@ void HttpServer::routes() {
   // Writes the photos and stores the products, under the database lock: a product removed
   // meanwhile cannot take a shared photo file away with it.
   auto commit = [this](const std::vector<StoredProduct>& products) {
+    namespace fs = std::filesystem;
     std::lock_guard<std::mutex> lock(service_.db_mutex());
+    auto* db = service_.db();
     std::vector<std::string> written;
     std::vector<search::ProductUpdate> batch;
-    try {
-      std::filesystem::create_directories(service_.db()->photo_dir());
+    auto write_missing = [&] {
       for (const auto& p : products) {
         for (const auto& [path, png] : p.photos) {
-          if (std::filesystem::exists(path)) continue;
+          if (fs::exists(path)) continue;
           write_file_atomic(path, png);
           written.push_back(path);
         }
-        batch.push_back(p.update);
       }
-      service_.db()->upsert(batch);
+    };
+    try {
+      fs::create_directories(db->photo_dir());
+      write_missing();
+      for (const auto& p : products) batch.push_back(p.update);
+      db->upsert(batch);
     } catch (...) {
-      for (const auto& path : written) std::filesystem::remove(path);
+      // Only files no stored image names: the catalogue may have committed before the
+      // index update failed.
+      std::error_code ec;
+      for (const auto& path : written) {
+        if (db->catalog().image_ids_with_hash(fs::path(path).stem()).empty()) fs::remove(path, ec);
+      }
       throw;
     }
+    // Another process (vitrine remove) may have deleted a shared photo file between the
+    // check above and the commit: what the stored products name must exist.
+    write_missing();
     service_.save_index_when_due();
     metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
   };
-  add("PUT", R"(/v1/products/([^/]+))", "/v1/products/{sku}", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
+  add("PUT", R"(/v1/products/(.+))", "/v1/products/{sku}", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           const auto body = json_body(req);
           if (!body) throw ServiceError(400, "bad_json", "send the product as application/json");

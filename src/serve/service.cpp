@@ -303,6 +303,7 @@ std::vector<search::Hit> Service::search(const std::vector<float>& embedding,
   if (!db_) throw ServiceError(404, "no_catalogue", "this service runs without --db: no search");
   std::lock_guard<std::mutex> lock(db_mutex_);
   db_->refresh();  // products another process stored or removed meanwhile
+  metrics_->set_index_size(db_->index() ? db_->index()->size() : 0);
   if (db_->index() && db_->index()->dim() != static_cast<int64_t>(embedding.size())) {
     throw ServiceError(409, "model_mismatch",
                        "the model's embeddings do not fit the catalogue's index; re-index");

@@ -264,14 +264,16 @@ TEST(Serve, EveryEndpointsHappyPath) {
   auto mixed = writer.Post("/v1/products",
                            json::array({{{"sku", "NEW4"}, {"images", {b64}}},
                                         {{"sku", "BAD1"}, {"images", {base64_encode("text")}}},
-                                        {{"images", {b64}}}})
+                                        {{"images", {b64}}},
+                                        {{"sku", "  "}, {"images", {b64}}}})
                                .dump(),
                            "application/json");
   ASSERT_EQ(mixed->status, 200) << mixed->body;
   const json m = body_of(mixed);
   EXPECT_EQ(m["stored"], 1) << m;
-  EXPECT_EQ(m["failed"], 2) << m;
-  ASSERT_EQ(m["results"].size(), 3u) << m;
+  EXPECT_EQ(m["failed"], 3) << m;
+  ASSERT_EQ(m["results"].size(), 4u) << m;
+  EXPECT_EQ(m["results"][3]["error"]["code"], "bad_sku");
   EXPECT_EQ(m["results"][0]["status"], "stored");
   EXPECT_EQ(m["results"][1]["sku"], "BAD1");
   EXPECT_EQ(m["results"][1]["error"]["code"], "bad_image");
@@ -742,6 +744,21 @@ TEST(Serve, PhotosNoProductUsesAnyMoreAreDeleted) {
   after = files();
   ASSERT_EQ(after.size(), before.size() + 1);
   EXPECT_EQ(writer.Delete("/v1/products/ORPH2")->status, 200);
+  EXPECT_EQ(files(), before);
+
+  // SKUs may hold '/' (`index --data` names products by their file paths) and spaces: the
+  // photo URLs in answers work for them too.
+  put = writer.Put("/v1/products/shoes%2Fred%20one", json{{"images", {b}}}.dump(),
+                   "application/json");
+  ASSERT_EQ(put->status, 200) << put->body;
+  auto got = writer.Get("/v1/products/shoes%2Fred%20one");
+  ASSERT_EQ(got->status, 200) << got->body;
+  const std::string url = json::parse(got->body)["images"][0];
+  EXPECT_EQ(url, "/v1/products/shoes%2Fred%20one/images/0");
+  auto photo = writer.Get(url.c_str());
+  ASSERT_EQ(photo->status, 200) << photo->body;
+  EXPECT_EQ(photo->get_header_value("Content-Type"), "image/png");
+  EXPECT_EQ(writer.Delete("/v1/products/shoes%2Fred%20one")->status, 200);
   EXPECT_EQ(files(), before);
 }
 
