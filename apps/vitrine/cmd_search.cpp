@@ -251,6 +251,7 @@ int index_data(const IndexArgs& a, search::SearchDb& db, const search::Embedder&
       }
       auto embedded = embedder.embed_images(images);
       std::vector<search::ProductUpdate> batch;
+      std::vector<std::pair<std::string, std::string>> copies;  ///< PNG copies (path, bytes)
       for (int64_t i = begin; i < end; ++i) {
         const auto at = static_cast<size_t>(i - begin);
         const std::string name = d->name(i);
@@ -272,19 +273,26 @@ int index_data(const IndexArgs& a, search::SearchDb& db, const search::Embedder&
         std::string ref = name;
         if (!fs::is_regular_file(name)) {
           ref = (fs::path(db.photo_dir()) / (hash + ".png")).string();
-          if (!fs::exists(ref)) {
-            cv::Mat bgr = m;
-            if (m.channels() == 3) cv::cvtColor(m, bgr, cv::COLOR_RGB2BGR);
-            std::vector<uint8_t> png;
-            cv::imencode(".png", bgr, png);
-            fs::create_directories(db.photo_dir());
-            write_file_atomic(ref, std::string(png.begin(), png.end()));
-          }
+          cv::Mat bgr = m;
+          if (m.channels() == 3) cv::cvtColor(m, bgr, cv::COLOR_RGB2BGR);
+          std::vector<uint8_t> png;
+          cv::imencode(".png", bgr, png);
+          copies.emplace_back(ref, std::string(png.begin(), png.end()));
         }
         p.images = {ref};
         batch.push_back({p, {{ref, hash, std::move(embedded[at].embedding)}}});
       }
+      // Copies are written before the products that name them are stored, and checked
+      // again after: another process may delete a shared one in between.
+      auto write_copies = [&] {
+        if (!copies.empty()) fs::create_directories(db.photo_dir());
+        for (const auto& [path, png] : copies) {
+          if (!fs::exists(path)) write_file_atomic(path, png);
+        }
+      };
+      write_copies();
       if (!batch.empty()) db.upsert(batch);
+      write_copies();
       for (const auto& u : batch) report_line({{"sku", u.product.sku}, {"status", "stored"}}, a.quiet);
       std::cout.flush();
       progress.advance(end - begin);
@@ -700,6 +708,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       std::vector<size_t> which;
       search::SearchOptions so;
       so.k = 10;
+      std::vector<std::vector<int64_t>> own_images;  ///< per query: its photo in the catalogue
       for (size_t i = 0; i < embedded.size(); ++i) {
         if (!embedded[i].ok()) {
           spdlog::warn("{}", embedded[i].error);
@@ -710,10 +719,10 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
         which.push_back(begin + i);
         // The query photo itself, when the catalogue holds it, is no answer.
         const std::string& hash = embedded[i].content_hash;
-        so.exclude_images.push_back(a->keep_self || hash.empty()
-                                        ? std::vector<int64_t>{}
-                                        : db->catalog().image_ids_with_hash(hash));
+        own_images.push_back(hash.empty() ? std::vector<int64_t>{}
+                                          : db->catalog().image_ids_with_hash(hash));
       }
+      if (!a->keep_self) so.exclude_images = own_images;
       const auto hits = db->search(batch.data(), static_cast<int64_t>(which.size()), so);
       for (size_t j = 0; j < which.size(); ++j) {
         const Query& q = list[which[j]];
@@ -723,9 +732,9 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
                                             : q.skus.count(h.product.sku) > 0);
         }
         int64_t total = relevant_total(q);
-        const auto& own = so.exclude_images[j];
-        if (!own.empty()) {
-          ++found_self;
+        const auto& own = own_images[j];
+        if (!own.empty()) ++found_self;
+        if (!own.empty() && !a->keep_self) {
           // A relevant product whose every image is the query photo cannot be found.
           std::map<std::string, size_t> excluded_of;
           std::map<std::string, search::Product> products;  // with all their images
@@ -750,6 +759,8 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     }
     progress.finish();
     const auto m = evaluator.result();
+    VT_CHECK(m.queries > 0, "no query could be scored (", failed, " failed to load, ", only_self,
+             " have no answer but their own photo); check the queries against --db");
     if (!unknown.empty()) {
       std::string names;
       for (const auto& u : unknown) {

@@ -587,7 +587,7 @@ const std::vector<std::string>& fashion_mnist_classes() {
 
 constexpr const char* kInstallHint =
     "install it with `apt-get install dataset-fashion-mnist`, or pass another directory "
-    "(fashion_mnist_dir) holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+    "(--fashion-mnist-dir) holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
     "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (gzipped or not)";
 
 struct GzCloser {

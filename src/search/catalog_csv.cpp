@@ -71,7 +71,7 @@ CatalogFile read_catalog_csv(const std::string& path) {
            }());
   static const char* const kKnown[] = {"sku",   "image", "images", "title",     "category",
                                        "price", "brand", "seller", "attributes"};
-  const fs::path base = fs::path(path).parent_path();
+  const fs::path base = fs::absolute(path).parent_path();  // refs work from any folder
   CatalogFile out;
   std::map<std::string, int64_t> seen;  // sku -> line
   for (size_t r = 1; r < records.size(); ++r) {
@@ -182,7 +182,7 @@ std::vector<QueryRow> read_query_csv(const std::string& path) {
   }
   VT_CHECK(column.count("image") && (column.count("sku") || column.count("category")), path,
            ":1: the header row needs an 'image' column and a 'sku' or 'category' column");
-  const fs::path base = fs::path(path).parent_path();
+  const fs::path base = fs::absolute(path).parent_path();  // refs work from any folder
   std::vector<QueryRow> out;
   for (size_t r = 1; r < records.size(); ++r) {
     const auto& rec = records[r];

@@ -289,7 +289,14 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
   ASSERT_EQ(r.status, 0) << r.err;
   m = json::parse(read_text_file(d + "/m.json"));
   EXPECT_EQ(m["queries"], 10);
+  EXPECT_EQ(m["found_self"], 10);
   EXPECT_EQ(m["recall_at_1"], 1.0);
+  // Queries with nothing to find but themselves: no figures to report, an error instead.
+  std::ofstream(d + "/only.csv") << "image,sku\n" << single << ",ONLY\n";
+  r = test::run_command(q(test::vitrine_bin()) + " eval-retrieval --db " + q(d + "/db") +
+                        " --queries " + q(d + "/only.csv"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "no query could be scored");
 
   // A data set as queries is hashed as `index --data` hashed it.
   for (const std::string c : {"shoes", "bags"}) {
@@ -357,4 +364,22 @@ TEST(SearchCli, PhotosOfAPackedDataSetAreStoredForTheServiceAndDeletedWithTheirP
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_FALSE(fs::exists(products[0].images[0]));
   EXPECT_TRUE(fs::exists(products[1].images[0]));
+}
+
+TEST(SearchCli, ACatalogueIndexedFromItsOwnFolderNamesPhotosThatWorkFromAnywhere) {
+  const std::string d = test::temp_dir("search-cli-relative");
+  make_model(d + "/m", 0);
+  make_catalog(d, 3);
+  // The CSV named by a relative path, its photos relative to it.
+  const auto r = test::run_command("cd " + q(d) + " && " + q(test::vitrine_bin()) +
+                                   " index --model m --catalog products.csv --db db --quiet");
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto db = search::SearchDb::open(d + "/db");
+  const auto products = db->catalog().list({}, 0, 10);
+  ASSERT_EQ(products.size(), 3u);
+  for (const auto& p : products) {
+    ASSERT_EQ(p.images.size(), 1u);
+    EXPECT_TRUE(fs::path(p.images[0]).is_absolute()) << p.images[0];
+    EXPECT_TRUE(fs::exists(p.images[0])) << p.images[0];
+  }
 }
