@@ -53,10 +53,27 @@ void write_file_atomic(const std::string& path, const std::string& data) {
   write_file_atomic(path, [&](std::ostream& out) { out.write(data.data(), data.size()); });
 }
 
-void replace_dir(const std::string& fresh, const std::string& dest) {
-  std::string d = fs::path(dest).lexically_normal().string();
+namespace {
+std::string without_trailing_slash(const std::string& path) {
+  std::string d = fs::path(path).lexically_normal().string();
   while (d.size() > 1 && d.back() == '/') d.pop_back();
+  return d;
+}
+}  // namespace
+
+void restore_interrupted_dir(const std::string& dest) {
+  const std::string d = without_trailing_slash(dest);
+  std::error_code ec;
+  if (!fs::exists(d, ec) && fs::is_directory(d + ".old", ec)) {
+    fs::rename(d + ".old", d, ec);
+    VT_CHECK(!ec, "cannot put ", d, ".old back as ", d, ": ", ec.message());
+  }
+}
+
+void replace_dir(const std::string& fresh, const std::string& dest) {
+  const std::string d = without_trailing_slash(dest);
   const std::string old = d + ".old";
+  restore_interrupted_dir(d);  // else the one complete copy would be removed below
   std::error_code ec;
   fs::remove_all(old, ec);
   VT_CHECK(!ec, "cannot remove ", old, ": ", ec.message());

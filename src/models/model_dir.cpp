@@ -12,7 +12,8 @@
 namespace vitrine::models {
 namespace fs = std::filesystem;
 
-void save_model(const VisionModelImpl& model, const std::string& dir) {
+void save_model(const VisionModelImpl& model, const std::string& dir,
+                const std::function<void(const std::string& folder)>& extra) {
   // The weights and config.json are written into a fresh directory beside `dir` that then
   // takes its place: a reader or a crash never sees the new weights with the old config.
   std::string dest = fs::path(dir).lexically_normal().string();
@@ -21,6 +22,7 @@ void save_model(const VisionModelImpl& model, const std::string& dir) {
            ": name a directory for it");
   std::error_code ec;
   if (fs::is_symlink(dest, ec)) dest = fs::canonical(dest).string();  // the link stays
+  restore_interrupted_dir(dest);  // its other files are carried over below
   const fs::path fresh = dest + ".saving";
   fs::remove_all(fresh, ec);
   fs::create_directories(fresh, ec);
@@ -45,6 +47,7 @@ void save_model(const VisionModelImpl& model, const std::string& dir) {
         }
       }
     }
+    if (extra) extra(fresh.string());
     replace_dir(fresh.string(), dest);
   } catch (...) {
     fs::remove_all(fresh, ec);
@@ -53,6 +56,9 @@ void save_model(const VisionModelImpl& model, const std::string& dir) {
 }
 
 ModelConfig load_model_config(const std::string& dir) {
+  VT_CHECK(fs::is_directory(dir) || !fs::is_directory(fs::path(dir).string() + ".old"), dir,
+           " is missing, but ", dir, ".old holds the model an interrupted save replaced: "
+           "rename it back to ", dir);
   VT_CHECK(fs::is_directory(dir), dir,
            ": not a model directory; make one with `vitrine import` (or train one)");
   const fs::path config = fs::path(dir) / "config.json";

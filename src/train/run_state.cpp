@@ -28,7 +28,8 @@ void write_state_folder(const std::string& run_dir,
 }
 
 std::string state_folder_to_resume(const std::string& run_dir, const std::string& marker) {
-  for (const std::string name : {std::string(run_files::kState), run_files::kState + std::string(".old")}) {
+  const std::string state = run_files::kState;
+  for (const std::string& name : {state, state + ".old"}) {
     const fs::path folder = fs::path(run_dir) / name;
     if (fs::exists(folder / marker)) return folder.string();
   }

@@ -644,12 +644,14 @@ void Trainer::State::write_run_report() {
 }
 
 void Trainer::State::save_model_dir(const models::VisionModelImpl& m, const std::string& dir) const {
-  models::save_model(m, dir);
-  if (o.replay > 0) store_replay(dir);
-  if (!o.save_adapter) return;
-  models::LoraOptions lora = o.lora;
-  lora.rank = o.lora_rank;
-  models::save_adapter(m, lora, o.init_dir, (fs::path(dir) / "adapter.safetensors").string());
+  // The replay sample and the adapter go into the same swap as the weights they belong to.
+  models::save_model(m, dir, [&](const std::string& folder) {
+    if (o.replay > 0) store_replay(folder);
+    if (!o.save_adapter) return;
+    models::LoraOptions lora = o.lora;
+    lora.rank = o.lora_rank;
+    models::save_adapter(m, lora, o.init_dir, (fs::path(folder) / "adapter.safetensors").string());
+  });
 }
 
 void Trainer::State::set_provenance() {

@@ -77,6 +77,13 @@ TEST(ModelDir, SavingAgainReplacesWeightsAndConfigTogetherAndKeepsOtherFiles) {
   std::set<std::string> names;
   for (const auto& e : fs::directory_iterator(root)) names.insert(e.path().filename().string());
   EXPECT_EQ(names, (std::set<std::string>{"model", "current"})) << "no .saving or .old left";
+  // A crash between the swap's two renames leaves only model.old: loading says so, and the
+  // next save puts it back first, so its other files are kept.
+  fs::rename(dir, dir + ".old");
+  EXPECT_CONTAINS(test::error_of([&] { load_model(dir); }), "rename it back");
+  save_model(*create_model(c), dir);
+  EXPECT_EQ(read_text_file(dir + "/notes.txt"), "trained on the spring catalogue");
+  EXPECT_FALSE(fs::exists(dir + ".old"));
   EXPECT_CONTAINS(test::error_of([&] { save_model(*create_model(c), "."); }), "name a directory");
 }
 

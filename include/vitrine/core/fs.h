@@ -17,6 +17,9 @@ void write_file_atomic(const std::string& path, const std::string& data);
 /// is renamed to `dest.old` first and removed last, so a crash leaves one complete
 /// directory, the old or the new one, under one of those names.
 void replace_dir(const std::string& fresh, const std::string& dest);
+/// When a crash between replace_dir's renames left only `dest.old`, renames it back to
+/// `dest`.
+void restore_interrupted_dir(const std::string& dest);
 
 /// The whole file as a string; a clear error when it is missing or unreadable.
 std::string read_text_file(const std::string& path);
