@@ -29,6 +29,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <set>
 
 namespace vitrine::cli {
@@ -63,6 +64,9 @@ CLI::Option* add_data_split_options(CLI::App* cmd, data::DataOptions& d, std::st
   cmd->add_option("--split", split, "With --data: " + names)->check(CLI::IsMember(splits));
   cmd->add_option("--val-split", d.val_split,
                   "With --data: validation fraction carved from training (0: all of it)")
+      ->check(CLI::Range(0.0, 0.9));
+  cmd->add_option("--test-split", d.test_split,
+                  "With --data: test fraction of a root without test/ (as train took it)")
       ->check(CLI::Range(0.0, 0.9));
   cmd->add_option("--fashion-mnist-dir", d.fashion_mnist_dir, "Where the IDX files are");
   return data;
@@ -116,8 +120,8 @@ void report_line(const nlohmann::json& line, bool quiet) {
   std::cout << json_text(line) << "\n";
 }
 
-int index_catalog(const IndexArgs& a, search::SearchDb& db, const search::Embedder& embedder) {
-  const auto file = search::read_catalog_csv(a.catalog);
+int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::SearchDb& db,
+                  const search::Embedder& embedder) {
   for (const auto& e : file.errors) {
     report_line({{"status", "failed"}, {"error", e}}, a.quiet);
   }
@@ -223,7 +227,8 @@ int index_catalog(const IndexArgs& a, search::SearchDb& db, const search::Embedd
 
 /// Indexes a data source's items as products: SKU and image reference the item's name,
 /// category its class.
-int index_data(const IndexArgs& a, search::SearchDb& db, const search::Embedder& embedder) {
+/// The parts of --data that index --split names.
+std::vector<std::shared_ptr<data::Dataset>> data_parts(const IndexArgs& a) {
   const auto splits = open_data_logged(a.data);
   std::vector<std::shared_ptr<data::Dataset>> parts;
   if (a.split == "all") {
@@ -233,6 +238,11 @@ int index_data(const IndexArgs& a, search::SearchDb& db, const search::Embedder&
   } else {
     parts.push_back(pick_split(splits, a.split));
   }
+  return parts;
+}
+
+int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Dataset>>& parts,
+               search::SearchDb& db, const search::Embedder& embedder) {
   int64_t total = 0;
   for (const auto& d : parts) total += d->size();
   Progress progress("index", total, "img");
@@ -335,12 +345,20 @@ void add_index_command(CLI::App& app, int& status) {
     search::EmbedderOptions eo;
     eo.precision = a->precision;
     eo.max_pixels = a->max_pixels;
+    // The input first: a bad --catalog, --data or --split fails before a database exists.
+    std::optional<search::CatalogFile> file;
+    std::vector<std::shared_ptr<data::Dataset>> parts;
+    if (!a->catalog.empty()) {
+      file = search::read_catalog_csv(a->catalog);
+    } else {
+      parts = data_parts(*a);
+    }
     const search::Embedder embedder(a->model, eo);
     auto db = search::SearchDb::open(a->db, a->index);
     if (db->open_report().rebuilt) spdlog::info("index rebuilt: {}", db->open_report().why);
     db->use_model(embedder.stamp());
     db->catalog().set_model_path(fs::absolute(a->model).lexically_normal().string());
-    status = a->catalog.empty() ? index_data(*a, *db, embedder) : index_catalog(*a, *db, embedder);
+    status = file ? index_catalog(*a, *file, *db, embedder) : index_data(*a, parts, *db, embedder);
   });
 }
 

@@ -306,6 +306,15 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
       fs::rename(d + "/" + photo(name), d + "/set/" + c + "/" + name);
     }
   }
+  // A root without test/ has no test split unless one is asked for; no database is left.
+  const std::string index_set = q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                                " --data " + q(d + "/set") + " --db " + q(d + "/db3");
+  r = test::run_command(index_set + " --split test");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "--test-split");
+  EXPECT_FALSE(fs::exists(d + "/db3"));
+  r = test::run_command(index_set + " --split test --test-split 0.5");
+  EXPECT_EQ(r.status, 0) << r.err;
   r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") + " --data " +
                         q(d + "/set") + " --split all --db " + q(d + "/db2"));
   ASSERT_EQ(r.status, 0) << r.err;
