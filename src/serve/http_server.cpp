@@ -99,6 +99,41 @@ std::optional<json> json_body(const httplib::Request& req) {
   return body;
 }
 
+/// Refuses query parameters, JSON body members and multipart fields a route does not read:
+/// a misspelt one would otherwise be ignored and the answer look right.
+void check_parameters(const httplib::Request& req, const json* body,
+                      std::initializer_list<const char*> known) {
+  auto listed = [&] {
+    std::string out;
+    for (const char* k : known) out += (out.empty() ? "" : ", ") + std::string(k);
+    return out.empty() ? std::string("none") : out;
+  };
+  auto is_known = [&](const std::string& name) {
+    return std::any_of(known.begin(), known.end(), [&](const char* k) { return name == k; });
+  };
+  for (const auto& [name, value] : req.params) {
+    if (!is_known(name)) {
+      throw ServiceError(400, "unknown_parameter",
+                         "unknown parameter '" + name + "'; this route reads: " + listed());
+    }
+  }
+  if (body && body->is_object()) {
+    for (const auto& [name, value] : body->items()) {
+      if (!is_known(name)) {
+        throw ServiceError(400, "unknown_parameter",
+                           "unknown member '" + name + "'; this route reads: " + listed());
+      }
+    }
+  }
+  for (const auto& [name, file] : req.files) {
+    if (name != "image") {
+      throw ServiceError(400, "unknown_parameter",
+                         "multipart field '" + name + "' is not read: send the photo as the "
+                         "field 'image' and parameters in the query string");
+    }
+  }
+}
+
 /// An integer parameter from the JSON body or the query string, within [lo, hi].
 int64_t int_param(const httplib::Request& req, const json* body, const char* name, int64_t fallback,
                   int64_t lo, int64_t hi) {
@@ -443,6 +478,7 @@ void HttpServer::routes() {
   add("POST", "/v1/classify", "/v1/classify", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
            const json* b = body ? &*body : nullptr;
+           check_parameters(req, b, {"image", "topk", "explain"});
            const int64_t topk = int_param(req, b, "topk", 5, 1, 1000);
            const bool explain = bool_param(req, b, "explain");
            if (service_.labels().empty()) {
@@ -462,6 +498,7 @@ void HttpServer::routes() {
          });
   add("POST", "/v1/embed", "/v1/embed", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
+           check_parameters(req, body ? &*body : nullptr, {"image"});
            const auto out = service_.infer(image_of(req, body ? &*body : nullptr), 1);
            send_json(res, 200, {{"embedding", out.embedding},
                                 {"dim", out.embedding.size()},
@@ -470,17 +507,23 @@ void HttpServer::routes() {
   add("POST", "/v1/search", "/v1/search", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
            const json* b = body ? &*body : nullptr;
+           check_parameters(req, b, {"image", "k", "filters", "filter"});
            search::SearchOptions so;
            so.k = int_param(req, b, "k", 10, 1, 1000);
+           // Filters as "filters" or "filter": a string or an array of strings in JSON,
+           // repeated in the query string.
            std::vector<std::string> filters;
-           if (b && b->contains("filters")) {
-             for (const auto& f : (*b)["filters"]) {
-               if (!f.is_string()) throw ServiceError(400, "bad_filter", "filters are strings");
-               filters.push_back(f.get<std::string>());
+           for (const char* name : {"filters", "filter"}) {
+             if (b && b->contains(name)) {
+               const json& given = (*b)[name];
+               for (const auto& f : given.is_array() ? given : json::array({given})) {
+                 if (!f.is_string()) throw ServiceError(400, "bad_filter", "filters are strings");
+                 filters.push_back(f.get<std::string>());
+               }
              }
-           }
-           for (size_t i = 0; i < req.get_param_value_count("filter"); ++i) {
-             filters.push_back(req.get_param_value("filter", i));
+             for (size_t i = 0; i < req.get_param_value_count(name); ++i) {
+               filters.push_back(req.get_param_value(name, i));
+             }
            }
            for (const auto& f : filters) {
              try {
@@ -504,6 +547,7 @@ void HttpServer::routes() {
         });
   add("GET", "/v1/products", "/v1/products", [this](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+          check_parameters(req, nullptr, {"offset", "limit", "filter"});
           const int64_t offset = int_param(req, nullptr, "offset", 0, 0, int64_t{1} << 40);
           const int64_t limit = int_param(req, nullptr, "limit", 24, 1, 1000);
           std::vector<search::Filter> filters;
@@ -583,6 +627,18 @@ void HttpServer::routes() {
     if (!valid_utf8(sku)) throw ServiceError(400, "bad_sku", "a SKU must be UTF-8 text");
     if (sku.find_first_not_of(" \t\r\n") == std::string::npos) {
       throw ServiceError(400, "bad_sku", "a SKU must not be empty or blank");
+    }
+    for (const auto& [name, value] : p.items()) {
+      static const char* const kFields[] = {"sku",    "title",      "category", "price",
+                                            "brand",  "seller",     "attributes", "images"};
+      if (std::find(std::begin(kFields), std::end(kFields), name) == std::end(kFields)) {
+        throw ServiceError(400, "unknown_parameter",
+                           "unknown product member '" + name + "' (title, category, price, "
+                           "brand, seller, attributes, images; other facts go in attributes)");
+      }
+    }
+    if (p.contains("sku") && p["sku"] != sku) {
+      throw ServiceError(400, "bad_sku", "the body's sku differs from the one in the URL");
     }
     StoredProduct stored;
     search::ProductUpdate& u = stored.update;
@@ -675,6 +731,7 @@ void HttpServer::routes() {
   };
   add("PUT", R"(/v1/products/(.+))", "/v1/products/{sku}", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+          check_parameters(req, nullptr, {});
           const auto body = json_body(req);
           if (!body) throw ServiceError(400, "bad_json", "send the product as application/json");
           const auto p = store(req.matches[1], *body);
@@ -723,6 +780,7 @@ void HttpServer::routes() {
          });
   add("POST", "/v1/admin/reload", "/v1/admin/reload", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
+           check_parameters(req, body ? &*body : nullptr, {"model"});
            std::string dir;
            if (body && body->contains("model")) {
              if (!(*body)["model"].is_string()) {

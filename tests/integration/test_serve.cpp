@@ -236,6 +236,17 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(results[0]["sku"], "SKU3");
   EXPECT_EQ(results[0]["image"], "/v1/products/SKU3/images/0");
   for (const auto& r : results) EXPECT_EQ(r["category"], "shoes");
+  // "filter" as one string, or in the query string, works as "filters" does.
+  auto found_again = reader.Post("/v1/search?filter=category%3Dshoes",
+                                 json{{"image", base64_encode(reinterpret_cast<const uint8_t*>(
+                                                                  f.photos[3].data()),
+                                                              f.photos[3].size())},
+                                      {"k", 3},
+                                      {"filter", "category=shoes"}}
+                                     .dump(),
+                                 "application/json");
+  ASSERT_EQ(found_again->status, 200) << found_again->body;
+  EXPECT_EQ(body_of(found_again)["results"], results);
 
   // products: put (image without its EXIF), get, bulk post, delete.
   auto writer = server.client(f.write_key);
@@ -522,8 +533,10 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
        "application/json", 400, "bad_base64"},
       {"image not a string", "POST", "/v1/embed", json{{"image", 42}}.dump(), "application/json",
        400, "no_image"},
-      {"JSON without image", "POST", "/v1/embed", json{{"photo", b64}}.dump(), "application/json",
+      {"JSON without image", "POST", "/v1/embed", json::object().dump(), "application/json",
        400, "no_image"},
+      {"JSON photo misnamed", "POST", "/v1/embed", json{{"photo", b64}}.dump(), "application/json",
+       400, "unknown_parameter"},
       {"empty body", "POST", "/v1/classify", "", "image/png", 400, "no_image"},
       {"JSON array", "POST", "/v1/search", "[1, 2]", "application/json", 400, "bad_json"},
       {"k negative", "POST", "/v1/search", json{{"image", b64}, {"k", -1}}.dump(),
@@ -549,6 +562,15 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
        400, "bad_json"},
       {"unknown route", "GET", "/v1/nothing", "", "", 404, "not_found"},
       {"wrong method", "GET", "/v1/classify", "", "", 405, "method_not_allowed"},
+      {"misspelt query parameter", "POST", "/v1/search?filtr=category%3Dshoes",
+       json{{"image", b64}}.dump(), "application/json", 400, "unknown_parameter"},
+      {"misspelt JSON member", "POST", "/v1/search", json{{"image", b64}, {"kk", 2}}.dump(),
+       "application/json", 400, "unknown_parameter"},
+      {"product member not read", "PUT", "/v1/products/X1",
+       json{{"images", {b64}}, {"colour", "red"}}.dump(), "application/json", 400,
+       "unknown_parameter"},
+      {"product sku differs from the URL", "PUT", "/v1/products/X1",
+       json{{"images", {b64}}, {"sku", "X2"}}.dump(), "application/json", 400, "bad_sku"},
       {"nested a million deep", "PUT", "/v1/products/X1",
        "{\"attributes\": {\"a\": " + std::string(1000000, '[') + std::string(1000000, ']') +
            "}, \"images\": [\"" + b64 + "\"]}",
