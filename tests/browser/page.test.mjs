@@ -5,7 +5,7 @@
 // usage: node page.test.mjs VITRINE_BIN WORK_DIR PHOTOS_DIR
 // Exit status: 0 passed, 1 failed, 77 skipped (no chromium or no playwright-core).
 import { spawn, execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, writeFileSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, writeFileSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
 
 const [vitrine, work, photos] = process.argv.slice(2);
@@ -37,6 +37,7 @@ function check(condition, message) {
 
 // A model whose classes are the catalogue's categories, the example photos as products,
 // and a key that may read.
+rmSync(work, { recursive: true, force: true });  // a fresh start on every run
 mkdirSync(work, { recursive: true });
 const run = (...args) => execFileSync(vitrine, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 writeFileSync(path.join(work, "labels.txt"), "bags\nshoes\nshirts\n");
