@@ -26,6 +26,8 @@
 // The web page, embedded at build time (cmake/embed.cmake).
 extern const unsigned char kWebIndex[];
 extern const std::size_t kWebIndex_size;
+extern const unsigned char kOpenApiJson[];  // docs/openapi.json
+extern const std::size_t kOpenApiJson_size;
 
 namespace vitrine::serve {
 namespace {
@@ -218,31 +220,6 @@ json hit_with_url(const search::Hit& h) {
   return j;
 }
 
-const char* const kOpenApi = R"json({
-  "openapi": "3.0.3",
-  "info": {"title": "Vitrine", "version": "1"},
-  "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-  "security": [{"bearer": []}],
-  "paths": {
-    "/": {"get": {"security": [], "summary": "The web page", "responses": {"200": {"description": "HTML"}}}},
-    "/v1/classify": {"post": {"summary": "Classes of one photo (raw image body, multipart field image, or JSON {image: base64}); topk; explain=true adds a Grad-CAM heatmap (PNG, base64) of the top class", "responses": {"200": {"description": "top classes"}}}},
-    "/v1/embed": {"post": {"summary": "The photo's embedding (unit length)", "responses": {"200": {"description": "embedding"}}}},
-    "/v1/search": {"post": {"summary": "Similar products: image, k, filters (category=shoes, price<=100)", "responses": {"200": {"description": "results"}}}},
-    "/v1/products": {
-      "get": {"summary": "List products: offset, limit, filter", "responses": {"200": {"description": "products and total"}}},
-      "post": {"summary": "Store several products (JSON array of products with base64 images): the good ones are stored, each product has its status in results", "responses": {"200": {"description": "stored and failed counts, and each product's status"}}}},
-    "/v1/products/{sku}/images/{i}": {"get": {"summary": "A product's i-th stored photo", "responses": {"200": {"description": "the image"}, "404": {"description": "none"}}}},
-    "/v1/products/{sku}": {
-      "get": {"summary": "One product", "responses": {"200": {"description": "the product"}, "404": {"description": "unknown"}}},
-      "put": {"summary": "Store one product: title, category, price, brand, seller, attributes, images (base64)", "responses": {"200": {"description": "stored"}}},
-      "delete": {"summary": "Delete a product", "responses": {"200": {"description": "deleted"}, "404": {"description": "unknown"}}}},
-    "/v1/admin/reload": {"post": {"summary": "Reload the model (admin scope)", "responses": {"200": {"description": "reloaded"}}}},
-    "/healthz": {"get": {"security": [], "summary": "Alive", "responses": {"200": {"description": "ok"}}}},
-    "/readyz": {"get": {"security": [], "summary": "Model (and index) loaded", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}}
-  }
-})json";
-
 }  // namespace
 
 namespace {
@@ -393,7 +370,9 @@ void HttpServer::routes() {
     if (!res.body.empty()) return;  // already an error body (and counted)
     const bool sends_body = req.method == "POST" || req.method == "PUT";
     if (res.status == 413) {
-      send_error(res, 413, "too_large", "the body exceeds the size this service accepts");
+      send_error(res, 413, "too_large",
+                 "the body exceeds the " + std::to_string(options_.max_body_bytes >> 20) +
+                     " MB this service accepts (vitrine serve --max-body-mb)");
     } else if (res.status == 404 && !allowed_methods(req.path).empty()) {
       res.set_header("Allow", allowed_methods(req.path));
       send_error(res, 405, "method_not_allowed",
@@ -473,7 +452,8 @@ void HttpServer::routes() {
           res.set_content(metrics_->render(), "text/plain; version=0.0.4");
         });
   add("GET", "/openapi.json", "/openapi.json", [](const httplib::Request&, httplib::Response& res) {
-          res.set_content(kOpenApi, "application/json");
+          res.set_content(reinterpret_cast<const char*>(kOpenApiJson), kOpenApiJson_size,
+                          "application/json");
         });
   add("POST", "/v1/classify", "/v1/classify", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
