@@ -548,7 +548,8 @@ void add_duplicates_command(CLI::App& app, int& status) {
       line["sellers"] = sellers.size();
       std::cout << json_text(line) << "\n";
     }
-    spdlog::info("{} groups of near-identical images at similarity >= {}", groups.size(),
+    spdlog::info("{} group{} of near-identical images at similarity >= {}", groups.size(),
+                 groups.size() == 1 ? "" : "s",
                  a->options.threshold);
     status = kExitOk;
   });

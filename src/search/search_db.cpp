@@ -415,8 +415,9 @@ std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,
         if (std::find(skip.begin(), skip.end(), id) != skip.end()) continue;
       }
       if (!seen.insert(it->second.product.sku).second) continue;
-      hits.push_back({scores[static_cast<size_t>(q * k_images + j)], id, it->second.ref,
-                      it->second.product});
+      // Cosine similarity of unit vectors, up to float rounding (1.0000002): kept in [-1, 1].
+      const float score = std::clamp(scores[static_cast<size_t>(q * k_images + j)], -1.0f, 1.0f);
+      hits.push_back({score, id, it->second.ref, it->second.product});
     }
   }
   return out;
