@@ -134,14 +134,15 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
       const search::CatalogRow* row;
       std::vector<search::ImageEntry> images;
       std::vector<std::string> errors;
-      bool changed = false;
+      bool changed = false;  ///< a product field differs from the stored one
+      std::vector<std::pair<std::string, std::string>> stored_images;  ///< (ref, hash)
     };
     std::vector<Pending> pending;
     std::vector<std::string> to_embed;
     std::vector<std::pair<size_t, size_t>> embed_slot;  // (pending, image)
     for (size_t r = begin; r < end; ++r) {
       const auto& row = file.rows[r];
-      Pending p{&row, {}, {}, false};
+      Pending p{&row, {}, {}, false, {}};
       const auto stored_product = db.catalog().find(row.product.sku);
       const auto stored_hashes = db.catalog().image_hashes(row.product.sku);
       std::map<std::string, std::string> hash_of(stored_hashes.begin(), stored_hashes.end());
@@ -160,14 +161,13 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
           embed_slot.emplace_back(pending.size(), p.images.size() - 1);
         }
       }
-      std::vector<std::pair<std::string, std::string>> now;
-      for (const auto& img : p.images) now.emplace_back(img.ref, img.content_hash);
       const auto& q = row.product;
-      p.changed = !stored_product || now != stored_hashes || stored_product->title != q.title ||
+      p.changed = !stored_product || stored_product->title != q.title ||
                   stored_product->category != q.category || stored_product->price != q.price ||
                   stored_product->brand != q.brand || stored_product->seller != q.seller ||
                   nlohmann::json::parse(stored_product->attributes) !=
                       nlohmann::json::parse(q.attributes);
+      p.stored_images = stored_hashes;
       pending.push_back(std::move(p));
     }
     const auto embedded = embedder.embed_files(to_embed);
@@ -190,14 +190,20 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
       for (size_t ii = 0; ii < p.images.size(); ++ii) {
         if (!bad.count({pi, ii})) good.push_back(std::move(p.images[ii]));
       }
+      // Unchanged when the fields and the photos that could be read are what is stored: a
+      // photo that fails every time is reported, not stored again and again.
+      std::vector<std::pair<std::string, std::string>> now;
+      for (const auto& img : good) now.emplace_back(img.ref, img.content_hash);
+      const bool changed = p.changed || now != p.stored_images;
       nlohmann::json line{{"sku", p.row->product.sku}, {"line", p.row->line}};
       if (good.empty()) {
         line["status"] = "failed";
         line["error"] = "no image of this product could be read: " +
                         (p.errors.empty() ? std::string("none listed") : p.errors.front());
         ++failed;
-      } else if (!p.changed && p.errors.empty()) {
+      } else if (!changed) {
         line["status"] = "unchanged";
+        if (!p.errors.empty()) line["image_errors"] = p.errors;
         ++unchanged;
       } else {
         search::ProductUpdate u{p.row->product, std::move(good)};

@@ -62,7 +62,9 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
   {
     std::ofstream csv(d + "/products.csv", std::ios::app);
     csv << "BAD1,img/missing.png,x,shoes,1,s\n"
-        << "BAD2,img/p1.png,x,shoes,cheap,s\n";
+        << "BAD2,img/p1.png,x,shoes,cheap,s\n"
+        << "PART1,img/p2.png|img/corrupt.png,x,shoes,1,s\n";  // one photo of two is bad
+    std::ofstream(d + "/img/corrupt.png") << "not an image";
   }
   const std::string index = q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
                             " --catalog " + q(d + "/products.csv") + " --db " + q(d + "/db");
@@ -75,6 +77,7 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
   }
   EXPECT_EQ(status["SKU0"], "stored");
   EXPECT_EQ(status["BAD1"], "failed");
+  EXPECT_EQ(status["PART1"], "stored");
   EXPECT_EQ(std::count_if(lines.begin(), lines.end(),
                           [](const json& l) {
                             return l.value("error", "").find("products.csv:33: price 'cheap'") !=
@@ -101,9 +104,10 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
     if (l.contains("sku")) status[l["sku"]] = l["status"];
   }
   EXPECT_EQ(status["SKU4"], "unchanged") << "stored by the previous run";
+  EXPECT_EQ(status["PART1"], "unchanged") << "its bad photo is reported, not stored again";
   auto db = search::SearchDb::open(d + "/db");
   EXPECT_EQ(db->catalog().find("SKU4")->title, "Renamed 4");
-  EXPECT_EQ(db->catalog().product_count(), 30);
+  EXPECT_EQ(db->catalog().product_count(), 31);
   // The changed photo is what search finds now.
   r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " --k 1 " +
                         q(d + "/img/p5.png") + " " + q(d + "/img/missing.png"));
