@@ -123,7 +123,9 @@ void report_line(const nlohmann::json& line, bool quiet) {
 int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::SearchDb& db,
                   const search::Embedder& embedder) {
   for (const auto& e : file.errors) {
-    report_line({{"status", "failed"}, {"error", e}}, a.quiet);
+    nlohmann::json line{{"line", e.line}, {"status", "failed"}, {"error", e.text}};
+    if (!e.sku.empty()) line["sku"] = e.sku;
+    report_line(line, a.quiet);
   }
   int64_t stored = 0, unchanged = 0, failed = static_cast<int64_t>(file.errors.size());
   Progress progress("index", static_cast<int64_t>(file.rows.size()), "product");

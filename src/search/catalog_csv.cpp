@@ -77,10 +77,13 @@ CatalogFile read_catalog_csv(const std::string& path) {
   for (size_t r = 1; r < records.size(); ++r) {
     const auto& rec = records[r];
     const std::string where = path + ":" + std::to_string(rec.line) + ": ";
+    std::string sku;  ///< once read, so a bad row's report names its product
+    auto fail = [&](const std::string& what) {
+      out.errors.push_back({rec.line, sku, where + what});
+    };
     if (rec.fields.size() != header.size()) {
-      out.errors.push_back(where + "has " + std::to_string(rec.fields.size()) +
-                           " fields, the header has " + std::to_string(header.size()) +
-                           " (quote fields that contain commas)");
+      fail("has " + std::to_string(rec.fields.size()) + " fields, the header has " +
+           std::to_string(header.size()) + " (quote fields that contain commas)");
       continue;
     }
     // Text goes into JSON (attributes, the HTTP answers), which must be UTF-8: a file saved
@@ -88,8 +91,8 @@ CatalogFile read_catalog_csv(const std::string& path) {
     const auto bad_text = std::find_if(rec.fields.begin(), rec.fields.end(),
                                        [](const std::string& f) { return !valid_utf8(f); });
     if (bad_text != rec.fields.end()) {
-      out.errors.push_back(where + "column '" + header[bad_text - rec.fields.begin()] +
-                           "' is not UTF-8 text; save the catalogue as UTF-8");
+      fail("column '" + header[bad_text - rec.fields.begin()] +
+           "' is not UTF-8 text; save the catalogue as UTF-8");
       continue;
     }
     auto field = [&](const char* name) -> std::string {
@@ -100,13 +103,14 @@ CatalogFile read_catalog_csv(const std::string& path) {
     row.line = rec.line;
     Product& p = row.product;
     p.sku = field("sku");
+    sku = p.sku;
     if (p.sku.empty()) {
-      out.errors.push_back(where + "the sku is empty");
+      fail("the sku is empty");
       continue;
     }
     if (const auto it = seen.find(p.sku); it != seen.end()) {
-      out.errors.push_back(where + "SKU " + p.sku + " is already on line " +
-                           std::to_string(it->second) + " (each product once)");
+      fail("SKU " + p.sku + " is already on line " + std::to_string(it->second) +
+           " (each product once)");
       continue;
     }
     p.title = field("title");
@@ -118,7 +122,7 @@ CatalogFile read_catalog_csv(const std::string& path) {
       char* end = nullptr;
       const double v = std::strtod(price.c_str(), &end);
       if (end != price.c_str() + price.size() || !std::isfinite(v)) {
-        out.errors.push_back(where + "price '" + price + "' is not a number (write 12.50)");
+        fail("price '" + price + "' is not a number (write 12.50)");
         continue;
       }
       p.price = v;
@@ -132,8 +136,7 @@ CatalogFile read_catalog_csv(const std::string& path) {
         attributes = nullptr;
       }
       if (!attributes.is_object()) {
-        out.errors.push_back(where + "attributes must be a JSON object such as "
-                             "{\"colour\": \"red\"}");
+        fail("attributes must be a JSON object such as {\"colour\": \"red\"}");
         continue;
       }
     }
@@ -162,7 +165,7 @@ CatalogFile read_catalog_csv(const std::string& path) {
       start = end + 1;
     }
     if (p.images.empty()) {
-      out.errors.push_back(where + "product " + p.sku + " lists no image");
+      fail("product " + p.sku + " lists no image");
       continue;
     }
     seen[p.sku] = rec.line;

@@ -78,6 +78,7 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
   EXPECT_EQ(status["SKU0"], "stored");
   EXPECT_EQ(status["BAD1"], "failed");
   EXPECT_EQ(status["PART1"], "stored");
+  EXPECT_EQ(status["BAD2"], "failed") << "a bad row's report names its product";
   EXPECT_EQ(std::count_if(lines.begin(), lines.end(),
                           [](const json& l) {
                             return l.value("error", "").find("products.csv:33: price 'cheap'") !=

@@ -693,12 +693,12 @@ TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
   EXPECT_EQ(file.rows[1].product.images,
             (std::vector<std::string>{(fs::path(dir) / "img/g.jpg").string(), "/abs/g2.jpg"}));
   ASSERT_EQ(file.errors.size(), 6u);
-  EXPECT_CONTAINS(file.errors[0], "p.csv:3: price 'cheap' is not a number");
-  EXPECT_CONTAINS(file.errors[1], "p.csv:4: the sku is empty");
-  EXPECT_CONTAINS(file.errors[2], "p.csv:5: attributes must be a JSON object");
-  EXPECT_CONTAINS(file.errors[3], "p.csv:6: SKU a is already on line 2");
-  EXPECT_CONTAINS(file.errors[4], "p.csv:7: product e lists no image");
-  EXPECT_CONTAINS(file.errors[5], "p.csv:8: has 7 fields, the header has 6");
+  EXPECT_CONTAINS(file.errors[0].text, "p.csv:3: price 'cheap' is not a number");
+  EXPECT_CONTAINS(file.errors[1].text, "p.csv:4: the sku is empty");
+  EXPECT_CONTAINS(file.errors[2].text, "p.csv:5: attributes must be a JSON object");
+  EXPECT_CONTAINS(file.errors[3].text, "p.csv:6: SKU a is already on line 2");
+  EXPECT_CONTAINS(file.errors[4].text, "p.csv:7: product e lists no image");
+  EXPECT_CONTAINS(file.errors[5].text, "p.csv:8: has 7 fields, the header has 6");
   // Text that is not UTF-8 (a Latin-1 export) fails its row, naming the column; attributes
   // nested without end fail theirs; the other rows are kept.
   write_file_atomic(dir + "/latin1.csv",
@@ -710,8 +710,8 @@ TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
   ASSERT_EQ(latin1.rows.size(), 1u);
   EXPECT_EQ(latin1.rows[0].product.sku, "c");
   ASSERT_EQ(latin1.errors.size(), 2u);
-  EXPECT_CONTAINS(latin1.errors[0], "latin1.csv:2: column 'colour' is not UTF-8 text");
-  EXPECT_CONTAINS(latin1.errors[1], "latin1.csv:3: attributes must be a JSON object");
+  EXPECT_CONTAINS(latin1.errors[0].text, "latin1.csv:2: column 'colour' is not UTF-8 text");
+  EXPECT_CONTAINS(latin1.errors[1].text, "latin1.csv:3: attributes must be a JSON object");
   // Cells that are numbers become numbers (filters compare them as such); others stay text.
   write_file_atomic(dir + "/numbers.csv", "sku,image,size,code,width\na,a.jpg,42,007,4.5\n");
   const auto numbers = read_catalog_csv(dir + "/numbers.csv");

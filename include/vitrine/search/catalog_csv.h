@@ -18,10 +18,16 @@ struct CatalogRow {
   Product product;   ///< product.images: the image paths, resolved
 };
 
+/// A row that could not be read.
+struct CatalogError {
+  int64_t line = 0;
+  std::string sku;   ///< empty when the row's SKU could not be read
+  std::string text;  ///< "file:line: what is wrong"
+};
+
 struct CatalogFile {
   std::vector<CatalogRow> rows;
-  /// Rows that could not be read, each "file:line: what is wrong"; the others are kept.
-  std::vector<std::string> errors;
+  std::vector<CatalogError> errors;  ///< the rows skipped; the others are kept
 };
 
 /// Reads a catalogue CSV. A missing file, an unreadable header or one without sku and image
