@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <regex>
 #include <filesystem>
@@ -113,7 +114,18 @@ void check_parameters(const httplib::Request& req, const json* body,
   auto is_known = [&](const std::string& name) {
     return std::any_of(known.begin(), known.end(), [&](const char* k) { return name == k; });
   };
-  for (const auto& [name, value] : req.params) {
+  // Names from the query string only: httplib also parses a form-encoded body into params,
+  // and `curl --data-binary @photo.jpg` sends a photo as one.
+  const auto q = req.target.find('?');
+  std::vector<std::string> names;
+  for (size_t at = q == std::string::npos ? req.target.size() : q + 1; at < req.target.size();) {
+    size_t end = req.target.find('&', at);
+    if (end == std::string::npos) end = req.target.size();
+    const std::string pair = req.target.substr(at, end - at);
+    if (!pair.empty()) names.push_back(pair.substr(0, pair.find('=')));
+    at = end + 1;
+  }
+  for (const auto& name : names) {
     if (!is_known(name)) {
       throw ServiceError(400, "unknown_parameter",
                          "unknown parameter '" + name + "'; this route reads: " + listed());
@@ -250,6 +262,9 @@ HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpO
       metrics_(std::move(metrics)),
       options_(std::move(options)),
       limiter_(options_.rate_limit, options_.rate_burst) {
+  // A client that hangs up while its answer is written must not end the process (httplib
+  // writes with plain send(), and TLS writes go through OpenSSL).
+  std::signal(SIGPIPE, SIG_IGN);
   if (!options_.api_keys_file.empty()) {
     keys_ = KeyStore::load(options_.api_keys_file);
     if (keys_->size() == 0) {
@@ -338,6 +353,28 @@ void HttpServer::routes() {
       metrics_->observe_request(route_name(req.path), res.status, 0.0);
       return httplib::Server::HandlerResponse::Handled;
     };
+    // Before the body is read: httplib takes a Content-Length such as -5 for a length near
+    // 2^64 and waits for that many bytes, answering nothing. A body a little over the limit is
+    // read and dropped by httplib, so that the client, still sending, gets the 413; one far
+    // over it is refused at once and the connection closed.
+    if (req.has_header("Content-Length")) {
+      const std::string length = req.get_header_value("Content-Length");
+      const bool number = !length.empty() && length.size() <= 18 &&
+                          std::all_of(length.begin(), length.end(),
+                                      [](unsigned char c) { return std::isdigit(c); });
+      if (!number || std::stoll(length) > 4 * options_.max_body_bytes) {
+        res.set_header("Connection", "close");  // the body that follows is not read
+        if (number) {
+          send_error(res, 413, "too_large",
+                     "the body exceeds the " + std::to_string(options_.max_body_bytes >> 20) +
+                         " MB this service accepts (vitrine serve --max-body-mb)");
+        } else {
+          send_error(res, 400, "bad_content_length",
+                     "Content-Length must be the body's size in bytes, got '" + length + "'");
+        }
+        return refused();
+      }
+    }
     if (!keys_) return httplib::Server::HandlerResponse::Unhandled;
     const std::string scope = scope_for(req);
     if (scope.empty()) return httplib::Server::HandlerResponse::Unhandled;

@@ -204,6 +204,11 @@ TEST(Serve, EveryEndpointsHappyPath) {
   ASSERT_EQ(raw->status, 200) << raw->body;
   const auto top = body_of(raw)["top"];
   ASSERT_EQ(top.size(), 2u);
+  // `curl --data-binary @photo.png` labels the photo form-encoded: still the photo.
+  auto as_form = reader.Post("/v1/classify?topk=2", f.photos[0],
+                             "application/x-www-form-urlencoded");
+  ASSERT_EQ(as_form->status, 200) << as_form->body;
+  EXPECT_EQ(body_of(as_form)["top"], top);
   httplib::MultipartFormDataItems items = {{"image", f.photos[0], "p0.png", "image/png"}};
   auto multipart = reader.Post("/v1/classify?topk=2", items);
   ASSERT_EQ(multipart->status, 200) << multipart->body;
@@ -327,7 +332,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(reload->status, 200) << reload->body;
 
   const std::string metrics = reader.Get("/metrics")->body;
-  EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 4"),
+  EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 5"),
             std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("vitrine_model_reloads_total{outcome=\"ok\"} 1"), std::string::npos);
@@ -632,6 +637,19 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
                                        "Authorization: Bearer " + fixture().admin_key +
                                        "\r\nConnection: close\r\n\r\n");
   EXPECT_NE(raw.find("no_content_length"), std::string::npos) << raw;
+  // A Content-Length that is no size, or beyond the limit, is answered before any body is
+  // read (httplib took -5 for a length near 2^64 and waited for it, answering nothing).
+  for (const auto& [length, expected] :
+       std::vector<std::pair<std::string, std::string>>{{"-5", "HTTP/1.1 400"},
+                                                        {"12abc", "HTTP/1.1 400"},
+                                                        {"99999999999999999999", "HTTP/1.1 400"},
+                                                        {"999999999", "HTTP/1.1 413"}}) {
+    const std::string answer = raw_exchange(
+        server.port(), "POST /v1/embed HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                           fixture().read_key + "\r\nContent-Type: image/png\r\nContent-Length: " +
+                           length + "\r\nConnection: close\r\n\r\nhello");
+    EXPECT_EQ(answer.rfind(expected, 0), 0u) << length << ": " << answer;
+  }
   // Paths whose bytes (percent-decoded) are not UTF-8: logged and answered, not a crash.
   const std::string bad_path = raw_exchange(server.port(), "GET /v1/%FF HTTP/1.1\r\nHost: x\r\n"
                                                            "Connection: close\r\n\r\n");
