@@ -9,7 +9,7 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
+#include <cstdint>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -25,20 +25,25 @@ std::string lower(std::string s) {
   return s;
 }
 
-/// A catalogue cell as an attribute value: a number when the text is one, written as JSON
-/// writes it ("42", "4.5"), so that filters compare it as a number (size>=40); anything else,
-/// "007" and "1e3" included, stays the text it is.
+/// A catalogue cell as an attribute value: a number when the text is one in JSON's own
+/// grammar ("42", "-3", "12.50", "0.1", "1e3"), so that filters compare it as a number
+/// (size>=40, price<20); anything else stays the text it is: "007" and "+5" (codes, not
+/// quantities), "4,5", " 42", and integers too long for 64 bits (long article numbers).
 nlohmann::json cell_value(const std::string& text) {
-  char* end = nullptr;
-  errno = 0;
-  const long long whole = std::strtoll(text.c_str(), &end, 10);
-  if (errno == 0 && end == text.c_str() + text.size() && nlohmann::json(whole).dump() == text) {
-    return whole;
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text.front())) ||
+      std::isspace(static_cast<unsigned char>(text.back()))) {
+    return text;
   }
-  const double real = std::strtod(text.c_str(), &end);
-  if (end == text.c_str() + text.size() && std::isfinite(real) &&
-      nlohmann::json(real).dump() == text) {
-    return real;
+  const auto value = nlohmann::json::parse(text, nullptr, false);
+  if (value.is_number_integer() && !value.is_number_unsigned()) return value;
+  if (value.is_number_unsigned()) {  // non-negative: stored signed when it fits
+    const uint64_t u = value.get<uint64_t>();
+    if (u <= static_cast<uint64_t>(INT64_MAX)) return static_cast<int64_t>(u);
+    return text;
+  }
+  if (value.is_number_float() && std::isfinite(value.get<double>()) &&
+      text.find_first_of(".eE") != std::string::npos) {
+    return value;
   }
   return text;
 }

@@ -713,11 +713,16 @@ TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
   EXPECT_CONTAINS(latin1.errors[0].text, "latin1.csv:2: column 'colour' is not UTF-8 text");
   EXPECT_CONTAINS(latin1.errors[1].text, "latin1.csv:3: attributes must be a JSON object");
   // Cells that are numbers become numbers (filters compare them as such); others stay text.
-  write_file_atomic(dir + "/numbers.csv", "sku,image,size,code,width\na,a.jpg,42,007,4.5\n");
+  write_file_atomic(dir + "/numbers.csv",
+                    "sku,image,size,code,width,weight,dose,load,plus,article,decimal,negative\n"
+                    "a,a.jpg,42,007,4.5,12.50,0.10,1e3,+5,123456789012345678901234,\"4,5\",-3\n");
   const auto numbers = read_catalog_csv(dir + "/numbers.csv");
   ASSERT_EQ(numbers.rows.size(), 1u);
   EXPECT_EQ(nlohmann::json::parse(numbers.rows[0].product.attributes),
-            nlohmann::json::parse(R"({"size": 42, "code": "007", "width": 4.5})"));
+            nlohmann::json::parse(R"({"size": 42, "code": "007", "width": 4.5, "weight": 12.5,
+                                      "dose": 0.1, "load": 1000.0, "plus": "+5",
+                                      "article": "123456789012345678901234",
+                                      "decimal": "4,5", "negative": -3})"));
   write_file_atomic(dir + "/q.csv", "name,file\nx,y\n");
   EXPECT_CONTAINS(test::error_of([&] { read_catalog_csv(dir + "/q.csv"); }),
                   "needs a 'sku' and an 'image'");
