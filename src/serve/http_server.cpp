@@ -645,6 +645,12 @@ void HttpServer::routes() {
     if (sku.find_first_not_of(" \t\r\n") == std::string::npos) {
       throw ServiceError(400, "bad_sku", "a SKU must not be empty or blank");
     }
+    // GET /v1/products/{sku}/images/{i} would read such a SKU as another's photo.
+    static const std::regex kPhotoPath(R"(.*/images/[0-9]+)");
+    if (std::regex_match(sku, kPhotoPath)) {
+      throw ServiceError(400, "bad_sku", "a SKU must not end in /images/<number>: that is the "
+                                         "path of a product's photo");
+    }
     for (const auto& [name, value] : p.items()) {
       static const char* const kFields[] = {"sku",    "title",      "category", "price",
                                             "brand",  "seller",     "attributes", "images"};
@@ -736,13 +742,25 @@ void HttpServer::routes() {
       // index update failed.
       std::error_code ec;
       for (const auto& path : written) {
-        if (db->catalog().image_ids_with_hash(fs::path(path).stem()).empty()) fs::remove(path, ec);
+        try {
+          if (db->catalog().image_ids_with_hash(fs::path(path).stem()).empty()) {
+            fs::remove(path, ec);
+          }
+        } catch (const std::exception& e) {  // a file left over costs disk, not data
+          spdlog::warn("keeping {}: could not check whether a product names it: {}", path,
+                       e.what());
+        }
       }
       throw;
     }
     // Another process (vitrine remove) may have deleted a shared photo file between the
-    // check above and the commit: what the stored products name must exist.
-    write_missing();
+    // check above and the commit: what the stored products name must exist. The products
+    // are stored by now, so a failure here is logged, not answered as one.
+    try {
+      write_missing();
+    } catch (const std::exception& e) {
+      spdlog::error("a stored product's photo could not be written again: {}", e.what());
+    }
     service_.save_index_when_due();
     metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
   };
