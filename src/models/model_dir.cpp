@@ -21,7 +21,16 @@ void save_model(const VisionModelImpl& model, const std::string& dir,
   VT_CHECK(!dest.empty() && dest != "." && dest != "/", "cannot save a model as ", dir,
            ": name a directory for it");
   std::error_code ec;
-  if (fs::is_symlink(dest, ec)) dest = fs::canonical(dest).string();  // the link stays
+  // A link is followed without needing its target to exist (an interrupted save may have
+  // left the target as <target>.old), and stays a link to the new weights.
+  for (int hops = 0; fs::is_symlink(dest, ec); ++hops) {
+    VT_CHECK(hops < 40, dir, ": too many levels of symbolic links");
+    const fs::path target = fs::read_symlink(dest);
+    dest = (target.is_absolute() ? target : fs::path(dest).parent_path() / target)
+               .lexically_normal()
+               .string();
+    while (dest.size() > 1 && dest.back() == '/') dest.pop_back();
+  }
   restore_interrupted_dir(dest);  // its other files are carried over below
   const fs::path fresh = dest + ".saving";
   fs::remove_all(fresh, ec);

@@ -78,10 +78,16 @@ TEST(ModelDir, SavingAgainReplacesWeightsAndConfigTogetherAndKeepsOtherFiles) {
   for (const auto& e : fs::directory_iterator(root)) names.insert(e.path().filename().string());
   EXPECT_EQ(names, (std::set<std::string>{"model", "current"})) << "no .saving or .old left";
   // A crash between the swap's two renames leaves only model.old: loading says so, and the
-  // next save puts it back first, so its other files are kept.
+  // next save puts it back first, so its other files are kept: also when saved through a
+  // (relative) link, whose target is missing then.
+  fs::remove(root + "/current");
+  fs::create_directory_symlink("model", root + "/current");
   fs::rename(dir, dir + ".old");
   EXPECT_CONTAINS(test::error_of([&] { load_model(dir); }), "rename it back");
-  save_model(*create_model(c), dir);
+  c.num_classes = 5;
+  save_model(*create_model(c), root + "/current");
+  EXPECT_TRUE(fs::is_symlink(root + "/current"));
+  EXPECT_EQ(load_model(dir)->config().num_classes, 5);
   EXPECT_EQ(read_text_file(dir + "/notes.txt"), "trained on the spring catalogue");
   EXPECT_FALSE(fs::exists(dir + ".old"));
   EXPECT_CONTAINS(test::error_of([&] { save_model(*create_model(c), "."); }), "name a directory");
