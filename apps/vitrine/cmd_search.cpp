@@ -787,7 +787,9 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     progress.finish();
     const auto m = evaluator.result();
     VT_CHECK(m.queries > 0, "no query could be scored (", failed, " failed to load, ", only_self,
-             " have no answer but their own photo); check the queries against --db");
+             " have no answer but their own photo); check the queries against --db",
+             only_self > 0 ? ", or add --keep-self to count a query's own photo as an answer"
+                           : "");
     if (!unknown.empty()) {
       std::string names;
       for (const auto& u : unknown) {

@@ -302,6 +302,7 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
                         " --queries " + q(d + "/only.csv"));
   EXPECT_EQ(r.status, 2);
   EXPECT_CONTAINS(r.err, "no query could be scored");
+  EXPECT_CONTAINS(r.err, "--keep-self");
 
   // A data set as queries is hashed as `index --data` hashed it.
   for (const std::string c : {"shoes", "bags"}) {
