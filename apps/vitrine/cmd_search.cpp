@@ -744,10 +744,20 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
         }
         batch.insert(batch.end(), embedded[i].embedding.begin(), embedded[i].embedding.end());
         which.push_back(begin + i);
-        // The query photo itself, when the catalogue holds it, is no answer.
+        // The query photo itself, when the catalogue holds it, is no answer. Asked by SKU,
+        // only its copies under those SKUs are its own: the same photo under another SKU
+        // (a duplicate listing) is a wrong answer the figures must count.
         const std::string& hash = embedded[i].content_hash;
-        own_images.push_back(hash.empty() ? std::vector<int64_t>{}
-                                          : db->catalog().image_ids_with_hash(hash));
+        std::vector<int64_t> own;
+        if (!hash.empty()) own = db->catalog().image_ids_with_hash(hash);
+        const auto& skus = list[begin + i].skus;
+        if (!own.empty() && !skus.empty()) {
+          own.clear();
+          for (const auto& r : db->catalog().images(db->catalog().image_ids_with_hash(hash))) {
+            if (skus.count(r.product.sku)) own.push_back(r.id);
+          }
+        }
+        own_images.push_back(std::move(own));
       }
       if (!a->keep_self) so.exclude_images = own_images;
       const auto hits = db->search(batch.data(), static_cast<int64_t>(which.size()), so);

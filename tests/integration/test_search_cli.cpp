@@ -304,6 +304,24 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
   EXPECT_CONTAINS(r.err, "no query could be scored");
   EXPECT_CONTAINS(r.err, "--keep-self");
 
+  // The query photo stored under another SKU too (a duplicate listing) is a wrong answer,
+  // not the query's own photo: it comes first, and Recall@1 says so.
+  fs::copy_file(d + "/img/p0a.png", d + "/img/dup.png");
+  std::ofstream(d + "/dup.csv") << "sku,images,category\nSKU0,img/p0a.png|img/p0b.png,shoes\n"
+                                << "DUP,img/dup.png,shoes\n";
+  std::ofstream(d + "/dupq.csv") << "image,sku\nimg/p0a.png,SKU0\n";
+  r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                        " --catalog " + q(d + "/dup.csv") + " --db " + q(d + "/dupdb"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(q(test::vitrine_bin()) + " eval-retrieval --db " + q(d + "/dupdb") +
+                        " --queries " + q(d + "/dupq.csv") + " --json " + q(d + "/m.json"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  m = json::parse(read_text_file(d + "/m.json"));
+  EXPECT_EQ(m["queries"], 1);
+  EXPECT_EQ(m["found_self"], 1);
+  EXPECT_EQ(m["recall_at_1"], 0.0) << "DUP's copy of the photo comes first";
+  EXPECT_EQ(m["recall_at_5"], 1.0);
+
   // A data set as queries is hashed as `index --data` hashed it.
   for (const std::string c : {"shoes", "bags"}) {
     fs::create_directories(d + "/set/" + c);
