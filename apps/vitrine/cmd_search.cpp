@@ -10,6 +10,7 @@
 #include "vitrine/core/threads.h"
 #include "vitrine/data/dataset.h"
 #include "vitrine/image/batch.h"
+#include "vitrine/image/decode.h"
 #include "vitrine/search/catalog_csv.h"
 #include "vitrine/search/embedder.h"
 #include "vitrine/search/json.h"
@@ -291,10 +292,7 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
         std::string ref = name;
         if (!fs::is_regular_file(name)) {
           ref = (fs::path(db.photo_dir()) / (hash + ".png")).string();
-          cv::Mat bgr = m;
-          if (m.channels() == 3) cv::cvtColor(m, bgr, cv::COLOR_RGB2BGR);
-          std::vector<uint8_t> png;
-          cv::imencode(".png", bgr, png);
+          const auto png = image::encode_png(m);
           copies.emplace_back(ref, std::string(png.begin(), png.end()));
         }
         p.images = {ref};
@@ -713,6 +711,11 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       for (size_t e = 0; e < n; ++e) examples[e * list.size() / n] = {};
     }
     int64_t failed = 0, found_self = 0, only_self = 0;
+    // Photos stored through `vitrine serve` (and copies of packed data sets) are kept as PNG
+    // copies, hashed as such: a query file is then found by its pixels as well.
+    std::error_code ec;
+    const bool has_copies =
+        !dataset && fs::is_directory(db->photo_dir(), ec) && !fs::is_empty(db->photo_dir(), ec);
     Progress progress("eval-retrieval", static_cast<int64_t>(list.size()), "query");
     for (size_t begin = 0; begin < list.size(); begin += static_cast<size_t>(a->batch_size)) {
       const size_t end = std::min(list.size(), begin + static_cast<size_t>(a->batch_size));
@@ -750,12 +753,20 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
         const std::string& hash = embedded[i].content_hash;
         std::vector<int64_t> own;
         if (!hash.empty()) own = db->catalog().image_ids_with_hash(hash);
+        if (own.empty() && has_copies) {
+          try {
+            const auto png = image::encode_png(image::decode_file(list[begin + i].image));
+            own = db->catalog().image_ids_with_hash(sha256_hex(png.data(), png.size()));
+          } catch (const std::exception&) {  // it decoded for its embedding just now
+          }
+        }
         const auto& skus = list[begin + i].skus;
         if (!own.empty() && !skus.empty()) {
-          own.clear();
-          for (const auto& r : db->catalog().images(db->catalog().image_ids_with_hash(hash))) {
-            if (skus.count(r.product.sku)) own.push_back(r.id);
+          std::vector<int64_t> theirs;
+          for (const auto& r : db->catalog().images(own)) {
+            if (skus.count(r.product.sku)) theirs.push_back(r.id);
           }
+          own = std::move(theirs);
         }
         own_images.push_back(std::move(own));
       }

@@ -48,6 +48,11 @@ struct DecodeOptions {
 /// supported formats (JPEG, PNG, WebP, BMP). All failures throw vitrine::Error.
 cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options = {});
 
+/// A decoded photo (RGB as decode() gives it, or one grey channel) as PNG bytes: how Vitrine
+/// keeps a copy of a photo (no metadata, orientation applied). The same pixels always give
+/// the same bytes, so a copy's hash can be found again from the original photo.
+std::vector<uint8_t> encode_png(const cv::Mat& rgb);
+
 /// The whole file; a clear error when it is missing, unreadable or a directory.
 std::vector<uint8_t> read_file(const std::string& path);
 
