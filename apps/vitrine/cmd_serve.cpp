@@ -112,6 +112,7 @@ void add_serve(CLI::App& app, int& status) {
         }
         // Stop accepting; requests already being handled finish, then run() returns.
         spdlog::info("shutting down: finishing the requests in flight");
+        service.stopping();
         server.stop();
         waiter_done = true;
         return;

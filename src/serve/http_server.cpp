@@ -21,6 +21,7 @@
 #include <csignal>
 #include <cmath>
 #include <regex>
+#include <set>
 #include <filesystem>
 #include <sys/socket.h>
 
@@ -57,6 +58,9 @@ std::string scope_for(const httplib::Request& req) {
   return "read";
 }
 
+
+/// Longer SKUs are refused: a SKU is an identifier, not a document.
+constexpr size_t kMaxSkuBytes = 512;
 
 /// The key of the request this server thread is answering (httplib runs a request's
 /// pre-routing, handler and logger on one thread), for the access log.
@@ -357,6 +361,32 @@ void HttpServer::routes() {
     // 2^64 and waits for that many bytes, answering nothing. A body a little over the limit is
     // read and dropped by httplib, so that the client, still sending, gets the 413; one far
     // over it is refused at once and the connection closed.
+    if (req.has_header("Transfer-Encoding")) {  // httplib reads chunked bodies without limit
+      res.set_header("Connection", "close");
+      send_error(res, 411, "no_content_length",
+                 "send the body with a Content-Length header; chunked bodies are not accepted");
+      return refused();
+    }
+    // The request is httplib's own (not const) until the body is read: these edits shape how
+    // it reads the body.
+    auto& headers = const_cast<httplib::Headers&>(req.headers);
+    if (!req.has_header("Content-Length")) {
+      if (req.method == "POST" || req.method == "PUT" || req.method == "PATCH") {
+        res.set_header("Connection", "close");  // httplib would read until the client closes
+        send_error(res, 411, "no_content_length",
+                   "a " + req.method + " request needs a Content-Length header, 0 for no body "
+                   "(curl sends one with -d '')");
+        return refused();
+      }
+      // httplib waits for a DELETE's body; `curl -X DELETE` sends none.
+      if (req.method == "DELETE") headers.emplace("Content-Length", "0");
+    }
+    // No route takes form fields: a form-labelled body is a photo sent by
+    // `curl --data-binary @photo.jpg`, which httplib would cut off at 8 KB as a form.
+    if (req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0) {
+      headers.erase("Content-Type");
+      headers.emplace("Content-Type", "application/octet-stream");
+    }
     if (req.has_header("Content-Length")) {
       const std::string length = req.get_header_value("Content-Length");
       const bool number = !length.empty() && length.size() <= 18 &&
@@ -417,11 +447,9 @@ void HttpServer::routes() {
                      allowed_methods(req.path));
     } else if (res.status == 404) {
       send_error(res, 404, "not_found", "no such route (see /openapi.json)");
-    } else if (res.status == 400 && sends_body && !req.has_header("Content-Length") &&
-               req.get_header_value("Transfer-Encoding") != "chunked") {
-      send_error(res, 400, "no_content_length",
-                 "a " + req.method + " request needs a Content-Length header, 0 for no body "
-                 "(curl sends one with -d '')");
+    } else if (res.status == 400 && sends_body) {
+      send_error(res, 400, "bad_body",
+                 "the body could not be read: it ended before its Content-Length");
     } else {
       send_error(res, res.status, "http_error", "HTTP error " + std::to_string(res.status));
     }
@@ -440,6 +468,7 @@ void HttpServer::routes() {
       spdlog::info("{}", json_text(line));
     } catch (const std::exception&) {
     }
+    t_key_name.clear();  // a request httplib refuses before pre-routing logs no one's key
   });
 
   // Each route through one wrapper: timing, metrics, and errors as JSON.
@@ -453,9 +482,9 @@ void HttpServer::routes() {
       } catch (const ServiceError& e) {
         if (e.status() == 429) res.set_header("Retry-After", "1");
         send_error(res, e.status(), e.code(), e.what());
-      } catch (const Error& e) {
-        send_error(res, 400, "bad_request", e.what());
       } catch (const std::exception& e) {
+        // Requests' faults are ServiceErrors; anything else (a full disk, a database locked
+        // by another process) is the service's, logged with details the client needs not see.
         spdlog::error("{} failed: {}", name, e.what());
         send_error(res, 500, "internal", "the request failed inside the service; see its log");
       }
@@ -645,9 +674,15 @@ void HttpServer::routes() {
     if (sku.find_first_not_of(" \t\r\n") == std::string::npos) {
       throw ServiceError(400, "bad_sku", "a SKU must not be empty or blank");
     }
+    if (sku.size() > kMaxSkuBytes) {
+      throw ServiceError(400, "bad_sku", "a SKU may have at most " +
+                                             std::to_string(kMaxSkuBytes) + " bytes");
+    }
     // GET /v1/products/{sku}/images/{i} would read such a SKU as another's photo.
-    static const std::regex kPhotoPath(R"(.*/images/[0-9]+)");
-    if (std::regex_match(sku, kPhotoPath)) {
+    const size_t images = sku.rfind("/images/");
+    if (images != std::string::npos && images + 8 < sku.size() &&
+        std::all_of(sku.begin() + static_cast<std::ptrdiff_t>(images + 8), sku.end(),
+                    [](unsigned char c) { return std::isdigit(c); })) {
       throw ServiceError(400, "bad_sku", "a SKU must not end in /images/<number>: that is the "
                                          "path of a product's photo");
     }
@@ -699,11 +734,8 @@ void HttpServer::routes() {
         throw ServiceError(400, "bad_base64", e.what());
       }
       const auto out = service_.infer(encoded, 1);  // refuses bad and oversized images
-      cv::Mat rgb = image::decode(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size());
-      cv::Mat bgr;
-      cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
-      std::vector<uint8_t> png;
-      cv::imencode(".png", bgr, png);
+      const auto png = image::encode_png(
+          image::decode(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size()));
       const std::string hash = sha256_hex(png.data(), png.size());
       const bool again = std::any_of(u.images.begin(), u.images.end(),
                                      [&](const auto& stored) { return stored.content_hash == hash; });
@@ -776,6 +808,7 @@ void HttpServer::routes() {
         });
   add("POST", "/v1/products", "/v1/products", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+           check_parameters(req, nullptr, {});
            json body;
            try {
              body = parse_json(req.body, "the request body");
@@ -789,6 +822,7 @@ void HttpServer::routes() {
            // (by its position and SKU) and stores nothing.
            std::vector<StoredProduct> batch;
            json results = json::array();
+           std::set<std::string> skus;
            for (size_t i = 0; i < body.size(); ++i) {
              const json& p = body[i];
              json result{{"index", i}};
@@ -797,14 +831,21 @@ void HttpServer::routes() {
                  throw ServiceError(400, "bad_product", "each product needs a \"sku\" string");
                }
                result["sku"] = p["sku"];
+               if (skus.count(p["sku"].get<std::string>())) {
+                 throw ServiceError(400, "duplicate_sku",
+                                    "this SKU is stored earlier in the batch; send a product once");
+               }
                batch.push_back(store(p["sku"].get<std::string>(), p));
+               skus.insert(p["sku"].get<std::string>());
                result["status"] = "stored";
              } catch (const ServiceError& e) {
                result["status"] = "failed";
                result["error"] = {{"code", e.code()}, {"message", e.what()}};
              } catch (const Error& e) {
+               spdlog::error("storing a product failed: {}", e.what());
                result["status"] = "failed";
-               result["error"] = {{"code", "bad_request"}, {"message", e.what()}};
+               result["error"] = {{"code", "internal"},
+                                  {"message", "storing it failed inside the service; see its log"}};
              }
              results.push_back(std::move(result));
            }

@@ -197,9 +197,16 @@ void Service::save_index_when_due() {
   // next start, and the index is saved at shutdown.
   const auto now = Clock::now();
   if (now - last_index_save_ < std::chrono::seconds(30)) return;
-  db_->save();
-  last_index_save_ = now;
+  last_index_save_ = now;  // a failing save is tried again in 30 s, not at every write
+  try {
+    db_->save();
+  } catch (const std::exception& e) {  // the products are stored: the change log has them
+    spdlog::error("could not save the search index: {} (the catalogue's change log keeps "
+                  "the changes; tried again in 30 s)", e.what());
+  }
 }
+
+void Service::stopping() { ready_ = false; }
 
 void Service::drain() {
   {

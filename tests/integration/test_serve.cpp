@@ -206,11 +206,26 @@ TEST(Serve, EveryEndpointsHappyPath) {
   ASSERT_EQ(raw->status, 200) << raw->body;
   const auto top = body_of(raw)["top"];
   ASSERT_EQ(top.size(), 2u);
-  // `curl --data-binary @photo.png` labels the photo form-encoded: still the photo.
+  // `curl --data-binary @photo.png` labels the photo form-encoded: still the photo, also
+  // beyond the 8 KB httplib allows a form (here a JPEG with a 10 KB comment).
   auto as_form = reader.Post("/v1/classify?topk=2", f.photos[0],
                              "application/x-www-form-urlencoded");
   ASSERT_EQ(as_form->status, 200) << as_form->body;
   EXPECT_EQ(body_of(as_form)["top"], top);
+  {
+    std::vector<uint8_t> jpeg;
+    cv::imencode(".jpg", cv::imdecode(std::vector<uint8_t>(f.photos[0].begin(), f.photos[0].end()),
+                                      cv::IMREAD_COLOR), jpeg);
+    const std::string comment(10000, 'c');
+    std::string big(jpeg.begin(), jpeg.begin() + 2);  // SOI, then a COM segment
+    big += "\xff\xfe";
+    big += static_cast<char>((comment.size() + 2) >> 8);
+    big += static_cast<char>((comment.size() + 2) & 255);
+    big += comment;
+    big.append(jpeg.begin() + 2, jpeg.end());
+    auto big_form = reader.Post("/v1/classify", big, "application/x-www-form-urlencoded");
+    ASSERT_EQ(big_form->status, 200) << big_form->body;
+  }
   httplib::MultipartFormDataItems items = {{"image", f.photos[0], "p0.png", "image/png"}};
   auto multipart = reader.Post("/v1/classify?topk=2", items);
   ASSERT_EQ(multipart->status, 200) << multipart->body;
@@ -306,15 +321,17 @@ TEST(Serve, EveryEndpointsHappyPath) {
                            json::array({{{"sku", "NEW4"}, {"images", {b64}}},
                                         {{"sku", "BAD1"}, {"images", {base64_encode("text")}}},
                                         {{"images", {b64}}},
-                                        {{"sku", "  "}, {"images", {b64}}}})
+                                        {{"sku", "  "}, {"images", {b64}}},
+                                        {{"sku", "NEW4"}, {"images", {b64}}}})
                                .dump(),
                            "application/json");
   ASSERT_EQ(mixed->status, 200) << mixed->body;
   const json m = body_of(mixed);
   EXPECT_EQ(m["stored"], 1) << m;
-  EXPECT_EQ(m["failed"], 3) << m;
-  ASSERT_EQ(m["results"].size(), 4u) << m;
+  EXPECT_EQ(m["failed"], 4) << m;
+  ASSERT_EQ(m["results"].size(), 5u) << m;
   EXPECT_EQ(m["results"][3]["error"]["code"], "bad_sku");
+  EXPECT_EQ(m["results"][4]["error"]["code"], "duplicate_sku");
   EXPECT_EQ(m["results"][0]["status"], "stored");
   EXPECT_EQ(m["results"][1]["sku"], "BAD1");
   EXPECT_EQ(m["results"][1]["error"]["code"], "bad_image");
@@ -334,7 +351,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(reload->status, 200) << reload->body;
 
   const std::string metrics = reader.Get("/metrics")->body;
-  EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 5"),
+  EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 6"),
             std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("vitrine_model_reloads_total{outcome=\"ok\"} 1"), std::string::npos);
@@ -603,6 +620,8 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
        json{{"images", {b64}}, {"sku", "X2"}}.dump(), "application/json", 400, "bad_sku"},
       {"SKU that reads as a photo path", "PUT", "/v1/products/X1/images/0",
        json{{"images", {b64}}}.dump(), "application/json", 400, "bad_sku"},
+      {"SKU over 512 bytes", "PUT", "/v1/products/" + std::string(600, 'a'),
+       json{{"images", {b64}}}.dump(), "application/json", 400, "bad_sku"},
       {"nested a million deep", "PUT", "/v1/products/X1",
        "{\"attributes\": {\"a\": " + std::string(1000000, '[') + std::string(1000000, ']') +
            "}, \"images\": [\"" + b64 + "\"]}",
@@ -640,7 +659,22 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
                                        "POST /v1/admin/reload HTTP/1.1\r\nHost: x\r\n"
                                        "Authorization: Bearer " + fixture().admin_key +
                                        "\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(raw.rfind("HTTP/1.1 411", 0), 0u) << raw;
   EXPECT_NE(raw.find("no_content_length"), std::string::npos) << raw;
+  // A chunked body is refused before it is read (httplib reads those without a limit).
+  const std::string chunked = raw_exchange(
+      server.port(), "POST /v1/embed HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                         fixture().read_key + "\r\nContent-Type: image/png\r\n"
+                         "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n");
+  EXPECT_EQ(chunked.rfind("HTTP/1.1 411", 0), 0u) << chunked;
+  // A DELETE without Content-Length (`curl -X DELETE`) is answered, not left waiting for a
+  // body: httplib answered 400 after its read timeout.
+  const std::string deleted = raw_exchange(
+      server.port(), "DELETE /v1/products/NO-SUCH-SKU HTTP/1.1\r\nHost: x\r\n"
+                     "Authorization: Bearer " + fixture().write_key +
+                     "\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(deleted.rfind("HTTP/1.1 404", 0), 0u) << deleted;
+  EXPECT_NE(deleted.find("unknown_sku"), std::string::npos) << deleted;
   // A Content-Length that is no size, or beyond the limit, is answered before any body is
   // read (httplib took -5 for a length near 2^64 and waited for it, answering nothing).
   for (const auto& [length, expected] :
@@ -765,6 +799,15 @@ TEST(Serve, StoredProductPhotosLoseTheirMetadataButKeepTheirOrientation) {
   ASSERT_FALSE(back.empty());
   EXPECT_EQ(back.cols, upright.cols);  // turned upright before the metadata went
   EXPECT_EQ(back.rows, upright.rows);
+  // eval-retrieval finds the stored copy from the original photo: it is no answer to itself.
+  const std::string original_file = f.dir + "/exif1.jpg";
+  std::ofstream(original_file, std::ios::binary) << jpeg;
+  std::ofstream(f.dir + "/exif1.csv") << "image,sku\n" << original_file << ",EXIF1\n";
+  const auto eval = test::run_command(q(test::vitrine_bin()) + " eval-retrieval --db " +
+                                      q(f.dir + "/db") + " --queries " + q(f.dir + "/exif1.csv") +
+                                      " --keep-self --json " + q(f.dir + "/exif1.json"));
+  ASSERT_EQ(eval.status, 0) << eval.err;
+  EXPECT_EQ(json::parse(file_bytes(f.dir + "/exif1.json"))["found_self"], 1);
   writer.Delete("/v1/products/EXIF1");
 }
 

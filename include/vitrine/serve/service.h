@@ -81,6 +81,8 @@ class Service {
   void reload(const std::string& model_dir = "");
 
   bool ready() const { return ready_.load(); }
+  /// At the start of a shutdown: /readyz answers 503 while requests in flight finish.
+  void stopping();
   /// Stops accepting work (infer throws 503); queued requests are still answered.
   void drain();
   const ServiceOptions& options() const { return options_; }
