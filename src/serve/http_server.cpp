@@ -118,18 +118,12 @@ void check_parameters(const httplib::Request& req, const json* body,
   auto is_known = [&](const std::string& name) {
     return std::any_of(known.begin(), known.end(), [&](const char* k) { return name == k; });
   };
-  // Names from the query string only: httplib also parses a form-encoded body into params,
-  // and `curl --data-binary @photo.jpg` sends a photo as one.
+  // Names from the query string only (decoded as httplib decodes them): httplib would also
+  // parse a form-encoded body into params.
   const auto q = req.target.find('?');
-  std::vector<std::string> names;
-  for (size_t at = q == std::string::npos ? req.target.size() : q + 1; at < req.target.size();) {
-    size_t end = req.target.find('&', at);
-    if (end == std::string::npos) end = req.target.size();
-    const std::string pair = req.target.substr(at, end - at);
-    if (!pair.empty()) names.push_back(pair.substr(0, pair.find('=')));
-    at = end + 1;
-  }
-  for (const auto& name : names) {
+  httplib::Params query;
+  if (q != std::string::npos) httplib::detail::parse_query_text(req.target.substr(q + 1), query);
+  for (const auto& [name, value] : query) {
     if (!is_known(name)) {
       throw ServiceError(400, "unknown_parameter",
                          "unknown parameter '" + name + "'; this route reads: " + listed());

@@ -212,6 +212,9 @@ TEST(Serve, EveryEndpointsHappyPath) {
                              "application/x-www-form-urlencoded");
   ASSERT_EQ(as_form->status, 200) << as_form->body;
   EXPECT_EQ(body_of(as_form)["top"], top);
+  auto encoded_name = reader.Post("/v1/classify?%74opk=2", f.photos[0], "image/png");
+  ASSERT_EQ(encoded_name->status, 200) << encoded_name->body;  // %74opk is topk
+  EXPECT_EQ(body_of(encoded_name)["top"], top);
   {
     std::vector<uint8_t> jpeg;
     cv::imencode(".jpg", cv::imdecode(std::vector<uint8_t>(f.photos[0].begin(), f.photos[0].end()),
@@ -351,7 +354,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(reload->status, 200) << reload->body;
 
   const std::string metrics = reader.Get("/metrics")->body;
-  EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 6"),
+  EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 7"),
             std::string::npos)
       << metrics;
   EXPECT_NE(metrics.find("vitrine_model_reloads_total{outcome=\"ok\"} 1"), std::string::npos);
