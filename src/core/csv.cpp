@@ -2,6 +2,8 @@
 
 #include "vitrine/core/error.h"
 
+#include <algorithm>
+
 namespace vitrine {
 namespace {
 
@@ -57,7 +59,9 @@ std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& fil
             }
             break;
           }
-          if (c == '\n') ++line;
+          if (c == '\n' || (c == '\r' && (i >= n || (text[i] != '\n' && text[i] != '\r')))) {
+            ++line;  // as between records: \r\n, \r\r\n and a bare \r are one line each
+          }
           field += c;
         }
         while (i < n && (text[i] == ' ' || text[i] == '\t')) ++i;
@@ -73,9 +77,15 @@ std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& fil
         ++i;
         continue;
       }
-      if (i < n && text[i] == '\r') ++i;
-      if (i < n && text[i] == '\n') ++i;
-      ++line;
+      // \n, \r\n, a bare \r (old Mac files), and \r\r\n (a CRLF file converted once more):
+      // each one line, as editors show them.
+      int64_t crs = 0;
+      while (i < n && text[i] == '\r') ++i, ++crs;
+      if (i < n && text[i] == '\n') {
+        ++i;
+        crs = 1;
+      }
+      line += std::max<int64_t>(crs, 1);
       break;
     }
     const bool blank = record.fields.size() == 1 && record.fields[0].empty() && !any_quoted;

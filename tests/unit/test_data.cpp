@@ -1349,3 +1349,15 @@ TEST(DataCsv, WrittenFieldsReadBackUnchanged) {
   EXPECT_EQ(records[1].fields, fields);
   EXPECT_EQ(vitrine::csv_field("plain"), "plain");  // quoted only when it must be
 }
+
+TEST(DataCsv, LineNumbersCountLinesAsEditorsShowThem) {
+  for (const std::string end : {"\n", "\r\n", "\r", "\r\r\n"}) {
+    const auto records =
+        vitrine::parse_csv("h1,h2" + end + "a,b" + end + end + "\"c" + end + "d\",e" + end + "f,g",
+                           "t.csv");
+    ASSERT_EQ(records.size(), 4u);
+    EXPECT_EQ(records[1].line, 2) << "line end " << ::testing::PrintToString(end);
+    EXPECT_EQ(records[2].line, 4) << "after a blank line";
+    EXPECT_EQ(records[3].line, 6) << "after a field of two lines";
+  }
+}
