@@ -316,8 +316,13 @@ void add_train_command(CLI::App& app, int& status) {
       spdlog::info("LoRA: {} trainable weights of {}; saved models have the adapters merged",
                    result.trainable_params, result.total_params);
     }
-    spdlog::info("best model: {} (epoch {}), last: {}", result.best_dir, result.best_epoch,
-                 result.last_dir);
+    if (result.best_epoch >= 0) {
+      spdlog::info("best model: {} (epoch {}), last: {}", result.best_dir, result.best_epoch,
+                   result.last_dir);
+    } else {
+      spdlog::info("model: {} (no validation split to pick a best epoch by: the last one)",
+                   result.last_dir);
+    }
     const auto skipped_note = [](int64_t n) {
       return n > 0 ? fmt::format("; {} unreadable test images skipped", n) : std::string();
     };
@@ -377,6 +382,7 @@ void add_eval_command(CLI::App& app, int& status) {
       a->adv.method = a->attack;
       train::check_attack(a->adv);
     }
+    a->data.need_train = a->split == "train";  // held-out photos need no training ones
     const data::DataSplits splits = open_data_logged(a->data);
     const auto d = pick_split(splits, a->split);
     nlohmann::json out = nlohmann::json::object();
@@ -388,14 +394,19 @@ void add_eval_command(CLI::App& app, int& status) {
         std::vector<std::string> errors;
         const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
         for (const auto& e : errors) spdlog::warn("skipped: {}", e);
-        out[dir] = nlohmann::json::parse(m.to_json(splits.classes));
+        // Scored among the model's classes, matched by name.
+        const auto& names =
+            static_cast<int64_t>(model->config().labels.size()) == model->config().num_classes
+                ? model->config().labels
+                : splits.classes;
+        out[dir] = nlohmann::json::parse(m.to_json(names));
         out[dir]["skipped_images"] = errors.size();
         nlohmann::json line{{"model", dir},          {"split", a->split},
                             {"images", m.count},     {"map", m.mean_ap},
                             {"micro_f1", m.micro_f1}, {"macro_f1", m.macro_f1}};
         if (attacked) {
           const auto r = train::evaluate_multi_label_under_attack(*model, d, a->adv, a->eval);
-          auto rj = nlohmann::json::parse(r.to_json(splits.classes));
+          auto rj = nlohmann::json::parse(r.to_json(names));
           rj["attack"] = attack_json(a->adv);
           out[dir]["under_attack"] = rj;
           line["attack"] = a->adv.method;

@@ -8,7 +8,10 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <iostream>
+#include <string>
+#include <vector>
 
 namespace vitrine::cli {
 namespace {
@@ -18,6 +21,24 @@ std::vector<std::string> g_command_args;
 const std::string& command_line() { return g_command_line; }
 const std::vector<std::string>& command_args() { return g_command_args; }
 }  // namespace vitrine::cli
+
+namespace {
+/// Levenshtein distance, for "did you mean" on a mistyped command.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace vitrine::cli;
@@ -58,6 +79,28 @@ int main(int argc, char** argv) {
   add_compare_command(app, status);
   add_search_commands(app, status);
   add_serve_commands(app, status);
+  // A mistyped command: CLI11 would say only that a subcommand is required.
+  for (int i = 1; i < argc; ++i) {
+    const std::string word = argv[i];
+    if (word.empty() || word[0] == '-') continue;  // -v, --version, --help
+    std::vector<std::string> names;
+    for (const auto* sub : app.get_subcommands({})) names.push_back(sub->get_name());
+    if (std::find(names.begin(), names.end(), word) != names.end()) break;
+    std::string closest;
+    size_t best = 3;  // at most 2 edits away
+    for (const auto& name : names) {
+      const size_t d = edit_distance(word, name);
+      const bool prefix = name.rfind(word, 0) == 0 || word.rfind(name, 0) == 0;
+      if (d < best || (prefix && closest.empty())) {
+        best = std::min(best, d);
+        closest = name;
+      }
+    }
+    std::cerr << "error: unknown command '" << word << "'"
+              << (closest.empty() ? "" : "; did you mean '" + closest + "'?")
+              << " (`vitrine --help` lists the commands)\n";
+    return kExitError;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

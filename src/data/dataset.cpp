@@ -321,7 +321,7 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
     // training signal: worth a warning, not an error.
     std::set<int64_t> trained;
     for (const int64_t i : parts.train) trained.insert(labels[i].begin(), labels[i].end());
-    for (int s = 1; s <= 2; ++s) {
+    for (int s = 1; s <= 2 && options.need_train; ++s) {
       std::set<int64_t> seen;
       for (const int64_t i : s == 1 ? parts.val : parts.test) {
         for (const int64_t l : labels[i]) {
@@ -345,15 +345,17 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
                          " leaves no test items (too few items per class)");
     }
   }
-  VT_CHECK(!parts.train.empty(), source, " has no training images; add images (.jpg, .jpeg, ",
-           ".png, .webp, .bmp) to its train split");
+  VT_CHECK(!parts.train.empty() || !options.need_train, source, " has no training images; add "
+           "images (.jpg, .jpeg, .png, .webp, .bmp) to its train split");
 
   auto base = std::make_shared<FileDataset>(std::move(items.paths), std::move(labels), classes,
                                             multi_label);
   DataSplits out;
   out.classes = classes;
   out.multi_label = multi_label;
-  out.train = subsample(subset(base, std::move(parts.train)), options, warnings);
+  out.train = parts.train.empty() ? subset(base, {})
+                                  : subsample(subset(base, std::move(parts.train)), options,
+                                              warnings);
   if (!parts.val.empty()) out.val = subset(base, std::move(parts.val));
   if (!parts.test.empty()) out.test = subset(base, std::move(parts.test));
   out.warnings = std::move(warnings);
@@ -452,7 +454,10 @@ DataSplits open_image_folder(const fs::path& root, const DataOptions& options) {
   FileItems items;
   std::set<std::string> classes;
   std::vector<std::string> warnings;
-  const bool split_layout = fs::is_directory(root / "train");
+  // Evaluation reads held-out photos alone: root/test/<class>/ without train/ is split too.
+  const bool split_layout =
+      fs::is_directory(root / "train") ||
+      (!options.need_train && (fs::is_directory(root / "val") || fs::is_directory(root / "test")));
   if (split_layout) {
     for (const std::string& name : subfolders(root)) {
       if (name != "train" && name != "val" && name != "test") {

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <functional>
@@ -70,15 +71,33 @@ void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::
   const int64_t k = model.config().num_classes;
   const auto& labels = model.config().labels;
   std::shared_ptr<data::Dataset> d = data;
-  if (static_cast<int64_t>(d->classes().size()) < k && static_cast<int64_t>(labels.size()) == k) {
-    // Data with some of the model's classes (e.g. the earlier task of a model fine-tuned
-    // further with new classes): its labels by name among the model's.
+  if (static_cast<int64_t>(labels.size()) == k) {
+    // Classes are matched by name: the data may hold some of the model's classes (e.g. the
+    // earlier task of a model fine-tuned further with new classes), in any order.
+    std::vector<std::string> unknown;
     for (const auto& c : d->classes()) {
-      VT_CHECK(std::find(labels.begin(), labels.end(), c) != labels.end(), "the data's class '",
-               c, "' is not one of the ", k, " classes of ", model.config().arch,
-               "; evaluate on data with the model's classes");
+      if (std::find(labels.begin(), labels.end(), c) == labels.end()) unknown.push_back(c);
     }
-    d = data::with_classes(d, labels);
+    if (unknown.empty()) {
+      d = data::with_classes(d, labels);
+    } else if (unknown.size() == d->classes().size() &&
+               static_cast<int64_t>(unknown.size()) == k) {
+      // No name in common (ImageNet's folder ids against a checkpoint's class names): by
+      // position, as torchvision's ImageFolder numbers sorted folders.
+      spdlog::warn("none of the data's classes is named as one of the model's: the data's "
+                   "class {} ('{}') is taken as the model's class {} ('{}'), "
+                   "and so on",
+                   0, d->classes().front(), 0, labels.front());
+    } else {
+      std::string names;
+      for (const auto& u : unknown) {
+        if (names.size() > 200) { names += ", ..."; break; }
+        names += (names.empty() ? "'" : ", '") + u + "'";
+      }
+      VT_CHECK(false, model.config().arch, " does not know ", unknown.size(), " of the data's ",
+               d->classes().size(), " classes (", names, "); evaluate on data with the "
+               "model's classes (`vitrine train --append-classes` teaches it new ones)");
+    }
   }
   VT_CHECK(static_cast<int64_t>(d->classes().size()) == k, model.config().arch, " has ", k,
            " classes but the data has ", d->classes().size(),

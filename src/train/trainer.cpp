@@ -227,7 +227,14 @@ void Trainer::State::build_model() {
     const bool append = o.append_classes && !o.reinit_head && init_has_head && init_classes != classes;
     models::LoadOptions lo;
     lo.reinit_head = o.reinit_head || !init_has_head || append;
-    const auto report = models::load_state_dict(*model, init_weights, lo);
+    auto report = models::load_state_dict(*model, init_weights, lo);
+    if (append) {  // the head's rows are carried over below, not re-initialised
+      const std::string head = model->head_name() + ".";
+      auto& a = report.adapted;
+      a.erase(std::remove_if(a.begin(), a.end(),
+                             [&](const std::string& e) { return e.rfind(head, 0) == 0; }),
+              a.end());
+    }
     if (!report.adapted.empty()) spdlog::info("initialised from {}:{}", o.init_dir, report.summary());
     if (append) {
       // The known classes come first in the data's class list (see the constructor): their

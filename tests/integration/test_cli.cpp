@@ -305,6 +305,16 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
   ASSERT_EQ(lines.size(), 2u) << r.out;
   EXPECT_EQ(lines[0]["images"], 8);
   EXPECT_EQ(lines[1]["model"], d + "/fine/last");
+  // Held-out photos alone (test/ without train/) are enough to evaluate on.
+  fs::create_directories(d + "/heldout");
+  fs::copy(d + "/data/test", d + "/heldout/test", fs::copy_options::recursive);
+  r = test::run_command(bin + " eval --model " + q(d + "/fine/best") + " --data " +
+                        q(d + "/heldout"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  ASSERT_EQ(json_lines(r.out).size(), 1u) << r.out;
+  EXPECT_EQ(json_lines(r.out)[0]["images"], 8);
+  EXPECT_EQ(json_lines(r.out)[0]["top1"], lines[0]["top1"]);
+  EXPECT_EQ(r.err.find("none in train"), std::string::npos) << r.err;
   // A ViT has no ResNet stem: a clear error, exit 2.
   r = test::run_command(bin + " pretrain --model vit_ti_16 --stem small --data " +
                         q(d + "/data") + " --out " + q(d + "/bad"));
@@ -518,4 +528,16 @@ TEST(Cli, OptimizePrunesRecoversAndMergesTokens) {
   EXPECT_EQ(r.status, 2);
   EXPECT_CONTAINS(r.err, "merges ViT tokens");
   fs::remove_all(d);
+}
+
+TEST(Cli, AMistypedCommandIsNamedWithTheClosestOne) {
+  const std::string bin = q(test::vitrine_bin());
+  auto r = test::run_command(bin + " evaluate --model x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "unknown command 'evaluate'; did you mean 'eval'?");
+  r = test::run_command(bin + " -v serach --db x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "did you mean 'search'?");
+  r = test::run_command(bin + " --version");
+  EXPECT_EQ(r.status, 0) << r.err;
 }

@@ -93,6 +93,19 @@ TEST(Trainer, OverfitsThirtyTwoImages) {
   EXPECT_EQ(m.count, 32);
   EXPECT_DOUBLE_EQ(m.top1, 1.0) << "train top-1 in the last epoch: "
                                 << result.history.back().train_top1;
+  // Classes are matched by name: one the model lacks is an error, not a shifted matrix...
+  fs::copy(dir + "/data", dir + "/renamed", fs::copy_options::recursive);
+  fs::rename(dir + "/renamed/train/class_3", dir + "/renamed/train/apple");
+  d.source = dir + "/renamed";
+  EXPECT_CONTAINS(test::error_of([&] { train::evaluate(*model, data::open_data(d).train); }),
+                  "does not know 1 of the data's 4 classes ('apple')");
+  // ... while data with none of its names (ImageNet's folder ids) is matched by position.
+  for (int c = 0; c < 3; ++c) {
+    fs::rename(dir + "/renamed/train/class_" + std::to_string(c),
+               dir + "/renamed/train/n0" + std::to_string(c));
+  }
+  fs::rename(dir + "/renamed/train/apple", dir + "/renamed/train/n03");
+  EXPECT_DOUBLE_EQ(train::evaluate(*model, data::open_data(d).train).top1, 1.0);
   EXPECT_LT(result.history.back().train_loss, result.history.front().train_loss);
   EXPECT_TRUE(fs::exists(result.report));
   EXPECT_TRUE(fs::exists(dir + "/run/loss.svg"));

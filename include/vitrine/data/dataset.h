@@ -68,6 +68,9 @@ struct DataOptions {
   /// A CSV manifest row naming a missing file is an error instead of a skipped row (with a
   /// warning), as unreadable images stop a --strict run.
   bool strict = false;
+  /// False where only held-out photos are read (`vitrine eval`): a root of test/ (or val/)
+  /// alone, or a manifest without training rows, is then accepted.
+  bool need_train = true;
 };
 
 struct DataSplits {
