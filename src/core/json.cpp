@@ -35,7 +35,13 @@ nlohmann::json parse_json(const std::string& text, const std::string& what) {
     VT_FAIL(what, ": JSON nested deeper than ", kMaxJsonDepth, " levels; nothing Vitrine reads "
             "nests that deep");
   } catch (const nlohmann::json::exception& e) {
-    VT_FAIL(what, ": not valid JSON (", e.what(), ")");
+    // "[json.exception.parse_error.101] parse error at line 1, column 15: ..." without the
+    // library's tag: the position and the reason are what a reader needs.
+    std::string reason = e.what();
+    if (reason.rfind("[json.exception.", 0) == 0 && reason.find("] ") != std::string::npos) {
+      reason.erase(0, reason.find("] ") + 2);
+    }
+    VT_FAIL(what, ": not valid JSON (", reason, ")");
   }
 }
 

@@ -718,16 +718,24 @@ void HttpServer::routes() {
       throw ServiceError(400, "bad_product", "images: a non-empty array of base64 images");
     }
     const std::filesystem::path dir = service_.db()->photo_dir();
-    for (const auto& img : p["images"]) {
-      if (!img.is_string()) throw ServiceError(400, "bad_product", "images are base64 strings");
+    for (size_t at = 0; at < p["images"].size(); ++at) {
+      const json& img = p["images"][at];
+      const std::string which = "images[" + std::to_string(at) + "]: ";  // names the bad one
+      if (!img.is_string()) throw ServiceError(400, "bad_product", which + "not a base64 string");
       std::string encoded;
       try {
         const auto bytes = base64_decode(img.get<std::string>());
         encoded.assign(bytes.begin(), bytes.end());
       } catch (const Error& e) {
-        throw ServiceError(400, "bad_base64", e.what());
+        throw ServiceError(400, "bad_base64", which + e.what());
       }
-      const auto out = service_.infer(encoded, 1);  // refuses bad and oversized images
+      Inference out;
+      try {
+        out = service_.infer(encoded, 1);  // refuses bad and oversized images
+      } catch (const ServiceError& e) {
+        if (e.status() != 400 && e.status() != 422) throw;
+        throw ServiceError(e.status(), e.code(), which + e.what());
+      }
       const auto png = image::encode_png(
           image::decode(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size()));
       const std::string hash = sha256_hex(png.data(), png.size());

@@ -338,6 +338,8 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(m["results"][0]["status"], "stored");
   EXPECT_EQ(m["results"][1]["sku"], "BAD1");
   EXPECT_EQ(m["results"][1]["error"]["code"], "bad_image");
+  EXPECT_EQ(m["results"][1]["error"]["message"].get<std::string>().rfind("images[0]: ", 0), 0u)
+      << m["results"][1];
   EXPECT_EQ(m["results"][2]["index"], 2);
   EXPECT_EQ(m["results"][2]["error"]["code"], "bad_product");
   EXPECT_EQ(reader.Get("/v1/products/NEW4")->status, 200);

@@ -100,6 +100,7 @@ TEST(ModelDir, ClearErrors) {
   EXPECT_NE(test::error_of([&] { load_model(dir); }).find("no config.json"), std::string::npos);
   write_file_atomic(dir + "/config.json", "{\"arch\": ");
   EXPECT_NE(test::error_of([&] { load_model(dir); }).find("not valid JSON"), std::string::npos);
+  EXPECT_CONTAINS(test::error_of([&] { load_model(dir); }), "(parse error at line 1, column");
   write_file_atomic(dir + "/config.json", R"({"vitrine_format": 99, "arch": "x", "family": "vit"})");
   EXPECT_NE(test::error_of([&] { load_model(dir); }).find("newer Vitrine"), std::string::npos);
   write_file_atomic(dir + "/config.json", R"({"model_type": "vit", "hidden_size": 768})");
