@@ -339,7 +339,10 @@ std::vector<float> MultiLabelAccumulator::tune_thresholds() const {
     for (const Ranked& e : r) positives += e.positive ? 1 : 0;
     if (positives == 0) continue;
     // Lowering the threshold through the scores in decreasing order adds one tie group of
-    // predictions at a time; strict improvement keeps the highest of equally good thresholds.
+    // predictions at a time; strict improvement keeps the highest of equally good cuts. The
+    // threshold goes midway between that group and the next score below it, not on the
+    // group's own score: a new photo scoring a little under the lowest validation positive
+    // then still gets the label.
     double best = -1;
     int64_t tp = 0, fp = 0;
     for (size_t i = 0; i < r.size();) {
@@ -348,7 +351,12 @@ std::vector<float> MultiLabelAccumulator::tune_thresholds() const {
       const double f1 = f1_of_counts(tp, fp, positives - tp);
       if (f1 > best) {
         best = f1;
-        out[static_cast<size_t>(k)] = score;
+        float cut = score;
+        if (i < r.size()) {
+          cut = static_cast<float>((static_cast<double>(score) + r[i].score) / 2);
+          if (!(cut > r[i].score)) cut = score;  // adjacent floats: no midpoint between
+        }
+        out[static_cast<size_t>(k)] = cut;
       }
     }
   }

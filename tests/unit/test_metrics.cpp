@@ -303,9 +303,10 @@ TEST(MultiLabelMetrics, TunedThresholdsMaximiseF1) {
   const MultiLabelAccumulator acc = hand_multilabel();
   const std::vector<float> t = acc.tune_thresholds();
   ASSERT_EQ(t.size(), 4u);
-  // Label 0: F1 2/3 at both 0.7 and 0.4; the higher wins. Label 1: 2/3 at 0.3.
-  EXPECT_EQ(t[0], 0.7f);
-  EXPECT_EQ(t[1], 0.3f);
+  // Label 0: F1 2/3 at both 0.7 and 0.4; the higher wins, and the threshold goes midway to
+  // the next score below (0.6). Label 1: 2/3 at 0.3, midway to 0.1.
+  EXPECT_NEAR(t[0], 0.65, 1e-6);
+  EXPECT_NEAR(t[1], 0.2, 1e-6);
   EXPECT_EQ(t[2], 0.5f);  // no positives
   EXPECT_EQ(t[3], 0.5f);
   const MultiLabelMetrics tuned = acc.compute(t), half = acc.compute({});
@@ -362,7 +363,7 @@ TEST(MultiLabelMetrics, JsonNamesTheLabels) {
   EXPECT_DOUBLE_EQ(j.at("mean_ap").get<double>(), 11.0 / 18);
   EXPECT_EQ(j.at("per_label").at(0).at("label").get<std::string>(), "red");
   EXPECT_EQ(j.at("per_label").at(0).at("positives").get<int64_t>(), 3);
-  EXPECT_EQ(j.at("per_label").at(0).at("threshold").get<double>(), 0.7);  // not 0.69999...
+  EXPECT_NEAR(j.at("per_label").at(0).at("threshold").get<double>(), 0.65, 1e-6);
   EXPECT_THROW(m.to_json({"red"}), Error);
 }
 
