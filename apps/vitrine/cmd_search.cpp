@@ -421,6 +421,13 @@ void add_search_command(CLI::App& app, int& status) {
     VT_CHECK(!a->route || !embedder.labels().empty(),
              "--route-by-category needs a model with a classification head (this one is a "
              "backbone); fine-tune one on the catalogue's categories with `vitrine train`");
+    if (a->route) {  // the model's classes must name catalogue categories for routing to apply
+      const search::Filter any{"category", "=", embedder.labels()};
+      VT_CHECK(db->catalog().product_count_where({any}) > 0,
+               "--route-by-category: none of the model's classes (",
+               embedder.labels().front(), ", ...) is a category of the catalogue; route with "
+               "a model fine-tuned on the catalogue's categories");
+    }
     std::vector<std::string> warnings;
     const auto paths = image::expand_image_paths(a->images, &warnings);
     for (const auto& w : warnings) spdlog::warn("{}", w);
@@ -464,7 +471,10 @@ void add_search_command(CLI::App& app, int& status) {
             hits = db->search(e.embedding.data(), 1, routed).front();
             route["categories"] = f.values;
             if (static_cast<int64_t>(hits.size()) < a->k) {
-              route["fallback"] = "the predicted categories hold fewer than k products";
+              route["fallback"] = hits.empty() ? "no product of the catalogue has the predicted "
+                                                 "categories"
+                                               : "the predicted categories hold fewer than k "
+                                                 "products";
               hits.clear();
             }
           } else {

@@ -156,6 +156,15 @@ TEST(SearchCli, RouteByCategorySearchesThePredictedCategoriesOrFallsBack) {
   EXPECT_TRUE(line["route"].contains("fallback"));
   EXPECT_FALSE(line["route"].contains("categories"));
   EXPECT_EQ(line["results"][0]["sku"], "SKU7") << "its own photo is the best match";
+  // A catalogue whose categories the model does not name: routing could never apply.
+  std::ofstream(d + "/other.csv") << "sku,image,category\nX1,img/p1.png,nothing\n";
+  r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                        " --catalog " + q(d + "/other.csv") + " --db " + q(d + "/db2"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db2") +
+                        " --route-by-category " + q(d + "/img/p7.png"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "is a category of the catalogue");
 }
 
 TEST(SearchCli, AnotherModelIsRefusedNotMixed) {
