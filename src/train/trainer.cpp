@@ -766,7 +766,8 @@ void Trainer::State::save_state(int64_t epochs_done, const EpochProgress& progre
                      {"bad_epochs", bad_epochs},
                      {"history", history},
                      {"confident_sum", confident_sum},
-                     {"confident_steps", confident_steps}};
+                     {"confident_steps", confident_steps},
+                     {"epochs", o.epochs}};
     write_state_file(f, "trainer.json", {kStateVersion, o.seed, epochs_done, step, progress},
                      extra.dump());
   });
@@ -783,6 +784,11 @@ void Trainer::State::load_state() {
   step = h.step;
   resume_progress = h.progress;
   const json j = json::parse(text);
+  if (const int64_t planned = j.value("epochs", o.epochs); planned != o.epochs) {
+    spdlog::warn("the run was planned for {} epochs and resumes with --epochs {}: the "
+                 "learning-rate schedule is planned again from here, so the result differs "
+                 "from an uninterrupted run of either length", planned, o.epochs);
+  }
   result.best_epoch = j.at("best_epoch");
   result.best_value = j.at("best_value");
   bad_epochs = j.at("bad_epochs");

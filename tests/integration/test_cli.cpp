@@ -315,6 +315,12 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
   EXPECT_EQ(json_lines(r.out)[0]["images"], 8);
   EXPECT_EQ(json_lines(r.out)[0]["top1"], lines[0]["top1"]);
   EXPECT_EQ(r.err.find("none in train"), std::string::npos) << r.err;
+  // Resuming with more epochs than planned goes on, and says the schedule is planned again.
+  r = test::run_command(bin + " train --init " + q(d + "/pre/last") + " --data " +
+                        q(d + "/data") + " --epochs 2 --batch-size 4 --threads 2 --resume --out " +
+                        q(d + "/fine"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "planned for 1 epochs and resumes with --epochs 2");
   // A ViT has no ResNet stem: a clear error, exit 2.
   r = test::run_command(bin + " pretrain --model vit_ti_16 --stem small --data " +
                         q(d + "/data") + " --out " + q(d + "/bad"));
