@@ -117,7 +117,7 @@ struct IndexArgs {
 
 /// One output line per product, written after its batch is committed.
 void report_line(const nlohmann::json& line, bool quiet) {
-  if (quiet && line.value("status", "") != "failed") return;
+  if (quiet && line.value("status", "") != "failed" && !line.contains("image_errors")) return;
   std::cout << json_text(line) << "\n";
 }
 
@@ -129,6 +129,7 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
     report_line(line, a.quiet);
   }
   int64_t stored = 0, unchanged = 0, failed = static_cast<int64_t>(file.errors.size());
+  int64_t with_bad_photos = 0;  ///< stored or unchanged, some of their photos unreadable
   Progress progress("index", static_cast<int64_t>(file.rows.size()), "product");
   for (size_t begin = 0; begin < file.rows.size(); begin += static_cast<size_t>(a.batch_size)) {
     const size_t end = std::min(file.rows.size(), begin + static_cast<size_t>(a.batch_size));
@@ -206,7 +207,7 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
         ++failed;
       } else if (!changed) {
         line["status"] = "unchanged";
-        if (!p.errors.empty()) line["image_errors"] = p.errors;
+        if (!p.errors.empty()) line["image_errors"] = p.errors, ++with_bad_photos;
         ++unchanged;
       } else {
         search::ProductUpdate u{p.row->product, std::move(good)};
@@ -215,7 +216,7 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
         batch.push_back(std::move(u));
         line["status"] = "stored";
         line["images"] = batch.back().images.size();
-        if (!p.errors.empty()) line["image_errors"] = p.errors;
+        if (!p.errors.empty()) line["image_errors"] = p.errors, ++with_bad_photos;
         ++stored;
       }
       lines.push_back(std::move(line));
@@ -227,11 +228,15 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
   }
   progress.finish();
   db.save();
-  spdlog::info("{} stored, {} unchanged, {} failed; the database holds {} products, {} images "
-               "({} index)",
-               stored, unchanged, failed, db.catalog().product_count(),
-               db.catalog().image_count(), db.index() ? db.index()->kind() : "no");
-  return failed > 0 ? kExitSomeFailed : kExitOk;
+  spdlog::info("{} stored, {} unchanged, {} failed{}; the database holds {} products, {} "
+               "images ({} index)",
+               stored, unchanged, failed,
+               with_bad_photos > 0
+                   ? fmt::format(" ({} kept without some unreadable photos)", with_bad_photos)
+                   : std::string(),
+               db.catalog().product_count(), db.catalog().image_count(),
+               db.index() ? db.index()->kind() : "no");
+  return failed > 0 || with_bad_photos > 0 ? kExitSomeFailed : kExitOk;
 }
 
 /// Indexes a data source's items as products: SKU and image reference the item's name,
@@ -343,7 +348,7 @@ void add_index_command(CLI::App& app, int& status) {
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
   cmd->add_option("--max-pixels", a->max_pixels, "Refuse larger images (from the header)");
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
-  cmd->add_flag("--quiet,-q", a->quiet, "Print only the products that failed");
+  cmd->add_flag("--quiet,-q", a->quiet, "Print only the products that failed or lost unreadable photos");
   cmd->callback([a, &status] {
     VT_CHECK(!a->catalog.empty() || !a->data.source.empty(),
              "give --catalog products.csv or --data SOURCE");
@@ -502,6 +507,11 @@ void add_remove_command(CLI::App& app, int& status) {
   cmd->add_option("--db", *db_dir, "Search database folder")->required();
   cmd->add_option("skus", *skus, "SKUs to delete")->required();
   cmd->callback([db_dir, skus, &status] {
+    // A SKU named twice is removed once, and reported once.
+    std::set<std::string> seen;
+    skus->erase(std::remove_if(skus->begin(), skus->end(),
+                               [&](const std::string& s) { return !seen.insert(s).second; }),
+                skus->end());
     auto db = open_existing_db(*db_dir);
     const auto unknown = db->remove(*skus);
     db->save();

@@ -96,8 +96,21 @@ class PositionalIndex : public VectorIndex {
   }
 
   void add(const float* x, const int64_t* ids, int64_t n) override {
-    for (int64_t i = 0; i < n; ++i) {
-      VT_DCHECK(!where_.count(ids[i]));
+    // An id already held (a change replayed twice) is not added again: a second vector would
+    // outlive the id's removal.
+    if (std::any_of(ids, ids + n, [&](int64_t id) { return where_.count(id) > 0; })) {
+      const auto d = static_cast<size_t>(index_->d);
+      std::vector<float> fresh;
+      std::vector<int64_t> fresh_ids;
+      for (int64_t i = 0; i < n; ++i) {
+        if (where_.count(ids[i]) || std::count(fresh_ids.begin(), fresh_ids.end(), ids[i])) {
+          continue;
+        }
+        fresh.insert(fresh.end(), x + static_cast<size_t>(i) * d, x + (static_cast<size_t>(i) + 1) * d);
+        fresh_ids.push_back(ids[i]);
+      }
+      if (!fresh_ids.empty()) add(fresh.data(), fresh_ids.data(), static_cast<int64_t>(fresh_ids.size()));
+      return;
     }
     index_->add(n, x);
     for (int64_t i = 0; i < n; ++i) {
@@ -174,8 +187,12 @@ class PositionalIndex : public VectorIndex {
         if (live <= kExactScanMax) {
           for (int64_t q = 0; q < nq; ++q) short_queries.push_back(q);
         } else {
-          faiss::SearchParametersHNSW params;
+          faiss::SearchParametersHNSW params;  // its defaults (efSearch 16) replace the index's
           params.sel = sel.get();
+          params.efSearch = ef_search_;
+          if (auto* h = dynamic_cast<faiss::IndexHNSW*>(index_.get())) {
+            params.check_relative_distance = h->hnsw.check_relative_distance;
+          }
           index_->search(nq, queries, k, scores, positions.data(), &params);
           for (int64_t q = 0; q < nq; ++q) {
             const auto* row = positions.data() + q * k;
@@ -273,8 +290,8 @@ class PositionalIndex : public VectorIndex {
     }
   }
 
-  /// FAISS 1.7.3's HNSW search reads the beam width from the index, not from the search
-  /// parameters (it takes only their ID selector from there).
+  /// The beam width of searches without search parameters; a search with them (a filter)
+  /// sets it there too.
   void apply_ef_search() {
     if (auto* h = dynamic_cast<faiss::IndexHNSW*>(index_.get())) h->hnsw.efSearch = ef_search_;
   }

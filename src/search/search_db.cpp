@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -201,11 +202,12 @@ void SearchDb::apply_changes(const std::vector<Change>& changes) {
   }
   constexpr size_t kBatch = 4096;
   for (size_t begin = 0; begin < to_add.size(); begin += kBatch) {
-    const std::vector<int64_t> ids(to_add.begin() + static_cast<std::ptrdiff_t>(begin),
-                                   to_add.begin() + static_cast<std::ptrdiff_t>(
-                                                        std::min(to_add.size(), begin + kBatch)));
-    const auto values = catalog_->embeddings(ids);
-    index_->add(values.data(), ids.data(), static_cast<int64_t>(ids.size()));
+    std::vector<int64_t> ids(to_add.begin() + static_cast<std::ptrdiff_t>(begin),
+                             to_add.begin() + static_cast<std::ptrdiff_t>(
+                                                  std::min(to_add.size(), begin + kBatch)));
+    // An image another process removed since the log was read: its removal comes next time.
+    const auto values = catalog_->stored_embeddings(ids);
+    if (!ids.empty()) index_->add(values.data(), ids.data(), static_cast<int64_t>(ids.size()));
   }
   if (!changes.empty()) applied_seq_ = changes.back().seq;
 }
@@ -240,7 +242,13 @@ void SearchDb::rebuild(const std::string& why) {
         }
       });
     }
-    auto index = make_index(kind, model->dim, options, train.data(), n_train);
+    IndexOptions built = options;
+    if (kind == "ivfpq" && built.ivf_lists <= 0) {  // 4 sqrt(n) of the whole catalogue, as
+      // far as the sample can train them (FAISS wants 39 vectors per list)
+      built.ivf_lists = std::clamp<int64_t>(std::lround(4 * std::sqrt(static_cast<double>(n))), 1,
+                                            std::max<int64_t>(1, n_train / 39));
+    }
+    auto index = make_index(kind, model->dim, built, train.data(), n_train);
     train = {};
     catalog_->scan_embeddings(8192, [&](const std::vector<int64_t>& ids,
                                         const std::vector<float>& values) {

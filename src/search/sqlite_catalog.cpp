@@ -450,6 +450,27 @@ class SqliteCatalog : public Catalog {
     return out;
   }
 
+  std::vector<float> stored_embeddings(std::vector<int64_t>& ids) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto stamp = model_locked();
+    VT_CHECK(stamp, "catalogue: no embeddings stored yet");
+    const auto dim = static_cast<size_t>(stamp->dim);
+    std::vector<float> out;
+    std::vector<int64_t> kept;
+    Statement s(db_, "SELECT embedding FROM images WHERE id = ?");
+    for (const int64_t id : ids) {
+      s.bind(1, id);
+      if (s.step()) {
+        out.resize((kept.size() + 1) * dim);
+        copy_embedding(s, 0, *stamp, out.data() + kept.size() * dim);
+        kept.push_back(id);
+      }
+      s.reset();
+    }
+    ids = std::move(kept);
+    return out;
+  }
+
   void scan_embeddings(int64_t batch,
                        const std::function<void(const std::vector<int64_t>&,
                                                 const std::vector<float>&)>& fn) const override {
@@ -669,6 +690,9 @@ Filter parse_filter(const std::string& text) {
                      }) != std::end(kFields) ||
                      (f.field.rfind("attributes.", 0) == 0 && f.field.size() > 11);
   VT_CHECK(known, "bad filter '", text, "': unknown field '", f.field, "'", kForms);
+  // SQLite's JSON paths have no escapes: such a key could match nothing or fail the query.
+  VT_CHECK(f.field.find_first_of("\"\\") == std::string::npos, "bad filter '", text,
+           "': attribute names with \" or \\ cannot be filtered on");
   if (op == "=" || op == "!=") {
     size_t start = 0;
     while (true) {

@@ -98,7 +98,9 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
   cv::imwrite(d + "/img/p5.png", m);
   r = test::run_command(index + " --quiet");
   lines = json_lines(r.out);
-  EXPECT_EQ(lines.size(), 2u) << "--quiet prints the failures only: " << r.out;
+  EXPECT_EQ(lines.size(), 3u) << "--quiet prints the failures and PART1, kept without its "
+                                  "unreadable photo: " << r.out;
+  EXPECT_EQ(r.status, 1);
   r = test::run_command(index);
   status.clear();
   for (const auto& l : json_lines(r.out)) {
@@ -119,9 +121,12 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
   EXPECT_NEAR(lines[0]["results"][0]["score"].get<double>(), 1.0, 1e-4);
   EXPECT_TRUE(lines[1].contains("error"));
   // Removing: unknown SKUs named, the others gone.
-  r = test::run_command(q(test::vitrine_bin()) + " remove --db " + q(d + "/db") + " SKU5 NOPE");
+  r = test::run_command(q(test::vitrine_bin()) + " remove --db " + q(d + "/db") +
+                        " SKU5 NOPE SKU5");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.out.find("\"sku\":\"NOPE\",\"status\":\"unknown\""), std::string::npos) << r.out;
+  EXPECT_EQ(json_lines(r.out).size(), 2u) << "SKU5 named twice is removed once: " << r.out;
+  EXPECT_EQ(json_lines(r.out).at(0)["status"], "removed") << r.out;
   r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " --k 1 " +
                         q(d + "/img/p5.png"));
   EXPECT_NE(json_lines(r.out).at(0)["results"][0]["sku"], "SKU5");

@@ -114,6 +114,8 @@ TEST(SearchFilter, ParsesTheDocumentedForms) {
   EXPECT_EQ(parse_filter("attributes.colour=red").field, "attributes.colour");
   EXPECT_EQ(parse_filter("price>2.5").op, ">");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("colour=red"); }), "unknown field 'colour'");
+  EXPECT_CONTAINS(test::error_of([] { parse_filter("attributes.a\\b=x"); }), "cannot be filtered");
+  EXPECT_CONTAINS(test::error_of([] { parse_filter("attributes.a\"b=x"); }), "cannot be filtered");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("price<=cheap"); }), "not one");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("category"); }), "forms:");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("=shoes"); }), "bad filter");
@@ -618,6 +620,30 @@ TEST(SearchIndex, ASelectiveFilterStillGivesTheTopKOfTheFilteredSet) {
         EXPECT_EQ(same, nq * want) << "small filtered sets are scanned exactly";
       }
     }
+  }
+}
+
+TEST(VectorIndex, AnImageAddedTwiceIsHeldOnceAndGoneWhenRemoved) {
+  std::mt19937_64 rng(11);
+  std::vector<float> x;
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < 50; ++i) {
+    const auto v = unit_vector(rng);
+    x.insert(x.end(), v.begin(), v.end());
+    ids.push_back(100 + i);
+  }
+  IndexOptions options;
+  for (const std::string kind : {"flat", "hnsw"}) {
+    auto index = make_index(kind, kDim, options, x.data(), 50);
+    index->add(x.data(), ids.data(), 50);
+    index->add(x.data(), ids.data(), 10);  // a change replayed twice
+    EXPECT_EQ(index->size(), 50) << kind;
+    index->remove({ids[0]});
+    std::vector<float> scores(5);
+    std::vector<int64_t> found(5);
+    index->search(x.data(), 1, 5, nullptr, scores.data(), found.data());
+    EXPECT_EQ(std::count(found.begin(), found.end(), ids[0]), 0) << kind;
+    EXPECT_EQ(found[0] >= 0, true) << kind;
   }
 }
 

@@ -119,6 +119,9 @@ class Catalog {
   /// Embeddings of these images, `dim` floats each, in the order of `ids`; throws for an id
   /// not stored.
   virtual std::vector<float> embeddings(const std::vector<int64_t>& ids) const = 0;
+  /// As embeddings(), for those of `ids` still stored: the others (removed meanwhile by
+  /// another process) are dropped from `ids`.
+  virtual std::vector<float> stored_embeddings(std::vector<int64_t>& ids) const = 0;
   /// Calls `fn(ids, embeddings)` for all stored embeddings in batches of up to `batch`.
   virtual void scan_embeddings(
       int64_t batch,
