@@ -2,9 +2,11 @@
 
 #include "vitrine/core/error.h"
 
+#include <torch/nn/modules/batchnorm.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <regex>
@@ -163,6 +165,16 @@ int64_t apply_freeze(models::VisionModelImpl& model, const std::string& spec) {
            " (module paths are checkpoint key prefixes, e.g. layer3 or "
            "encoder.layers.encoder_layer_6)");
   return frozen;
+}
+
+void hold_frozen_batch_norms(models::VisionModelImpl& model) {
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (!m->as<torch::nn::BatchNorm2dImpl>()) continue;
+    const auto params = m->parameters();
+    const bool frozen = std::none_of(params.begin(), params.end(),
+                                     [](const at::Tensor& p) { return p.requires_grad(); });
+    if (frozen && !params.empty()) m->eval();
+  }
 }
 
 }  // namespace vitrine::train

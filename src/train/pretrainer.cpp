@@ -364,6 +364,9 @@ Pretrainer::Pretrainer(PretrainOptions options) : s_(std::make_unique<State>()) 
   s.o = std::move(options);
   const auto& o = s.o;
   VT_CHECK(!o.out_dir.empty(), "give --out DIR for the run's checkpoints and logs");
+  VT_CHECK(o.data.labels_per_class == 0 && o.data.label_fraction == 1.0,
+           "pretraining reads no labels: --labels-per-class and --label-fraction would only "
+           "drop unlabelled photos; leave them to `vitrine train`");
   VT_CHECK(o.method == "simclr" || o.method == "mae", "--method ", o.method,
            " is not supported; use simclr (contrastive learning of two augmented views) or, "
            "for a ViT, mae (masked autoencoder)");

@@ -670,10 +670,19 @@ std::string class_name(const std::vector<std::string>& classes, size_t i) {
   return i < classes.size() ? classes[i] : std::to_string(i);
 }
 
-std::string history_table(const std::vector<EpochRecord>& history, bool has_val) {
+/// The epochs as a table. Multi-label runs show validation mAP and F1 (no loss or top-k is
+/// measured there); top-5 is left out with 5 classes or fewer, where it is always 100%.
+std::string history_table(const std::vector<EpochRecord>& history, bool has_val,
+                          bool multi_label, bool top5) {
   std::string out = "<div class=\"scroll\"><table class=\"history\">\n<thead><tr><th>epoch</th>"
-                    "<th>lr</th><th>train loss</th><th>train top-1</th>";
-  if (has_val) out += "<th>val loss</th><th>val top-1</th><th>val top-5</th><th>val macro-F1</th>";
+                    "<th>lr</th><th>train loss</th><th>" +
+                    std::string(multi_label ? "train label accuracy" : "train top-1") + "</th>";
+  if (has_val && multi_label) {
+    out += "<th>val mAP</th><th>val micro-F1</th><th>val macro-F1</th>";
+  } else if (has_val) {
+    out += std::string("<th>val loss</th><th>val top-1</th>") + (top5 ? "<th>val top-5</th>" : "") +
+           "<th>val macro-F1</th>";
+  }
   out += "<th>time</th><th>img/s</th></tr></thead>\n<tbody>\n";
   for (const auto& r : history) {
     out += r.best ? "<tr class=\"best\" title=\"best epoch\">" : "<tr>";
@@ -681,11 +690,16 @@ std::string history_table(const std::vector<EpochRecord>& history, bool has_val)
     out += "<td>" + (std::isfinite(r.lr) ? general(r.lr, 3) : "–") + "</td>";
     out += "<td>" + num(r.train_loss, 4) + "</td><td>" + pct(r.train_top1) + "</td>";
     if (has_val) {
-      if (r.has_val) {
-        out += "<td>" + num(r.val_loss, 4) + "</td><td>" + pct(r.val_top1) + "</td><td>" +
-               pct(r.val_top5) + "</td><td>" + num(r.val_macro_f1, 4) + "</td>";
+      const int columns = multi_label ? 3 : top5 ? 4 : 3;
+      if (!r.has_val) {
+        for (int c = 0; c < columns; ++c) out += "<td>–</td>";
+      } else if (multi_label) {
+        out += "<td>" + num(r.val_map, 4) + "</td><td>" + num(r.val_micro_f1, 4) + "</td><td>" +
+               num(r.val_macro_f1, 4) + "</td>";
       } else {
-        out += "<td>–</td><td>–</td><td>–</td><td>–</td>";
+        out += "<td>" + num(r.val_loss, 4) + "</td><td>" + pct(r.val_top1) + "</td>" +
+               (top5 ? "<td>" + pct(r.val_top5) + "</td>" : "") + "<td>" +
+               num(r.val_macro_f1, 4) + "</td>";
       }
     }
     out += "<td>" + num(r.seconds, 1) + " s</td><td>" + num(r.img_per_s, 0) + "</td></tr>\n";
@@ -701,7 +715,8 @@ std::string card(const std::string& value, const std::string& label) {
 std::string test_section(const ClassificationMetrics& m, const std::vector<std::string>& classes,
                          const std::string& confusion_svg) {
   std::string out = "<section id=\"test\">\n<h2>Test</h2>\n<div class=\"cards\">";
-  out += card(pct(m.top1), "top-1 accuracy") + card(pct(m.top5), "top-5 accuracy") +
+  out += card(pct(m.top1), "top-1 accuracy") +
+         (m.per_class.size() > 5 ? card(pct(m.top5), "top-5 accuracy") : std::string()) +
          card(num(m.macro_f1, 4), "macro-F1") + card(num(m.ece, 4), "calibration error (ECE)") +
          card(num(m.loss, 4), "loss") + card(std::to_string(m.count), "images");
   out += "</div>\n";
@@ -767,8 +782,11 @@ void write_report(const std::string& dir, const ReportInput& input) {
 
   // Build everything before writing anything, so a bad input leaves no half report.
   std::vector<double> epochs;
-  std::vector<double> train_loss, val_loss, train_top1, val_top1, val_top5, val_f1;
+  std::vector<double> train_loss, val_loss, train_top1, val_top1, val_top5, val_f1, val_map,
+      val_micro;
   bool has_val = false;
+  const bool multi = input.multi_label;
+  const bool top5 = !multi && (input.classes.empty() || input.classes.size() > 5);
   const double nan = std::numeric_limits<double>::quiet_NaN();
   for (const auto& r : input.history) {
     epochs.push_back(static_cast<double>(r.epoch));
@@ -779,14 +797,20 @@ void write_report(const std::string& dir, const ReportInput& input) {
     val_top1.push_back(r.has_val ? 100 * r.val_top1 : nan);
     val_top5.push_back(r.has_val ? 100 * r.val_top5 : nan);
     val_f1.push_back(r.has_val ? 100 * r.val_macro_f1 : nan);
+    val_map.push_back(r.has_val ? 100 * r.val_map : nan);
+    val_micro.push_back(r.has_val ? 100 * r.val_micro_f1 : nan);
   }
   std::vector<std::pair<std::string, std::vector<double>>> loss_series = {{"train", train_loss}};
   std::vector<std::pair<std::string, std::vector<double>>> accuracy_series = {
-      {"train top-1", train_top1}};
-  if (has_val) {
+      {multi ? "train label accuracy" : "train top-1", train_top1}};
+  if (has_val && multi) {
+    accuracy_series.emplace_back("val mAP", val_map);
+    accuracy_series.emplace_back("val micro-F1", val_micro);
+    accuracy_series.emplace_back("val macro-F1", val_f1);
+  } else if (has_val) {
     loss_series.emplace_back("validation", val_loss);
     accuracy_series.emplace_back("val top-1", val_top1);
-    accuracy_series.emplace_back("val top-5", val_top5);
+    if (top5) accuracy_series.emplace_back("val top-5", val_top5);
     accuracy_series.emplace_back("val macro-F1", val_f1);
   }
   const std::string loss_svg = svg_line_chart("Loss", "epoch", "loss", epochs, loss_series);
@@ -821,7 +845,7 @@ void write_report(const std::string& dir, const ReportInput& input) {
     html += "<p class=\"muted\">No epochs recorded.</p>\n";
   } else {
     html += "<div class=\"charts\">\n<figure>\n" + loss_svg + "</figure>\n<figure>\n" +
-            accuracy_svg + "</figure>\n</div>\n" + history_table(input.history, has_val);
+            accuracy_svg + "</figure>\n</div>\n" + history_table(input.history, has_val, multi, top5);
   }
   html += "</section>\n";
 

@@ -417,7 +417,8 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   at::Tensor soft = multi ? hard.to(at::kFloat) * (1.0 - o.label_smoothing) + o.label_smoothing / 2
                           : smoothed_targets(hard, k, o.label_smoothing);
   const bool use_mixup = o.mixup > 0, use_cutmix = o.cutmix > 0;
-  if ((use_mixup || use_cutmix) && images.size(0) > 1) {
+  const bool mixed = (use_mixup || use_cutmix) && images.size(0) > 1;
+  if (mixed) {
     const bool cut = use_cutmix && (!use_mixup || std::bernoulli_distribution(0.5)(rng));
     double lam = beta_sample(cut ? o.cutmix : o.mixup, rng);
     // Pair each sample with its neighbour in the reversed batch, as timm does.
@@ -476,7 +477,8 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
     top1 = logits.gt(0).eq(hard.gt(0.5)).to(at::kFloat).mean().item<double>();
     return at::binary_cross_entropy_with_logits(logits.to(at::kFloat), soft);
   }
-  at::Tensor loss = soft_cross_entropy(logits.to(at::kFloat), soft, class_weights);
+  at::Tensor loss =
+      soft_cross_entropy(logits.to(at::kFloat), soft, class_weights, mixed ? at::Tensor() : hard);
   top1 = logits.argmax(1).eq(hard).to(at::kFloat).mean().item<double>();
   if (teacher && o.distill_alpha > 0) {
     // The teacher sees what the model sees (mixed, cut or attacked images included).
@@ -599,6 +601,7 @@ void Trainer::State::write_run_report() {
   in.title = cfg.arch + " on " + o.data.source;
   in.history = result.history;
   in.classes = data.classes;
+  in.multi_label = data.multi_label;
   in.facts = {{"data", o.data.source},
               {"model", o.init_dir.empty() ? cfg.arch + " (from scratch)" : o.init_dir},
               {"images", std::to_string(data.train->size()) + " train, " +
@@ -986,6 +989,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     s.model->train();
     // A linear probe keeps the frozen backbone's batch norms on their stored statistics.
     if (o.freeze == "backbone") s.model->eval();
+    hold_frozen_batch_norms(*s.model);  // and so does --freeze until:<module>
     hooks.save = [&s, epoch](const EpochProgress& p) {
       if (s.lead()) s.save_state(epoch, p);
     };

@@ -142,6 +142,22 @@ TEST(Freeze, UntilModuleAndErrors) {
                         p.key().rfind("fc", 0) != 0;
     EXPECT_EQ(p.value().requires_grad(), !before) << p.key();
   }
+  // A training step moves the running statistics of the batch norms it trains, not of the
+  // frozen ones.
+  model->train();
+  hold_frozen_batch_norms(*model);
+  auto buffer = [&](const std::string& name) {
+    for (const auto& b : model->named_buffers()) {
+      if (b.key() == name) return b.value().clone();
+    }
+    ADD_FAILURE() << "no buffer " << name;
+    return at::Tensor();
+  };
+  const at::Tensor frozen_before = buffer("layer1.0.bn1.running_mean");
+  const at::Tensor trained_before = buffer("layer3.0.bn1.running_mean");
+  model->forward(at::randn({4, 3, 32, 32}));
+  EXPECT_TRUE(at::equal(buffer("layer1.0.bn1.running_mean"), frozen_before));
+  EXPECT_FALSE(at::equal(buffer("layer3.0.bn1.running_mean"), trained_before));
   EXPECT_THROW(apply_freeze(*model, "until:layer9"), Error);
   EXPECT_THROW(apply_freeze(*model, "head"), Error);
 }

@@ -286,6 +286,10 @@ TEST(Pretrain, BadOptionsAreExplained) {
   train::PretrainOptions o = small_pretrain(dir + "/photos", dir + "/run");
   o.method = "byol";
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "not supported");
+  o.method = "simclr";
+  o.data.labels_per_class = 60;  // would drop unlabelled photos
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "reads no labels");
+  o.data.labels_per_class = 0;
   o.method = "mae";  // on a ResNet
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "needs a ViT");
   o = small_mae(dir + "/photos", dir + "/vit");

@@ -534,6 +534,24 @@ ClassificationMetrics three_class_metrics() {
   return m;
 }
 
+TEST_F(ReportWrite, MultiLabelRunsShowValidationMapAndF1) {
+  ReportInput in;
+  in.title = "multi";
+  in.multi_label = true;
+  in.classes = {"red", "blue"};
+  EpochRecord r = epoch(1, 0.5, 0.9, true);
+  r.val_map = 0.8125;
+  r.val_micro_f1 = 0.75;
+  in.history = {r};
+  write_report(dir_.string(), in);
+  const std::string html = read_file(dir_ / "report.html");
+  EXPECT_TRUE(contains(html, "<th>val mAP</th>"));
+  EXPECT_TRUE(contains(html, "0.8125"));
+  EXPECT_FALSE(contains(html, "val top-1"));
+  EXPECT_FALSE(contains(html, "val loss"));
+  EXPECT_TRUE(contains(read_file(dir_ / "accuracy.svg"), "data-series=\"val mAP\""));
+}
+
 TEST_F(ReportWrite, WritesEveryFileAtomically) {
   const ClassificationMetrics test = three_class_metrics();
   ReportInput in;
@@ -554,6 +572,9 @@ TEST_F(ReportWrite, WritesEveryFileAtomically) {
   }
   EXPECT_TRUE(contains(read_file(dir_ / "confusion.svg"), "&lt;b&gt;&amp;&quot;x&quot;"));
   EXPECT_TRUE(contains(read_file(dir_ / "accuracy.svg"), "data-series=\"val top-1\""));
+  // Three classes: top-5 would always be 100%, so it is not shown.
+  EXPECT_FALSE(contains(read_file(dir_ / "accuracy.svg"), "val top-5"));
+  EXPECT_FALSE(contains(read_file(dir_ / "report.html"), "top-5"));
 
   const std::string html = read_file(dir_ / "report.html");
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);

@@ -10,6 +10,7 @@
 #include "vitrine/models/predictor.h"
 #include "vitrine/models/registry.h"
 #include "vitrine/train/evaluate.h"
+#include "vitrine/train/loss.h"
 #include "vitrine/train/trainer.h"
 
 #include <ATen/ATen.h>
@@ -755,4 +756,20 @@ TEST(Trainer, UnlabelledPhotosLearnTheTeachersTargets) {
   o.teacher_dir = teacher.last_dir;
   EXPECT_CONTAINS(test::error_of([&] { train::Trainer{o}; }), "name them with --unlabelled");
   fs::remove_all(dir);
+}
+
+// Reference: torch.nn.functional.cross_entropy(logits, y, weight=w[, label_smoothing=0.1])
+// in python3-torch 1.13 on these numbers.
+TEST(Loss, ClassWeightedCrossEntropyEqualsPyTorch) {
+  const at::Tensor logits = at::tensor({1.0f, -0.5f, 0.25f, 0.3f, 0.2f, -1.0f, -0.7f, 1.5f, 0.1f,
+                                        0.0f, 0.4f, 2.0f})
+                                .view({4, 3});
+  const at::Tensor y = at::tensor({0, 0, 1, 2}, at::kLong);
+  const at::Tensor w = at::tensor({0.5f, 2.0f, 1.0f});
+  EXPECT_NEAR(train::soft_cross_entropy(logits, train::smoothed_targets(y, 3, 0.1), w, y)
+                  .item<double>(),
+              0.5048940181732178, 1e-6);
+  EXPECT_NEAR(
+      train::soft_cross_entropy(logits, train::smoothed_targets(y, 3, 0.0), w, y).item<double>(),
+      0.38869765400886536, 1e-6);
 }

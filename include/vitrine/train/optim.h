@@ -65,4 +65,9 @@ void apply_schedule(torch::optim::Optimizer& optimizer, const std::vector<ParamG
 /// until:encoder.layers.encoder_layer_6). Returns the number of frozen tensors.
 int64_t apply_freeze(models::VisionModelImpl& model, const std::string& spec);
 
+/// Puts the batch norms whose weights are all frozen in eval mode (call after train()): their
+/// running statistics stay the checkpoint's, as timm's freeze() keeps them, instead of
+/// drifting towards the new data while their layer is called frozen.
+void hold_frozen_batch_norms(models::VisionModelImpl& model);
+
 }  // namespace vitrine::train

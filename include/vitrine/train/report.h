@@ -58,6 +58,7 @@ struct ReportInput {
   std::vector<std::pair<std::string, std::string>> facts;
   std::vector<EpochRecord> history;
   std::vector<std::string> classes;
+  bool multi_label = false;  ///< validation shown as mAP and F1 (val_map, val_micro_f1)
   const ClassificationMetrics* test = nullptr;  ///< optional: metrics on the held-out split
   std::vector<ReportSample> samples;            ///< optional: a grid of test images
 };
