@@ -290,7 +290,7 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
         const auto labels = d->labels(i);
         if (!labels.empty()) p.category = d->classes().at(static_cast<size_t>(labels.front()));
         p.title = p.category;
-        const cv::Mat& m = images[at];
+        const cv::Mat m = images[at].isContinuous() ? images[at] : images[at].clone();
         const std::string hash = sha256_hex(m.data, m.total() * m.elemSize());
         // A photo of a packed data set (Fashion-MNIST's files) is no file of its own: a PNG
         // copy in the database lets `vitrine serve` show it.
@@ -683,6 +683,11 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     auto db = open_existing_db(a->db, a->index);
     search::EmbedderOptions eo;
     eo.precision = a->precision;
+    // A query file is found in the catalogue by its bytes, or by its pixels as `index --data`
+    // hashed them, or as the PNG copy `serve` (or `index` of a packed data set) keeps.
+    std::error_code ec;
+    eo.pixel_hashes = true;
+    eo.png_hash = fs::is_directory(db->photo_dir(), ec) && !fs::is_empty(db->photo_dir(), ec);
     const search::Embedder embedder(model_for(*db, a->model), eo);
     check_same_model(*db, embedder);
     std::vector<Query> list;
@@ -731,11 +736,6 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       for (size_t e = 0; e < n; ++e) examples[e * list.size() / n] = {};
     }
     int64_t failed = 0, found_self = 0, only_self = 0;
-    // Photos stored through `vitrine serve` (and copies of packed data sets) are kept as PNG
-    // copies, hashed as such: a query file is then found by its pixels as well.
-    std::error_code ec;
-    const bool has_copies =
-        !dataset && fs::is_directory(db->photo_dir(), ec) && !fs::is_empty(db->photo_dir(), ec);
     Progress progress("eval-retrieval", static_cast<int64_t>(list.size()), "query");
     for (size_t begin = 0; begin < list.size(); begin += static_cast<size_t>(a->batch_size)) {
       const size_t end = std::min(list.size(), begin + static_cast<size_t>(a->batch_size));
@@ -773,12 +773,9 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
         const std::string& hash = embedded[i].content_hash;
         std::vector<int64_t> own;
         if (!hash.empty()) own = db->catalog().image_ids_with_hash(hash);
-        if (own.empty() && has_copies) {
-          try {
-            const auto png = image::encode_png(image::decode_file(list[begin + i].image));
-            own = db->catalog().image_ids_with_hash(sha256_hex(png.data(), png.size()));
-          } catch (const std::exception&) {  // it decoded for its embedding just now
-          }
+        for (const auto& pixels : embedded[i].pixel_hashes) {
+          if (!own.empty()) break;
+          own = db->catalog().image_ids_with_hash(pixels);
         }
         const auto& skus = list[begin + i].skus;
         if (!own.empty() && !skus.empty()) {

@@ -91,6 +91,19 @@ std::vector<Embedded> Embedder::embed_files(const std::vector<std::string>& path
       try {
         e.content_hash = sha256_hex(bytes.data(), bytes.size());
         const cv::Mat rgb = image::decode(bytes.data(), bytes.size(), decode);
+        if (impl_->options.pixel_hashes) {
+          e.pixel_hashes.push_back(sha256_hex(rgb.data, rgb.total() * rgb.elemSize()));
+          std::vector<cv::Mat> channels;
+          cv::split(rgb, channels);
+          if (cv::countNonZero(channels[0] != channels[1]) == 0 &&
+              cv::countNonZero(channels[0] != channels[2]) == 0) {  // grey: as packed sets
+            e.pixel_hashes.push_back(sha256_hex(channels[0].data, channels[0].total()));
+          }
+          if (impl_->options.png_hash) {
+            const auto png = image::encode_png(rgb);
+            e.pixel_hashes.push_back(sha256_hex(png.data(), png.size()));
+          }
+        }
         inputs[static_cast<size_t>(i)] = impl_->predictor.preprocess(rgb);
       } catch (const c10::Error& ex) {
         e.error = path + ": " + ex.what_without_backtrace();

@@ -363,6 +363,13 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
   m = json::parse(read_text_file(d + "/m.json"));
   EXPECT_GT(m["queries"].get<int>(), 0);
   EXPECT_EQ(m["found_self"], m["queries"]);
+  // The data set's files as query files are found by their pixels, as `index --data`
+  // hashed them: no query answers itself.
+  std::ofstream(d + "/setq.csv") << "image,category\n" << d << "/set/shoes/shoes0.png,shoes\n";
+  r = test::run_command(q(test::vitrine_bin()) + " eval-retrieval --db " + q(d + "/db2") +
+                        " --queries " + q(d + "/setq.csv") + " --json " + q(d + "/m.json"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json::parse(read_text_file(d + "/m.json"))["found_self"], 1);
 }
 
 TEST(SearchCli, PhotosOfAPackedDataSetAreStoredForTheServiceAndDeletedWithTheirProduct) {

@@ -23,6 +23,10 @@ struct ClassScore {
 struct Embedded {
   std::string error;             ///< empty when ok
   std::string content_hash;      ///< SHA-256 of the file (files only)
+  /// With EmbedderOptions::pixel_hashes (files only): SHA-256 of the decoded pixels (RGB),
+  /// and of one channel when the photo is grey, as `vitrine index --data` hashes photos;
+  /// with png_hash also of the PNG copy `serve` keeps of a photo.
+  std::vector<std::string> pixel_hashes;
   std::vector<float> embedding;  ///< dim floats, unit length
   std::vector<ClassScore> top;   ///< the model's best classes (empty for a headless model)
   bool ok() const { return error.empty(); }
@@ -32,6 +36,8 @@ struct EmbedderOptions {
   std::string precision = "auto";  ///< auto | fp32 | bf16 | int8
   int64_t max_pixels = 100'000'000;
   int64_t top_classes = 5;
+  bool pixel_hashes = false;  ///< fill Embedded::pixel_hashes
+  bool png_hash = false;      ///< ... adding the hash of the photo's PNG copy (slower)
 };
 
 /// The stamp of a model directory, as Embedder::stamp() gives it, without loading the weights
