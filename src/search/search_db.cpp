@@ -104,6 +104,18 @@ bool SearchDb::load_index_file() {
     VT_CHECK(index->dim() == stamp.dim, path, " holds vectors of ", index->dim(),
              " dims, its header says ", stamp.dim);
     kind_option_ = options_.kind != "auto" ? options_.kind : header.value("kind_option", "auto");
+    // Build settings a command leaves at their defaults are the index's own: a rebuild by
+    // `vitrine remove` keeps the --pq-m that `vitrine index` was given.
+    const IndexOptions defaults;
+    if (options_.hnsw_m == defaults.hnsw_m) options_.hnsw_m = header.value("hnsw_m", defaults.hnsw_m);
+    if (options_.hnsw_ef_construction == defaults.hnsw_ef_construction) {
+      options_.hnsw_ef_construction =
+          header.value("hnsw_ef_construction", defaults.hnsw_ef_construction);
+    }
+    if (options_.ivf_lists == defaults.ivf_lists) {
+      options_.ivf_lists = header.value("ivf_lists", defaults.ivf_lists);
+    }
+    if (options_.pq_m == defaults.pq_m) options_.pq_m = header.value("pq_m", defaults.pq_m);
     const std::string want = target_kind(catalog_->image_count());
     if (want != index->kind()) {
       report_.why = "a " + want + " index is asked for, the file holds " + index->kind();
@@ -338,7 +350,12 @@ void SearchDb::save() {
                               {"applied_seq", applied_seq_},
                               {"kind", index_->kind()},
                               {"kind_option", kind_option_},
-                              {"count", index_->size()}};
+                              {"count", index_->size()},
+                              // How to build it again (a rebuild by a later command):
+                              {"hnsw_m", options_.hnsw_m},
+                              {"hnsw_ef_construction", options_.hnsw_ef_construction},
+                              {"ivf_lists", options_.ivf_lists},
+                              {"pq_m", options_.pq_m}};
   const std::string header_text = header.dump();
   write_file_atomic(index_path(), [&](std::ostream& out) {
     out.write(kMagic, 4);

@@ -203,6 +203,29 @@ TEST(SearchCatalog, RejectsAFileThatIsNotACatalogue) {
                   "cannot use");
 }
 
+TEST(SearchDb, TheIndexKeepsItsBuildSettingsForLaterCommands) {
+  const auto dir = test::temp_dir("search_build_settings");
+  std::mt19937_64 rng(4);
+  IndexOptions options;
+  options.kind = "hnsw";
+  options.hnsw_m = 8;
+  {
+    auto db = SearchDb::open(dir, options);
+    db->use_model(kModel);
+    db->upsert({random_product("a", 1, rng)});
+    db->save();
+  }
+  // A later command with default settings (vitrine remove, index without --hnsw-m) saves
+  // the index with the settings it was built with.
+  {
+    auto db = SearchDb::open(dir, {});
+    db->upsert({random_product("b", 1, rng)});
+    db->save();
+  }
+  const std::string file = read_text_file(SearchDb::open(dir, {})->index_path());
+  EXPECT_NE(file.find("\"hnsw_m\":8"), std::string::npos) << file.substr(0, 400);
+}
+
 /// Random sequences of adds, updates (fields and images) and removals, with saves, restarts
 /// (with or without the index file saved) and an index file lost, against a model of what
 /// the catalogue must hold. Index and catalogue must agree after every step.
