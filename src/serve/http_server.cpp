@@ -443,7 +443,8 @@ void HttpServer::routes() {
       send_error(res, 404, "not_found", "no such route (see /openapi.json)");
     } else if (res.status == 400 && sends_body) {
       send_error(res, 400, "bad_body",
-                 "the body could not be read: it ended before its Content-Length");
+                 "the body could not be read: it ended before its Content-Length, or its "
+                 "multipart form is malformed");
     } else {
       send_error(res, res.status, "http_error", "HTTP error " + std::to_string(res.status));
     }
