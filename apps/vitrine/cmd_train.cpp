@@ -388,17 +388,18 @@ void add_eval_command(CLI::App& app, int& status) {
     nlohmann::json out = nlohmann::json::object();
     std::vector<std::string> dirs{a->model};
     if (!a->compare.empty()) dirs.push_back(a->compare);
+    // Scores are among the model's classes (the data's are matched to them by name).
+    const auto class_names = [&](const models::VisionModelImpl& model) {
+      const auto& c = model.config();
+      return static_cast<int64_t>(c.labels.size()) == c.num_classes ? c.labels : splits.classes;
+    };
     if (splits.multi_label) {
       for (const auto& dir : dirs) {
         auto model = models::load_model(dir);
         std::vector<std::string> errors;
         const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
         for (const auto& e : errors) spdlog::warn("skipped: {}", e);
-        // Scored among the model's classes, matched by name.
-        const auto& names =
-            static_cast<int64_t>(model->config().labels.size()) == model->config().num_classes
-                ? model->config().labels
-                : splits.classes;
+        const auto names = class_names(*model);
         out[dir] = nlohmann::json::parse(m.to_json(names));
         out[dir]["skipped_images"] = errors.size();
         nlohmann::json line{{"model", dir},          {"split", a->split},
@@ -427,10 +428,7 @@ void add_eval_command(CLI::App& app, int& status) {
       std::vector<std::string> errors;
       results.push_back(train::evaluate(*model, d, a->eval, &errors));
       for (const auto& e : errors) spdlog::warn("skipped: {}", e);
-      // Data with some of the model's classes is scored among all of them.
-      const auto& names = model->config().labels.size() == results.back().per_class.size()
-                              ? model->config().labels
-                              : splits.classes;
+      const auto names = class_names(*model);
       out[dir] = nlohmann::json::parse(results.back().to_json(names));
       out[dir]["skipped_images"] = errors.size();
       if (attacked) {

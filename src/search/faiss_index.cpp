@@ -414,6 +414,11 @@ const faiss::Index& faiss_index_of(const VectorIndex& index) {
   VT_FAIL("not a FAISS-backed index");
 }
 
+int64_t default_ivf_lists(int64_t n, int64_t n_train) {
+  return std::clamp<int64_t>(std::lround(4 * std::sqrt(static_cast<double>(n))), 1,
+                             std::max<int64_t>(1, n_train / 39));
+}
+
 std::string resolve_index_kind(const IndexOptions& options, int64_t n) {
   if (options.kind != "auto") {
     VT_CHECK(options.kind == "flat" || options.kind == "hnsw" || options.kind == "ivfpq",
@@ -445,11 +450,8 @@ std::unique_ptr<VectorIndex> make_index(const std::string& kind, int64_t dim,
     VT_CHECK(n_train >= kIvfPqMinImages, "an IVF-PQ index learns its codebooks from the "
              "catalogue and needs at least ", kIvfPqMinImages, " images (there are ", n_train,
              "): use --index flat or hnsw");
-    int64_t lists = options.ivf_lists;
-    if (lists <= 0) {
-      lists = static_cast<int64_t>(std::lround(4 * std::sqrt(static_cast<double>(n_train))));
-      lists = std::clamp<int64_t>(lists, 1, std::max<int64_t>(1, n_train / 39));
-    }
+    const int64_t lists =
+        options.ivf_lists > 0 ? options.ivf_lists : default_ivf_lists(n_train, n_train);
     VT_CHECK(lists <= n_train, "--ivf-lists ", lists, " exceeds the ", n_train,
              " training vectors");
     const int m = options.pq_m > 0 ? options.pq_m : default_pq_m(dim);

@@ -10,7 +10,6 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -255,11 +254,8 @@ void SearchDb::rebuild(const std::string& why) {
       });
     }
     IndexOptions built = options;
-    if (kind == "ivfpq" && built.ivf_lists <= 0) {  // 4 sqrt(n) of the whole catalogue, as
-      // far as the sample can train them (FAISS wants 39 vectors per list)
-      built.ivf_lists = std::clamp<int64_t>(std::lround(4 * std::sqrt(static_cast<double>(n))), 1,
-                                            std::max<int64_t>(1, n_train / 39));
-    }
+    // The list count of the whole catalogue, not of the sample the codebooks learn from.
+    if (kind == "ivfpq" && built.ivf_lists <= 0) built.ivf_lists = default_ivf_lists(n, n_train);
     auto index = make_index(kind, model->dim, built, train.data(), n_train);
     train = {};
     catalog_->scan_embeddings(8192, [&](const std::vector<int64_t>& ids,

@@ -436,16 +436,14 @@ class SqliteCatalog : public Catalog {
   }
 
   std::vector<float> embeddings(const std::vector<int64_t>& ids) const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    const auto stamp = model_locked();
-    VT_CHECK(stamp, "catalogue: no embeddings stored yet");
-    std::vector<float> out(ids.size() * static_cast<size_t>(stamp->dim));
-    Statement s(db_, "SELECT embedding FROM images WHERE id = ?");
-    for (size_t i = 0; i < ids.size(); ++i) {
-      s.bind(1, ids[i]);
-      VT_CHECK(s.step(), "catalogue: image ", ids[i], " is not stored");
-      copy_embedding(s, 0, *stamp, out.data() + i * static_cast<size_t>(stamp->dim));
-      s.reset();
+    std::vector<int64_t> stored = ids;
+    auto out = stored_embeddings(stored);
+    if (stored.size() != ids.size()) {  // `stored` keeps the order of `ids`
+      size_t first_missing = 0;
+      while (first_missing < stored.size() && stored[first_missing] == ids[first_missing]) {
+        ++first_missing;
+      }
+      VT_FAIL("catalogue: image ", ids[first_missing], " is not stored");
     }
     return out;
   }
@@ -456,6 +454,7 @@ class SqliteCatalog : public Catalog {
     VT_CHECK(stamp, "catalogue: no embeddings stored yet");
     const auto dim = static_cast<size_t>(stamp->dim);
     std::vector<float> out;
+    out.reserve(ids.size() * dim);
     std::vector<int64_t> kept;
     Statement s(db_, "SELECT embedding FROM images WHERE id = ?");
     for (const int64_t id : ids) {

@@ -344,8 +344,14 @@ void HttpServer::stop() { server_->stop(); }
 
 void HttpServer::routes() {
   auto& s = *server_;
+  const auto too_large = [this](httplib::Response& res) {
+    send_error(res, 413, "too_large",
+               "the body exceeds the " + std::to_string(options_.max_body_bytes >> 20) +
+                   " MB this service accepts (vitrine serve --max-body-mb)");
+  };
   // Authentication, scopes and rate limits before any route runs.
-  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+  s.set_pre_routing_handler([this, too_large](const httplib::Request& req,
+                                              httplib::Response& res) {
     t_key_name.clear();
     const auto refused = [&] {
       metrics_->observe_request(route_name(req.path), res.status, 0.0);
@@ -389,9 +395,7 @@ void HttpServer::routes() {
       if (!number || std::stoll(length) > 4 * options_.max_body_bytes) {
         res.set_header("Connection", "close");  // the body that follows is not read
         if (number) {
-          send_error(res, 413, "too_large",
-                     "the body exceeds the " + std::to_string(options_.max_body_bytes >> 20) +
-                         " MB this service accepts (vitrine serve --max-body-mb)");
+          too_large(res);
         } else {
           send_error(res, 400, "bad_content_length",
                      "Content-Length must be the body's size in bytes, got '" + length + "'");
@@ -427,13 +431,11 @@ void HttpServer::routes() {
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
-  s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+  s.set_error_handler([this, too_large](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;  // already an error body (and counted)
     const bool sends_body = req.method == "POST" || req.method == "PUT";
     if (res.status == 413) {
-      send_error(res, 413, "too_large",
-                 "the body exceeds the " + std::to_string(options_.max_body_bytes >> 20) +
-                     " MB this service accepts (vitrine serve --max-body-mb)");
+      too_large(res);
     } else if (res.status == 404 && !allowed_methods(req.path).empty()) {
       res.set_header("Allow", allowed_methods(req.path));
       send_error(res, 405, "method_not_allowed",

@@ -196,6 +196,23 @@ TEST(SearchCatalog, RefusesAnotherModelsEmbeddings) {
   EXPECT_EQ(catalog->product_count(), 1);
 }
 
+TEST(SearchCatalog, EmbeddingsOfImagesNoLongerStored) {
+  const auto dir = test::temp_dir("search_embeddings");
+  auto catalog = open_sqlite_catalog(dir + "/c.sqlite");
+  catalog->set_model(kModel);
+  std::mt19937_64 rng(3);
+  catalog->upsert({random_product("a", 2, rng)});
+  const std::vector<int64_t> stored = catalog->image_ids({});
+  ASSERT_EQ(stored.size(), 2u);
+  EXPECT_EQ(catalog->embeddings(stored).size(), 2u * kDim);
+  EXPECT_CONTAINS(test::error_of([&] { catalog->embeddings({stored[0], 999999, stored[1]}); }),
+                  "image 999999 is not stored");
+  std::vector<int64_t> ids{999999, stored[1], stored[0]};
+  const auto values = catalog->stored_embeddings(ids);
+  EXPECT_EQ(ids, (std::vector<int64_t>{stored[1], stored[0]}));
+  EXPECT_EQ(values, catalog->embeddings({stored[1], stored[0]}));
+}
+
 TEST(SearchCatalog, RejectsAFileThatIsNotACatalogue) {
   const auto dir = test::temp_dir("search_notdb");
   write_file_atomic(dir + "/c.sqlite", std::string(4096, 'x'));

@@ -31,6 +31,11 @@ struct IndexOptions {
 /// serves instead (exact, and fast at that size).
 constexpr int64_t kIvfPqMinImages = 1000;
 
+/// The default IVF list count for a catalogue of `n` images whose codebooks learn from
+/// `n_train` of them: about 4 sqrt(n), at most one list per 39 training vectors (FAISS's
+/// k-means wants that many).
+int64_t default_ivf_lists(int64_t n, int64_t n_train);
+
 /// The kind `options` asks for (resolving auto for `n` images).
 std::string resolve_index_kind(const IndexOptions& options, int64_t n);
 
