@@ -43,15 +43,23 @@ void add_index_options(CLI::App* cmd, search::IndexOptions& o) {
   cmd->add_option("--index", o.kind,
                   "auto (flat up to 100k images, then hnsw, ivfpq above 5M), flat, hnsw, ivfpq")
       ->check(CLI::IsMember({"auto", "flat", "hnsw", "ivfpq"}));
-  cmd->add_option("--hnsw-m", o.hnsw_m, "HNSW: neighbours per node")->check(CLI::Range(2, 256));
+  const auto given = [&o](const char* name) {
+    return [&o, name](const std::string&) { o.given.emplace_back(name); };
+  };
+  cmd->add_option("--hnsw-m", o.hnsw_m, "HNSW: neighbours per node")
+      ->check(CLI::Range(2, 256))
+      ->each(given("hnsw_m"));
   cmd->add_option("--ef-construction", o.hnsw_ef_construction, "HNSW: build beam width")
-      ->check(CLI::Range(8, 4096));
+      ->check(CLI::Range(8, 4096))
+      ->each(given("hnsw_ef_construction"));
   cmd->add_option("--ef-search", o.hnsw_ef_search, "HNSW: search beam width")
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--ivf-lists", o.ivf_lists, "IVF-PQ: inverted lists (0: 4*sqrt(n))")
-      ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 24))
+      ->each(given("ivf_lists"));
   cmd->add_option("--pq-m", o.pq_m, "IVF-PQ: bytes per code (0: dim/4, at most 64)")
-      ->check(CLI::Range(0, 1024));
+      ->check(CLI::Range(0, 1024))
+      ->each(given("pq_m"));
   cmd->add_option("--nprobe", o.nprobe, "IVF-PQ: lists visited per query")
       ->check(CLI::Range(1, 1 << 20));
 }

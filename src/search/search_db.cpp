@@ -104,17 +104,33 @@ bool SearchDb::load_index_file() {
              " dims, its header says ", stamp.dim);
     kind_option_ = options_.kind != "auto" ? options_.kind : header.value("kind_option", "auto");
     // Build settings a command leaves at their defaults are the index's own: a rebuild by
-    // `vitrine remove` keeps the --pq-m that `vitrine index` was given.
+    // `vitrine remove` keeps the --pq-m that `vitrine index` was given. Settings asked for
+    // (given, or not the default) that differ from those the index was built with rebuild it.
     const IndexOptions defaults;
-    if (options_.hnsw_m == defaults.hnsw_m) options_.hnsw_m = header.value("hnsw_m", defaults.hnsw_m);
-    if (options_.hnsw_ef_construction == defaults.hnsw_ef_construction) {
-      options_.hnsw_ef_construction =
-          header.value("hnsw_ef_construction", defaults.hnsw_ef_construction);
+    const std::string built_kind = index->kind();
+    const auto keep_or_rebuild = [&](const char* key, const char* flag, auto& value,
+                                     auto default_value, const char* kind) {
+      const bool asked = value != default_value || std::find(options_.given.begin(),
+                                                             options_.given.end(),
+                                                             key) != options_.given.end();
+      const auto built = header.find(key);
+      if (!asked) {
+        value = header.value(key, default_value);
+        return true;
+      }
+      if (built == header.end() || built_kind != kind || *built == value) return true;
+      report_.why = "the index was built with " + std::string(flag) + " " + built->dump() +
+                    ", " + std::to_string(value) + " is asked for";
+      return false;
+    };
+    if (!keep_or_rebuild("hnsw_m", "--hnsw-m", options_.hnsw_m, defaults.hnsw_m, "hnsw") ||
+        !keep_or_rebuild("hnsw_ef_construction", "--ef-construction",
+                         options_.hnsw_ef_construction, defaults.hnsw_ef_construction, "hnsw") ||
+        !keep_or_rebuild("ivf_lists", "--ivf-lists", options_.ivf_lists, defaults.ivf_lists,
+                         "ivfpq") ||
+        !keep_or_rebuild("pq_m", "--pq-m", options_.pq_m, defaults.pq_m, "ivfpq")) {
+      return false;
     }
-    if (options_.ivf_lists == defaults.ivf_lists) {
-      options_.ivf_lists = header.value("ivf_lists", defaults.ivf_lists);
-    }
-    if (options_.pq_m == defaults.pq_m) options_.pq_m = header.value("pq_m", defaults.pq_m);
     const std::string want = target_kind(catalog_->image_count());
     if (want != index->kind()) {
       report_.why = "a " + want + " index is asked for, the file holds " + index->kind();

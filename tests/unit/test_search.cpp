@@ -241,6 +241,24 @@ TEST(SearchDb, TheIndexKeepsItsBuildSettingsForLaterCommands) {
   }
   const std::string file = read_text_file(SearchDb::open(dir, {})->index_path());
   EXPECT_NE(file.find("\"hnsw_m\":8"), std::string::npos) << file.substr(0, 400);
+  {
+    auto db = SearchDb::open(dir, {});
+    EXPECT_FALSE(db->open_report().rebuilt) << db->open_report().why;
+  }
+  // --hnsw-m 32 named on the command line is asked for, though 32 is the default: the
+  // index built with 8 is rebuilt with it.
+  IndexOptions asked;
+  asked.given = {"hnsw_m"};
+  {
+    auto db = SearchDb::open(dir, asked);
+    EXPECT_TRUE(db->open_report().rebuilt);
+    EXPECT_CONTAINS(db->open_report().why, "built with --hnsw-m 8, 32 is asked for");
+    db->save();
+  }
+  const std::string rebuilt = read_text_file(SearchDb::open(dir, {})->index_path());
+  EXPECT_NE(rebuilt.find("\"hnsw_m\":32"), std::string::npos) << rebuilt.substr(0, 400);
+  // Asking for what the index already has rebuilds nothing.
+  EXPECT_FALSE(SearchDb::open(dir, asked)->open_report().rebuilt);
 }
 
 /// Random sequences of adds, updates (fields and images) and removals, with saves, restarts

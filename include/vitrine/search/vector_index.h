@@ -25,6 +25,11 @@ struct IndexOptions {
   int64_t ivf_lists = 0;  ///< 0: about 4 * sqrt(n)
   int pq_m = 0;           ///< bytes per code; 0: dim / 4 capped at 64 (must divide dim)
   int nprobe = 16;        ///< lists visited per query
+  /// Build settings asked for explicitly (a command line's --hnsw-m and the like: "hnsw_m",
+  /// "hnsw_ef_construction", "ivf_lists", "pq_m"), even at their default values. An existing
+  /// index built otherwise is rebuilt; settings neither given nor changed from their defaults
+  /// are the index file's own.
+  std::vector<std::string> given;
 };
 
 /// IVF-PQ learns its codebooks from the catalogue: below this many images a flat index
