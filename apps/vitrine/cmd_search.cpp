@@ -4,6 +4,7 @@
 
 #include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
+#include "vitrine/core/text.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/core/hash.h"
 #include "vitrine/core/json.h"
@@ -722,7 +723,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
         int64_t n = 0;
         for (const auto& s : q.skus) {
           const bool stored = db->catalog().find(s).has_value();
-          if (!stored) unknown.insert("SKU " + s);
+          if (!stored) unknown.insert("SKU '" + s + "'");
           n += stored ? 1 : 0;
         }
         return n;
@@ -733,7 +734,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
                                                   {search::Filter{"category", "=", {q.category}}}))
                  .first;
       }
-      if (it->second == 0) unknown.insert("category " + q.category);
+      if (it->second == 0) unknown.insert("category '" + q.category + "'");
       return it->second;
     };
     search::RetrievalEvaluator evaluator;
@@ -837,14 +838,9 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
              only_self > 0 ? ", or add --keep-self to count a query's own photo as an answer"
                            : "");
     if (!unknown.empty()) {
-      std::string names;
-      for (const auto& u : unknown) {
-        if (names.size() > 200) { names += ", ..."; break; }
-        names += (names.empty() ? "" : ", ") + u;
-      }
       spdlog::warn("{} of the queries' answers are not in the catalogue ({}); queries with no "
                    "stored answer count as misses: check the query file against --db",
-                   unknown.size(), names);
+                   unknown.size(), quoted_list({unknown.begin(), unknown.end()}, ""));
     }
     if (found_self > 0) {
       spdlog::info("{} of the query photos are in the catalogue themselves: {}", found_self,

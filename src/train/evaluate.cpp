@@ -2,6 +2,7 @@
 
 #include "vitrine/core/base64.h"
 #include "vitrine/core/error.h"
+#include "vitrine/core/text.h"
 #include "vitrine/image/transform.h"
 
 #include <ATen/ATen.h>
@@ -89,13 +90,8 @@ void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::
                    "and so on",
                    0, d->classes().front(), 0, labels.front());
     } else {
-      std::string names;
-      for (const auto& u : unknown) {
-        if (names.size() > 200) { names += ", ..."; break; }
-        names += (names.empty() ? "'" : ", '") + u + "'";
-      }
       VT_CHECK(false, model.config().arch, " does not know ", unknown.size(), " of the data's ",
-               d->classes().size(), " classes (", names, "); evaluate on data with the "
+               d->classes().size(), " classes (", quoted_list(unknown), "); evaluate on data with the "
                "model's classes (`vitrine train --append-classes` teaches it new ones)");
     }
   }

@@ -5,6 +5,7 @@
 #include "vitrine/core/fs.h"
 #include "vitrine/core/json.h"
 #include "vitrine/core/safetensors.h"
+#include "vitrine/core/text.h"
 #include "vitrine/data/loader.h"
 #include "vitrine/image/transform.h"
 #include "vitrine/models/adapter.h"
@@ -858,11 +859,8 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
       if (std::find(all.begin(), all.end(), c) == all.end()) unknown.push_back(c);
     }
     if (!unknown.empty()) {
-      std::string names;
-      for (size_t i = 0; i < std::min<size_t>(unknown.size(), 5); ++i) names += " '" + unknown[i] + "'";
       VT_CHECK(o.append_classes, o.init_dir, " does not know ", unknown.size(),
-               " classes of the data (", names, unknown.size() > 5 ? " ..." : "",
-               " ); pass --append-classes to add them to its head (continual fine-tuning) or "
+               " classes of the data (", quoted_list(unknown), "); pass --append-classes to add them to its head (continual fine-tuning) or "
                "--reinit-head for a new head");
       VT_CHECK(!s.data.multi_label, "--append-classes is for single-label data");
       all.insert(all.end(), unknown.begin(), unknown.end());

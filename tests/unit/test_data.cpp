@@ -5,6 +5,7 @@
 
 #include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
+#include "vitrine/core/text.h"
 #include "vitrine/data/dataset.h"
 #include "vitrine/data/loader.h"
 #include "vitrine/image/augment.h"
@@ -114,6 +115,18 @@ std::string folder_of(const std::string& path) {
 }  // namespace
 
 // ---- ImageFolder ------------------------------------------------------------------------
+
+TEST(Text, QuotedListNamesItemsAndCutsLongLists) {
+  EXPECT_EQ(vitrine::quoted_list({}), "");
+  EXPECT_EQ(vitrine::quoted_list({"bag", "shoe"}), "'bag', 'shoe'");
+  EXPECT_EQ(vitrine::quoted_list({"SKU 'a'", "category 'b'"}, ""), "SKU 'a', category 'b'");
+  std::vector<std::string> many;
+  for (int i = 0; i < 1000; ++i) many.push_back("class_" + std::to_string(i));
+  const std::string cut = vitrine::quoted_list(many);
+  EXPECT_LT(cut.size(), 240u);
+  EXPECT_EQ(cut.rfind(", ..."), cut.size() - 5) << cut;
+  EXPECT_EQ(cut.find("'class_0', 'class_1'"), 0u) << cut;
+}
 
 TEST(DataImageFolder, SplitLayoutClassOrderAndWarnings) {
   const TempDir tmp("data-folder-layout");

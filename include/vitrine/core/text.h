@@ -1,0 +1,15 @@
+// Text for messages.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace vitrine {
+
+/// "'a', 'b', 'c'": the names in `quote` marks, joined for a message and cut with ", ..."
+/// once the list passes `max_chars`, so a message naming thousands of items stays readable.
+std::string quoted_list(const std::vector<std::string>& names, const std::string& quote = "'",
+                        size_t max_chars = 200);
+
+}  // namespace vitrine
