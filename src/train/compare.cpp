@@ -34,12 +34,21 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
       VT_FAIL(log.string(), ":", line_no, ": not a metrics line (", e.what(), ")");
     }
     r.train_seconds += r.history.back().seconds;
+    r.multi_label = r.multi_label || r.history.back().multi_label;
   }
   const fs::path test = fs::path(dir) / run_files::kTestMetrics;
   if (fs::exists(test)) {
     try {
       const json j = json::parse(read_text_file(test.string()));
-      if (j.contains("mean_ap")) return r;  // a multi-label run: no top-1 to set beside others
+      if (j.contains("mean_ap")) {
+        r.multi_label = true;
+        r.test_map = j.at("mean_ap");
+        r.test_micro_f1 = j.at("micro_f1");
+        r.test_macro_f1 = j.at("macro_f1");
+        r.test_count = j.at("count");
+        r.has_test = true;
+        return r;
+      }
       r.test_top1 = j.at("top1");
       r.test_top5 = j.at("top5");
       r.test_macro_f1 = j.at("macro_f1");
@@ -55,7 +64,18 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
   return r;
 }
 
+void check_one_kind(const std::vector<RunSummary>& runs) {
+  for (const auto& r : runs) {
+    VT_CHECK(r.multi_label == runs.front().multi_label, "'", runs.front().name, "' is a ",
+             runs.front().multi_label ? "multi" : "single", "-label run and '", r.name,
+             "' a ", r.multi_label ? "multi" : "single", "-label one: their scores do not "
+             "compare; compare runs of one kind");
+  }
+}
+
 std::string comparison_table(const std::vector<RunSummary>& runs) {
+  check_one_kind(runs);
+  const bool multi = !runs.empty() && runs.front().multi_label;
   size_t width = 3;
   for (const auto& r : runs) width = std::max(width, r.name.size());
   auto row = [&](const std::string& name, const std::string& rest) {
@@ -64,11 +84,22 @@ std::string comparison_table(const std::vector<RunSummary>& runs) {
     return n + "  " + rest + "\n";
   };
   char buf[160];
-  std::snprintf(buf, sizeof buf, "%10s %9s %7s %7s %9s", "test top-1", "macro-F1", "ECE",
-                "epochs", "time");
+  if (multi) {
+    std::snprintf(buf, sizeof buf, "%10s %9s %9s %7s %9s", "test mAP", "micro-F1", "macro-F1",
+                  "epochs", "time");
+  } else {
+    std::snprintf(buf, sizeof buf, "%10s %9s %7s %7s %9s", "test top-1", "macro-F1", "ECE",
+                  "epochs", "time");
+  }
   std::string out = row("run", buf);
   for (const auto& r : runs) {
-    if (r.has_test) {
+    if (r.has_test && multi) {
+      std::snprintf(buf, sizeof buf, "%10.4f %9.4f %9.4f %7zu %8.0fs", r.test_map,
+                    r.test_micro_f1, r.test_macro_f1, r.history.size(), r.train_seconds);
+    } else if (multi) {
+      std::snprintf(buf, sizeof buf, "%10s %9s %9s %7zu %8.0fs", "-", "-", "-", r.history.size(),
+                    r.train_seconds);
+    } else if (r.has_test) {
       std::snprintf(buf, sizeof buf, "%9.2f%% %9.4f %7.4f %7zu %8.0fs", 100 * r.test_top1,
                     r.test_macro_f1, r.test_ece, r.history.size(), r.train_seconds);
     } else {

@@ -872,7 +872,10 @@ void write_comparison_report(const std::string& path, const std::string& title,
              "comparison sample ", i, " has ", samples[i].predicted.size(),
              " predictions for ", runs.size(), " runs; give one per run");
   }
-  // Shared charts: every run's validation top-1 and training loss over its epochs.
+  check_one_kind(runs);
+  const bool multi = runs.front().multi_label;
+  // Shared charts: every run's validation top-1 (mAP for multi-label runs) and training
+  // loss over its epochs.
   size_t longest = 0;
   for (const auto& r : runs) longest = std::max(longest, r.history.size());
   std::vector<double> epochs;
@@ -882,7 +885,9 @@ void write_comparison_report(const std::string& path, const std::string& title,
   for (const auto& r : runs) {
     std::vector<double> val(longest, nan), loss(longest, nan);
     for (size_t e = 0; e < r.history.size(); ++e) {
-      if (r.history[e].has_val) val[e] = 100 * r.history[e].val_top1;
+      if (r.history[e].has_val) {
+        val[e] = 100 * (multi ? r.history[e].val_map : r.history[e].val_top1);
+      }
       loss[e] = r.history[e].train_loss;
     }
     val_series.emplace_back(r.name, val);
@@ -893,11 +898,19 @@ void write_comparison_report(const std::string& path, const std::string& title,
                      "<title>" + esc(title) + "</title>\n<style>" + kCss +
                      "</style>\n</head>\n<body>\n<main>\n<h1>" + esc(title) + "</h1>\n";
   html += "<section id=\"summary\">\n<h2>Test</h2>\n<table class=\"comparison\">\n<thead><tr>"
-          "<th>run</th><th>top-1</th><th>top-5</th><th>macro-F1</th><th>ECE</th><th>images</th>"
-          "<th>epochs</th><th>training time</th><th>directory</th></tr></thead>\n<tbody>\n";
+          "<th>run</th>" +
+          std::string(multi ? "<th>mAP</th><th>micro-F1</th><th>macro-F1</th>"
+                            : "<th>top-1</th><th>top-5</th><th>macro-F1</th><th>ECE</th>") +
+          "<th>images</th><th>epochs</th><th>training time</th><th>directory</th></tr></thead>"
+          "\n<tbody>\n";
   for (const auto& r : runs) {
     html += "<tr><td>" + esc(r.name) + "</td>";
-    if (r.has_test) {
+    if (r.has_test && multi) {
+      html += "<td>" + pct(r.test_map) + "</td><td>" + num(r.test_micro_f1, 4) + "</td><td>" +
+              num(r.test_macro_f1, 4) + "</td><td>" + std::to_string(r.test_count) + "</td>";
+    } else if (multi) {
+      html += "<td>–</td><td>–</td><td>–</td><td>–</td>";
+    } else if (r.has_test) {
       html += "<td>" + pct(r.test_top1) + "</td><td>" + pct(r.test_top5) + "</td><td>" +
               num(r.test_macro_f1, 4) + "</td><td>" + num(r.test_ece, 4) + "</td><td>" +
               std::to_string(r.test_count) + "</td>";
@@ -909,21 +922,24 @@ void write_comparison_report(const std::string& path, const std::string& title,
   }
   html += "</tbody></table>\n</section>\n";
   html += "<section id=\"training\">\n<h2>Training</h2>\n<div class=\"charts\">\n<figure>\n" +
-          svg_line_chart("Validation top-1", "epoch", "percent", epochs, val_series) +
+          svg_line_chart(multi ? "Validation mAP" : "Validation top-1", "epoch", "percent",
+                         epochs, val_series) +
           "</figure>\n<figure>\n" +
           svg_line_chart("Training loss", "epoch", "loss", epochs, loss_series) +
           "</figure>\n</div>\n</section>\n";
-  html += "<section id=\"confusion\">\n<h2>Confusion on the test split</h2>\n"
-          "<div class=\"charts\">\n";
-  for (const auto& r : runs) {
-    if (!r.has_test || r.confusion.empty()) continue;
-    html += "<figure>\n<h3>" + esc(r.name) + "</h3>\n" +
-            svg_confusion_matrix(r.confusion, r.classes.size() == r.confusion.size()
-                                                  ? r.classes
-                                                  : std::vector<std::string>{}) +
-            "</figure>\n";
+  if (!multi) {  // a photo of several labels has no one cell
+    html += "<section id=\"confusion\">\n<h2>Confusion on the test split</h2>\n"
+            "<div class=\"charts\">\n";
+    for (const auto& r : runs) {
+      if (!r.has_test || r.confusion.empty()) continue;
+      html += "<figure>\n<h3>" + esc(r.name) + "</h3>\n" +
+              svg_confusion_matrix(r.confusion, r.classes.size() == r.confusion.size()
+                                                    ? r.classes
+                                                    : std::vector<std::string>{}) +
+              "</figure>\n";
+    }
+    html += "</div>\n</section>\n";
   }
-  html += "</div>\n</section>\n";
   if (!samples.empty()) {
     html += "<section id=\"samples\">\n<h2>Test photos</h2>\n<div class=\"samples\">\n";
     for (const auto& s : samples) {

@@ -42,7 +42,61 @@ void write_run(const std::string& dir, double top1, bool with_test = true) {
   }
 }
 
+// A multi-label run: validation mAP per epoch and test mAP / F1.
+void write_multi_label_run(const std::string& dir, double map) {
+  fs::create_directories(dir);
+  std::ofstream log(dir + "/metrics.jsonl");
+  for (int e = 1; e <= 2; ++e) {
+    train::EpochRecord r;
+    r.epoch = e;
+    r.train_loss = 1.0 / e;
+    r.seconds = 10;
+    r.has_val = true;
+    r.multi_label = true;
+    r.val_map = map - 0.1 / e;
+    r.val_micro_f1 = 0.5;
+    log << r.to_json() << "\n";
+  }
+  const nlohmann::json test{{"count", 4},         {"mean_ap", map},
+                            {"micro_f1", 0.625},  {"macro_f1", 0.5},
+                            {"per_label", nlohmann::json::array()}};
+  std::ofstream(dir + "/test_metrics.json") << test.dump(2);
+}
+
 }  // namespace
+
+TEST(Compare, MultiLabelRunsAreScoredByMapAndF1) {
+  const std::string dir = test::temp_dir("compare_multi");
+  write_multi_label_run(dir + "/a", 0.8125);
+  write_multi_label_run(dir + "/b", 0.6875);
+  const std::vector<train::RunSummary> runs = {train::read_run("tags a", dir + "/a"),
+                                               train::read_run("tags b", dir + "/b")};
+  ASSERT_TRUE(runs[0].has_test);
+  EXPECT_TRUE(runs[0].multi_label);
+  EXPECT_DOUBLE_EQ(runs[0].test_map, 0.8125);
+  const std::string table = train::comparison_table(runs);
+  EXPECT_CONTAINS(table, "test mAP");
+  EXPECT_CONTAINS(table, "0.8125");
+  EXPECT_CONTAINS(table, "0.6250");
+  EXPECT_EQ(table.find("top-1"), std::string::npos) << table;
+
+  const std::string page = dir + "/report.html";
+  train::write_comparison_report(page, "tags", runs, {});
+  const std::string html = read_text_file(page);
+  EXPECT_CONTAINS(html, "Validation mAP");
+  EXPECT_CONTAINS(html, "81.25%");
+  EXPECT_EQ(html.find("top-1"), std::string::npos);
+  EXPECT_EQ(html.find("Confusion"), std::string::npos);
+
+  // A single-label run beside them has no score in common.
+  write_run(dir + "/c", 0.75);
+  const std::vector<train::RunSummary> mixed = {runs[0], train::read_run("classes", dir + "/c")};
+  EXPECT_CONTAINS(test::error_of([&] { train::comparison_table(mixed); }),
+                  "'tags a' is a multi-label run and 'classes' a single-label one");
+  EXPECT_CONTAINS(test::error_of([&] { train::write_comparison_report(page, "t", mixed, {}); }),
+                  "compare runs of one kind");
+  fs::remove_all(dir);
+}
 
 TEST(Compare, ReadsRunsAndTabulatesThem) {
   const std::string dir = test::temp_dir("compare");

@@ -19,7 +19,9 @@ struct RunSummary {
   std::vector<EpochRecord> history;
   double train_seconds = 0;  ///< the epochs' wall time, summed
   bool has_test = false;     ///< test_metrics.json exists
+  bool multi_label = false;  ///< scored by mAP and F1 (test_map, test_micro_f1, test_macro_f1)
   double test_top1 = 0, test_top5 = 0, test_macro_f1 = 0, test_ece = 0;
+  double test_map = 0, test_micro_f1 = 0;  ///< multi-label
   int64_t test_count = 0;
   std::vector<std::vector<int64_t>> confusion;  ///< test, rows true, columns predicted
   std::vector<std::string> classes;
@@ -28,8 +30,12 @@ struct RunSummary {
 /// Reads a `vitrine train` run directory; throws naming what is missing or malformed.
 RunSummary read_run(const std::string& name, const std::string& dir);
 
-/// A plain-text table (one row per run: test top-1, macro-F1, ECE, epochs, time) for the
-/// terminal, with a header and aligned columns.
+/// Throws unless all runs are single-label or all multi-label (their scores differ).
+void check_one_kind(const std::vector<RunSummary>& runs);
+
+/// A plain-text table (one row per run: test top-1, macro-F1, ECE, epochs, time; for
+/// multi-label runs test mAP, micro-F1, macro-F1, epochs, time) for the terminal, with a
+/// header and aligned columns. Throws when single-label and multi-label runs are mixed.
 std::string comparison_table(const std::vector<RunSummary>& runs);
 
 /// One test photo with each run's prediction.
