@@ -443,35 +443,42 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   // Attacks raise the loss the step is about to lower, on the targets it uses.
   if (o.adv != "none") images = adversarial_batch(images, soft);
   AutocastScope autocast(o.amp == "bf16");
-  // FixMatch: targets from the weak views, then the strong views in the same forward pass
-  // as the labelled images (one batch for the batch norms, as FixMatch's). With the
-  // teacher's targets: its softened predictions on the weak views, for every photo.
-  at::Tensor strong, pseudo, confident, taught;
+  // FixMatch: the labelled images, the weak views and the strong views in one forward pass
+  // (one batch for the batch norms, whose running statistics move once a step, as
+  // FixMatch's); the weak views' predictions, detached, are the targets. With the
+  // teacher's targets: its softened predictions on the weak views, for every photo, and
+  // the model sees the strong views only.
+  at::Tensor weak, strong, pseudo, confident, taught;
   if (unlabelled_loader) {
     data::Batch u = next_unlabelled();
     const auto layout =
         channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-    const at::Tensor weak = u.images.select(1, 0).contiguous(layout);
+    weak = u.images.select(1, 0).contiguous(layout);
     strong = u.images.select(1, 1).contiguous(layout);
     if (o.unlabelled_targets == "teacher") {
       taught = at::softmax(teacher_logits(weak) / o.distill_temperature, 1);
-    } else {
-      at::NoGradGuard no_grad;
-      const at::Tensor probs = at::softmax(model->forward(weak).to(at::kFloat), 1);
-      const auto best = probs.max(1);
-      confident = std::get<0>(best).ge(o.pseudo_threshold).to(at::kFloat);
-      pseudo = std::get<1>(best);
-      confident_sum += confident.mean().item<double>();
-      ++confident_steps;
+      weak = at::Tensor();
     }
   }
   const int64_t labelled = images.size(0);
-  at::Tensor logits = model->forward(strong.defined() ? at::cat({images, strong}) : images);
+  std::vector<at::Tensor> parts{images};
+  if (weak.defined()) parts.push_back(weak);
+  if (strong.defined()) parts.push_back(strong);
+  at::Tensor logits = model->forward(parts.size() > 1 ? at::cat(parts) : images);
   at::Tensor strong_logits;
   if (strong.defined()) {
-    strong_logits = logits.narrow(0, labelled, strong.size(0)).to(at::kFloat);
-    logits = logits.narrow(0, 0, labelled);
+    strong_logits = logits.narrow(0, logits.size(0) - strong.size(0), strong.size(0)).to(at::kFloat);
   }
+  if (weak.defined()) {
+    const at::Tensor probs =
+        at::softmax(logits.narrow(0, labelled, weak.size(0)).detach().to(at::kFloat), 1);
+    const auto best = probs.max(1);
+    confident = std::get<0>(best).ge(o.pseudo_threshold).to(at::kFloat);
+    pseudo = std::get<1>(best);
+    confident_sum += confident.mean().item<double>();
+    ++confident_steps;
+  }
+  logits = logits.narrow(0, 0, labelled);
   VT_DCHECK(logits.size(1) == k);
   if (multi) {
     // "Accuracy" of a multi-label step: the share of right yes/no decisions at 0.5.

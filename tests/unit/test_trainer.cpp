@@ -305,6 +305,30 @@ TEST(Trainer, SemiSupervisedLearnsFromConfidentPhotosOnly) {
   fs::remove_all(dir);
 }
 
+// FixMatch's labelled images, weak and strong views go through the network as one batch:
+// the batch norms' running statistics move once a step, as without unlabelled photos.
+TEST(Trainer, SemiSupervisedStepsMoveBatchNormStatisticsOnce) {
+  const std::string dir = test::temp_dir("fixmatch_bn");
+  write_image_folder(dir + "/data", {8, 8}, 33);
+  write_image_folder(dir + "/photos", {8, 8}, 34);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/plain");
+  o.data.val_split = 0;
+  o.epochs = 1;
+  const auto plain = train::Trainer(o).run();
+  o.out_dir = dir + "/semi";
+  o.unlabelled = dir + "/photos";
+  const auto semi = train::Trainer(o).run();
+  const auto tracked = [](const std::string& model_dir) {
+    for (const auto& [name, t] : safetensors_load(model_dir + "/model.safetensors").tensors) {
+      if (name == "bn1.num_batches_tracked") return t.item<int64_t>();
+    }
+    return int64_t{-1};
+  };
+  EXPECT_EQ(tracked(plain.last_dir), 2);  // 16 photos, batch 8
+  EXPECT_EQ(tracked(semi.last_dir), tracked(plain.last_dir));
+  fs::remove_all(dir);
+}
+
 TEST(Trainer, InitWithOtherClassCountNeedsReinitHead) {
   const std::string dir = test::temp_dir("reinit");
   write_image_folder(dir + "/data", {4, 4, 4}, 6);
