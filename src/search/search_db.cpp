@@ -105,35 +105,35 @@ bool SearchDb::load_index_file() {
     kind_option_ = options_.kind != "auto" ? options_.kind : header.value("kind_option", "auto");
     // Build settings a command leaves at their defaults are the index's own: a rebuild by
     // `vitrine remove` keeps the --pq-m that `vitrine index` was given. Settings asked for
-    // (given, or not the default) that differ from those the index was built with rebuild it.
+    // (given, or not the default) that differ from those the index was built with rebuild it
+    // (a file from before the header recorded them was built with the defaults).
     const IndexOptions defaults;
-    const std::string built_kind = index->kind();
-    const auto keep_or_rebuild = [&](const char* key, const char* flag, auto& value,
-                                     auto default_value, const char* kind) {
+    std::string changed;  // the first setting asked for that the index was not built with
+    const auto take = [&](const char* key, const char* flag, auto& value, auto default_value,
+                          const char* kind) {
       const bool asked = value != default_value || std::find(options_.given.begin(),
                                                              options_.given.end(),
                                                              key) != options_.given.end();
-      const auto built = header.find(key);
+      const auto built = header.value(key, default_value);
       if (!asked) {
-        value = header.value(key, default_value);
-        return true;
+        value = built;
+      } else if (built != value && index->kind() == kind && changed.empty()) {
+        changed = "the index was built with " + std::string(flag) + " " +
+                  std::to_string(built) + ", " + std::to_string(value) + " is asked for";
       }
-      if (built == header.end() || built_kind != kind || *built == value) return true;
-      report_.why = "the index was built with " + std::string(flag) + " " + built->dump() +
-                    ", " + std::to_string(value) + " is asked for";
-      return false;
     };
-    if (!keep_or_rebuild("hnsw_m", "--hnsw-m", options_.hnsw_m, defaults.hnsw_m, "hnsw") ||
-        !keep_or_rebuild("hnsw_ef_construction", "--ef-construction",
-                         options_.hnsw_ef_construction, defaults.hnsw_ef_construction, "hnsw") ||
-        !keep_or_rebuild("ivf_lists", "--ivf-lists", options_.ivf_lists, defaults.ivf_lists,
-                         "ivfpq") ||
-        !keep_or_rebuild("pq_m", "--pq-m", options_.pq_m, defaults.pq_m, "ivfpq")) {
-      return false;
-    }
+    take("hnsw_m", "--hnsw-m", options_.hnsw_m, defaults.hnsw_m, "hnsw");
+    take("hnsw_ef_construction", "--ef-construction", options_.hnsw_ef_construction,
+         defaults.hnsw_ef_construction, "hnsw");
+    take("ivf_lists", "--ivf-lists", options_.ivf_lists, defaults.ivf_lists, "ivfpq");
+    take("pq_m", "--pq-m", options_.pq_m, defaults.pq_m, "ivfpq");
     const std::string want = target_kind(catalog_->image_count());
     if (want != index->kind()) {
       report_.why = "a " + want + " index is asked for, the file holds " + index->kind();
+      return false;
+    }
+    if (!changed.empty()) {
+      report_.why = changed;
       return false;
     }
     index_ = std::move(index);

@@ -226,6 +226,7 @@ TEST(SearchDb, TheIndexKeepsItsBuildSettingsForLaterCommands) {
   IndexOptions options;
   options.kind = "hnsw";
   options.hnsw_m = 8;
+  options.hnsw_ef_construction = 200;
   {
     auto db = SearchDb::open(dir, options);
     db->use_model(kModel);
@@ -257,8 +258,17 @@ TEST(SearchDb, TheIndexKeepsItsBuildSettingsForLaterCommands) {
   }
   const std::string rebuilt = read_text_file(SearchDb::open(dir, {})->index_path());
   EXPECT_NE(rebuilt.find("\"hnsw_m\":32"), std::string::npos) << rebuilt.substr(0, 400);
+  // The settings not asked for are the file's own through the rebuild.
+  EXPECT_NE(rebuilt.find("\"hnsw_ef_construction\":200"), std::string::npos)
+      << rebuilt.substr(0, 400);
   // Asking for what the index already has rebuilds nothing.
   EXPECT_FALSE(SearchDb::open(dir, asked)->open_report().rebuilt);
+  // Another kind asked for is the reason given, whatever else is asked.
+  IndexOptions flat;
+  flat.kind = "flat";
+  flat.hnsw_m = 8;
+  EXPECT_CONTAINS(SearchDb::open(dir, flat)->open_report().why,
+                  "a flat index is asked for, the file holds hnsw");
 }
 
 /// Random sequences of adds, updates (fields and images) and removals, with saves, restarts
