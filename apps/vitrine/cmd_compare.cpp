@@ -51,6 +51,7 @@ void add_compare_command(CLI::App& app, int& status) {
                "' is not NAME=RUN_DIR (e.g. --run \"from scratch=runs/scratch\")");
       runs.push_back(train::read_run(spec.substr(0, eq), spec.substr(eq + 1)));
     }
+    train::check_one_kind(runs);
     std::vector<train::ComparedSample> samples;
     if (!a->data.empty() && a->samples > 0) {
       data::DataOptions d;

@@ -36,6 +36,17 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
     r.train_seconds += r.history.back().seconds;
     r.multi_label = r.multi_label || r.history.back().multi_label;
   }
+  // The run's task is its model's (a run with neither validation nor test metrics shows it
+  // nowhere else).
+  for (const char* model : {"best", "last"}) {
+    const fs::path config = fs::path(dir) / model / "config.json";
+    if (!fs::exists(config)) continue;
+    const json c = json::parse(read_text_file(config.string()), nullptr, false);
+    if (c.is_object() && c.contains("task")) {
+      r.multi_label = c["task"] == "multi_label";
+      break;
+    }
+  }
   const fs::path test = fs::path(dir) / run_files::kTestMetrics;
   if (fs::exists(test)) {
     try {
@@ -94,7 +105,7 @@ std::string comparison_table(const std::vector<RunSummary>& runs) {
   std::string out = row("run", buf);
   for (const auto& r : runs) {
     if (r.has_test && multi) {
-      std::snprintf(buf, sizeof buf, "%10.4f %9.4f %9.4f %7zu %8.0fs", r.test_map,
+      std::snprintf(buf, sizeof buf, "%9.2f%% %9.4f %9.4f %7zu %8.0fs", 100 * r.test_map,
                     r.test_micro_f1, r.test_macro_f1, r.history.size(), r.train_seconds);
     } else if (multi) {
       std::snprintf(buf, sizeof buf, "%10s %9s %9s %7zu %8.0fs", "-", "-", "-", r.history.size(),

@@ -76,7 +76,7 @@ TEST(Compare, MultiLabelRunsAreScoredByMapAndF1) {
   EXPECT_DOUBLE_EQ(runs[0].test_map, 0.8125);
   const std::string table = train::comparison_table(runs);
   EXPECT_CONTAINS(table, "test mAP");
-  EXPECT_CONTAINS(table, "0.8125");
+  EXPECT_CONTAINS(table, "81.25%");
   EXPECT_CONTAINS(table, "0.6250");
   EXPECT_EQ(table.find("top-1"), std::string::npos) << table;
 
@@ -87,6 +87,21 @@ TEST(Compare, MultiLabelRunsAreScoredByMapAndF1) {
   EXPECT_CONTAINS(html, "81.25%");
   EXPECT_EQ(html.find("top-1"), std::string::npos);
   EXPECT_EQ(html.find("Confusion"), std::string::npos);
+
+  // A multi-label run with neither validation nor test metrics is one by its model.
+  write_multi_label_run(dir + "/d", 0.5);
+  fs::remove(dir + "/d/test_metrics.json");
+  std::ofstream(dir + "/d/metrics.jsonl") << "{\"epoch\":1,\"lr\":0.001,\"train_loss\":1,"
+                                             "\"train_top1\":0.5,\"seconds\":1,"
+                                             "\"img_per_s\":1}\n";
+  fs::create_directories(dir + "/d/last");
+  std::ofstream(dir + "/d/last/config.json") << R"({"task": "multi_label"})";
+  const auto untested = train::read_run("untested", dir + "/d");
+  EXPECT_FALSE(untested.has_test);
+  EXPECT_TRUE(untested.multi_label);
+  const std::string with_dashes = train::comparison_table({runs[0], untested});
+  EXPECT_CONTAINS(with_dashes, "untested");
+  EXPECT_CONTAINS(with_dashes, " - ");
 
   // A single-label run beside them has no score in common.
   write_run(dir + "/c", 0.75);
