@@ -167,6 +167,14 @@ int64_t apply_freeze(models::VisionModelImpl& model, const std::string& spec) {
   return frozen;
 }
 
+bool has_batch_norms(models::VisionModelImpl& model) {
+  const auto modules = model.modules(/*include_self=*/false);
+  return std::any_of(modules.begin(), modules.end(), [](const auto& m) {
+    return m->template as<torch::nn::BatchNorm2dImpl>() ||
+           m->template as<torch::nn::BatchNorm1dImpl>();
+  });
+}
+
 void hold_frozen_batch_norms(models::VisionModelImpl& model) {
   for (const auto& m : model.modules(/*include_self=*/false)) {
     if (!m->as<torch::nn::BatchNorm2dImpl>()) continue;

@@ -114,6 +114,7 @@ struct Trainer::State {
   data::DataSplits data;
   models::VisionModel model, ema;
   bool channels_last = false;  ///< the model trains in channels-last layout
+  bool batch_norms = false;    ///< the model has batch norms
   std::vector<ParamGroup> groups;
   std::vector<at::Tensor> trainable;  ///< every group's parameters, for gradient clipping
   /// (EMA tensor, model tensor) pairs; load_state_dict copies in place, so they stay valid.
@@ -268,6 +269,7 @@ void Trainer::State::build_model() {
     VT_CHECK(!o.save_adapter, "--save-adapter needs LoRA (--lora-rank)");
   }
   channels_last = model->use_channels_last_for_training();
+  batch_norms = has_batch_norms(*model);
   if (o.ema_decay > 0) {
     VT_CHECK(o.ema_decay < 1, "--model-ema-decay must be in (0, 1)");
     ema = models::create_model(cfg);
@@ -443,12 +445,14 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   // Attacks raise the loss the step is about to lower, on the targets it uses.
   if (o.adv != "none") images = adversarial_batch(images, soft);
   AutocastScope autocast(o.amp == "bf16");
-  // FixMatch: the labelled images, the weak views and the strong views in one forward pass
-  // (one batch for the batch norms, whose running statistics move once a step, as
-  // FixMatch's); the weak views' predictions, detached, are the targets. With the
+  // FixMatch: with batch norms, the labelled images, the weak views and the strong views in
+  // one forward pass (one batch for the batch norms, whose running statistics move once a
+  // step, as FixMatch's; the weak views shape the batch statistics, and their detached
+  // predictions are the targets). Without batch norms the weak views' predictions come
+  // from a forward of their own without gradients (less memory, the same targets). With the
   // teacher's targets: its softened predictions on the weak views, for every photo, and
   // the model sees the strong views only.
-  at::Tensor weak, strong, pseudo, confident, taught;
+  at::Tensor weak, weak_logits, strong, pseudo, confident, taught;
   if (unlabelled_loader) {
     data::Batch u = next_unlabelled();
     const auto layout =
@@ -457,6 +461,10 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
     strong = u.images.select(1, 1).contiguous(layout);
     if (o.unlabelled_targets == "teacher") {
       taught = at::softmax(teacher_logits(weak) / o.distill_temperature, 1);
+      weak = at::Tensor();
+    } else if (!batch_norms) {
+      at::NoGradGuard no_grad;
+      weak_logits = model->forward(weak);
       weak = at::Tensor();
     }
   }
@@ -469,9 +477,9 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   if (strong.defined()) {
     strong_logits = logits.narrow(0, logits.size(0) - strong.size(0), strong.size(0)).to(at::kFloat);
   }
-  if (weak.defined()) {
-    const at::Tensor probs =
-        at::softmax(logits.narrow(0, labelled, weak.size(0)).detach().to(at::kFloat), 1);
+  if (weak.defined()) weak_logits = logits.narrow(0, labelled, weak.size(0)).detach();
+  if (weak_logits.defined()) {
+    const at::Tensor probs = at::softmax(weak_logits.to(at::kFloat), 1);
     const auto best = probs.max(1);
     confident = std::get<0>(best).ge(o.pseudo_threshold).to(at::kFloat);
     pseudo = std::get<1>(best);

@@ -326,6 +326,14 @@ TEST(Trainer, SemiSupervisedStepsMoveBatchNormStatisticsOnce) {
   };
   EXPECT_EQ(tracked(plain.last_dir), 2);  // 16 photos, batch 8
   EXPECT_EQ(tracked(semi.last_dir), tracked(plain.last_dir));
+  // A network without batch norms predicts the weak views in a pass of its own; at
+  // threshold 0 every one of them is a target.
+  o.arch = "vit_ti_16";
+  o.out_dir = dir + "/vit";
+  o.pseudo_threshold = 0;
+  const auto vit = train::Trainer(o).run();
+  ASSERT_EQ(vit.history.size(), 1u);
+  EXPECT_DOUBLE_EQ(vit.history[0].unlabelled_confident, 1.0);
   fs::remove_all(dir);
 }
 

@@ -70,4 +70,7 @@ int64_t apply_freeze(models::VisionModelImpl& model, const std::string& spec);
 /// drifting towards the new data while their layer is called frozen.
 void hold_frozen_batch_norms(models::VisionModelImpl& model);
 
+/// Whether `model` has batch norms (whose statistics depend on what shares a batch).
+bool has_batch_norms(models::VisionModelImpl& model);
+
 }  // namespace vitrine::train
