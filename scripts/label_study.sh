@@ -9,7 +9,7 @@
 #       without their labels, whose targets are (b)'s predictions (distillation into the
 #       unlabelled photos, as SimCLRv2's third step; about 7 minutes; --no-distil skips it),
 #   (e) with --semi also: from that backbone, fine-tuned on the labelled photos and the
-#       unlabelled ones with its own confident predictions as targets (FixMatch; about 7
+#       unlabelled ones with its own confident predictions as targets (FixMatch; about 10
 #       more minutes),
 # with the same labels, epochs and augmentation, evaluates each on the 10,000 test photos,
 # prints the table and writes one HTML report. Then it indexes the test photos as a product
