@@ -4,10 +4,10 @@
 
 #include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
-#include "vitrine/core/text.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/core/hash.h"
 #include "vitrine/core/json.h"
+#include "vitrine/core/text.h"
 #include "vitrine/core/threads.h"
 #include "vitrine/data/dataset.h"
 #include "vitrine/image/batch.h"

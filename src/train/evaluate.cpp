@@ -91,8 +91,9 @@ void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::
                    0, d->classes().front(), 0, labels.front());
     } else {
       VT_CHECK(false, model.config().arch, " does not know ", unknown.size(), " of the data's ",
-               d->classes().size(), " classes (", quoted_list(unknown), "); evaluate on data with the "
-               "model's classes (`vitrine train --append-classes` teaches it new ones)");
+               d->classes().size(), " classes (", quoted_list(unknown),
+               "); evaluate on data with the model's classes (`vitrine train "
+               "--append-classes` teaches it new ones)");
     }
   }
   VT_CHECK(static_cast<int64_t>(d->classes().size()) == k, model.config().arch, " has ", k,

@@ -475,7 +475,8 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   at::Tensor logits = model->forward(parts.size() > 1 ? at::cat(parts) : images);
   at::Tensor strong_logits;
   if (strong.defined()) {
-    strong_logits = logits.narrow(0, logits.size(0) - strong.size(0), strong.size(0)).to(at::kFloat);
+    const int64_t n = strong.size(0);
+    strong_logits = logits.narrow(0, logits.size(0) - n, n).to(at::kFloat);
   }
   if (weak.defined()) weak_logits = logits.narrow(0, labelled, weak.size(0)).detach();
   if (weak_logits.defined()) {
@@ -875,8 +876,8 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
     }
     if (!unknown.empty()) {
       VT_CHECK(o.append_classes, o.init_dir, " does not know ", unknown.size(),
-               " classes of the data (", quoted_list(unknown), "); pass --append-classes to add them to its head (continual fine-tuning) or "
-               "--reinit-head for a new head");
+               " classes of the data (", quoted_list(unknown), "); pass --append-classes to add "
+               "them to its head (continual fine-tuning) or --reinit-head for a new head");
       VT_CHECK(!s.data.multi_label, "--append-classes is for single-label data");
       all.insert(all.end(), unknown.begin(), unknown.end());
     }
