@@ -241,6 +241,14 @@ class PositionalIndex : public VectorIndex {
     return bytes / n;
   }
 
+  int64_t built_with(const std::string& setting) const override {
+    const auto* h = dynamic_cast<const faiss::IndexHNSW*>(index_.get());
+    if (!h) return -1;
+    if (setting == "hnsw_m") return h->hnsw.nb_neighbors(1);  // level 0 holds twice as many
+    if (setting == "hnsw_ef_construction") return h->hnsw.efConstruction;
+    return -1;
+  }
+
   void write(std::ostream& out) const override {
     put_kind(out, kind_);
     put_vector(out, id_at_);
@@ -376,6 +384,12 @@ class IvfPqIndex : public VectorIndex {
     const double fixed = static_cast<double>(index_->nlist) * index_->d * 4 +
                          static_cast<double>(index_->pq.centroids.size()) * 4;
     return static_cast<double>(index_->code_size + sizeof(faiss::Index::idx_t)) + fixed / n;
+  }
+
+  int64_t built_with(const std::string& setting) const override {
+    if (setting == "ivf_lists") return static_cast<int64_t>(index_->nlist);
+    if (setting == "pq_m") return static_cast<int64_t>(index_->pq.M);
+    return -1;
   }
 
   void write(std::ostream& out) const override {

@@ -106,7 +106,9 @@ bool SearchDb::load_index_file() {
     // Build settings a command leaves at their defaults are the index's own: a rebuild by
     // `vitrine remove` keeps the --pq-m that `vitrine index` was given. Settings asked for
     // (given, or not the default) that differ from those the index was built with rebuild it
-    // (a file from before the header recorded them was built with the defaults).
+    // (a file from before the header recorded them was built with the defaults). A value
+    // asked for is compared with the one the index really has, so --ivf-lists 300 asked of
+    // an index whose "auto" came to 300 lists keeps it.
     const IndexOptions defaults;
     std::string changed;  // the first setting asked for that the index was not built with
     const auto take = [&](const char* key, const char* flag, auto& value, auto default_value,
@@ -114,10 +116,16 @@ bool SearchDb::load_index_file() {
       const bool asked = value != default_value || std::find(options_.given.begin(),
                                                              options_.given.end(),
                                                              key) != options_.given.end();
-      const auto built = header.value(key, default_value);
+      const auto recorded = header.value(key, default_value);
       if (!asked) {
-        value = built;
-      } else if (built != value && index->kind() == kind && changed.empty()) {
+        value = recorded;
+        return;
+      }
+      if (index->kind() != kind || !changed.empty()) return;
+      const int64_t real = index->built_with(key);
+      // 0 asks for "auto": the index matches when it was built with auto too.
+      const int64_t built = value > 0 && real >= 0 ? real : static_cast<int64_t>(recorded);
+      if (built != static_cast<int64_t>(value)) {
         changed = "the index was built with " + std::string(flag) + " " +
                   std::to_string(built) + ", " + std::to_string(value) + " is asked for";
       }

@@ -263,12 +263,59 @@ TEST(SearchDb, TheIndexKeepsItsBuildSettingsForLaterCommands) {
       << rebuilt.substr(0, 400);
   // Asking for what the index already has rebuilds nothing.
   EXPECT_FALSE(SearchDb::open(dir, asked)->open_report().rebuilt);
+  EXPECT_EQ(SearchDb::open(dir, {})->index()->built_with("hnsw_m"), 32);
+  EXPECT_EQ(SearchDb::open(dir, {})->index()->built_with("hnsw_ef_construction"), 200);
   // Another kind asked for is the reason given, whatever else is asked.
   IndexOptions flat;
   flat.kind = "flat";
   flat.hnsw_m = 8;
   EXPECT_CONTAINS(SearchDb::open(dir, flat)->open_report().why,
                   "a flat index is asked for, the file holds hnsw");
+}
+
+TEST(SearchDb, AnAutoSettingAskedForByItsValueKeepsTheIndex) {
+  const auto dir = test::temp_dir("search_auto_settings");
+  std::mt19937_64 rng(5);
+  IndexOptions ivfpq;
+  ivfpq.kind = "ivfpq";
+  int64_t lists = 0, m = 0;
+  {
+    auto db = SearchDb::open(dir, ivfpq);
+    db->use_model(kModel);
+    std::vector<ProductUpdate> batch;
+    for (int i = 0; i < 1200; ++i) batch.push_back(random_product("p" + std::to_string(i), 1, rng));
+    db->upsert(batch);
+    db->save();
+    ASSERT_EQ(db->index()->kind(), "ivfpq");
+    lists = db->index()->built_with("ivf_lists");
+    m = db->index()->built_with("pq_m");
+  }
+  ASSERT_GT(lists, 0);
+  ASSERT_GT(m, 0);
+  EXPECT_EQ(default_ivf_lists(1200, 1200), lists);
+  // The header records "auto" (0); the values auto came to, asked for explicitly, are what
+  // the index has: nothing is rebuilt.
+  IndexOptions same = ivfpq;
+  same.ivf_lists = lists;
+  same.pq_m = static_cast<int>(m);
+  same.given = {"ivf_lists", "pq_m"};
+  {
+    auto db = SearchDb::open(dir, same);
+    EXPECT_FALSE(db->open_report().rebuilt) << db->open_report().why;
+  }
+  // Explicit "auto" matches an index built with auto.
+  IndexOptions automatic = ivfpq;
+  automatic.given = {"ivf_lists", "pq_m"};
+  EXPECT_FALSE(SearchDb::open(dir, automatic)->open_report().rebuilt);
+  // Another value names the one the index really has.
+  IndexOptions other = ivfpq;
+  other.ivf_lists = lists - 1;
+  const auto db = SearchDb::open(dir, other);
+  EXPECT_TRUE(db->open_report().rebuilt);
+  EXPECT_CONTAINS(db->open_report().why, "built with --ivf-lists " + std::to_string(lists) +
+                                             ", " + std::to_string(lists - 1) + " is asked for");
+  EXPECT_EQ(db->index()->built_with("ivf_lists"), lists - 1);
+  EXPECT_EQ(db->index()->built_with("hnsw_m"), -1);
 }
 
 /// Random sequences of adds, updates (fields and images) and removals, with saves, restarts

@@ -69,6 +69,10 @@ class VectorIndex {
   virtual bool wants_rebuild() const { return false; }
   /// Bytes of index memory per live vector, for sizing.
   virtual double bytes_per_vector() const = 0;
+  /// The value this index was really built with for a build setting of IndexOptions
+  /// ("hnsw_m", "hnsw_ef_construction", "ivf_lists", "pq_m"; "auto" resolved), or -1 for a
+  /// setting that does not apply to its kind.
+  virtual int64_t built_with(const std::string& setting) const = 0;
   /// Serialises the whole index.
   virtual void write(std::ostream& out) const = 0;
 };
