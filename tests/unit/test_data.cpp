@@ -124,8 +124,14 @@ TEST(Text, QuotedListNamesItemsAndCutsLongLists) {
   for (int i = 0; i < 1000; ++i) many.push_back("class_" + std::to_string(i));
   const std::string cut = vitrine::quoted_list(many);
   EXPECT_LT(cut.size(), 240u);
-  EXPECT_EQ(cut.rfind(", ..."), cut.size() - 5) << cut;
+  const auto shown = static_cast<size_t>(std::count(cut.begin(), cut.end(), ','));  // joins + 1
+  EXPECT_CONTAINS(cut, ", ... (" + std::to_string(1000 - shown) + " more)");
   EXPECT_EQ(cut.find("'class_0', 'class_1'"), 0u) << cut;
+  // One name longer than the limit is cut too, between UTF-8 characters ("é" is 2 bytes).
+  std::string accents;
+  for (int i = 0; i < 200; ++i) accents += "\xC3\xA9";
+  const std::string one = vitrine::quoted_list({accents}, "'", 11);
+  EXPECT_EQ(one, "'\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9...'");
 }
 
 TEST(DataImageFolder, SplitLayoutClassOrderAndWarnings) {

@@ -7,8 +7,10 @@
 
 namespace vitrine {
 
-/// "'a', 'b', 'c'": the names in `quote` marks, joined for a message and cut with ", ..."
-/// once the list passes `max_chars`, so a message naming thousands of items stays readable.
+/// "'a', 'b', 'c'": the names in `quote` marks, joined for a message and cut with
+/// ", ... (N more)" once the list passes `max_chars`, so a message naming thousands of items
+/// stays readable. A single name longer than `max_chars` is cut too (at a UTF-8 character
+/// boundary, ending in "...").
 std::string quoted_list(const std::vector<std::string>& names, const std::string& quote = "'",
                         size_t max_chars = 200);
 
