@@ -56,8 +56,18 @@ void add_serve(CLI::App& app, int& status) {
   cmd->add_option("--timeout-ms", a->service.timeout_ms, "Per request, queueing included (504)")
       ->check(CLI::Range(int64_t{1}, int64_t{3'600'000}));
   cmd->add_option("--max-body-mb", a->http.max_body_bytes, "Largest request body, MB (413)")
-      ->transform([](std::string v) { return std::to_string(std::stoll(v) << 20); });
-  cmd->add_option("--max-pixels", a->service.max_pixels, "Largest image, pixels (422)");
+      ->transform(CLI::Validator(
+          [](std::string& v) -> std::string {
+            int64_t mb = 0;
+            if (!CLI::detail::lexical_cast(v, mb) || mb < 1 || mb > 4096) {
+              return "Value " + v + " not in range 1 to 4096 (MB)";
+            }
+            v = std::to_string(mb << 20);
+            return {};
+          },
+          "MB in 1..4096"));
+  cmd->add_option("--max-pixels", a->service.max_pixels, "Largest image, pixels (422)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   cmd->add_option("--precision", a->service.precision,
       "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
@@ -67,6 +77,10 @@ void add_serve(CLI::App& app, int& status) {
   cmd->add_flag("--no-access-log", a->quiet, "Do not log each request");
   cmd->callback([a, &status] {
     a->http.access_log = !a->quiet;
+    if (a->http.rate_limit > 0 && a->http.api_keys_file.empty()) {
+      spdlog::warn("--rate-limit counts requests per API key and has no effect without "
+                   "--api-keys");
+    }
     // Signals go to one thread that waits for them, not to whichever thread runs.
     sigset_t signals;
     sigemptyset(&signals);

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <regex>
 #include <set>
+#include <utility>
 #include <filesystem>
 #include <sys/socket.h>
 
@@ -54,7 +55,9 @@ std::string scope_for(const httplib::Request& req) {
   const std::string& p = req.path;
   if (p == "/healthz" || p == "/readyz" || p == "/openapi.json" || p == "/") return "";  // the page asks for a key itself
   if (p.rfind("/v1/admin/", 0) == 0) return "admin";
-  if (p.rfind("/v1/products", 0) == 0 && req.method != "GET") return "write";
+  if (p.rfind("/v1/products", 0) == 0 && req.method != "GET" && req.method != "HEAD") {
+    return "write";
+  }
   return "read";
 }
 
@@ -65,6 +68,12 @@ constexpr size_t kMaxSkuBytes = 512;
 /// The key of the request this server thread is answering (httplib runs a request's
 /// pre-routing, handler and logger on one thread), for the access log.
 thread_local std::string t_key_name;
+
+/// The status of a refusal (401, 403, 429) the pre-routing handler wrote into the response
+/// of the request this thread is answering, 0 for none. httplib still reads that request's
+/// body, which a client on a kept-alive connection sends anyway: left unread, it would be
+/// taken for the next request on the connection. The route then leaves the answer as is.
+thread_local int t_refused = 0;
 
 /// The image of a request: the raw body (image/* or octet-stream), the multipart field
 /// "image", or base64 in a JSON body's "image".
@@ -353,9 +362,19 @@ void HttpServer::routes() {
   s.set_pre_routing_handler([this, too_large](const httplib::Request& req,
                                               httplib::Response& res) {
     t_key_name.clear();
+    t_refused = 0;
+    // Refused before the body is read: the connection is closed after the answer (the body
+    // is not read).
     const auto refused = [&] {
       metrics_->observe_request(route_name(req.path), res.status, 0.0);
       return httplib::Server::HandlerResponse::Handled;
+    };
+    // Refused once httplib has read (and dropped) the body, which keeps the connection in
+    // step with the client.
+    const auto refused_after_body = [&] {
+      metrics_->observe_request(route_name(req.path), res.status, 0.0);
+      t_refused = res.status;
+      return httplib::Server::HandlerResponse::Unhandled;
     };
     // Before the body is read: httplib takes a Content-Length such as -5 for a length near
     // 2^64 and waits for that many bytes, answering nothing. A body a little over the limit is
@@ -407,31 +426,43 @@ void HttpServer::routes() {
     const std::string scope = scope_for(req);
     if (scope.empty()) return httplib::Server::HandlerResponse::Unhandled;
     const std::string auth = req.get_header_value("Authorization");
-    const std::string prefix = "Bearer ";
+    // The scheme's name is case-insensitive (RFC 7235): "bearer <key>" is the same.
+    const std::string prefix = "bearer ";
     std::optional<ApiKey> key;
-    if (auth.rfind(prefix, 0) == 0) key = keys_->find(auth.substr(prefix.size()));
+    if (auth.size() > prefix.size() &&
+        std::equal(prefix.begin(), prefix.end(), auth.begin(), [](char a, char b) {
+          return a == std::tolower(static_cast<unsigned char>(b));
+        })) {
+      key = keys_->find(auth.substr(prefix.size()));
+    }
     if (!key) {
       res.set_header("WWW-Authenticate", "Bearer");
       send_error(res, 401, "unauthorized",
                  auth.empty() ? "send an API key: Authorization: Bearer <key>"
                               : "the API key is not valid");
-      return refused();
+      return refused_after_body();
     }
     t_key_name = key->name;
     if (!key->scopes.count(scope)) {
       send_error(res, 403, "forbidden",
                  "the key '" + key->name + "' lacks the '" + scope + "' scope for this route");
-      return refused();
+      return refused_after_body();
     }
     double retry = 0;
     if (!limiter_.allow(key->name, &retry)) {
       res.set_header("Retry-After", std::to_string(static_cast<int>(std::ceil(retry))));
       send_error(res, 429, "rate_limited", "too many requests for this key; slow down");
-      return refused();
+      return refused_after_body();
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
   s.set_error_handler([this, too_large](const httplib::Request& req, httplib::Response& res) {
+    if (t_refused != 0) {
+      // Refused before routing; reading the body (over the limit, say) may have set another
+      // status, but the refusal is what the answer says.
+      res.status = std::exchange(t_refused, 0);
+      return;
+    }
     if (!res.body.empty()) return;  // already an error body (and counted)
     const bool sends_body = req.method == "POST" || req.method == "PUT";
     if (res.status == 413) {
@@ -466,12 +497,14 @@ void HttpServer::routes() {
     } catch (const std::exception&) {
     }
     t_key_name.clear();  // a request httplib refuses before pre-routing logs no one's key
+    t_refused = 0;
   });
 
   // Each route through one wrapper: timing, metrics, and errors as JSON.
   using Body = std::function<void(const httplib::Request&, httplib::Response&)>;
   auto route = [this](const std::string& name, Body body) {
     return [this, name, body](const httplib::Request& req, httplib::Response& res) {
+      if (t_refused != 0) return;  // answered (and counted) before the body was read
       const auto t0 = Clock::now();
       try {
         body(req, res);
@@ -861,6 +894,12 @@ void HttpServer::routes() {
          });
   add("POST", "/v1/admin/reload", "/v1/admin/reload", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
+           // A body sent without its JSON type (curl -d) would be dropped, and the old model
+           // reloaded as if asked.
+           if (!body && !req.body.empty()) {
+             throw ServiceError(400, "bad_json", "send the body as JSON with Content-Type: "
+                                "application/json, e.g. {\"model\": \"runs/new/best\"}");
+           }
            check_parameters(req, body ? &*body : nullptr, {"model"});
            std::string dir;
            if (body && body->contains("model")) {

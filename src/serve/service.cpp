@@ -24,6 +24,7 @@
 #include <deque>
 #include <filesystem>
 #include <future>
+#include <optional>
 #include <thread>
 
 namespace vitrine::serve {
@@ -70,6 +71,10 @@ struct Service::Batcher {
   std::condition_variable cv;
   std::deque<std::shared_ptr<Job>> queue;
   bool accepting = true, stopping = false;
+  /// Photos being decoded now (guarded by mu): a decoded photo takes far more memory than
+  /// its file (a 100 KB PNG of 40 MP decodes to over 100 MB), so only so many at once.
+  int64_t decoding = 0;
+  std::condition_variable decoded;  ///< a decode finished
   std::shared_ptr<const ModelSlot> model;  ///< guarded by mu
   std::thread worker;
 
@@ -240,6 +245,42 @@ Inference Service::infer(const std::string& encoded, int64_t top_classes) {
                            std::to_string(options_.max_pixels) + " this service accepts; send a "
                            "smaller one");
   }
+  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.timeout_ms);
+  // Refused before decoding when it would be refused after (shutting down, a full queue),
+  // and decoded at most as many at once as there are cores: each photo may take
+  // max_pixels of memory while it is decoded.
+  const auto decode_limit =
+      static_cast<int64_t>(std::max(2u, std::thread::hardware_concurrency()));
+  {
+    std::unique_lock<std::mutex> lock(batcher_->mu);
+    const auto refusal = [&]() -> std::optional<ServiceError> {
+      if (!batcher_->accepting) {
+        return ServiceError(503, "shutting_down", "the service is shutting down; retry elsewhere");
+      }
+      if (static_cast<int64_t>(batcher_->queue.size()) >= options_.queue_capacity) {
+        metrics_->count_rejected();
+        return ServiceError(429, "overloaded",
+                            "too many images are waiting (" +
+                                std::to_string(options_.queue_capacity) +
+                                "); retry after a second");
+      }
+      return std::nullopt;
+    };
+    if (auto no = refusal()) throw *no;
+    if (!batcher_->decoded.wait_until(lock, deadline,
+                                      [&] { return batcher_->decoding < decode_limit; })) {
+      throw ServiceError(504, "timeout",
+                         "no answer within " + std::to_string(options_.timeout_ms) + " ms");
+    }
+    ++batcher_->decoding;
+  }
+  const auto decoded = [&] {
+    {
+      std::lock_guard<std::mutex> lock(batcher_->mu);
+      --batcher_->decoding;
+    }
+    batcher_->decoded.notify_one();
+  };
   auto job = std::make_shared<Job>();
   job->slot = slot;
   job->top_classes = top_classes;
@@ -248,9 +289,14 @@ Inference Service::infer(const std::string& encoded, int64_t top_classes) {
     decode.max_pixels = options_.max_pixels;
     job->input = slot->predictor.preprocess(image::decode(data, encoded.size(), decode));
   } catch (const Error& e) {
+    decoded();
     throw ServiceError(400, "bad_image", e.what());
+  } catch (...) {
+    decoded();
+    throw;
   }
-  job->deadline = Clock::now() + std::chrono::milliseconds(options_.timeout_ms);
+  decoded();
+  job->deadline = deadline;
   auto answer = job->done.get_future();
   {
     std::lock_guard<std::mutex> lock(batcher_->mu);

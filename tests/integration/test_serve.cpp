@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
+#include <utility>
 
 using namespace vitrine;
 using json = nlohmann::json;
@@ -156,6 +157,55 @@ std::string raw_exchange(int port, const std::string& request) {
   ::close(fd);
   return answer;
 }
+
+/// A connection driven by hand: what is sent when, and each answer read on its own.
+class RawConnection {
+ public:
+  explicit RawConnection(int port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    timeval tv{10, 0};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~RawConnection() { ::close(fd_); }
+  void send(const std::string& bytes) {
+    EXPECT_EQ(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(bytes.size()));
+  }
+  /// One answer: its head, then as many body bytes as its Content-Length says.
+  std::string read_response() {
+    while (buffer_.find("\r\n\r\n") == std::string::npos && receive()) {
+    }
+    const size_t head = buffer_.find("\r\n\r\n");
+    if (head == std::string::npos) return std::exchange(buffer_, {});
+    const size_t at = buffer_.find("Content-Length: ");
+    const size_t length = at < head ? std::stoul(buffer_.substr(at + 16)) : 0;
+    while (buffer_.size() < head + 4 + length && receive()) {
+    }
+    const std::string answer = buffer_.substr(0, head + 4 + length);
+    buffer_.erase(0, answer.size());
+    return answer;
+  }
+  /// Everything until the server closes the connection (or 10 s pass).
+  std::string read_all() {
+    while (receive()) {
+    }
+    return std::exchange(buffer_, {});
+  }
+
+ private:
+  bool receive() {
+    char buf[4096];
+    const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    if (n > 0) buffer_.append(buf, static_cast<size_t>(n));
+    return n > 0;
+  }
+  int fd_;
+  std::string buffer_;
+};
 
 json body_of(const httplib::Result& r) {
   EXPECT_TRUE(r) << "no response";
@@ -393,6 +443,32 @@ TEST(Serve, KeysAndScopes) {
   EXPECT_NE(metrics.find("{route=\"/v1/products/{sku}\",status=\"403\"} 1"), std::string::npos)
       << metrics;
   EXPECT_NE(server.log().find("\"key\":\"reader\""), std::string::npos) << server.log();
+  // The scheme's name is case-insensitive, and HEAD reads as GET does.
+  httplib::Client lower("127.0.0.1", server.port());
+  lower.set_default_headers({{"Authorization", "bearer " + f.read_key}});
+  EXPECT_EQ(lower.Get("/v1/products?limit=1")->status, 200);
+  EXPECT_EQ(reader.Head("/v1/products/NO_SUCH_SKU")->status, 404);
+  // A body sent without its JSON type is refused, not dropped (the old model reloaded).
+  auto admin = server.client(f.admin_key);
+  r = admin.Post("/v1/admin/reload", R"({"model": "elsewhere"})",
+                 "application/x-www-form-urlencoded");
+  EXPECT_EQ(r->status, 400);
+  EXPECT_CONTAINS(body_of(r)["error"]["message"].get<std::string>(), "Content-Type");
+  // A refused request's body is read and dropped, never taken for the next request on the
+  // connection. The body comes after a pause (the refusal may be sent before it); then the
+  // client's next request gets the next answer.
+  const std::string smuggled = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  RawConnection raw(server.port());
+  raw.send("POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+           "Content-Length: " + std::to_string(smuggled.size()) + "\r\n\r\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  raw.send(smuggled);
+  const std::string first = raw.read_response();
+  EXPECT_EQ(first.rfind("HTTP/1.1 401", 0), 0u) << first;
+  raw.send("GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const std::string rest = raw.read_all();
+  EXPECT_CONTAINS(rest, "\"ready\"");
+  EXPECT_EQ(rest.find("\"status\":\"ok\""), std::string::npos) << rest;
 }
 
 TEST(Serve, LimitsAndBadInput) {

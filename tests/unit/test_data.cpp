@@ -5,6 +5,7 @@
 
 #include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
+#include "vitrine/core/json.h"
 #include "vitrine/core/text.h"
 #include "vitrine/data/dataset.h"
 #include "vitrine/data/loader.h"
@@ -132,6 +133,33 @@ TEST(Text, QuotedListNamesItemsAndCutsLongLists) {
   for (int i = 0; i < 200; ++i) accents += "\xC3\xA9";
   const std::string one = vitrine::quoted_list({accents}, "'", 11);
   EXPECT_EQ(one, "'\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9...'");
+}
+
+TEST(Json, NestingIsCountedOutsideStringsOnly) {
+  // Brackets and escaped quotes inside strings are text, not nesting.
+  const std::string text = R"({"a": "[[[[\"{{{{", "b": [[1]]})";
+  EXPECT_EQ(vitrine::parse_json(text, "t")["b"][0][0], 1);
+  const std::string deep = std::string(65, '[') + std::string(65, ']');
+  EXPECT_CONTAINS(vitrine::test::error_of([&] { vitrine::parse_json(deep, "body"); }),
+                  "body: JSON nested deeper than 64 levels");
+  const std::string ok = std::string(64, '[') + std::string(64, ']');
+  EXPECT_TRUE(vitrine::parse_json(ok, "body").is_array());
+  // Many shallow objects parse (an array of objects is the common large body).
+  std::string many = "[";
+  for (int i = 0; i < 20000; ++i) many += i ? ",{}" : "{}";
+  EXPECT_EQ(vitrine::parse_json(many + "]", "body").size(), 20000u);
+  EXPECT_CONTAINS(vitrine::test::error_of([&] { vitrine::parse_json("{\"a\": ", "body"); }),
+                  "body: not valid JSON");
+}
+
+TEST(Json, Utf8IsCheckedStrictly) {
+  EXPECT_TRUE(vitrine::valid_utf8("plain"));
+  EXPECT_TRUE(vitrine::valid_utf8("\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80"));  // é € emoji
+  EXPECT_FALSE(vitrine::valid_utf8("\xC0\xAF"));          // '/' written in two bytes
+  EXPECT_FALSE(vitrine::valid_utf8("\xE0\x80\xAF"));      // and in three
+  EXPECT_FALSE(vitrine::valid_utf8("\xED\xA0\x80"));      // a UTF-16 surrogate
+  EXPECT_FALSE(vitrine::valid_utf8("\xF4\x90\x80\x80"));  // above U+10FFFF
+  EXPECT_FALSE(vitrine::valid_utf8("\xC3"));              // cut short
 }
 
 TEST(DataImageFolder, SplitLayoutClassOrderAndWarnings) {
