@@ -269,26 +269,50 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
   int64_t total = 0;
   for (const auto& d : parts) total += d->size();
   Progress progress("index", total, "img");
-  int64_t failed = 0;
+  int64_t stored = 0, unchanged = 0, failed = 0;
   for (const auto& d : parts) {
     for (int64_t begin = 0; begin < d->size(); begin += a.batch_size) {
       const int64_t end = std::min(d->size(), begin + a.batch_size);
-      std::vector<cv::Mat> images(static_cast<size_t>(end - begin));
-      std::vector<std::string> errors(images.size());
-      for (int64_t i = begin; i < end; ++i) {
+      const auto n = static_cast<size_t>(end - begin);
+      std::vector<cv::Mat> images(n);
+      std::vector<std::string> errors(n), hashes(n), categories(n);
+      // An item stored before with the same pixels and class is left as it is: a re-run
+      // embeds only what changed.
+      std::vector<cv::Mat> to_embed;
+      std::vector<size_t> embed_at(n, n);  ///< the item's place in to_embed (n: none)
+      for (size_t at = 0; at < n; ++at) {
+        const int64_t i = begin + static_cast<int64_t>(at);
         try {
-          images[static_cast<size_t>(i - begin)] = d->image(i);
+          images[at] = d->image(i);
         } catch (const std::exception& e) {
-          errors[static_cast<size_t>(i - begin)] = e.what();
+          errors[at] = e.what();
+          continue;
         }
+        if (!images[at].isContinuous()) images[at] = images[at].clone();
+        hashes[at] = sha256_hex(images[at].data, images[at].total() * images[at].elemSize());
+        const auto labels = d->labels(i);
+        if (!labels.empty()) categories[at] = d->classes().at(static_cast<size_t>(labels.front()));
+        const std::string name = d->name(i);
+        const auto before = db.catalog().image_hashes(name);
+        if (before.size() == 1 && before.front().second == hashes[at]) {
+          const auto product = db.catalog().find(name);
+          if (product && product->category == categories[at]) continue;
+        }
+        embed_at[at] = to_embed.size();
+        to_embed.push_back(images[at]);
       }
-      auto embedded = embedder.embed_images(images);
+      auto embedded = embedder.embed_images(to_embed);
       std::vector<search::ProductUpdate> batch;
       std::vector<std::pair<std::string, std::string>> copies;  ///< PNG copies (path, bytes)
-      for (int64_t i = begin; i < end; ++i) {
-        const auto at = static_cast<size_t>(i - begin);
+      for (size_t at = 0; at < n; ++at) {
+        const int64_t i = begin + static_cast<int64_t>(at);
         const std::string name = d->name(i);
-        std::string error = errors[at].empty() ? embedded[at].error : errors[at];
+        if (errors[at].empty() && embed_at[at] == n) {
+          report_line({{"sku", name}, {"status", "unchanged"}}, a.quiet);
+          ++unchanged;
+          continue;
+        }
+        const std::string error = errors[at].empty() ? embedded[embed_at[at]].error : errors[at];
         if (!error.empty()) {
           report_line({{"sku", name}, {"status", "failed"}, {"error", error}}, a.quiet);
           ++failed;
@@ -296,11 +320,10 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
         }
         search::Product p;
         p.sku = name;
-        const auto labels = d->labels(i);
-        if (!labels.empty()) p.category = d->classes().at(static_cast<size_t>(labels.front()));
+        p.category = categories[at];
         p.title = p.category;
-        const cv::Mat m = images[at].isContinuous() ? images[at] : images[at].clone();
-        const std::string hash = sha256_hex(m.data, m.total() * m.elemSize());
+        const cv::Mat& m = images[at];
+        const std::string& hash = hashes[at];
         // A photo of a packed data set (Fashion-MNIST's files) is no file of its own: a PNG
         // copy in the database lets `vitrine serve` show it.
         std::string ref = name;
@@ -310,7 +333,7 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
           copies.emplace_back(ref, std::string(png.begin(), png.end()));
         }
         p.images = {ref};
-        batch.push_back({p, {{ref, hash, std::move(embedded[at].embedding)}}});
+        batch.push_back({p, {{ref, hash, std::move(embedded[embed_at[at]].embedding)}}});
       }
       // Copies are written before the products that name them are stored, and checked
       // again after: another process may delete a shared one in between.
@@ -324,14 +347,16 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
       if (!batch.empty()) db.upsert(batch);
       write_copies();
       for (const auto& u : batch) report_line({{"sku", u.product.sku}, {"status", "stored"}}, a.quiet);
+      stored += static_cast<int64_t>(batch.size());
       std::cout.flush();
       progress.advance(end - begin);
     }
   }
   progress.finish();
   db.save();
-  spdlog::info("{} failed; the database holds {} products ({} index)", failed,
-               db.catalog().product_count(), db.index() ? db.index()->kind() : "no");
+  spdlog::info("{} stored, {} unchanged, {} failed; the database holds {} products ({} index)",
+               stored, unchanged, failed, db.catalog().product_count(),
+               db.index() ? db.index()->kind() : "no");
   return failed > 0 ? kExitSomeFailed : kExitOk;
 }
 
@@ -549,7 +574,15 @@ void add_duplicates_command(CLI::App& app, int& status) {
   cmd->add_option("--db", a->db, "Search database folder")->required();
   cmd->add_option("--threshold", a->options.threshold,
                   "Cosine similarity at or above which two images count as the same")
-      ->check(CLI::Range(-1.0, 1.0));
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            double v = 0;
+            if (!CLI::detail::lexical_cast(value, v) || !(v > -1.0 && v <= 1.0)) {
+              return "Value " + value + " not in range (-1, 1]";
+            }
+            return {};
+          },
+          "FLOAT in (-1, 1]"));
   cmd->add_option("--neighbours", a->options.neighbours, "Candidates looked at per image")
       ->check(CLI::Range(int64_t{1}, int64_t{1000}));
   cmd->add_option("--format", a->format, "json (one group per line) or csv (one image per row)")

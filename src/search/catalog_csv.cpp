@@ -180,8 +180,9 @@ CatalogFile read_catalog_csv(const std::string& path) {
 }
 
 std::vector<QueryRow> read_query_csv(const std::string& path) {
-  VT_CHECK(fs::is_regular_file(path), "query file ", path,
-           " does not exist; give a CSV with a header row: image,sku (or image,category)");
+  VT_CHECK(fs::is_regular_file(path), "queries ", path, " do not exist; give a CSV with a "
+           "header row image,sku (or image,category), or a folder of <category>/ folders of "
+           "photos");
   const auto records = parse_csv(read_text_file(path), path);
   VT_CHECK(records.size() >= 2, path, " has no query rows (header: image,sku or image,category)");
   std::map<std::string, size_t> column;

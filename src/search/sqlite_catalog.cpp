@@ -15,6 +15,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -143,7 +144,8 @@ bool parse_number(const std::string& text, double* out) {
   if (text.empty()) return false;
   char* end = nullptr;
   *out = std::strtod(text.c_str(), &end);
-  return end == text.c_str() + text.size();
+  // nan, inf and 1e999 are no prices or sizes (the catalogue CSV refuses them too).
+  return end == text.c_str() + text.size() && std::isfinite(*out);
 }
 
 class SqliteCatalog : public Catalog {

@@ -353,9 +353,17 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
   EXPECT_FALSE(fs::exists(d + "/db3"));
   r = test::run_command(index_set + " --split test --test-split 0.5");
   EXPECT_EQ(r.status, 0) << r.err;
-  r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") + " --data " +
-                        q(d + "/set") + " --split all --db " + q(d + "/db2"));
+  const std::string index_all = q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                                " --data " + q(d + "/set") + " --split all --db " + q(d + "/db2");
+  r = test::run_command(index_all);
   ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "12 stored, 0 unchanged, 0 failed");
+  // Run again, it embeds only what changed: one photo edited.
+  cv::imwrite(d + "/set/shoes/shoes1.png", cv::Mat(20, 20, CV_8UC3, cv::Scalar(9, 99, 199)));
+  r = test::run_command(index_all);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "1 stored, 11 unchanged, 0 failed");
+  EXPECT_CONTAINS(r.out, "\"status\":\"unchanged\"");
   r = test::run_command(q(test::vitrine_bin()) + " eval-retrieval --db " + q(d + "/db2") +
                         " --data " + q(d + "/set") + " --val-split 0.5 --split val --json " +
                         q(d + "/m.json"));

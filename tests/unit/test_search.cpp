@@ -114,6 +114,10 @@ TEST(SearchFilter, ParsesTheDocumentedForms) {
   EXPECT_EQ(parse_filter("attributes.colour=red").field, "attributes.colour");
   EXPECT_EQ(parse_filter("price>2.5").op, ">");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("colour=red"); }), "unknown field 'colour'");
+  // No price is nan or infinite (the catalogue CSV refuses them too).
+  for (const std::string value : {"nan", "inf", "1e999"}) {
+    EXPECT_CONTAINS(test::error_of([&] { parse_filter("price<=" + value); }), "is not one");
+  }
   EXPECT_CONTAINS(test::error_of([] { parse_filter("attributes.a\\b=x"); }), "cannot be filtered");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("attributes.a\"b=x"); }), "cannot be filtered");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("price<=cheap"); }), "not one");
