@@ -62,9 +62,11 @@ SafetensorsFile safetensors_load(const std::string& path) {
            ": too short to be a safetensors file (", file_size, " bytes)");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
-  VT_CHECK(header_len <= kMaxHeaderBytes && 8 + header_len <= file_size, path,
-           ": not a safetensors file (header length ", header_len, " does not fit in a ",
-           file_size, "-byte file); is it a .pth or .bin checkpoint? use --from torchvision");
+  VT_CHECK(header_len <= kMaxHeaderBytes, path, ": not a safetensors file (its first bytes "
+           "give a header of ", header_len, " bytes); is it a .pth or .bin checkpoint? import "
+           "it with `vitrine import --from torchvision` (or --from hf, timm)");
+  VT_CHECK(8 + header_len <= file_size, path, ": truncated (its header alone needs ",
+           8 + header_len, " bytes, the file has ", file_size, "); copy or download it again");
   std::string header(header_len, '\0');
   VT_CHECK(in.read(header.data(), static_cast<std::streamsize>(header_len)), path,
            ": truncated header");

@@ -240,6 +240,12 @@ TEST(Safetensors, CorruptFilesGiveClearErrors) {
   write_file_atomic(dir + "/truncated.safetensors", ok.substr(0, ok.size() - 100));
   EXPECT_NE(test::error_of([&] { safetensors_load(dir + "/truncated.safetensors"); }).find("truncated"),
             std::string::npos);
+  // Cut inside the header: a copy cut short, not some other format.
+  write_file_atomic(dir + "/cut_header.safetensors", ok.substr(0, 40));
+  const std::string cut =
+      test::error_of([&] { safetensors_load(dir + "/cut_header.safetensors"); });
+  EXPECT_CONTAINS(cut, "truncated (its header alone needs");
+  EXPECT_EQ(cut.find(".pth"), std::string::npos) << cut;
   write_file_atomic(dir + "/empty.safetensors", "");
   EXPECT_NE(test::error_of([&] { safetensors_load(dir + "/empty.safetensors"); }).find("too short"),
             std::string::npos);
