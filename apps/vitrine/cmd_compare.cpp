@@ -52,6 +52,9 @@ void add_compare_command(CLI::App& app, int& status) {
       runs.push_back(train::read_run(spec.substr(0, eq), spec.substr(eq + 1)));
     }
     train::check_one_kind(runs);
+    if (const auto differ = train::test_set_difference(runs); !differ.empty()) {
+      spdlog::warn("{}", differ);
+    }
     std::vector<train::ComparedSample> samples;
     if (!a->data.empty() && a->samples > 0) {
       data::DataOptions d;

@@ -84,6 +84,25 @@ void check_one_kind(const std::vector<RunSummary>& runs) {
   }
 }
 
+std::string test_set_difference(const std::vector<RunSummary>& runs) {
+  const RunSummary* first = nullptr;
+  for (const auto& r : runs) {
+    if (!r.has_test) continue;
+    if (!first) {
+      first = &r;
+    } else if (r.test_count != first->test_count || r.classes != first->classes) {
+      const auto what = [](const RunSummary& x) {
+        return std::to_string(x.test_count) + " photos of " + std::to_string(x.classes.size()) +
+               " classes";
+      };
+      return "'" + first->name + "' was tested on " + what(*first) + " and '" + r.name +
+             "' on " + what(r) + ": their test figures do not compare (test both on one "
+             "split with `vitrine eval --json`)";
+    }
+  }
+  return {};
+}
+
 std::string comparison_table(const std::vector<RunSummary>& runs) {
   check_one_kind(runs);
   const bool multi = !runs.empty() && runs.front().multi_label;

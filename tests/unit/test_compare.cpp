@@ -133,6 +133,14 @@ TEST(Compare, ReadsRunsAndTabulatesThem) {
   EXPECT_CONTAINS(table, "75.00%");
   EXPECT_CONTAINS(table, "87.50%");
   EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 4);  // header and three runs
+  EXPECT_EQ(train::test_set_difference(runs), "");
+  auto other = runs;
+  other[1].test_count = 6;
+  EXPECT_CONTAINS(train::test_set_difference(other), "'from scratch' was tested on 4 photos of "
+                                                     "2 classes and 'pretrained' on 6 photos");
+  other[1].test_count = 4;
+  other[1].classes = {"bag", "hat"};
+  EXPECT_CONTAINS(train::test_set_difference(other), "do not compare");
 
   train::ComparedSample s;
   s.image_png_base64 =  // a 1x1 grey PNG

@@ -33,6 +33,11 @@ RunSummary read_run(const std::string& name, const std::string& dir);
 /// Throws unless all runs are single-label or all multi-label (their scores differ).
 void check_one_kind(const std::vector<RunSummary>& runs);
 
+/// Empty when every run with test metrics was tested on as many photos of the same
+/// classes; otherwise a warning naming two runs whose test sets differ (their test figures
+/// do not compare).
+std::string test_set_difference(const std::vector<RunSummary>& runs);
+
 /// A plain-text table (one row per run: test top-1, macro-F1, ECE, epochs, time; for
 /// multi-label runs test mAP, micro-F1, macro-F1, epochs, time) for the terminal, with a
 /// header and aligned columns. Throws when single-label and multi-label runs are mixed.
