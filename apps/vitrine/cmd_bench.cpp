@@ -51,13 +51,31 @@ void add_bench_command(CLI::App& app, int& status) {
   cmd->callback([a, precision_opt, &status] {
     auto model = models::load_model(a->model);
     const auto& cfg = model->config();
-    if (precision_opt->count() == 0 && !cfg.int8_scales.empty()) a->precisions.push_back("int8");
+    const bool calibrated = !cfg.int8_scales.empty();
+    if (precision_opt->count() == 0 && calibrated) a->precisions.push_back("int8");
+    // Settings that cannot run are refused or skipped before anything is measured.
+    std::vector<std::pair<std::string, std::string>> settings;  // engine, precision
+    bool skipped = false;
+    for (const auto& e : a->engines) {
+      for (const auto& p : a->precisions) {
+        if (p == "int8") {
+          VT_CHECK(calibrated, a->model, " has no int8 calibration; make one with `vitrine "
+                   "optimize --int8 --calib DATA`, or bench fp32 and bf16 only");
+          if (e == "libtorch") {
+            skipped = true;
+            continue;
+          }
+        }
+        settings.emplace_back(e, p);
+      }
+    }
+    if (skipped) {
+      VT_CHECK(!settings.empty(), "int8 runs on the fused engine only; use --engine fused");
+      spdlog::info("int8 runs on the fused engine only: the libtorch engine is measured in the "
+                   "other precisions");
+    }
     std::fprintf(stderr, "%-9s %-9s %6s %8s %10s %12s %12s\n", "engine", "precision", "batch",
                  "threads", "img/s", "p50 ms", "p90 ms");
-    std::vector<std::pair<std::string, std::string>> settings;  // engine, precision
-    for (const auto& e : a->engines) {
-      for (const auto& p : a->precisions) settings.emplace_back(e, p);
-    }
     for (const auto& [engine_arg, precision] : settings) {
       // The predictor prepares the model for the precision (weights converted once).
       models::Predictor predictor(model, models::parse_precision(precision),

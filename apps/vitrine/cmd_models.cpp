@@ -133,19 +133,40 @@ void add_init_command(CLI::App& app, int& status) {
   cmd->add_option("--stem", a->stem,
                   "ResNet stem: imagenet (/4), small (/2, 32-96 px photos), cifar (/1)")
       ->check(CLI::IsMember({"imagenet", "small", "cifar"}));
-  cmd->add_option("--layers", a->layers, "resnet_custom: blocks per stage (4 numbers)")
-      ->expected(4);
-  cmd->add_option("--block", a->block, "resnet_custom: basic (resnet18/34) or bottleneck (50+)")
-      ->check(CLI::IsMember({"basic", "bottleneck"}));
-  cmd->add_option("--patch-size", a->patch_size, "vit_custom: patch side");
-  cmd->add_option("--width", a->width, "vit_custom: embedding width");
-  cmd->add_option("--depth", a->depth, "vit_custom: encoder blocks");
-  cmd->add_option("--heads", a->heads, "vit_custom: attention heads");
-  cmd->add_option("--mlp-ratio", a->mlp_ratio, "vit_custom: MLP width / embedding width");
+  const std::vector<CLI::Option*> resnet_flags{
+      cmd->add_option("--layers", a->layers, "resnet_custom: blocks per stage (4 numbers)")
+          ->expected(4)
+          ->check(CLI::Range(int64_t{1}, int64_t{256})),
+      cmd->add_option("--block", a->block,
+                      "resnet_custom: basic (resnet18/34) or bottleneck (50+)")
+          ->check(CLI::IsMember({"basic", "bottleneck"}))};
+  const auto positive = CLI::Range(int64_t{1}, int64_t{1} << 16);
+  const std::vector<CLI::Option*> vit_flags{
+      cmd->add_option("--patch-size", a->patch_size, "vit_custom: patch side")->check(positive),
+      cmd->add_option("--width", a->width, "vit_custom: embedding width")->check(positive),
+      cmd->add_option("--depth", a->depth, "vit_custom: encoder blocks")->check(positive),
+      cmd->add_option("--heads", a->heads, "vit_custom: attention heads")->check(positive),
+      cmd->add_option("--mlp-ratio", a->mlp_ratio, "vit_custom: MLP width / embedding width")
+          ->check(CLI::PositiveNumber)};
   cmd->add_option("--seed", a->seed, "Random seed of the initialisation");
   auto* num_classes = cmd->get_option("--num-classes");
-  cmd->callback([a, num_classes, &status] {
+  auto* image_size = cmd->get_option("--image-size");
+  std::vector<CLI::Option*> not_with_like = resnet_flags;
+  not_with_like.insert(not_with_like.end(), vit_flags.begin(), vit_flags.end());
+  not_with_like.push_back(cmd->get_option("--in-channels"));
+  not_with_like.push_back(cmd->get_option("--stem"));
+  cmd->callback([a, num_classes, image_size, resnet_flags, vit_flags, not_with_like, &status] {
     VT_CHECK(!a->arch.empty() || !a->like.empty(), "give --arch NAME (or --like DIR)");
+    // Flags of another architecture would be dropped without a word: refuse them.
+    const auto refuse = [](const std::vector<CLI::Option*>& flags, const std::string& why) {
+      for (const auto* f : flags) VT_CHECK(f->count() == 0, f->get_name(), " ", why);
+    };
+    if (!a->like.empty()) {
+      refuse(not_with_like, "does not apply with --like (the copy keeps the architecture)");
+    } else {
+      if (a->arch != "resnet_custom") refuse(resnet_flags, "is for --arch resnet_custom");
+      if (a->arch != "vit_custom") refuse(vit_flags, "is for --arch vit_custom");
+    }
     check_output_dir(a->out);
     nlohmann::json provenance{{"source", "init"},
                               {"seed", a->seed},
@@ -155,6 +176,7 @@ void add_init_command(CLI::App& app, int& status) {
     if (!a->like.empty()) {
       c = models::load_model_config(a->like);
       provenance["like"] = a->like;
+      if (image_size->count() > 0) models::set_image_size(c, a->image_size);
       if (num_classes->count() > 0) {
         c.num_classes = a->num_classes;
         c.labels.clear();

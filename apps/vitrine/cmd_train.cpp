@@ -55,8 +55,11 @@ void add_data_options(CLI::App* cmd, data::DataOptions& d) {
 void add_model_options(CLI::App* cmd, ModelChoice c) {
   cmd->add_option("--model", *c.arch, "Architecture to train from scratch (see `vitrine models`)");
   cmd->add_option("--init", *c.init_dir, "Model directory to start from (imported or trained)");
-  cmd->add_option("--image-size", *c.image_size, "Input side (default: the model's)");
-  cmd->add_option("--in-channels", *c.in_channels, "1 or 3 (default: from the data)");
+  cmd->add_option("--image-size", *c.image_size, "Input side (default: the model's)")
+      ->check(CLI::Range(1, 65536));
+  cmd->add_option("--in-channels", *c.in_channels,
+                  "1 or 3 with --model (default: from the data)")
+      ->check(CLI::IsMember({1, 3}));
   cmd->add_option("--stem", *c.stem,
                   "ResNet stem with --model: imagenet (/4), small (/2, 32-96 px), cifar (/1)")
       ->check(CLI::IsMember({"imagenet", "small", "cifar"}));
@@ -72,13 +75,16 @@ void add_loop_options(CLI::App* cmd, LoopFlags f) {
   cmd->add_option("--lr", f.optim->lr, "Peak learning rate");
   cmd->add_option("--weight-decay", f.optim->weight_decay,
                   "Decoupled weight decay (not on biases, norms, embeddings)");
-  cmd->add_option("--momentum", f.optim->momentum, "SGD momentum");
+  cmd->add_option("--momentum", f.optim->momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0));
   cmd->add_flag("--nesterov", f.optim->nesterov, "SGD with Nesterov momentum");
   cmd->add_option("--sched", *f.schedule, "cosine | step | constant")
       ->check(CLI::IsMember({"cosine", "step", "constant"}));
-  cmd->add_option("--warmup-epochs", *f.warmup_epochs, "Linear warm-up (may be fractional)");
-  cmd->add_option("--min-lr", *f.min_lr, "Floor of the cosine schedule");
-  cmd->add_option("--clip-grad", *f.clip_grad, "Max gradient norm (0 = off)");
+  cmd->add_option("--warmup-epochs", *f.warmup_epochs, "Linear warm-up (may be fractional)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--min-lr", *f.min_lr, "Floor of the cosine schedule")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--clip-grad", *f.clip_grad, "Max gradient norm (0 = off)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--amp", *f.amp, "none | bf16: mixed precision (CPU autocast)")
       ->check(CLI::IsMember({"none", "bf16"}));
   cmd->add_option("--seed", *f.seed, "Random seed (data order, augmentation, initialisation)");
@@ -95,11 +101,14 @@ void add_loop_options(CLI::App* cmd, LoopFlags f) {
 }
 
 void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& a) {
-  cmd->add_option("--scale", a.scale, "Random-resized-crop area range (min max)");
-  cmd->add_option("--ratio", a.ratio, "Random-resized-crop aspect range (min max)");
-  cmd->add_option("--hflip", a.hflip, "Horizontal flip probability");
+  cmd->add_option("--scale", a.scale, "Random-resized-crop area range (min max)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--ratio", a.ratio, "Random-resized-crop aspect range (min max)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--hflip", a.hflip, "Horizontal flip probability")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--color-jitter", a.brightness,
-                  "Colour jitter strength (brightness = contrast = saturation)");
+                  "Colour jitter strength (brightness = contrast = saturation)")
+      ->check(CLI::NonNegativeNumber);
 }
 
 /// --adv-eps, --adv-steps, --adv-alpha: an attack's budget, as training and eval take it.
@@ -202,7 +211,7 @@ void add_train_command(CLI::App& app, int& status) {
                   "the one above (ViT blocks, ResNet residual blocks; 1 = off)");
   cmd->add_option("--decay-milestones", o->lr_milestones,
                   "Epochs where step decay applies (--sched step)");
-  cmd->add_option("--decay-rate", o->lr_gamma, "Step decay factor");
+  cmd->add_option("--decay-rate", o->lr_gamma, "Step decay factor")->check(CLI::PositiveNumber);
   cmd->add_option("--label-smoothing", o->label_smoothing, "Label smoothing");
   cmd->add_option("--drop", o->dropout, "Dropout rate");
   cmd->add_option("--drop-path", o->drop_path, "Stochastic depth rate");
@@ -213,18 +222,21 @@ void add_train_command(CLI::App& app, int& status) {
                   "random | balanced (every class drawn equally often, with replacement)")
       ->check(CLI::IsMember({"random", "balanced"}));
   cmd->add_option("--freeze", o->freeze, "none | backbone | until:<module>");
-  cmd->add_option("--patience", o->patience, "Early stopping patience in epochs (0 = off)");
+  cmd->add_option("--patience", o->patience, "Early stopping patience in epochs (0 = off)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--monitor", o->monitor,
                   "val_top1 | val_loss | val_macro_f1 | val_robust_top1 | val_map (default: "
                   "val_top1; val_robust_top1 with --adv; val_map for multi-label data)");
   auto& a = o->augment;
   add_crop_flip_jitter_options(cmd, a);
-  cmd->add_option("--rotation", a.rotation, "Random rotation, degrees");
+  cmd->add_option("--rotation", a.rotation, "Random rotation, degrees")
+      ->check(CLI::Range(0.0, 180.0));
   cmd->add_option("--aa", a.auto_augment, "none | trivialaugment | randaugment")
       ->check(CLI::IsMember({"none", "trivialaugment", "randaugment"}));
-  cmd->add_option("--reprob", a.random_erasing, "Random erasing probability");
-  cmd->add_option("--mixup", o->mixup, "Mixup alpha (0 = off)");
-  cmd->add_option("--cutmix", o->cutmix, "CutMix alpha (0 = off)");
+  cmd->add_option("--reprob", a.random_erasing, "Random erasing probability")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--mixup", o->mixup, "Mixup alpha (0 = off)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--cutmix", o->cutmix, "CutMix alpha (0 = off)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--adv", o->adv, "Adversarial training: none | fgsm | pgd")
       ->check(CLI::IsMember({"none", "fgsm", "pgd"}));
   add_attack_options(cmd, o->adv_attack);

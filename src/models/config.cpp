@@ -37,9 +37,17 @@ std::vector<std::string> read_labels_file(const std::string& path) {
   VT_CHECK(valid_utf8(text), path, ": not UTF-8 text; save the labels file as UTF-8");
   std::istringstream in(text);
   std::vector<std::string> labels;
+  std::map<std::string, int> line_of;
+  int number = 0;
   for (std::string line; std::getline(in, line);) {
+    ++number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (!line.empty()) labels.push_back(line);
+    if (line.empty()) continue;
+    const auto [it, fresh] = line_of.emplace(line, number);
+    VT_CHECK(fresh, path, " line ", number, ": the label '", line, "' is also on line ",
+             it->second, "; class names must be unique (they match data, eval and teachers by "
+             "name)");
+    labels.push_back(line);
   }
   VT_CHECK(!labels.empty(), path, ": no labels found (expected one label per line)");
   return labels;

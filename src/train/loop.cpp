@@ -3,6 +3,8 @@
 #include "vitrine/core/error.h"
 #include "vitrine/core/state_dict.h"
 #include "vitrine/models/checkpoint.h"
+#include "vitrine/models/model_dir.h"
+#include "vitrine/models/registry.h"
 #include "vitrine/train/evaluate.h"
 
 #include <ATen/ATen.h>
@@ -108,6 +110,27 @@ EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgres
   out.skipped = static_cast<int64_t>(errors.size());
   for (const auto& e : errors) spdlog::warn("skipped: {}", e);
   return out;
+}
+
+models::ModelConfig starting_config(const std::string& arch, const std::string& init_dir,
+                                    const std::string& stem, int64_t in_channels,
+                                    bool grey_data) {
+  if (init_dir.empty()) {
+    VT_CHECK(!arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");
+    // Grey data sets (Fashion-MNIST, X-ray-like product scans) train 1-channel models.
+    return models::new_model_config(arch, in_channels > 0 ? in_channels : grey_data ? 1 : 3,
+                                    stem);
+  }
+  VT_CHECK(arch.empty(), "give either --model ARCH (from scratch) or --init DIR, not both");
+  VT_CHECK(stem.empty(), "--stem applies to a new model (--model); the --init model keeps its "
+           "own");
+  auto cfg = models::load_model_config(init_dir);
+  VT_CHECK(in_channels == 0 || in_channels == cfg.in_channels, init_dir, " takes ",
+           cfg.in_channels, "-channel images; --in-channels applies to a new model (--model): "
+           "drop it (photos are converted to the model's channels either way)");
+  cfg.int8_scales.clear();
+  cfg.int8_report_json = "{}";
+  return cfg;
 }
 
 data::SampleTransform one_view(image::TrainTransform t) {

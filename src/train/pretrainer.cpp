@@ -139,6 +139,8 @@ struct Pretrainer::State {
   double knn_monitor();
   void save_backbone(const std::string& dir);
   void save_state(int64_t epochs_done, const EpochProgress& progress = {});
+  /// The state file's header: counters, and what the run learns from.
+  StateHeader state_header(int64_t epochs_done, const EpochProgress& progress) const;
   void load_state();
   void write_charts() const;
 };
@@ -164,23 +166,11 @@ void Pretrainer::State::open_data() {
 }
 
 void Pretrainer::State::build_model() {
-  models::ModelConfig cfg;
   StateDict init_weights;
+  auto cfg = starting_config(o.arch, o.init_dir, o.resnet_stem, o.in_channels,
+                        images->image(0).channels() == 1);
   if (!o.init_dir.empty()) {
-    VT_CHECK(o.arch.empty(), "give either --model ARCH (from scratch) or --init DIR, not both");
-    VT_CHECK(o.resnet_stem.empty(), "--stem applies to a new model (--model); the --init model "
-             "keeps its own");
-    cfg = models::load_model_config(o.init_dir);
-    // int8 scales belong to the weights they were calibrated on, which training changes.
-    cfg.int8_scales.clear();
-    cfg.int8_report_json = "{}";
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
-  } else {
-    VT_CHECK(!o.arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");
-    cfg = models::new_model_config(
-        o.arch,
-        o.in_channels > 0 ? o.in_channels : (images->image(0).channels() == 1 ? 1 : 3),
-        o.resnet_stem);
   }
   if (o.image_size > 0) models::set_image_size(cfg, o.image_size);
   const double crop_pct = o.eval_crop_pct > 0 ? o.eval_crop_pct
@@ -307,15 +297,22 @@ void Pretrainer::State::save_state(int64_t epochs_done, const EpochProgress& pro
     torch::save(*optimizer, f + "/optimizer.pt");
     json history = json::array();
     for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
-    write_state_file(f, "pretrainer.json", {kStateVersion, o.seed, epochs_done, step, progress},
+    write_state_file(f, "pretrainer.json", state_header(epochs_done, progress),
                      json{{"history", history}}.dump());
   });
+}
+
+StateHeader Pretrainer::State::state_header(int64_t epochs_done,
+                                            const EpochProgress& progress) const {
+  const auto n = images->size();
+  return {kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
+          std::to_string(n) + " photo" + (n == 1 ? "" : "s")};
 }
 
 void Pretrainer::State::load_state() {
   const std::string dir = state_folder_to_resume(o.out_dir, "pretrainer.json");
   std::string text;
-  const StateHeader h = read_state_file(dir, "pretrainer.json", kStateVersion, o.seed, text);
+  const StateHeader h = read_state_file(dir, "pretrainer.json", state_header(0, {}), text);
   models::load_state_dict(*model, safetensors_load(dir + "/model.safetensors").tensors);
   {
     at::NoGradGuard no_grad;

@@ -116,14 +116,18 @@ void write_state_file(const std::string& folder, const std::string& name,
   j["seed"] = header.seed;
   j["epochs_done"] = header.epochs_done;
   j["step"] = header.step;
+  j["data_source"] = header.data_source;
+  j["data_shape"] = header.data_shape;
   if (header.progress.next_batch > 0) {
     j["epoch_progress"] = nlohmann::json::parse(save_epoch_progress(header.progress, folder));
   }
   write_file_atomic(folder + "/" + name, j.dump(2));
 }
 
-StateHeader read_state_file(const std::string& folder, const std::string& name, int version,
-                            uint64_t seed, std::string& json_text) {
+StateHeader read_state_file(const std::string& folder, const std::string& name,
+                            const StateHeader& expected, std::string& json_text) {
+  const int version = expected.version;
+  const uint64_t seed = expected.seed;
   const std::string file = folder + "/" + name;
   json_text = read_text_file(file);
   StateHeader h;
@@ -135,6 +139,18 @@ StateHeader read_state_file(const std::string& folder, const std::string& name, 
     h.seed = j.value("seed", seed);
     VT_CHECK(h.seed == seed, "--resume with another --seed (", h.seed,
              " before) would not continue the same run");
+    // State files from before the data was recorded resume as before.
+    h.data_source = j.value("data_source", expected.data_source);
+    h.data_shape = j.value("data_shape", expected.data_shape);
+    VT_CHECK(h.data_shape == expected.data_shape, "--resume on other data would not continue "
+             "the same run: it learnt from ", h.data_source, " (", h.data_shape, "), and this "
+             "--data ", expected.data_source, " gives ", expected.data_shape, ". Resume with "
+             "the run's --data (and its --labels-per-class or --label-fraction), or start a "
+             "new --out");
+    if (h.data_source != expected.data_source) {
+      spdlog::warn("the run learnt from {}; it resumes on {}, which gives the same {}",
+                   h.data_source, expected.data_source, h.data_shape);
+    }
     h.epochs_done = j.at("epochs_done");
     h.step = j.at("step");
     if (j.contains("epoch_progress")) {

@@ -158,6 +158,8 @@ struct Trainer::State {
   at::Tensor adversarial_batch(const at::Tensor& images, const at::Tensor& targets);
   void update_ema();
   void save_state(int64_t epochs_done, const EpochProgress& progress = {});
+  /// The state file's header: counters, and what the run learns from.
+  StateHeader state_header(int64_t epochs_done, const EpochProgress& progress) const;
   void write_run_report();
   void add_replay();
   void store_replay(const std::string& dir) const;
@@ -186,14 +188,9 @@ void Trainer::State::build_model() {
   StateDict init_weights;
   bool init_has_head = false;
   int64_t init_classes = 0;
+  cfg = starting_config(o.arch, o.init_dir, o.resnet_stem, o.in_channels,
+                        data.train->image(0).channels() == 1);
   if (!o.init_dir.empty()) {
-    VT_CHECK(o.arch.empty(), "give either --model ARCH (from scratch) or --init DIR, not both");
-    VT_CHECK(o.resnet_stem.empty(), "--stem applies to a new model (--model); the --init model "
-             "keeps its own");
-    cfg = models::load_model_config(o.init_dir);
-    // int8 scales belong to the weights they were calibrated on, which training changes.
-    cfg.int8_scales.clear();
-    cfg.int8_report_json = "{}";
     init_has_head = cfg.num_classes > 0;
     init_classes = cfg.num_classes;
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
@@ -203,13 +200,6 @@ void Trainer::State::build_model() {
              o.init_dir, " has a head of ", cfg.num_classes, " classes but the data has ",
              classes, "; pass --reinit-head to train a new head, or --append-classes to add the "
              "new classes to it (continual fine-tuning)");
-  } else {
-    VT_CHECK(!o.arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");
-    // Grey data sets (Fashion-MNIST, X-ray-like product scans) train 1-channel models.
-    cfg = models::new_model_config(
-        o.arch,
-        o.in_channels > 0 ? o.in_channels : (data.train->image(0).channels() == 1 ? 1 : 3),
-        o.resnet_stem);
   }
   if (o.image_size > 0) models::set_image_size(cfg, o.image_size);
   // A model directory keeps the eval transform its weights came with, unless asked.
@@ -788,15 +778,22 @@ void Trainer::State::save_state(int64_t epochs_done, const EpochProgress& progre
                      {"confident_sum", confident_sum},
                      {"confident_steps", confident_steps},
                      {"epochs", o.epochs}};
-    write_state_file(f, "trainer.json", {kStateVersion, o.seed, epochs_done, step, progress},
-                     extra.dump());
+    write_state_file(f, "trainer.json", state_header(epochs_done, progress), extra.dump());
   });
+}
+
+StateHeader Trainer::State::state_header(int64_t epochs_done,
+                                         const EpochProgress& progress) const {
+  const auto n = data.train->size();
+  return {kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
+          std::to_string(n) + " training photo" + (n == 1 ? "" : "s") + ", " +
+              std::to_string(data.classes.size()) + " classes: " + quoted_list(data.classes)};
 }
 
 void Trainer::State::load_state() {
   const std::string dir = state_folder_to_resume(o.out_dir, "trainer.json");
   std::string text;
-  const StateHeader h = read_state_file(dir, "trainer.json", kStateVersion, o.seed, text);
+  const StateHeader h = read_state_file(dir, "trainer.json", state_header(0, {}), text);
   load_state_dict(*model, safetensors_load(dir + "/model.safetensors").tensors);
   if (ema) load_state_dict(*ema, safetensors_load(dir + "/ema.safetensors").tensors);
   torch::load(*optimizer, dir + "/optimizer.pt");
@@ -901,13 +898,23 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   } else {
     VT_CHECK(o.monitor == "val_top1" || o.monitor == "val_loss" || o.monitor == "val_macro_f1" ||
                  o.monitor == "val_robust_top1",
-             "--monitor must be val_top1, val_loss, val_macro_f1 or val_robust_top1");
+             "--monitor must be val_top1, val_loss, val_macro_f1 or val_robust_top1 for "
+             "single-label data (val_map is for multi-label data)");
     VT_CHECK(o.monitor != "val_robust_top1" || o.adv != "none",
              "--monitor val_robust_top1 measures robustness to the training attack; add --adv "
              "fgsm|pgd");
   }
   VT_CHECK(s.data.train && s.data.train->size() > 0, "no training images in ", o.data.source);
+  VT_CHECK(std::is_sorted(o.lr_milestones.begin(), o.lr_milestones.end()) &&
+               (o.lr_milestones.empty() || o.lr_milestones.front() > 0),
+           "--decay-milestones must be positive epochs in increasing order");
+  if (o.patience > 0 && !(s.data.val && s.data.val->size() > 0)) {
+    spdlog::warn("--patience {} has no effect: there is no validation split to stop on (give "
+                 "--val-split, or a val/ folder)", o.patience);
+  }
   s.build_model();
+  // Flag values out of range fail here, naming the setting, not later on the first image.
+  image::check_train_transform(s.augmentation());
   s.set_provenance();
   if (!o.teacher_dir.empty()) s.load_teacher();
   if (!o.unlabelled.empty()) s.open_unlabelled();

@@ -194,6 +194,35 @@ TEST(Cli, NonUtf8FileNamesAndLabelsDoNotEndTheRun) {
                         q(d + "/bom.txt") + " --out " + q(d + "/m2"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(json::parse(std::ifstream(d + "/m2/config.json"))["labels"][0], "shoe");
+  // A label twice would make two classes of one name: refused, naming both lines.
+  std::ofstream(d + "/twice.txt") << "shoe\nbag\n\nshoe\n";
+  r = test::run_command(q(test::vitrine_bin()) + " init --arch resnet18 --labels " +
+                        q(d + "/twice.txt") + " --out " + q(d + "/m3"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "line 4: the label 'shoe' is also on line 1");
+  // Flags that would be dropped without a word are refused; --like takes --image-size.
+  r = test::run_command(q(test::vitrine_bin()) + " init --arch resnet18 --layers 1 1 1 1 --out " +
+                        q(d + "/m3"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "--layers is for --arch resnet_custom");
+  r = test::run_command(q(test::vitrine_bin()) + " init --like " + q(d + "/m2") +
+                        " --in-channels 1 --out " + q(d + "/m3"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "--in-channels does not apply with --like");
+  EXPECT_FALSE(fs::exists(d + "/m3/model.safetensors"));
+  r = test::run_command(q(test::vitrine_bin()) + " init --like " + q(d + "/m2") +
+                        " --image-size 64 --out " + q(d + "/m4"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json::parse(std::ifstream(d + "/m4/config.json"))["image_size"], 64);
+  // Training flags out of range are named before any work starts.
+  for (const std::string flag : {"--hflip 2", "--scale 0.5 2", "--mixup -1", "--patience -1",
+                                 "--image-size 0", "--in-channels 2"}) {
+    r = test::run_command(q(test::vitrine_bin()) + " train --init " + q(d + "/m2") + " --data " +
+                          q(d + "/nowhere") + " --out " + q(d + "/run") + " " + flag);
+    EXPECT_EQ(r.status, 2) << flag;
+    EXPECT_CONTAINS(r.err, flag.substr(0, flag.find(' ')));
+  }
+  EXPECT_FALSE(fs::exists(d + "/run"));
   fs::remove_all(d);
 }
 
@@ -454,6 +483,21 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   ASSERT_EQ(bench.size(), 3u) << r.out;
   EXPECT_EQ(bench[2]["precision"], "int8");
   EXPECT_EQ(bench[2]["engine"], "fused");
+  // Compared with the libtorch engine, which has no int8: that one runs the other precisions.
+  r = test::run_command(bin + " bench --model " + q(d + "/int8") +
+                        " --engine fused libtorch --batch 2 --iters 1 --warmup 0");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto both = json_lines(r.out);
+  ASSERT_EQ(both.size(), 5u) << r.out;
+  EXPECT_EQ(both[4]["engine"], "libtorch");
+  EXPECT_EQ(both[4]["precision"], "bf16");
+  EXPECT_CONTAINS(r.err, "int8 runs on the fused engine only");
+  // int8 asked of a model without calibration is refused before anything is measured.
+  r = test::run_command(bin + " bench --model " + q(d + "/run/best") +
+                        " --precision fp32 int8 --batch 2 --iters 1 --warmup 0");
+  EXPECT_NE(r.status, 0);
+  EXPECT_EQ(r.out, "");
+  EXPECT_CONTAINS(r.err, "has no int8 calibration");
   r = test::run_command(bin + " predict --model " + q(d + "/int8") + " --topk 1 " +
                         q(d + "/data/test/class_1"));
   ASSERT_EQ(r.status, 0) << r.err;

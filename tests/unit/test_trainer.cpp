@@ -176,6 +176,15 @@ TEST(Trainer, ResumedRunEqualsUninterruptedRun) {
   EXPECT_EQ(resumed.history.size(), 4u);
   test::expect_identical_tensors(dir + "/full/last/model.safetensors",
                                  dir + "/killed/last/model.safetensors");
+  // Other photos would not continue the same run; the same photos moved do.
+  write_image_folder(dir + "/other", {9, 9, 9}, 5);
+  o.data.source = dir + "/other";
+  const std::string other = test::error_of([&] { train::Trainer(o).run(); });
+  EXPECT_CONTAINS(other, "--resume on other data would not continue the same run");
+  EXPECT_CONTAINS(other, "training photos, 3 classes");
+  fs::copy(dir + "/data", dir + "/moved", fs::copy_options::recursive);
+  o.data.source = dir + "/moved";
+  EXPECT_EQ(train::Trainer(o).run().history.size(), 4u);
   fs::remove_all(dir);
 }
 

@@ -60,6 +60,9 @@ struct StateHeader {
   int64_t epochs_done = 0;
   int64_t step = 0;        ///< optimisation steps so far
   EpochProgress progress;  ///< where the epoch in progress stands (next_batch 0: none)
+  /// What the run learns from: its --data, and what that gave ("600 training photos, 10
+  /// classes: ..."). Resuming on other photos would not continue the same run.
+  std::string data_source, data_shape;
 };
 
 /// Writes `folder`/`name` (JSON): the header (the progress's generators beside it) and the
@@ -68,10 +71,11 @@ struct StateHeader {
 void write_state_file(const std::string& folder, const std::string& name,
                       const StateHeader& header, const std::string& extra_json);
 
-/// Reads a state file that write_state_file wrote, refusing another layout version or
-/// seed; `json_text` receives the whole file for the loop's own members. Logs where the
-/// run resumes.
-StateHeader read_state_file(const std::string& folder, const std::string& name, int version,
-                            uint64_t seed, std::string& json_text);
+/// Reads a state file that write_state_file wrote, refusing another layout version, seed
+/// or data shape than `expected`'s (another data source of the same shape, such as the same
+/// photos moved, is only logged); `json_text` receives the whole file for the loop's own
+/// members. Logs where the run resumes.
+StateHeader read_state_file(const std::string& folder, const std::string& name,
+                            const StateHeader& expected, std::string& json_text);
 
 }  // namespace vitrine::train
