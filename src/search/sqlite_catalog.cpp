@@ -702,6 +702,9 @@ Filter parse_filter(const std::string& text) {
       if (bar == std::string::npos) break;
       start = bar + 1;
     }
+    // Each value is a placeholder of one query, and SQLite allows some 32k in all.
+    VT_CHECK(f.values.size() <= kMaxFilterValues, "bad filter '", text.substr(0, 60),
+             "...': at most ", kMaxFilterValues, " values, got ", f.values.size());
   } else {
     double number = 0;
     VT_CHECK(parse_number(value, &number), "bad filter '", text, "': ", op,

@@ -601,6 +601,10 @@ void HttpServer::routes() {
                filters.push_back(req.get_param_value(name, i));
              }
            }
+           if (filters.size() > search::kMaxFilters) {
+             throw ServiceError(400, "bad_filter", "at most " +
+                                std::to_string(search::kMaxFilters) + " filters per request");
+           }
            for (const auto& f : filters) {
              try {
                so.filters.push_back(search::parse_filter(f));
@@ -627,6 +631,10 @@ void HttpServer::routes() {
           const int64_t offset = int_param(req, nullptr, "offset", 0, 0, int64_t{1} << 40);
           const int64_t limit = int_param(req, nullptr, "limit", 24, 1, 1000);
           std::vector<search::Filter> filters;
+          if (req.get_param_value_count("filter") > search::kMaxFilters) {
+            throw ServiceError(400, "bad_filter", "at most " +
+                               std::to_string(search::kMaxFilters) + " filters per request");
+          }
           for (size_t i = 0; i < req.get_param_value_count("filter"); ++i) {
             try {
               filters.push_back(search::parse_filter(req.get_param_value("filter", i)));

@@ -114,6 +114,9 @@ TEST(SearchFilter, ParsesTheDocumentedForms) {
   EXPECT_EQ(parse_filter("attributes.colour=red").field, "attributes.colour");
   EXPECT_EQ(parse_filter("price>2.5").op, ">");
   EXPECT_CONTAINS(test::error_of([] { parse_filter("colour=red"); }), "unknown field 'colour'");
+  std::string many = "category=c0";
+  for (size_t i = 1; i <= kMaxFilterValues; ++i) many += "|c" + std::to_string(i);
+  EXPECT_CONTAINS(test::error_of([&] { parse_filter(many); }), "at most 1000 values");
   // No price is nan or infinite (the catalogue CSV refuses them too).
   for (const std::string value : {"nan", "inf", "1e999"}) {
     EXPECT_CONTAINS(test::error_of([&] { parse_filter("price<=" + value); }), "is not one");

@@ -62,6 +62,10 @@ struct Filter {
   std::string op;     ///< = != < <= > >=
   std::vector<std::string> values;  ///< several only with = and != (any of / none of)
 };
+/// Values one filter may list (`category=a|b|...`), and filters one query may have: each
+/// value is a placeholder of the catalogue's query, which SQLite limits.
+constexpr size_t kMaxFilterValues = 1000;
+constexpr size_t kMaxFilters = 16;
 /// Throws vitrine::Error naming the accepted forms when `text` is not one of them.
 Filter parse_filter(const std::string& text);
 
