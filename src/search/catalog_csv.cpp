@@ -173,6 +173,11 @@ CatalogFile read_catalog_csv(const std::string& path) {
       fail("product " + p.sku + " lists no image");
       continue;
     }
+    if (p.images.size() > kMaxImagesPerProduct) {
+      fail("product " + p.sku + " lists " + std::to_string(p.images.size()) +
+           " images; at most " + std::to_string(kMaxImagesPerProduct) + " a product");
+      continue;
+    }
     seen[p.sku] = rec.line;
     out.rows.push_back(std::move(row));
   }

@@ -75,6 +75,9 @@ thread_local std::string t_key_name;
 /// taken for the next request on the connection. The route then leaves the answer as is.
 thread_local int t_refused = 0;
 
+/// The largest body of a refused request that is read (and dropped) before the answer.
+constexpr int64_t kRefusedBodyRead = 1 << 20;
+
 /// The image of a request: the raw body (image/* or octet-stream), the multipart field
 /// "image", or base64 in a JSON body's "image".
 std::string image_of(const httplib::Request& req, const json* body) {
@@ -370,9 +373,19 @@ void HttpServer::routes() {
       return httplib::Server::HandlerResponse::Handled;
     };
     // Refused once httplib has read (and dropped) the body, which keeps the connection in
-    // step with the client.
+    // step with the client. Only a small body is worth reading for that, and httplib reads
+    // none for GET and the like: otherwise the answer goes at once, closing the connection.
     const auto refused_after_body = [&] {
       metrics_->observe_request(route_name(req.path), res.status, 0.0);
+      const int64_t length =
+          req.has_header("Content-Length") ? std::stoll(req.get_header_value("Content-Length")) : 0;
+      if (length == 0) return httplib::Server::HandlerResponse::Handled;
+      const bool read = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
+                        req.method == "DELETE";
+      if (!read || length > kRefusedBodyRead) {
+        res.set_header("Connection", "close");
+        return httplib::Server::HandlerResponse::Handled;
+      }
       t_refused = res.status;
       return httplib::Server::HandlerResponse::Unhandled;
     };
@@ -760,6 +773,11 @@ void HttpServer::routes() {
     }
     if (!p.contains("images") || !p["images"].is_array() || p["images"].empty()) {
       throw ServiceError(400, "bad_product", "images: a non-empty array of base64 images");
+    }
+    if (p["images"].size() > search::kMaxImagesPerProduct) {
+      throw ServiceError(400, "bad_product", "images: at most " +
+                         std::to_string(search::kMaxImagesPerProduct) + " a product, got " +
+                         std::to_string(p["images"].size()));
     }
     const std::filesystem::path dir = service_.db()->photo_dir();
     for (size_t at = 0; at < p["images"].size(); ++at) {

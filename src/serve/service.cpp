@@ -185,6 +185,7 @@ Service::~Service() {
     batcher_->stopping = true;
   }
   batcher_->cv.notify_all();
+  batcher_->decoded.notify_all();
   if (batcher_->worker.joinable()) batcher_->worker.join();
   if (db_) {
     try {
@@ -218,6 +219,7 @@ void Service::drain() {
     std::lock_guard<std::mutex> lock(batcher_->mu);
     batcher_->accepting = false;
   }
+  batcher_->decoded.notify_all();  // photos waiting to be decoded are refused now
   ready_ = false;
 }
 
@@ -229,8 +231,8 @@ int64_t Service::queue_depth() const {
   return static_cast<int64_t>(batcher_->queue.size());
 }
 
-Inference Service::infer(const std::string& encoded, int64_t top_classes) {
-  const auto slot = batcher_->current();
+at::Tensor Service::decode_input(const std::string& encoded, const models::Predictor& predictor,
+                                 Clock::time_point deadline) {
   const auto* data = reinterpret_cast<const uint8_t*>(encoded.data());
   image::ImageInfo info{};
   try {
@@ -245,57 +247,61 @@ Inference Service::infer(const std::string& encoded, int64_t top_classes) {
                            std::to_string(options_.max_pixels) + " this service accepts; send a "
                            "smaller one");
   }
-  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.timeout_ms);
   // Refused before decoding when it would be refused after (shutting down, a full queue),
-  // and decoded at most as many at once as there are cores: each photo may take
-  // max_pixels of memory while it is decoded.
-  const auto decode_limit =
-      static_cast<int64_t>(std::max(2u, std::thread::hardware_concurrency()));
+  // and at most as many decoded at once as there are cores.
+  const auto limit = static_cast<int64_t>(std::max(2u, std::thread::hardware_concurrency()));
   {
     std::unique_lock<std::mutex> lock(batcher_->mu);
-    const auto refusal = [&]() -> std::optional<ServiceError> {
+    const auto check_open = [&] {
       if (!batcher_->accepting) {
-        return ServiceError(503, "shutting_down", "the service is shutting down; retry elsewhere");
+        throw ServiceError(503, "shutting_down", "the service is shutting down; retry elsewhere");
       }
       if (static_cast<int64_t>(batcher_->queue.size()) >= options_.queue_capacity) {
         metrics_->count_rejected();
-        return ServiceError(429, "overloaded",
-                            "too many images are waiting (" +
-                                std::to_string(options_.queue_capacity) +
-                                "); retry after a second");
+        throw ServiceError(429, "overloaded",
+                           "too many images are waiting (" +
+                               std::to_string(options_.queue_capacity) +
+                               "); retry after a second");
       }
-      return std::nullopt;
     };
-    if (auto no = refusal()) throw *no;
-    if (!batcher_->decoded.wait_until(lock, deadline,
-                                      [&] { return batcher_->decoding < decode_limit; })) {
+    check_open();
+    if (!batcher_->decoded.wait_until(lock, deadline, [&] {
+          return batcher_->decoding < limit || !batcher_->accepting;
+        })) {
       throw ServiceError(504, "timeout",
                          "no answer within " + std::to_string(options_.timeout_ms) + " ms");
     }
+    check_open();
     ++batcher_->decoding;
   }
-  const auto decoded = [&] {
-    {
-      std::lock_guard<std::mutex> lock(batcher_->mu);
-      --batcher_->decoding;
+  // The turn is given back however decoding ends.
+  struct Turn {
+    Batcher& b;
+    ~Turn() {
+      {
+        std::lock_guard<std::mutex> lock(b.mu);
+        --b.decoding;
+      }
+      // All: a woken request may be refused (a full queue) without taking the turn.
+      b.decoded.notify_all();
     }
-    batcher_->decoded.notify_one();
-  };
-  auto job = std::make_shared<Job>();
-  job->slot = slot;
-  job->top_classes = top_classes;
+  } turn{*batcher_};
   try {
     image::DecodeOptions decode;
     decode.max_pixels = options_.max_pixels;
-    job->input = slot->predictor.preprocess(image::decode(data, encoded.size(), decode));
+    return predictor.preprocess(image::decode(data, encoded.size(), decode));
   } catch (const Error& e) {
-    decoded();
     throw ServiceError(400, "bad_image", e.what());
-  } catch (...) {
-    decoded();
-    throw;
   }
-  decoded();
+}
+
+Inference Service::infer(const std::string& encoded, int64_t top_classes) {
+  const auto slot = batcher_->current();
+  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.timeout_ms);
+  auto job = std::make_shared<Job>();
+  job->slot = slot;
+  job->top_classes = top_classes;
+  job->input = decode_input(encoded, slot->predictor, deadline);
   job->deadline = deadline;
   auto answer = job->done.get_future();
   {
@@ -331,15 +337,8 @@ std::string Service::explain(const std::string& encoded, const std::string& labe
   const auto slot = batcher_->current();
   const auto it = std::find(slot->labels.begin(), slot->labels.end(), label);
   if (it == slot->labels.end()) throw ServiceError(400, "bad_label", "no class '" + label + "'");
-  at::Tensor input;
-  try {
-    image::DecodeOptions decode;
-    decode.max_pixels = options_.max_pixels;
-    input = slot->predictor.preprocess(
-        image::decode(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size(), decode));
-  } catch (const Error& e) {
-    throw ServiceError(400, "bad_image", e.what());
-  }
+  const at::Tensor input = decode_input(
+      encoded, slot->predictor, Clock::now() + std::chrono::milliseconds(options_.timeout_ms));
   const at::Tensor cam = slot->predictor.grad_cam(input.unsqueeze(0), it - slot->labels.begin());
   cv::Mat grey(static_cast<int>(cam.size(0)), static_cast<int>(cam.size(1)), CV_32F,
                cam.data_ptr<float>());

@@ -847,6 +847,14 @@ TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
   EXPECT_CONTAINS(file.errors[3].text, "p.csv:6: SKU a is already on line 2");
   EXPECT_CONTAINS(file.errors[4].text, "p.csv:7: product e lists no image");
   EXPECT_CONTAINS(file.errors[5].text, "p.csv:8: has 7 fields, the header has 6");
+  // A product of more photos than any search can afford to look through fails its row.
+  std::string photos;
+  for (int i = 0; i <= 100; ++i) photos += (i ? "|img/" : "img/") + std::to_string(i) + ".jpg";
+  write_file_atomic(dir + "/many.csv", "sku,images\nm," + photos + "\nn,img/n.jpg\n");
+  const auto many = read_catalog_csv(dir + "/many.csv");
+  ASSERT_EQ(many.rows.size(), 1u);
+  ASSERT_EQ(many.errors.size(), 1u);
+  EXPECT_CONTAINS(many.errors[0].text, "many.csv:2: product m lists 101 images; at most 100");
   // Text that is not UTF-8 (a Latin-1 export) fails its row, naming the column; attributes
   // nested without end fail theirs; the other rows are kept.
   write_file_atomic(dir + "/latin1.csv",

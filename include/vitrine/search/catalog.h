@@ -62,6 +62,8 @@ struct Filter {
   std::string op;     ///< = != < <= > >=
   std::vector<std::string> values;  ///< several only with = and != (any of / none of)
 };
+/// Photos one product may have: every search looks at k times the most any product has.
+constexpr size_t kMaxImagesPerProduct = 100;
 /// Values one filter may list (`category=a|b|...`), and filters one query may have: each
 /// value is a placeholder of the catalogue's query, which SQLite limits.
 constexpr size_t kMaxFilterValues = 1000;

@@ -15,6 +15,14 @@
 #include <string>
 #include <vector>
 
+namespace at {
+class Tensor;
+}  // namespace at
+
+namespace vitrine::models {
+class Predictor;
+}  // namespace vitrine::models
+
 namespace vitrine::serve {
 
 class Metrics;
@@ -97,6 +105,11 @@ class Service {
 
  private:
   struct Batcher;
+  /// Decodes and preprocesses an encoded image for `slot`'s model, at most as many at once
+  /// as there are cores (each may take max_pixels of memory); waits for a turn until
+  /// `deadline`. Throws ServiceError 400, 422, 503 or 504.
+  at::Tensor decode_input(const std::string& encoded, const models::Predictor& predictor,
+                          std::chrono::steady_clock::time_point deadline);
   ServiceOptions options_;
   std::shared_ptr<Metrics> metrics_;
   std::unique_ptr<Batcher> batcher_;
