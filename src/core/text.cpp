@@ -2,9 +2,6 @@
 
 namespace vitrine {
 
-namespace {
-
-/// The first bytes of `s` up to `max_bytes`, never cutting a UTF-8 character in two.
 std::string utf8_prefix(const std::string& s, size_t max_bytes) {
   if (s.size() <= max_bytes) return s;
   size_t end = max_bytes;
@@ -12,8 +9,6 @@ std::string utf8_prefix(const std::string& s, size_t max_bytes) {
   while (end > 0 && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) --end;
   return s.substr(0, end);
 }
-
-}  // namespace
 
 std::string quoted_list(const std::vector<std::string>& names, const std::string& quote,
                         size_t max_chars) {

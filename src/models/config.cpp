@@ -6,8 +6,10 @@
 #include "vitrine/core/json.h"
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <map>
 #include <sstream>
 
 namespace vitrine::models {
@@ -43,10 +45,15 @@ std::vector<std::string> read_labels_file(const std::string& path) {
     ++number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
+    // Some published lists repeat a name (ImageNet's has two 'crane' and two 'maillot'):
+    // kept, so the head's rows keep their meaning, but said, since eval, --teacher and
+    // --append-classes match classes by name.
     const auto [it, fresh] = line_of.emplace(line, number);
-    VT_CHECK(fresh, path, " line ", number, ": the label '", line, "' is also on line ",
-             it->second, "; class names must be unique (they match data, eval and teachers by "
-             "name)");
+    if (!fresh) {
+      spdlog::warn("{} line {}: the label '{}' is also on line {}; classes are matched by "
+                   "name (eval, --teacher, --append-classes): rename one to tell them apart",
+                   path, number, line, it->second);
+    }
     labels.push_back(line);
   }
   VT_CHECK(!labels.empty(), path, ": no labels found (expected one label per line)");

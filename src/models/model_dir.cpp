@@ -71,7 +71,15 @@ ModelConfig load_model_config(const std::string& dir) {
   VT_CHECK(fs::is_directory(dir), dir,
            ": not a model directory; make one with `vitrine import` (or train one)");
   const fs::path config = fs::path(dir) / "config.json";
-  VT_CHECK(fs::exists(config), dir, ": no config.json; is this a model directory?");
+  if (!fs::exists(config)) {
+    // A training run's folder holds its models one level down.
+    for (const char* sub : {"best", "last"}) {
+      VT_CHECK(!fs::exists(fs::path(dir) / sub / "config.json"), dir, " is a training run, "
+               "not a model directory: give its model, ", (fs::path(dir) / sub).string(),
+               " (best/ is the best validation epoch's, last/ the last epoch's)");
+    }
+    VT_FAIL(dir, ": no config.json; is this a model directory?");
+  }
   ModelConfig c = config_from_json(read_text_file(config.string()), config.string());
   // A registered name promises its sizes; a config that says otherwise was edited by hand.
   const auto names = model_names();

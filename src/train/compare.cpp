@@ -21,8 +21,17 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
   r.name = name;
   r.dir = dir;
   const fs::path log = fs::path(dir) / run_files::kLog;
-  VT_CHECK(fs::exists(log), dir, " is not a training run (no metrics.jsonl); give the --out "
-           "folder of `vitrine train`");
+  if (!fs::exists(log)) {
+    fs::path path = fs::absolute(dir).lexically_normal();
+    if (!path.has_filename()) path = path.parent_path();  // "run/best/"
+    const fs::path parent = path.parent_path();
+    VT_CHECK(!fs::exists(fs::path(dir) / "config.json") ||
+                 !fs::exists(parent / run_files::kLog),
+             dir, " is a model of the run ", parent.string(), "; give the run's folder, ",
+             parent.string());
+    VT_FAIL(dir, " is not a training run (no metrics.jsonl); give the --out folder of "
+            "`vitrine train`");
+  }
   std::istringstream lines(read_text_file(log.string()));
   int64_t line_no = 0;
   for (std::string line; std::getline(lines, line);) {
@@ -90,14 +99,22 @@ std::string test_set_difference(const std::vector<RunSummary>& runs) {
     if (!r.has_test) continue;
     if (!first) {
       first = &r;
-    } else if (r.test_count != first->test_count || r.classes != first->classes) {
-      const auto what = [](const RunSummary& x) {
-        return std::to_string(x.test_count) + " photos of " + std::to_string(x.classes.size()) +
-               " classes";
-      };
-      return "'" + first->name + "' was tested on " + what(*first) + " and '" + r.name +
-             "' on " + what(r) + ": their test figures do not compare (test both on one "
-             "split with `vitrine eval --json`)";
+    } else {
+      // The same classes in another order (a head kept from --init) are the same test.
+      auto mine = r.classes, theirs = first->classes;
+      std::sort(mine.begin(), mine.end());
+      std::sort(theirs.begin(), theirs.end());
+      std::string differ;
+      if (r.test_count != first->test_count) {
+        differ = "'" + first->name + "' was tested on " + std::to_string(first->test_count) +
+                 " photos and '" + r.name + "' on " + std::to_string(r.test_count);
+      } else if (mine != theirs) {
+        differ = "'" + first->name + "' and '" + r.name + "' were tested on other classes";
+      }
+      if (!differ.empty()) {
+        return differ + ": their test figures do not compare (test both on one split with "
+                        "`vitrine eval --json`)";
+      }
     }
   }
   return {};

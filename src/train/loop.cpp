@@ -114,11 +114,11 @@ EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgres
 
 models::ModelConfig starting_config(const std::string& arch, const std::string& init_dir,
                                     const std::string& stem, int64_t in_channels,
-                                    bool grey_data) {
+                                    const std::function<bool()>& grey_data) {
   if (init_dir.empty()) {
     VT_CHECK(!arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");
     // Grey data sets (Fashion-MNIST, X-ray-like product scans) train 1-channel models.
-    return models::new_model_config(arch, in_channels > 0 ? in_channels : grey_data ? 1 : 3,
+    return models::new_model_config(arch, in_channels > 0 ? in_channels : grey_data() ? 1 : 3,
                                     stem);
   }
   VT_CHECK(arch.empty(), "give either --model ARCH (from scratch) or --init DIR, not both");

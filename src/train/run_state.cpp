@@ -2,6 +2,9 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/core/hash.h"
+#include "vitrine/core/json.h"
+#include "vitrine/core/text.h"
 #include "vitrine/train/run_files.h"
 #include "vitrine/core/safetensors.h"
 
@@ -116,12 +119,16 @@ void write_state_file(const std::string& folder, const std::string& name,
   j["seed"] = header.seed;
   j["epochs_done"] = header.epochs_done;
   j["step"] = header.step;
+  // Compared by their hashes: paths and class names need not be UTF-8, and the text kept
+  // for messages has such bytes replaced.
   j["data_source"] = header.data_source;
   j["data_shape"] = header.data_shape;
+  j["data_source_sha256"] = sha256_hex(header.data_source);
+  j["data_shape_sha256"] = sha256_hex(header.data_shape);
   if (header.progress.next_batch > 0) {
     j["epoch_progress"] = nlohmann::json::parse(save_epoch_progress(header.progress, folder));
   }
-  write_file_atomic(folder + "/" + name, j.dump(2));
+  write_file_atomic(folder + "/" + name, json_text(j, 2));
 }
 
 StateHeader read_state_file(const std::string& folder, const std::string& name,
@@ -142,14 +149,20 @@ StateHeader read_state_file(const std::string& folder, const std::string& name,
     // State files from before the data was recorded resume as before.
     h.data_source = j.value("data_source", expected.data_source);
     h.data_shape = j.value("data_shape", expected.data_shape);
-    VT_CHECK(h.data_shape == expected.data_shape, "--resume on other data would not continue "
-             "the same run: it learnt from ", h.data_source, " (", h.data_shape, "), and this "
-             "--data ", expected.data_source, " gives ", expected.data_shape, ". Resume with "
-             "the run's --data (and its --labels-per-class or --label-fraction), or start a "
-             "new --out");
-    if (h.data_source != expected.data_source) {
+    const auto shown = [](const std::string& s) {
+      return s.size() > 300 ? utf8_prefix(s, 300) + "..." : s;
+    };
+    VT_CHECK(j.value("data_shape_sha256", sha256_hex(expected.data_shape)) ==
+                 sha256_hex(expected.data_shape),
+             "--resume on other data would not continue the same run: it learnt from ",
+             h.data_source, " (", shown(h.data_shape), "), and this --data ",
+             expected.data_source, " gives ", shown(expected.data_shape), ". Resume with the "
+             "run's --data (and its --labels-per-class or --label-fraction), or start a new "
+             "--out");
+    if (j.value("data_source_sha256", sha256_hex(expected.data_source)) !=
+        sha256_hex(expected.data_source)) {
       spdlog::warn("the run learnt from {}; it resumes on {}, which gives the same {}",
-                   h.data_source, expected.data_source, h.data_shape);
+                   h.data_source, expected.data_source, shown(h.data_shape));
     }
     h.epochs_done = j.at("epochs_done");
     h.step = j.at("step");

@@ -189,7 +189,7 @@ void Trainer::State::build_model() {
   bool init_has_head = false;
   int64_t init_classes = 0;
   cfg = starting_config(o.arch, o.init_dir, o.resnet_stem, o.in_channels,
-                        data.train->image(0).channels() == 1);
+                        [&] { return data.train->image(0).channels() == 1; });
   if (!o.init_dir.empty()) {
     init_has_head = cfg.num_classes > 0;
     init_classes = cfg.num_classes;
@@ -787,7 +787,8 @@ StateHeader Trainer::State::state_header(int64_t epochs_done,
   const auto n = data.train->size();
   return {kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
           std::to_string(n) + " training photo" + (n == 1 ? "" : "s") + ", " +
-              std::to_string(data.classes.size()) + " classes: " + quoted_list(data.classes)};
+              std::to_string(data.classes.size()) + " classes: " +
+              quoted_list(data.classes, "'", std::string::npos)};
 }
 
 void Trainer::State::load_state() {

@@ -98,6 +98,12 @@ TEST(ModelDir, ClearErrors) {
   EXPECT_NE(test::error_of([&] { load_model(dir + "/nope"); }).find("vitrine import"),
             std::string::npos);
   EXPECT_NE(test::error_of([&] { load_model(dir); }).find("no config.json"), std::string::npos);
+  // A training run's folder: its models are one level down.
+  fs::create_directories(dir + "/run/last");
+  write_file_atomic(dir + "/run/last/config.json", "{}");
+  EXPECT_CONTAINS(test::error_of([&] { load_model(dir + "/run"); }),
+                  "is a training run, not a model directory: give its model, " + dir +
+                      "/run/last");
   write_file_atomic(dir + "/config.json", "{\"arch\": ");
   EXPECT_NE(test::error_of([&] { load_model(dir); }).find("not valid JSON"), std::string::npos);
   EXPECT_CONTAINS(test::error_of([&] { load_model(dir); }), "(parse error at line 1, column");

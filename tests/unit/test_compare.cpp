@@ -136,11 +136,15 @@ TEST(Compare, ReadsRunsAndTabulatesThem) {
   EXPECT_EQ(train::test_set_difference(runs), "");
   auto other = runs;
   other[1].test_count = 6;
-  EXPECT_CONTAINS(train::test_set_difference(other), "'from scratch' was tested on 4 photos of "
-                                                     "2 classes and 'pretrained' on 6 photos");
+  EXPECT_CONTAINS(train::test_set_difference(other), "'from scratch' was tested on 4 photos "
+                                                     "and 'pretrained' on 6");
   other[1].test_count = 4;
+  other[1].classes = {"shoe", "bag"};  // the same classes in another order
+  EXPECT_EQ(train::test_set_difference(other), "");
   other[1].classes = {"bag", "hat"};
-  EXPECT_CONTAINS(train::test_set_difference(other), "do not compare");
+  EXPECT_CONTAINS(train::test_set_difference(other),
+                  "'from scratch' and 'pretrained' were tested on other classes: their test "
+                  "figures do not compare");
 
   train::ComparedSample s;
   s.image_png_base64 =  // a 1x1 grey PNG
@@ -173,6 +177,11 @@ TEST(Compare, BadRunDirectoriesAreExplained) {
   fs::create_directories(dir + "/empty");
   EXPECT_CONTAINS(test::error_of([&] { train::read_run("x", dir + "/empty"); }),
                   "not a training run");
+  write_run(dir + "/run", 0.5);
+  fs::create_directories(dir + "/run/best");
+  std::ofstream(dir + "/run/best/config.json") << "{}";
+  EXPECT_CONTAINS(test::error_of([&] { train::read_run("x", dir + "/run/best/"); }),
+                  "is a model of the run " + dir + "/run; give the run's folder");
   write_run(dir + "/broken", 0.5);
   std::ofstream(dir + "/broken/metrics.jsonl", std::ios::app) << "{\"epoch\": 3}\n";
   EXPECT_CONTAINS(test::error_of([&] { train::read_run("x", dir + "/broken"); }),

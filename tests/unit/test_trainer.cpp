@@ -188,6 +188,20 @@ TEST(Trainer, ResumedRunEqualsUninterruptedRun) {
   fs::remove_all(dir);
 }
 
+TEST(Trainer, DataOfNamesThatAreNotUtf8SavesItsStateAndResumes) {
+  // A Latin-1 folder and class name (an old export): the state records them all the same.
+  const std::string dir = test::temp_dir("resume-latin1");
+  write_image_folder(dir + "/caf\xe9", {6, 6, 6}, 5);
+  fs::rename(dir + "/caf\xe9/class_0", dir + "/caf\xe9/th\xe9");
+  train::TrainOptions o = small_run(dir + "/caf\xe9", dir + "/run");
+  o.epochs = 1;
+  train::Trainer(o).run();
+  o.epochs = 2;
+  o.resume = true;
+  EXPECT_EQ(train::Trainer(o).run().history.size(), 2u);
+  fs::remove_all(dir);
+}
+
 TEST(Trainer, RunKilledMidEpochResumesExactly) {
   const std::string dir = test::temp_dir("resume_mid");
   write_image_folder(dir + "/data", {6, 6, 6}, 5);

@@ -7,6 +7,9 @@
 
 namespace vitrine {
 
+/// The first bytes of `s`, at most `max_bytes`, never cutting a UTF-8 character in two.
+std::string utf8_prefix(const std::string& s, size_t max_bytes);
+
 /// "'a', 'b', 'c'": the names in `quote` marks, joined for a message and cut with
 /// ", ... (N more)" once the list passes `max_chars`, so a message naming thousands of items
 /// stays readable. A single name longer than `max_chars` is cut too (at a UTF-8 character

@@ -79,12 +79,12 @@ data::LoaderOptions training_loader_options(int64_t batch_size, int64_t split_si
 
 /// The config a run (train or pretrain) starts from: the --init model directory's, without
 /// its int8 calibration (training changes the weights it measured), or a new `arch`'s with
-/// `in_channels` (0: 1 for grey data, where `grey_data`, else 3) and `stem`. Throws for flags
-/// that do not apply to the one given (both or neither given, --stem or another
-/// --in-channels with --init).
+/// `in_channels` (0: 1 where `grey_data()` says the data is grey, else 3; asked only
+/// then) and `stem`. Throws for flags that do not apply to the one given (both or neither
+/// given, --stem or another --in-channels with --init).
 models::ModelConfig starting_config(const std::string& arch, const std::string& init_dir,
                                     const std::string& stem, int64_t in_channels,
-                                    bool grey_data);
+                                    const std::function<bool()>& grey_data);
 
 /// One augmentation of each photo (C x H x W), the photo first brought to `t.channels`.
 data::SampleTransform one_view(image::TrainTransform t);
