@@ -75,9 +75,6 @@ thread_local std::string t_key_name;
 /// taken for the next request on the connection. The route then leaves the answer as is.
 thread_local int t_refused = 0;
 
-/// The largest body of a refused request that is read (and dropped) before the answer.
-constexpr int64_t kRefusedBodyRead = 1 << 20;
-
 /// The image of a request: the raw body (image/* or octet-stream), the multipart field
 /// "image", or base64 in a JSON body's "image".
 std::string image_of(const httplib::Request& req, const json* body) {
@@ -373,17 +370,15 @@ void HttpServer::routes() {
       return httplib::Server::HandlerResponse::Handled;
     };
     // Refused once httplib has read (and dropped) the body, which keeps the connection in
-    // step with the client. Only a small body is worth reading for that, and httplib reads
-    // none for GET and the like: otherwise the answer goes at once, closing the connection.
+    // step with the client (httplib 0.11 does not close a connection for a response's
+    // Connection: close, so an unread body would be parsed as the next request). Its size
+    // is bounded by the checks above. httplib reads no body for GET and the like.
     const auto refused_after_body = [&] {
       metrics_->observe_request(route_name(req.path), res.status, 0.0);
-      const int64_t length =
-          req.has_header("Content-Length") ? std::stoll(req.get_header_value("Content-Length")) : 0;
-      if (length == 0) return httplib::Server::HandlerResponse::Handled;
       const bool read = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
                         req.method == "DELETE";
-      if (!read || length > kRefusedBodyRead) {
-        res.set_header("Connection", "close");
+      if (!read || !req.has_header("Content-Length") ||
+          req.get_header_value("Content-Length") == "0") {
         return httplib::Server::HandlerResponse::Handled;
       }
       t_refused = res.status;

@@ -232,7 +232,7 @@ int64_t Service::queue_depth() const {
 }
 
 at::Tensor Service::decode_input(const std::string& encoded, const models::Predictor& predictor,
-                                 Clock::time_point deadline) {
+                                 Clock::time_point deadline, bool for_queue) {
   const auto* data = reinterpret_cast<const uint8_t*>(encoded.data());
   image::ImageInfo info{};
   try {
@@ -256,7 +256,7 @@ at::Tensor Service::decode_input(const std::string& encoded, const models::Predi
       if (!batcher_->accepting) {
         throw ServiceError(503, "shutting_down", "the service is shutting down; retry elsewhere");
       }
-      if (static_cast<int64_t>(batcher_->queue.size()) >= options_.queue_capacity) {
+      if (for_queue && static_cast<int64_t>(batcher_->queue.size()) >= options_.queue_capacity) {
         metrics_->count_rejected();
         throw ServiceError(429, "overloaded",
                            "too many images are waiting (" +
@@ -301,7 +301,7 @@ Inference Service::infer(const std::string& encoded, int64_t top_classes) {
   auto job = std::make_shared<Job>();
   job->slot = slot;
   job->top_classes = top_classes;
-  job->input = decode_input(encoded, slot->predictor, deadline);
+  job->input = decode_input(encoded, slot->predictor, deadline, /*for_queue=*/true);
   job->deadline = deadline;
   auto answer = job->done.get_future();
   {
@@ -337,8 +337,10 @@ std::string Service::explain(const std::string& encoded, const std::string& labe
   const auto slot = batcher_->current();
   const auto it = std::find(slot->labels.begin(), slot->labels.end(), label);
   if (it == slot->labels.end()) throw ServiceError(400, "bad_label", "no class '" + label + "'");
-  const at::Tensor input = decode_input(
-      encoded, slot->predictor, Clock::now() + std::chrono::milliseconds(options_.timeout_ms));
+  // Not queued (it needs gradients): only the decode limit applies.
+  const at::Tensor input =
+      decode_input(encoded, slot->predictor,
+                   Clock::now() + std::chrono::milliseconds(options_.timeout_ms), false);
   const at::Tensor cam = slot->predictor.grad_cam(input.unsqueeze(0), it - slot->labels.begin());
   cv::Mat grey(static_cast<int>(cam.size(0)), static_cast<int>(cam.size(1)), CV_32F,
                cam.data_ptr<float>());

@@ -458,17 +458,19 @@ TEST(Serve, KeysAndScopes) {
   // connection. The body comes after a pause (the refusal may be sent before it); then the
   // client's next request gets the next answer.
   const std::string smuggled = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  RawConnection raw(server.port());
-  raw.send("POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-           "Content-Length: " + std::to_string(smuggled.size()) + "\r\n\r\n");
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  raw.send(smuggled);
-  const std::string first = raw.read_response();
-  EXPECT_EQ(first.rfind("HTTP/1.1 401", 0), 0u) << first;
-  raw.send("GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-  const std::string rest = raw.read_all();
-  EXPECT_CONTAINS(rest, "\"ready\"");
-  EXPECT_EQ(rest.find("\"status\":\"ok\""), std::string::npos) << rest;
+  for (const size_t size : {smuggled.size(), size_t{3} << 20}) {  // a request, a 3 MB photo
+    RawConnection raw(server.port());
+    raw.send("POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+             "Content-Length: " + std::to_string(size) + "\r\n\r\n");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    raw.send(smuggled + std::string(size - smuggled.size(), '\n'));
+    const std::string first = raw.read_response();
+    EXPECT_EQ(first.rfind("HTTP/1.1 401", 0), 0u) << first.substr(0, 200);
+    raw.send("GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    const std::string rest = raw.read_all();
+    EXPECT_CONTAINS(rest, "\"ready\"");
+    EXPECT_EQ(rest.find("\"status\":\"ok\""), std::string::npos) << rest.substr(0, 400);
+  }
 }
 
 TEST(Serve, LimitsAndBadInput) {

@@ -105,11 +105,12 @@ class Service {
 
  private:
   struct Batcher;
-  /// Decodes and preprocesses an encoded image for `slot`'s model, at most as many at once
-  /// as there are cores (each may take max_pixels of memory); waits for a turn until
-  /// `deadline`. Throws ServiceError 400, 422, 503 or 504.
+  /// Decodes and preprocesses an encoded image for `predictor`'s model, at most as many at
+  /// once as there are cores (each may take max_pixels of memory); waits for a turn until
+  /// `deadline`. An image `for_queue` is refused (429) at once when the batch queue is
+  /// full. Throws ServiceError 400, 422, 429, 503 or 504.
   at::Tensor decode_input(const std::string& encoded, const models::Predictor& predictor,
-                          std::chrono::steady_clock::time_point deadline);
+                          std::chrono::steady_clock::time_point deadline, bool for_queue);
   ServiceOptions options_;
   std::shared_ptr<Metrics> metrics_;
   std::unique_ptr<Batcher> batcher_;
