@@ -78,6 +78,20 @@ struct Service::Batcher {
   std::shared_ptr<const ModelSlot> model;  ///< guarded by mu
   std::thread worker;
 
+  /// Throws when a photo must be refused now (mu held): 503 while shutting down, and for
+  /// a photo `for_queue`, 429 when the batch queue is full.
+  void check_open(bool for_queue) const {
+    if (!accepting) {
+      throw ServiceError(503, "shutting_down", "the service is shutting down; retry elsewhere");
+    }
+    if (for_queue && static_cast<int64_t>(queue.size()) >= options.queue_capacity) {
+      metrics->count_rejected();
+      throw ServiceError(429, "overloaded",
+                         "too many images are waiting (" + std::to_string(options.queue_capacity) +
+                             "); retry after a second");
+    }
+  }
+
   std::shared_ptr<const ModelSlot> current() const {
     std::lock_guard<std::mutex> lock(mu);
     return model;
@@ -252,26 +266,14 @@ at::Tensor Service::decode_input(const std::string& encoded, const models::Predi
   const auto limit = static_cast<int64_t>(std::max(2u, std::thread::hardware_concurrency()));
   {
     std::unique_lock<std::mutex> lock(batcher_->mu);
-    const auto check_open = [&] {
-      if (!batcher_->accepting) {
-        throw ServiceError(503, "shutting_down", "the service is shutting down; retry elsewhere");
-      }
-      if (for_queue && static_cast<int64_t>(batcher_->queue.size()) >= options_.queue_capacity) {
-        metrics_->count_rejected();
-        throw ServiceError(429, "overloaded",
-                           "too many images are waiting (" +
-                               std::to_string(options_.queue_capacity) +
-                               "); retry after a second");
-      }
-    };
-    check_open();
+    batcher_->check_open(for_queue);
     if (!batcher_->decoded.wait_until(lock, deadline, [&] {
           return batcher_->decoding < limit || !batcher_->accepting;
         })) {
       throw ServiceError(504, "timeout",
                          "no answer within " + std::to_string(options_.timeout_ms) + " ms");
     }
-    check_open();
+    batcher_->check_open(for_queue);
     ++batcher_->decoding;
   }
   // The turn is given back however decoding ends.
@@ -306,15 +308,7 @@ Inference Service::infer(const std::string& encoded, int64_t top_classes) {
   auto answer = job->done.get_future();
   {
     std::lock_guard<std::mutex> lock(batcher_->mu);
-    if (!batcher_->accepting) {
-      throw ServiceError(503, "shutting_down", "the service is shutting down; retry elsewhere");
-    }
-    if (static_cast<int64_t>(batcher_->queue.size()) >= options_.queue_capacity) {
-      metrics_->count_rejected();
-      throw ServiceError(429, "overloaded",
-                         "too many images are waiting (" + std::to_string(options_.queue_capacity) +
-                             "); retry after a second");
-    }
+    batcher_->check_open(/*for_queue=*/true);  // the queue may have filled while decoding
     batcher_->queue.push_back(job);
     metrics_->set_queue_depth(static_cast<int64_t>(batcher_->queue.size()));
   }
