@@ -450,10 +450,7 @@ void add_search_command(CLI::App& app, int& status) {
   cmd->add_option("images", a->images, "Query photos (files or folders)")->required();
   cmd->callback([a, &status] {
     set_threads(a->threads);
-    VT_CHECK(a->filters.size() <= search::kMaxFilters, "at most ", search::kMaxFilters,
-             " --filter options, got ", a->filters.size());
-    std::vector<search::Filter> filters;
-    for (const auto& f : a->filters) filters.push_back(search::parse_filter(f));
+    const std::vector<search::Filter> filters = search::parse_filters(a->filters);
     auto db = open_existing_db(a->db, a->index);
     search::EmbedderOptions eo;
     eo.precision = a->precision;

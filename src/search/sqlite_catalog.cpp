@@ -723,6 +723,15 @@ Filter parse_filter(const std::string& text) {
   return f;
 }
 
+std::vector<Filter> parse_filters(const std::vector<std::string>& texts) {
+  VT_CHECK(texts.size() <= kMaxFilters, "at most ", kMaxFilters, " filters a query, got ",
+           texts.size());
+  std::vector<Filter> out;
+  out.reserve(texts.size());
+  for (const auto& t : texts) out.push_back(parse_filter(t));
+  return out;
+}
+
 std::unique_ptr<Catalog> open_sqlite_catalog(const std::string& path) {
   return std::make_unique<SqliteCatalog>(path);
 }

@@ -363,8 +363,8 @@ void HttpServer::routes() {
                                               httplib::Response& res) {
     t_key_name.clear();
     t_refused = 0;
-    // Refused before the body is read: the connection is closed after the answer (the body
-    // is not read).
+    // Refused before the body is read: the answer asks the client to close the connection
+    // (Connection: close); httplib 0.11 itself keeps reading it.
     const auto refused = [&] {
       metrics_->observe_request(route_name(req.path), res.status, 0.0);
       return httplib::Server::HandlerResponse::Handled;
@@ -609,16 +609,10 @@ void HttpServer::routes() {
                filters.push_back(req.get_param_value(name, i));
              }
            }
-           if (filters.size() > search::kMaxFilters) {
-             throw ServiceError(400, "bad_filter", "at most " +
-                                std::to_string(search::kMaxFilters) + " filters per request");
-           }
-           for (const auto& f : filters) {
-             try {
-               so.filters.push_back(search::parse_filter(f));
-             } catch (const Error& e) {
-               throw ServiceError(400, "bad_filter", e.what());
-             }
+           try {
+             so.filters = search::parse_filters(filters);
+           } catch (const Error& e) {
+             throw ServiceError(400, "bad_filter", e.what());
            }
            const auto out = service_.infer(image_of(req, b), 5);
            json results = json::array();
@@ -638,17 +632,15 @@ void HttpServer::routes() {
           check_parameters(req, nullptr, {"offset", "limit", "filter"});
           const int64_t offset = int_param(req, nullptr, "offset", 0, 0, int64_t{1} << 40);
           const int64_t limit = int_param(req, nullptr, "limit", 24, 1, 1000);
-          std::vector<search::Filter> filters;
-          if (req.get_param_value_count("filter") > search::kMaxFilters) {
-            throw ServiceError(400, "bad_filter", "at most " +
-                               std::to_string(search::kMaxFilters) + " filters per request");
-          }
+          std::vector<std::string> texts;
           for (size_t i = 0; i < req.get_param_value_count("filter"); ++i) {
-            try {
-              filters.push_back(search::parse_filter(req.get_param_value("filter", i)));
-            } catch (const Error& e) {
-              throw ServiceError(400, "bad_filter", e.what());
-            }
+            texts.push_back(req.get_param_value("filter", i));
+          }
+          std::vector<search::Filter> filters;
+          try {
+            filters = search::parse_filters(texts);
+          } catch (const Error& e) {
+            throw ServiceError(400, "bad_filter", e.what());
           }
           std::lock_guard<std::mutex> lock(service_.db_mutex());
           json products = json::array();

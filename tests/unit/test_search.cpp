@@ -117,6 +117,9 @@ TEST(SearchFilter, ParsesTheDocumentedForms) {
   std::string many = "category=c0";
   for (size_t i = 1; i <= kMaxFilterValues; ++i) many += "|c" + std::to_string(i);
   EXPECT_CONTAINS(test::error_of([&] { parse_filter(many); }), "at most 1000 values");
+  EXPECT_EQ(parse_filters(std::vector<std::string>(16, "price>1")).size(), 16u);
+  EXPECT_CONTAINS(test::error_of([&] { parse_filters(std::vector<std::string>(17, "price>1")); }),
+                  "at most 16 filters a query, got 17");
   // No price is nan or infinite (the catalogue CSV refuses them too).
   for (const std::string value : {"nan", "inf", "1e999"}) {
     EXPECT_CONTAINS(test::error_of([&] { parse_filter("price<=" + value); }), "is not one");

@@ -70,6 +70,9 @@ constexpr size_t kMaxFilterValues = 1000;
 constexpr size_t kMaxFilters = 16;
 /// Throws vitrine::Error naming the accepted forms when `text` is not one of them.
 Filter parse_filter(const std::string& text);
+/// The filters of one query, all to hold; throws as parse_filter does, and for more than
+/// kMaxFilters.
+std::vector<Filter> parse_filters(const std::vector<std::string>& texts);
 
 /// One entry of the change log: image `image_id` was added or removed.
 struct Change {
