@@ -111,8 +111,7 @@ bool SearchDb::load_index_file() {
     // an index whose "auto" came to 300 lists keeps it.
     const IndexOptions defaults;
     std::string changed;  // the first setting asked for that the index was not built with
-    const auto take = [&](const char* key, const char* flag, auto& value, auto default_value,
-                          const char* kind) {
+    const auto take = [&](const char* key, const char* flag, auto& value, auto default_value) {
       const bool asked = value != default_value || std::find(options_.given.begin(),
                                                              options_.given.end(),
                                                              key) != options_.given.end();
@@ -121,20 +120,20 @@ bool SearchDb::load_index_file() {
         value = recorded;
         return;
       }
-      if (index->kind() != kind || !changed.empty()) return;
       const int64_t real = index->built_with(key);
+      if (real < 0 || !changed.empty()) return;  // a setting of another kind of index
       // 0 asks for "auto": the index matches when it was built with auto too.
-      const int64_t built = value > 0 && real >= 0 ? real : static_cast<int64_t>(recorded);
+      const int64_t built = value > 0 ? real : static_cast<int64_t>(recorded);
       if (built != static_cast<int64_t>(value)) {
         changed = "the index was built with " + std::string(flag) + " " +
                   std::to_string(built) + ", " + std::to_string(value) + " is asked for";
       }
     };
-    take("hnsw_m", "--hnsw-m", options_.hnsw_m, defaults.hnsw_m, "hnsw");
+    take("hnsw_m", "--hnsw-m", options_.hnsw_m, defaults.hnsw_m);
     take("hnsw_ef_construction", "--ef-construction", options_.hnsw_ef_construction,
-         defaults.hnsw_ef_construction, "hnsw");
-    take("ivf_lists", "--ivf-lists", options_.ivf_lists, defaults.ivf_lists, "ivfpq");
-    take("pq_m", "--pq-m", options_.pq_m, defaults.pq_m, "ivfpq");
+         defaults.hnsw_ef_construction);
+    take("ivf_lists", "--ivf-lists", options_.ivf_lists, defaults.ivf_lists);
+    take("pq_m", "--pq-m", options_.pq_m, defaults.pq_m);
     const std::string want = target_kind(catalog_->image_count());
     if (want != index->kind()) {
       report_.why = "a " + want + " index is asked for, the file holds " + index->kind();
