@@ -445,3 +445,13 @@ TEST(SearchCli, ACatalogueIndexedFromItsOwnFolderNamesPhotosThatWorkFromAnywhere
     EXPECT_TRUE(fs::exists(p.images[0])) << p.images[0];
   }
 }
+
+TEST(SearchCli, ADuplicateThresholdOutOfRangeIsNamedWithItsRange) {
+  for (const std::string value : {"-1", "1.5", "x"}) {
+    const auto r = test::run_command(q(test::vitrine_bin()) + " duplicates --db " +
+                                     q(test::temp_dir("search-cli-dup")) + " --threshold " +
+                                     value);
+    EXPECT_EQ(r.status, 2) << value;
+    EXPECT_CONTAINS(r.err, "(-1, 1]");
+  }
+}

@@ -637,6 +637,18 @@ TEST(Serve, APortInUseIsAnErrorNotASharedPort) {
   EXPECT_NE(r.err.find("in use"), std::string::npos) << r.err;
 }
 
+TEST(Serve, LimitsOutOfRangeStopTheStartWithTheFlagNamed) {
+  const auto& f = fixture();
+  const std::string serve = "timeout 60 " + q(test::vitrine_bin()) + " serve --model " +
+                            q(f.dir + "/m") + " --port 0 ";
+  for (const std::string flag : {"--max-body-mb 0", "--max-body-mb 5000", "--max-body-mb -3",
+                                 "--max-pixels 0"}) {
+    const auto r = test::run_command(serve + flag);
+    EXPECT_EQ(r.status, 2) << flag;
+    EXPECT_CONTAINS(r.err, flag.substr(0, flag.find(' ')));
+  }
+}
+
 TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
   const auto& f = fixture();
   Server server("");
