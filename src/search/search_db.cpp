@@ -192,8 +192,10 @@ void SearchDb::catch_up() {
   if (index_->wants_rebuild()) rebuild("many removals: rebuilding reclaims the index's memory");
 }
 
+bool SearchDb::stale() const { return catalog_->last_change() != applied_seq_; }
+
 void SearchDb::refresh() {
-  if (catalog_->last_change() == applied_seq_) return;
+  if (!stale()) return;
   if (!index_) {
     catch_up();  // the first embeddings, stored by another process
     max_images_ = std::max<int64_t>(1, catalog_->max_images_per_product());
@@ -358,11 +360,19 @@ std::vector<std::string> SearchDb::remove(const std::vector<std::string>& skus) 
 }
 
 void SearchDb::save() {
-  if (!index_) return;
+  if (prepare_save()) saved(write_index_file());
+}
+
+bool SearchDb::prepare_save() {
+  if (!index_) return false;
   if (target_kind(index_->size()) != index_->kind()) {
     rebuild("the catalogue outgrew its " + index_->kind() + " index");
   }
-  if (saved_seq_ == applied_seq_) return;
+  return saved_seq_ != applied_seq_;
+}
+
+int64_t SearchDb::write_index_file() const {
+  VT_DCHECK(index_ != nullptr);
   const auto model = catalog_->model();
   VT_DCHECK(model.has_value());
   const nlohmann::json header{{"model", stamp_json(*model)},
@@ -383,9 +393,13 @@ void SearchDb::save() {
     out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
     index_->write(out);
   });
-  saved_seq_ = applied_seq_;
-  // The file now holds every change up to applied_seq_: the log before it is not needed.
-  catalog_->forget_changes_through(applied_seq_);
+  return applied_seq_;
+}
+
+void SearchDb::saved(int64_t seq) {
+  saved_seq_ = std::max(saved_seq_, seq);
+  // The file holds every change up to seq: the log before it is not needed.
+  catalog_->forget_changes_through(seq);
 }
 
 std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,

@@ -642,7 +642,7 @@ void HttpServer::routes() {
           } catch (const Error& e) {
             throw ServiceError(400, "bad_filter", e.what());
           }
-          std::lock_guard<std::mutex> lock(service_.db_mutex());
+          std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
           json products = json::array();
           for (const auto& p : service_.db()->catalog().list(filters, offset, limit)) {
             products.push_back(product_with_images(p));
@@ -657,7 +657,7 @@ void HttpServer::routes() {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           std::optional<search::Product> p;
           {
-            std::lock_guard<std::mutex> lock(service_.db_mutex());
+            std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
             p = service_.db()->catalog().find(req.matches[1]);
           }
           if (!p) throw ServiceError(404, "unknown_sku", "no product " + std::string(req.matches[1]));
@@ -688,14 +688,14 @@ void HttpServer::routes() {
         });
   add("GET", R"(/v1/products/(.+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
-          std::lock_guard<std::mutex> lock(service_.db_mutex());
+          std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
           const auto p = service_.db()->catalog().find(req.matches[1]);
           if (!p) throw ServiceError(404, "unknown_sku", "no product " + std::string(req.matches[1]));
           send_json(res, 200, product_with_images(*p));
         });
   add("DELETE", R"(/v1/products/(.+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
              if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
-             std::lock_guard<std::mutex> lock(service_.db_mutex());
+             std::lock_guard<Service::DbMutex> lock(service_.db_mutex());
              const std::string sku = req.matches[1];
              if (!service_.db()->remove({sku}).empty()) {
                throw ServiceError(404, "unknown_sku", "no product " + sku);
@@ -802,7 +802,7 @@ void HttpServer::routes() {
   // meanwhile cannot take a shared photo file away with it.
   auto commit = [this](const std::vector<StoredProduct>& products) {
     namespace fs = std::filesystem;
-    std::lock_guard<std::mutex> lock(service_.db_mutex());
+    std::unique_lock<Service::DbMutex> lock(service_.db_mutex());
     auto* db = service_.db();
     std::vector<std::string> written;
     std::vector<search::ProductUpdate> batch;
@@ -844,8 +844,9 @@ void HttpServer::routes() {
     } catch (const std::exception& e) {
       spdlog::error("a stored product's photo could not be written again: {}", e.what());
     }
-    service_.save_index_when_due();
     metrics_->set_index_size(service_.db()->index() ? service_.db()->index()->size() : 0);
+    lock.unlock();
+    service_.save_index_when_due();
   };
   add("PUT", R"(/v1/products/(.+))", "/v1/products/{sku}", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");

@@ -203,6 +203,8 @@ Service::~Service() {
   if (batcher_->worker.joinable()) batcher_->worker.join();
   if (db_) {
     try {
+      std::lock_guard<std::mutex> saving(save_mu_);
+      std::lock_guard<DbMutex> lock(db_mutex_);
       db_->save();
     } catch (const std::exception& e) {
       spdlog::error("could not save the search index: {} (it is rebuilt from the catalogue "
@@ -211,15 +213,37 @@ Service::~Service() {
   }
 }
 
+void Service::DbMutex::lock() {
+  std::lock_guard<std::mutex> gate(gate_);  // new readers wait from now on
+  rw_.lock();
+}
+
+void Service::DbMutex::lock_shared() {
+  std::lock_guard<std::mutex> gate(gate_);
+  rw_.lock_shared();
+}
+
 void Service::save_index_when_due() {
   // A save writes the whole index: for every stored product of a large catalogue that is
   // gigabytes. Changes not saved yet are replayed from the catalogue's change log at the
   // next start, and the index is saved at shutdown.
+  std::unique_lock<std::mutex> saving(save_mu_, std::try_to_lock);
+  if (!saving.owns_lock()) return;  // another request is saving
   const auto now = Clock::now();
   if (now - last_index_save_ < std::chrono::seconds(30)) return;
   last_index_save_ = now;  // a failing save is tried again in 30 s, not at every write
   try {
-    db_->save();
+    {
+      std::lock_guard<DbMutex> lock(db_mutex_);
+      if (!db_->prepare_save()) return;
+    }
+    int64_t seq = 0;
+    {
+      std::shared_lock<DbMutex> lock(db_mutex_);  // searches go on while the file is written
+      seq = db_->write_index_file();
+    }
+    std::lock_guard<DbMutex> lock(db_mutex_);
+    db_->saved(seq);
   } catch (const std::exception& e) {  // the products are stored: the change log has them
     spdlog::error("could not save the search index: {} (the catalogue's change log keeps "
                   "the changes; tried again in 30 s)", e.what());
@@ -349,8 +373,15 @@ std::string Service::explain(const std::string& encoded, const std::string& labe
 std::vector<search::Hit> Service::search(const std::vector<float>& embedding,
                                          const search::SearchOptions& options) {
   if (!db_) throw ServiceError(404, "no_catalogue", "this service runs without --db: no search");
-  std::lock_guard<std::mutex> lock(db_mutex_);
-  db_->refresh();  // products another process stored or removed meanwhile
+  std::shared_lock<DbMutex> lock(db_mutex_);
+  if (db_->stale()) {  // products another process stored or removed meanwhile
+    lock.unlock();
+    {
+      std::lock_guard<DbMutex> writer(db_mutex_);
+      db_->refresh();
+    }
+    lock.lock();
+  }
   metrics_->set_index_size(db_->index() ? db_->index()->size() : 0);
   if (db_->index() && db_->index()->dim() != static_cast<int64_t>(embedding.size())) {
     throw ServiceError(409, "model_mismatch",

@@ -652,6 +652,38 @@ TEST(SearchDb, ARunningDatabaseSeesWhatAnotherWriterStoredAndRemoved) {
   expect_consistent(*service);
 }
 
+TEST(SearchDb, ASaveInStepsKeepsTheChangesMadeWhileTheFileWasWritten) {
+  // A service writes the file while searches (and, between the steps, writes) go on: a
+  // product stored after the file was written must not be trimmed from the change log.
+  const std::string dir = test::temp_dir("searchdb-save-steps") + "/db";
+  std::mt19937_64 rng(23);
+  const auto p1 = random_product("P1", 1, rng), p2 = random_product("P2", 2, rng);
+  {
+    auto db = SearchDb::open(dir);
+    db->use_model(kModel);
+    db->upsert({p1});
+    ASSERT_TRUE(db->prepare_save());
+    const int64_t seq = db->write_index_file();
+    db->upsert({p2});  // after the file was written
+    db->saved(seq);
+    EXPECT_TRUE(db->prepare_save()) << "P2 is not in the file yet";
+    EXPECT_FALSE(db->stale());
+  }
+  auto db = SearchDb::open(dir);
+  EXPECT_FALSE(db->open_report().rebuilt) << db->open_report().why;
+  EXPECT_EQ(db->open_report().replayed, 2);  // P2's two photos, from the log
+  EXPECT_EQ(db->index()->size(), 3);
+  expect_consistent(*db);
+  db->save();
+  EXPECT_FALSE(db->prepare_save());
+  // Another writer makes it stale until refreshed.
+  SearchDb::open(dir)->remove({"P1"});
+  EXPECT_TRUE(db->stale());
+  db->refresh();
+  EXPECT_FALSE(db->stale());
+  EXPECT_EQ(db->index()->size(), 2);
+}
+
 TEST(SearchIndex, HnswAndIvfPqFindTheExactNeighboursMostOfTheTime) {
   std::mt19937_64 rng(14);
   const int64_t n = 3000;

@@ -77,6 +77,8 @@ class SearchDb {
   /// Brings the index up to date with catalogue changes made by other processes (another
   /// `vitrine index` or `remove` beside a running service). Cheap when there are none.
   void refresh();
+  /// Whether refresh() has changes to apply (one catalogue query).
+  bool stale() const;
 
   /// The k best products for each of `nq` queries (L2-normalised, `dim` floats each).
   std::vector<std::vector<Hit>> search(const float* queries, int64_t nq,
@@ -85,6 +87,14 @@ class SearchDb {
   /// Writes the index if it changed (atomically: a temporary file renamed over the old one)
   /// and trims the change log it holds.
   void save();
+  /// save() in three steps, so that a service searches while the file is written:
+  /// prepare_save() may change the index (it rebuilds one that outgrew its kind) and says
+  /// whether the file is behind it; write_index_file() only reads the index, so searches may
+  /// run beside it, and returns the last change the file holds; saved() trims the change log
+  /// through that change.
+  bool prepare_save();
+  int64_t write_index_file() const;
+  void saved(int64_t seq);
   std::string index_path() const;
 
  private:

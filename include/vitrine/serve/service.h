@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -98,9 +99,23 @@ class Service {
   std::vector<std::string> labels() const;
   int64_t queue_depth() const;
   search::SearchDb* db() { return db_.get(); }
-  std::mutex& db_mutex() { return db_mutex_; }
-  /// After storing products (db_mutex held): saves the index when the last save is 30 s
-  /// old or more, not after every write.
+  /// Readers (searches, product reads) share it; writers hold it alone. A writer waiting
+  /// keeps new readers out, so a steady stream of searches cannot hold writes off.
+  class DbMutex {
+   public:
+    void lock();
+    void unlock() { rw_.unlock(); }
+    void lock_shared();
+    void unlock_shared() { rw_.unlock_shared(); }
+
+   private:
+    std::mutex gate_;
+    std::shared_mutex rw_;
+  };
+  DbMutex& db_mutex() { return db_mutex_; }
+  /// After storing products (db_mutex not held): saves the index when the last save is 30 s
+  /// old or more, not after every write. The file is written under a shared lock: searches
+  /// go on meanwhile, writes wait. One save at a time; a write during one saves nothing.
   void save_index_when_due();
 
  private:
@@ -115,9 +130,10 @@ class Service {
   std::shared_ptr<Metrics> metrics_;
   std::unique_ptr<Batcher> batcher_;
   std::unique_ptr<search::SearchDb> db_;
-  std::mutex db_mutex_;
+  DbMutex db_mutex_;
+  std::mutex save_mu_;    ///< one index save at a time; guards last_index_save_
   std::mutex reload_mu_;  ///< serialises reload(); guards options_.model_dir
-  std::chrono::steady_clock::time_point last_index_save_{};  ///< guarded by db_mutex_
+  std::chrono::steady_clock::time_point last_index_save_{};
   std::atomic<bool> ready_{false};
 };
 
