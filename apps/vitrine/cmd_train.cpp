@@ -43,13 +43,22 @@ void add_data_options(CLI::App* cmd, data::DataOptions& d) {
   cmd->add_option("--data", d.source,
                   "ImageFolder root, CSV manifest (path,label[,split]) or fashion-mnist")
       ->required();
-  cmd->add_option("--val-split", d.val_split, "Validation fraction of a root without val/");
-  cmd->add_option("--test-split", d.test_split, "Test fraction of a root without test/");
+  cmd->add_option("--val-split", d.val_split,
+                  "Validation fraction carved out of training photos where there is no val/ "
+                  "(default 0.1; a train/ folder alone, or a CSV split column, keeps all its "
+                  "photos unless given)")
+      ->check(CLI::Range(0.0, 0.99));
+  cmd->add_option("--test-split", d.test_split,
+                  "Test fraction carved out of training photos where there is no test/")
+      ->check(CLI::Range(0.0, 0.99));
   cmd->add_option("--labels-per-class", d.labels_per_class,
                   "Keep this many labelled training images per class");
   cmd->add_option("--label-fraction", d.label_fraction,
                   "Keep this fraction of the labelled training images");
   cmd->add_option("--fashion-mnist-dir", d.fashion_mnist_dir, "Where the IDX files are");
+  cmd->add_option("--max-pixels", d.max_pixels,
+                  "Skip photos with more pixels (checked from the header)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
 }
 
 void add_model_options(CLI::App* cmd, ModelChoice c) {
@@ -74,7 +83,8 @@ void add_loop_options(CLI::App* cmd, LoopFlags f) {
   cmd->add_option("--opt", f.optim->name, "adamw | sgd")->check(CLI::IsMember({"adamw", "sgd"}));
   cmd->add_option("--lr", f.optim->lr, "Peak learning rate");
   cmd->add_option("--weight-decay", f.optim->weight_decay,
-                  "Decoupled weight decay (not on biases, norms, embeddings)");
+                  "Weight decay, not on biases, norms, embeddings (AdamW: decoupled; SGD: L2, "
+                  "as PyTorch)");
   cmd->add_option("--momentum", f.optim->momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0));
   cmd->add_flag("--nesterov", f.optim->nesterov, "SGD with Nesterov momentum");
   cmd->add_option("--sched", *f.schedule, "cosine | step | constant")

@@ -88,7 +88,9 @@ std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& fil
       line += std::max<int64_t>(crs, 1);
       break;
     }
-    const bool blank = record.fields.size() == 1 && record.fields[0].empty() && !any_quoted;
+    // A blank line, or a row of empty cells (",,": what a spreadsheet writes for a cleared row).
+    const bool blank = !any_quoted && std::all_of(record.fields.begin(), record.fields.end(),
+                                                   [](const std::string& f) { return f.empty(); });
     if (!blank) records.push_back(std::move(record));
   }
   return records;

@@ -97,4 +97,8 @@ std::string read_text_file(const std::string& path) {
   return os.str();
 }
 
+bool is_system_entry(const std::string& name) {
+  return (!name.empty() && name[0] == '.') || name == "__MACOSX" || name == "@eaDir";
+}
+
 }  // namespace vitrine

@@ -87,15 +87,16 @@ void check_index(int64_t i, int64_t size) {
 class FileDataset : public Dataset {
  public:
   FileDataset(std::vector<std::string> paths, std::vector<std::vector<int64_t>> labels,
-              std::vector<std::string> classes, bool multi_label)
+              std::vector<std::string> classes, bool multi_label, int64_t max_pixels)
       : paths_(std::move(paths)), labels_(std::move(labels)) {
+    decode_.max_pixels = max_pixels;
     classes_ = std::move(classes);
     multi_label_ = multi_label;
   }
   int64_t size() const override { return static_cast<int64_t>(paths_.size()); }
   cv::Mat image(int64_t i) const override {
     check_index(i, size());
-    return image::decode_file(paths_[i]);
+    return image::decode_file(paths_[i], decode_);
   }
   std::vector<int64_t> labels(int64_t i) const override {
     check_index(i, size());
@@ -109,6 +110,7 @@ class FileDataset : public Dataset {
  private:
   std::vector<std::string> paths_;
   std::vector<std::vector<int64_t>> labels_;
+  image::DecodeOptions decode_;
 };
 
 constexpr int kIdxSide = 28;
@@ -264,14 +266,19 @@ std::shared_ptr<Dataset> subsample(const std::shared_ptr<Dataset>& train,
   return subset(train, std::move(kept));
 }
 
+/// The validation fraction of data without a validation split of its own: the one asked for,
+/// else 0.1.
+double val_fraction(const DataOptions& o) { return o.val_split < 0 ? 0.1 : o.val_split; }
+
 void check_options(const DataOptions& o) {
   VT_CHECK(!o.source.empty(),
            "no data source given; pass an ImageFolder root, a .csv manifest or fashion-mnist");
-  VT_CHECK(std::isfinite(o.val_split) && o.val_split >= 0.0 && o.val_split < 1.0, "val_split ",
-           o.val_split, " is out of range; use a fraction from 0 to below 1");
+  VT_CHECK(std::isfinite(o.val_split) && (o.val_split >= 0.0 || o.val_split == -1) &&
+               o.val_split < 1.0,
+           "val_split ", o.val_split, " is out of range; use a fraction from 0 to below 1");
   VT_CHECK(std::isfinite(o.test_split) && o.test_split >= 0.0 && o.test_split < 1.0, "test_split ",
            o.test_split, " is out of range; use a fraction from 0 to below 1");
-  VT_CHECK(o.val_split + o.test_split < 1.0, "val_split ", o.val_split, " plus test_split ",
+  VT_CHECK(val_fraction(o) + o.test_split < 1.0, "val_split ", val_fraction(o), " plus test_split ",
            o.test_split, " leaves nothing to train on; keep their sum below 1");
   VT_CHECK(o.labels_per_class >= 0, "labels_per_class ", o.labels_per_class,
            " is negative; use 0 (all) or a positive count");
@@ -317,6 +324,21 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
                                                          : parts.test;
       part.push_back(static_cast<int64_t>(i));
     }
+    // A layout without val (or test) items has them carved out of train by a fraction asked
+    // for (a train/ folder alone keeps all its photos by default).
+    const double carve_val = parts.val.empty() ? std::max(options.val_split, 0.0) : 0.0;
+    const double carve_test = parts.test.empty() ? options.test_split : 0.0;
+    if (carve_val > 0 || carve_test > 0) {
+      std::vector<int64_t> train_strata;
+      for (const int64_t i : parts.train) train_strata.push_back(strata[i]);
+      const SplitIndices carved =
+          split_stratified(train_strata, classes, carve_val, carve_test, options.seed);
+      const std::vector<int64_t> train = std::move(parts.train);
+      parts.train.clear();
+      for (const int64_t j : carved.train) parts.train.push_back(train[j]);
+      for (const int64_t j : carved.val) parts.val.push_back(train[j]);
+      for (const int64_t j : carved.test) parts.test.push_back(train[j]);  // still sorted
+    }
     // A class seen only outside train gets an index (its items are still scored), but no
     // training signal: worth a warning, not an error.
     std::set<int64_t> trained;
@@ -335,9 +357,10 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
       }
     }
   } else {
-    parts = split_stratified(strata, classes, options.val_split, options.test_split, options.seed);
-    if (options.val_split > 0 && parts.val.empty()) {
-      warnings.push_back("val_split " + std::to_string(options.val_split) +
+    parts = split_stratified(strata, classes, val_fraction(options), options.test_split,
+                             options.seed);
+    if (val_fraction(options) > 0 && parts.val.empty()) {
+      warnings.push_back("val_split " + std::to_string(val_fraction(options)) +
                          " leaves no validation items (too few items per class)");
     }
     if (options.test_split > 0 && parts.test.empty()) {
@@ -349,7 +372,7 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
            "images (.jpg, .jpeg, .png, .webp, .bmp) to its train split");
 
   auto base = std::make_shared<FileDataset>(std::move(items.paths), std::move(labels), classes,
-                                            multi_label);
+                                            multi_label, options.max_pixels);
   DataSplits out;
   out.classes = classes;
   out.multi_label = multi_label;
@@ -365,18 +388,19 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
 // ---- ImageFolder --------------------------------------------------------------------------
 
 bool is_image_file(const fs::path& p) {
-  static const std::set<std::string> kExtensions = {".jpg", ".jpeg", ".png", ".webp", ".bmp"};
+  static const std::set<std::string> kExtensions = {".jpg", ".jpeg", ".jpe", ".jfif", ".png",
+                                                    ".webp", ".bmp"};
   return kExtensions.count(lower(p.extension().string())) > 0;
 }
 
-/// Sorted names of the visible sub-folders of `dir`.
+/// Sorted names of the visible sub-folders of `dir` (not the system's: is_system_entry).
 std::vector<std::string> subfolders(const fs::path& dir) {
   std::vector<std::string> out;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     std::error_code entry_ec;
-    if (!name.empty() && name[0] != '.' && it->is_directory(entry_ec)) out.push_back(name);
+    if (!is_system_entry(name) && it->is_directory(entry_ec)) out.push_back(name);
   }
   VT_CHECK(!ec, "cannot list the folder ", dir.string(), ": ", ec.message(),
            "; check that it exists and is readable");
@@ -386,8 +410,9 @@ std::vector<std::string> subfolders(const fs::path& dir) {
 
 /// Image files anywhere below `dir` (following links, as torchvision's os.walk does), sorted.
 /// A link back to a folder already entered (a loop) is not followed again, and entries that
-/// cannot be read (a broken link, a folder without permission) are passed over.
-std::vector<std::string> images_below(const fs::path& dir) {
+/// cannot be read (a broken link, a folder without permission) are passed over, and so are
+/// the system's entries (is_system_entry): `hidden` counts the image files among them.
+std::vector<std::string> images_below(const fs::path& dir, int64_t& hidden) {
   std::vector<std::string> out;
   std::set<std::pair<dev_t, ino_t>> entered;
   const auto enter = [&entered](const fs::path& p) {
@@ -403,7 +428,13 @@ std::vector<std::string> images_below(const fs::path& dir) {
     std::error_code entry_ec;
     const fs::file_status st = it->status(entry_ec);  // follows links
     if (entry_ec) continue;
-    if (fs::is_directory(st)) {
+    if (is_system_entry(it->path().filename().string())) {
+      if (fs::is_directory(st)) {
+        it.disable_recursion_pending();
+      } else if (is_image_file(it->path())) {
+        ++hidden;
+      }
+    } else if (fs::is_directory(st)) {
       if (!enter(it->path())) it.disable_recursion_pending();
     } else if (fs::is_regular_file(st) && is_image_file(it->path())) {
       out.push_back(it->path().string());
@@ -421,7 +452,10 @@ int64_t loose_images(const fs::path& dir) {
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::error_code entry_ec;
-    if (it->is_regular_file(entry_ec) && is_image_file(it->path())) ++n;
+    if (it->is_regular_file(entry_ec) && is_image_file(it->path()) &&
+        !is_system_entry(it->path().filename().string())) {
+      ++n;
+    }
   }
   return n;
 }
@@ -434,9 +468,10 @@ void scan_class_folders(const fs::path& dir, int split, FileItems& items,
                        " are not in a class folder and are ignored; move them into " +
                        dir.string() + "/<class>/");
   }
+  int64_t hidden = 0;
   for (const std::string& cls : subfolders(dir)) {
     classes.insert(cls);
-    const std::vector<std::string> files = images_below(dir / cls);
+    const std::vector<std::string> files = images_below(dir / cls, hidden);
     if (files.empty()) {
       warnings.push_back("class folder " + (dir / cls).string() +
                          " has no images (.jpg, .jpeg, .png, .webp, .bmp); class '" + cls +
@@ -447,6 +482,12 @@ void scan_class_folders(const fs::path& dir, int split, FileItems& items,
       items.labels.push_back({cls});
       items.split.push_back(split);
     }
+  }
+  if (hidden > 0) {
+    warnings.push_back(std::to_string(hidden) + " hidden image file" + (hidden == 1 ? "" : "s") +
+                       " in " + dir.string() + (hidden == 1 ? " was" : " were") +
+                       " skipped (names starting with '.', such as the \"._\" copies a Mac "
+                       "leaves on shared drives)");
   }
 }
 
@@ -532,6 +573,12 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
   // Rows whose file is missing (a product photo deleted since the manifest was written) are
   // skipped and named; a manifest none of whose files exist is an error (a wrong base folder).
   std::vector<std::string> missing;
+  // A photo named on several rows is one item: a multi-label manifest may give its labels a
+  // row each (merged); single-label rows that disagree keep the first label (label noise, or
+  // two products sharing a photo) and are named.
+  std::map<std::string, std::pair<size_t, int64_t>> seen;  ///< path -> item, line
+  int64_t repeats = 0;
+  std::vector<std::string> conflicts;
   for (size_t r = 1; r < records.size(); ++r) {
     const CsvRecord& rec = records[r];
     VT_CHECK(rec.fields.size() == header.fields.size(), file, ":", rec.line, ": expected ",
@@ -563,11 +610,40 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
       VT_CHECK(split >= 0, file, ":", rec.line, ": unknown split '", rec.fields[split_col],
                "'; use train, val or test");
     }
+    const auto [it, fresh] = seen.emplace(path.lexically_normal().string(),
+                                          std::make_pair(items.paths.size(), rec.line));
+    if (!fresh) {
+      ++repeats;
+      auto& labels = items.labels[it->second.first];
+      const std::string where = file + ":" + std::to_string(rec.line) + ": '" + given + "' ";
+      const std::string earlier = std::to_string(it->second.second);
+      if (items.split[it->second.first] != split) {
+        conflicts.push_back(where + "is put in split '" + rec.fields[split_col] + "' here and in "
+                            "another at line " + earlier + "; the first is kept");
+      }
+      if (multi_label) {
+        labels.insert(labels.end(), names.begin(), names.end());  // duplicates go later
+      } else if (labels.front() != names.front()) {
+        conflicts.push_back(where + "is labelled '" + names.front() + "' here and '" +
+                            labels.front() + "' at line " + earlier + "; the first is kept");
+      }
+      continue;
+    }
     items.paths.push_back(path.string());
     items.labels.push_back(std::move(names));
     items.split.push_back(split);
   }
   std::vector<std::string> warnings;
+  if (repeats > 0) {
+    warnings.push_back(std::to_string(repeats) + " rows of " + file + " name a photo an earlier "
+                       "row names; each photo is one item" +
+                       (multi_label ? std::string(" with the labels of all its rows") : ""));
+  }
+  for (size_t i = 0; i < conflicts.size() && i < 5; ++i) warnings.push_back(conflicts[i]);
+  if (conflicts.size() > 5) {
+    warnings.push_back(std::to_string(conflicts.size()) + " rows of " + file + " disagree with "
+                       "an earlier row on a photo's label or split (the first 5 above)");
+  }
   if (!missing.empty()) {
     VT_CHECK(!items.paths.empty(), missing.front(), ", and so is every other image of ", file,
              "; fix the paths (relative paths start at the manifest's folder)");
@@ -693,9 +769,9 @@ DataSplits open_fashion_mnist(const DataOptions& options) {
            " hold no images; ", kInstallHint);
   DataSplits out;
   out.classes = fashion_mnist_classes();
-  if (options.val_split > 0) {
-    SplitIndices parts =
-        split_stratified(strata_of(*train), out.classes, options.val_split, 0.0, options.seed);
+  if (val_fraction(options) > 0) {
+    SplitIndices parts = split_stratified(strata_of(*train), out.classes, val_fraction(options),
+                                          0.0, options.seed);
     if (!parts.val.empty()) out.val = subset(train, std::move(parts.val));
     train = subset(train, std::move(parts.train));
   }
@@ -819,23 +895,32 @@ DataSplits open_data(const DataOptions& options) {
 
 DataSplits open_pretraining_data(const DataOptions& options) {
   const fs::path root(options.source);
-  bool has_subfolders = false;
-  if (options.source != "fashion-mnist" && fs::is_directory(root)) {
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(root, ec)) {
-      if (entry.is_directory(ec)) has_subfolders = true;
-    }
-  }
-  if (options.source == "fashion-mnist" || !fs::is_directory(root) || has_subfolders) {
+  // Class folders (and their labels, for the k-NN monitor) when the root holds only those;
+  // otherwise every photo below it, whatever the folders.
+  if (options.source == "fashion-mnist" || !fs::is_directory(root) ||
+      (!subfolders(root).empty() && loose_images(root) == 0)) {
     return open_data(options);
   }
-  // A flat folder of photos: one unlabelled training split.
   DataSplits out;
-  std::vector<std::string> paths = image::expand_image_paths({options.source}, &out.warnings);
+  std::vector<std::string> paths;
+  int64_t unsupported = 0;
+  for (auto& p : image::expand_image_paths({options.source}, &out.warnings)) {
+    if (is_image_file(p)) {
+      paths.push_back(std::move(p));
+    } else {
+      ++unsupported;  // GIF and TIFF, which would fail every epoch
+    }
+  }
+  if (unsupported > 0) {
+    out.warnings.push_back(std::to_string(unsupported) + " GIF or TIFF files in " +
+                           options.source + " are skipped: convert them to PNG or JPEG to "
+                           "learn from them");
+  }
   VT_CHECK(!paths.empty(), options.source, " holds no images (.jpg, .jpeg, .png, .webp, .bmp)");
   const size_t n = paths.size();
   out.train = std::make_shared<FileDataset>(std::move(paths), std::vector<std::vector<int64_t>>(n),
-                                            std::vector<std::string>{}, /*multi_label=*/false);
+                                            std::vector<std::string>{}, /*multi_label=*/false,
+                                            options.max_pixels);
   return out;
 }
 

@@ -405,8 +405,24 @@ bool Loader::next(Batch& batch) {
   Impl& s = *impl_;
   std::unique_lock<std::mutex> lock(s.mutex);
   VT_CHECK(s.started, "Loader::next called before start_epoch; start an epoch first");
+  // Judged as the epoch goes when its order is random; in order (evaluation), one class's
+  // bad files come together and the first batches say nothing of the rest: at its end.
+  const bool random_order = s.options.shuffle || !s.options.sample_weights.empty();
+  const auto stop_if_mostly_failed = [&s] {
+    if (s.failed < kMinFailuresToStop || 2 * s.failed <= s.delivered) return;
+    const std::string first = s.errors.front();
+    const int64_t failed = s.failed, delivered = s.delivered;
+    s.abandon_epoch();
+    s.failed = 0;  // said once: next() then ends the epoch quietly
+    VT_FAIL(failed, " of the ", delivered, " items loaded so far in this epoch failed (first: ",
+            first, "); the data set or the transform is broken: fix the files or the "
+            "transform (Loader::errors lists every failure)");
+  };
   for (;;) {
-    if (s.consumer >= s.n_batches) return false;
+    if (s.consumer >= s.n_batches) {
+      stop_if_mostly_failed();
+      return false;
+    }
     const int64_t b = s.consumer;
     s.ready_cv.wait(lock, [&] {
       const auto it = s.slots.find(b);
@@ -424,15 +440,7 @@ bool Loader::next(Batch& batch) {
       s.abandon_epoch();
       VT_FAIL(slot.fatal);
     }
-    if (s.failed >= kMinFailuresToStop && 2 * s.failed > s.delivered) {
-      const std::string first = s.errors.front();
-      const int64_t failed = s.failed, delivered = s.delivered;
-      s.abandon_epoch();
-      VT_FAIL(failed, " of the ", delivered,
-              " items loaded so far in this epoch failed (first: ", first,
-              "); the data set or the transform is broken: fix the files or the "
-              "transform (Loader::errors lists every failure)");
-    }
+    if (random_order) stop_if_mostly_failed();
     if (slot.batch.indices.empty()) continue;  // every item of this batch failed
     batch = std::move(slot.batch);
     batch.batch_index = b;

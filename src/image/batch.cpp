@@ -1,6 +1,7 @@
 #include "vitrine/image/batch.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -52,6 +53,10 @@ std::vector<std::string> expand_image_paths(const std::vector<std::string>& path
     fs::recursive_directory_iterator it(p, fs::directory_options::skip_permission_denied, ec);
     for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
       std::error_code file_ec;
+      if (is_system_entry(it->path().filename().string())) {  // "._photo.jpg", __MACOSX, ...
+        if (it->is_directory(file_ec)) it.disable_recursion_pending();
+        continue;
+      }
       if (it->is_directory(file_ec) && ::access(it->path().c_str(), R_OK | X_OK) != 0) {
         if (warnings) warnings->push_back(it->path().string() + ": folder not readable, skipped");
         continue;

@@ -507,8 +507,7 @@ cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options) {
   if (options.max_pixels > 0) {
     VT_CHECK(pixels <= options.max_pixels, "image is ", info.width, "x", info.height, " (",
              pixel_count(pixels), "), over the limit of ", pixel_count(options.max_pixels),
-             "; downscale it (predict, index and serve take --max-pixels to raise the "
-             "limit)");
+             "; downscale it, or raise the limit with --max-pixels");
   }
   VT_CHECK(format != Format::kWebp || !webp_is_animated(data, size),
            "animated WebP images are not supported; export one frame as a still image (WebP, "

@@ -69,6 +69,14 @@ void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::
                     const std::function<void(const at::Tensor&, const at::Tensor&)>& consume,
                     const AttackOptions* adversary = nullptr) {
   VT_CHECK(data && data->size() > 0, "nothing to evaluate: the split is empty");
+  // A softmax scored as sigmoids, or the reverse, gives numbers that look right and are not.
+  const bool multi_label_model = model.config().task == "multi_label";
+  VT_CHECK(multi_label_model == data->multi_label(), "the model is ",
+           multi_label_model ? "multi-label (a sigmoid a class)"
+                             : "single-label (one class a photo)",
+           " but the data is ", data->multi_label() ? "multi-label" : "single-label",
+           ": evaluate it on data of its kind (multi-label: a CSV manifest with a labels column), "
+           "or train a model for this data");
   const int64_t k = model.config().num_classes;
   const auto& labels = model.config().labels;
   std::shared_ptr<data::Dataset> d = data;

@@ -52,12 +52,12 @@ EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgres
   int64_t expected_batch = resume.next_batch;
   while (loader.next(batch)) {
     const int64_t bs = batch.images.size(0);
-    VT_CHECK(!plan.distributed || (bs >= 2 && batch.batch_index == expected_batch),
+    VT_CHECK(!plan.distributed || (bs >= plan.min_batch && batch.batch_index == expected_batch),
              "unreadable images cost this process its batch ", expected_batch + 1, " of epoch ",
              plan.epoch + 1, ", and with several processes each must take every step: remove "
              "the images named above from the data, or train with one process");
     expected_batch = batch.batch_index + 1;
-    if (bs < 2) continue;
+    if (bs < plan.min_batch) continue;
     double top1 = 0;
     const at::Tensor loss = hooks.loss(batch, rng, top1);
     const double loss_value = loss.item<double>();
@@ -112,12 +112,23 @@ EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgres
   return out;
 }
 
+bool grey_data(const data::Dataset& data) {
+  const int64_t n = std::min<int64_t>(data.size(), 16);
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      return data.image(i).channels() == 1;
+    } catch (const std::exception&) {
+    }
+  }
+  return false;
+}
+
 models::ModelConfig starting_config(const std::string& arch, const std::string& init_dir,
                                     const std::string& stem, int64_t in_channels,
                                     const std::function<bool()>& grey_data) {
   if (init_dir.empty()) {
     VT_CHECK(!arch.empty(), "give --model ARCH (from scratch) or --init DIR (a model directory)");
-    // Grey data sets (Fashion-MNIST, X-ray-like product scans) train 1-channel models.
+    // Data stored grey (Fashion-MNIST) trains 1-channel models; decoded photos have 3.
     return models::new_model_config(arch, in_channels > 0 ? in_channels : grey_data() ? 1 : 3,
                                     stem);
   }

@@ -168,7 +168,7 @@ void Pretrainer::State::open_data() {
 void Pretrainer::State::build_model() {
   StateDict init_weights;
   auto cfg = starting_config(o.arch, o.init_dir, o.resnet_stem, o.in_channels,
-                             [&] { return images->image(0).channels() == 1; });
+                             [&] { return grey_data(*images); });
   if (!o.init_dir.empty()) {
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
   }

@@ -33,6 +33,8 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <sstream>
+#include <type_traits>
 #include <utility>
 
 namespace vitrine::train {
@@ -115,6 +117,8 @@ struct Trainer::State {
   models::VisionModel model, ema;
   bool channels_last = false;  ///< the model trains in channels-last layout
   bool batch_norms = false;    ///< the model has batch norms
+  /// Batch norms that learn from batches: the model has them and is not a linear probe.
+  bool batch_norms_train() const { return batch_norms && o.freeze != "backbone"; }
   std::vector<ParamGroup> groups;
   std::vector<at::Tensor> trainable;  ///< every group's parameters, for gradient clipping
   /// (EMA tensor, model tensor) pairs; load_state_dict copies in place, so they stay valid.
@@ -184,12 +188,16 @@ std::vector<double> Trainer::State::balanced_sample_weights() const {
 
 void Trainer::State::build_model() {
   const int64_t classes = static_cast<int64_t>(data.classes.size());
+  // A softmax over one class is 1 whatever the photo: the loss is 0 and nothing is learnt.
+  VT_CHECK(classes >= 2 || data.multi_label, o.data.source, " has one class ('",
+           data.classes.empty() ? "" : data.classes.front(), "'): a classifier needs two or more; "
+           "is --data one folder too deep? (ImageFolder: ROOT/<class>/photo.jpg)");
   models::ModelConfig cfg;
   StateDict init_weights;
   bool init_has_head = false;
   int64_t init_classes = 0;
   cfg = starting_config(o.arch, o.init_dir, o.resnet_stem, o.in_channels,
-                        [&] { return data.train->image(0).channels() == 1; });
+                        [&] { return grey_data(*data.train); });
   if (!o.init_dir.empty()) {
     init_has_head = cfg.num_classes > 0;
     init_classes = cfg.num_classes;
@@ -563,7 +571,17 @@ at::Tensor Trainer::State::adversarial_batch(const at::Tensor& images, const at:
   if (k == 0) return images;
   // Eval mode, as TRADES and most robust-training code make attacks: the attack's passes
   // neither move the batch-norm statistics nor see dropout's noise.
+  // Each module's mode is put back as it was: train() is recursive, and restoring the root
+  // alone would wake the batch norms --freeze until: holds in eval mode.
+  std::vector<std::pair<std::shared_ptr<torch::nn::Module>, bool>> modes;
+  for (const auto& m : model->modules(/*include_self=*/false)) {
+    modes.emplace_back(m, m->is_training());
+  }
   const bool was_training = model->is_training();
+  const auto restore = [&] {
+    model->train(was_training);
+    for (const auto& [m, on] : modes) m->train(on);  // parents first: modules() is pre-order
+  };
   model->eval();
   at::Tensor adv;
   try {
@@ -572,10 +590,10 @@ at::Tensor Trainer::State::adversarial_batch(const at::Tensor& images, const at:
     adv = attack(*model, images.slice(0, 0, k), targets.slice(0, 0, k), o.adv_attack, pre.mean,
                  pre.std);
   } catch (...) {
-    model->train(was_training);
+    restore();
     throw;
   }
-  model->train(was_training);
+  restore();
   return k == n ? adv : at::cat({adv, images.slice(0, k)});
 }
 
@@ -774,6 +792,10 @@ void Trainer::State::save_state(int64_t epochs_done, const EpochProgress& progre
     const json extra{{"best_epoch", result.best_epoch},
                      {"best_value", result.best_value},
                      {"bad_epochs", bad_epochs},
+                     {"stopped_early", result.stopped_early},
+                     {"batch_size", o.batch_size},
+                     {"opt", o.optim.name},
+                     {"freeze", o.freeze},
                      {"history", history},
                      {"confident_sum", confident_sum},
                      {"confident_steps", confident_steps},
@@ -795,13 +817,26 @@ void Trainer::State::load_state() {
   const std::string dir = state_folder_to_resume(o.out_dir, "trainer.json");
   std::string text;
   const StateHeader h = read_state_file(dir, "trainer.json", state_header(0, {}), text);
+  const json j = json::parse(text);
+  // Another batch size takes other photos at each step, another optimiser or freeze has
+  // other state: the run would not continue, it would be another one.
+  const auto same = [&](const char* key, const auto& now, const char* flag) {
+    using T = std::decay_t<decltype(now)>;
+    if (!j.contains(key) || j.at(key).get<T>() == now) return;
+    std::ostringstream was;
+    was << j.at(key).get<T>();
+    VT_FAIL(o.out_dir, " was trained with ", flag, " ", was.str(), "; resume it with the same ",
+            "(or start another run with --overwrite or another --out)");
+  };
+  same("batch_size", o.batch_size, "--batch-size");
+  same("opt", o.optim.name, "--opt");
+  same("freeze", o.freeze, "--freeze");
   load_state_dict(*model, safetensors_load(dir + "/model.safetensors").tensors);
   if (ema) load_state_dict(*ema, safetensors_load(dir + "/ema.safetensors").tensors);
   torch::load(*optimizer, dir + "/optimizer.pt");
   start_epoch = h.epochs_done;
   step = h.step;
   resume_progress = h.progress;
-  const json j = json::parse(text);
   if (const int64_t planned = j.value("epochs", o.epochs); planned != o.epochs) {
     spdlog::warn("the run was planned for {} epochs and resumes with --epochs {}: the "
                  "learning-rate schedule is planned again from here, so the result differs "
@@ -810,6 +845,9 @@ void Trainer::State::load_state() {
   result.best_epoch = j.at("best_epoch");
   result.best_value = j.at("best_value");
   bad_epochs = j.at("bad_epochs");
+  // A run that stopped early stays stopped, unless resumed with more patience.
+  result.stopped_early =
+      j.value("stopped_early", false) && o.patience > 0 && bad_epochs >= o.patience;
   // An epoch interrupted in its middle goes on with its share of confident photos so far.
   confident_sum = j.value("confident_sum", 0.0);
   confident_steps = j.value("confident_steps", int64_t{0});
@@ -909,6 +947,17 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   VT_CHECK(std::is_sorted(o.lr_milestones.begin(), o.lr_milestones.end()) &&
                (o.lr_milestones.empty() || o.lr_milestones.front() > 0),
            "--decay-milestones must be positive epochs in increasing order");
+  if (o.schedule == "step" && o.lr_milestones.empty()) {
+    spdlog::warn("--sched step without --decay-milestones keeps the rate constant; name the "
+                 "epochs where it drops (--decay-milestones 30 60)");
+  } else if (o.schedule != "step" && !o.lr_milestones.empty()) {
+    spdlog::warn("--decay-milestones is for --sched step; the {} schedule ignores it", o.schedule);
+  }
+  if (o.sampler == "balanced" && o.class_weights == "balanced") {
+    spdlog::warn("--sampler balanced and --class-weights balanced each correct the class "
+                 "imbalance; together they correct it twice and the rare classes outweigh the "
+                 "frequent ones: use one");
+  }
   if (o.patience > 0 && !(s.data.val && s.data.val->size() > 0)) {
     spdlog::warn("--patience {} has no effect: there is no validation split to stop on (give "
                  "--val-split, or a val/ folder)", o.patience);
@@ -919,7 +968,18 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   s.set_provenance();
   if (!o.teacher_dir.empty()) s.load_teacher();
   if (!o.unlabelled.empty()) s.open_unlabelled();
+  if (o.freeze == "backbone" && (o.dropout > 0 || o.drop_path > 0)) {
+    spdlog::warn("--drop and --drop-path are not used with --freeze backbone: a linear probe "
+                 "runs the whole model in eval mode, a fixed feature extractor");
+  }
   const int64_t n = s.data.train->size();
+  if (s.batch_norms_train()) {
+    VT_CHECK(o.batch_size >= 2, "--batch-size 1 cannot train ",
+             o.arch.empty() ? o.init_dir : o.arch,
+             ": its batch norms need at least 2 images a batch; give --batch-size 2 or more");
+    VT_CHECK(n >= 2, "the training split holds ", n, " image, and batch norms need at least 2 "
+             "a batch: add training images");
+  }
   check_distributed(o.dist);
   const int64_t global_batch = o.batch_size * o.dist.world_size;
   if (o.dist.world_size > 1) {
@@ -1007,7 +1067,12 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
       on_step(all);
     };
   }
-  for (int64_t epoch = s.start_epoch; epoch < o.epochs; ++epoch) {
+  if (s.result.stopped_early) {
+    spdlog::info("the run stopped early after epoch {} ({} did not improve for {} epochs): "
+                 "nothing to resume; give a larger --patience to train on", s.start_epoch,
+                 o.monitor, s.bad_epochs);
+  }
+  for (int64_t epoch = s.start_epoch; epoch < o.epochs && !s.result.stopped_early; ++epoch) {
     s.model->train();
     // A linear probe keeps the frozen backbone's batch norms on their stored statistics.
     if (o.freeze == "backbone") s.model->eval();
@@ -1016,7 +1081,8 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
       if (s.lead()) s.save_state(epoch, p);
     };
     const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
-                         s.result.last_dir, /*distributed=*/s.group != nullptr};
+                         s.result.last_dir, /*distributed=*/s.group != nullptr,
+                         /*min_batch=*/s.batch_norms_train() ? 2 : 1};
     if (s.resume_progress.next_batch == 0) {  // not an epoch resumed in its middle
       s.confident_sum = 0;
       s.confident_steps = 0;
@@ -1096,6 +1162,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
       stop = decision.item<float>() > 0;
     }
     s.result.history.push_back(rec);
+    s.result.stopped_early = stop;  // saved with the state: a resumed run stays stopped
     if (s.lead()) {
       s.save_model_dir(judged, s.result.last_dir);
       log_text += rec.to_json() + "\n";
@@ -1104,7 +1171,6 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
       if (on_epoch) on_epoch(rec);
     }
     if (stop) {
-      s.result.stopped_early = true;
       spdlog::info("early stop: {} did not improve for {} epochs (best {} at epoch {})", o.monitor,
                    o.patience, s.result.best_value, s.result.best_epoch);
       break;

@@ -4,6 +4,7 @@
 #include "test_util.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/data/dataset.h"
 #include "vitrine/models/model_dir.h"
@@ -349,5 +350,22 @@ TEST(PretrainData, FlatFolderIsOneUnlabelledSplit) {
   const auto both = data::concat(labelled.train, labelled.val);
   EXPECT_EQ(both->size(), 12);
   EXPECT_EQ(both->name(both->size() - 1), labelled.val->name(labelled.val->size() - 1));
+  // Photos in dated folders beside loose ones are all read; a hidden folder (a notebook's
+  // checkpoints) is neither a class nor photos; GIFs are named, not failed every epoch.
+  const std::string mixed = dir + "/mixed";
+  write_shapes(mixed, 3, 5, /*class_folders=*/false);
+  write_shapes(mixed + "/2024", 3, 5, /*class_folders=*/false);
+  write_shapes(mixed + "/.ipynb_checkpoints", 3, 5, /*class_folders=*/false);
+  write_file_atomic(mixed + "/2024/anim.gif", "GIF89a");
+  write_file_atomic(mixed + "/._0.png", std::string(4096, '\0'));
+  d.source = mixed;
+  const auto flat = data::open_pretraining_data(d);
+  EXPECT_EQ(flat.train->size(), 18);
+  EXPECT_TRUE(flat.classes.empty());
+  ASSERT_EQ(flat.warnings.size(), 1u);
+  EXPECT_CONTAINS(flat.warnings[0], "1 GIF or TIFF files in " + mixed + " are skipped");
+  d.source = mixed + "/2024";
+  fs::create_directories(d.source + "/.cache");
+  EXPECT_EQ(data::open_pretraining_data(d).train->size(), 9);  // only a hidden folder beside
   fs::remove_all(dir);
 }

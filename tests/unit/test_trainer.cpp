@@ -35,6 +35,7 @@ void write_image_folder(const std::string& root, const std::vector<int>& per_cla
   static const cv::Scalar kColours[] = {{255, 40, 40}, {40, 255, 40}, {40, 40, 255},
                                         {230, 230, 40}};
   std::mt19937_64 rng(seed);
+  cv::theRNG().state = seed;  // cv::randn draws from it: the same photos in any test order
   for (size_t c = first_class; c < first_class + per_class.size(); ++c) {
     const std::string dir = root + "/class_" + std::to_string(c);
     fs::create_directories(dir);
@@ -57,7 +58,8 @@ train::TrainOptions small_run(const std::string& data, const std::string& out) {
   o.image_size = 32;
   o.eval_crop_pct = 1.0;
   o.data.source = data;
-  o.data.val_split = 0.25;
+  // A root of class folders gives a quarter to validation; a train/ folder alone keeps all.
+  o.data.val_split = fs::exists(data + "/train") ? -1 : 0.25;
   o.batch_size = 8;
   o.workers = 2;
   o.out_dir = out;
@@ -127,6 +129,78 @@ TEST(Trainer, EarlyStoppingStopsWhenValidationStalls) {
   EXPECT_EQ(result.history.size(), 3u);  // best at 1, then two epochs without gain
   EXPECT_EQ(result.best_epoch, 1);
   EXPECT_TRUE(fs::exists(result.best_dir + "/model.safetensors"));
+  // Resumed, it stays stopped (a wrapper that always passes --resume trains no further)...
+  o.resume = true;
+  const auto again = train::Trainer(o).run();
+  EXPECT_TRUE(again.stopped_early);
+  EXPECT_EQ(again.history.size(), 3u);
+  // ... unless given more patience.
+  o.patience = 4;
+  const auto more = train::Trainer(o).run();
+  EXPECT_TRUE(more.stopped_early);
+  EXPECT_EQ(more.history.size(), 5u);
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, BatchesOfOneTrainModelsWithoutBatchNormsAndAreRefusedForOthers) {
+  const std::string dir = test::temp_dir("batch1");
+  write_image_folder(dir + "/data", {4, 4}, 4);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  o.batch_size = 1;
+  o.epochs = 1;
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer{o}; }),
+                  "--batch-size 1 cannot train resnet18: its batch norms need at least 2 images "
+                  "a batch");
+  o.arch = "vit_ti_16";  // layer norms: one photo a step trains (a batch of one was skipped)
+  o.overwrite = true;
+  const auto r = train::Trainer(o).run();
+  ASSERT_EQ(r.history.size(), 1u);
+  EXPECT_GT(r.history[0].train_loss, 0);
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, OneClassIsRefusedAndAModelIsScoredOnlyOnDataOfItsTask) {
+  const std::string dir = test::temp_dir("one_class");
+  write_image_folder(dir + "/data", {6}, 4);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer{o}; }),
+                  "has one class ('class_0'): a classifier needs two or more");
+  // A multi-label model's sigmoids are not scored as a softmax.
+  models::ModelConfig c = models::model_preset("resnet18");
+  models::set_image_size(c, 32);
+  c.num_classes = 1;
+  c.labels = {"class_0"};
+  c.task = "multi_label";
+  auto model = models::create_model(c);
+  data::DataOptions d;
+  d.source = dir + "/data";
+  d.val_split = 0;
+  EXPECT_CONTAINS(test::error_of([&] { train::evaluate(*model, data::open_data(d).train); }),
+                  "the model is multi-label (a sigmoid a class) but the data is single-label");
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, AdversarialStepsLeaveFrozenBatchNormsAlone) {
+  const std::string dir = test::temp_dir("adv_freeze");
+  write_image_folder(dir + "/data", {8, 8}, 4);
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  o.epochs = 1;
+  o.freeze = "until:layer3";
+  o.adv = "fgsm";
+  const auto r = train::Trainer(o).run();
+  auto model = models::load_model(r.last_dir);
+  auto buffer = [&](const std::string& name) {
+    for (const auto& b : model->named_buffers()) {
+      if (b.key() == name) return b.value().clone();
+    }
+    ADD_FAILURE() << "no buffer " << name;
+    return at::Tensor();
+  };
+  // A fresh batch norm's statistics: mean 0, variance 1. The attack put the model in eval
+  // mode and back; the frozen ones must not have learnt from the batches since.
+  EXPECT_TRUE(at::equal(buffer("layer1.0.bn1.running_mean"), at::zeros({64})));
+  EXPECT_TRUE(at::equal(buffer("layer2.0.bn1.running_var"), at::ones({128})));
+  EXPECT_FALSE(at::equal(buffer("layer3.0.bn1.running_mean"), at::zeros({256})));
   fs::remove_all(dir);
 }
 
@@ -185,6 +259,14 @@ TEST(Trainer, ResumedRunEqualsUninterruptedRun) {
   fs::copy(dir + "/data", dir + "/moved", fs::copy_options::recursive);
   o.data.source = dir + "/moved";
   EXPECT_EQ(train::Trainer(o).run().history.size(), 4u);
+  // Another batch size or optimiser would be another run.
+  o.batch_size = 4;
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
+                  "was trained with --batch-size 8; resume it with the same");
+  o.batch_size = 8;
+  o.optim.name = "sgd";
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
+                  "was trained with --opt adamw; resume it with the same");
   fs::remove_all(dir);
 }
 

@@ -14,8 +14,8 @@ struct CsvRecord {
 
 /// RFC 4180 records: quoted fields may hold commas, doubled quotes and line breaks; unquoted
 /// fields are trimmed of spaces; CRLF and a UTF-8 byte-order mark (as Excel writes) are
-/// accepted; blank lines are skipped. Malformed quoting throws vitrine::Error naming `file`
-/// and the line.
+/// accepted; blank lines and rows of empty unquoted cells (a spreadsheet's cleared rows) are
+/// skipped. Malformed quoting throws vitrine::Error naming `file` and the line.
 std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& file);
 
 /// One field as parse_csv reads it back: quoted (inner quotes doubled) when it holds a comma,

@@ -53,12 +53,17 @@ struct DataOptions {
   /// CSV manifest (.csv), or "fashion-mnist".
   std::string source;
   /// Fractions split off per class for a root of class folders alone or a CSV without a split
-  /// column; for Fashion-MNIST, val_split is carved out of its training set (it has its own
-  /// test set, so test_split is not used there). Rounded per class, half up, keeping at least
-  /// one training item per class.
-  double val_split = 0.1;
+  /// column (val_split -1: 0.1). Where the layout has no val (or test) items, a train/ folder
+  /// alone or a split column without them, a fraction given (>= 0) is carved out of its train
+  /// items; by default such a layout keeps them all. For Fashion-MNIST, val_split (-1: 0.1) is
+  /// carved out of its training set (it has its own test set, so test_split is not used
+  /// there). Rounded per class, half up, keeping at least one training item per class.
+  double val_split = -1;
   double test_split = 0.0;
   uint64_t seed = 0;  ///< for the splits and the label subsample
+  /// Photos with more pixels are skipped (and named) without decoding them: one of 100 MP
+  /// takes 300 MB as it is decoded.
+  int64_t max_pixels = 100'000'000;
   /// > 0: keep this many training items per class. With the same seed, a smaller subsample is
   /// contained in a larger one.
   int64_t labels_per_class = 0;
@@ -84,14 +89,16 @@ struct DataSplits {
 /// convention) and shared by all splits. Splits and subsamples are stratified by class (by the
 /// first label of a multi-label item) and depend only on `seed` and each class's name, so a
 /// class keeps its split when other classes are added. Files with extensions other than .jpg,
-/// .jpeg, .png, .webp and .bmp (any case) are ignored in folders. Throws vitrine::Error for a
-/// missing source, a malformed manifest (with its line number), a manifest row naming a
-/// missing file, bad or missing IDX files, no training items, or invalid options.
+/// .jpeg, .jpe, .jfif, .png, .webp and .bmp (any case) are ignored in folders, and so are
+/// the system's entries (is_system_entry). Throws vitrine::Error for a missing source, a
+/// malformed manifest (with its line number), a manifest row naming a missing file, bad or
+/// missing IDX files, no training items, or invalid options.
 DataSplits open_data(const DataOptions& options);
 
 /// Unlabelled images for self-supervised pretraining: a folder of photos (searched
-/// recursively, no class folders needed) as one unlabelled training split; any other
-/// source opens as open_data does (its labels, where it has them, only measure).
+/// recursively, whatever its folders) as one unlabelled training split, unless it holds
+/// class folders and no photo of its own; that folder and any other source open as
+/// open_data does (their labels, where they have them, only measure).
 DataSplits open_pretraining_data(const DataOptions& options);
 
 }  // namespace vitrine::data

@@ -60,7 +60,8 @@ using SampleTransform = std::function<at::Tensor(const cv::Mat&, std::mt19937_64
 /// (the batch is then smaller; a batch whose items all fail is skipped), or, with `strict`,
 /// makes next() throw a vitrine::Error naming it. Either way next() throws once more than half
 /// of the items delivered in an epoch have failed (and at least 8 have): that is a broken data
-/// set or transform, not a few bad photos.
+/// set or transform, not a few bad photos. In random order this is checked after every batch;
+/// in order (evaluation), where one class's bad files come together, at the epoch's end.
 class Loader {
  public:
   Loader(std::shared_ptr<Dataset> data, SampleTransform transform, LoaderOptions options);

@@ -25,7 +25,8 @@ std::vector<LoadedImage> load_images(const std::vector<std::string>& paths,
 
 /// Expands directories into the files below them whose extension names an image format
 /// (sorted; GIF and TIFF included, so they are reported as unsupported rather than
-/// skipped); files stay as given. Folders that cannot be read are skipped and named in
+/// skipped); files stay as given, entries the system keeps for itself (is_system_entry) are
+/// passed over. Folders that cannot be read are skipped and named in
 /// `warnings`.
 std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths,
                                             std::vector<std::string>* warnings = nullptr);

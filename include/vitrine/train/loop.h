@@ -59,6 +59,9 @@ struct EpochPlan {
   /// One of several processes that all-reduce every step: a batch it cannot take (lost to
   /// unreadable images) is an error, since skipping it would pair its steps with others'.
   bool distributed = false;
+  /// Smaller batches (left by unreadable images) are skipped: a batch norm in training mode
+  /// needs two images, and a contrastive loss pairs them.
+  int64_t min_batch = 2;
 };
 
 /// What an epoch did.
@@ -76,6 +79,11 @@ struct EpochSummary {
 /// breaks batch norm).
 data::LoaderOptions training_loader_options(int64_t batch_size, int64_t split_size, uint64_t seed,
                                             int workers, bool strict);
+
+/// Whether `data` is stored grey (Fashion-MNIST), judged by its first readable image; photos
+/// decoded from files have 3 channels. Unreadable images are passed over (up to 16): the
+/// loader reports them.
+bool grey_data(const data::Dataset& data);
 
 /// The config a run (train or pretrain) starts from: the --init model directory's, without
 /// its int8 calibration (training changes the weights it measured), or a new `arch`'s with
