@@ -390,6 +390,7 @@ void add_index_command(CLI::App& app, int& status) {
     search::EmbedderOptions eo;
     eo.precision = a->precision;
     eo.max_pixels = a->max_pixels;
+    a->data.max_pixels = a->max_pixels;  // --data photos are decoded by the data set
     // The input first: a bad --catalog, --data or --split fails before a database exists.
     std::optional<search::CatalogFile> file;
     std::vector<std::shared_ptr<data::Dataset>> parts;

@@ -278,7 +278,8 @@ void check_options(const DataOptions& o) {
            "val_split ", o.val_split, " is out of range; use a fraction from 0 to below 1");
   VT_CHECK(std::isfinite(o.test_split) && o.test_split >= 0.0 && o.test_split < 1.0, "test_split ",
            o.test_split, " is out of range; use a fraction from 0 to below 1");
-  VT_CHECK(val_fraction(o) + o.test_split < 1.0, "val_split ", val_fraction(o), " plus test_split ",
+  VT_CHECK(std::max(o.val_split, 0.0) + o.test_split < 1.0, "val_split ", o.val_split,
+           " plus test_split ",
            o.test_split, " leaves nothing to train on; keep their sum below 1");
   VT_CHECK(o.labels_per_class >= 0, "labels_per_class ", o.labels_per_class,
            " is negative; use 0 (all) or a positive count");
@@ -297,6 +298,7 @@ struct FileItems {
 };
 
 constexpr const char* kSplitNames[] = {"train", "val", "test"};
+constexpr const char* kPhotoExtensions = ".jpg, .jpeg, .jpe, .jfif, .png, .webp, .bmp";
 
 /// Shared tail of the ImageFolder and CSV readers: class indices, splits, warnings, subsample.
 DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool multi_label,
@@ -369,7 +371,7 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
     }
   }
   VT_CHECK(!parts.train.empty() || !options.need_train, source, " has no training images; add "
-           "images (.jpg, .jpeg, .png, .webp, .bmp) to its train split");
+           "images (", kPhotoExtensions, ") to its train split");
 
   auto base = std::make_shared<FileDataset>(std::move(items.paths), std::move(labels), classes,
                                             multi_label, options.max_pixels);
@@ -474,7 +476,7 @@ void scan_class_folders(const fs::path& dir, int split, FileItems& items,
     const std::vector<std::string> files = images_below(dir / cls, hidden);
     if (files.empty()) {
       warnings.push_back("class folder " + (dir / cls).string() +
-                         " has no images (.jpg, .jpeg, .png, .webp, .bmp); class '" + cls +
+                         " has no images (" + kPhotoExtensions + "); class '" + cls +
                          "' is kept but has no items there");
     }
     for (const std::string& f : files) {
@@ -895,10 +897,11 @@ DataSplits open_data(const DataOptions& options) {
 
 DataSplits open_pretraining_data(const DataOptions& options) {
   const fs::path root(options.source);
-  // Class folders (and their labels, for the k-NN monitor) when the root holds only those;
-  // otherwise every photo below it, whatever the folders.
+  // Class folders (and their labels, for the k-NN monitor) when the root holds only those
+  // or a train/ folder (whose val/ and test/ stay out); otherwise every photo below it,
+  // whatever the folders.
   if (options.source == "fashion-mnist" || !fs::is_directory(root) ||
-      (!subfolders(root).empty() && loose_images(root) == 0)) {
+      fs::is_directory(root / "train") || (!subfolders(root).empty() && loose_images(root) == 0)) {
     return open_data(options);
   }
   DataSplits out;
@@ -916,7 +919,7 @@ DataSplits open_pretraining_data(const DataOptions& options) {
                            options.source + " are skipped: convert them to PNG or JPEG to "
                            "learn from them");
   }
-  VT_CHECK(!paths.empty(), options.source, " holds no images (.jpg, .jpeg, .png, .webp, .bmp)");
+  VT_CHECK(!paths.empty(), options.source, " holds no images (", kPhotoExtensions, ")");
   const size_t n = paths.size();
   out.train = std::make_shared<FileDataset>(std::move(paths), std::vector<std::vector<int64_t>>(n),
                                             std::vector<std::string>{}, /*multi_label=*/false,

@@ -507,7 +507,8 @@ cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options) {
   if (options.max_pixels > 0) {
     VT_CHECK(pixels <= options.max_pixels, "image is ", info.width, "x", info.height, " (",
              pixel_count(pixels), "), over the limit of ", pixel_count(options.max_pixels),
-             "; downscale it, or raise the limit with --max-pixels");
+             "; downscale it (predict, index, serve, train, eval and pretrain take --max-pixels to "
+             "raise the limit)");
   }
   VT_CHECK(format != Format::kWebp || !webp_is_animated(data, size),
            "animated WebP images are not supported; export one frame as a still image (WebP, "

@@ -695,7 +695,7 @@ void HttpServer::routes() {
         });
   add("DELETE", R"(/v1/products/(.+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
              if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
-             std::lock_guard<Service::DbMutex> lock(service_.db_mutex());
+             const auto lock = service_.lock_for_write();
              const std::string sku = req.matches[1];
              if (!service_.db()->remove({sku}).empty()) {
                throw ServiceError(404, "unknown_sku", "no product " + sku);
@@ -802,7 +802,7 @@ void HttpServer::routes() {
   // meanwhile cannot take a shared photo file away with it.
   auto commit = [this](const std::vector<StoredProduct>& products) {
     namespace fs = std::filesystem;
-    std::unique_lock<Service::DbMutex> lock(service_.db_mutex());
+    auto lock = service_.lock_for_write();
     auto* db = service_.db();
     std::vector<std::string> written;
     std::vector<search::ProductUpdate> batch;

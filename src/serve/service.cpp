@@ -213,6 +213,13 @@ Service::~Service() {
   }
 }
 
+Service::WriteLock Service::lock_for_write() {
+  WriteLock w;
+  w.saves = std::unique_lock<std::mutex>(save_mu_);
+  w.db = std::unique_lock<DbMutex>(db_mutex_);
+  return w;
+}
+
 void Service::DbMutex::lock() {
   std::lock_guard<std::mutex> gate(gate_);  // new readers wait from now on
   rw_.lock();
@@ -377,7 +384,7 @@ std::vector<search::Hit> Service::search(const std::vector<float>& embedding,
   if (db_->stale()) {  // products another process stored or removed meanwhile
     lock.unlock();
     {
-      std::lock_guard<DbMutex> writer(db_mutex_);
+      const auto writer = lock_for_write();
       db_->refresh();
     }
     lock.lock();

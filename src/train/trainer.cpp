@@ -332,7 +332,8 @@ void Trainer::State::open_unlabelled() {
                      fs::equivalent(o.unlabelled, o.data.source, ec));
   d.val_split = same ? o.data.val_split : 0.0;
   d.test_split = same ? o.data.test_split : 0.0;
-  data::DataSplits u = data::open_pretraining_data(d);
+  d.max_pixels = o.data.max_pixels;
+  data::DataSplits u = same ? data::open_data(d) : data::open_pretraining_data(d);
   for (const auto& w : u.warnings) spdlog::warn("--unlabelled: {}", w);
   VT_CHECK(u.train && u.train->size() > 0, "--unlabelled ", o.unlabelled, " holds no photos");
   unlabelled = u.train;
@@ -727,6 +728,7 @@ void Trainer::State::add_replay() {
   d.source = manifest.string();
   d.val_split = 0;
   d.test_split = 0;
+  d.max_pixels = o.data.max_pixels;
   auto stored = data::open_data(d).train;
   VT_CHECK(!stored->multi_label() && !data.multi_label, "--replay is for single-label data");
   stored = data::with_classes(stored, data.classes);

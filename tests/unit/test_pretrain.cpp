@@ -367,5 +367,15 @@ TEST(PretrainData, FlatFolderIsOneUnlabelledSplit) {
   d.source = mixed + "/2024";
   fs::create_directories(d.source + "/.cache");
   EXPECT_EQ(data::open_pretraining_data(d).train->size(), 9);  // only a hidden folder beside
+  // A root with train/ and val/ is split as for training, a photo beside them or not: its
+  // validation photos stay out of what is learnt from.
+  write_shapes(dir + "/split/train", 3, 7, /*class_folders=*/true);
+  write_shapes(dir + "/split/val", 2, 8, /*class_folders=*/true);
+  write_shapes(dir + "/split", 1, 9, /*class_folders=*/false);
+  d.source = dir + "/split";
+  const auto split = data::open_pretraining_data(d);
+  EXPECT_EQ(split.train->size(), 9);
+  ASSERT_TRUE(split.val);
+  EXPECT_EQ(split.val->size(), 6);
   fs::remove_all(dir);
 }

@@ -113,9 +113,21 @@ class Service {
     std::shared_mutex rw_;
   };
   DbMutex& db_mutex() { return db_mutex_; }
-  /// After storing products (db_mutex not held): saves the index when the last save is 30 s
-  /// old or more, not after every write. The file is written under a shared lock: searches
-  /// go on meanwhile, writes wait. One save at a time; a write during one saves nothing.
+  /// What a write holds: first no index save (a save holds the database lock shared for as
+  /// long as the file takes, and a writer waiting on it would keep searches out), then the
+  /// database lock alone.
+  struct WriteLock {
+    std::unique_lock<std::mutex> saves;
+    std::unique_lock<DbMutex> db;
+    void unlock() {
+      db.unlock();
+      saves.unlock();
+    }
+  };
+  WriteLock lock_for_write();
+  /// After storing products (no lock held): saves the index when the last save is 30 s old
+  /// or more, not after every write. The file is written under a shared lock: searches go on
+  /// meanwhile, writes wait (lock_for_write). One save at a time.
   void save_index_when_due();
 
  private:
