@@ -61,7 +61,8 @@ void add_bench_command(CLI::App& app, int& status) {
         if (p == "int8") {
           VT_CHECK(calibrated, a->model, " has no int8 calibration; make one with `vitrine "
                    "optimize --int8 --calib DATA`, or bench fp32 and bf16 only");
-          if (e == "libtorch") {
+          // auto is libtorch where the fused engine is not built
+          if (e == "libtorch" || (e == "auto" && !models::fused_engine_built())) {
             skipped = true;
             continue;
           }

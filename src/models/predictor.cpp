@@ -32,6 +32,8 @@ const char* precision_name(Precision precision) {
   return "?";
 }
 
+bool fused_engine_built() { return onednn::available(); }
+
 Engine parse_engine(const std::string& name) {
   if (name == "auto") return Engine::kAuto;
   if (name == "fused") return Engine::kFused;

@@ -175,14 +175,28 @@ bool has_batch_norms(models::VisionModelImpl& model) {
   });
 }
 
+namespace {
+
+bool is_frozen_batch_norm(const torch::nn::Module& m) {
+  const auto params = m.parameters();
+  return !params.empty() && std::none_of(params.begin(), params.end(),
+                                         [](const at::Tensor& p) { return p.requires_grad(); });
+}
+
+}  // namespace
+
 void hold_frozen_batch_norms(models::VisionModelImpl& model) {
   for (const auto& m : model.modules(/*include_self=*/false)) {
-    if (!m->as<torch::nn::BatchNorm2dImpl>()) continue;
-    const auto params = m->parameters();
-    const bool frozen = std::none_of(params.begin(), params.end(),
-                                     [](const at::Tensor& p) { return p.requires_grad(); });
-    if (frozen && !params.empty()) m->eval();
+    if (m->as<torch::nn::BatchNorm2dImpl>() && is_frozen_batch_norm(*m)) m->eval();
   }
+}
+
+bool has_training_batch_norms(models::VisionModelImpl& model) {
+  const auto modules = model.modules(/*include_self=*/false);
+  return std::any_of(modules.begin(), modules.end(), [](const auto& m) {
+    return (m->template as<torch::nn::BatchNorm2dImpl>() && !is_frozen_batch_norm(*m)) ||
+           m->template as<torch::nn::BatchNorm1dImpl>();
+  });
 }
 
 }  // namespace vitrine::train

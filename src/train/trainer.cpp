@@ -117,8 +117,9 @@ struct Trainer::State {
   models::VisionModel model, ema;
   bool channels_last = false;  ///< the model trains in channels-last layout
   bool batch_norms = false;    ///< the model has batch norms
-  /// Batch norms that learn from batches: the model has them and is not a linear probe.
-  bool batch_norms_train() const { return batch_norms && o.freeze != "backbone"; }
+  /// Batch norms that learn from batches: not frozen, in a model that is not a linear probe.
+  bool training_batch_norms = false;
+  bool batch_norms_train() const { return training_batch_norms && o.freeze != "backbone"; }
   std::vector<ParamGroup> groups;
   std::vector<at::Tensor> trainable;  ///< every group's parameters, for gradient clipping
   /// (EMA tensor, model tensor) pairs; load_state_dict copies in place, so they stay valid.
@@ -300,6 +301,7 @@ void Trainer::State::build_optimizer() {
                result.total_params,
                100.0 * static_cast<double>(result.trainable_params) /
                    static_cast<double>(std::max<int64_t>(1, result.total_params)));
+  training_batch_norms = has_training_batch_norms(*model);
   groups = param_groups(*model, o.optim);
   for (const auto& g : groups) trainable.insert(trainable.end(), g.params.begin(), g.params.end());
   optimizer = make_optimizer(groups, o.optim);
@@ -975,13 +977,6 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
                  "runs the whole model in eval mode, a fixed feature extractor");
   }
   const int64_t n = s.data.train->size();
-  if (s.batch_norms_train()) {
-    VT_CHECK(o.batch_size >= 2, "--batch-size 1 cannot train ",
-             o.arch.empty() ? o.init_dir : o.arch,
-             ": its batch norms need at least 2 images a batch; give --batch-size 2 or more");
-    VT_CHECK(n >= 2, "the training split holds ", n, " image, and batch norms need at least 2 "
-             "a batch: add training images");
-  }
   check_distributed(o.dist);
   const int64_t global_batch = o.batch_size * o.dist.world_size;
   if (o.dist.world_size > 1) {
@@ -1003,6 +998,13 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
     s.class_weights = at::tensor(w);
   }
   s.build_optimizer();
+  if (s.batch_norms_train()) {
+    VT_CHECK(o.batch_size >= 2, "--batch-size 1 cannot train ",
+             o.arch.empty() ? o.init_dir : o.arch,
+             ": its batch norms need at least 2 images a batch; give --batch-size 2 or more");
+    VT_CHECK(n >= 2, "the training split holds ", n, " image, and batch norms need at least 2 "
+             "a batch: add training images");
+  }
   if (o.dist.world_size > 1) {
     s.group = std::make_unique<ProcessGroup>(o.dist);
     // Every replica starts from rank 0's weights (and batch-norm statistics).

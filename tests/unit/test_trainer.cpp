@@ -151,7 +151,12 @@ TEST(Trainer, BatchesOfOneTrainModelsWithoutBatchNormsAndAreRefusedForOthers) {
   EXPECT_CONTAINS(test::error_of([&] { train::Trainer{o}; }),
                   "--batch-size 1 cannot train resnet18: its batch norms need at least 2 images "
                   "a batch");
-  o.arch = "vit_ti_16";  // layer norms: one photo a step trains (a batch of one was skipped)
+  o.freeze = "until:fc";  // every batch norm frozen: one photo a step trains
+  const auto frozen = train::Trainer(o).run();
+  ASSERT_EQ(frozen.history.size(), 1u);
+  EXPECT_GT(frozen.history[0].train_loss, 0);  // a batch of one was skipped: loss 0
+  o.freeze = "none";
+  o.arch = "vit_ti_16";  // layer norms alone
   o.overwrite = true;
   const auto r = train::Trainer(o).run();
   ASSERT_EQ(r.history.size(), 1u);

@@ -22,6 +22,8 @@ const char* precision_name(Precision precision);
 /// kAuto takes the fused path when this build has it.
 enum class Engine { kAuto, kFused, kLibtorch };
 Engine parse_engine(const std::string& name);  ///< auto | fused | libtorch
+/// Whether this build has the fused (oneDNN) engine, which auto picks where it is.
+bool fused_engine_built();
 const char* engine_name(Engine engine);
 
 struct Scored {

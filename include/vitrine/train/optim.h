@@ -72,5 +72,8 @@ void hold_frozen_batch_norms(models::VisionModelImpl& model);
 
 /// Whether `model` has batch norms (whose statistics depend on what shares a batch).
 bool has_batch_norms(models::VisionModelImpl& model);
+/// Whether it has batch norms that learn from batches: those hold_frozen_batch_norms leaves in
+/// training mode.
+bool has_training_batch_norms(models::VisionModelImpl& model);
 
 }  // namespace vitrine::train
