@@ -540,6 +540,17 @@ std::vector<std::string> split_labels(const std::string& field) {
   return out;
 }
 
+/// The first 5 of `lines` (each with `suffix`) as warnings and, when there are more, one that
+/// counts them: "<count><what> (the first 5 above)".
+void warn_first_five(std::vector<std::string>& warnings, const std::vector<std::string>& lines,
+                     const std::string& suffix, const std::string& what) {
+  constexpr size_t kShown = 5;
+  for (size_t i = 0; i < lines.size() && i < kShown; ++i) warnings.push_back(lines[i] + suffix);
+  if (lines.size() > kShown) {
+    warnings.push_back(std::to_string(lines.size()) + what + " (the first 5 above)");
+  }
+}
+
 DataSplits open_csv(const std::string& file, const DataOptions& options) {
   const std::vector<CsvRecord> records = parse_csv(read_text_file(file), file);
   VT_CHECK(!records.empty(), file,
@@ -641,19 +652,13 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
                        "row names; each photo is one item" +
                        (multi_label ? std::string(" with the labels of all its rows") : ""));
   }
-  for (size_t i = 0; i < conflicts.size() && i < 5; ++i) warnings.push_back(conflicts[i]);
-  if (conflicts.size() > 5) {
-    warnings.push_back(std::to_string(conflicts.size()) + " rows of " + file + " disagree with "
-                       "an earlier row on a photo's label or split (the first 5 above)");
-  }
+  warn_first_five(warnings, conflicts, "", " rows of " + file + " disagree with an earlier row "
+                  "on a photo's label or split");
   if (!missing.empty()) {
     VT_CHECK(!items.paths.empty(), missing.front(), ", and so is every other image of ", file,
              "; fix the paths (relative paths start at the manifest's folder)");
-    for (size_t i = 0; i < missing.size() && i < 5; ++i) warnings.push_back(missing[i] + ", skipped");
-    if (missing.size() > 5) {
-      warnings.push_back(std::to_string(missing.size()) + " rows of " + file + " name images "
-                         "that do not exist, skipped (the first 5 above)");
-    }
+    warn_first_five(warnings, missing, ", skipped",
+                    " rows of " + file + " name images that do not exist, skipped");
   }
   return finish_files(std::move(items), {}, multi_label, splits_given, options,
                       std::move(warnings), file);

@@ -580,6 +580,17 @@ TEST(DataCsv, RowsNamingOnePhotoAreOneItem) {
                                        "at line 2; the first is kept"));
   EXPECT_TRUE(any_contains(s.warnings, "noisy.csv:5: 'y.png' is put in split 'test' here and "
                                        "in another at line 3; the first is kept"));
+  // Past five, the rest are counted, not listed.
+  std::string many = "path,label\nx.png,bag\n";
+  for (int i = 0; i < 7; ++i) many += "x.png,shoe\n";
+  write_text(dir / "many.csv", many);
+  o.source = (dir / "many.csv").string();
+  const DataSplits m7 = open_data(o);
+  EXPECT_EQ(std::count_if(m7.warnings.begin(), m7.warnings.end(),
+                          [](const std::string& w) { return w.find("is labelled") != w.npos; }),
+            5);
+  EXPECT_TRUE(any_contains(m7.warnings, "7 rows of " + o.source + " disagree with an earlier row "
+                                        "on a photo's label or split (the first 5 above)"));
 }
 
 TEST(DataCsv, RowsOfEmptyCellsAreBlankLines) {
