@@ -592,6 +592,10 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
   std::map<std::string, std::pair<size_t, int64_t>> seen;  ///< path -> item, line
   int64_t repeats = 0;
   std::vector<std::string> conflicts;
+  // A cell that looks written for the other column: "a|b" under label (one class named
+  // "a|b"), "a;b" or "a,b" under labels (one class, where '|' separates). Counted, first shown.
+  int64_t odd_cells = 0;
+  std::string first_odd;
   for (size_t r = 1; r < records.size(); ++r) {
     const CsvRecord& rec = records[r];
     VT_CHECK(rec.fields.size() == header.fields.size(), file, ":", rec.line, ": expected ",
@@ -609,8 +613,12 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
       continue;
     }
     std::vector<std::string> names;
+    const std::string& cell = rec.fields[multi_label ? labels_col : label_col];
+    if (cell.find_first_of(multi_label ? ";," : "|") != std::string::npos) {
+      if (odd_cells++ == 0) first_odd = "line " + std::to_string(rec.line) + ": '" + cell + "'";
+    }
     if (multi_label) {
-      names = split_labels(rec.fields[labels_col]);
+      names = split_labels(cell);
     } else {
       VT_CHECK(!rec.fields[label_col].empty(), file, ":", rec.line,
                ": the label is empty; give every row a class name");
@@ -654,6 +662,18 @@ DataSplits open_csv(const std::string& file, const DataOptions& options) {
   }
   warn_first_five(warnings, conflicts, "", " rows of " + file + " disagree with an earlier row "
                   "on a photo's label or split");
+  if (odd_cells > 0) {
+    const std::string rows = std::to_string(odd_cells) + (odd_cells == 1 ? " row" : " rows") +
+                             " of " + file + " (first at " + first_odd + ")";
+    const bool one = odd_cells == 1;
+    warnings.push_back(multi_label
+                           ? rows + (one ? " separates" : " separate") + " labels with ';' or "
+                                 "','; each such cell is one class name: separate labels with "
+                                 "'|' (a|b)"
+                           : rows + (one ? " has" : " have") + " '|' in the label, which is one "
+                                 "class name in a label column; for photos with several labels "
+                                 "name the column labels ('|'-separated)");
+  }
   if (!missing.empty()) {
     VT_CHECK(!items.paths.empty(), missing.front(), ", and so is every other image of ", file,
              "; fix the paths (relative paths start at the manifest's folder)");

@@ -305,8 +305,18 @@ void Pretrainer::State::save_state(int64_t epochs_done, const EpochProgress& pro
 StateHeader Pretrainer::State::state_header(int64_t epochs_done,
                                             const EpochProgress& progress) const {
   const auto n = images->size();
-  return {kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
-          std::to_string(n) + " photo" + (n == 1 ? "" : "s")};
+  StateHeader h{kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
+                std::to_string(n) + " photo" + (n == 1 ? "" : "s")};
+  h.settings = {{"--method", o.method},
+                {"--batch-size", std::to_string(o.batch_size)},
+                {"--opt", o.optim.name},
+                {"--sched", o.schedule}};
+  if (mae()) {
+    h.settings.emplace_back("--mask-ratio", setting_text(o.mask_ratio));
+  } else {
+    h.settings.emplace_back("--temperature", setting_text(o.temperature));
+  }
+  return h;
 }
 
 void Pretrainer::State::load_state() {

@@ -112,6 +112,8 @@ EpochProgress load_epoch_progress(const std::string& json_text, const std::strin
   return p;
 }
 
+std::string setting_text(double value) { return fmt::format("{}", value); }
+
 void write_state_file(const std::string& folder, const std::string& name,
                       const StateHeader& header, const std::string& extra_json) {
   nlohmann::json j = nlohmann::json::parse(extra_json);
@@ -125,6 +127,10 @@ void write_state_file(const std::string& folder, const std::string& name,
   j["data_shape"] = header.data_shape;
   j["data_source_sha256"] = sha256_hex(header.data_source);
   j["data_shape_sha256"] = sha256_hex(header.data_shape);
+  if (!header.settings.empty()) {
+    auto& settings = j["settings"] = nlohmann::json::object();
+    for (const auto& [flag, value] : header.settings) settings[flag] = value;
+  }
   if (header.progress.next_batch > 0) {
     j["epoch_progress"] = nlohmann::json::parse(save_epoch_progress(header.progress, folder));
   }
@@ -167,6 +173,19 @@ StateHeader read_state_file(const std::string& folder, const std::string& name,
       spdlog::warn("the run learnt from {}; it resumes on {}, which gives the same {}",
                    h.data_source, expected.data_source, shown(h.data_shape));
     }
+    // Another batch size takes other photos at each step, another optimiser or schedule
+    // means other state: the run would not continue, it would be another one. (A state
+    // written before the settings were recorded has none to compare.)
+    const nlohmann::json no_settings = nlohmann::json::object();
+    const nlohmann::json& settings = j.contains("settings") ? j["settings"] : no_settings;
+    for (const auto& [flag, value] : expected.settings) {
+      if (!settings.contains(flag)) continue;
+      const std::string was = settings[flag];
+      VT_CHECK(was == value, fs::path(folder).parent_path().string(), " was trained with ",
+               flag, " ", was, " (now ", value, "); resume it with the same, or start another "
+               "run with --overwrite or another --out");
+    }
+    h.settings = expected.settings;
     h.epochs_done = j.at("epochs_done");
     h.step = j.at("step");
     if (j.contains("epoch_progress")) {

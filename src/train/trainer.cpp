@@ -797,9 +797,6 @@ void Trainer::State::save_state(int64_t epochs_done, const EpochProgress& progre
                      {"best_value", result.best_value},
                      {"bad_epochs", bad_epochs},
                      {"stopped_early", result.stopped_early},
-                     {"batch_size", o.batch_size},
-                     {"opt", o.optim.name},
-                     {"freeze", o.freeze},
                      {"history", history},
                      {"confident_sum", confident_sum},
                      {"confident_steps", confident_steps},
@@ -811,10 +808,25 @@ void Trainer::State::save_state(int64_t epochs_done, const EpochProgress& progre
 StateHeader Trainer::State::state_header(int64_t epochs_done,
                                          const EpochProgress& progress) const {
   const auto n = data.train->size();
-  return {kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
-          std::to_string(n) + " training photo" + (n == 1 ? "" : "s") + ", " +
-              std::to_string(data.classes.size()) + " classes: " +
-              quoted_list(data.classes, "'", std::string::npos)};
+  StateHeader h{kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
+                std::to_string(n) + " training photo" + (n == 1 ? "" : "s") + ", " +
+                    std::to_string(data.classes.size()) + " classes: " +
+                    quoted_list(data.classes, "'", std::string::npos)};
+  h.settings = {{"--batch-size", std::to_string(o.batch_size)},
+                {"--opt", o.optim.name},
+                {"--freeze", o.freeze},
+                {"--sched", o.schedule},
+                {"--layer-decay", setting_text(o.optim.layer_decay)}};
+  if (o.schedule == "step") {
+    std::string milestones;
+    for (const auto m : o.lr_milestones) milestones += (milestones.empty() ? "" : " ") +
+                                                        std::to_string(m);
+    h.settings.emplace_back("--decay-milestones", milestones);
+  }
+  if (!o.unlabelled.empty()) {
+    h.settings.emplace_back("--unlabelled-ratio", std::to_string(o.unlabelled_ratio));
+  }
+  return h;
 }
 
 void Trainer::State::load_state() {
@@ -822,19 +834,6 @@ void Trainer::State::load_state() {
   std::string text;
   const StateHeader h = read_state_file(dir, "trainer.json", state_header(0, {}), text);
   const json j = json::parse(text);
-  // Another batch size takes other photos at each step, another optimiser or freeze has
-  // other state: the run would not continue, it would be another one.
-  const auto same = [&](const char* key, const auto& now, const char* flag) {
-    using T = std::decay_t<decltype(now)>;
-    if (!j.contains(key) || j.at(key).get<T>() == now) return;
-    std::ostringstream was;
-    was << j.at(key).get<T>();
-    VT_FAIL(o.out_dir, " was trained with ", flag, " ", was.str(), "; resume it with the same ",
-            "(or start another run with --overwrite or another --out)");
-  };
-  same("batch_size", o.batch_size, "--batch-size");
-  same("opt", o.optim.name, "--opt");
-  same("freeze", o.freeze, "--freeze");
   load_state_dict(*model, safetensors_load(dir + "/model.safetensors").tensors);
   if (ema) load_state_dict(*ema, safetensors_load(dir + "/ema.safetensors").tensors);
   torch::load(*optimizer, dir + "/optimizer.pt");

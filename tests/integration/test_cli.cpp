@@ -360,6 +360,38 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
   fs::remove_all(d);
 }
 
+// --max-pixels on train and eval: a photo over the limit is skipped and named, the others
+// train; a limit out of range is refused before any work.
+TEST(Cli, PhotosOverMaxPixelsAreSkippedInTrainingAndEvaluation) {
+  const std::string d = test::temp_dir("cli-max-pixels");
+  write_two_class_folders(d + "/data", {"train", "test"});
+  cv::imwrite(d + "/data/train/class_0/large.png", cv::Mat(64, 48, CV_8UC3, cv::Scalar(9, 9, 9)));
+  const std::string bin = q(test::vitrine_bin());
+  const std::string train = bin + " train --model resnet18 --stem small --image-size 32 --data " +
+                            q(d + "/data") + " --epochs 1 --batch-size 4 --threads 2 ";
+  auto r = test::run_command(train + "--max-pixels 2000 --out " + q(d + "/run"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err,
+                  "large.png: image is 48x64 (3072 pixels), over the limit of 2000 pixels");
+  const auto epochs = json_lines(read_text_file(d + "/run/metrics.jsonl"));
+  ASSERT_EQ(epochs.size(), 1u);
+  EXPECT_EQ(epochs[0]["skipped_images"], 1) << epochs[0];
+  // Without the flag the default limit (100 MP) reads it.
+  r = test::run_command(train + "--out " + q(d + "/run2"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json_lines(read_text_file(d + "/run2/metrics.jsonl"))[0]["skipped_images"], 0);
+  // Every test photo (32x32) over the limit: evaluation has nothing to score and says why.
+  r = test::run_command(bin + " eval --model " + q(d + "/run/last") + " --data " +
+                        q(d + "/data") + " --max-pixels 1000");
+  EXPECT_NE(r.status, 0);
+  EXPECT_CONTAINS(r.err, "over the limit of 1000 pixels");
+  r = test::run_command(train + "--max-pixels 0 --out " + q(d + "/run3"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "--max-pixels");
+  EXPECT_FALSE(fs::exists(d + "/run3"));
+  fs::remove_all(d);
+}
+
 // MAE from the command line: a small ViT of 8-pixel patches, one epoch; a ResNet is refused.
 TEST(Cli, PretrainMaskedAutoencoder) {
   const std::string d = test::temp_dir("cli-mae");

@@ -609,6 +609,31 @@ TEST(DataCsv, RowsOfEmptyCellsAreBlankLines) {
   EXPECT_CONTAINS(error_of([&] { open_data(o); }), "quoted.csv:3: the path is empty");
 }
 
+TEST(DataCsv, CellsWrittenForTheOtherLabelColumnAreWarned) {
+  const TempDir tmp("data-csv-separators");
+  const fs::path& dir = tmp.path();
+  for (const char* f : {"x.png", "y.png", "z.png"}) write_image(dir / f, noise(3, 3, 3, 1));
+  DataOptions o;
+  o.val_split = 0;
+  const auto warnings_of = [&](const std::string& text) {
+    write_text(dir / "m.csv", text);
+    o.source = (dir / "m.csv").string();
+    std::string all;
+    for (const auto& w : open_data(o).warnings) all += w + "\n";
+    return all;
+  };
+  EXPECT_EQ(warnings_of("path,labels\nx.png,red|cotton\ny.png,blue\n"), "");
+  const std::string multi =
+      warnings_of("path,labels\nx.png,red|cotton\ny.png,red;cotton\nz.png,\"blue, red\"\n");
+  EXPECT_CONTAINS(multi, "2 rows of " + o.source + " (first at line 3: 'red;cotton') separate "
+                  "labels with ';' or ','");
+  EXPECT_CONTAINS(multi, "separate labels with '|' (a|b)");
+  EXPECT_EQ(warnings_of("path,label\nx.png,shirt\ny.png,shirt;long sleeve\n"), "");
+  EXPECT_CONTAINS(warnings_of("path,label\nx.png,shirt\ny.png,shirt|blue\n"),
+                  "1 row of " + o.source + " (first at line 3: 'shirt|blue') has '|' in the "
+                  "label");
+}
+
 // ---- Fashion-MNIST ----------------------------------------------------------------------
 
 namespace {

@@ -10,6 +10,7 @@
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/registry.h"
 #include "vitrine/train/pretrainer.h"
+#include "vitrine/train/run_state.h"
 #include "vitrine/train/ssl.h"
 #include "vitrine/train/trainer.h"
 
@@ -198,7 +199,8 @@ TEST(Pretrain, MaeLowersTheReconstructionLossAndResumesExactly) {
   }
   // A SimCLR state is not an MAE one.
   o.method = "simclr";
-  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer(o).run(); }), "another --method");
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer(o).run(); }),
+                  "was trained with --method mae (now simclr)");
   fs::remove_all(dir);
 }
 
@@ -253,9 +255,19 @@ TEST(Pretrain, KilledRunResumesExactly) {
   for (const std::string file : {"state/model.safetensors", "state/projector.safetensors"}) {
     test::expect_identical_tensors(dir + "/full/" + file, dir + "/killed/" + file);
   }
-  // A different seed is not the same run.
-  o.seed = 4;
+  // A different seed, batch size or temperature is not the same run.
+  const uint64_t seed = o.seed;
+  o.seed = seed + 1;
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer(o).run(); }), "another --seed");
+  o.seed = seed;
+  o.batch_size = 8;
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer(o).run(); }),
+                  "was trained with --batch-size 6 (now 8)");
+  o.batch_size = 6;
+  const double temperature = o.temperature;
+  o.temperature = temperature * 2;
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer(o).run(); }),
+                  "was trained with --temperature " + train::setting_text(temperature));
   fs::remove_all(dir);
 }
 

@@ -264,14 +264,22 @@ TEST(Trainer, ResumedRunEqualsUninterruptedRun) {
   fs::copy(dir + "/data", dir + "/moved", fs::copy_options::recursive);
   o.data.source = dir + "/moved";
   EXPECT_EQ(train::Trainer(o).run().history.size(), 4u);
-  // Another batch size or optimiser would be another run.
+  // Another batch size, optimiser, schedule or layer decay would be another run.
   o.batch_size = 4;
   EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
-                  "was trained with --batch-size 8; resume it with the same");
+                  "killed was trained with --batch-size 8 (now 4); resume it with the same");
   o.batch_size = 8;
   o.optim.name = "sgd";
   EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
-                  "was trained with --opt adamw; resume it with the same");
+                  "was trained with --opt adamw (now sgd)");
+  o.optim.name = "adamw";
+  o.schedule = "constant";
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
+                  "was trained with --sched cosine (now constant)");
+  o.schedule = "cosine";
+  o.optim.layer_decay = 0.75;
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
+                  "was trained with --layer-decay 1 (now 0.75)");
   fs::remove_all(dir);
 }
 

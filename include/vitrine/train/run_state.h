@@ -8,6 +8,8 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace vitrine::train {
 
@@ -63,7 +65,14 @@ struct StateHeader {
   /// What the run learns from: its --data, and what that gave ("600 training photos, 10
   /// classes: ..."). Resuming on other photos would not continue the same run.
   std::string data_source, data_shape;
+  /// The settings a resumed run must keep, as (flag, value) pairs: those that decide what
+  /// each step takes or what the saved state means (batch size, optimiser, schedule...).
+  /// Another value is refused on resume, naming the flag and the value the run had.
+  std::vector<std::pair<std::string, std::string>> settings;
 };
+
+/// A number as a setting's value: the shortest text that reads back as the same double.
+std::string setting_text(double value);
 
 /// Writes `folder`/`name` (JSON): the header (the progress's generators beside it) and the
 /// members of `extra_json`, a JSON object's text with the loop's own counters and history.
@@ -71,8 +80,8 @@ struct StateHeader {
 void write_state_file(const std::string& folder, const std::string& name,
                       const StateHeader& header, const std::string& extra_json);
 
-/// Reads a state file that write_state_file wrote, refusing another layout version, seed
-/// or data shape than `expected`'s (another data source of the same shape, such as the same
+/// Reads a state file that write_state_file wrote, refusing another layout version, seed,
+/// data shape or setting than `expected`'s (another data source of the same shape, such as the same
 /// photos moved, is only logged); `json_text` receives the whole file for the loop's own
 /// members. Logs where the run resumes.
 StateHeader read_state_file(const std::string& folder, const std::string& name,
