@@ -879,6 +879,15 @@ StateDict extract_state_dict(const std::string& path, const Value& root) {
   for (const auto& entry : sd->entries) {
     ++users[entry.second->tensor.storage().unsafeGetStorageImpl()];
   }
+  // A view larger than its storage (stride 0, as expand() makes) may add this much.
+  constexpr uint64_t kMaxExpandedBytes = uint64_t{1} << 30;
+  // The copies together: a pickle can name one storage a million times, and every copy
+  // alone may be small. Real checkpoints copy at most what the file holds, and a little more
+  // for expanded views.
+  std::error_code ec;
+  const uint64_t file_bytes = std::filesystem::file_size(path, ec);
+  const uint64_t copy_budget = (ec ? 0 : file_bytes) + kMaxExpandedBytes;
+  uint64_t copied = 0;
   StateDict out;
   out.reserve(sd->entries.size());
   for (const auto& entry : sd->entries) {
@@ -894,11 +903,14 @@ StateDict extract_state_dict(const std::string& path, const Value& root) {
     }
     // A view larger than its storage repeats elements (stride 0, as expand() makes): real
     // checkpoints have few and small ones, a corrupt one could ask for terabytes.
-    constexpr uint64_t kMaxExpandedBytes = uint64_t{1} << 30;
     VT_CHECK(static_cast<uint64_t>(t.nbytes()) <= std::max<uint64_t>(t.storage().nbytes(),
                                                                       kMaxExpandedBytes),
              path, ": tensor '", shown(name), "' repeats its ", t.storage().nbytes(),
              "-byte storage into ", t.nbytes(), " bytes; the file is corrupt");
+    copied += static_cast<uint64_t>(t.nbytes());
+    VT_CHECK(copied <= copy_budget, path, ": its tensors that share storage (views, or one "
+             "storage named under many keys; up to '", shown(name), "') come to ", copied,
+             " bytes, more than the file's ", file_bytes, " bytes can hold; the file is corrupt");
     at::Tensor copy;
     try {
       copy = t.clone(at::MemoryFormat::Contiguous);
@@ -931,6 +943,18 @@ StateDict pth_load(const std::string& path) {
              "torch.save(model.state_dict(), path)");
     VT_FAIL(path, ": the zip archive has no data.pkl, so it is not a torch.save checkpoint; "
             "expected a file written by torch.save(model.state_dict(), path)");
+  }
+  // Newer torch.save records the byte order of the machine that wrote the tensors;
+  // without the record they are little-endian.
+  const bool has_byteorder = guarded(path, "looking up byteorder",
+                                     [&] { return reader->hasRecord("byteorder"); });
+  if (has_byteorder) {
+    const auto [order, order_size] = guarded(path, "reading byteorder",
+                                             [&] { return reader->getRecord("byteorder"); });
+    const std::string text(static_cast<const char*>(order.get()), order_size);
+    VT_CHECK(text == "little", path, ": its tensors were written in '", shown(text), "' byte "
+             "order (a big-endian machine); load it there with torch.load and save it again "
+             "on a little-endian machine (x86-64, ARM), or export safetensors");
   }
   at::DataPtr pickle;
   size_t pickle_size = 0;

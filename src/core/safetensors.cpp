@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 namespace vitrine {
 namespace {
@@ -115,8 +116,13 @@ SafetensorsFile safetensors_load(const std::string& path) {
   std::vector<size_t> order(entries.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return entries[a].begin < entries[b].begin; });
+            [&](size_t a, size_t b) {
+              return std::tie(entries[a].begin, entries[a].end) <
+                     std::tie(entries[b].begin, entries[b].end);
+            });
   std::vector<at::Tensor> loaded(entries.size());
+  uint64_t previous_end = 0;  ///< tensors may not share bytes: together they fit the file
+  std::string previous_name;
   for (const size_t i : order) {
     const Entry& e = entries[i];
     uint64_t numel = 1;
@@ -133,6 +139,10 @@ SafetensorsFile safetensors_load(const std::string& path) {
              ": tensor '", e.name, "' claims bytes [", e.begin, ", ", e.end,
              ") which do not match its shape or lie outside the file (", data_size,
              " data bytes); the file is truncated or corrupt");
+    VT_CHECK(e.begin >= previous_end, path, ": tensors '", previous_name, "' and '", e.name,
+             "' claim the same bytes (from ", e.begin, "); the file is corrupt");
+    previous_end = e.end;
+    previous_name = e.name;
     at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(e.type));
     in.seekg(static_cast<std::streamoff>(data_start + e.begin));
     VT_CHECK(in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(bytes)),

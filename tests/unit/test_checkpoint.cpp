@@ -268,16 +268,25 @@ TEST(Safetensors, CorruptFilesGiveClearErrors) {
             std::string::npos);
   // Headers written by hand: a shape whose byte count wraps around 2^64 to match the
   // offsets, and metadata nested a million deep (which used to overflow the stack).
-  const auto with_header = [&](const std::string& name, const std::string& header) {
+  const auto with_header = [&](const std::string& name, const std::string& header,
+                               const std::string& data = "") {
     std::string file(8, '\0');
     for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
-    write_file_atomic(dir + "/" + name, file + header);
+    write_file_atomic(dir + "/" + name, file + header + data);
     return test::error_of([&] { safetensors_load(dir + "/" + name); });
   };
   EXPECT_CONTAINS(with_header("wrap.safetensors", R"({"w": {"dtype": "F32", "shape": )"
                                                   R"([4611686018427387904, 4], )"
                                                   R"("data_offsets": [0, 0]}})"),
                   "size overflows");
+  // Two tensors over the same bytes: a small file could otherwise ask for any memory.
+  EXPECT_CONTAINS(with_header("overlap.safetensors",
+                              R"({"a": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}, )"
+                              R"("b": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}, )"
+                              R"("c": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}, )"
+                              R"("d": {"dtype": "U8", "shape": [1], "data_offsets": [1, 2]}})",
+                              std::string(2, '\0')),
+                  "tensors 'c' and 'd' claim the same bytes (from 1)");
   EXPECT_CONTAINS(with_header("deep.safetensors", R"({"__metadata__": {"x": )" +
                                                       std::string(1000000, '[') +
                                                       std::string(1000000, ']') + "}}"),

@@ -318,6 +318,35 @@ TEST_F(PthCrafted, OutOfBoundsView) {
                "2 sizes but 1 strides");
 }
 
+TEST_F(PthCrafted, CopiesBeyondWhatTheFileHoldsAreRefused) {
+  // One 4-byte storage expanded (stride 0) to 400 MB, named under three keys through the
+  // pickle's memo: each copy alone is allowed, the three together (1.2 GB from a file of a
+  // few hundred bytes) are not.
+  const std::string pickle = "\x80\x02}(" + str("a") +
+                             tensor("0", 1, 0, {100000000}, {0}) + "q\x00"s + str("b") +
+                             "h\x00"s + str("c") + "h\x00"s + "u.";
+  const std::string msg = load_error(write(pickle, {{"0", std::string(4, '\0')}}));
+  EXPECT_CONTAINS(msg, "up to 'c') come to 1200000000 bytes, more than the file's");
+}
+
+TEST_F(PthCrafted, BigEndianTensorsAreRefused) {
+  const std::string pickle = "\x80\x02}(" + str("w") + tensor("0", 6, 0, {6}, {1}) + "u.";
+  for (const std::string order : {"little", "big"}) {
+    {
+      caffe2::serialize::PyTorchStreamWriter writer(path_);
+      writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+      writer.writeRecord("byteorder", order.data(), order.size());
+      writer.writeRecord("data/0", std::string(24, '\0').data(), 24);
+      writer.writeEndOfFile();
+    }
+    if (order == "little") {
+      EXPECT_EQ(pth_load(path_).size(), 1u);
+    } else {
+      EXPECT_CONTAINS(load_error(path_), "written in 'big' byte order");
+    }
+  }
+}
+
 TEST_F(PthCrafted, StorageRecordProblems) {
   expect_error("\x80\x02}(" + str("w") + tensor("0", 5, 0, {5}, {1}) + "u.",
                "holds 24 bytes but 5 elements");
