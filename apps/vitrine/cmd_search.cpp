@@ -106,11 +106,9 @@ std::string model_for(const search::SearchDb& db, const std::string& given) {
 void check_same_model(const search::SearchDb& db, const search::Embedder& embedder) {
   const auto stored = db.model();
   VT_CHECK(stored, "the database ", db.dir(), " is empty: run `vitrine index` first");
-  VT_CHECK(*stored == embedder.stamp(), "the database ", db.dir(), " was indexed with model ",
-           stored->id, " (version ", stored->version.substr(0, 12), ", ", stored->dim,
-           " dims), not with ", embedder.stamp().id, " (version ",
-           embedder.stamp().version.substr(0, 12), ", ", embedder.stamp().dim,
-           " dims): search with that model, or re-index into a new --db with this one");
+  VT_CHECK(*stored == embedder.stamp(), "the database ", db.dir(), " was indexed with ",
+           search::model_mismatch(*stored, embedder.stamp()), ": search with the model it was "
+           "indexed with, or index the catalogue into a new --db with this one");
 }
 
 // ---- index -----------------------------------------------------------------------------------
@@ -268,6 +266,15 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
                search::SearchDb& db, const search::Embedder& embedder) {
   int64_t total = 0;
   for (const auto& d : parts) total += d->size();
+  // A photo file's SKU is its absolute path: the same folder named another way (photos/,
+  // ./photos, from another working folder) gives the same products, and `serve` and
+  // `duplicates` open them from anywhere. A packed data set's items keep their names.
+  const auto sku_of = [](const data::Dataset& d, int64_t i) {
+    const std::string name = d.name(i);
+    std::error_code ec;
+    if (!fs::is_regular_file(name, ec)) return name;
+    return fs::absolute(name, ec).lexically_normal().string();
+  };
   Progress progress("index", total, "img");
   int64_t stored = 0, unchanged = 0, failed = 0;
   for (const auto& d : parts) {
@@ -292,7 +299,7 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
         hashes[at] = sha256_hex(images[at].data, images[at].total() * images[at].elemSize());
         const auto labels = d->labels(i);
         if (!labels.empty()) categories[at] = d->classes().at(static_cast<size_t>(labels.front()));
-        const std::string name = d->name(i);
+        const std::string name = sku_of(*d, i);
         const auto before = db.catalog().image_hashes(name);
         if (before.size() == 1 && before.front().second == hashes[at]) {
           const auto product = db.catalog().find(name);
@@ -306,7 +313,7 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
       std::vector<std::pair<std::string, std::string>> copies;  ///< PNG copies (path, bytes)
       for (size_t at = 0; at < n; ++at) {
         const int64_t i = begin + static_cast<int64_t>(at);
-        const std::string name = d->name(i);
+        const std::string name = sku_of(*d, i);
         if (errors[at].empty() && embed_at[at] == n) {
           report_line({{"sku", name}, {"status", "unchanged"}}, a.quiet);
           ++unchanged;
@@ -783,13 +790,24 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
       const size_t end = std::min(list.size(), begin + static_cast<size_t>(a->batch_size));
       std::vector<search::Embedded> embedded;
       if (dataset) {
+        // An unreadable photo fails its query alone, as in `index --data`.
         std::vector<cv::Mat> images;
-        for (size_t i = begin; i < end; ++i) images.push_back(dataset->image(static_cast<int64_t>(i)));
-        embedded = embedder.embed_images(images);
+        std::vector<size_t> read;  ///< the items of this batch that decoded
+        embedded.resize(end - begin);
+        for (size_t i = begin; i < end; ++i) {
+          try {
+            images.push_back(dataset->image(static_cast<int64_t>(i)));
+            read.push_back(i - begin);
+          } catch (const std::exception& e) {
+            embedded[i - begin].error = e.what();
+          }
+        }
+        auto good = embedder.embed_images(images);
         // Hashed as `vitrine index --data` hashes them: their decoded pixels.
-        for (size_t i = 0; i < images.size(); ++i) {
-          const cv::Mat m = images[i].isContinuous() ? images[i] : images[i].clone();
-          embedded[i].content_hash = sha256_hex(m.data, m.total() * m.elemSize());
+        for (size_t g = 0; g < good.size(); ++g) {
+          const cv::Mat m = images[g].isContinuous() ? images[g] : images[g].clone();
+          good[g].content_hash = sha256_hex(m.data, m.total() * m.elemSize());
+          embedded[read[g]] = std::move(good[g]);
         }
       } else {
         std::vector<std::string> paths;

@@ -424,25 +424,29 @@ std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,
   std::vector<float> scores(static_cast<size_t>(nq * k_images));
   std::vector<int64_t> ids(static_cast<size_t>(nq * k_images));
   if (allowed && pool <= options.exact_below) {
-    // Small filtered sets: score every allowed image exactly.
-    const auto values = catalog_->embeddings(*allowed);
-    std::vector<int64_t> order(static_cast<size_t>(pool));
-    std::vector<float> s(static_cast<size_t>(pool));
+    // Small filtered sets: score every allowed image exactly. Images another process
+    // removed since they were listed are left out.
+    const auto values = catalog_->stored_embeddings(*allowed);
+    const auto n = static_cast<int64_t>(allowed->size());
+    const int64_t found_here = std::min(k_images, n);
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    std::vector<float> s(static_cast<size_t>(n));
+    std::fill(ids.begin(), ids.end(), int64_t{-1});
     for (int64_t q = 0; q < nq; ++q) {
       const float* query = queries + q * dim;
-      for (int64_t i = 0; i < pool; ++i) {
+      for (int64_t i = 0; i < n; ++i) {
         const float* v = values.data() + i * dim;
         s[static_cast<size_t>(i)] = std::inner_product(query, query + dim, v, 0.0f);
       }
       std::iota(order.begin(), order.end(), int64_t{0});
-      std::partial_sort(order.begin(), order.begin() + k_images, order.end(),
+      std::partial_sort(order.begin(), order.begin() + found_here, order.end(),
                         [&](int64_t a, int64_t b) {
                           return s[static_cast<size_t>(a)] > s[static_cast<size_t>(b)] ||
                                  (s[static_cast<size_t>(a)] == s[static_cast<size_t>(b)] &&
                                   (*allowed)[static_cast<size_t>(a)] <
                                       (*allowed)[static_cast<size_t>(b)]);
                         });
-      for (int64_t j = 0; j < k_images; ++j) {
+      for (int64_t j = 0; j < found_here; ++j) {
         const auto i = static_cast<size_t>(order[static_cast<size_t>(j)]);
         scores[static_cast<size_t>(q * k_images + j)] = s[i];
         ids[static_cast<size_t>(q * k_images + j)] = (*allowed)[i];

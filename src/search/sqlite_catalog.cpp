@@ -22,6 +22,19 @@
 #include <mutex>
 
 namespace vitrine::search {
+
+std::string model_mismatch(const ModelStamp& stored, const ModelStamp& given) {
+  const auto described = [](const ModelStamp& m) {
+    return m.id + " (version " + m.version.substr(0, 12) + ", " + std::to_string(m.dim) +
+           " dims)";
+  };
+  if (stored.id == given.id) {
+    return "model " + described(stored) + ", and " + given.id + " has changed since: it is " +
+           "now version " + given.version.substr(0, 12) + " (new weights or preprocessing: a " +
+           "model retrained or edited in place is another model)";
+  }
+  return "model " + described(stored) + ", not with " + described(given);
+}
 namespace {
 
 constexpr int kSchemaVersion = 1;
@@ -197,11 +210,9 @@ class SqliteCatalog : public Catalog {
     const auto current = model_locked();
     if (current && *current == model) return;
     if (current && image_count_locked() > 0) {
-      VT_FAIL("the catalogue ", path_, " holds embeddings of model ", current->id, " (version ",
-              current->version.substr(0, 12), ", ", current->dim, " dims); this model is ",
-              model.id, " (version ", model.version.substr(0, 12), ", ", model.dim,
-              " dims). One index never mixes models: use the catalogue's model, or index "
-              "into a new --db");
+      VT_FAIL("the catalogue ", path_, " holds embeddings of ", model_mismatch(*current, model),
+              ". One index never mixes models: use the catalogue's model, or index into a new "
+              "--db");
     }
     Transaction tx(this);
     Statement s(db_, "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)");

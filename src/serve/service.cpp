@@ -181,8 +181,8 @@ Service::Service(ServiceOptions options, std::shared_ptr<Metrics> metrics)
     const auto stored = db_->model();
     if (stored) {
       VT_CHECK(*stored == batcher_->model->stamp, "the database ", options_.db_dir,
-               " was indexed with model ", stored->id, ", not with ",
-               batcher_->model->stamp.id, ": serve that model, or re-index");
+               " was indexed with ", search::model_mismatch(*stored, batcher_->model->stamp),
+               ": serve the model it was indexed with, or index the catalogue into a new --db");
     } else {
       db_->use_model(batcher_->model->stamp);
     }

@@ -192,6 +192,14 @@ TEST(SearchCli, AnotherModelIsRefusedNotMixed) {
   r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " " +
                         q(d + "/img/p0.png"));
   EXPECT_EQ(r.status, 0) << r.err;
+  // The same folder with new weights (a model retrained in place) is named as changed.
+  fs::remove_all(d + "/a");
+  make_model(d + "/a", 2);
+  r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " " +
+                        q(d + "/img/p0.png"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "/a has changed since: it is now version");
+  EXPECT_CONTAINS(r.err, "index the catalogue into a new --db");
 }
 
 TEST(SearchCli, AProcessKilledWhileIndexingLosesNoProductItReportedAsStored) {
@@ -364,6 +372,12 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_CONTAINS(r.err, "1 stored, 11 unchanged, 0 failed");
   EXPECT_CONTAINS(r.out, "\"status\":\"unchanged\"");
+  // The same folder named another way, from another working folder: the same products.
+  r = test::run_command("cd " + q(d + "/set/bags") + " && " + q(test::vitrine_bin()) +
+                        " index --model ../../m --data ../../set/ --split all --db ../../db2");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "0 stored, 12 unchanged, 0 failed");
+  EXPECT_CONTAINS(r.out, "\"sku\":\"" + d + "/set/shoes/shoes1.png\"");
   r = test::run_command(q(test::vitrine_bin()) + " eval-retrieval --db " + q(d + "/db2") +
                         " --data " + q(d + "/set") + " --val-split 0.5 --split val --json " +
                         q(d + "/m.json"));
@@ -371,6 +385,17 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
   m = json::parse(read_text_file(d + "/m.json"));
   EXPECT_GT(m["queries"].get<int>(), 0);
   EXPECT_EQ(m["found_self"], m["queries"]);
+  // An unreadable photo among the queries fails alone: the others are scored.
+  std::ofstream(d + "/set/bags/zz_broken.png") << "not a photo";
+  r = test::run_command(q(test::vitrine_bin()) + " eval-retrieval --db " + q(d + "/db2") +
+                        " --data " + q(d + "/set") + " --split train --val-split 0 --json " +
+                        q(d + "/m.json"));
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_CONTAINS(r.err, "zz_broken.png");
+  m = json::parse(read_text_file(d + "/m.json"));
+  EXPECT_EQ(m["failed"], 1);
+  EXPECT_EQ(m["queries"], 12);
+  fs::remove(d + "/set/bags/zz_broken.png");
   // The data set's files as query files are found by their pixels, as `index --data`
   // hashed them: no query answers itself.
   std::ofstream(d + "/setq.csv") << "image,category\n" << d << "/set/shoes/shoes0.png,shoes\n";

@@ -34,6 +34,11 @@ struct ModelStamp {
   bool operator==(const ModelStamp& o) const { return version == o.version && dim == o.dim; }
 };
 
+/// Why `given` cannot use embeddings of `stored`, for messages that go on with advice: "model
+/// X (version v, d dims), not with Y (...)", or, for one name with another version, that the
+/// model changed since (retrained or edited in place).
+std::string model_mismatch(const ModelStamp& stored, const ModelStamp& given);
+
 /// One image of a product to store.
 struct ImageEntry {
   std::string ref;
