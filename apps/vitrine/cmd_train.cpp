@@ -328,9 +328,10 @@ void add_train_command(CLI::App& app, int& status) {
                              ? fmt::format(" robust top-1 {:.4f}", r.val_robust_top1)
                              : std::string(),
                          r.best ? " *" : "", r.seconds);
-          } else {
-            spdlog::info("epoch {}: train loss {:.4f} top-1 {:.4f} ({:.0f}s)", r.epoch,
-                         r.train_loss, r.train_top1, r.seconds);
+          } else {  // a multi-label run's training accuracy is per label
+            spdlog::info("epoch {}: train loss {:.4f} {} {:.4f} ({:.0f}s)", r.epoch,
+                         r.train_loss, r.multi_label ? "label accuracy" : "top-1", r.train_top1,
+                         r.seconds);
           }
         });
     if (o->dist.rank != 0) return;  // rank 0 reports
@@ -349,8 +350,9 @@ void add_train_command(CLI::App& app, int& status) {
       return n > 0 ? fmt::format("; {} unreadable test images skipped", n) : std::string();
     };
     if (result.has_test && result.test_multi_label) {
-      spdlog::info("test: mAP {:.4f}, macro-F1 {:.4f} (best model){}", result.test_map,
-                   result.test_macro_f1, skipped_note(result.test_skipped));
+      spdlog::info("test: mAP {:.4f}, micro-F1 {:.4f}, macro-F1 {:.4f} (best model){}",
+                   result.test_map, result.test_micro_f1, result.test_macro_f1,
+                   skipped_note(result.test_skipped));
     } else if (result.has_test) {
       spdlog::info("test: top-1 {:.4f}, macro-F1 {:.4f} (best model){}", result.test_top1,
                    result.test_macro_f1, skipped_note(result.test_skipped));
@@ -421,6 +423,14 @@ void add_eval_command(CLI::App& app, int& status) {
         std::vector<std::string> errors;
         const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
         for (const auto& e : errors) spdlog::warn("skipped: {}", e);
+        // Thresholds tuned on these very photos make F1 look better than new photos will.
+        const auto p = nlohmann::json::parse(model->config().provenance_json, nullptr, false);
+        if (a->split == "val" && !model->config().thresholds.empty() && p.is_object() &&
+            p.contains("data") && p["data"] == a->data.source) {
+          spdlog::warn("{}: its per-label thresholds were tuned on this split (the validation "
+                       "photos of {}), so F1 here is optimistic (mAP is not); judge F1 on "
+                       "--split test", dir, a->data.source);
+        }
         const auto names = class_names(*model);
         out[dir] = nlohmann::json::parse(m.to_json(names));
         out[dir]["skipped_images"] = errors.size();

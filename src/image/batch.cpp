@@ -50,11 +50,18 @@ std::vector<std::string> expand_image_paths(const std::vector<std::string>& path
       continue;
     }
     std::vector<std::string> found;
+    int64_t hidden = 0;  ///< image files among the system's entries
     fs::recursive_directory_iterator it(p, fs::directory_options::skip_permission_denied, ec);
     for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
       std::error_code file_ec;
       if (is_system_entry(it->path().filename().string())) {  // "._photo.jpg", __MACOSX, ...
-        if (it->is_directory(file_ec)) it.disable_recursion_pending();
+        if (it->is_directory(file_ec)) {
+          it.disable_recursion_pending();
+        } else {
+          std::string ext = it->path().extension().string();
+          std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+          hidden += kExtensions.count(ext) > 0 ? 1 : 0;
+        }
         continue;
       }
       if (it->is_directory(file_ec) && ::access(it->path().c_str(), R_OK | X_OK) != 0) {
@@ -67,6 +74,12 @@ std::vector<std::string> expand_image_paths(const std::vector<std::string>& path
       if (kExtensions.count(ext)) found.push_back(it->path().string());
     }
     if (ec && warnings) warnings->push_back(p + ": stopped listing: " + ec.message());
+    if (hidden > 0 && warnings) {
+      warnings->push_back(std::to_string(hidden) + " hidden image file" +
+                          (hidden == 1 ? "" : "s") + " in " + p +
+                          (hidden == 1 ? " was" : " were") + " skipped (names starting with "
+                          "'.', such as the \"._\" copies a Mac leaves on shared drives)");
+    }
     std::sort(found.begin(), found.end());
     out.insert(out.end(), found.begin(), found.end());
   }

@@ -77,7 +77,8 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
       r.confusion = j.at("confusion").get<std::vector<std::vector<int64_t>>>();
       r.classes = j.at("classes").get<std::vector<std::string>>();
     } catch (const json::exception& e) {
-      VT_FAIL(test.string(), " is malformed (", e.what(), "); re-run `vitrine eval --json`");
+      VT_FAIL(test.string(), " is malformed (", e.what(), "); the run writes it after "
+              "training: delete it to compare the run without test figures");
     }
     r.has_test = true;
   }
@@ -112,8 +113,8 @@ std::string test_set_difference(const std::vector<RunSummary>& runs) {
         differ = "'" + first->name + "' and '" + r.name + "' were tested on other classes";
       }
       if (!differ.empty()) {
-        return differ + ": their test figures do not compare (test both on one split with "
-                        "`vitrine eval --json`)";
+        return differ + ": their test figures do not compare (test both on the same photos "
+                        "with `vitrine eval --model A --compare B --data ...`)";
       }
     }
   }

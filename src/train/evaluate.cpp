@@ -48,15 +48,24 @@ void for_each_eval_batch(models::VisionModelImpl& model,
   loader.start_epoch(0);
   const bool was_training = model.is_training();
   model.eval();
+  int64_t read = 0;
   try {
     at::NoGradGuard no_grad;
     data::Batch batch;
-    while (loader.next(batch)) consume(batch);
+    while (loader.next(batch)) {
+      read += batch.images.size(0);
+      consume(batch);
+    }
   } catch (...) {
     model.train(was_training);
     throw;
   }
   model.train(was_training);
+  // Scores of no photo at all would read as 0.
+  VT_CHECK(read > 0, "none of the ", data->size(), " images to evaluate could be read (",
+           loader.errors().empty() ? std::string("no error recorded")
+                                   : "first: " + loader.errors().front(),
+           "); fix or remove them");
   if (errors) *errors = loader.errors();
 }
 

@@ -108,7 +108,18 @@ EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgres
   out.img_per_s = static_cast<double>(sums.seen) / std::max(out.seconds, 1e-9);
   const auto errors = loader.errors();
   out.skipped = static_cast<int64_t>(errors.size());
-  for (const auto& e : errors) spdlog::warn("skipped: {}", e);
+  int64_t named_before = 0;
+  for (const auto& e : errors) {
+    if (plan.reported && !plan.reported->insert(e).second) {
+      ++named_before;
+    } else {
+      spdlog::warn("skipped: {}", e);
+    }
+  }
+  if (named_before > 0) {
+    spdlog::warn("skipped {} unreadable photo{} named in an earlier epoch", named_before,
+                 named_before == 1 ? "" : "s");
+  }
   return out;
 }
 
@@ -121,6 +132,15 @@ bool grey_data(const data::Dataset& data) {
     }
   }
   return false;
+}
+
+std::vector<std::pair<std::string, std::string>> model_settings(const models::ModelConfig& cfg) {
+  std::vector<std::pair<std::string, std::string>> s = {
+      {"--model", cfg.arch},
+      {"--image-size", std::to_string(cfg.image_size)},
+      {"--in-channels", std::to_string(cfg.in_channels)}};
+  if (cfg.family == models::Family::kResNet) s.emplace_back("--stem", cfg.resnet.stem);
+  return s;
 }
 
 models::ModelConfig starting_config(const std::string& arch, const std::string& init_dir,

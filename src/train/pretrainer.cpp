@@ -26,6 +26,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <set>
 #include <utility>
 
 namespace vitrine::train {
@@ -118,6 +119,7 @@ struct Pretrainer::State {
   ScheduleOptions schedule;
   int64_t steps_per_epoch = 0, step = 0, start_epoch = 0;
   PretrainResult result;
+  std::set<std::string> reported;  ///< unreadable training photos already named
 
   EpochProgress resume_progress;
   bool replaces_run = false;  ///< --overwrite and out_dir holds a run: removed in run()
@@ -306,11 +308,14 @@ StateHeader Pretrainer::State::state_header(int64_t epochs_done,
                                             const EpochProgress& progress) const {
   const auto n = images->size();
   StateHeader h{kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
-                std::to_string(n) + " photo" + (n == 1 ? "" : "s")};
-  h.settings = {{"--method", o.method},
-                {"--batch-size", std::to_string(o.batch_size)},
-                {"--opt", o.optim.name},
-                {"--sched", o.schedule}};
+                std::to_string(n) + " photo" + (n == 1 ? "" : "s"), {}, {}};
+  h.settings = model_settings(model->config());
+  const std::vector<std::pair<std::string, std::string>> loop = {
+      {"--method", o.method},
+      {"--batch-size", std::to_string(o.batch_size)},
+      {"--opt", o.optim.name},
+      {"--sched", o.schedule}};
+  h.settings.insert(h.settings.end(), loop.begin(), loop.end());
   if (mae()) {
     h.settings.emplace_back("--mask-ratio", setting_text(o.mask_ratio));
   } else {
@@ -439,8 +444,9 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
     s.model->train();
     s.aside().train();
     hooks.save = [&s, epoch](const EpochProgress& p) { s.save_state(epoch, p); };
-    const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
-                         s.result.last_dir};
+    EpochPlan plan{epoch, o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
+                   s.result.last_dir};
+    plan.reported = &s.reported;
     const EpochSummary e =
         run_epoch(loader, plan, std::exchange(s.resume_progress, {}), optimisation, hooks);
     PretrainEpoch rec;

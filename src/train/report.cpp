@@ -712,6 +712,37 @@ std::string card(const std::string& value, const std::string& label) {
   return "<div class=\"card\"><b>" + value + "</b><span>" + label + "</span></div>";
 }
 
+/// One row of a per-class table: the class's name (escaped here), its cells (HTML), and the
+/// value in [0, 1] the bar cell draws.
+struct ClassRow {
+  std::string name;
+  std::vector<std::string> cells;
+  double bar = 0;
+};
+
+/// A scrolling per-class table under `heading`: the columns after `first` (the class's
+/// name), the cell at `bar_column` of each row drawn over a bar of its row's value.
+std::string per_class_table(const std::string& heading, const std::string& first,
+                            const std::vector<std::string>& columns, size_t bar_column,
+                            const std::vector<ClassRow>& rows) {
+  std::string out = "<h3 id=\"per-class\">" + heading + "</h3>\n<div class=\"scroll\">"
+                    "<table class=\"per-class\">\n<thead><tr><th>" + first + "</th>";
+  for (const auto& c : columns) out += "<th>" + c + "</th>";
+  out += "</tr></thead>\n<tbody>\n";
+  for (const auto& r : rows) {
+    const std::string name = esc(r.name);
+    out += "<tr><td class=\"name\" title=\"" + name + "\">" + name + "</td>";
+    for (size_t c = 0; c < r.cells.size(); ++c) {
+      const double pct_value = std::isfinite(r.bar) ? std::clamp(100 * r.bar, 0.0, 100.0) : 0;
+      out += c == bar_column ? "<td class=\"bar\" style=\"--v: " + fixed(pct_value, 1) + "%\">"
+                             : std::string("<td>");
+      out += r.cells[c] + "</td>";
+    }
+    out += "</tr>\n";
+  }
+  return out + "</tbody></table></div>\n";
+}
+
 std::string test_section(const ClassificationMetrics& m, const std::vector<std::string>& classes,
                          const std::string& confusion_svg) {
   std::string out = "<section id=\"test\">\n<h2>Test</h2>\n<div class=\"cards\">";
@@ -720,27 +751,43 @@ std::string test_section(const ClassificationMetrics& m, const std::vector<std::
          card(num(m.macro_f1, 4), "macro-F1") + card(num(m.ece, 4), "calibration error (ECE)") +
          card(num(m.loss, 4), "loss") + card(std::to_string(m.count), "images");
   out += "</div>\n";
-
-  out += "<h3 id=\"per-class\">Per class</h3>\n<div class=\"scroll\"><table class=\"per-class\">"
-         "\n<thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
-         "<th>support</th></tr></thead>\n<tbody>\n";
+  std::vector<ClassRow> rows;
   for (size_t i = 0; i < m.per_class.size(); ++i) {
     const auto& c = m.per_class[i];
-    const std::string name = esc(class_name(classes, i));
-    const double f1_pct = std::isfinite(c.f1) ? std::clamp(100 * c.f1, 0.0, 100.0) : 0;
-    out += "<tr><td class=\"name\" title=\"" + name + "\">" + name + "</td><td>" +
-           num(c.precision, 4) + "</td><td>" + num(c.recall, 4) +
-           "</td><td class=\"bar\" style=\"--v: " + fixed(f1_pct, 1) + "%\">" + num(c.f1, 4) +
-           "</td><td>" + std::to_string(c.support) + "</td></tr>\n";
+    rows.push_back({class_name(classes, i),
+                    {num(c.precision, 4), num(c.recall, 4), num(c.f1, 4),
+                     std::to_string(c.support)},
+                    c.f1});
   }
-  out += "</tbody></table></div>\n";
-
+  out += per_class_table("Per class", "class", {"precision", "recall", "F1", "support"}, 2, rows);
   if (!confusion_svg.empty()) {
     // The matrix carries its own title, so the page adds no heading.
     out += "<figure id=\"confusion\" class=\"confusion\">\n" + confusion_svg + "</figure>\n";
   }
   out += "</section>\n";
   return out;
+}
+
+std::string multi_label_test_section(const MultiLabelMetrics& m,
+                                     const std::vector<std::string>& labels) {
+  std::string out = "<section id=\"test\">\n<h2>Test</h2>\n<div class=\"cards\">";
+  out += card(pct(m.mean_ap), "mAP") + card(num(m.micro_f1, 4), "micro-F1") +
+         card(num(m.macro_f1, 4), "macro-F1") + card(std::to_string(m.count), "images");
+  out += "</div>\n";
+  std::vector<ClassRow> rows;
+  for (size_t i = 0; i < m.ap.size(); ++i) {
+    // A label without positives has no average precision (left out of mAP).
+    const bool scored = i < m.positives.size() && m.positives[i] > 0;
+    const double f1 = i < m.f1.size() ? m.f1[i] : 0;
+    rows.push_back({class_name(labels, i),
+                    {scored ? num(m.ap[i], 4) : std::string("–"), num(f1, 4),
+                     i < m.thresholds.size() ? num(m.thresholds[i], 3) : std::string(),
+                     i < m.positives.size() ? std::to_string(m.positives[i]) : std::string()},
+                    f1});
+  }
+  out += per_class_table("Per label", "label",
+                         {"average precision", "F1", "threshold", "positives"}, 1, rows);
+  return out + "</section>\n";
 }
 
 std::string samples_section(const std::vector<ReportSample>& samples) {
@@ -850,6 +897,9 @@ void write_report(const std::string& dir, const ReportInput& input) {
   html += "</section>\n";
 
   if (test != nullptr) html += test_section(*test, input.classes, confusion_svg);
+  if (input.test_multi_label != nullptr) {
+    html += multi_label_test_section(*input.test_multi_label, input.classes);
+  }
   if (!input.samples.empty()) html += samples_section(input.samples);
   html += "<footer>vitrine run report</footer>\n</main>\n</body>\n</html>\n";
 

@@ -127,9 +127,11 @@ void write_state_file(const std::string& folder, const std::string& name,
   j["data_shape"] = header.data_shape;
   j["data_source_sha256"] = sha256_hex(header.data_source);
   j["data_shape_sha256"] = sha256_hex(header.data_shape);
-  if (!header.settings.empty()) {
-    auto& settings = j["settings"] = nlohmann::json::object();
-    for (const auto& [flag, value] : header.settings) settings[flag] = value;
+  for (const auto& [key, pairs] : {std::make_pair("settings", &header.settings),
+                                   std::make_pair("data_settings", &header.data_settings)}) {
+    if (pairs->empty()) continue;
+    auto& object = j[key] = nlohmann::json::object();
+    for (const auto& [flag, value] : *pairs) object[flag] = value;
   }
   if (header.progress.next_batch > 0) {
     j["epoch_progress"] = nlohmann::json::parse(save_epoch_progress(header.progress, folder));
@@ -152,27 +154,6 @@ StateHeader read_state_file(const std::string& folder, const std::string& name,
     h.seed = j.value("seed", seed);
     VT_CHECK(h.seed == seed, "--resume with another --seed (", h.seed,
              " before) would not continue the same run");
-    // State files from before the data was recorded resume as before.
-    h.data_source = j.value("data_source", expected.data_source);
-    h.data_shape = j.value("data_shape", expected.data_shape);
-    const auto shown = [](const std::string& s) {
-      return s.size() > 300 ? utf8_prefix(s, 300) + "..." : s;
-    };
-    // A state written before the hash was recorded compares its text.
-    const bool same_data = j.contains("data_shape_sha256")
-                               ? j["data_shape_sha256"] == sha256_hex(expected.data_shape)
-                               : h.data_shape == expected.data_shape;
-    VT_CHECK(same_data,
-             "--resume on other data would not continue the same run: it learnt from ",
-             h.data_source, " (", shown(h.data_shape), "), and this --data ",
-             expected.data_source, " gives ", shown(expected.data_shape), ". Resume with the "
-             "run's --data (and its --labels-per-class or --label-fraction), or start a new "
-             "--out");
-    if (j.value("data_source_sha256", sha256_hex(expected.data_source)) !=
-        sha256_hex(expected.data_source)) {
-      spdlog::warn("the run learnt from {}; it resumes on {}, which gives the same {}",
-                   h.data_source, expected.data_source, shown(h.data_shape));
-    }
     // Another batch size takes other photos at each step, another optimiser or schedule
     // means other state: the run would not continue, it would be another one. (A state
     // written before the settings were recorded has none to compare.)
@@ -185,7 +166,41 @@ StateHeader read_state_file(const std::string& folder, const std::string& name,
                flag, " ", was, " (now ", value, "); resume it with the same, or start another "
                "run with --overwrite or another --out");
     }
+    // State files from before the data was recorded resume as before.
+    h.data_source = j.value("data_source", expected.data_source);
+    h.data_shape = j.value("data_shape", expected.data_shape);
+    const auto shown = [](const std::string& s) {
+      return s.size() > 300 ? utf8_prefix(s, 300) + "..." : s;
+    };
+    // A state written before the hash was recorded compares its text.
+    const bool same_data = j.contains("data_shape_sha256")
+                               ? j["data_shape_sha256"] == sha256_hex(expected.data_shape)
+                               : h.data_shape == expected.data_shape;
+    if (!same_data && j.contains("data_settings")) {  // name the options that differ
+      std::string was, now;
+      for (const auto& [flag, value] : expected.data_settings) {
+        const auto& stored = j["data_settings"];
+        if (!stored.contains(flag) || stored[flag] == value) continue;
+        was += (was.empty() ? "" : ", ") + flag + " " + stored[flag].get<std::string>();
+        now += (now.empty() ? "" : ", ") + flag + " " + value;
+      }
+      VT_CHECK(was.empty(), "--resume on other data would not continue the same run: it was "
+               "trained with ", was, " (now ", now, "), which gave ", shown(h.data_shape),
+               "; resume with the same, or start a new --out");
+    }
+    VT_CHECK(same_data,
+             "--resume on other data would not continue the same run: it learnt from ",
+             h.data_source, " (", shown(h.data_shape), "), and this --data ",
+             expected.data_source, " gives ", shown(expected.data_shape), ". Resume with the "
+             "run's --data (and its --val-split, --test-split, --labels-per-class or "
+             "--label-fraction), or start a new --out");
+    if (j.value("data_source_sha256", sha256_hex(expected.data_source)) !=
+        sha256_hex(expected.data_source)) {
+      spdlog::warn("the run learnt from {}; it resumes on {}, which gives the same {}",
+                   h.data_source, expected.data_source, shown(h.data_shape));
+    }
     h.settings = expected.settings;
+    h.data_settings = expected.data_settings;
     h.epochs_done = j.at("epochs_done");
     h.step = j.at("step");
     if (j.contains("epoch_progress")) {

@@ -33,6 +33,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <set>
 #include <sstream>
 #include <type_traits>
 #include <utility>
@@ -131,6 +132,7 @@ struct Trainer::State {
   int64_t step = 0;
   int64_t start_epoch = 0;
   TrainResult result;
+  std::set<std::string> reported;  ///< unreadable training photos already named
   int64_t bad_epochs = 0;
   EpochProgress resume_progress;  ///< set by load_state when the state is mid-epoch
   bool replaces_run = false;      ///< --overwrite and out_dir holds a run: removed in run()
@@ -637,20 +639,26 @@ void Trainer::State::write_run_report() {
                              std::to_string(data.test ? data.test->size() : 0) + " test"},
               {"epochs", std::to_string(result.history.size()) + " of " +
                              std::to_string(o.epochs) + (result.stopped_early ? " (early stop)" : "")},
-              {"best", "epoch " + std::to_string(result.best_epoch) + ", " + o.monitor + " " +
-                           std::to_string(result.best_value)},
+              {"best", result.best_epoch >= 0
+                           ? "epoch " + std::to_string(result.best_epoch) + ", " + o.monitor +
+                                 " " + std::to_string(result.best_value)
+                           : std::string("none (no validation split: the last epoch's model)")},
               {"seed", std::to_string(o.seed)},
               {"run directory", o.out_dir}};
   ClassificationMetrics test;
+  MultiLabelMetrics test_multi_label;
   const auto shown = data.test && data.test->size() > 0 ? data.test : data.val;
   if (data.test && data.test->size() > 0) {
     std::vector<std::string> errors;
     const EvalOptions eo{o.batch_size, o.workers, o.strict, true};
     result.has_test = true;
     if (data.multi_label) {
-      const auto m = evaluate_multi_label(*best, data.test, eo, &errors);
+      test_multi_label = evaluate_multi_label(*best, data.test, eo, &errors);
+      const auto& m = test_multi_label;
+      in.test_multi_label = &m;
       result.test_multi_label = true;
       result.test_map = m.mean_ap;
+      result.test_micro_f1 = m.micro_f1;
       result.test_macro_f1 = m.macro_f1;
       write_file_atomic(path(run_files::kTestMetrics), m.to_json(data.classes));
     } else {
@@ -811,12 +819,17 @@ StateHeader Trainer::State::state_header(int64_t epochs_done,
   StateHeader h{kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
                 std::to_string(n) + " training photo" + (n == 1 ? "" : "s") + ", " +
                     std::to_string(data.classes.size()) + " classes: " +
-                    quoted_list(data.classes, "'", std::string::npos)};
-  h.settings = {{"--batch-size", std::to_string(o.batch_size)},
-                {"--opt", o.optim.name},
-                {"--freeze", o.freeze},
-                {"--sched", o.schedule},
-                {"--layer-decay", setting_text(o.optim.layer_decay)}};
+                    quoted_list(data.classes, "'", std::string::npos), {}, {}};
+  h.settings = model_settings(model->config());
+  const std::vector<std::pair<std::string, std::string>> loop = {
+      {"--batch-size", std::to_string(o.batch_size)},
+      {"--opt", o.optim.name},
+      {"--freeze", o.freeze},
+      {"--lora-rank", std::to_string(o.lora_rank)},
+      {"--model-ema-decay", setting_text(o.ema_decay)},
+      {"--sched", o.schedule},
+      {"--layer-decay", setting_text(o.optim.layer_decay)}};
+  h.settings.insert(h.settings.end(), loop.begin(), loop.end());
   if (o.schedule == "step") {
     std::string milestones;
     for (const auto m : o.lr_milestones) milestones += (milestones.empty() ? "" : " ") +
@@ -826,6 +839,11 @@ StateHeader Trainer::State::state_header(int64_t epochs_done,
   if (!o.unlabelled.empty()) {
     h.settings.emplace_back("--unlabelled-ratio", std::to_string(o.unlabelled_ratio));
   }
+  const auto& d = o.data;
+  h.data_settings = {{"--val-split", d.val_split < 0 ? "default" : setting_text(d.val_split)},
+                     {"--test-split", setting_text(d.test_split)},
+                     {"--labels-per-class", std::to_string(d.labels_per_class)},
+                     {"--label-fraction", setting_text(d.label_fraction)}};
   return h;
 }
 
@@ -891,6 +909,10 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   s.o.data.strict = o.strict;
   s.data = data::open_data(o.data);
   for (const auto& w : s.data.warnings) spdlog::warn("{}", w);
+  const auto count = [](const std::shared_ptr<data::Dataset>& d) { return d ? d->size() : 0; };
+  spdlog::info("data: {} training photos, {} validation, {} test; {} classes{}",
+               count(s.data.train), count(s.data.val), count(s.data.test),
+               s.data.classes.size(), s.data.multi_label ? " (multi-label)" : "");
   s.result.warnings = s.data.warnings;
   VT_CHECK(o.replay >= 0, "--replay must not be negative");
   VT_CHECK(o.replay == 0 || !s.data.multi_label, "--replay is for single-label data");
@@ -1083,9 +1105,10 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
     hooks.save = [&s, epoch](const EpochProgress& p) {
       if (s.lead()) s.save_state(epoch, p);
     };
-    const EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
-                         s.result.last_dir, /*distributed=*/s.group != nullptr,
-                         /*min_batch=*/s.batch_norms_train() ? 2 : 1};
+    EpochPlan plan{epoch,          o.epochs, o.seed, s.steps_per_epoch, o.save_every_steps,
+                   s.result.last_dir, /*distributed=*/s.group != nullptr,
+                   /*min_batch=*/s.batch_norms_train() ? 2 : 1};
+    plan.reported = &s.reported;
     if (s.resume_progress.next_batch == 0) {  // not an epoch resumed in its middle
       s.confident_sum = 0;
       s.confident_steps = 0;

@@ -550,6 +550,26 @@ TEST_F(ReportWrite, MultiLabelRunsShowValidationMapAndF1) {
   EXPECT_FALSE(contains(html, "val top-1"));
   EXPECT_FALSE(contains(html, "val loss"));
   EXPECT_TRUE(contains(read_file(dir_ / "accuracy.svg"), "data-series=\"val mAP\""));
+  EXPECT_FALSE(contains(html, "id=\"test\""));
+  // With test metrics: a section of its own, per label.
+  MultiLabelMetrics test;
+  test.count = 40;
+  test.mean_ap = 0.6875;
+  test.micro_f1 = 0.625;
+  test.macro_f1 = 0.5625;
+  test.ap = {0.6875, 0};
+  test.f1 = {0.5625, 0};
+  test.positives = {12, 0};
+  test.thresholds = {0.375f, 0.5f};
+  in.test_multi_label = &test;
+  write_report(dir_.string(), in);
+  const std::string with_test = read_file(dir_ / "report.html");
+  EXPECT_TRUE(contains(with_test, "id=\"test\""));
+  EXPECT_TRUE(contains(with_test, "68.75%"));
+  EXPECT_TRUE(contains(with_test, "0.6250"));
+  EXPECT_TRUE(contains(with_test, "Per label"));
+  EXPECT_TRUE(contains(with_test, "<td>0.375</td><td>12</td>"));
+  EXPECT_FALSE(contains(with_test, "top-1 accuracy"));
 }
 
 TEST_F(ReportWrite, WritesEveryFileAtomically) {

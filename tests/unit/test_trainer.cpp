@@ -109,6 +109,17 @@ TEST(Trainer, OverfitsThirtyTwoImages) {
   }
   fs::rename(dir + "/renamed/train/apple", dir + "/renamed/train/n03");
   EXPECT_DOUBLE_EQ(train::evaluate(*model, data::open_data(d).train).top1, 1.0);
+  // A split none of whose photos can be read has no score, not a top-1 of 0.
+  fs::create_directories(dir + "/broken/train/class_0");
+  fs::create_directories(dir + "/broken/train/class_1");
+  for (const char* f : {"class_0/a.png", "class_0/b.png", "class_1/c.png"}) {
+    std::ofstream(dir + "/broken/train/" + f) << "not a photo";
+  }
+  d.source = dir + "/broken";
+  const std::string broken =
+      test::error_of([&] { train::evaluate(*model, data::open_data(d).train); });
+  EXPECT_CONTAINS(broken, "none of the 3 images to evaluate could be read (first: ");
+  EXPECT_CONTAINS(broken, "a.png");
   EXPECT_LT(result.history.back().train_loss, result.history.front().train_loss);
   EXPECT_TRUE(fs::exists(result.report));
   EXPECT_TRUE(fs::exists(dir + "/run/loss.svg"));
@@ -280,6 +291,19 @@ TEST(Trainer, ResumedRunEqualsUninterruptedRun) {
   o.optim.layer_decay = 0.75;
   EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
                   "was trained with --layer-decay 1 (now 0.75)");
+  o.optim.layer_decay = 1;
+  // Left out, --image-size would rebuild the model at the architecture's 224.
+  o.image_size = 0;
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
+                  "was trained with --image-size 32 (now 224)");
+  o.image_size = 32;
+  // Other split fractions give other training photos: named as the cause.
+  o.data.val_split = 0.5;
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
+                  "it was trained with --val-split 0.25 (now --val-split 0.5), which gave 12 "
+                  "training photos");
+  o.data.val_split = 0.25;
+  EXPECT_EQ(train::Trainer(o).run().history.size(), 4u);  // all as the run had: it resumes
   fs::remove_all(dir);
 }
 

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,9 @@ struct EpochPlan {
   /// Smaller batches (left by unreadable images) are skipped: a batch norm in training mode
   /// needs two images, and a contrastive loss pairs them.
   int64_t min_batch = 2;
+  /// The unreadable photos named in earlier epochs (null: name every one each epoch): a bad
+  /// photo is named once, and counted in the epochs after.
+  std::set<std::string>* reported = nullptr;
 };
 
 /// What an epoch did.
@@ -93,6 +97,11 @@ bool grey_data(const data::Dataset& data);
 models::ModelConfig starting_config(const std::string& arch, const std::string& init_dir,
                                     const std::string& stem, int64_t in_channels,
                                     const std::function<bool()>& grey_data);
+
+/// The settings of a run's model that its resume must keep (StateHeader::settings): the
+/// architecture, input size and channels, and a ResNet's stem. Without them, a resume that
+/// leaves out --image-size would rebuild the model at the architecture's default size.
+std::vector<std::pair<std::string, std::string>> model_settings(const models::ModelConfig& cfg);
 
 /// One augmentation of each photo (C x H x W), the photo first brought to `t.channels`.
 data::SampleTransform one_view(image::TrainTransform t);

@@ -60,6 +60,7 @@ struct ReportInput {
   std::vector<std::string> classes;
   bool multi_label = false;  ///< validation shown as mAP and F1 (val_map, val_micro_f1)
   const ClassificationMetrics* test = nullptr;  ///< optional: metrics on the held-out split
+  const MultiLabelMetrics* test_multi_label = nullptr;  ///< the same, for multi-label runs
   std::vector<ReportSample> samples;            ///< optional: a grid of test images
 };
 

@@ -69,6 +69,9 @@ struct StateHeader {
   /// each step takes or what the saved state means (batch size, optimiser, schedule...).
   /// Another value is refused on resume, naming the flag and the value the run had.
   std::vector<std::pair<std::string, std::string>> settings;
+  /// The data options that decide the training photos (--val-split...), as (flag, value):
+  /// not compared themselves (the data shape is), but named when the data differs.
+  std::vector<std::pair<std::string, std::string>> data_settings;
 };
 
 /// A number as a setting's value: the shortest text that reads back as the same double.

@@ -152,6 +152,7 @@ struct TrainResult {
   double test_top1 = 0, test_macro_f1 = 0;
   bool test_multi_label = false;  ///< test_map and test_macro_f1 are set, not test_top1
   double test_map = 0;        ///< multi-label data: mean average precision on the test split
+  double test_micro_f1 = 0;   ///< multi-label data: micro-F1 on the test split
   int64_t test_skipped = 0;   ///< test images that could not be read
   std::string report;           ///< report.html of the run
   int64_t trainable_params = 0, total_params = 0;  ///< numbers of weights
