@@ -156,6 +156,12 @@ std::string comparison_table(const std::vector<RunSummary>& runs) {
     }
     out += row(r.name, buf);
   }
+  const bool untested = std::any_of(runs.begin(), runs.end(),
+                                    [](const RunSummary& r) { return !r.has_test; });
+  if (untested) {
+    out += "-: the run has no test split (test_metrics.json); score its model with "
+           "`vitrine eval --model RUN_DIR/last --data ...`\n";
+  }
   return out;
 }
 

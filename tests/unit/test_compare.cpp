@@ -102,6 +102,8 @@ TEST(Compare, MultiLabelRunsAreScoredByMapAndF1) {
   const std::string with_dashes = train::comparison_table({runs[0], untested});
   EXPECT_CONTAINS(with_dashes, "untested");
   EXPECT_CONTAINS(with_dashes, " - ");
+  EXPECT_CONTAINS(with_dashes, "-: the run has no test split");
+  EXPECT_EQ(train::comparison_table({runs[0]}).find("no test split"), std::string::npos);
 
   // A single-label run beside them has no score in common.
   write_run(dir + "/c", 0.75);
@@ -132,7 +134,9 @@ TEST(Compare, ReadsRunsAndTabulatesThem) {
   EXPECT_CONTAINS(table, "from scratch");
   EXPECT_CONTAINS(table, "75.00%");
   EXPECT_CONTAINS(table, "87.50%");
-  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 4);  // header and three runs
+  // The header, three runs, and what the untested run's dashes mean.
+  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 5);
+  EXPECT_CONTAINS(table, "-: the run has no test split");
   EXPECT_EQ(train::test_set_difference(runs), "");
   auto other = runs;
   other[1].test_count = 6;
