@@ -100,6 +100,20 @@ std::string image_of(const httplib::Request& req, const json* body) {
   return req.body;
 }
 
+/// Whether a Host header names this machine's loopback: localhost, 127.0.0.1 or [::1], with
+/// or without a port.
+bool is_local_host(const std::string& host) {
+  std::string name = host;
+  if (!name.empty() && name.front() == '[') {
+    name = name.substr(0, name.find(']') + 1);
+  } else {
+    name = name.substr(0, name.find(':'));
+  }
+  std::transform(name.begin(), name.end(), name.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
+  return name == "localhost" || name == "127.0.0.1" || name == "[::1]";
+}
+
 /// A JSON body when the request has one (Content-Type application/json).
 std::optional<json> json_body(const httplib::Request& req) {
   if (req.get_header_value("Content-Type").rfind("application/json", 0) != 0 || req.body.empty()) {
@@ -268,6 +282,8 @@ HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpO
     : service_(service),
       metrics_(std::move(metrics)),
       options_(std::move(options)),
+      loopback_only_(options_.host == "127.0.0.1" || options_.host == "::1" ||
+                     options_.host == "localhost"),
       limiter_(options_.rate_limit, options_.rate_burst) {
   // A client that hangs up while its answer is written must not end the process (httplib
   // writes with plain send(), and TLS writes go through OpenSSL).
@@ -430,7 +446,33 @@ void HttpServer::routes() {
         return refused();
       }
     }
-    if (!keys_) return httplib::Server::HandlerResponse::Unhandled;
+    // httplib inflates a gzip, deflate or br body as it reads it, without limit: 20 MB of
+    // zeros would become 20 GB. The header is dropped, so the body is read as sent (within the
+    // limit above), and the request refused; photos are compressed already.
+    if (req.has_header("Content-Encoding")) {
+      std::string encoding = req.get_header_value("Content-Encoding");
+      std::transform(encoding.begin(), encoding.end(), encoding.begin(),
+                     [](unsigned char c) { return std::tolower(c); });
+      if (encoding != "identity") {
+        headers.erase("Content-Encoding");
+        send_error(res, 415, "unsupported_encoding",
+                   "bodies with Content-Encoding '" + encoding + "' are not accepted; send the "
+                   "body uncompressed");
+        return refused_after_body();
+      }
+    }
+    if (!keys_) {
+      // Without keys, on this machine's loopback, only its own pages may call: a web page
+      // elsewhere that rebinds its name to 127.0.0.1 sends its own name as Host.
+      if (loopback_only_ && !is_local_host(req.get_header_value("Host"))) {
+        send_error(res, 403, "host_not_allowed",
+                   "this service listens on " + options_.host + " without --api-keys and "
+                   "answers only requests to localhost, 127.0.0.1 or [::1]; give --api-keys to "
+                   "serve other names");
+        return refused_after_body();
+      }
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
     const std::string scope = scope_for(req);
     if (scope.empty()) return httplib::Server::HandlerResponse::Unhandled;
     const std::string auth = req.get_header_value("Authorization");
@@ -861,6 +903,12 @@ void HttpServer::routes() {
   add("POST", "/v1/products", "/v1/products", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
            check_parameters(req, nullptr, {});
+           // Any web page can send a text/plain body across sites without asking first; a
+           // JSON one needs the browser's preflight, which this service does not grant.
+           if (req.get_header_value("Content-Type").rfind("application/json", 0) != 0) {
+             throw ServiceError(415, "unsupported_media_type",
+                                "send the products as JSON (Content-Type: application/json)");
+           }
            json body;
            try {
              body = parse_json(req.body, "the request body");

@@ -354,7 +354,11 @@ Inference Service::infer(const std::string& encoded, int64_t top_classes) {
   } catch (const ServiceError&) {
     throw;
   } catch (const std::exception& e) {
-    throw ServiceError(500, "model_failed", e.what());
+    // libtorch's messages carry source paths and stack traces: the log has them, the
+    // client a summary.
+    spdlog::error("the model failed on a request: {}", e.what());
+    throw ServiceError(500, "model_failed", "the model failed on this request; see the "
+                       "service's log");
   }
 }
 

@@ -86,12 +86,13 @@ const Fixture& fixture() {
 /// A `vitrine serve` process on a free loopback port; SIGKILLed when the test ends.
 class Server {
  public:
-  explicit Server(const std::string& flags) {
+  explicit Server(const std::string& flags, bool keys = true) {
     log_ = test::temp_dir("serve-log") + "/stderr.txt";
     const auto& f = fixture();
     const std::string command = q(test::vitrine_bin()) + " serve --model " + q(f.dir + "/m") +
-                                " --db " + q(f.dir + "/db") + " --port 0 --api-keys " +
-                                q(f.dir + "/keys.txt") + " " + flags + " 2> " + q(log_);
+                                " --db " + q(f.dir + "/db") + " --port 0 " +
+                                (keys ? "--api-keys " + q(f.dir + "/keys.txt") : "") + " " +
+                                flags + " 2> " + q(log_);
     pid_ = fork();
     if (pid_ == 0) {
       setpgid(0, 0);
@@ -1000,6 +1001,44 @@ TEST(Serve, ProductsStoredJustBeforeACrashAreFoundAfterARestart) {
   EXPECT_EQ(body_of(found)["results"][0]["sku"], "CRASH2");
   EXPECT_EQ(writer.Delete("/v1/products/CRASH1")->status, 200);
   EXPECT_EQ(writer.Delete("/v1/products/CRASH2")->status, 200);
+}
+
+// Bodies httplib would inflate without limit are refused, read as sent; without keys, only
+// requests naming the loopback as their Host are answered (a page elsewhere that rebinds its
+// name to 127.0.0.1 is not), and products come only as JSON (which a page elsewhere cannot
+// send without the preflight this service never grants).
+TEST(Serve, CompressedBodiesOtherHostsAndCrossSiteWritesAreRefused) {
+  const auto& f = fixture();
+  Server server("", /*keys=*/false);
+  auto client = server.client();
+  EXPECT_EQ(client.Get("/v1/products?limit=1")->status, 200);
+  const std::string body(4096, 'z');  // as if gzip: it is never inflated
+  RawConnection raw(server.port());
+  raw.send("POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+           "Content-Encoding: gzip\r\nContent-Length: " + std::to_string(body.size()) +
+           "\r\n\r\n" + body);
+  const std::string refused = raw.read_response();
+  EXPECT_EQ(refused.rfind("HTTP/1.1 415", 0), 0u) << refused.substr(0, 300);
+  EXPECT_CONTAINS(refused, "unsupported_encoding");
+  // The body was read: the connection's next request gets its own answer.
+  raw.send("GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  EXPECT_CONTAINS(raw.read_all(), "\"ready\"");
+  // Another name for this machine, as DNS rebinding sends it.
+  const std::string rebound = raw_exchange(
+      server.port(), "GET /v1/products HTTP/1.1\r\nHost: shop.example:8080\r\n"
+                     "Connection: close\r\n\r\n");
+  EXPECT_EQ(rebound.rfind("HTTP/1.1 403", 0), 0u) << rebound.substr(0, 300);
+  EXPECT_CONTAINS(rebound, "host_not_allowed");
+  for (const std::string host : {"localhost", "LOCALHOST:1", "[::1]:80"}) {
+    const std::string ok = raw_exchange(server.port(), "GET /readyz HTTP/1.1\r\nHost: " + host +
+                                                           "\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(ok.rfind("HTTP/1.1 200", 0), 0u) << host << ": " << ok.substr(0, 300);
+  }
+  auto plain = client.Post("/v1/products", "[]", "text/plain");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->status, 415) << plain->body;
+  EXPECT_EQ(body_of(plain)["error"]["code"], "unsupported_media_type");
+  EXPECT_EQ(client.Post("/v1/classify", f.photos[0], "image/png")->status, 200);
 }
 
 TEST(Serve, SighupReloadsTheModel) {

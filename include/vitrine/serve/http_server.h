@@ -58,6 +58,8 @@ class HttpServer {
   std::shared_ptr<Metrics> metrics_;
   HttpOptions options_;
   std::optional<KeyStore> keys_;
+  /// Listening on the loopback only (and without keys, requests must name it as their Host).
+  bool loopback_only_ = false;
   RateLimiter limiter_;
   std::unique_ptr<httplib::Server> server_;
   int port_ = 0;
