@@ -374,8 +374,9 @@ TEST(PretrainData, FlatFolderIsOneUnlabelledSplit) {
   const auto flat = data::open_pretraining_data(d);
   EXPECT_EQ(flat.train->size(), 18);
   EXPECT_TRUE(flat.classes.empty());
-  ASSERT_EQ(flat.warnings.size(), 1u);
-  EXPECT_CONTAINS(flat.warnings[0], "1 GIF or TIFF files in " + mixed + " are skipped");
+  ASSERT_EQ(flat.warnings.size(), 2u);
+  EXPECT_CONTAINS(flat.warnings[0], "1 hidden image file in " + mixed + " was skipped");
+  EXPECT_CONTAINS(flat.warnings[1], "1 GIF or TIFF files in " + mixed + " are skipped");
   d.source = mixed + "/2024";
   fs::create_directories(d.source + "/.cache");
   EXPECT_EQ(data::open_pretraining_data(d).train->size(), 9);  // only a hidden folder beside
