@@ -485,12 +485,7 @@ void scan_class_folders(const fs::path& dir, int split, FileItems& items,
       items.split.push_back(split);
     }
   }
-  if (hidden > 0) {
-    warnings.push_back(std::to_string(hidden) + " hidden image file" + (hidden == 1 ? "" : "s") +
-                       " in " + dir.string() + (hidden == 1 ? " was" : " were") +
-                       " skipped (names starting with '.', such as the \"._\" copies a Mac "
-                       "leaves on shared drives)");
-  }
+  if (hidden > 0) warnings.push_back(image::hidden_photos_warning(hidden, dir.string()));
 }
 
 DataSplits open_image_folder(const fs::path& root, const DataOptions& options) {

@@ -37,11 +37,22 @@ std::vector<LoadedImage> load_images(const std::vector<std::string>& paths,
   return out;
 }
 
+std::string hidden_photos_warning(int64_t count, const std::string& folder) {
+  return std::to_string(count) + " hidden image file" + (count == 1 ? "" : "s") + " in " +
+         folder + (count == 1 ? " was" : " were") + " skipped (names starting with '.', such "
+         "as the \"._\" copies a Mac leaves on shared drives)";
+}
+
 std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths,
                                             std::vector<std::string>* warnings) {
   namespace fs = std::filesystem;
   static const std::set<std::string> kExtensions = {".jpg", ".jpeg", ".png", ".webp", ".bmp",
                                                     ".jpe", ".jfif", ".gif", ".tif", ".tiff"};
+  const auto named_as_image = [](const fs::path& path) {
+    std::string ext = path.extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+    return kExtensions.count(ext) > 0;
+  };
   std::vector<std::string> out;
   for (const auto& p : paths) {
     std::error_code ec;
@@ -58,9 +69,7 @@ std::vector<std::string> expand_image_paths(const std::vector<std::string>& path
         if (it->is_directory(file_ec)) {
           it.disable_recursion_pending();
         } else {
-          std::string ext = it->path().extension().string();
-          std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-          hidden += kExtensions.count(ext) > 0 ? 1 : 0;
+          hidden += named_as_image(it->path()) ? 1 : 0;
         }
         continue;
       }
@@ -68,18 +77,12 @@ std::vector<std::string> expand_image_paths(const std::vector<std::string>& path
         if (warnings) warnings->push_back(it->path().string() + ": folder not readable, skipped");
         continue;
       }
-      if (!it->is_regular_file(file_ec)) continue;
-      std::string ext = it->path().extension().string();
-      std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-      if (kExtensions.count(ext)) found.push_back(it->path().string());
+      if (it->is_regular_file(file_ec) && named_as_image(it->path())) {
+        found.push_back(it->path().string());
+      }
     }
     if (ec && warnings) warnings->push_back(p + ": stopped listing: " + ec.message());
-    if (hidden > 0 && warnings) {
-      warnings->push_back(std::to_string(hidden) + " hidden image file" +
-                          (hidden == 1 ? "" : "s") + " in " + p +
-                          (hidden == 1 ? " was" : " were") + " skipped (names starting with "
-                          "'.', such as the \"._\" copies a Mac leaves on shared drives)");
-    }
+    if (hidden > 0 && warnings) warnings->push_back(hidden_photos_warning(hidden, p));
     std::sort(found.begin(), found.end());
     out.insert(out.end(), found.begin(), found.end());
   }

@@ -100,17 +100,18 @@ std::string image_of(const httplib::Request& req, const json* body) {
   return req.body;
 }
 
+/// `s` in ASCII lower case (header values and names compare case-insensitively).
+std::string lowered(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
 /// Whether a Host header names this machine's loopback: localhost, 127.0.0.1 or [::1], with
 /// or without a port.
 bool is_local_host(const std::string& host) {
-  std::string name = host;
-  if (!name.empty() && name.front() == '[') {
-    name = name.substr(0, name.find(']') + 1);
-  } else {
-    name = name.substr(0, name.find(':'));
-  }
-  std::transform(name.begin(), name.end(), name.begin(),
-                 [](unsigned char c) { return std::tolower(c); });
+  const std::string name = lowered(!host.empty() && host.front() == '['
+                                       ? host.substr(0, host.find(']') + 1)
+                                       : host.substr(0, host.find(':')));
   return name == "localhost" || name == "127.0.0.1" || name == "[::1]";
 }
 
@@ -450,9 +451,7 @@ void HttpServer::routes() {
     // zeros would become 20 GB. The header is dropped, so the body is read as sent (within the
     // limit above), and the request refused; photos are compressed already.
     if (req.has_header("Content-Encoding")) {
-      std::string encoding = req.get_header_value("Content-Encoding");
-      std::transform(encoding.begin(), encoding.end(), encoding.begin(),
-                     [](unsigned char c) { return std::tolower(c); });
+      const std::string encoding = lowered(req.get_header_value("Content-Encoding"));
       if (encoding != "identity") {
         headers.erase("Content-Encoding");
         send_error(res, 415, "unsupported_encoding",

@@ -308,8 +308,8 @@ StateHeader Pretrainer::State::state_header(int64_t epochs_done,
                                             const EpochProgress& progress) const {
   const auto n = images->size();
   StateHeader h{kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
-                std::to_string(n) + " photo" + (n == 1 ? "" : "s"), {}, {}};
-  h.settings = model_settings(model->config());
+                std::to_string(n) + " photo" + (n == 1 ? "" : "s"),
+                model_settings(model->config()), {}};
   const std::vector<std::pair<std::string, std::string>> loop = {
       {"--method", o.method},
       {"--batch-size", std::to_string(o.batch_size)},

@@ -732,9 +732,9 @@ std::string per_class_table(const std::string& heading, const std::string& first
   for (const auto& r : rows) {
     const std::string name = esc(r.name);
     out += "<tr><td class=\"name\" title=\"" + name + "\">" + name + "</td>";
+    const double bar_pct = std::isfinite(r.bar) ? std::clamp(100 * r.bar, 0.0, 100.0) : 0;
     for (size_t c = 0; c < r.cells.size(); ++c) {
-      const double pct_value = std::isfinite(r.bar) ? std::clamp(100 * r.bar, 0.0, 100.0) : 0;
-      out += c == bar_column ? "<td class=\"bar\" style=\"--v: " + fixed(pct_value, 1) + "%\">"
+      out += c == bar_column ? "<td class=\"bar\" style=\"--v: " + fixed(bar_pct, 1) + "%\">"
                              : std::string("<td>");
       out += r.cells[c] + "</td>";
     }

@@ -178,8 +178,8 @@ StateHeader read_state_file(const std::string& folder, const std::string& name,
                                : h.data_shape == expected.data_shape;
     if (!same_data && j.contains("data_settings")) {  // name the options that differ
       std::string was, now;
+      const auto& stored = j["data_settings"];
       for (const auto& [flag, value] : expected.data_settings) {
-        const auto& stored = j["data_settings"];
         if (!stored.contains(flag) || stored[flag] == value) continue;
         was += (was.empty() ? "" : ", ") + flag + " " + stored[flag].get<std::string>();
         now += (now.empty() ? "" : ", ") + flag + " " + value;

@@ -34,8 +34,6 @@
 #include <filesystem>
 #include <random>
 #include <set>
-#include <sstream>
-#include <type_traits>
 #include <utility>
 
 namespace vitrine::train {
@@ -819,8 +817,8 @@ StateHeader Trainer::State::state_header(int64_t epochs_done,
   StateHeader h{kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
                 std::to_string(n) + " training photo" + (n == 1 ? "" : "s") + ", " +
                     std::to_string(data.classes.size()) + " classes: " +
-                    quoted_list(data.classes, "'", std::string::npos), {}, {}};
-  h.settings = model_settings(model->config());
+                    quoted_list(data.classes, "'", std::string::npos),
+                model_settings(model->config()), {}};
   const std::vector<std::pair<std::string, std::string>> loop = {
       {"--batch-size", std::to_string(o.batch_size)},
       {"--opt", o.optim.name},

@@ -31,4 +31,7 @@ std::vector<LoadedImage> load_images(const std::vector<std::string>& paths,
 std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths,
                                             std::vector<std::string>* warnings = nullptr);
 
+/// The warning that `count` hidden image files (is_system_entry) in `folder` were skipped.
+std::string hidden_photos_warning(int64_t count, const std::string& folder);
+
 }  // namespace vitrine::image

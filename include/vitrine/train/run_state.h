@@ -84,9 +84,9 @@ void write_state_file(const std::string& folder, const std::string& name,
                       const StateHeader& header, const std::string& extra_json);
 
 /// Reads a state file that write_state_file wrote, refusing another layout version, seed,
-/// data shape or setting than `expected`'s (another data source of the same shape, such as the same
-/// photos moved, is only logged); `json_text` receives the whole file for the loop's own
-/// members. Logs where the run resumes.
+/// data shape or setting than `expected`'s (another data source of the same shape, such as
+/// the same photos moved, is only logged); `json_text` receives the whole file for the loop's
+/// own members. Logs where the run resumes.
 StateHeader read_state_file(const std::string& folder, const std::string& name,
                             const StateHeader& expected, std::string& json_text);
 
