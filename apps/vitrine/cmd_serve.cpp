@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/fs.h"
 #include "vitrine/core/threads.h"
 #include "vitrine/serve/auth.h"
 #include "vitrine/serve/http_server.h"
@@ -19,6 +20,7 @@
 #include <iostream>
 #include <pthread.h>
 #include <set>
+#include <sstream>
 #include <thread>
 
 namespace vitrine::cli {
@@ -117,6 +119,12 @@ void add_serve(CLI::App& app, int& status) {
         int sig = 0;
         if (sigwait(&signals, &sig) != 0) continue;
         if (sig == SIGHUP) {
+          // The key file first: revoking a key must not wait for a model to load.
+          try {
+            server.reload_keys();
+          } catch (const std::exception& e) {
+            spdlog::error("API keys not reloaded, the keys in use stay: {}", e.what());
+          }
           try {
             service.reload();
           } catch (const std::exception& e) {
@@ -166,6 +174,29 @@ void add_keys(CLI::App& app, int& status) {
     VT_CHECK(out, "cannot write the key file ", *file);
     std::cout << key.key << "\n";
     spdlog::info("key '{}' added to {}; it is shown only now", *name, *file);
+    status = kExitOk;
+  });
+  auto* remove = keys->add_subcommand("remove", "Revoke a key: delete its line from the file");
+  auto remove_file = std::make_shared<std::string>();
+  auto remove_name = std::make_shared<std::string>();
+  remove->add_option("--file", *remove_file, "Key file")->required();
+  remove->add_option("--name", *remove_name, "The key's name")->required();
+  remove->callback([remove_file, remove_name, &status] {
+    const auto store = serve::KeyStore::load(*remove_file);  // a malformed file is not rewritten
+    VT_CHECK(store.has_name(*remove_name), *remove_file, " has no key named '", *remove_name,
+             "'");
+    std::istringstream in(read_text_file(*remove_file));
+    std::string kept;
+    for (std::string line; std::getline(in, line);) {
+      std::istringstream fields(line);
+      std::string digest, name;
+      fields >> digest >> name;
+      if (!digest.empty() && digest[0] != '#' && name == *remove_name) continue;
+      kept += line + "\n";
+    }
+    write_file_atomic(*remove_file, kept);
+    spdlog::info("key '{}' removed from {}; a running `vitrine serve` refuses it after kill -HUP",
+                 *remove_name, *remove_file);
     status = kExitOk;
   });
 }

@@ -290,7 +290,7 @@ HttpServer::HttpServer(Service& service, std::shared_ptr<Metrics> metrics, HttpO
   // writes with plain send(), and TLS writes go through OpenSSL).
   std::signal(SIGPIPE, SIG_IGN);
   if (!options_.api_keys_file.empty()) {
-    keys_ = KeyStore::load(options_.api_keys_file);
+    keys_ = std::make_shared<const KeyStore>(KeyStore::load(options_.api_keys_file));
     if (keys_->size() == 0) {
       spdlog::warn("{} holds no key: every request but /healthz, /readyz and the page will be "
                    "refused (401); add one with `vitrine keys add`", options_.api_keys_file);
@@ -367,6 +367,28 @@ int HttpServer::bind() {
 
 void HttpServer::run() { server_->listen_after_bind(); }
 void HttpServer::stop() { server_->stop(); }
+
+std::shared_ptr<const KeyStore> HttpServer::keys() const {
+  std::lock_guard<std::mutex> lock(keys_mu_);
+  return keys_;
+}
+
+void HttpServer::reload_keys() {
+  if (options_.api_keys_file.empty()) return;
+  // Read before swapping: a file being edited, or broken, leaves the keys in use in place.
+  auto fresh = std::make_shared<const KeyStore>(KeyStore::load(options_.api_keys_file));
+  const size_t before = keys()->size();
+  {
+    std::lock_guard<std::mutex> lock(keys_mu_);
+    keys_ = fresh;
+  }
+  spdlog::info("API keys reloaded from {}: {} keys (were {})", options_.api_keys_file,
+               fresh->size(), before);
+  if (fresh->size() == 0) {
+    spdlog::warn("{} holds no key: every request but /healthz, /readyz and the page will be "
+                 "refused (401)", options_.api_keys_file);
+  }
+}
 
 void HttpServer::routes() {
   auto& s = *server_;
@@ -460,7 +482,8 @@ void HttpServer::routes() {
         return refused_after_body();
       }
     }
-    if (!keys_) {
+    const std::shared_ptr<const KeyStore> keys = this->keys();
+    if (!keys) {
       // Without keys, on this machine's loopback, only its own pages may call: a web page
       // elsewhere that rebinds its name to 127.0.0.1 sends its own name as Host.
       if (loopback_only_ && !is_local_host(req.get_header_value("Host"))) {
@@ -482,7 +505,7 @@ void HttpServer::routes() {
         std::equal(prefix.begin(), prefix.end(), auth.begin(), [](char a, char b) {
           return a == std::tolower(static_cast<unsigned char>(b));
         })) {
-      key = keys_->find(auth.substr(prefix.size()));
+      key = keys->find(auth.substr(prefix.size()));
     }
     if (!key) {
       res.set_header("WWW-Authenticate", "Bearer");

@@ -1041,6 +1041,52 @@ TEST(Serve, CompressedBodiesOtherHostsAndCrossSiteWritesAreRefused) {
   EXPECT_EQ(client.Post("/v1/classify", f.photos[0], "image/png")->status, 200);
 }
 
+TEST(Serve, SighupReadsTheKeyFileAgain) {
+  const auto& f = fixture();
+  const std::string file = test::temp_dir("serve-keyfile") + "/keys.txt";
+  const auto keys = [&](const std::string& args) {
+    return test::run_command(q(test::vitrine_bin()) + " keys " + args + " --file " + q(file));
+  };
+  const auto added = keys("add --name old --scopes read");
+  ASSERT_EQ(added.status, 0) << added.err;
+  const std::string old_key = added.out.substr(0, added.out.find('\n'));
+  Server server("--api-keys " + q(file), /*keys=*/false);
+  auto old_client = server.client(old_key);
+  EXPECT_EQ(old_client.Post("/v1/classify", f.photos[0], "image/png")->status, 200);
+
+  const auto fresh = keys("add --name new --scopes read");
+  ASSERT_EQ(fresh.status, 0) << fresh.err;
+  auto new_client = server.client(fresh.out.substr(0, fresh.out.find('\n')));
+  EXPECT_EQ(new_client.Post("/v1/classify", f.photos[0], "image/png")->status, 401);
+  const auto removed = keys("remove --name old");
+  ASSERT_EQ(removed.status, 0) << removed.err;
+  const auto unknown = keys("remove --name nobody");
+  EXPECT_NE(unknown.status, 0);
+  EXPECT_NE(unknown.err.find("no key named 'nobody'"), std::string::npos) << unknown.err;
+  // Read only at start until the service is told: the old key still works.
+  EXPECT_EQ(old_client.Post("/v1/classify", f.photos[0], "image/png")->status, 200);
+
+  const auto wait_for_log = [&](const std::string& text) {
+    for (int i = 0; i < 200 && server.log().find(text) == std::string::npos; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return server.log().find(text) != std::string::npos;
+  };
+  server.signal(SIGHUP);
+  ASSERT_TRUE(wait_for_log("API keys reloaded")) << server.log();
+  EXPECT_NE(server.log().find("1 keys (were 1)"), std::string::npos) << server.log();
+  EXPECT_EQ(new_client.Post("/v1/classify", f.photos[0], "image/png")->status, 200);
+  EXPECT_EQ(old_client.Post("/v1/classify", f.photos[0], "image/png")->status, 401);
+
+  // A broken file is logged and the keys in use stay.
+  std::ofstream(file, std::ios::app) << "not a key line\n";
+  server.signal(SIGHUP);
+  ASSERT_TRUE(wait_for_log("API keys not reloaded")) << server.log();
+  EXPECT_NE(server.log().find("expected `<sha256-hex> <name> <scopes>`"), std::string::npos);
+  EXPECT_EQ(new_client.Post("/v1/classify", f.photos[0], "image/png")->status, 200);
+  EXPECT_EQ(old_client.Post("/v1/classify", f.photos[0], "image/png")->status, 401);
+}
+
 TEST(Serve, SighupReloadsTheModel) {
   const auto& f = fixture();
   Server server("");

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,6 +46,10 @@ class HttpServer {
   void run();
   /// Stops accepting connections; requests being handled finish.
   void stop();
+  /// Reads --api-keys again (on SIGHUP): added keys work and removed ones are refused from
+  /// the next request on. A file that cannot be read or parsed keeps the keys in use and
+  /// throws vitrine::Error naming the problem. Without --api-keys it does nothing.
+  void reload_keys();
 
  private:
   struct RouteEntry;
@@ -57,7 +62,10 @@ class HttpServer {
   Service& service_;
   std::shared_ptr<Metrics> metrics_;
   HttpOptions options_;
-  std::optional<KeyStore> keys_;
+  /// The keys in use, swapped whole by reload_keys(); null without --api-keys.
+  std::shared_ptr<const KeyStore> keys() const;
+  std::shared_ptr<const KeyStore> keys_;
+  mutable std::mutex keys_mu_;
   /// Listening on the loopback only (and without keys, requests must name it as their Host).
   bool loopback_only_ = false;
   RateLimiter limiter_;
