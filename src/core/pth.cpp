@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <caffe2/serialize/inline_container.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -780,6 +781,62 @@ void check_signature(const std::string& path) {
           "signature); expected a file written by torch.save");
 }
 
+// torch.save stores every record as is. A compressed record is allocated at the size it
+// declares before a byte of it is inflated, so a small hostile file could claim gigabytes:
+// the central directory is read first and such records refused. A directory this cannot
+// make sense of is left to the zip reader, which names the damage.
+void check_records_stored(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  const auto size = static_cast<uint64_t>(in.tellg());
+  const auto read_at = [&](uint64_t at, uint64_t n) {
+    std::string out;
+    if (!in || at > size || n > size - at) return out;
+    out.resize(n);
+    in.seekg(static_cast<std::streamoff>(at));
+    in.read(&out[0], static_cast<std::streamsize>(n));
+    if (!in) out.clear();
+    return out;
+  };
+  const auto le = [](const std::string& b, size_t at, int bytes) {
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(b[at + i]);
+    return v;
+  };
+  // The end-of-central-directory record: 22 bytes and a comment of up to 64 KiB.
+  constexpr uint64_t kEocd = 22;
+  if (size < kEocd) return;
+  const uint64_t tail_size = std::min<uint64_t>(size, kEocd + 0xFFFF);
+  const std::string tail = read_at(size - tail_size, tail_size);
+  if (tail.empty()) return;
+  const size_t eocd = tail.rfind(std::string("PK\x05\x06", 4));
+  if (eocd == std::string::npos || eocd + kEocd > tail.size()) return;
+  uint64_t entries = le(tail, eocd + 10, 2), dir_size = le(tail, eocd + 12, 4),
+           dir_at = le(tail, eocd + 16, 4);
+  if (entries == 0xFFFF || dir_size == 0xFFFFFFFF || dir_at == 0xFFFFFFFF) {  // ZIP64
+    const uint64_t eocd_at = size - tail_size + eocd;
+    if (eocd_at < 20) return;
+    const std::string locator = read_at(eocd_at - 20, 20);
+    if (locator.size() != 20 || locator.compare(0, 4, "PK\x06\x07") != 0) return;
+    const std::string eocd64 = read_at(le(locator, 8, 8), 56);
+    if (eocd64.size() != 56 || eocd64.compare(0, 4, "PK\x06\x06") != 0) return;
+    entries = le(eocd64, 32, 8);
+    dir_size = le(eocd64, 40, 8);
+    dir_at = le(eocd64, 48, 8);
+  }
+  const std::string dir = read_at(dir_at, dir_size);
+  size_t at = 0;
+  for (uint64_t i = 0; i < entries && at + 46 <= dir.size(); ++i) {
+    if (dir.compare(at, 4, "PK\x01\x02") != 0) return;
+    const uint64_t method = le(dir, at + 10, 2), name_size = le(dir, at + 28, 2);
+    const uint64_t next = at + 46 + name_size + le(dir, at + 30, 2) + le(dir, at + 32, 2);
+    if (next > dir.size()) return;
+    VT_CHECK(method == 0, path, ": its record '", shown(dir.substr(at + 46, name_size)),
+             "' is compressed (zip method ", method, "), which torch.save never writes; load "
+             "the original with torch.load and save it again with torch.save, unzipped");
+    at = next;
+  }
+}
+
 at::Storage read_storage(caffe2::serialize::PyTorchStreamReader& reader, const std::string& path,
                          const std::string& key, at::ScalarType dtype, int64_t numel) {
   const std::string record = "data/" + key;
@@ -930,6 +987,7 @@ StateDict extract_state_dict(const std::string& path, const Value& root) {
 
 StateDict pth_load(const std::string& path) {
   check_signature(path);
+  check_records_stored(path);
   using caffe2::serialize::PyTorchStreamReader;
   auto reader = guarded(path, "opening its zip archive",
                         [&] { return std::make_unique<PyTorchStreamReader>(path); });

@@ -551,8 +551,13 @@ cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options) {
 std::vector<uint8_t> encode_png(const cv::Mat& rgb) {
   VT_CHECK(rgb.depth() == CV_8U && (rgb.channels() == 3 || rgb.channels() == 1),
            "encode_png takes 8-bit RGB or grey pixels");
-  cv::Mat bgr = rgb;
-  if (rgb.channels() == 3) cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+  // A new buffer for BGR: a copy of the header would share, and swap, the caller's pixels.
+  cv::Mat bgr;
+  if (rgb.channels() == 3) {
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+  } else {
+    bgr = rgb;
+  }
   std::vector<uint8_t> png;
   VT_CHECK(cv::imencode(".png", bgr, png), "could not encode a photo as PNG");
   return png;

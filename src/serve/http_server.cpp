@@ -843,14 +843,13 @@ void HttpServer::routes() {
         throw ServiceError(400, "bad_base64", which + e.what());
       }
       Inference out;
+      std::vector<uint8_t> png;  // stored again as decoded: without the file's metadata
       try {
-        out = service_.infer(encoded, 1);  // refuses bad and oversized images
+        out = service_.infer(encoded, 1, &png);  // refuses bad and oversized images
       } catch (const ServiceError& e) {
         if (e.status() != 400 && e.status() != 422) throw;
         throw ServiceError(e.status(), e.code(), which + e.what());
       }
-      const auto png = image::encode_png(
-          image::decode(reinterpret_cast<const uint8_t*>(encoded.data()), encoded.size()));
       const std::string hash = sha256_hex(png.data(), png.size());
       const bool again = std::any_of(u.images.begin(), u.images.end(),
                                      [&](const auto& stored) { return stored.content_hash == hash; });

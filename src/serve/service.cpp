@@ -277,7 +277,8 @@ int64_t Service::queue_depth() const {
 }
 
 at::Tensor Service::decode_input(const std::string& encoded, const models::Predictor& predictor,
-                                 Clock::time_point deadline, bool for_queue) {
+                                 Clock::time_point deadline, bool for_queue,
+                                 std::vector<uint8_t>* png) {
   const auto* data = reinterpret_cast<const uint8_t*>(encoded.data());
   image::ImageInfo info{};
   try {
@@ -322,19 +323,22 @@ at::Tensor Service::decode_input(const std::string& encoded, const models::Predi
   try {
     image::DecodeOptions decode;
     decode.max_pixels = options_.max_pixels;
-    return predictor.preprocess(image::decode(data, encoded.size(), decode));
+    const cv::Mat rgb = image::decode(data, encoded.size(), decode);
+    if (png != nullptr) *png = image::encode_png(rgb);
+    return predictor.preprocess(rgb);
   } catch (const Error& e) {
     throw ServiceError(400, "bad_image", e.what());
   }
 }
 
-Inference Service::infer(const std::string& encoded, int64_t top_classes) {
+Inference Service::infer(const std::string& encoded, int64_t top_classes,
+                         std::vector<uint8_t>* png) {
   const auto slot = batcher_->current();
   const auto deadline = Clock::now() + std::chrono::milliseconds(options_.timeout_ms);
   auto job = std::make_shared<Job>();
   job->slot = slot;
   job->top_classes = top_classes;
-  job->input = decode_input(encoded, slot->predictor, deadline, /*for_queue=*/true);
+  job->input = decode_input(encoded, slot->predictor, deadline, /*for_queue=*/true, png);
   job->deadline = deadline;
   auto answer = job->done.get_future();
   {

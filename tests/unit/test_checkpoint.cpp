@@ -7,9 +7,12 @@
 #include "vitrine/models/checkpoint.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/registry.h"
+#include "vitrine/search/embedder.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -32,6 +35,32 @@ ModelConfig tiny_resnet() {
 
 
 }  // namespace
+
+// `search --data` on a database with photo copies also hashes each query's PNG copy: the
+// photo it embeds must stay the photo it read (the copy once swapped its colour channels).
+TEST(ModelDir, AnEmbeddingDoesNotDependOnWhichHashesAreTaken) {
+  const ModelConfig c = tiny_resnet();
+  at::manual_seed(3);
+  VisionModel model = create_model(c);
+  const std::string dir = test::temp_dir("embedder-hashes");
+  save_model(*model, dir + "/m");
+  cv::Mat bgr(50, 70, CV_8UC3, cv::Scalar(20, 90, 230));  // orange: far from its swap
+  cv::randu(bgr(cv::Rect(0, 0, 35, 25)), cv::Scalar::all(0), cv::Scalar::all(255));
+  ASSERT_TRUE(cv::imwrite(dir + "/photo.png", bgr));
+  std::vector<std::vector<float>> embeddings;
+  for (const bool png_hash : {false, true}) {
+    search::EmbedderOptions options;
+    options.pixel_hashes = true;
+    options.png_hash = png_hash;
+    const search::Embedder embedder(dir + "/m", options);
+    const auto out = embedder.embed_files({dir + "/photo.png"});
+    ASSERT_TRUE(out[0].ok()) << out[0].error;
+    EXPECT_EQ(out[0].pixel_hashes.size(), png_hash ? 2u : 1u);
+    embeddings.push_back(out[0].embedding);
+  }
+  EXPECT_EQ(embeddings[0], embeddings[1]);
+  fs::remove_all(dir);
+}
 
 TEST(ModelDir, SaveLoadIsBitExact) {
   for (const ModelConfig& base : {tiny_vit(), tiny_resnet()}) {

@@ -239,6 +239,16 @@ TEST(ImageDecode, LosslessFormatsAreExact) {
   }
 }
 
+TEST(ImageDecode, EncodePngKeepsItsInputAndRoundTrips) {
+  cv::Mat rgb(5, 7, CV_8UC3);
+  cv::randu(rgb, cv::Scalar::all(0), cv::Scalar::all(255));
+  const cv::Mat before = rgb.clone();
+  const auto png = vitrine::image::encode_png(rgb);
+  EXPECT_EQ(cv::norm(rgb, before, cv::NORM_INF), 0) << "the caller's pixels were changed";
+  const cv::Mat back = decode_bytes(png);
+  EXPECT_EQ(cv::norm(back, before, cv::NORM_INF), 0);
+}
+
 TEST(ImageDecode, ByContentNotByName) {
   TempDir dir;
   const std::string png_as_jpg = dir.write("photo.jpg", encode(red_blue(32, 24), ".png"));

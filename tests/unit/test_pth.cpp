@@ -347,6 +347,30 @@ TEST_F(PthCrafted, BigEndianTensorsAreRefused) {
   }
 }
 
+TEST_F(PthCrafted, CompressedRecordsAreRefusedBeforeTheyAreInflated) {
+  const std::string pickle = "\x80\x02}(" + str("w") + tensor("0", 6, 0, {6}, {1}) + "u.";
+  std::string bytes = read_file(write(pickle));
+  EXPECT_EQ(pth_load(path_).size(), 1u);
+  // The central directory entry of data/0 made to say "deflated, 2 GB once inflated": the
+  // zip reader would allocate the 2 GB first.
+  size_t entry = 0;
+  for (size_t at = bytes.find("PK\x01\x02"s); at != std::string::npos;
+       at = bytes.find("PK\x01\x02"s, at + 4)) {
+    uint16_t name_size = 0;
+    std::memcpy(&name_size, &bytes[at + 28], 2);
+    const std::string name = bytes.substr(at + 46, name_size);
+    if (name.size() >= 6 && name.compare(name.size() - 6, 6, "data/0") == 0) entry = at;
+  }
+  ASSERT_NE(entry, 0u);
+  bytes[entry + 10] = 8;
+  const uint32_t claimed = 0x7FFFFFFF;
+  std::memcpy(&bytes[entry + 24], &claimed, 4);
+  std::ofstream(path_, std::ios::binary | std::ios::trunc) << bytes;
+  const std::string msg = load_error(path_);
+  EXPECT_CONTAINS(msg, "record '");
+  EXPECT_CONTAINS(msg, "data/0' is compressed (zip method 8)");
+}
+
 TEST_F(PthCrafted, StorageRecordProblems) {
   expect_error("\x80\x02}(" + str("w") + tensor("0", 5, 0, {5}, {1}) + "u.",
                "holds 24 bytes but 5 elements");

@@ -70,8 +70,10 @@ class Service {
 
   /// Decodes an encoded image (JPEG, PNG, WebP, BMP), queues it for the next batch and waits
   /// for its answer. Throws ServiceError: 400 undecodable, 422 too many pixels, 429 queue
-  /// full, 503 shutting down, 504 timed out.
-  Inference infer(const std::string& encoded, int64_t top_classes);
+  /// full, 503 shutting down, 504 timed out. With `png`, the decoded photo is also encoded
+  /// there as PNG (no metadata), within the same decode limits.
+  Inference infer(const std::string& encoded, int64_t top_classes,
+                  std::vector<uint8_t>* png = nullptr);
 
   /// A Grad-CAM heatmap of class `label` for an encoded image: a PNG (base64) of the
   /// model's input crop, coloured blue (no evidence) to red (most). Runs outside the
@@ -137,7 +139,8 @@ class Service {
   /// `deadline`. An image `for_queue` is refused (429) at once when the batch queue is
   /// full. Throws ServiceError 400, 422, 429, 503 or 504.
   at::Tensor decode_input(const std::string& encoded, const models::Predictor& predictor,
-                          std::chrono::steady_clock::time_point deadline, bool for_queue);
+                          std::chrono::steady_clock::time_point deadline, bool for_queue,
+                          std::vector<uint8_t>* png = nullptr);
   ServiceOptions options_;
   std::shared_ptr<Metrics> metrics_;
   std::unique_ptr<Batcher> batcher_;
