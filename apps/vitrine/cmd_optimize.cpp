@@ -23,6 +23,7 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <optional>
@@ -116,7 +117,7 @@ nlohmann::json compare_on(const Args& a, const data::DataSplits& splits,
   variants.emplace_back(reference, models::Precision::kFp32, models::Engine::kLibtorch);
   names.emplace_back("fp32");
   variants.emplace_back(models::load_model(a.out), models::Precision::kBf16,
-                        models::Engine::kFused);
+                        models::Engine::kAuto);  // fused where this build has it
   names.emplace_back("bf16");
   if (a.int8) {
     variants.emplace_back(models::load_model(a.out), models::Precision::kInt8,
@@ -265,14 +266,9 @@ models::VisionModel prune_and_recover(const Args& a, const models::VisionModel& 
 }
 
 /// Calibrates `model`'s int8 scales on --calib and stores them in its config.
-void calibrate(const Args& a, models::VisionModelImpl& model, nlohmann::json& report) {
+void calibrate(const Args& a, const std::shared_ptr<data::Dataset>& calib,
+               models::VisionModelImpl& model, nlohmann::json& report) {
   auto& cfg = model.mutable_config();
-  data::DataOptions calib_opts;
-  calib_opts.source = a.calib;
-  calib_opts.seed = a.seed;
-  calib_opts.val_split = 0;
-  const auto calib_splits = data::open_pretraining_data(calib_opts);
-  const auto calib = sample(calib_splits.train, a.calib_images, a.seed);
   data::LoaderOptions lo;
   lo.batch_size = a.batch_size;
   lo.workers = a.workers;
@@ -341,6 +337,14 @@ void run(const Args& a) {
   VT_CHECK(!std::filesystem::equivalent(a.model, a.out, ec), "--out ", a.out, " is --model "
            "itself; write the optimised model elsewhere (the original stays the reference)");
   check_output_dir(a.out);
+  // --out is replaced as a whole once done: a model inside it would go with it.
+  const auto model_path = std::filesystem::weakly_canonical(a.model, ec);
+  auto out_path = std::filesystem::weakly_canonical(a.out, ec);
+  if (!out_path.has_filename()) out_path = out_path.parent_path();  // "dir/"
+  const bool inside = std::mismatch(out_path.begin(), out_path.end(), model_path.begin(),
+                                    model_path.end()).first == out_path.end();
+  VT_CHECK(ec || !inside, "--model ", a.model, " lies inside --out ", a.out, ", which is "
+           "replaced once the optimised model is measured; write it elsewhere");
   Args partial = a;
   partial.final_out = a.out;
   partial.out = (out.back() == '/' ? out.substr(0, out.size() - 1) : out) + ".partial";
@@ -353,7 +357,9 @@ void run(const Args& a) {
 
 void run_into(const Args& a) {
   const int threads = set_threads(a.threads);
-  // The labelled data first: a bad --data or --split fails before any work is done.
+  VT_CHECK(!a.int8 || models::fused_engine_built(), "--int8 runs on the fused engine "
+           "(oneDNN), which this build lacks: install libdnnl-dev and build again");
+  // The data first: a bad --data, --split or --calib fails before any work is done.
   std::optional<data::DataSplits> splits;
   if (!a.eval_data.empty()) {
     splits = open_data_logged(a.eval_options());
@@ -361,9 +367,34 @@ void run_into(const Args& a) {
              "measuring on multi-label data is not yet supported; leave out --data");
     pick_split(*splits, a.split);
   }
+  std::shared_ptr<data::Dataset> calib;
+  if (a.int8) {
+    data::DataOptions calib_opts;
+    calib_opts.source = a.calib;
+    calib_opts.seed = a.seed;
+    calib_opts.val_split = 0;
+    calib = sample(data::open_pretraining_data(calib_opts).train, a.calib_images, a.seed);
+  }
   const auto original = models::load_model(a.model);
   VT_CHECK(a.tome == 0 || original->config().family == models::Family::kViT,
            "--tome merges ViT tokens; ", original->config().arch, " is a ResNet (use --prune)");
+  const auto& labels = original->config().labels;
+  const int64_t k = original->config().num_classes;
+  if (splits && k > 0 && static_cast<int64_t>(labels.size()) == k) {
+    // A classifier is scored among its own classes: the data may hold some of them, or (as
+    // `eval` takes it) none of their names but as many classes, matched by position.
+    std::vector<std::string> unknown;
+    for (const auto& c : splits->classes) {
+      if (std::find(labels.begin(), labels.end(), c) == labels.end()) unknown.push_back(c);
+    }
+    const bool by_position = unknown.size() == splits->classes.size() &&
+                             static_cast<int64_t>(unknown.size()) == k;
+    VT_CHECK(unknown.empty() || by_position, a.model, " does not know ", unknown.size(),
+             " of the ", splits->classes.size(), " classes of ", a.eval_data, " (the first: '",
+             unknown.empty() ? "" : unknown.front(), "'); measure it on data of its own "
+             "classes, such as the data it was trained on");
+  }
+  const bool had_scales = !original->config().int8_scales.empty();
   nlohmann::json report = nlohmann::json::object();
   models::VisionModel model = a.prune > 0 ? prune_and_recover(a, original, report)
                                           : models::load_model(a.model);
@@ -378,8 +409,8 @@ void run_into(const Args& a) {
     report["tome"] = {{"r", a.tome}, {"tokens_in", t0}, {"tokens_out", t}};
   }
   if (a.int8) {
-    calibrate(a, *model, report);
-  } else if (!cfg.int8_scales.empty()) {
+    calibrate(a, calib, *model, report);
+  } else if (had_scales) {
     // Scales belong to the weights and token counts they were measured on.
     cfg.int8_scales.clear();
     cfg.int8_report_json = "{}";
@@ -392,7 +423,13 @@ void run_into(const Args& a) {
   if (splits) {
     // A classifier is scored among its own classes (the data may hold some of them).
     const auto base = pick_split(*splits, a.split);
-    const auto d = sample(cfg.num_classes > 0 ? data::with_classes(base, cfg.labels) : base,
+    const bool named = std::all_of(base->classes().begin(), base->classes().end(),
+                                   [&](const std::string& c) {
+                                     return std::find(cfg.labels.begin(), cfg.labels.end(), c) !=
+                                            cfg.labels.end();
+                                   });
+    const auto d = sample(cfg.num_classes > 0 && named ? data::with_classes(base, cfg.labels)
+                                                       : base,
                           a.eval_images, a.seed);
     report["accuracy"] = compare_on(a, *splits, d);
     const auto& acc = report["accuracy"];
