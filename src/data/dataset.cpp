@@ -197,11 +197,16 @@ struct SplitIndices {
   std::vector<int64_t> train, val, test;
 };
 
-/// Per stratum: a seeded permutation, the first round(n * test) items to test, the next
-/// round(n * val) to val, the rest to train (at least one when the stratum has any).
+/// Per stratum: the items in a seeded order, the first round(n * test) to test, the next
+/// round(n * val) to val, the rest to train (at least one when the stratum has any). With
+/// `keys` (a photo's path within its data set) each item's place in that order is a hash of
+/// its key, so a photo added to or removed from a class moves at most a few others from one
+/// split to another, where a permutation of the class's items would deal them all again;
+/// without (packed data sets, whose items never change), a seeded permutation.
 SplitIndices split_stratified(const std::vector<int64_t>& strata,
                               const std::vector<std::string>& classes, double val_split,
-                              double test_split, uint64_t seed) {
+                              double test_split, uint64_t seed,
+                              const std::vector<std::string>* keys = nullptr) {
   SplitIndices out;
   for (const auto& [stratum, items] : group_by(strata)) {
     const auto n = static_cast<int64_t>(items.size());
@@ -213,8 +218,19 @@ SplitIndices split_stratified(const std::vector<int64_t>& strata,
       n_test -= cut;
       n_val -= std::min(excess - cut, n_val);
     }
-    const std::vector<int64_t> order =
-        permutation(n, mix(mix(seed, kSplitSalt), name_hash(stratum_name(stratum, classes))));
+    const uint64_t stratum_seed =
+        mix(mix(seed, kSplitSalt), name_hash(stratum_name(stratum, classes)));
+    std::vector<int64_t> order;
+    if (keys == nullptr) {
+      order = permutation(n, stratum_seed);
+    } else {
+      std::vector<std::pair<uint64_t, int64_t>> ranked;  // ties (a path twice): by position
+      for (int64_t k = 0; k < n; ++k) {
+        ranked.emplace_back(mix(stratum_seed, name_hash((*keys)[items[k]])), k);
+      }
+      std::sort(ranked.begin(), ranked.end());
+      for (const auto& r : ranked) order.push_back(r.second);
+    }
     for (int64_t k = 0; k < n; ++k) {
       const int64_t item = items[order[k]];
       if (k < n_test) {
@@ -318,6 +334,13 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
     strata[i] = stratum_of(labels[i]);
   }
 
+  // A photo's key is its path within the data set: the split stays when the folder moves.
+  std::error_code ec;
+  const fs::path home =
+      fs::is_directory(source, ec) ? fs::path(source) : fs::path(source).parent_path();
+  std::vector<std::string> keys;
+  keys.reserve(items.paths.size());
+  for (const auto& p : items.paths) keys.push_back(fs::path(p).lexically_proximate(home).string());
   SplitIndices parts;
   if (splits_given) {
     for (size_t i = 0; i < items.split.size(); ++i) {
@@ -332,9 +355,13 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
     const double carve_test = parts.test.empty() ? options.test_split : 0.0;
     if (carve_val > 0 || carve_test > 0) {
       std::vector<int64_t> train_strata;
-      for (const int64_t i : parts.train) train_strata.push_back(strata[i]);
-      const SplitIndices carved =
-          split_stratified(train_strata, classes, carve_val, carve_test, options.seed);
+      std::vector<std::string> train_keys;
+      for (const int64_t i : parts.train) {
+        train_strata.push_back(strata[i]);
+        train_keys.push_back(keys[i]);
+      }
+      const SplitIndices carved = split_stratified(train_strata, classes, carve_val, carve_test,
+                                                   options.seed, &train_keys);
       const std::vector<int64_t> train = std::move(parts.train);
       parts.train.clear();
       for (const int64_t j : carved.train) parts.train.push_back(train[j]);
@@ -360,7 +387,7 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
     }
   } else {
     parts = split_stratified(strata, classes, val_fraction(options), options.test_split,
-                             options.seed);
+                             options.seed, &keys);
     if (val_fraction(options) > 0 && parts.val.empty()) {
       warnings.push_back("val_split " + std::to_string(val_fraction(options)) +
                          " leaves no validation items (too few items per class)");

@@ -246,13 +246,37 @@ TEST(DataImageFolder, DeterministicStratifiedSplit) {
   }
   EXPECT_EQ(val_b1, val_b4);
 
+  // A photo added to a class moves at most one of the others (the class's val and test
+  // counts stay 2 and 1 with 11 photos); a permutation would deal the class again. The
+  // split follows the photos' paths within the folder, wherever the folder is.
+  const auto split_of = [](const DataSplits& s, const fs::path& under) {
+    std::map<std::string, std::string> out;
+    for (const auto& [part, d] : {std::pair<const char*, const Dataset*>{"train", s.train.get()},
+                                  {"val", s.val.get()}, {"test", s.test.get()}}) {
+      for (const auto& n : names_of(*d)) out[fs::path(n).lexically_relative(under).string()] = part;
+    }
+    return out;
+  };
+  const auto before = split_of(s4, root);
+  write_image(root / "c" / "c_new.png", noise(6, 5, 3, 99));
+  const auto after = split_of(open_data(o), root);
+  int moved = 0;
+  for (const auto& [name, part] : before) moved += after.at(name) != part;
+  EXPECT_LE(moved, 1);
+  EXPECT_EQ(after.size(), before.size() + 1);
+  const TempDir moved_to("data-folder-split-moved");
+  fs::copy(root, moved_to.path() / "photos", fs::copy_options::recursive);
+  DataOptions elsewhere = o;
+  elsewhere.source = (moved_to.path() / "photos").string();
+  EXPECT_EQ(split_of(open_data(elsewhere), moved_to.path() / "photos"), after);
+
   // No val / test when their fractions are 0.
   o.val_split = 0;
   o.test_split = 0;
   const DataSplits s5 = open_data(o);
   EXPECT_FALSE(s5.val);
   EXPECT_FALSE(s5.test);
-  EXPECT_EQ(s5.train->size(), 40);
+  EXPECT_EQ(s5.train->size(), 41);
 }
 
 TEST(DataImageFolder, LabelSubsample) {

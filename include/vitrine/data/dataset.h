@@ -87,8 +87,10 @@ struct DataSplits {
 
 /// Opens a data set and splits it. Classes are sorted by name (torchvision's ImageFolder
 /// convention) and shared by all splits. Splits and subsamples are stratified by class (by the
-/// first label of a multi-label item) and depend only on `seed` and each class's name, so a
-/// class keeps its split when other classes are added. Files with extensions other than .jpg,
+/// first label of a multi-label item) and depend only on `seed`, each class's name and, in a
+/// folder or manifest, each photo's path within it: a class keeps its split when other
+/// classes are added, and a photo added to a class or removed from it moves at most a few
+/// of the class's others from one split to another. Files with extensions other than .jpg,
 /// .jpeg, .jpe, .jfif, .png, .webp and .bmp (any case) are ignored in folders, and so are
 /// the system's entries (is_system_entry). Throws vitrine::Error for a missing source, a
 /// malformed manifest (with its line number), a manifest row naming a missing file, bad or
