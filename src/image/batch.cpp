@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <set>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace vitrine::image {
@@ -62,7 +63,17 @@ std::vector<std::string> expand_image_paths(const std::vector<std::string>& path
     }
     std::vector<std::string> found;
     int64_t hidden = 0;  ///< image files among the system's entries
-    fs::recursive_directory_iterator it(p, fs::directory_options::skip_permission_denied, ec);
+    // Links are followed, as the data sets' folder reader does; a link back to a folder
+    // already entered (a loop) is not followed again.
+    std::set<std::pair<dev_t, ino_t>> entered;
+    const auto enter = [&entered](const fs::path& dir) {
+      struct stat st{};
+      return ::stat(dir.c_str(), &st) == 0 && entered.insert({st.st_dev, st.st_ino}).second;
+    };
+    enter(p);
+    fs::recursive_directory_iterator it(p, fs::directory_options::follow_directory_symlink |
+                                               fs::directory_options::skip_permission_denied,
+                                        ec);
     for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
       std::error_code file_ec;
       if (is_system_entry(it->path().filename().string())) {  // "._photo.jpg", __MACOSX, ...
@@ -75,6 +86,10 @@ std::vector<std::string> expand_image_paths(const std::vector<std::string>& path
       }
       if (it->is_directory(file_ec) && ::access(it->path().c_str(), R_OK | X_OK) != 0) {
         if (warnings) warnings->push_back(it->path().string() + ": folder not readable, skipped");
+        continue;
+      }
+      if (it->is_directory(file_ec) && !enter(it->path())) {
+        it.disable_recursion_pending();
         continue;
       }
       if (it->is_regular_file(file_ec) && named_as_image(it->path())) {

@@ -362,6 +362,29 @@ int png_orientation(const uint8_t* d, size_t n) {
   return 1;
 }
 
+/// A grey PNG's transparent grey level (its tRNS chunk), scaled as the decoder expands
+/// 1-, 2- and 4-bit samples to 8 bits; -1 when it has none. OpenCV keeps such a PNG one
+/// channel without alpha, where palette and RGB colour keys become an alpha channel.
+int png_grey_key(const uint8_t* d, size_t n) {
+  if (n < 33 || std::memcmp(d + 12, "IHDR", 4) != 0 || d[25] != 0) return -1;  // grey only
+  const int depth = d[24];
+  size_t pos = 8;
+  while (pos <= n && n - pos >= 12) {
+    const size_t len = be32(d + pos);
+    const uint8_t* type = d + pos + 4;
+    if (len > n - pos - 12) break;
+    if (std::memcmp(type, "tRNS", 4) == 0 && len >= 2) {
+      const int key = (d[pos + 8] << 8) | d[pos + 9];
+      if (depth >= 8) return key;
+      const int top = (1 << depth) - 1;
+      return key > top ? -1 : key * (255 / top);
+    }
+    if (std::memcmp(type, "IDAT", 4) == 0 || std::memcmp(type, "IEND", 4) == 0) break;
+    pos += 12 + len;
+  }
+  return -1;
+}
+
 int webp_orientation(const uint8_t* d, size_t n) {
   size_t pos = 12;
   while (pos <= n && n - pos >= 8) {
@@ -542,6 +565,11 @@ cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options) {
   }
 
   cv::Mat rgb = to_rgb8(decoded);
+  if (format == Format::kPng && decoded.channels() == 1) {
+    // Pixels of a grey PNG's transparent level are put on white, as alpha is.
+    const int key = png_grey_key(data, size);
+    if (key >= 0) rgb.setTo(cv::Scalar::all(255), decoded == key);
+  }
   if (format == Format::kPng) rgb = apply_orientation(rgb, png_orientation(data, size));
   if (format == Format::kWebp) rgb = apply_orientation(rgb, webp_orientation(data, size));
   VT_DCHECK(rgb.type() == CV_8UC3 && rgb.isContinuous());
@@ -580,16 +608,27 @@ std::vector<uint8_t> read_file(const std::string& path) {
   const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(raw, &std::fclose);
 
   // One spare byte past the expected size sees the end of file without growing the buffer;
-  // the loop still copes with files that change size or report none (pipes).
+  // the loop still copes with files that change size or report none (pipes). Reading stops
+  // past what the decoders take: a device such as /dev/zero, or a video named .jpg, would
+  // otherwise fill the memory first.
+  constexpr size_t kLimit = static_cast<size_t>(INT_MAX);
+  const auto too_large = [&] {
+    VT_FAIL("image file '", path, "' is more than the 2 GiB the decoders accept; downscale or "
+            "recompress it (or leave it out if it is no photo)");
+  };
   size_t expected = 0;
   if (fs::is_regular_file(status)) {
     const uintmax_t n = fs::file_size(path, ec);
     if (!ec) expected = static_cast<size_t>(n);
+    if (!ec && n > kLimit) too_large();
   }
-  std::vector<uint8_t> bytes(expected + 1);
+  std::vector<uint8_t> bytes(std::min(expected, kLimit) + 1);
   size_t used = 0;
   for (;;) {
-    if (used == bytes.size()) bytes.resize(bytes.size() * 2);
+    if (used == bytes.size()) {
+      if (used > kLimit) too_large();
+      bytes.resize(std::min(bytes.size() * 2, kLimit + 1));
+    }
     const size_t got = std::fread(bytes.data() + used, 1, bytes.size() - used, file.get());
     used += got;
     if (got == 0) break;

@@ -274,6 +274,13 @@ TEST(ImageDecode, FileErrorsNameThePath) {
   EXPECT_EQ(msg.rfind(bad + ": ", 0), 0u) << msg;
   EXPECT_CONTAINS(msg, "unrecognised image data");
   EXPECT_CONTAINS(error_of([&] { vitrine::image::read_file(""); }), "no image path");
+  // A file beyond what the decoders take is refused before it is read (this one is sparse:
+  // it takes no disk).
+  const std::string huge = dir.path() + "/video.jpg";
+  std::ofstream(huge).close();
+  std::filesystem::resize_file(huge, (uintmax_t{1} << 31) + 1);
+  EXPECT_CONTAINS(error_of([&] { vitrine::image::read_file(huge); }),
+                  "is more than the 2 GiB the decoders accept");
 }
 
 TEST(ImageDecode, AppliesJpegExifOrientation) {
@@ -318,6 +325,37 @@ TEST(ImageDecode, AppliesPngAndWebpExifOrientation) {
   expect_rgb(rgb, 10, 35, 0, 0, 255);
 }
 
+// Every orientation, on a photo without any symmetry (four quadrants of four colours and a
+// noise patch): a mirror taken for a rotation shows.
+TEST(ImageDecode, EachOfTheEightExifOrientationsIsUndoneExactly) {
+  cv::Mat bgr(20, 40, CV_8UC3);
+  bgr(cv::Rect(0, 0, 20, 10)).setTo(cv::Scalar(0, 0, 255));
+  bgr(cv::Rect(20, 0, 20, 10)).setTo(cv::Scalar(0, 255, 0));
+  bgr(cv::Rect(0, 10, 20, 10)).setTo(cv::Scalar(255, 0, 0));
+  bgr(cv::Rect(20, 10, 20, 10)).setTo(cv::Scalar(255, 255, 255));
+  noise(7, 5, 3, 4).copyTo(bgr(cv::Rect(2, 1, 7, 5)));
+  cv::Mat rgb;
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  const Bytes png = encode(bgr, ".png");
+  for (int orientation = 1; orientation <= 8; ++orientation) {
+    SCOPED_TRACE("orientation " + std::to_string(orientation));
+    cv::Mat expected;  // as PIL's ImageOps.exif_transpose turns it
+    switch (orientation) {
+      case 1: expected = rgb.clone(); break;
+      case 2: cv::flip(rgb, expected, 1); break;
+      case 3: cv::flip(rgb, expected, -1); break;
+      case 4: cv::flip(rgb, expected, 0); break;
+      case 5: cv::transpose(rgb, expected); break;
+      case 6: cv::rotate(rgb, expected, cv::ROTATE_90_CLOCKWISE); break;
+      case 7: cv::transpose(rgb, expected); cv::flip(expected, expected, -1); break;
+      default: cv::rotate(rgb, expected, cv::ROTATE_90_COUNTERCLOCKWISE); break;
+    }
+    const cv::Mat got = decode_bytes(with_png_exif(png, orientation));
+    ASSERT_EQ(got.size(), expected.size());
+    EXPECT_EQ(cv::norm(got, expected, cv::NORM_INF), 0);
+  }
+}
+
 TEST(ImageDecode, FlattensAlphaOntoWhite) {
   cv::Mat bgra(2, 3, CV_8UC4);
   bgra.at<cv::Vec4b>(0, 0) = {0, 0, 0, 0};        // transparent black -> white
@@ -338,6 +376,27 @@ TEST(ImageDecode, FlattensAlphaOntoWhite) {
     expect_rgb(rgb, 1, 1, 30, 20, 10);
     expect_rgb(rgb, 2, 1, 255, 255, 255);
   }
+}
+
+// A grey PNG may mark one grey level transparent (tRNS): those pixels go on white, as a
+// palette or RGB colour key and an alpha channel do.
+TEST(ImageDecode, AGreyPngsTransparentLevelIsPutOnWhite) {
+  cv::Mat grey(4, 6, CV_8UC1, cv::Scalar(100));
+  grey(cv::Rect(0, 0, 3, 4)).setTo(40);
+  const Bytes png = encode(grey, ".png");
+  Bytes chunk;
+  put_be32(chunk, 2);
+  append(chunk, "tRNS", 4);
+  chunk.push_back(0);
+  chunk.push_back(100);  // grey level 100 is transparent
+  put_be32(chunk, crc32(chunk.data() + 4, chunk.size() - 4));
+  Bytes keyed(png.begin(), png.begin() + 33);  // signature (8) + IHDR (25)
+  keyed.insert(keyed.end(), chunk.begin(), chunk.end());
+  keyed.insert(keyed.end(), png.begin() + 33, png.end());
+  const cv::Mat rgb = decode_bytes(keyed);
+  expect_rgb(rgb, 1, 1, 40, 40, 40);
+  expect_rgb(rgb, 4, 2, 255, 255, 255);
+  expect_rgb(decode_bytes(png), 4, 2, 100, 100, 100);  // without the chunk: opaque
 }
 
 TEST(ImageDecode, SixteenBitPngIsRoundedToEightBits) {

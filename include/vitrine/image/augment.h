@@ -51,8 +51,9 @@ void check_train_transform(const TrainTransform& t);
 ///
 /// Order: crop, flip, rotation, jitter, grayscale, blur, auto-augment (timm's order, with
 /// SimCLR's grayscale and blur after the jitter; torchvision's presets have no rotation or
-/// jitter). A probability of 1 (jitter_prob) or 0 (grayscale, blur) draws nothing. Given the same crop and draws, every step after the resize equals
-/// torchvision 0.14 on a PIL image (Pillow 9) byte for byte: rotations, shears and
+/// jitter). A probability of 1 (jitter_prob) or 0 (grayscale, blur) draws nothing. Given the
+/// same crop and draws, every step after the resize but the blur equals torchvision 0.14 on a
+/// PIL image (Pillow 9) byte for byte: rotations, shears and
 /// translations with nearest-neighbour sampling and a black fill (torchvision's defaults for
 /// RandomRotation and the auto-augment ops), colour operations as ImageEnhance / ImageOps.
 /// What differs:
@@ -61,6 +62,8 @@ void check_train_transform(const TrainTransform& t);
 ///   (bicubic) along one that grows, INTER_NEAREST for nearest.
 /// - The draws follow torchvision's sequence (same number and order of uniform and integer
 ///   draws) but come from std::mt19937_64, not torch's generator.
+/// - The Gaussian blur is OpenCV's (8-bit fixed-point weights, reflected border), not
+///   torchvision's float kernel: the same kernel size and sigma; pixels may differ by a level.
 cv::Mat train_augment(const cv::Mat& image, const TrainTransform& t, std::mt19937_64& rng);
 
 /// One TrivialAugmentWide / RandAugment operation by torchvision's name (Identity, ShearX,
