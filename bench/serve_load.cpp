@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
   double seconds = 60;
   int64_t max_batch = 32, max_delay_ms = 5;
   int threads = 0;
+  std::string precision = "auto";
   CLI::App app("Load on vitrine serve over loopback (/v1/classify)");
   app.add_option("--vitrine", vitrine, "The vitrine binary");
   app.add_option("--model", model, "Model directory")->required();
@@ -68,6 +69,9 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", seconds, "Length of each run");
   app.add_option("--max-batch", max_batch, "Server batch size (and the offline peer's)");
   app.add_option("--max-delay-ms", max_delay_ms, "Server batching delay");
+  app.add_option("--precision", precision,
+                 "auto | fp32 | bf16 | int8, for the server and its offline peer alike")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
   app.add_option("--threads", threads, "Compute threads (0: all cores)");
   app.add_option("--json", json_path, "Also write the results here");
   CLI11_PARSE(app, argc, argv);
@@ -83,7 +87,7 @@ int main(int argc, char** argv) {
     vitrine::keep_freed_memory();  // as the vitrine binary does
     vitrine::set_threads(threads);
     vitrine::models::Predictor predictor(vitrine::models::load_model(model),
-                                         vitrine::models::Precision::kFp32);
+                                         vitrine::models::parse_precision(precision));
     const auto rgb = vitrine::image::decode(reinterpret_cast<const uint8_t*>(body.data()), body.size());
     const at::Tensor x = predictor.preprocess(rgb).unsqueeze(0).expand(
         {max_batch, -1, -1, -1}).contiguous();
@@ -102,7 +106,8 @@ int main(int argc, char** argv) {
   if (server == 0) {
     const std::string cmd = "exec '" + vitrine + "' serve --model '" + model +
                             "' --port 0 --no-access-log --max-batch " + std::to_string(max_batch) +
-                            " --max-delay-ms " + std::to_string(max_delay_ms) + " --threads " +
+                            " --max-delay-ms " + std::to_string(max_delay_ms) +
+                            " --precision " + precision + " --threads " +
                             std::to_string(threads) + " --queue 4096 2> '" + log + "'";
     execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
     _exit(127);
@@ -121,8 +126,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   nlohmann::json results = nlohmann::json::array();
-  std::printf("offline batch-%lld throughput: %.1f img/s\n", static_cast<long long>(max_batch),
-              offline_img_s);
+  std::printf("offline batch-%lld throughput (precision %s): %.1f img/s\n",
+              static_cast<long long>(max_batch), precision.c_str(), offline_img_s);
   std::printf("%11s %9s %9s %9s %8s %8s %10s %10s %8s\n", "concurrency", "req/s", "p50_ms",
               "p99_ms", "errors", "5xx", "rss_before", "rss_after", "vs_batch");
   for (const int c : concurrency) {

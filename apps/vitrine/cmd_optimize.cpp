@@ -250,8 +250,14 @@ models::VisionModel prune_and_recover(const Args& a, const models::VisionModel& 
   const auto result = trainer.run([&](const train::StepInfo& s) { bar.step(s); },
                                   [&](const train::EpochRecord& e) {
                                     bar.end_epoch();
-                                    spdlog::info("recovery epoch {}: val top-1 {:.4f}", e.epoch,
-                                                 e.val_top1);
+                                    if (e.has_val) {
+                                      spdlog::info("recovery epoch {}: val top-1 {:.4f}",
+                                                   e.epoch, e.val_top1);
+                                    } else {
+                                      spdlog::info("recovery epoch {}: train loss {:.4f} (no "
+                                                   "validation split: the last epoch is kept)",
+                                                   e.epoch, e.train_loss);
+                                    }
                                   });
   r["recovery"] = {{"epochs", o.epochs},
                    {"lr", o.optim.lr},
@@ -261,8 +267,23 @@ models::VisionModel prune_and_recover(const Args& a, const models::VisionModel& 
                    {"run", a.final_out + "/recovery"},
                    {"best_epoch", result.best_epoch},
                    {"best_val_top1", result.best_value}};
+  if (result.best_epoch < 0) {  // no validation split: the last epoch's model
+    r["recovery"].erase("best_epoch");
+    r["recovery"].erase("best_val_top1");
+    r["recovery"]["kept"] = "the last epoch (no validation split)";
+  }
   report["prune"] = r;
-  return models::load_model(result.best_dir);
+  // The optimiser's state resumes training, which the deployed model never needs.
+  std::error_code ec;
+  std::filesystem::remove_all(o.out_dir + "/state", ec);
+  auto model = models::load_model(result.best_dir);
+  // It names where it was initialised as that folder will be, not as it is while written.
+  auto prov = nlohmann::json::parse(model->config().provenance_json, nullptr, false);
+  if (prov.is_object() && prov.contains("init")) {
+    prov["init"] = a.final_out + "/pruned";
+    model->mutable_config().provenance_json = json_text(prov);
+  }
+  return model;
 }
 
 /// Calibrates `model`'s int8 scales on --calib and stores them in its config.

@@ -59,7 +59,8 @@ void add_pretrain_command(CLI::App& app, int& status) {
     if (o->method == "mae") {
       // MAE's views are crops and flips: colour changes stay off unless asked for.
       if (jitter->count() == 0) a.brightness = a.hue = 0;
-      if (jitter_prob->count() == 0) a.jitter_prob = 0;
+      // --color-jitter alone turns the jitter on, with SimCLR's probability.
+      if (jitter_prob->count() == 0) a.jitter_prob = jitter->count() > 0 ? 0.8 : 0;
       if (grayscale->count() == 0) a.grayscale = 0;
       if (blur->count() == 0) a.blur = 0;
     }

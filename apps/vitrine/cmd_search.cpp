@@ -137,6 +137,7 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
   }
   int64_t stored = 0, unchanged = 0, failed = static_cast<int64_t>(file.errors.size());
   int64_t with_bad_photos = 0;  ///< stored or unchanged, some of their photos unreadable
+  int64_t listed_in_db = 0;     ///< rows whose product the database holds at the end
   Progress progress("index", static_cast<int64_t>(file.rows.size()), "product");
   for (size_t begin = 0; begin < file.rows.size(); begin += static_cast<size_t>(a.batch_size)) {
     const size_t end = std::min(file.rows.size(), begin + static_cast<size_t>(a.batch_size));
@@ -207,6 +208,7 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
       for (const auto& img : good) now.emplace_back(img.ref, img.content_hash);
       const bool changed = p.changed || now != p.stored_images;
       nlohmann::json line{{"sku", p.row->product.sku}, {"line", p.row->line}};
+      listed_in_db += !good.empty() || !p.stored_images.empty() ? 1 : 0;
       if (good.empty()) {
         line["status"] = "failed";
         line["error"] = "no image of this product could be read: " +
@@ -243,6 +245,14 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
                    : std::string(),
                db.catalog().product_count(), db.catalog().image_count(),
                db.index() ? db.index()->kind() : "no");
+  // A file that lists only new products is fine; one meant as the whole catalogue leaves
+  // the products it dropped searchable until they are removed.
+  const int64_t others = db.catalog().product_count() - listed_in_db;
+  if (others > 0) {
+    spdlog::info("{} products of the database are not in {}: they stay searchable; if they "
+                 "left the catalogue, delete them with `vitrine remove --db {} SKU...`",
+                 others, a.catalog, a.db);
+  }
   return failed > 0 || with_bad_photos > 0 ? kExitSomeFailed : kExitOk;
 }
 

@@ -186,8 +186,11 @@ void ModelConfig::validate() const {
 
 std::string config_to_json(const ModelConfig& c) {
   json j;
+  // Format 2: per-block sizes, or token merging, which a reader of format 1 would ignore
+  // (and run another network than the one measured).
   const bool per_block =
-      c.family == Family::kViT ? c.vit.pruned() : !c.resnet.block_widths.empty();
+      c.family == Family::kViT ? c.vit.pruned() || c.vit.tome_r > 0
+                               : !c.resnet.block_widths.empty();
   j["vitrine_format"] = per_block ? kFormatVersion : 1;
   j["arch"] = c.arch;
   j["family"] = family_name(c.family);

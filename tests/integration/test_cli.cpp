@@ -145,6 +145,14 @@ TEST(Cli, PredictAllGoodExitsZeroWithOneLinePerImage) {
   EXPECT_EQ(mac.status, 0) << mac.err;
   EXPECT_EQ(json_lines(mac.out).size(), 4u);
   EXPECT_CONTAINS(mac.err, "1 hidden image file in " + d + "/photos was skipped");
+  // Linked folders are followed (as training's folder reader does), a loop only once.
+  fs::create_directories(d + "/tree");
+  fs::create_directory_symlink(fs::absolute(samples), d + "/tree/linked");
+  fs::create_directory_symlink(".", d + "/tree/self");
+  const auto linked = test::run_command(q(test::vitrine_bin()) + " predict --model " +
+                                        q(model_dir()) + " --threads 2 " + q(d + "/tree"));
+  EXPECT_EQ(linked.status, 0) << linked.err;
+  EXPECT_EQ(json_lines(linked.out).size(), 4u) << linked.out;
   fs::remove_all(d);
 }
 
@@ -439,6 +447,17 @@ TEST(Cli, PretrainMaskedAutoencoder) {
   EXPECT_EQ(views["blur"], 0.0);
   EXPECT_EQ(views["hflip"], 0.5);
   EXPECT_TRUE(fs::exists(d + "/pre/state/decoder.safetensors"));
+  // ... and --color-jitter alone turns the jitter on, as often as SimCLR applies it.
+  r = test::run_command(bin + " pretrain --init " + q(d + "/vit") + " --method mae --data " +
+                        q(d + "/data") + " --epochs 1 --batch-size 4 --knn-bank 0 " +
+                        "--decoder-width 32 --decoder-depth 1 --decoder-heads 4 --threads 2 " +
+                        "--color-jitter 0.3 --out " + q(d + "/jitter"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json jittered = json::parse(std::ifstream(d + "/jitter/last/config.json"))["provenance"]
+                                   ["augmentation"];
+  EXPECT_EQ(jittered["color_jitter"][0], 0.3) << jittered;
+  EXPECT_EQ(jittered["jitter_prob"], 0.8) << jittered;
+  EXPECT_EQ(jittered["grayscale"], 0.0);
   r = test::run_command(bin + " pretrain --model resnet18 --method mae --data " + q(d + "/data") +
                         " --out " + q(d + "/bad"));
   EXPECT_EQ(r.status, 2);
@@ -653,6 +672,8 @@ TEST(Cli, OptimizePrunesRecoversAndMergesTokens) {
   EXPECT_EQ(config["vit"]["tome_r"], 2);
   EXPECT_EQ(config["provenance"]["optimize"]["accuracy"], acc);
   EXPECT_TRUE(fs::exists(d + "/opt/recovery/metrics.jsonl"));
+  EXPECT_FALSE(fs::exists(d + "/opt/recovery/state")) << "resume state is not deployed";
+  EXPECT_EQ(config["provenance"]["init"], d + "/opt/pruned");
   r = test::run_command(bin + " predict --model " + q(d + "/opt") + " --topk 1 " +
                         q(d + "/data/test/class_1"));
   ASSERT_EQ(r.status, 0) << r.err;

@@ -108,6 +108,17 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
   }
   EXPECT_EQ(status["SKU4"], "unchanged") << "stored by the previous run";
   EXPECT_EQ(status["PART1"], "unchanged") << "its bad photo is reported, not stored again";
+  EXPECT_EQ(r.err.find("not in"), std::string::npos) << "every product is in the file: " << r.err;
+  // A file without some of the stored products says how many it leaves searchable.
+  {
+    std::ofstream short_csv(d + "/few.csv");
+    short_csv << "sku,image,title,category,price,seller\n"
+              << "SKU1,img/p1.png,Product 1,bags,11,seller1\n";  // as stored: unchanged
+  }
+  const auto few = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                                     " --catalog " + q(d + "/few.csv") + " --db " + q(d + "/db"));
+  EXPECT_EQ(few.status, 0) << few.err;
+  EXPECT_CONTAINS(few.err, "30 products of the database are not in " + d + "/few.csv");
   auto db = search::SearchDb::open(d + "/db");
   EXPECT_EQ(db->catalog().find("SKU4")->title, "Renamed 4");
   EXPECT_EQ(db->catalog().product_count(), 31);

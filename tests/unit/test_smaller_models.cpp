@@ -176,6 +176,12 @@ TEST(Prune, PrunedModelsSaveLoadAndRunOnEveryEngine) {
     EXPECT_EQ(
         nlohmann::json::parse(vitrine::read_text_file(dir + "/config.json")).at("vitrine_format"),
         2);
+    if (c.family == Family::kViT) {
+      // Token merging alone is format 2 too: a reader of format 1 would not merge.
+      ModelConfig merged = model->config();
+      merged.vit.tome_r = 2;
+      EXPECT_EQ(nlohmann::json::parse(config_to_json(merged)).at("vitrine_format"), 2);
+    }
   }
 }
 
