@@ -78,23 +78,33 @@ void add_model_options(CLI::App* cmd, ModelChoice c) {
 }
 
 void add_loop_options(CLI::App* cmd, LoopFlags f) {
-  cmd->add_option("--epochs", *f.epochs, "Epochs");
-  cmd->add_option("--batch-size,-b", *f.batch_size, "Images per step");
-  cmd->add_option("--opt", f.optim->name, "adamw | sgd")->check(CLI::IsMember({"adamw", "sgd"}));
-  cmd->add_option("--lr", f.optim->lr, "Peak learning rate");
+  // The recipe's defaults are shown in --help ("[1e-3]").
+  cmd->add_option("--epochs", *f.epochs, "Epochs")->capture_default_str();
+  cmd->add_option("--batch-size,-b", *f.batch_size, "Images per step")->capture_default_str();
+  cmd->add_option("--opt", f.optim->name, "adamw | sgd")
+      ->check(CLI::IsMember({"adamw", "sgd"}))
+      ->capture_default_str();
+  cmd->add_option("--lr", f.optim->lr, "Peak learning rate")->capture_default_str();
   cmd->add_option("--weight-decay", f.optim->weight_decay,
                   "Weight decay, not on biases, norms, embeddings (AdamW: decoupled; SGD: L2, "
-                  "as PyTorch)");
-  cmd->add_option("--momentum", f.optim->momentum, "SGD momentum")->check(CLI::Range(0.0, 1.0));
+                  "as PyTorch)")
+      ->capture_default_str();
+  cmd->add_option("--momentum", f.optim->momentum, "SGD momentum")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   cmd->add_flag("--nesterov", f.optim->nesterov, "SGD with Nesterov momentum");
   cmd->add_option("--sched", *f.schedule, "cosine | step | constant")
-      ->check(CLI::IsMember({"cosine", "step", "constant"}));
+      ->check(CLI::IsMember({"cosine", "step", "constant"}))
+      ->capture_default_str();
   cmd->add_option("--warmup-epochs", *f.warmup_epochs, "Linear warm-up (may be fractional)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--min-lr", *f.min_lr, "Floor of the cosine schedule")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--clip-grad", *f.clip_grad, "Max gradient norm (0 = off)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--amp", *f.amp, "none | bf16: mixed precision (CPU autocast)")
       ->check(CLI::IsMember({"none", "bf16"}));
   cmd->add_option("--seed", *f.seed, "Random seed (data order, augmentation, initialisation)");
@@ -222,10 +232,13 @@ void add_train_command(CLI::App& app, int& status) {
   cmd->add_option("--decay-milestones", o->lr_milestones,
                   "Epochs where step decay applies (--sched step)");
   cmd->add_option("--decay-rate", o->lr_gamma, "Step decay factor")->check(CLI::PositiveNumber);
-  cmd->add_option("--label-smoothing", o->label_smoothing, "Label smoothing");
+  cmd->add_option("--label-smoothing", o->label_smoothing, "Label smoothing")
+      ->capture_default_str();
   cmd->add_option("--drop", o->dropout, "Dropout rate");
   cmd->add_option("--drop-path", o->drop_path, "Stochastic depth rate");
-  cmd->add_option("--model-ema-decay", o->ema_decay, "Keep an EMA of the weights (e.g. 0.999)");
+  cmd->add_option("--model-ema-decay", o->ema_decay,
+                  "Keep an EMA of the weights (e.g. 0.999; warmed up over the first steps)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--class-weights", o->class_weights, "none | balanced")
       ->check(CLI::IsMember({"none", "balanced"}));
   cmd->add_option("--sampler", o->sampler,

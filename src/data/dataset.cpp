@@ -9,6 +9,7 @@
 #include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/core/hash.h"
 #include "vitrine/image/batch.h"
 #include "vitrine/image/decode.h"
 
@@ -399,6 +400,24 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
   }
   VT_CHECK(!parts.train.empty() || !options.need_train, source, " has no training images; add "
            "images (", kPhotoExtensions, ") to its train split");
+  // A class split down to a training photo or two is hardly learnt, and its scores on a
+  // photo or two are noise. (A label subsample, smaller on purpose, says so itself.)
+  if (options.need_train && options.labels_per_class == 0 && options.label_fraction >= 1.0 &&
+      !multi_label) {
+    std::vector<int64_t> in_train(classes.size(), 0), elsewhere(classes.size(), 0);
+    for (const int64_t i : parts.train) ++in_train[labels[i].at(0)];
+    for (const auto* part : {&parts.val, &parts.test}) {
+      for (const int64_t i : *part) ++elsewhere[labels[i].at(0)];
+    }
+    for (size_t c = 0; c < classes.size(); ++c) {
+      if (in_train[c] > 0 && in_train[c] < 3 && elsewhere[c] > 0) {
+        warnings.push_back("class '" + classes[c] + "' has " + std::to_string(in_train[c]) +
+                           " training photo" + (in_train[c] == 1 ? "" : "s") + " and " +
+                           std::to_string(elsewhere[c]) + " in val/test: too few to learn it "
+                           "well, and its scores are noise; add photos of it");
+      }
+    }
+  }
 
   auto base = std::make_shared<FileDataset>(std::move(items.paths), std::move(labels), classes,
                                             multi_label, options.max_pixels);
@@ -916,6 +935,20 @@ std::shared_ptr<Dataset> subset(std::shared_ptr<Dataset> base, std::vector<int64
     for (const int64_t i : indices) check_index(i, base->size());
   }
   return std::make_shared<SubsetDataset>(std::move(base), std::move(indices));
+}
+
+std::string items_digest(const Dataset& d, const std::string& source) {
+  std::error_code ec;
+  const fs::path home =
+      fs::is_directory(source, ec) ? fs::path(source) : fs::path(source).parent_path();
+  std::string names;
+  for (int64_t i = 0; i < d.size(); ++i) {
+    const std::string name = d.name(i);
+    // Packed items ("fashion-mnist:train:7", no folder) as they are.
+    names += home.empty() ? name : fs::path(name).lexically_proximate(home).string();
+    names += '\n';
+  }
+  return sha256_hex(names);
 }
 
 std::vector<int64_t> permutation(int64_t n, uint64_t seed) {

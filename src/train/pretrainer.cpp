@@ -120,6 +120,7 @@ struct Pretrainer::State {
   int64_t steps_per_epoch = 0, step = 0, start_epoch = 0;
   PretrainResult result;
   std::set<std::string> reported;  ///< unreadable training photos already named
+  mutable std::string items_digest;  ///< of images, once computed (state_header)
 
   EpochProgress resume_progress;
   bool replaces_run = false;  ///< --overwrite and out_dir holds a run: removed in run()
@@ -309,7 +310,9 @@ StateHeader Pretrainer::State::state_header(int64_t epochs_done,
   const auto n = images->size();
   StateHeader h{kStateVersion, o.seed, epochs_done, step, progress, o.data.source,
                 std::to_string(n) + " photo" + (n == 1 ? "" : "s"),
-                model_settings(model->config()), {}};
+                model_settings(model->config()), {}, {}};
+  if (items_digest.empty()) items_digest = data::items_digest(*images, o.data.source);
+  h.data_items = items_digest;
   const std::vector<std::pair<std::string, std::string>> loop = {
       {"--method", o.method},
       {"--batch-size", std::to_string(o.batch_size)},

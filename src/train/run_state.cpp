@@ -127,6 +127,7 @@ void write_state_file(const std::string& folder, const std::string& name,
   j["data_shape"] = header.data_shape;
   j["data_source_sha256"] = sha256_hex(header.data_source);
   j["data_shape_sha256"] = sha256_hex(header.data_shape);
+  if (!header.data_items.empty()) j["data_items_sha256"] = header.data_items;
   for (const auto& [key, pairs] : {std::make_pair("settings", &header.settings),
                                    std::make_pair("data_settings", &header.data_settings)}) {
     if (pairs->empty()) continue;
@@ -194,6 +195,19 @@ StateHeader read_state_file(const std::string& folder, const std::string& name,
              expected.data_source, " gives ", shown(expected.data_shape), ". Resume with the "
              "run's --data (and its --val-split, --test-split, --labels-per-class or "
              "--label-fraction), or start a new --out");
+    if (!expected.data_items.empty()) {
+      if (j.contains("data_items_sha256")) {
+        VT_CHECK(j["data_items_sha256"] == expected.data_items,
+                 "--resume on other photos would not continue the same run: this --data gives ",
+                 shown(expected.data_shape), " as the run had, but not the same photos (some "
+                 "were added, removed or renamed, or moved to another split); resume on the "
+                 "run's photos, or start a new --out");
+      } else {
+        spdlog::warn("{} does not record which photos the run learnt from (an earlier "
+                     "version wrote it): only their number and classes are checked",
+                     file);
+      }
+    }
     if (j.value("data_source_sha256", sha256_hex(expected.data_source)) !=
         sha256_hex(expected.data_source)) {
       spdlog::warn("the run learnt from {}; it resumes on {}, which gives the same {}",
@@ -201,6 +215,7 @@ StateHeader read_state_file(const std::string& folder, const std::string& name,
     }
     h.settings = expected.settings;
     h.data_settings = expected.data_settings;
+    h.data_items = expected.data_items;
     h.epochs_done = j.at("epochs_done");
     h.step = j.at("step");
     if (j.contains("epoch_progress")) {

@@ -131,6 +131,7 @@ struct Trainer::State {
   int64_t start_epoch = 0;
   TrainResult result;
   std::set<std::string> reported;  ///< unreadable training photos already named
+  mutable std::string items_digest;  ///< of data.train, once computed (state_header)
   int64_t bad_epochs = 0;
   EpochProgress resume_progress;  ///< set by load_state when the state is mid-epoch
   bool replaces_run = false;      ///< --overwrite and out_dir holds a run: removed in run()
@@ -613,9 +614,14 @@ void Trainer::State::average_gradients() {
 void Trainer::State::update_ema() {
   if (!ema) return;
   at::NoGradGuard no_grad;
+  // Warmed up as timm's ModelEmaV3 with use_warmup: a fixed 0.999 from the first step would
+  // keep the starting weights (a random head) through a short fine-tune, and the EMA is
+  // what is validated and saved. `step` counts the steps before this one.
+  const auto n = static_cast<double>(step + 1);
+  const double decay = std::min(o.ema_decay, (1.0 + n) / (10.0 + n));
   for (auto& [d, s] : ema_pairs) {
     if (d.is_floating_point()) {
-      d.mul_(o.ema_decay).add_(s, 1.0 - o.ema_decay);
+      d.mul_(decay).add_(s, 1.0 - decay);
     } else {
       d.copy_(s);
     }
@@ -818,7 +824,9 @@ StateHeader Trainer::State::state_header(int64_t epochs_done,
                 std::to_string(n) + " training photo" + (n == 1 ? "" : "s") + ", " +
                     std::to_string(data.classes.size()) + " classes: " +
                     quoted_list(data.classes, "'", std::string::npos),
-                model_settings(model->config()), {}};
+                model_settings(model->config()), {}, {}};
+  if (items_digest.empty()) items_digest = data::items_digest(*data.train, o.data.source);
+  h.data_items = items_digest;
   const std::vector<std::pair<std::string, std::string>> loop = {
       {"--batch-size", std::to_string(o.batch_size)},
       {"--opt", o.optim.name},
@@ -826,8 +834,15 @@ StateHeader Trainer::State::state_header(int64_t epochs_done,
       {"--lora-rank", std::to_string(o.lora_rank)},
       {"--model-ema-decay", setting_text(o.ema_decay)},
       {"--sched", o.schedule},
-      {"--layer-decay", setting_text(o.optim.layer_decay)}};
+      {"--layer-decay", setting_text(o.optim.layer_decay)},
+      {"--monitor", o.monitor}};  // the best value kept is of this metric
   h.settings.insert(h.settings.end(), loop.begin(), loop.end());
+  if (o.lora_rank > 0) {
+    std::string targets;
+    for (const auto& t : o.lora.targets) targets += (targets.empty() ? "" : ",") + t;
+    h.settings.emplace_back("--lora-alpha", setting_text(o.lora.alpha));
+    h.settings.emplace_back("--lora-targets", targets);
+  }
   if (o.schedule == "step") {
     std::string milestones;
     for (const auto m : o.lr_milestones) milestones += (milestones.empty() ? "" : " ") +
@@ -865,8 +880,10 @@ void Trainer::State::load_state() {
   result.best_value = j.at("best_value");
   bad_epochs = j.at("bad_epochs");
   // A run that stopped early stays stopped, unless resumed with more patience.
+  // (Without --patience on resume it stays stopped: a wrapper that always passes --resume
+  // trains no further.)
   result.stopped_early =
-      j.value("stopped_early", false) && o.patience > 0 && bad_epochs >= o.patience;
+      j.value("stopped_early", false) && (o.patience == 0 || bad_epochs >= o.patience);
   // An epoch interrupted in its middle goes on with its share of confident photos so far.
   confident_sum = j.value("confident_sum", 0.0);
   confident_steps = j.value("confident_steps", int64_t{0});
@@ -1005,6 +1022,11 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
              "supported");
   }
   s.steps_per_epoch = n >= global_batch ? n / global_batch : 1;
+  if (n > global_batch && n % global_batch != 0 && o.dist.rank == 0) {
+    spdlog::info("batches of {}: {} steps an epoch; each epoch leaves out the last {} photos "
+                 "of its shuffle, others every epoch (full batches only, as timm trains)",
+                 global_batch, s.steps_per_epoch, n % global_batch);
+  }
   if (o.class_weights == "balanced") {
     // Inverse class frequency, normalised to mean 1 (sklearn's "balanced").
     const int64_t k = static_cast<int64_t>(s.data.classes.size());
@@ -1177,7 +1199,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
         rec.best = true;
         if (s.lead()) s.save_model_dir(judged, s.result.best_dir);
       } else if (o.patience > 0 && ++s.bad_epochs >= o.patience) {
-        stop = true;
+        stop = epoch + 1 < o.epochs;  // after the last epoch there is nothing to stop
       }
     }
     if (s.group && o.patience > 0) {

@@ -145,11 +145,22 @@ TEST(Trainer, EarlyStoppingStopsWhenValidationStalls) {
   const auto again = train::Trainer(o).run();
   EXPECT_TRUE(again.stopped_early);
   EXPECT_EQ(again.history.size(), 3u);
+  // ... also without --patience...
+  o.patience = 0;
+  EXPECT_EQ(train::Trainer(o).run().history.size(), 3u);
   // ... unless given more patience.
   o.patience = 4;
   const auto more = train::Trainer(o).run();
   EXPECT_TRUE(more.stopped_early);
   EXPECT_EQ(more.history.size(), 5u);
+  // A run whose patience runs out in its last epoch ran every epoch: not an early stop.
+  o.resume = false;
+  o.overwrite = true;
+  o.epochs = 3;
+  o.patience = 2;
+  const auto full = train::Trainer(o).run();
+  EXPECT_EQ(full.history.size(), 3u);
+  EXPECT_FALSE(full.stopped_early);
   fs::remove_all(dir);
 }
 
@@ -275,6 +286,13 @@ TEST(Trainer, ResumedRunEqualsUninterruptedRun) {
   fs::copy(dir + "/data", dir + "/moved", fs::copy_options::recursive);
   o.data.source = dir + "/moved";
   EXPECT_EQ(train::Trainer(o).run().history.size(), 4u);
+  // As many photos of the same classes, one of them another photo: refused too.
+  fs::copy(dir + "/data", dir + "/renamed", fs::copy_options::recursive);
+  fs::rename(dir + "/renamed/class_0/0.png", dir + "/renamed/class_0/9.png");
+  o.data.source = dir + "/renamed";
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),
+                  "as the run had, but not the same photos");
+  o.data.source = dir + "/moved";
   // Another batch size, optimiser, schedule or layer decay would be another run.
   o.batch_size = 4;
   EXPECT_CONTAINS(test::error_of([&] { train::Trainer(o).run(); }),

@@ -48,6 +48,11 @@ std::shared_ptr<Dataset> concat(std::shared_ptr<Dataset> a, std::shared_ptr<Data
 /// library (Fisher-Yates over std::mt19937_64 with an unbiased integer draw).
 std::vector<int64_t> permutation(int64_t n, uint64_t seed);
 
+/// SHA-256 of the items' names in order, a file's name being its path within the folder (or
+/// the manifest's folder) of `source`: which photos a run learns from, wherever the folder
+/// lies.
+std::string items_digest(const Dataset& d, const std::string& source);
+
 struct DataOptions {
   /// An ImageFolder root (root/{train,val,test}/<class>/*, or root/<class>/* split here), a
   /// CSV manifest (.csv), or "fashion-mnist".

@@ -55,7 +55,8 @@ std::vector<ParamGroup> param_groups(const models::VisionModelImpl& model,
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<ParamGroup>& groups,
                                                         const OptimizerOptions& options);
 
-/// Sets every group's learning rate to lr_at(schedule, step, options.lr * its lr_scale).
+/// Sets every group's learning rate to its lr_scale * lr_at(schedule, step, options.lr): the
+/// --min-lr floor is scaled too, as timm's layer decay scales each group's scheduled rate.
 void apply_schedule(torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
                     const OptimizerOptions& options, const ScheduleOptions& schedule,
                     int64_t step);

@@ -72,6 +72,9 @@ struct StateHeader {
   /// The data options that decide the training photos (--val-split...), as (flag, value):
   /// not compared themselves (the data shape is), but named when the data differs.
   std::vector<std::pair<std::string, std::string>> data_settings;
+  /// Which training photos (data::items_digest): as many photos of the same classes may be
+  /// other photos. Empty: not compared.
+  std::string data_items;
 };
 
 /// A number as a setting's value: the shortest text that reads back as the same double.
