@@ -56,6 +56,7 @@ void add_compare_command(CLI::App& app, int& status) {
       spdlog::warn("{}", differ);
     }
     std::vector<train::ComparedSample> samples;
+    std::string heading = "Test photos";
     if (!a->data.empty() && a->samples > 0) {
       data::DataOptions d;
       d.source = a->data;
@@ -63,16 +64,34 @@ void add_compare_command(CLI::App& app, int& status) {
       d.test_split = a->test_split;
       d.fashion_mnist_dir = a->fashion_mnist_dir;
       const data::DataSplits splits = open_data_logged(d);
-      const auto shown = splits.test && splits.test->size() > 0 ? splits.test : splits.val;
+      const bool tested = splits.test && splits.test->size() > 0;
+      const auto shown = tested ? splits.test : splits.val;
       VT_CHECK(shown && shown->size() > 0 && !splits.multi_label, a->data,
                " has no single-label test or validation photos to show; drop --data");
+      if (!tested) {
+        heading = "Validation photos (no test split: the best models were chosen on these)";
+        spdlog::warn("{} has no test split (give --test-split as the runs were trained): the "
+                     "report shows validation photos, on which each run chose its best model",
+                     a->data);
+      }
+      // Spread over the split; an unreadable photo is passed over for the next one.
       const int64_t n = std::min<int64_t>(a->samples, shown->size());
       std::vector<int64_t> indices;
-      for (int64_t k = 0; k < n; ++k) indices.push_back(k * shown->size() / n);
-      samples.resize(indices.size());
-      for (size_t k = 0; k < indices.size(); ++k) {
-        samples[k].truth = splits.classes[shown->labels(indices[k]).at(0)];
-        samples[k].image_png_base64 = train::png_base64(shown->image(indices[k]));
+      for (int64_t k = 0; k < n; ++k) {
+        for (int64_t i = std::max(k * shown->size() / n,
+                                  indices.empty() ? int64_t{0} : indices.back() + 1);
+             i < shown->size(); ++i) {
+          try {
+            train::ComparedSample sample;
+            sample.image_png_base64 = train::png_base64(shown->image(i));
+            sample.truth = splits.classes[shown->labels(i).at(0)];
+            samples.push_back(std::move(sample));
+            indices.push_back(i);
+            break;
+          } catch (const Error& e) {
+            spdlog::warn("not shown: {}", e.what());
+          }
+        }
       }
       for (const auto& run : runs) {
         const std::string best = (std::filesystem::path(run.dir) / "best").string();
@@ -87,7 +106,7 @@ void add_compare_command(CLI::App& app, int& status) {
         }
       }
     }
-    train::write_comparison_report(a->out, a->title, runs, samples);
+    train::write_comparison_report(a->out, a->title, runs, samples, heading);
     std::cout << train::comparison_table(runs);
     spdlog::info("report: {}", a->out);
     status = kExitOk;

@@ -921,7 +921,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
     if (m.precision_at_10_by_group.size() > 1) {
       std::printf("%-24s %8s %13s\n", "category", "queries", "precision@10");
       for (const auto& [g, p] : m.precision_at_10_by_group) {
-        std::printf("%-24s %8lld %13.4f\n", g.c_str(),
+        std::printf("%s %8lld %13.4f\n", pad_right(g, 24).c_str(),
                     static_cast<long long>(m.queries_by_group.at(g)), p);
       }
     }

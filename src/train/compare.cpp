@@ -2,6 +2,7 @@
 
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/core/text.h"
 #include "vitrine/train/run_files.h"
 
 #include <nlohmann/json.hpp>
@@ -125,11 +126,9 @@ std::string comparison_table(const std::vector<RunSummary>& runs) {
   check_one_kind(runs);
   const bool multi = !runs.empty() && runs.front().multi_label;
   size_t width = 3;
-  for (const auto& r : runs) width = std::max(width, r.name.size());
+  for (const auto& r : runs) width = std::max(width, display_width(r.name));
   auto row = [&](const std::string& name, const std::string& rest) {
-    std::string n = name;
-    n.resize(width, ' ');
-    return n + "  " + rest + "\n";
+    return pad_right(name, width) + "  " + rest + "\n";
   };
   char buf[160];
   if (multi) {
@@ -156,11 +155,19 @@ std::string comparison_table(const std::vector<RunSummary>& runs) {
     }
     out += row(r.name, buf);
   }
-  const bool untested = std::any_of(runs.begin(), runs.end(),
-                                    [](const RunSummary& r) { return !r.has_test; });
-  if (untested) {
-    out += "-: the run has no test split (test_metrics.json); score its model with "
-           "`vitrine eval --model RUN_DIR/last --data ...`\n";
+  bool untested = false;
+  for (const auto& r : runs) {
+    if (r.has_test) continue;
+    if (!untested) out += "-: no test split in the run (test_metrics.json); score its model:\n";
+    untested = true;
+    // best/ where the run had validation photos to choose it on, else its last model.
+    std::error_code ec;
+    const std::string model = std::filesystem::is_directory(
+                                  std::filesystem::path(r.dir) / "best", ec)
+                                  ? "best"
+                                  : "last";
+    out += "   " + r.name + ": vitrine eval --model " +
+           (std::filesystem::path(r.dir) / model).string() + " --data ...\n";
   }
   return out;
 }

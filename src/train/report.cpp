@@ -913,7 +913,8 @@ void write_report(const std::string& dir, const ReportInput& input) {
 
 void write_comparison_report(const std::string& path, const std::string& title,
                              const std::vector<RunSummary>& runs,
-                             const std::vector<ComparedSample>& samples) {
+                             const std::vector<ComparedSample>& samples,
+                             const std::string& samples_heading) {
   VT_CHECK(!runs.empty(), "nothing to compare: give at least one run");
   for (size_t i = 0; i < samples.size(); ++i) {
     check_sample_image(samples[i].image_png_base64, i);
@@ -991,7 +992,8 @@ void write_comparison_report(const std::string& path, const std::string& title,
     html += "</div>\n</section>\n";
   }
   if (!samples.empty()) {
-    html += "<section id=\"samples\">\n<h2>Test photos</h2>\n<div class=\"samples\">\n";
+    html += "<section id=\"samples\">\n<h2>" + esc(samples_heading) +
+            "</h2>\n<div class=\"samples\">\n";
     for (const auto& s : samples) {
       const uint32_t w = png_width(s.image_png_base64);
       const char* img_class = w > 0 && w <= 64 ? " class=\"px\"" : "";

@@ -102,7 +102,8 @@ TEST(Compare, MultiLabelRunsAreScoredByMapAndF1) {
   const std::string with_dashes = train::comparison_table({runs[0], untested});
   EXPECT_CONTAINS(with_dashes, "untested");
   EXPECT_CONTAINS(with_dashes, " - ");
-  EXPECT_CONTAINS(with_dashes, "-: the run has no test split");
+  EXPECT_CONTAINS(with_dashes, "-: no test split in the run");
+  EXPECT_CONTAINS(with_dashes, "untested: vitrine eval --model " + dir + "/d/last --data");
   EXPECT_EQ(train::comparison_table({runs[0]}).find("no test split"), std::string::npos);
 
   // A single-label run beside them has no score in common.
@@ -134,9 +135,9 @@ TEST(Compare, ReadsRunsAndTabulatesThem) {
   EXPECT_CONTAINS(table, "from scratch");
   EXPECT_CONTAINS(table, "75.00%");
   EXPECT_CONTAINS(table, "87.50%");
-  // The header, three runs, and what the untested run's dashes mean.
-  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 5);
-  EXPECT_CONTAINS(table, "-: the run has no test split");
+  // The header, three runs, what the untested run's dashes mean and how to score it.
+  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 6);
+  EXPECT_CONTAINS(table, "-: no test split in the run");
   EXPECT_EQ(train::test_set_difference(runs), "");
   auto other = runs;
   other[1].test_count = 6;

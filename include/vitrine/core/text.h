@@ -10,6 +10,12 @@ namespace vitrine {
 /// The first bytes of `s`, at most `max_bytes`, never cutting a UTF-8 character in two.
 std::string utf8_prefix(const std::string& s, size_t max_bytes);
 
+/// Columns `s` takes in a terminal: one per UTF-8 character, two for East Asian wide ones
+/// (CJK, Hangul, full-width forms, emoji). A byte that starts no valid character counts one.
+size_t display_width(const std::string& s);
+/// `s` followed by spaces up to `width` display columns (as is when it is wider).
+std::string pad_right(const std::string& s, size_t width);
+
 /// "'a', 'b', 'c'": the names in `quote` marks, joined for a message and cut with
 /// ", ... (N more)" once the list passes `max_chars`, so a message naming thousands of items
 /// stays readable. A single name longer than `max_chars` is cut too (at a UTF-8 character

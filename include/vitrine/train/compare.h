@@ -53,8 +53,10 @@ struct ComparedSample {
 
 /// Writes `path` (self-contained HTML): the table, validation top-1 and training loss of
 /// every run on shared charts, each run's test confusion matrix, and the sample grid.
+/// `samples_heading` names where the photos come from ("Test photos").
 void write_comparison_report(const std::string& path, const std::string& title,
                              const std::vector<RunSummary>& runs,
-                             const std::vector<ComparedSample>& samples);
+                             const std::vector<ComparedSample>& samples,
+                             const std::string& samples_heading = "Test photos");
 
 }  // namespace vitrine::train
