@@ -372,6 +372,25 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
                         q(d + "/fine"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_CONTAINS(r.err, "planned for 1 epochs and resumes with --epochs 2");
+  // compare: the test photos with each run's prediction; an unreadable one is passed over.
+  std::ofstream(d + "/data/test/class_0/0_broken.png") << "not a photo";
+  r = test::run_command(bin + " compare --run " + q("größer=" + d + "/fine") + " --data " +
+                        q(d + "/data") + " --threads 2 --out " + q(d + "/compare.html"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "not shown: ");
+  EXPECT_CONTAINS(r.err, "0_broken.png");
+  EXPECT_CONTAINS(read_text_file(d + "/compare.html"), "<h2>Test photos</h2>");
+  // Names are padded by the columns they take: "größer" is 6 wide (8 bytes).
+  EXPECT_CONTAINS(r.out, "run     test top-1");
+  // Without a test split it shows validation photos, and says so.
+  fs::create_directories(d + "/no_test");
+  fs::copy(d + "/data/train", d + "/no_test/train", fs::copy_options::recursive);
+  fs::copy(d + "/data/val", d + "/no_test/val", fs::copy_options::recursive);
+  r = test::run_command(bin + " compare --run " + q("fine=" + d + "/fine") + " --data " +
+                        q(d + "/no_test") + " --threads 2 --out " + q(d + "/compare_val.html"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "has no test split");
+  EXPECT_CONTAINS(read_text_file(d + "/compare_val.html"), "<h2>Validation photos");
   // A ViT has no ResNet stem: a clear error, exit 2.
   r = test::run_command(bin + " pretrain --model vit_ti_16 --stem small --data " +
                         q(d + "/data") + " --out " + q(d + "/bad"));
