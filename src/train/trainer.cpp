@@ -256,6 +256,9 @@ void Trainer::State::build_model() {
   if (o.lora_rank > 0) {
     VT_CHECK(o.ema_decay == 0, "--model-ema-decay with LoRA is not yet supported");
     VT_CHECK(o.freeze == "none", "LoRA freezes the backbone itself; drop --freeze");
+    VT_CHECK(!o.save_adapter || !o.init_dir.empty(), "--save-adapter saves what LoRA adds to "
+             "a base model, which `merge-adapter` checks by its weights: give that base with "
+             "--init (a --model of random weights is no base to add it to)");
     models::LoraOptions lo = o.lora;
     lo.rank = o.lora_rank;
     const int64_t adapted = model->add_lora(lo);

@@ -700,6 +700,53 @@ TEST(Trainer, ModelEmaIsWhatGetsSaved) {
   fs::remove_all(dir);
 }
 
+// The EMA's update, warmed up as timm's ModelEmaV3: after one step the saved weights are
+// d * start + (1 - d) * trained with d = min(decay, 2 / 11), batch-norm statistics too, and
+// the step counters are copied.
+TEST(Trainer, ModelEmaFollowsTheWarmedUpUpdate) {
+  const std::string dir = test::temp_dir("ema-formula");
+  write_image_folder(dir + "/data/train", {8, 8}, 21);
+  models::ModelConfig cfg = models::model_preset("resnet18");
+  models::set_image_size(cfg, 32);
+  cfg.num_classes = 2;
+  cfg.labels = {"class_0", "class_1"};
+  at::manual_seed(4);
+  models::save_model(*models::create_model(cfg), dir + "/init");
+  train::TrainOptions o = small_run(dir + "/data", dir + "/raw");
+  o.arch.clear();
+  o.image_size = 0;
+  o.init_dir = dir + "/init";
+  o.batch_size = 16;  // one step
+  o.epochs = 1;
+  train::Trainer(o).run();
+  o.out_dir = dir + "/ema";
+  o.ema_decay = 0.999;
+  train::Trainer(o).run();
+  const auto start = safetensors_load(dir + "/init/model.safetensors").tensors;
+  const auto raw = safetensors_load(dir + "/raw/last/model.safetensors").tensors;
+  const auto ema = safetensors_load(dir + "/ema/last/model.safetensors").tensors;
+  ASSERT_EQ(start.size(), ema.size());
+  ASSERT_EQ(raw.size(), ema.size());
+  const double d = 2.0 / 11.0;
+  int checked = 0, statistics = 0;
+  for (size_t i = 0; i < ema.size(); ++i) {
+    ASSERT_EQ(ema[i].first, raw[i].first);
+    ASSERT_EQ(ema[i].first, start[i].first);
+    const at::Tensor& e = ema[i].second;
+    if (!e.is_floating_point()) {
+      EXPECT_TRUE(at::equal(e, raw[i].second)) << ema[i].first;
+      continue;
+    }
+    const at::Tensor expected = start[i].second * d + raw[i].second * (1 - d);
+    EXPECT_TRUE(at::allclose(e, expected, 1e-4, 1e-6)) << ema[i].first;
+    if (!at::allclose(start[i].second, raw[i].second)) ++checked;  // the step moved it
+    statistics += ema[i].first.find("running_mean") != std::string::npos;
+  }
+  EXPECT_GT(checked, 10);
+  EXPECT_GT(statistics, 0);
+  fs::remove_all(dir);
+}
+
 TEST(Trainer, LoraTrainsOnlyAdaptersAndTheHeadAndSavesThemMerged) {
   const std::string dir = test::temp_dir("lora");
   write_image_folder(dir + "/data/train", {8, 8, 8}, 5);
@@ -712,13 +759,15 @@ TEST(Trainer, LoraTrainsOnlyAdaptersAndTheHeadAndSavesThemMerged) {
   const StateDict init = models::model_state_dict(*backbone);
 
   train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  o.lora_rank = 4;
+  o.save_adapter = true;
+  o.arch = "vit_ti_16";  // random weights: no base for the adapter
+  EXPECT_CONTAINS(test::error_of([&] { train::Trainer t(o); }), "give that base with --init");
   o.arch.clear();
   o.image_size = 0;
   o.init_dir = dir + "/backbone";
   o.epochs = 2;
-  o.lora_rank = 4;
   o.lora.alpha = 8;
-  o.save_adapter = true;
   train::Trainer trainer(o);
   const auto result = trainer.run();
 
