@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace vitrine {
@@ -99,6 +100,13 @@ std::string read_text_file(const std::string& path) {
 
 bool is_system_entry(const std::string& name) {
   return (!name.empty() && name[0] == '.') || name == "__MACOSX" || name == "@eaDir";
+}
+
+bool EnteredFolders::enter(const std::string& dir) {
+  struct stat st{};
+  return ::stat(dir.c_str(), &st) == 0 &&
+         entered_.insert({static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)})
+             .second;
 }
 
 }  // namespace vitrine

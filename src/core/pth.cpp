@@ -174,6 +174,14 @@ std::string first_line(const char* what) {
 using StorageLoader =
     std::function<at::Storage(const std::string& key, at::ScalarType dtype, int64_t numel)>;
 
+/// The unsigned little-endian number in the `n` bytes at `p` (pickle arguments, zip
+/// headers).
+uint64_t little_endian(const uint8_t* p, size_t n) {
+  uint64_t v = 0;
+  for (size_t k = 0; k < n; ++k) v |= static_cast<uint64_t>(p[k]) << (8 * k);
+  return v;
+}
+
 class Unpickler {
  public:
   Unpickler(std::string path, const uint8_t* data, size_t size, StorageLoader load_storage)
@@ -215,12 +223,7 @@ class Unpickler {
     pos_ += n;
     return p;
   }
-  uint64_t read_le(size_t n) {
-    const uint8_t* p = take(n);
-    uint64_t v = 0;
-    for (size_t k = 0; k < n; ++k) v |= static_cast<uint64_t>(p[k]) << (8 * k);
-    return v;
-  }
+  uint64_t read_le(size_t n) { return little_endian(take(n), n); }
   std::string read_bytes(uint64_t n) {
     if (n > size_ - pos_) {
       bad("the pickle is truncated (a ", n, "-byte string with ", size_ - pos_,
@@ -797,10 +800,8 @@ void check_records_stored(const std::string& path) {
     if (!in) out.clear();
     return out;
   };
-  const auto le = [](const std::string& b, size_t at, int bytes) {
-    uint64_t v = 0;
-    for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(b[at + i]);
-    return v;
+  const auto le = [](const std::string& b, size_t at, size_t bytes) {
+    return little_endian(reinterpret_cast<const uint8_t*>(b.data()) + at, bytes);
   };
   // The end-of-central-directory record: 22 bytes and a comment of up to 64 KiB.
   constexpr uint64_t kEocd = 22;

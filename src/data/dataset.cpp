@@ -13,7 +13,6 @@
 #include "vitrine/image/batch.h"
 #include "vitrine/image/decode.h"
 
-#include <sys/stat.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -194,6 +193,19 @@ std::map<int64_t, std::vector<int64_t>> group_by(const std::vector<int64_t>& str
   return groups;
 }
 
+/// The folder a source's photo paths are taken within: the folder itself, or a manifest's
+/// folder; empty for a packed data set ("fashion-mnist").
+fs::path source_home(const std::string& source) {
+  std::error_code ec;
+  return fs::is_directory(source, ec) ? fs::path(source) : fs::path(source).parent_path();
+}
+
+/// A photo's path within `home` (source_home), which stays when the folder moves; an item
+/// of a packed data set ("fashion-mnist:train:7", no home) as it is.
+std::string path_within(const std::string& name, const fs::path& home) {
+  return home.empty() ? name : fs::path(name).lexically_proximate(home).string();
+}
+
 struct SplitIndices {
   std::vector<int64_t> train, val, test;
 };
@@ -336,12 +348,10 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
   }
 
   // A photo's key is its path within the data set: the split stays when the folder moves.
-  std::error_code ec;
-  const fs::path home =
-      fs::is_directory(source, ec) ? fs::path(source) : fs::path(source).parent_path();
+  const fs::path home = source_home(source);
   std::vector<std::string> keys;
   keys.reserve(items.paths.size());
-  for (const auto& p : items.paths) keys.push_back(fs::path(p).lexically_proximate(home).string());
+  for (const auto& p : items.paths) keys.push_back(path_within(p, home));
   SplitIndices parts;
   if (splits_given) {
     for (size_t i = 0; i < items.split.size(); ++i) {
@@ -462,12 +472,8 @@ std::vector<std::string> subfolders(const fs::path& dir) {
 /// the system's entries (is_system_entry): `hidden` counts the image files among them.
 std::vector<std::string> images_below(const fs::path& dir, int64_t& hidden) {
   std::vector<std::string> out;
-  std::set<std::pair<dev_t, ino_t>> entered;
-  const auto enter = [&entered](const fs::path& p) {
-    struct stat st{};
-    return ::stat(p.c_str(), &st) == 0 && entered.insert({st.st_dev, st.st_ino}).second;
-  };
-  enter(dir);
+  EnteredFolders entered;
+  entered.enter(dir);
   std::error_code ec;
   const auto options = fs::directory_options::follow_directory_symlink |
                        fs::directory_options::skip_permission_denied;
@@ -483,7 +489,7 @@ std::vector<std::string> images_below(const fs::path& dir, int64_t& hidden) {
         ++hidden;
       }
     } else if (fs::is_directory(st)) {
-      if (!enter(it->path())) it.disable_recursion_pending();
+      if (!entered.enter(it->path())) it.disable_recursion_pending();
     } else if (fs::is_regular_file(st) && is_image_file(it->path())) {
       out.push_back(it->path().string());
     }
@@ -938,16 +944,9 @@ std::shared_ptr<Dataset> subset(std::shared_ptr<Dataset> base, std::vector<int64
 }
 
 std::string items_digest(const Dataset& d, const std::string& source) {
-  std::error_code ec;
-  const fs::path home =
-      fs::is_directory(source, ec) ? fs::path(source) : fs::path(source).parent_path();
+  const fs::path home = source_home(source);
   std::string names;
-  for (int64_t i = 0; i < d.size(); ++i) {
-    const std::string name = d.name(i);
-    // Packed items ("fashion-mnist:train:7", no folder) as they are.
-    names += home.empty() ? name : fs::path(name).lexically_proximate(home).string();
-    names += '\n';
-  }
+  for (int64_t i = 0; i < d.size(); ++i) names += path_within(d.name(i), home) + '\n';
   return sha256_hex(names);
 }
 

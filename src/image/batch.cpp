@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <set>
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 namespace vitrine::image {
@@ -65,12 +64,8 @@ std::vector<std::string> expand_image_paths(const std::vector<std::string>& path
     int64_t hidden = 0;  ///< image files among the system's entries
     // Links are followed, as the data sets' folder reader does; a link back to a folder
     // already entered (a loop) is not followed again.
-    std::set<std::pair<dev_t, ino_t>> entered;
-    const auto enter = [&entered](const fs::path& dir) {
-      struct stat st{};
-      return ::stat(dir.c_str(), &st) == 0 && entered.insert({st.st_dev, st.st_ino}).second;
-    };
-    enter(p);
+    EnteredFolders entered;
+    entered.enter(p);
     fs::recursive_directory_iterator it(p, fs::directory_options::follow_directory_symlink |
                                                fs::directory_options::skip_permission_denied,
                                         ec);
@@ -88,7 +83,7 @@ std::vector<std::string> expand_image_paths(const std::vector<std::string>& path
         if (warnings) warnings->push_back(it->path().string() + ": folder not readable, skipped");
         continue;
       }
-      if (it->is_directory(file_ec) && !enter(it->path())) {
+      if (it->is_directory(file_ec) && !entered.enter(it->path())) {
         it.disable_recursion_pending();
         continue;
       }

@@ -45,6 +45,13 @@ using json = nlohmann::json;
 // Bumped when the resumable state's layout changes.
 constexpr int kStateVersion = 2;
 
+/// "qkv,proj,fc1": names as --lora-targets takes them.
+std::string comma_list(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ",") + n;
+  return out;
+}
+
 double beta_sample(double alpha, std::mt19937_64& rng) {
   std::gamma_distribution<double> g(alpha, 1.0);
   const double a = g(rng), b = g(rng);
@@ -263,11 +270,7 @@ void Trainer::State::build_model() {
     lo.rank = o.lora_rank;
     const int64_t adapted = model->add_lora(lo);
     spdlog::info("LoRA: rank {} (alpha {}) on {} matrices ({})", lo.rank, lo.alpha, adapted,
-                 [&] {
-                   std::string t;
-                   for (const auto& x : lo.targets) t += (t.empty() ? "" : ",") + x;
-                   return t;
-                 }());
+                 comma_list(lo.targets));
   } else {
     VT_CHECK(!o.save_adapter, "--save-adapter needs LoRA (--lora-rank)");
   }
@@ -841,10 +844,8 @@ StateHeader Trainer::State::state_header(int64_t epochs_done,
       {"--monitor", o.monitor}};  // the best value kept is of this metric
   h.settings.insert(h.settings.end(), loop.begin(), loop.end());
   if (o.lora_rank > 0) {
-    std::string targets;
-    for (const auto& t : o.lora.targets) targets += (targets.empty() ? "" : ",") + t;
     h.settings.emplace_back("--lora-alpha", setting_text(o.lora.alpha));
-    h.settings.emplace_back("--lora-targets", targets);
+    h.settings.emplace_back("--lora-targets", comma_list(o.lora.targets));
   }
   if (o.schedule == "step") {
     std::string milestones;

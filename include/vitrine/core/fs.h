@@ -1,9 +1,12 @@
 // Small file-system helpers shared by the writers of checkpoints and indexes.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <iosfwd>
+#include <set>
 #include <string>
+#include <utility>
 
 namespace vitrine {
 
@@ -28,5 +31,15 @@ std::string read_text_file(const std::string& path);
 /// class: dot files (macOS's "._photo.jpg" copies on shared drives, .DS_Store), __MACOSX
 /// (zip files made on a Mac) and @eaDir (a Synology NAS's thumbnails of every photo).
 bool is_system_entry(const std::string& name);
+
+/// The folders a walk that follows links has entered, by device and inode: enter() is false
+/// for a folder entered before (a link back up is a loop) or one that cannot be examined.
+class EnteredFolders {
+ public:
+  bool enter(const std::string& dir);
+
+ private:
+  std::set<std::pair<uint64_t, uint64_t>> entered_;
+};
 
 }  // namespace vitrine
