@@ -399,21 +399,9 @@ void run_into(const Args& a) {
   const auto original = models::load_model(a.model);
   VT_CHECK(a.tome == 0 || original->config().family == models::Family::kViT,
            "--tome merges ViT tokens; ", original->config().arch, " is a ResNet (use --prune)");
-  const auto& labels = original->config().labels;
-  const int64_t k = original->config().num_classes;
-  if (splits && k > 0 && static_cast<int64_t>(labels.size()) == k) {
-    // A classifier is scored among its own classes: the data may hold some of them, or (as
-    // `eval` takes it) none of their names but as many classes, matched by position.
-    std::vector<std::string> unknown;
-    for (const auto& c : splits->classes) {
-      if (std::find(labels.begin(), labels.end(), c) == labels.end()) unknown.push_back(c);
-    }
-    const bool by_position = unknown.size() == splits->classes.size() &&
-                             static_cast<int64_t>(unknown.size()) == k;
-    VT_CHECK(unknown.empty() || by_position, a.model, " does not know ", unknown.size(),
-             " of the ", splits->classes.size(), " classes of ", a.eval_data, " (the first: '",
-             unknown.empty() ? "" : unknown.front(), "'); measure it on data of its own "
-             "classes, such as the data it was trained on");
+  // A classifier is scored among its own classes, matched as `eval` matches them.
+  if (splits && original->config().num_classes > 0) {
+    train::match_classes(original->config(), splits->classes);
   }
   const bool had_scales = !original->config().int8_scales.empty();
   nlohmann::json report = nlohmann::json::object();
@@ -444,14 +432,10 @@ void run_into(const Args& a) {
   if (splits) {
     // A classifier is scored among its own classes (the data may hold some of them).
     const auto base = pick_split(*splits, a.split);
-    const bool named = std::all_of(base->classes().begin(), base->classes().end(),
-                                   [&](const std::string& c) {
-                                     return std::find(cfg.labels.begin(), cfg.labels.end(), c) !=
-                                            cfg.labels.end();
-                                   });
-    const auto d = sample(cfg.num_classes > 0 && named ? data::with_classes(base, cfg.labels)
-                                                       : base,
-                          a.eval_images, a.seed);
+    const bool by_name = cfg.num_classes > 0 &&
+                         train::match_classes(cfg, base->classes()) == train::ClassMatch::kByName;
+    const auto d = sample(by_name ? data::with_classes(base, cfg.labels) : base, a.eval_images,
+                          a.seed);
     report["accuracy"] = compare_on(a, *splits, d);
     const auto& acc = report["accuracy"];
     spdlog::info("{} images of {} ({}):", acc["images"].get<int64_t>(), a.eval_data,

@@ -69,6 +69,30 @@ void for_each_eval_batch(models::VisionModelImpl& model,
   if (errors) *errors = loader.errors();
 }
 
+ClassMatch match_classes(const models::ModelConfig& config,
+                         const std::vector<std::string>& data_classes) {
+  const int64_t k = config.num_classes;
+  const auto& labels = config.labels;
+  const auto n = static_cast<int64_t>(data_classes.size());
+  if (static_cast<int64_t>(labels.size()) == k) {
+    // By name: the data may hold some of the model's classes (e.g. the earlier task of a
+    // model fine-tuned further with new classes), in any order.
+    std::vector<std::string> unknown;
+    for (const auto& c : data_classes) {
+      if (std::find(labels.begin(), labels.end(), c) == labels.end()) unknown.push_back(c);
+    }
+    if (unknown.empty()) return ClassMatch::kByName;
+    // No name in common: by position, as torchvision's ImageFolder numbers sorted folders.
+    VT_CHECK(static_cast<int64_t>(unknown.size()) == n && n == k, config.arch,
+             " does not know ", unknown.size(), " of the data's ", n, " classes (",
+             quoted_list(unknown), "); use data with the model's classes, such as the data it "
+             "was trained on (`vitrine train --append-classes` teaches it new ones)");
+  }
+  VT_CHECK(n == k, config.arch, " has ", k, " classes but the data has ", n,
+           "; use data with the model's classes");
+  return ClassMatch::kByPosition;
+}
+
 namespace {
 
 // Runs the model over `data` in eval mode, handing (logits, targets) of each batch on;
@@ -89,33 +113,13 @@ void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::
   const int64_t k = model.config().num_classes;
   const auto& labels = model.config().labels;
   std::shared_ptr<data::Dataset> d = data;
-  if (static_cast<int64_t>(labels.size()) == k) {
-    // Classes are matched by name: the data may hold some of the model's classes (e.g. the
-    // earlier task of a model fine-tuned further with new classes), in any order.
-    std::vector<std::string> unknown;
-    for (const auto& c : d->classes()) {
-      if (std::find(labels.begin(), labels.end(), c) == labels.end()) unknown.push_back(c);
-    }
-    if (unknown.empty()) {
-      d = data::with_classes(d, labels);
-    } else if (unknown.size() == d->classes().size() &&
-               static_cast<int64_t>(unknown.size()) == k) {
-      // No name in common (ImageNet's folder ids against a checkpoint's class names): by
-      // position, as torchvision's ImageFolder numbers sorted folders.
-      spdlog::warn("none of the data's classes is named as one of the model's: the data's "
-                   "class {} ('{}') is taken as the model's class {} ('{}'), "
-                   "and so on",
-                   0, d->classes().front(), 0, labels.front());
-    } else {
-      VT_CHECK(false, model.config().arch, " does not know ", unknown.size(), " of the data's ",
-               d->classes().size(), " classes (", quoted_list(unknown),
-               "); evaluate on data with the model's classes (`vitrine train "
-               "--append-classes` teaches it new ones)");
-    }
+  if (match_classes(model.config(), d->classes()) == ClassMatch::kByName) {
+    d = data::with_classes(d, labels);
+  } else if (static_cast<int64_t>(labels.size()) == k) {
+    spdlog::warn("none of the data's classes is named as one of the model's: the data's "
+                 "class {} ('{}') is taken as the model's class {} ('{}'), and so on",
+                 0, d->classes().front(), 0, labels.front());
   }
-  VT_CHECK(static_cast<int64_t>(d->classes().size()) == k, model.config().arch, " has ", k,
-           " classes but the data has ", d->classes().size(),
-           "; evaluate on data with the model's classes");
   const auto& pre = model.config().preprocess;
   for_each_eval_batch(model, d, options, errors, [&](const data::Batch& batch) {
     const at::Tensor logits =

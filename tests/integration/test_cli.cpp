@@ -627,7 +627,7 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
                         q(d + "/data/train") + " --data " + q(d + "/data3") + " --out " +
                         q(d + "/three"));
   EXPECT_EQ(r.status, 2);
-  EXPECT_CONTAINS(r.err, "does not know 1 of the 3 classes");
+  EXPECT_CONTAINS(r.err, "does not know 1 of the data's 3 classes");
   EXPECT_CONTAINS(r.err, "'class_2'");
   EXPECT_EQ(r.err.find("calibrated"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(d + "/three"));

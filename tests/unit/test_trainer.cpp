@@ -126,6 +126,25 @@ TEST(Trainer, OverfitsThirtyTwoImages) {
   fs::remove_all(dir);
 }
 
+TEST(Evaluate, ClassesMatchByNameOrByPositionAsEvalAndOptimizeMatchThem) {
+  models::ModelConfig c;
+  c.arch = "resnet18";
+  c.num_classes = 3;
+  c.labels = {"bag", "coat", "shoe"};
+  using train::ClassMatch;
+  EXPECT_EQ(train::match_classes(c, {"shoe", "bag"}), ClassMatch::kByName);
+  EXPECT_EQ(train::match_classes(c, {"n01", "n02", "n03"}), ClassMatch::kByPosition);
+  EXPECT_CONTAINS(test::error_of([&] { train::match_classes(c, {"n01", "n02"}); }),
+                  "resnet18 does not know 2 of the data's 2 classes ('n01', 'n02')");
+  EXPECT_CONTAINS(test::error_of([&] { train::match_classes(c, {"bag", "hat"}); }),
+                  "does not know 1 of the data's 2 classes ('hat')");
+  // A model without class names matches by position, when the counts agree.
+  c.labels.clear();
+  EXPECT_EQ(train::match_classes(c, {"a", "b", "c"}), ClassMatch::kByPosition);
+  EXPECT_CONTAINS(test::error_of([&] { train::match_classes(c, {"a", "b"}); }),
+                  "resnet18 has 3 classes but the data has 2");
+}
+
 TEST(Trainer, EarlyStoppingStopsWhenValidationStalls) {
   const std::string dir = test::temp_dir("early");
   write_image_folder(dir + "/data", {8, 8}, 4);

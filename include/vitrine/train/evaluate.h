@@ -30,6 +30,19 @@ struct EvalOptions {
   bool targets = true;  ///< false: images alone (unlabelled data); see LoaderOptions
 };
 
+/// How a data set's classes are matched to a classifier's.
+enum class ClassMatch {
+  kByName,      ///< the data holds some or all of the model's classes, in any order
+  kByPosition,  ///< no name in common, as many classes: the data's i-th is the model's i-th
+};
+
+/// Matches `data_classes` to the classifier `config`, as `eval` and `optimize` do: by name,
+/// or, when no name is shared (ImageNet's folder ids against a checkpoint's class names) or
+/// the model has no class names, by position. Throws naming the data's unknown classes, or
+/// the counts that differ, otherwise.
+ClassMatch match_classes(const models::ModelConfig& config,
+                         const std::vector<std::string>& data_classes);
+
 /// The model's eval transform (its config's preprocessing), converting grey data to RGB
 /// models and back as needed.
 data::SampleTransform eval_sample_transform(const models::ModelConfig& config);
