@@ -680,6 +680,14 @@ void Trainer::State::write_run_report() {
     }
     for (const auto& e : errors) spdlog::warn("test: skipped {}", e);
     result.test_skipped = static_cast<int64_t>(errors.size());
+    if (!errors.empty()) {
+      // The test figures are of the photos that could be read.
+      for (auto& [name, value] : in.facts) {
+        if (name == "images") {
+          value += " (" + std::to_string(errors.size()) + " test unreadable, not scored)";
+        }
+      }
+    }
   }
   // A grid of held-out images with the best model's predictions.
   if (!data.multi_label && shown && shown->size() > 0) {

@@ -626,6 +626,8 @@ TEST(Trainer, MultiLabelTunesThresholdsThatPredictUses) {
   EXPECT_EQ(result.test_skipped, 1);
   const auto test = nlohmann::json::parse(read_text_file(dir + "/run/test_metrics.json"));
   EXPECT_EQ(test["count"], 8);
+  EXPECT_CONTAINS(read_text_file(dir + "/run/report.html"),
+                  "44 train, 8 val, 9 test (1 test unreadable, not scored)");
   EXPECT_DOUBLE_EQ(test["mean_ap"].get<double>(), result.test_map);
   EXPECT_GT(result.test_map, 0.5);
   auto model = models::load_model(result.best_dir);
