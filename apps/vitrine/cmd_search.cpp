@@ -478,8 +478,17 @@ void add_search_command(CLI::App& app, int& status) {
              "--route-by-category needs a model with a classification head (this one is a "
              "backbone); fine-tune one on the catalogue's categories with `vitrine train`");
     if (a->route) {  // the model's classes must name catalogue categories for routing to apply
-      const search::Filter any{"category", "=", embedder.labels()};
-      VT_CHECK(db->catalog().product_count_where({any}) > 0,
+      // In slices: SQLite takes at most 32,766 parameters a statement.
+      const auto& labels = embedder.labels();
+      bool known = false;
+      for (size_t i = 0; i < labels.size() && !known; i += 1000) {
+        const search::Filter some{
+            "category", "=",
+            {labels.begin() + static_cast<std::ptrdiff_t>(i),
+             labels.begin() + static_cast<std::ptrdiff_t>(std::min(labels.size(), i + 1000))}};
+        known = db->catalog().product_count_where({some}) > 0;
+      }
+      VT_CHECK(known,
                "--route-by-category: none of the model's classes (",
                embedder.labels().front(), ", ...) is a category of the catalogue; route with "
                "a model fine-tuned on the catalogue's categories");
