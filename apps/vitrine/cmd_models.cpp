@@ -140,14 +140,14 @@ void add_init_command(CLI::App& app, int& status) {
       cmd->add_option("--block", a->block,
                       "resnet_custom: basic (resnet18/34) or bottleneck (50+)")
           ->check(CLI::IsMember({"basic", "bottleneck"}))};
-  const auto positive = CLI::Range(int64_t{1}, int64_t{1} << 16);
+  const auto in_size = CLI::Range(int64_t{1}, int64_t{1} << 16);
   const std::vector<CLI::Option*> vit_flags{
-      cmd->add_option("--patch-size", a->patch_size, "vit_custom: patch side")->check(positive),
-      cmd->add_option("--width", a->width, "vit_custom: embedding width")->check(positive),
-      cmd->add_option("--depth", a->depth, "vit_custom: encoder blocks")->check(positive),
-      cmd->add_option("--heads", a->heads, "vit_custom: attention heads")->check(positive),
+      cmd->add_option("--patch-size", a->patch_size, "vit_custom: patch side")->check(in_size),
+      cmd->add_option("--width", a->width, "vit_custom: embedding width")->check(in_size),
+      cmd->add_option("--depth", a->depth, "vit_custom: encoder blocks")->check(in_size),
+      cmd->add_option("--heads", a->heads, "vit_custom: attention heads")->check(in_size),
       cmd->add_option("--mlp-ratio", a->mlp_ratio, "vit_custom: MLP width / embedding width")
-          ->check(CLI::PositiveNumber)};
+          ->check(cli::positive())};
   cmd->add_option("--seed", a->seed, "Random seed of the initialisation");
   auto* num_classes = cmd->get_option("--num-classes");
   auto* image_size = cmd->get_option("--image-size");

@@ -489,7 +489,7 @@ void add_optimize_command(CLI::App& app, int& status) {
                   "(default 2; 0: none)")
       ->check(CLI::Range(int64_t{0}, int64_t{1000}));
   cmd->add_option("--recover-lr", a->recover_lr, "Peak learning rate of that fine-tune (AdamW)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--tome", a->tome,
                   "ViT Token Merging: merge this many token pairs after each block's "
                   "attention (training-free), e.g. 8")

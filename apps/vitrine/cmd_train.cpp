@@ -97,13 +97,13 @@ void add_loop_options(CLI::App* cmd, LoopFlags f) {
       ->check(CLI::IsMember({"cosine", "step", "constant"}))
       ->capture_default_str();
   cmd->add_option("--warmup-epochs", *f.warmup_epochs, "Linear warm-up (may be fractional)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative())
       ->capture_default_str();
   cmd->add_option("--min-lr", *f.min_lr, "Floor of the cosine schedule")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative())
       ->capture_default_str();
   cmd->add_option("--clip-grad", *f.clip_grad, "Max gradient norm (0 = off)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative())
       ->capture_default_str();
   cmd->add_option("--amp", *f.amp, "none | bf16: mixed precision (CPU autocast)")
       ->check(CLI::IsMember({"none", "bf16"}));
@@ -116,7 +116,7 @@ void add_loop_options(CLI::App* cmd, LoopFlags f) {
       ->excludes("--resume");
   cmd->add_option("--save-every", *f.save_every,
                   "Also save the resumable state every N steps (0: at epoch ends)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_flag("--strict", *f.strict, "Stop at the first unreadable image instead of skipping");
 }
 
@@ -124,11 +124,11 @@ void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& a) {
   cmd->add_option("--scale", a.scale, "Random-resized-crop area range (min max)")
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--ratio", a.ratio, "Random-resized-crop aspect range (min max)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--hflip", a.hflip, "Horizontal flip probability")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--color-jitter", a.brightness,
                   "Colour jitter strength (brightness = contrast = saturation)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
 }
 
 /// --adv-eps, --adv-steps, --adv-alpha: an attack's budget, as training and eval take it.
@@ -231,11 +231,13 @@ void add_train_command(CLI::App& app, int& status) {
                   "the one above (ViT blocks, ResNet residual blocks; 1 = off)");
   cmd->add_option("--decay-milestones", o->lr_milestones,
                   "Epochs where step decay applies (--sched step)");
-  cmd->add_option("--decay-rate", o->lr_gamma, "Step decay factor")->check(CLI::PositiveNumber);
+  cmd->add_option("--decay-rate", o->lr_gamma, "Step decay factor")->check(positive());
   cmd->add_option("--label-smoothing", o->label_smoothing, "Label smoothing")
       ->capture_default_str();
-  cmd->add_option("--drop", o->dropout, "Dropout rate");
-  cmd->add_option("--drop-path", o->drop_path, "Stochastic depth rate");
+  cmd->add_option("--drop", o->dropout, "Dropout rate (default: the model's)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--drop-path", o->drop_path, "Stochastic depth rate (default: the model's)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--model-ema-decay", o->ema_decay,
                   "Keep an EMA of the weights (e.g. 0.999; warmed up over the first steps)")
       ->check(CLI::Range(0.0, 1.0));
@@ -246,7 +248,7 @@ void add_train_command(CLI::App& app, int& status) {
       ->check(CLI::IsMember({"random", "balanced"}));
   cmd->add_option("--freeze", o->freeze, "none | backbone | until:<module>");
   cmd->add_option("--patience", o->patience, "Early stopping patience in epochs (0 = off)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--monitor", o->monitor,
                   "val_top1 | val_loss | val_macro_f1 | val_robust_top1 | val_map (default: "
                   "val_top1; val_robust_top1 with --adv; val_map for multi-label data)");
@@ -258,14 +260,16 @@ void add_train_command(CLI::App& app, int& status) {
       ->check(CLI::IsMember({"none", "trivialaugment", "randaugment"}));
   cmd->add_option("--reprob", a.random_erasing, "Random erasing probability")
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--mixup", o->mixup, "Mixup alpha (0 = off)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--cutmix", o->cutmix, "CutMix alpha (0 = off)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--mixup", o->mixup, "Mixup alpha (0 = off)")->check(non_negative());
+  cmd->add_option("--cutmix", o->cutmix, "CutMix alpha (0 = off)")->check(non_negative());
   cmd->add_option("--adv", o->adv, "Adversarial training: none | fgsm | pgd")
       ->check(CLI::IsMember({"none", "fgsm", "pgd"}));
   add_attack_options(cmd, o->adv_attack);
   cmd->add_option("--lora-rank", o->lora_rank,
-                  "LoRA adapters of this rank (ViT); only they and the head train (0 = off)");
-  cmd->add_option("--lora-alpha", o->lora.alpha, "LoRA scale numerator: scale = alpha / rank");
+                  "LoRA adapters of this rank (ViT); only they and the head train (0 = off)")
+      ->check(CLI::Range(int64_t{0}, int64_t{4096}));
+  cmd->add_option("--lora-alpha", o->lora.alpha, "LoRA scale numerator: scale = alpha / rank")
+      ->check(positive());
   cmd->add_option("--lora-targets", o->lora.targets,
                   "Matrices that get adapters: qkv proj fc1 fc2 (default: all four)")
       ->delimiter(',');
@@ -273,7 +277,7 @@ void add_train_command(CLI::App& app, int& status) {
                 "Continual fine-tuning: add the data's new classes to the --init model's head");
   cmd->add_option("--replay", o->replay,
                   "Replay up to N photos stored with the --init model, and store N with this one")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_flag("--save-adapter", o->save_adapter,
                 "Also write adapter.safetensors (adapters and head alone) beside each model");
   cmd->add_option("--teacher", o->teacher_dir,
@@ -284,7 +288,7 @@ void add_train_command(CLI::App& app, int& status) {
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--distill-temperature", o->distill_temperature,
                   "Softens teacher and model predictions (default 2)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   cmd->add_option("--unlabelled", o->unlabelled,
                   "Semi-supervised (FixMatch): also learn from these unlabelled photos (a "
                   "folder, ImageFolder, CSV or fashion-mnist; labels unused)");
@@ -296,7 +300,7 @@ void add_train_command(CLI::App& app, int& status) {
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--unlabelled-weight", o->unlabelled_weight,
                   "Weight of the unlabelled photos' loss (default 1)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--unlabelled-targets", o->unlabelled_targets,
                   "Targets of the unlabelled photos: self (FixMatch: the model's own confident "
                   "predictions) or teacher (the --teacher's softened predictions, every photo)")

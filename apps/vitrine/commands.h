@@ -94,6 +94,11 @@ void add_loop_options(CLI::App* cmd, LoopFlags flags);
 /// --scale, --ratio, --hflip, --color-jitter.
 void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& augment);
 
+/// Option checks for numbers >= 0 and > 0. CLI11's own (NonNegativeNumber, PositiveNumber)
+/// print the largest double as the upper bound of their range.
+const CLI::Validator& non_negative();
+const CLI::Validator& positive();
+
 /// The command line as typed, for provenance records.
 const std::string& command_line();
 /// The same, word by word (argv), for commands that start copies of themselves.

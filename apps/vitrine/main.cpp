@@ -20,6 +20,28 @@ std::vector<std::string> g_command_args;
 }
 const std::string& command_line() { return g_command_line; }
 const std::vector<std::string>& command_args() { return g_command_args; }
+
+namespace {
+CLI::Validator number_at_least_zero(bool above) {
+  return CLI::Validator(
+      [above](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v)) return "'" + text + "' is not a number";
+        if (above ? v > 0 : v >= 0) return {};
+        return std::string("must be ") + (above ? "above 0" : "0 or more") + ", got " + text;
+      },
+      above ? "POSITIVE" : "NONNEGATIVE");
+}
+}  // namespace
+
+const CLI::Validator& non_negative() {
+  static const CLI::Validator check = number_at_least_zero(false);
+  return check;
+}
+const CLI::Validator& positive() {
+  static const CLI::Validator check = number_at_least_zero(true);
+  return check;
+}
 }  // namespace vitrine::cli
 
 namespace {

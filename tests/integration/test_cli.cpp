@@ -719,3 +719,27 @@ TEST(Cli, AMistypedCommandIsNamedWithTheClosestOne) {
   r = test::run_command(bin + " --version");
   EXPECT_EQ(r.status, 0) << r.err;
 }
+
+TEST(Cli, OutOfRangeTrainingSettingsAreRefusedBeforeAnyWork) {
+  const std::string d = test::temp_dir("cli-range");
+  const std::string train = q(test::vitrine_bin()) + " train --data " + q(d + "/none") +
+                            " --model resnet18 --out " + q(d + "/run");
+  for (const char* bad : {"--model-ema-decay -0.5", "--model-ema-decay 1.5", "--drop 1.5",
+                          "--drop-path -1", "--lora-rank -1"}) {
+    const auto r = test::run_command(train + " " + bad);
+    EXPECT_EQ(r.status, 2) << bad;
+    EXPECT_CONTAINS(r.err, "not in range");
+  }
+  // Checks without an upper bound name their rule, not the largest double.
+  auto r = test::run_command(train + " --patience -1");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "--patience: must be 0 or more, got -1");
+  EXPECT_LT(r.err.size(), 200u) << r.err;
+  r = test::run_command(train + " --distill-temperature 0");
+  EXPECT_CONTAINS(r.err, "--distill-temperature: must be above 0, got 0");
+  r = test::run_command(train + " --mixup x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "--mixup");
+  EXPECT_FALSE(fs::exists(d + "/run"));
+  fs::remove_all(d);
+}
