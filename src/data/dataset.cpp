@@ -10,6 +10,7 @@
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
 #include "vitrine/core/hash.h"
+#include "vitrine/core/json.h"
 #include "vitrine/image/batch.h"
 #include "vitrine/image/decode.h"
 
@@ -200,10 +201,16 @@ fs::path source_home(const std::string& source) {
   return fs::is_directory(source, ec) ? fs::path(source) : fs::path(source).parent_path();
 }
 
-/// A photo's path within `home` (source_home), which stays when the folder moves; an item
-/// of a packed data set ("fashion-mnist:train:7", no home) as it is.
+/// A photo's path within `home` (source_home), which stays when the folder moves, however
+/// the source is written (relative, absolute, "./"); a photo outside it (a manifest's
+/// absolute path) by its absolute path; an item of a packed data set
+/// ("fashion-mnist:train:7", no home) as it is.
 std::string path_within(const std::string& name, const fs::path& home) {
-  return home.empty() ? name : fs::path(name).lexically_proximate(home).string();
+  if (home.empty()) return name;
+  const fs::path photo = fs::absolute(name).lexically_normal();
+  const fs::path within = photo.lexically_relative(fs::absolute(home).lexically_normal());
+  if (within.empty() || *within.begin() == "..") return photo.string();
+  return within.string();
 }
 
 struct SplitIndices {
@@ -334,6 +341,19 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
                         bool splits_given, const DataOptions& options,
                         std::vector<std::string> warnings, const std::string& source) {
   for (const auto& names : items.labels) class_set.insert(names.begin(), names.end());
+  // A model stores its class names as UTF-8 text: a Latin-1 folder name or a Windows-1252
+  // manifest would become another name in its config.json, unknown to `eval` on this data.
+  for (const auto& name : class_set) {
+    if (valid_utf8(name)) continue;
+    std::string first;
+    for (size_t i = 0; i < items.labels.size() && first.empty(); ++i) {
+      const auto& names = items.labels[i];
+      if (std::find(names.begin(), names.end(), name) != names.end()) first = items.paths[i];
+    }
+    VT_FAIL("the class name ", json_text(nlohmann::json(name)), " (of ", first,
+            ") is not UTF-8 text; rename the class folder, or save the manifest as UTF-8 "
+            "(spreadsheets: \"CSV UTF-8\")");
+  }
   std::vector<std::string> classes(class_set.begin(), class_set.end());
   std::map<std::string, int64_t> index;
   for (size_t k = 0; k < classes.size(); ++k) index[classes[k]] = static_cast<int64_t>(k);

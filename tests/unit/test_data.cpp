@@ -441,6 +441,38 @@ TEST(DataCsv, QuotingSplitsAndPaths) {
   EXPECT_FALSE(n.test);
 }
 
+TEST(DataCsv, AbsolutePathsSplitAlikeHoweverTheManifestIsNamedOrWherever) {
+  const TempDir tmp("data-csv-abs");
+  const fs::path& dir = tmp.path();
+  std::string text = "path,label\n";
+  for (int i = 0; i < 40; ++i) {
+    const fs::path photo = dir / "photos" / ("p" + std::to_string(i) + ".png");
+    write_image(photo, noise(3, 3, 3, 50 + i));
+    text += photo.string() + (i % 2 ? ",x\n" : ",y\n");
+  }
+  write_text(dir / "a" / "m.csv", text);
+  write_text(dir / "b" / "deeper" / "m.csv", text);
+  DataOptions o;
+  o.val_split = 0.25;
+  o.test_split = 0.25;
+  const auto test_names = [&](const std::string& source) {
+    o.source = source;
+    const DataSplits s = open_data(o);
+    std::vector<std::string> names;
+    for (int64_t i = 0; i < s.test->size(); ++i) names.push_back(s.test->name(i));
+    std::sort(names.begin(), names.end());
+    EXPECT_EQ(names.size(), 10u);
+    return std::make_pair(names, items_digest(*s.train, source));
+  };
+  const auto absolute = test_names((dir / "a" / "m.csv").string());
+  const auto relative = test_names(fs::relative(dir / "a" / "m.csv").string());
+  const auto dotted = test_names((dir / "a" / "." / ".." / "a" / "m.csv").string());
+  const auto moved = test_names((dir / "b" / "deeper" / "m.csv").string());
+  EXPECT_EQ(relative, absolute);
+  EXPECT_EQ(dotted, absolute);
+  EXPECT_EQ(moved, absolute) << "the photos stayed where they were";
+}
+
 TEST(DataCsv, MultiLabel) {
   const TempDir tmp("data-csv-multi");
   const fs::path& dir = tmp.path();
@@ -529,6 +561,11 @@ TEST(DataCsv, Errors) {
                   "split.csv:2: unknown split 'dev'; use train, val or test");
   EXPECT_CONTAINS(open("notrain.csv", "path,label,split\nimg/ok.png,a,val\n"),
                   "has no training images");
+  // A spreadsheet's Windows-1252 export: a class name the model could not store as it is.
+  const std::string latin = open("latin.csv", "path,label\nimg/ok.png,Caf\xe9 noir\n");
+  EXPECT_CONTAINS(latin, "the class name \"Caf\xef\xbf\xbd noir\" (of ");
+  EXPECT_CONTAINS(latin, "ok.png) is not UTF-8 text");
+  EXPECT_CONTAINS(latin, "save the manifest as UTF-8");
   o.source = (dir / "absent.csv").string();
   EXPECT_CONTAINS(error_of([&] { open_data(o); }), "absent.csv does not exist");
 }
