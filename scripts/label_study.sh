@@ -17,13 +17,17 @@
 # (search.html).
 #
 # usage: scripts/label_study.sh [--labels-per-class N] [--epochs E] [--seed S] [--out DIR]
-#                               [--backbone DIR] [--threads T] [--no-distil] [--semi]
+#                               [--data-seed D] [--backbone DIR] [--threads T] [--no-distil]
+#                               [--semi]
+# --seed sets initialisation, order and augmentation; --data-seed (0) which N photos a class
+# are the labelled ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 labels_per_class=60
 epochs=40
 seed=0
+data_seed=0
 out=runs/label_study
 backbone=models/fashion-mnist-simclr
 threads=0
@@ -34,12 +38,13 @@ while [[ $# -gt 0 ]]; do
     --labels-per-class) labels_per_class=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --data-seed) data_seed=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --backbone) backbone=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --semi) semi=1; shift ;;
     --no-distil) distil=0; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "label_study.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,7 +68,8 @@ $vitrine init --like "$backbone" --seed "$seed" --out "$out/random_init"
 # (e), whose pseudo-labels need a model that may be more than 91% sure).
 # No validation split: it would hold labels beyond the N per class (2% of the training set
 # is 1,200 photos), so each run trains its fixed epochs and its last model is tested once.
-common=(--data fashion-mnist --labels-per-class "$labels_per_class" --val-split 0
+common=(--data fashion-mnist --labels-per-class "$labels_per_class" --data-seed "$data_seed"
+        --val-split 0
         --epochs "$epochs" --batch-size 64 --warmup-epochs 2
         --scale 0.6 1 --hflip 0.5 --seed "$seed" --threads "$threads")
 
@@ -95,7 +101,7 @@ if [[ $semi == 1 ]]; then
   search_model=$out/semi/best
 fi
 
-echo "== test split (10,000 photos), $labels_per_class labels per class, $epochs epochs, seed $seed"
+echo "== test split (10,000 photos), $labels_per_class labels per class, $epochs epochs, seed $seed, data seed $data_seed"
 $vitrine compare --title "Fashion-MNIST, $labels_per_class labels per class: what pretraining buys" \
   "${runs[@]}" --data fashion-mnist --threads "$threads" \
   --out "$out/report.html" | tee "$out/table.txt"

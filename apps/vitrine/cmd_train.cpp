@@ -55,6 +55,10 @@ void add_data_options(CLI::App* cmd, data::DataOptions& d) {
                   "Keep this many labelled training images per class");
   cmd->add_option("--label-fraction", d.label_fraction,
                   "Keep this fraction of the labelled training images");
+  cmd->add_option("--data-seed", d.seed,
+                  "Seed of the carved val/test splits and of the label subsample; evaluate "
+                  "with the seed the model was trained with")
+      ->capture_default_str();
   cmd->add_option("--fashion-mnist-dir", d.fashion_mnist_dir, "Where the IDX files are");
   cmd->add_option("--max-pixels", d.max_pixels,
                   "Skip photos with more pixels (checked from the header)")
@@ -107,7 +111,9 @@ void add_loop_options(CLI::App* cmd, LoopFlags f) {
       ->capture_default_str();
   cmd->add_option("--amp", *f.amp, "none | bf16: mixed precision (CPU autocast)")
       ->check(CLI::IsMember({"none", "bf16"}));
-  cmd->add_option("--seed", *f.seed, "Random seed (data order, augmentation, initialisation)");
+  cmd->add_option("--seed", *f.seed,
+                  "Random seed (data order, augmentation, initialisation; the splits: "
+                  "--data-seed)");
   cmd->add_option("--workers", *f.workers, "Image decoding threads (0 = all cores)");
   cmd->add_option("--threads", *f.threads, "Compute threads (default: all cores)");
   cmd->add_flag("--resume", *f.resume, "Continue the run in --out from its saved state");
@@ -390,6 +396,20 @@ nlohmann::json attack_json(const train::AttackOptions& o) {
           {"random_start", o.method == "pgd" && o.random_start}};
 }
 
+/// The val/test photos carved out of a data set depend on --data-seed: a model trained with
+/// another seed on the same data has trained on some of this seed's held-out photos.
+void warn_other_data_seed(const std::string& dir, const models::VisionModelImpl& model,
+                          const data::DataOptions& data) {
+  const auto p = nlohmann::json::parse(model.config().provenance_json, nullptr, false);
+  if (!p.is_object() || p.value("data", std::string()) != data.source) return;
+  const uint64_t trained = p.value("data_seed", uint64_t{0});
+  if (trained == data.seed) return;
+  spdlog::warn("{} was trained on {} with --data-seed {}: where its val/test photos are "
+               "carved out of the training photos, this seed's include photos it learnt "
+               "from; evaluate with --data-seed {}",
+               dir, data.source, trained, trained);
+}
+
 }  // namespace
 
 void add_eval_command(CLI::App& app, int& status) {
@@ -437,6 +457,7 @@ void add_eval_command(CLI::App& app, int& status) {
     if (splits.multi_label) {
       for (const auto& dir : dirs) {
         auto model = models::load_model(dir);
+        warn_other_data_seed(dir, *model, a->data);
         std::vector<std::string> errors;
         const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
         for (const auto& e : errors) spdlog::warn("skipped: {}", e);
@@ -474,6 +495,7 @@ void add_eval_command(CLI::App& app, int& status) {
     std::vector<train::ClassificationMetrics> results, robust;
     for (const auto& dir : dirs) {
       auto model = models::load_model(dir);
+      warn_other_data_seed(dir, *model, a->data);
       std::vector<std::string> errors;
       results.push_back(train::evaluate(*model, d, a->eval, &errors));
       for (const auto& e : errors) spdlog::warn("skipped: {}", e);

@@ -726,6 +726,7 @@ void Trainer::State::set_provenance() {
          {"lr", o.optim.lr},
          {"seed", o.seed}};
   if (o.data.labels_per_class > 0) p["labels_per_class"] = o.data.labels_per_class;
+  if (o.data.seed != 0) p["data_seed"] = o.data.seed;
   if (o.init_dir.empty()) {
     p["arch"] = o.arch;
   } else {
@@ -868,7 +869,8 @@ StateHeader Trainer::State::state_header(int64_t epochs_done,
   h.data_settings = {{"--val-split", d.val_split < 0 ? "default" : setting_text(d.val_split)},
                      {"--test-split", setting_text(d.test_split)},
                      {"--labels-per-class", std::to_string(d.labels_per_class)},
-                     {"--label-fraction", setting_text(d.label_fraction)}};
+                     {"--label-fraction", setting_text(d.label_fraction)},
+                     {"--data-seed", std::to_string(d.seed)}};
   return h;
 }
 

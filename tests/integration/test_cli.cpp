@@ -743,3 +743,45 @@ TEST(Cli, OutOfRangeTrainingSettingsAreRefusedBeforeAnyWork) {
   EXPECT_FALSE(fs::exists(d + "/run"));
   fs::remove_all(d);
 }
+
+TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
+  const std::string d = test::temp_dir("cli-data-seed");
+  write_two_class_folders(d + "/data", {"all"});
+  write_two_class_folders(d + "/more", {"all"});
+  for (int c = 0; c < 2; ++c) {  // 8 photos a class, from which a quarter is carved as test
+    const std::string cls = "/all/class_" + std::to_string(c);
+    for (int i = 0; i < 4; ++i) {
+      fs::copy_file(d + "/more" + cls + "/" + std::to_string(i) + ".png",
+                    d + "/data" + cls + "/x" + std::to_string(i) + ".png");
+    }
+  }
+  const std::string bin = q(test::vitrine_bin());
+  auto r = test::run_command(bin + " init --arch resnet_custom --layers 1 1 1 1 --image-size 32 " +
+                             "--num-classes 2 --seed 0 --out " + q(d + "/init"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string data = q(d + "/data/all") + " --val-split 0 --test-split 0.25";
+  const auto trained_on = [&](const std::string& seed, const std::string& out) {
+    r = test::run_command(bin + " train --init " + q(d + "/init") + " --data " + data +
+                          " --epochs 1 --batch-size 4 --threads 2 --out " + q(d + "/" + out) +
+                          seed);
+    EXPECT_EQ(r.status, 0) << r.err;
+    return json::parse(std::ifstream(d + "/" + out + "/state/trainer.json"))["data_items_sha256"];
+  };
+  const auto seed0 = trained_on("", "run0");
+  const auto seed1 = trained_on(" --data-seed 1", "run1");
+  const auto seed2 = trained_on(" --data-seed 2 --seed 5", "run2");
+  EXPECT_NE(seed0, seed1) << "--data-seed draws other training photos";
+  EXPECT_NE(seed1, seed2);
+  EXPECT_EQ(seed0, trained_on(" --seed 7", "run3")) << "--seed alone keeps the split";
+  const auto config = json::parse(std::ifstream(d + "/run1/last/config.json"));
+  EXPECT_EQ(config["provenance"]["data_seed"], 1);
+  // eval with another --data-seed would score photos the model learnt from: said.
+  const std::string eval = bin + " eval --model " + q(d + "/run1/last") + " --data " + data;
+  r = test::run_command(eval);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "with --data-seed 1: where its val/test photos are carved out");
+  r = test::run_command(eval + " --data-seed 1");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err.find("--data-seed"), std::string::npos) << r.err;
+  fs::remove_all(d);
+}

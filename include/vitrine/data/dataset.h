@@ -98,8 +98,9 @@ struct DataSplits {
 /// of the class's others from one split to another. Files with extensions other than .jpg,
 /// .jpeg, .jpe, .jfif, .png, .webp and .bmp (any case) are ignored in folders, and so are
 /// the system's entries (is_system_entry). Throws vitrine::Error for a missing source, a
-/// malformed manifest (with its line number), a manifest row naming a missing file, bad or
-/// missing IDX files, no training items, or invalid options.
+/// malformed manifest (with its line number), a manifest row naming a missing file when
+/// `strict` (otherwise the row is skipped, with a warning), a class name that is not UTF-8,
+/// bad or missing IDX files, no training items, or invalid options.
 DataSplits open_data(const DataOptions& options);
 
 /// Unlabelled images for self-supervised pretraining: a folder of photos (searched
