@@ -101,7 +101,8 @@ if [[ $semi == 1 ]]; then
   search_model=$out/semi/best
 fi
 
-echo "== test split (10,000 photos), $labels_per_class labels per class, $epochs epochs, seed $seed, data seed $data_seed"
+echo "== test split (10,000 photos), $labels_per_class labels per class, $epochs epochs," \
+  "seed $seed, data seed $data_seed"
 $vitrine compare --title "Fashion-MNIST, $labels_per_class labels per class: what pretraining buys" \
   "${runs[@]}" --data fashion-mnist --threads "$threads" \
   --out "$out/report.html" | tee "$out/table.txt"
