@@ -97,12 +97,18 @@ std::vector<DuplicateGroup> find_duplicates(const SearchDb& db, const DuplicateO
     float score;
   };
   std::vector<Link> links;
-  db.catalog().scan_embeddings(1024, [&](const std::vector<int64_t>& ids,
-                                         const std::vector<float>& values) {
+  // The images the index holds, a batch at a time; search_images reads the catalogue, so
+  // the embeddings are read batch by batch rather than in one scan holding it.
+  const std::vector<int64_t> all = index->ids();
+  for (size_t begin = 0; begin < all.size(); begin += 1024) {
+    std::vector<int64_t> ids(all.begin() + static_cast<std::ptrdiff_t>(begin),
+                             all.begin() + static_cast<std::ptrdiff_t>(
+                                               std::min(all.size(), begin + 1024)));
+    const auto values = db.catalog().stored_embeddings(ids);  // drops ids removed meanwhile
     const auto nq = static_cast<int64_t>(ids.size());
     std::vector<float> scores(static_cast<size_t>(nq * k));
     std::vector<int64_t> found(static_cast<size_t>(nq * k));
-    index->search(values.data(), nq, k, nullptr, scores.data(), found.data());
+    db.search_images(values.data(), nq, k, nullptr, scores.data(), found.data());
     for (int64_t q = 0; q < nq; ++q) {
       for (int64_t j = 0; j < k; ++j) {
         const auto at = static_cast<size_t>(q * k + j);
@@ -111,7 +117,7 @@ std::vector<DuplicateGroup> find_duplicates(const SearchDb& db, const DuplicateO
         links.push_back({ids[static_cast<size_t>(q)], found[at], scores[at]});
       }
     }
-  });
+  }
   std::vector<int64_t> involved;
   for (const auto& l : links) {
     involved.push_back(l.a);

@@ -402,6 +402,55 @@ void SearchDb::saved(int64_t seq) {
   catalog_->forget_changes_through(seq);
 }
 
+void SearchDb::search_images(const float* queries, int64_t nq, int64_t k,
+                             const std::vector<int64_t>* allowed, float* scores,
+                             int64_t* ids) const {
+  VT_CHECK(index_, "search_images: no index");
+  if (index_->kind() != "ivfpq") {
+    index_->search(queries, nq, k, allowed, scores, ids);
+    return;
+  }
+  // IVF-PQ scores are estimates from the compressed codes (a photo against itself may score
+  // 0.94): four times as many candidates as asked are scored again exactly from the stored
+  // embeddings, as FAISS's IndexRefineFlat does.
+  const int64_t pool = allowed ? static_cast<int64_t>(allowed->size()) : index_->size();
+  const int64_t fetch = std::max<int64_t>(k, std::min(pool, k * 4));
+  const int64_t dim = index_->dim();
+  std::vector<float> rough(static_cast<size_t>(nq * fetch));
+  std::vector<int64_t> candidates(static_cast<size_t>(nq * fetch));
+  index_->search(queries, nq, fetch, allowed, rough.data(), candidates.data());
+  std::vector<int64_t> stored;
+  for (const int64_t id : candidates) {
+    if (id >= 0) stored.push_back(id);
+  }
+  std::sort(stored.begin(), stored.end());
+  stored.erase(std::unique(stored.begin(), stored.end()), stored.end());
+  const auto values = catalog_->stored_embeddings(stored);  // drops ids removed meanwhile
+  std::fill(ids, ids + nq * k, int64_t{-1});
+  std::fill(scores, scores + nq * k, -1.0f);
+  std::vector<std::pair<float, int64_t>> exact;
+  for (int64_t q = 0; q < nq; ++q) {
+    const float* query = queries + q * dim;
+    exact.clear();
+    for (int64_t j = 0; j < fetch; ++j) {
+      const int64_t id = candidates[static_cast<size_t>(q * fetch + j)];
+      const auto at = std::lower_bound(stored.begin(), stored.end(), id);
+      if (id < 0 || at == stored.end() || *at != id) continue;
+      const float* v = values.data() + (at - stored.begin()) * dim;
+      exact.emplace_back(std::inner_product(query, query + dim, v, 0.0f), id);
+    }
+    const auto found = std::min<int64_t>(k, static_cast<int64_t>(exact.size()));
+    std::partial_sort(exact.begin(), exact.begin() + found, exact.end(),
+                      [](const auto& a, const auto& b) {
+                        return a.first > b.first || (a.first == b.first && a.second < b.second);
+                      });
+    for (int64_t j = 0; j < found; ++j) {
+      scores[q * k + j] = exact[static_cast<size_t>(j)].first;
+      ids[q * k + j] = exact[static_cast<size_t>(j)].second;
+    }
+  }
+}
+
 std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,
                                                const SearchOptions& options) const {
   VT_CHECK(options.k > 0, "k must be positive, got ", options.k);
@@ -453,8 +502,8 @@ std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,
       }
     }
   } else {
-    index_->search(queries, nq, k_images, allowed ? &*allowed : nullptr, scores.data(),
-                   ids.data());
+    search_images(queries, nq, k_images, allowed ? &*allowed : nullptr, scores.data(),
+                  ids.data());
   }
   // Describe every image found once, then keep each product's best image.
   std::vector<int64_t> found;

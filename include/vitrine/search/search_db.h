@@ -84,6 +84,12 @@ class SearchDb {
   std::vector<std::vector<Hit>> search(const float* queries, int64_t nq,
                                        const SearchOptions& options) const;
 
+  /// The k nearest images of each query (scores best first, ids -1 past the last found),
+  /// among `allowed` when given. Scores are exact inner products: IVF-PQ's estimates from
+  /// its compressed codes are computed again from the stored embeddings.
+  void search_images(const float* queries, int64_t nq, int64_t k,
+                     const std::vector<int64_t>* allowed, float* scores, int64_t* ids) const;
+
   /// Writes the index if it changed (atomically: a temporary file renamed over the old one)
   /// and trims the change log it holds.
   void save();
