@@ -89,7 +89,19 @@ std::unique_ptr<search::SearchDb> open_existing_db(const std::string& dir,
                                                    const search::IndexOptions& index = {}) {
   VT_CHECK(fs::exists(fs::path(dir) / "catalog.sqlite"), "no search database in ", dir,
            " (create one with `vitrine index`)");
-  return search::SearchDb::open(dir, index);
+  auto db = search::SearchDb::open(dir, index);
+  if (db->open_report().rebuilt) {
+    // Saved, so that the next command loads it instead of building it again.
+    try {
+      db->save();
+      spdlog::info("saved the rebuilt index to {}", db->index_path());
+    } catch (const std::exception& e) {
+      spdlog::warn("the rebuilt index could not be saved ({}); each command builds it again "
+                   "until `vitrine index` saves it",
+                   e.what());
+    }
+  }
+  return db;
 }
 
 std::string model_for(const search::SearchDb& db, const std::string& given) {

@@ -365,6 +365,9 @@ void SearchDb::save() {
 
 bool SearchDb::prepare_save() {
   if (!index_) return false;
+  // Another process may have saved a newer file meanwhile (and trimmed the log up to it):
+  // take its changes first, so that this file never replaces it with an older state.
+  refresh();
   if (target_kind(index_->size()) != index_->kind()) {
     rebuild("the catalogue outgrew its " + index_->kind() + " index");
   }

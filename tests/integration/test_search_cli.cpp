@@ -491,3 +491,25 @@ TEST(SearchCli, ADuplicateThresholdOutOfRangeIsNamedWithItsRange) {
     EXPECT_CONTAINS(r.err, "(-1, 1]");
   }
 }
+
+TEST(SearchCli, AnIndexRebuiltBySearchIsSavedForTheNextCommand) {
+  const std::string d = test::temp_dir("search-cli-rebuilt");
+  make_model(d + "/m", 0);
+  make_catalog(d, 6);
+  auto r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                             " --catalog " + q(d + "/products.csv") + " --db " + q(d + "/db"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  fs::remove(d + "/db/vectors.index");  // as after an indexing run killed before it saved
+  const std::string search =
+      q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " " + q(d + "/img/p1.png");
+  r = test::run_command(search);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "building the flat index");
+  EXPECT_CONTAINS(r.err, "saved the rebuilt index");
+  EXPECT_TRUE(fs::exists(d + "/db/vectors.index"));
+  r = test::run_command(search);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err.find("building"), std::string::npos) << r.err;
+  EXPECT_EQ(json_lines(r.out).at(0)["results"][0]["sku"], "SKU1");
+  fs::remove_all(d);
+}

@@ -684,6 +684,24 @@ TEST(SearchDb, ASaveInStepsKeepsTheChangesMadeWhileTheFileWasWritten) {
   EXPECT_EQ(db->index()->size(), 2);
 }
 
+TEST(SearchDb, AnOlderProcessNeverSavesOverANewerIndexFile) {
+  const auto dir = test::temp_dir("search_older_save");
+  std::mt19937_64 rng(21);
+  auto service = SearchDb::open(dir);  // a long-running process
+  service->use_model(kModel);
+  service->upsert({random_product("A", 1, rng)});  // its own change, not saved yet
+  {
+    auto indexer = SearchDb::open(dir);  // `vitrine index` beside it: saves, trims the log
+    indexer->upsert({random_product("B", 2, rng), random_product("C", 1, rng)});
+    indexer->save();
+  }
+  service->save();  // at shutdown
+  auto later = SearchDb::open(dir);
+  EXPECT_FALSE(later->open_report().rebuilt) << later->open_report().why;
+  EXPECT_EQ(later->index()->size(), 4);
+  expect_consistent(*later);
+}
+
 TEST(SearchIndex, HnswAndIvfPqFindTheExactNeighboursMostOfTheTime) {
   std::mt19937_64 rng(14);
   const int64_t n = 3000;
