@@ -484,6 +484,7 @@ void add_search_command(CLI::App& app, int& status) {
     auto db = open_existing_db(a->db, a->index);
     search::EmbedderOptions eo;
     eo.precision = a->precision;
+    eo.top_classes = std::max<int64_t>(eo.top_classes, a->route_max);
     const search::Embedder embedder(model_for(*db, a->model), eo);
     check_same_model(*db, embedder);
     VT_CHECK(!a->route || !embedder.labels().empty(),
@@ -538,20 +539,25 @@ void add_search_command(CLI::App& app, int& status) {
           if (!e.top.empty() && e.top[0].score >= a->route_min) {
             search::Filter f{"category", "=", {}};
             double mass = 0;
-            for (const auto& c : e.top) {
-              if (static_cast<int64_t>(f.values.size()) >= a->route_max || mass >= a->route_mass) break;
+            for (const auto& c : e.top) {  // the top category always
               f.values.push_back(c.label);
               mass += c.score;
+              if (static_cast<int64_t>(f.values.size()) >= a->route_max ||
+                  mass >= a->route_mass) {
+                break;
+              }
             }
             search::SearchOptions routed = so;
             routed.filters.push_back(f);
             hits = db->search(e.embedding.data(), 1, routed).front();
             route["categories"] = f.values;
             if (static_cast<int64_t>(hits.size()) < a->k) {
-              route["fallback"] = hits.empty() ? "no product of the catalogue has the predicted "
-                                                 "categories"
-                                               : "the predicted categories hold fewer than k "
-                                                 "products";
+              route["fallback"] =
+                  std::string(hits.empty() ? "no product of the catalogue has the predicted "
+                                             "categories"
+                                           : "the predicted categories hold fewer than k "
+                                             "products") +
+                  (filters.empty() ? "" : " that pass the --filter");
               hits.clear();
             }
           } else {

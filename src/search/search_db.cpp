@@ -266,7 +266,7 @@ void SearchDb::rebuild(const std::string& why) {
     int64_t n_train = 0;
     if (kind == "ivfpq") {
       // A strided sample of up to 100k images teaches the coarse centroids and codebooks.
-      const int64_t stride = std::max<int64_t>(1, n / 100'000);
+      const int64_t stride = std::max<int64_t>(1, (n + 99'999) / 100'000);
       int64_t seen = 0;
       catalog_->scan_embeddings(8192, [&](const std::vector<int64_t>& ids,
                                           const std::vector<float>& values) {

@@ -166,6 +166,10 @@ TEST(SearchCli, RouteByCategorySearchesThePredictedCategoriesOrFallsBack) {
   ASSERT_EQ(line["route"]["categories"], json::array({predicted}));
   ASSERT_EQ(line["results"].size(), 5u);
   for (const auto& hit : line["results"]) EXPECT_EQ(hit["category"], predicted);
+  // The top category is searched even when its probability alone reaches --route-mass.
+  r = test::run_command(search + " --route-min-score 0 --route-mass 0");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).at(0)["route"]["categories"], json::array({predicted}));
   // Never sure enough: the whole catalogue, with the reason given.
   r = test::run_command(search + " --route-min-score 1");
   line = json_lines(r.out).at(0);
