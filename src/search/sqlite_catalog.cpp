@@ -184,7 +184,9 @@ class SqliteCatalog : public Catalog {
       // auto_vacuum must be chosen before anything is written, the WAL journal included.
       if (version == 0) exec("PRAGMA auto_vacuum=INCREMENTAL");
       exec("PRAGMA journal_mode=WAL");
-      exec("PRAGMA synchronous=NORMAL");
+      // FULL: a commit reported (a product "stored") survives a power loss too, not only a
+      // killed process; WAL's NORMAL may roll the last commits back then.
+      exec("PRAGMA synchronous=FULL");
       exec("PRAGMA foreign_keys=ON");
       if (version == 0) {
         exec("BEGIN");
