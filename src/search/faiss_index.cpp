@@ -49,6 +49,16 @@ template <typename T>
 std::vector<T> get_vector(std::istream& in, uint64_t max_items) {
   const auto n = get<uint64_t>(in);
   VT_CHECK(n <= max_items, "the vector index file is damaged (a block of ", n, " items)");
+  // A damaged length is caught before its memory is taken: the block must fit in the file.
+  const std::streampos here = in.tellg();
+  if (here != std::streampos(-1)) {
+    in.seekg(0, std::ios::end);
+    const std::streamoff left = in.tellg() - here;
+    in.seekg(here);
+    VT_CHECK(in && static_cast<uint64_t>(left) / sizeof(T) >= n,
+             "the vector index file is truncated or damaged (a block of ", n, " items, ", left,
+             " bytes left)");
+  }
   std::vector<T> v(n);
   in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(T)));
   VT_CHECK(in, "the vector index file is truncated");

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -527,11 +528,29 @@ TEST(SearchDb, ABadIndexFileIsRebuiltFromTheCatalogue) {
   IndexOptions options;
   options.kind = "flat";
   filled_db(dir, options, 50, 8)->save();
+  const std::string good = read_text_file(dir + "/vectors.index");
   write_file_atomic(dir + "/vectors.index", std::string("VTIX\x01\x00\x00\x00garbage", 15));
   auto db = SearchDb::open(dir, options);
   EXPECT_TRUE(db->open_report().rebuilt);
   expect_consistent(*db);
   EXPECT_EQ(db->index()->size(), db->catalog().image_count());
+  db.reset();
+  // A damaged block length (2^27 ids, 1 GiB) is refused before its memory is taken.
+  std::string damaged = good;
+  uint32_t header_length = 0;
+  std::memcpy(&header_length, damaged.data() + 8, 4);
+  const size_t kind_at = 12 + header_length;
+  uint32_t kind_length = 0;
+  std::memcpy(&kind_length, damaged.data() + kind_at, 4);
+  ASSERT_EQ(damaged.substr(kind_at + 4, kind_length), "flat");
+  const uint64_t huge = uint64_t{1} << 27;
+  std::memcpy(damaged.data() + kind_at + 4 + kind_length, &huge, 8);
+  write_file_atomic(dir + "/vectors.index", damaged);
+  db = SearchDb::open(dir, options);
+  EXPECT_TRUE(db->open_report().rebuilt);
+  EXPECT_CONTAINS(db->open_report().why, "a block of 134217728 items");
+  EXPECT_CONTAINS(db->open_report().why, "bytes left");
+  expect_consistent(*db);
 }
 
 TEST(SearchDb, AnIndexFileOfAnEarlierFormatVersionStillLoads) {
