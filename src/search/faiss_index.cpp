@@ -327,7 +327,9 @@ class IvfPqIndex : public VectorIndex {
  public:
   IvfPqIndex(std::unique_ptr<faiss::IndexFlatIP> quantizer, std::unique_ptr<faiss::IndexIVFPQ> index,
              int nprobe)
-      : quantizer_(std::move(quantizer)), index_(std::move(index)), nprobe_(nprobe) {}
+      : quantizer_(std::move(quantizer)), index_(std::move(index)), nprobe_(nprobe) {
+    for (const int64_t id : ids()) mark(id, true);
+  }
 
   std::string kind() const override { return "ivfpq"; }
   int64_t dim() const override { return index_->d; }
@@ -346,13 +348,27 @@ class IvfPqIndex : public VectorIndex {
   }
 
   void add(const float* x, const int64_t* ids, int64_t n) override {
-    index_->add_with_ids(n, x, ids);
+    // An id already held (a change replayed twice) is not added again, as in the flat and
+    // HNSW indexes: the lists would hold it twice.
+    const auto d = static_cast<size_t>(index_->d);
+    std::vector<float> fresh;
+    std::vector<int64_t> fresh_ids;
+    for (int64_t i = 0; i < n; ++i) {
+      if (holds(ids[i])) continue;
+      mark(ids[i], true);
+      fresh.insert(fresh.end(), x + static_cast<size_t>(i) * d,
+                   x + (static_cast<size_t>(i) + 1) * d);
+      fresh_ids.push_back(ids[i]);
+    }
+    if (fresh_ids.empty()) return;
+    index_->add_with_ids(static_cast<int64_t>(fresh_ids.size()), fresh.data(), fresh_ids.data());
   }
 
   void remove(const std::vector<int64_t>& ids) override {
     if (ids.empty()) return;
     faiss::IDSelectorBatch sel(ids.size(), ids.data());
     index_->remove_ids(sel);
+    for (const int64_t id : ids) mark(id, false);
   }
 
   void search(const float* queries, int64_t nq, int64_t k, const std::vector<int64_t>* allowed,
@@ -407,6 +423,18 @@ class IvfPqIndex : public VectorIndex {
     write_faiss(out, index_.get());
   }
 
+  bool holds(int64_t id) const {
+    return id >= 0 && static_cast<uint64_t>(id) < held_.size() && held_[static_cast<size_t>(id)];
+  }
+  void mark(int64_t id, bool held) {
+    if (id < 0) return;
+    if (static_cast<uint64_t>(id) >= held_.size()) {
+      if (!held) return;
+      held_.resize(std::max<size_t>(static_cast<size_t>(id) + 1, held_.size() * 2));
+    }
+    held_[static_cast<size_t>(id)] = held;
+  }
+
   static std::unique_ptr<IvfPqIndex> read(std::istream& in, int nprobe) {
     auto base = read_faiss(in);
     auto* ivf = dynamic_cast<faiss::IndexIVFPQ*>(base.get());
@@ -421,6 +449,7 @@ class IvfPqIndex : public VectorIndex {
   std::unique_ptr<faiss::IndexFlatIP> quantizer_;  ///< when built here; read ones own theirs
   std::unique_ptr<faiss::IndexIVFPQ> index_;
   int nprobe_;
+  std::vector<bool> held_;  ///< by id: in the lists (ids are never reused, so one bit each)
 };
 
 int default_pq_m(int64_t dim) {

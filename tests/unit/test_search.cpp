@@ -819,25 +819,33 @@ TEST(SearchIndex, ASelectiveFilterStillGivesTheTopKOfTheFilteredSet) {
 
 TEST(VectorIndex, AnImageAddedTwiceIsHeldOnceAndGoneWhenRemoved) {
   std::mt19937_64 rng(11);
+  constexpr int64_t n = 1200;  // enough for IVF-PQ's codebooks
   std::vector<float> x;
   std::vector<int64_t> ids;
-  for (int64_t i = 0; i < 50; ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     const auto v = unit_vector(rng);
     x.insert(x.end(), v.begin(), v.end());
     ids.push_back(100 + i);
   }
   IndexOptions options;
-  for (const std::string kind : {"flat", "hnsw"}) {
-    auto index = make_index(kind, kDim, options, x.data(), 50);
-    index->add(x.data(), ids.data(), 50);
+  for (const std::string kind : {"flat", "hnsw", "ivfpq"}) {
+    auto index = make_index(kind, kDim, options, x.data(), n);
+    index->add(x.data(), ids.data(), n);
     index->add(x.data(), ids.data(), 10);  // a change replayed twice
-    EXPECT_EQ(index->size(), 50) << kind;
+    EXPECT_EQ(index->size(), n) << kind;
     index->remove({ids[0]});
+    EXPECT_EQ(index->size(), n - 1) << kind;
     std::vector<float> scores(5);
     std::vector<int64_t> found(5);
     index->search(x.data(), 1, 5, nullptr, scores.data(), found.data());
     EXPECT_EQ(std::count(found.begin(), found.end(), ids[0]), 0) << kind;
     EXPECT_EQ(found[0] >= 0, true) << kind;
+    // Written and read back, it still knows which ids it holds.
+    std::stringstream file;
+    index->write(file);
+    auto read = read_index(file, options);
+    read->add(x.data() + kDim, ids.data() + 1, 5);
+    EXPECT_EQ(read->size(), n - 1) << kind;
   }
 }
 
