@@ -53,8 +53,8 @@ void add_predict_command(CLI::App& app, int& status) {
     std::vector<std::string> warnings;
     const auto paths = image::expand_image_paths(a->images, &warnings);
     for (const auto& w : warnings) spdlog::warn("{}", w);
-    VT_CHECK(!paths.empty(), "no images found in the given paths (looked for .jpg .jpeg .png "
-             ".webp .bmp in folders)");
+    VT_CHECK(!paths.empty(), "no images found in the given paths (looked for ",
+             image::folder_image_extensions(), " in folders)");
     spdlog::debug("{} images, {} threads, {} engine, {}", paths.size(), threads,
                   models::engine_name(predictor.engine()),
                   models::precision_name(predictor.precision()));

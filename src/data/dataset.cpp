@@ -471,6 +471,14 @@ bool is_image_file(const fs::path& p) {
   return kExtensions.count(lower(p.extension().string())) > 0;
 }
 
+/// Photo formats the decoders do not read, which a shop's folders may hold beside the others.
+bool is_unread_photo_format(const fs::path& p) {
+  static const std::set<std::string> kExtensions = {".gif",  ".tif", ".tiff", ".ppm", ".pgm",
+                                                    ".pbm",  ".pnm", ".heic", ".heif", ".avif",
+                                                    ".jp2",  ".jxl", ".svg"};
+  return kExtensions.count(lower(p.extension().string())) > 0;
+}
+
 /// Sorted names of the visible sub-folders of `dir` (not the system's: is_system_entry).
 std::vector<std::string> subfolders(const fs::path& dir) {
   std::vector<std::string> out;
@@ -489,8 +497,9 @@ std::vector<std::string> subfolders(const fs::path& dir) {
 /// Image files anywhere below `dir` (following links, as torchvision's os.walk does), sorted.
 /// A link back to a folder already entered (a loop) is not followed again, and entries that
 /// cannot be read (a broken link, a folder without permission) are passed over, and so are
-/// the system's entries (is_system_entry): `hidden` counts the image files among them.
-std::vector<std::string> images_below(const fs::path& dir, int64_t& hidden) {
+/// the system's entries (is_system_entry): `hidden` counts the image files among them, and
+/// `unread` the photos in formats the decoders do not read (is_unread_photo_format).
+std::vector<std::string> images_below(const fs::path& dir, int64_t& hidden, int64_t& unread) {
   std::vector<std::string> out;
   EnteredFolders entered;
   entered.enter(dir);
@@ -512,6 +521,8 @@ std::vector<std::string> images_below(const fs::path& dir, int64_t& hidden) {
       if (!entered.enter(it->path())) it.disable_recursion_pending();
     } else if (fs::is_regular_file(st) && is_image_file(it->path())) {
       out.push_back(it->path().string());
+    } else if (fs::is_regular_file(st) && is_unread_photo_format(it->path())) {
+      ++unread;
     }
   }
   VT_CHECK(!ec, "cannot list the folder ", dir.string(), ": ", ec.message(),
@@ -542,10 +553,10 @@ void scan_class_folders(const fs::path& dir, int split, FileItems& items,
                        " are not in a class folder and are ignored; move them into " +
                        dir.string() + "/<class>/");
   }
-  int64_t hidden = 0;
+  int64_t hidden = 0, unread = 0;
   for (const std::string& cls : subfolders(dir)) {
     classes.insert(cls);
-    const std::vector<std::string> files = images_below(dir / cls, hidden);
+    const std::vector<std::string> files = images_below(dir / cls, hidden, unread);
     if (files.empty()) {
       warnings.push_back("class folder " + (dir / cls).string() +
                          " has no images (" + kPhotoExtensions + "); class '" + cls +
@@ -558,6 +569,13 @@ void scan_class_folders(const fs::path& dir, int split, FileItems& items,
     }
   }
   if (hidden > 0) warnings.push_back(image::hidden_photos_warning(hidden, dir.string()));
+  if (unread > 0) {
+    warnings.push_back(std::to_string(unread) + " photo" + (unread == 1 ? "" : "s") +
+                       " in class folders of " + dir.string() + " (GIF, TIFF, PPM, HEIC, "
+                       "AVIF or another format Vitrine does not read) " +
+                       (unread == 1 ? "was" : "were") + " skipped: convert them to JPEG, PNG "
+                       "or WebP (" + kPhotoExtensions + ") to use them");
+  }
 }
 
 DataSplits open_image_folder(const fs::path& root, const DataOptions& options) {

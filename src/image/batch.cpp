@@ -43,11 +43,24 @@ std::string hidden_photos_warning(int64_t count, const std::string& folder) {
          "as the \"._\" copies a Mac leaves on shared drives)";
 }
 
+namespace {
+const std::set<std::string> kFolderImageExtensions = {".jpg", ".jpeg", ".png", ".webp", ".bmp",
+                                                      ".jpe", ".jfif", ".gif", ".tif", ".tiff"};
+}  // namespace
+
+const std::string& folder_image_extensions() {
+  static const std::string list = [] {
+    std::string out;
+    for (const auto& e : kFolderImageExtensions) out += (out.empty() ? "" : ", ") + e;
+    return out;
+  }();
+  return list;
+}
+
 std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths,
                                             std::vector<std::string>* warnings) {
   namespace fs = std::filesystem;
-  static const std::set<std::string> kExtensions = {".jpg", ".jpeg", ".png", ".webp", ".bmp",
-                                                    ".jpe", ".jfif", ".gif", ".tif", ".tiff"};
+  const auto& kExtensions = kFolderImageExtensions;
   const auto named_as_image = [](const fs::path& path) {
     std::string ext = path.extension().string();
     std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);

@@ -582,10 +582,17 @@ TEST(DataImageFolder, SystemFilesAreSkippedAndJfifIsAPhoto) {
               noise(6, 5, 3, 8));
   write_image(root / "shoes" / "download.jpg", noise(6, 5, 3, 9));
   fs::rename(root / "shoes" / "download.jpg", root / "shoes" / "download.JFIF");
+  // Formats the decoders do not read are skipped, and counted (torchvision reads TIFF).
+  write_text(root / "bags" / "scan.TIFF", "II*\0");
+  write_text(root / "shoes" / "anim.gif", "GIF89a");
+  write_text(root / "shoes" / "notes.txt", "not a photo: not counted");
   DataOptions o;
   o.source = root.string();
   o.val_split = 0;
   const DataSplits s = open_data(o);
+  EXPECT_TRUE(any_contains(s.warnings, "2 photos in class folders of " + root.string() +
+                                           " (GIF, TIFF"))
+      << ::testing::PrintToString(s.warnings);
   EXPECT_EQ(s.classes, (std::vector<std::string>{"bags", "shoes"}));
   EXPECT_EQ(class_counts(*s.train), (std::map<int64_t, int64_t>{{0, 3}, {1, 4}}));
   for (int64_t i = 0; i < s.train->size(); ++i) EXPECT_NO_THROW(s.train->image(i)) << i;

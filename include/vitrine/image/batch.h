@@ -31,6 +31,9 @@ std::vector<LoadedImage> load_images(const std::vector<std::string>& paths,
 std::vector<std::string> expand_image_paths(const std::vector<std::string>& paths,
                                             std::vector<std::string>* warnings = nullptr);
 
+/// The extensions expand_image_paths takes from folders, as a list to show ("jpg, jpeg, ...").
+const std::string& folder_image_extensions();
+
 /// The warning that `count` hidden image files (is_system_entry) in `folder` were skipped.
 std::string hidden_photos_warning(int64_t count, const std::string& folder);
 
