@@ -415,8 +415,8 @@ bool Loader::next(Batch& batch) {
     s.abandon_epoch();
     s.failed = 0;  // said once: next() then ends the epoch quietly
     VT_FAIL(failed, " of the ", delivered, " items loaded so far in this epoch failed (first: ",
-            first, "); the data set or the transform is broken: fix the files or the "
-            "transform (Loader::errors lists every failure)");
+            first, "); with more than half of them unreadable the data set (or the "
+            "transform) is broken: fix or remove the unreadable files");
   };
   for (;;) {
     if (s.consumer >= s.n_batches) {

@@ -424,6 +424,16 @@ TEST(Cli, PhotosOverMaxPixelsAreSkippedInTrainingAndEvaluation) {
   r = test::run_command(train + "--out " + q(d + "/run2"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(json_lines(read_text_file(d + "/run2/metrics.jsonl"))[0]["skipped_images"], 0);
+  // One unreadable test photo: the others are scored, it is counted and the status is 1.
+  std::ofstream(d + "/data/test/class_1/broken.png") << "not a photo";
+  r = test::run_command(bin + " eval --model " + q(d + "/run/last") + " --data " +
+                        q(d + "/data"));
+  EXPECT_EQ(r.status, 1) << r.err;
+  ASSERT_EQ(json_lines(r.out).size(), 1u) << r.out;
+  EXPECT_EQ(json_lines(r.out)[0]["images"], 8);
+  EXPECT_EQ(json_lines(r.out)[0]["skipped_images"], 1);
+  EXPECT_CONTAINS(r.err, "broken.png");
+  fs::remove(d + "/data/test/class_1/broken.png");
   // Every test photo (32x32) over the limit: evaluation has nothing to score and says why.
   r = test::run_command(bin + " eval --model " + q(d + "/run/last") + " --data " +
                         q(d + "/data") + " --max-pixels 1000");
