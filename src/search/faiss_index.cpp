@@ -229,6 +229,10 @@ class PositionalIndex : public VectorIndex {
     }
   }
 
+  bool exact_among(int64_t allowed) const override {
+    return kind_ != "hnsw" || allowed <= kExactScanMax;
+  }
+
   void set_search_options(const IndexOptions& options) override {
     ef_search_ = options.hnsw_ef_search;
     apply_ef_search();
@@ -401,6 +405,7 @@ class IvfPqIndex : public VectorIndex {
     }
   }
 
+  bool exact_among(int64_t) const override { return false; }
   void set_search_options(const IndexOptions& options) override { nprobe_ = options.nprobe; }
   const faiss::Index& faiss() const { return *index_; }
 

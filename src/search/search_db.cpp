@@ -475,9 +475,9 @@ std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,
   if (k_images == 0) return out;
   std::vector<float> scores(static_cast<size_t>(nq * k_images));
   std::vector<int64_t> ids(static_cast<size_t>(nq * k_images));
-  if (allowed && pool <= options.exact_below) {
-    // Small filtered sets: score every allowed image exactly. Images another process
-    // removed since they were listed are left out.
+  if (allowed && pool <= options.exact_below && !index_->exact_among(pool)) {
+    // Small filtered sets the index would not score exactly: every allowed image from the
+    // stored embeddings. Images another process removed since they were listed are left out.
     const auto values = catalog_->stored_embeddings(*allowed);
     const auto n = static_cast<int64_t>(allowed->size());
     const int64_t found_here = std::min(k_images, n);

@@ -22,8 +22,9 @@ constexpr uint32_t kIndexFormatVersion = 1;
 struct SearchOptions {
   int64_t k = 10;               ///< products per query
   std::vector<Filter> filters;  ///< all must hold
-  /// A filtered set of at most this many images is scored exactly from the stored
-  /// embeddings (recall 1 whatever the index); larger ones are filtered inside the index.
+  /// A filtered set of at most this many images is scored exactly (recall 1 whatever the
+  /// index): by the index where its search is exact (VectorIndex::exact_among), otherwise
+  /// from the stored embeddings; larger ones are filtered inside the index.
   int64_t exact_below = 20'000;
   /// Per query (empty, or one list per query): image ids never returned, such as the query
   /// photo itself when the catalogue holds it. The product may still be found by its other

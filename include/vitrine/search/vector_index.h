@@ -62,6 +62,9 @@ class VectorIndex {
   virtual void search(const float* queries, int64_t nq, int64_t k,
                       const std::vector<int64_t>* allowed, float* scores,
                       int64_t* ids) const = 0;
+  /// Whether search() among `allowed` ids this many is exact: flat always, HNSW for sets it
+  /// scans (up to 4,096), IVF-PQ never.
+  virtual bool exact_among(int64_t allowed) const = 0;
   /// Search effort from `options`: hnsw_ef_search (HNSW) and nprobe (IVF-PQ).
   virtual void set_search_options(const IndexOptions& options) = 0;
   /// True when so much was removed that a rebuild would reclaim real space (HNSW graphs
