@@ -11,6 +11,7 @@
 #include "vitrine/core/fs.h"
 #include "vitrine/core/hash.h"
 #include "vitrine/core/json.h"
+#include "vitrine/core/text.h"
 #include "vitrine/image/batch.h"
 #include "vitrine/image/decode.h"
 
@@ -341,18 +342,36 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
                         bool splits_given, const DataOptions& options,
                         std::vector<std::string> warnings, const std::string& source) {
   for (const auto& names : items.labels) class_set.insert(names.begin(), names.end());
-  // A model stores its class names as UTF-8 text: a Latin-1 folder name or a Windows-1252
-  // manifest would become another name in its config.json, unknown to `eval` on this data.
+  // A model stores its class names as UTF-8 text. A name that is not (a Latin-1 folder, a
+  // spreadsheet's Windows-1252 CSV) is read as Windows-1252, so the model's config.json holds
+  // the name as written and `eval` of this data matches it again.
+  std::map<std::string, std::string> renamed;
   for (const auto& name : class_set) {
     if (valid_utf8(name)) continue;
+    const std::string text = windows1252_to_utf8(name);
     std::string first;
     for (size_t i = 0; i < items.labels.size() && first.empty(); ++i) {
       const auto& names = items.labels[i];
       if (std::find(names.begin(), names.end(), name) != names.end()) first = items.paths[i];
     }
-    VT_FAIL("the class name ", json_text(nlohmann::json(name)), " (of ", first,
-            ") is not UTF-8 text; rename the class folder, or save the manifest as UTF-8 "
-            "(spreadsheets: \"CSV UTF-8\")");
+    VT_CHECK(class_set.count(text) == 0, "the class names '", text, "' (UTF-8) and ",
+             json_text(nlohmann::json(name)), " (of ", first, ", Windows-1252) name one class "
+             "twice; rename one of them");
+    warnings.push_back("the class name " + json_text(nlohmann::json(name)) + " (of " + first +
+                       ") is not UTF-8 text: read as Windows-1252, '" + text + "'; save "
+                       "manifests as UTF-8 (spreadsheets: \"CSV UTF-8\")");
+    renamed.emplace(name, text);
+  }
+  for (const auto& [from, to] : renamed) {
+    class_set.erase(from);
+    class_set.insert(to);
+  }
+  if (!renamed.empty()) {
+    for (auto& names : items.labels) {
+      for (auto& n : names) {
+        if (const auto it = renamed.find(n); it != renamed.end()) n = it->second;
+      }
+    }
   }
   std::vector<std::string> classes(class_set.begin(), class_set.end());
   std::map<std::string, int64_t> index;

@@ -354,7 +354,14 @@ TEST(Trainer, DataOfNamesThatAreNotUtf8SavesItsStateAndResumes) {
   train::Trainer(o).run();
   o.epochs = 2;
   o.resume = true;
-  EXPECT_EQ(train::Trainer(o).run().history.size(), 2u);
+  const auto result = train::Trainer(o).run();
+  EXPECT_EQ(result.history.size(), 2u);
+  // The class is named in UTF-8 (read as Windows-1252), and the model scores its own data.
+  const auto model = models::load_model(result.last_dir);
+  EXPECT_EQ(model->config().labels.back(), "th\xc3\xa9");
+  data::DataOptions d;
+  d.source = dir + "/caf\xe9";
+  EXPECT_EQ(train::evaluate(*model, data::open_data(d).train).count, 15);
   fs::remove_all(dir);
 }
 

@@ -16,6 +16,10 @@ size_t display_width(const std::string& s);
 /// `s` followed by spaces up to `width` display columns (as is when it is wider).
 std::string pad_right(const std::string& s, size_t width);
 
+/// `s` read as Windows-1252 (Latin-1 with printable 0x80-0x9F; what spreadsheets and older
+/// systems write), in UTF-8. Bytes Windows-1252 leaves undefined keep their Latin-1 code.
+std::string windows1252_to_utf8(const std::string& s);
+
 /// "'a', 'b', 'c'": the names in `quote` marks, joined for a message and cut with
 /// ", ... (N more)" once the list passes `max_chars`, so a message naming thousands of items
 /// stays readable. A single name longer than `max_chars` is cut too (at a UTF-8 character

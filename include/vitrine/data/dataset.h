@@ -95,12 +95,12 @@ struct DataSplits {
 /// first label of a multi-label item) and depend only on `seed`, each class's name and, in a
 /// folder or manifest, each photo's path within it: a class keeps its split when other
 /// classes are added, and a photo added to a class or removed from it moves at most a few
-/// of the class's others from one split to another. Files with extensions other than .jpg,
+/// of the class's others from one split to another. A class name that is not UTF-8 is read
+/// as Windows-1252 (and warned about). Files with extensions other than .jpg,
 /// .jpeg, .jpe, .jfif, .png, .webp and .bmp (any case) are ignored in folders, and so are
 /// the system's entries (is_system_entry). Throws vitrine::Error for a missing source, a
 /// malformed manifest (with its line number), a manifest row naming a missing file when
-/// `strict` (otherwise the row is skipped, with a warning), a class name that is not UTF-8,
-/// bad or missing IDX files, no training items, or invalid options.
+/// `strict` (otherwise the row is skipped, with a warning), bad or missing IDX files, no training items, or invalid options.
 DataSplits open_data(const DataOptions& options);
 
 /// Unlabelled images for self-supervised pretraining: a folder of photos (searched
