@@ -24,6 +24,7 @@ void add_compare_command(CLI::App& app, int& status) {
     std::string out, title = "Vitrine: runs compared", data;
     int64_t samples = 24;
     double val_split = data::DataOptions{}.val_split, test_split = data::DataOptions{}.test_split;
+    uint64_t data_seed = 0;
     std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
     int threads = 0;
   };
@@ -38,6 +39,9 @@ void add_compare_command(CLI::App& app, int& status) {
                   "Validation fraction of a --data root without val/ (as the runs were trained)");
   cmd->add_option("--test-split", a->test_split,
                   "Test fraction of a --data root without test/ (as the runs were trained)");
+  cmd->add_option("--data-seed", a->data_seed,
+                  "Seed of the carved splits of --data (as the runs were trained)")
+      ->capture_default_str();
   cmd->add_option("--samples", a->samples, "How many test photos to show")
       ->check(CLI::Range(0, 200));
   cmd->add_option("--fashion-mnist-dir", a->fashion_mnist_dir, "Where the IDX files are");
@@ -62,6 +66,7 @@ void add_compare_command(CLI::App& app, int& status) {
       d.source = a->data;
       d.val_split = a->val_split;
       d.test_split = a->test_split;
+      d.seed = a->data_seed;
       d.fashion_mnist_dir = a->fashion_mnist_dir;
       const data::DataSplits splits = open_data_logged(d);
       const bool tested = splits.test && splits.test->size() > 0;

@@ -47,12 +47,14 @@ struct Args {
   /// --data's splits as `train` made them (the same fractions and split seed, so "test" is
   /// the run's test split, never photos it trained on).
   double val_split = data::DataOptions{}.val_split, test_split = data::DataOptions{}.test_split;
+  uint64_t data_seed = 0;
   bool changes_weights() const { return prune > 0 || tome > 0; }
   data::DataOptions eval_options() const {
     data::DataOptions d;
     d.source = eval_data;
     d.val_split = val_split;
     d.test_split = test_split;
+    d.seed = data_seed;
     return d;
   }
 };
@@ -511,6 +513,9 @@ void add_optimize_command(CLI::App& app, int& status) {
                   "Validation fraction of a --data root without val/ (as the model's train run)");
   cmd->add_option("--test-split", a->test_split,
                   "Test fraction of a --data root without test/ (as the model's train run)");
+  cmd->add_option("--data-seed", a->data_seed,
+                  "Seed of the carved splits of --data (as the model's train run)")
+      ->capture_default_str();
   cmd->add_option("--eval-images", a->eval_images, "Measure on this many images (0: all)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   cmd->add_option("--knn-bank", a->knn_bank,
