@@ -100,7 +100,8 @@ struct DataSplits {
 /// .jpeg, .jpe, .jfif, .png, .webp and .bmp (any case) are ignored in folders, and so are
 /// the system's entries (is_system_entry). Throws vitrine::Error for a missing source, a
 /// malformed manifest (with its line number), a manifest row naming a missing file when
-/// `strict` (otherwise the row is skipped, with a warning), bad or missing IDX files, no training items, or invalid options.
+/// `strict` (otherwise the row is skipped, with a warning), bad or missing IDX files, no
+/// training items, or invalid options.
 DataSplits open_data(const DataOptions& options);
 
 /// Unlabelled images for self-supervised pretraining: a folder of photos (searched
