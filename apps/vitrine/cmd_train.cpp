@@ -396,18 +396,25 @@ nlohmann::json attack_json(const train::AttackOptions& o) {
           {"random_start", o.method == "pgd" && o.random_start}};
 }
 
-/// The val/test photos carved out of a data set depend on --data-seed: a model trained with
-/// another seed on the same data has trained on some of this seed's held-out photos.
-void warn_other_data_seed(const std::string& dir, const models::VisionModelImpl& model,
-                          const data::DataOptions& data) {
+/// The val/test photos carved out of a data set depend on the fractions and --data-seed: a
+/// model trained with others on the same data has trained on some of these held-out photos.
+void warn_other_split(const std::string& dir, const models::VisionModelImpl& model,
+                      const data::DataOptions& data) {
   const auto p = nlohmann::json::parse(model.config().provenance_json, nullptr, false);
   if (!p.is_object() || p.value("data", std::string()) != data.source) return;
-  const uint64_t trained = p.value("data_seed", uint64_t{0});
-  if (trained == data.seed) return;
-  spdlog::warn("{} was trained on {} with --data-seed {}: where its val/test photos are "
-               "carved out of the training photos, this seed's include photos it learnt "
-               "from; evaluate with --data-seed {}",
-               dir, data.source, trained, trained);
+  // An unset --val-split (-1) is 0.1 where it carves.
+  const auto val = [](double v) { return v < 0 ? 0.1 : v; };
+  const uint64_t seed = p.value("data_seed", uint64_t{0});
+  const double trained_val = p.value("val_split", data.val_split);
+  const double trained_test = p.value("test_split", data.test_split);
+  if (seed == data.seed && std::abs(val(trained_val) - val(data.val_split)) < 1e-9 &&
+      std::abs(trained_test - data.test_split) < 1e-9) {
+    return;
+  }
+  spdlog::warn("{} was trained on {} with --val-split {} --test-split {} --data-seed {}: where "
+               "val/test photos are carved out of the training photos, other settings hold "
+               "photos it learnt from; evaluate with those",
+               dir, data.source, val(trained_val), trained_test, seed);
 }
 
 }  // namespace
@@ -458,7 +465,7 @@ void add_eval_command(CLI::App& app, int& status) {
     if (splits.multi_label) {
       for (const auto& dir : dirs) {
         auto model = models::load_model(dir);
-        warn_other_data_seed(dir, *model, a->data);
+        warn_other_split(dir, *model, a->data);
         std::vector<std::string> errors;
         const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
         for (const auto& e : errors) spdlog::warn("skipped: {}", e);
@@ -499,7 +506,7 @@ void add_eval_command(CLI::App& app, int& status) {
     std::vector<int64_t> skipped_of;
     for (const auto& dir : dirs) {
       auto model = models::load_model(dir);
-      warn_other_data_seed(dir, *model, a->data);
+      warn_other_split(dir, *model, a->data);
       std::vector<std::string> errors;
       results.push_back(train::evaluate(*model, d, a->eval, &errors));
       for (const auto& e : errors) spdlog::warn("skipped: {}", e);

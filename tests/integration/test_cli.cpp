@@ -789,9 +789,15 @@ TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
   const std::string eval = bin + " eval --model " + q(d + "/run1/last") + " --data " + data;
   r = test::run_command(eval);
   EXPECT_EQ(r.status, 0) << r.err;
-  EXPECT_CONTAINS(r.err, "with --data-seed 1: where its val/test photos are carved out");
+  EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25 --data-seed 1: where val/test "
+                         "photos are carved out");
   r = test::run_command(eval + " --data-seed 1");
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.err.find("--data-seed"), std::string::npos) << r.err;
+  // ... as with other fractions.
+  r = test::run_command(bin + " eval --model " + q(d + "/run1/last") + " --data " +
+                        q(d + "/data/all") + " --val-split 0 --test-split 0.5 --data-seed 1");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25 --data-seed 1");
   fs::remove_all(d);
 }
