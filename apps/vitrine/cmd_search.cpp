@@ -118,9 +118,11 @@ std::string model_for(const search::SearchDb& db, const std::string& given) {
 void check_same_model(const search::SearchDb& db, const search::Embedder& embedder) {
   const auto stored = db.model();
   VT_CHECK(stored, "the database ", db.dir(), " is empty: run `vitrine index` first");
+  const std::string path = db.catalog().model_path();
   VT_CHECK(*stored == embedder.stamp(), "the database ", db.dir(), " was indexed with ",
            search::model_mismatch(*stored, embedder.stamp()), ": search with the model it was "
-           "indexed with, or index the catalogue into a new --db with this one");
+           "indexed with", path.empty() ? std::string() : " (" + path + ")",
+           ", or index the catalogue into a new --db with this one");
 }
 
 // ---- index -----------------------------------------------------------------------------------

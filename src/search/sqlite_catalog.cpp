@@ -29,9 +29,10 @@ std::string model_mismatch(const ModelStamp& stored, const ModelStamp& given) {
            " dims)";
   };
   if (stored.id == given.id) {
-    return "model " + described(stored) + ", and " + given.id + " has changed since: it is " +
-           "now version " + given.version.substr(0, 12) + " (new weights or preprocessing: a " +
-           "model retrained or edited in place is another model)";
+    return "model " + described(stored) + ", not with the model given, also named " +
+           given.id + " but version " + given.version.substr(0, 12) + " (other weights or " +
+           "preprocessing: another directory of that name, or the model retrained or edited in " +
+           "place, which is another model)";
   }
   return "model " + described(stored) + ", not with " + described(given);
 }

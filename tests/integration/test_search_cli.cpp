@@ -213,7 +213,9 @@ TEST(SearchCli, AnotherModelIsRefusedNotMixed) {
   r = test::run_command(q(test::vitrine_bin()) + " search --db " + q(d + "/db") + " " +
                         q(d + "/img/p0.png"));
   EXPECT_EQ(r.status, 2);
-  EXPECT_CONTAINS(r.err, "/a has changed since: it is now version");
+  EXPECT_CONTAINS(r.err, "/a but version");
+  EXPECT_CONTAINS(r.err, "another directory of that name, or the model retrained or edited");
+  EXPECT_CONTAINS(r.err, "search with the model it was indexed with (" + d + "/a)");
   EXPECT_CONTAINS(r.err, "index the catalogue into a new --db");
 }
 
