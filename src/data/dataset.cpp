@@ -467,6 +467,29 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
       }
     }
   }
+  // A class with training photos but none in a held-out split (a rare class, or a split
+  // column that leaves it out) is not scored there: its F1 reads 0 of 0 photos and the
+  // split's macro-F1 averages over the other classes.
+  if (options.need_train && !multi_label) {
+    for (int s = 1; s <= 2; ++s) {
+      const auto& part = s == 1 ? parts.val : parts.test;
+      if (part.empty()) continue;
+      std::vector<bool> held(classes.size(), false), trained(classes.size(), false);
+      for (const int64_t i : part) held[labels[i].at(0)] = true;
+      for (const int64_t i : parts.train) trained[labels[i].at(0)] = true;
+      std::vector<std::string> missing;
+      for (size_t c = 0; c < classes.size(); ++c) {
+        if (trained[c] && !held[c]) missing.push_back(classes[c]);
+      }
+      if (missing.empty()) continue;
+      warnings.push_back(std::to_string(missing.size()) + " class" +
+                         (missing.size() == 1 ? " has" : "es have") + " no " + kSplitNames[s] +
+                         " photos (" + quoted_list(missing) + "): " + kSplitNames[s] +
+                         " scores cannot measure " + (missing.size() == 1 ? "it" : "them") +
+                         ", and its macro-F1 averages over the other classes; add photos of " +
+                         (missing.size() == 1 ? "it" : "them") + " to " + kSplitNames[s]);
+    }
+  }
 
   auto base = std::make_shared<FileDataset>(std::move(items.paths), std::move(labels), classes,
                                             multi_label, options.max_pixels);
