@@ -26,13 +26,16 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
 #include <set>
+#include <unordered_set>
 
 namespace vitrine::cli {
 namespace {
@@ -65,7 +68,20 @@ void add_index_options(CLI::App* cmd, search::IndexOptions& o) {
       ->check(CLI::Range(1, 1 << 20));
 }
 
-/// --data (optional, described by `help`), --split among `splits`, --fashion-mnist-dir.
+/// `s` as a shell word: as it is when plain, else in single quotes.
+std::string shell_quoted(const std::string& s) {
+  const bool plain = !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) ||
+           (c != '\0' && std::strchr("_.,:/+@%=-", c) != nullptr);
+  });
+  if (plain) return s;
+  std::string out = "'";
+  for (const char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+/// --data (optional, described by `help`), --split among `splits`, the split options and
+/// --fashion-mnist-dir.
 CLI::Option* add_data_split_options(CLI::App* cmd, data::DataOptions& d, std::string& split,
                                     const std::string& help, std::vector<std::string> splits) {
   auto* data = cmd->add_option("--data", d.source, help);
@@ -78,6 +94,9 @@ CLI::Option* add_data_split_options(CLI::App* cmd, data::DataOptions& d, std::st
   cmd->add_option("--test-split", d.test_split,
                   "With --data: test fraction of a root without test/ (as train took it)")
       ->check(CLI::Range(0.0, 0.9));
+  cmd->add_option("--data-seed", d.seed,
+                  "With --data: seed of the carved splits (as train took it)")
+      ->capture_default_str();
   cmd->add_option("--fashion-mnist-dir", d.fashion_mnist_dir, "Where the IDX files are");
   return data;
 }
@@ -263,9 +282,25 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
   // the products it dropped searchable until they are removed.
   const int64_t others = db.catalog().product_count() - listed_in_db;
   if (others > 0) {
+    // The first few by name, so that the `remove` below can be run as it is.
+    std::unordered_set<std::string> listed;
+    for (const auto& row : file.rows) listed.insert(row.product.sku);
+    std::vector<std::string> named;
+    constexpr int64_t kPage = 1000;
+    constexpr size_t kNamed = 5;
+    for (int64_t offset = 0; named.size() < kNamed; offset += kPage) {
+      const auto page = db.catalog().list({}, offset, kPage);
+      for (const auto& p : page) {
+        if (named.size() < kNamed && !listed.count(p.sku)) named.push_back(p.sku);
+      }
+      if (static_cast<int64_t>(page.size()) < kPage) break;
+    }
+    std::string skus;
+    for (const auto& s : named) skus += " " + shell_quoted(s);
     spdlog::info("{} products of the database are not in {}: they stay searchable; if they "
-                 "left the catalogue, delete them with `vitrine remove --db {} SKU...`",
-                 others, a.catalog, a.db);
+                 "left the catalogue, delete them with `vitrine remove --db {}{}{}`",
+                 others, a.catalog, a.db, skus,
+                 others > static_cast<int64_t>(named.size()) ? " ..." : "");
   }
   return failed > 0 || with_bad_photos > 0 ? kExitSomeFailed : kExitOk;
 }

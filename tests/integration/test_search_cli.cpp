@@ -119,6 +119,13 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
                                      " --catalog " + q(d + "/few.csv") + " --db " + q(d + "/db"));
   EXPECT_EQ(few.status, 0) << few.err;
   EXPECT_CONTAINS(few.err, "30 products of the database are not in " + d + "/few.csv");
+  // ... and names the first of them, for the `remove` it suggests.
+  const size_t remove_at = few.err.find("`vitrine remove --db " + d + "/db SKU");
+  ASSERT_NE(remove_at, std::string::npos) << few.err;
+  const std::string suggested =
+      few.err.substr(remove_at, few.err.find('\n', remove_at) - remove_at);
+  EXPECT_EQ(suggested.find(" SKU1 "), std::string::npos) << suggested;
+  EXPECT_CONTAINS(suggested, " ...`");
   auto db = search::SearchDb::open(d + "/db");
   EXPECT_EQ(db->catalog().find("SKU4")->title, "Renamed 4");
   EXPECT_EQ(db->catalog().product_count(), 31);
