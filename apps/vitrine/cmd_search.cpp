@@ -700,6 +700,17 @@ void add_duplicates_command(CLI::App& app, int& status) {
     spdlog::info("{} group{} of near-identical images at similarity >= {}", groups.size(),
                  groups.size() == 1 ? "" : "s",
                  a->options.threshold);
+    // Copies come in twos and threes; a group of dozens is a category the model packs
+    // tightly, not one photo listed dozens of times.
+    size_t largest = 0;
+    for (const auto& g : groups) largest = std::max(largest, g.members.size());
+    if (largest >= 20) {
+      spdlog::warn("the largest group holds {} photos: at --threshold {} this model links "
+                   "whole sets of similar products, not copies; raise --threshold (0.99 or "
+                   "more for a classifier fine-tuned on the categories) and check it on a few "
+                   "known copies",
+                   largest, a->options.threshold);
+    }
     status = kExitOk;
   });
 }

@@ -505,6 +505,29 @@ TEST(SearchCli, ADuplicateThresholdOutOfRangeIsNamedWithItsRange) {
   }
 }
 
+TEST(SearchCli, DuplicatesWarnsWhenAGroupIsTooLargeToBeCopies) {
+  const std::string d = test::temp_dir("search-cli-dup-large");
+  make_model(d + "/m", 0);
+  make_catalog(d, 24);
+  // Two photos listed under two SKUs each: two groups of two, no warning.
+  std::ofstream(d + "/products.csv", std::ios::app) << "C0,img/p0.png,Copy,shoes,10,x\n"
+                                                    << "C1,img/p1.png,Copy,bags,10,x\n";
+  auto r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                             " --catalog " + q(d + "/products.csv") + " --db " + q(d + "/db"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string dup = q(test::vitrine_bin()) + " duplicates --db " + q(d + "/db");
+  r = test::run_command(dup + " --threshold 0.9999");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).size(), 2u) << r.out;
+  EXPECT_EQ(r.err.find("largest group"), std::string::npos) << r.err;
+  // A threshold below everything links the whole catalogue: said.
+  r = test::run_command(dup + " --threshold -0.99 --neighbours 30");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "the largest group holds 26 photos");
+  EXPECT_CONTAINS(r.err, "raise --threshold");
+  fs::remove_all(d);
+}
+
 TEST(SearchCli, AnIndexRebuiltBySearchIsSavedForTheNextCommand) {
   const std::string d = test::temp_dir("search-cli-rebuilt");
   make_model(d + "/m", 0);
