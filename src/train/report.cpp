@@ -752,14 +752,21 @@ std::string test_section(const ClassificationMetrics& m, const std::vector<std::
          card(num(m.loss, 4), "loss") + card(std::to_string(m.count), "images");
   out += "</div>\n";
   std::vector<ClassRow> rows;
+  bool unmeasured = false;  // a class without test photos: no recall, no F1
   for (size_t i = 0; i < m.per_class.size(); ++i) {
     const auto& c = m.per_class[i];
+    const bool held = c.support > 0;
+    unmeasured = unmeasured || !held;
     rows.push_back({class_name(classes, i),
-                    {num(c.precision, 4), num(c.recall, 4), num(c.f1, 4),
-                     std::to_string(c.support)},
+                    {num(c.precision, 4), held ? num(c.recall, 4) : "n/a",
+                     held ? num(c.f1, 4) : "n/a", std::to_string(c.support)},
                     c.f1});
   }
   out += per_class_table("Per class", "class", {"precision", "recall", "F1", "support"}, 2, rows);
+  if (unmeasured) {
+    out += "<p class=\"muted\">n/a: no test photos of the class, so its recall and F1 are not "
+           "measured; macro-F1 averages over the other classes.</p>\n";
+  }
   if (!confusion_svg.empty()) {
     // The matrix carries its own title, so the page adds no heading.
     out += "<figure id=\"confusion\" class=\"confusion\">\n" + confusion_svg + "</figure>\n";

@@ -572,6 +572,25 @@ TEST_F(ReportWrite, MultiLabelRunsShowValidationMapAndF1) {
   EXPECT_FALSE(contains(with_test, "top-1 accuracy"));
 }
 
+TEST_F(ReportWrite, AClassWithoutTestPhotosHasNoRecallOrF1) {
+  ClassificationMetrics test = three_class_metrics();
+  test.per_class[2] = {0.0, 0.0, 0.0, 0};  // boot: predicted twice, never a test photo
+  ReportInput in;
+  in.title = "rare";
+  in.history = {epoch(1, 1.2, 0.55, true)};
+  in.classes = {"shirt", "bag", "boot"};
+  in.test = &test;
+  write_report(dir_.string(), in);
+  const std::string html = read_file(dir_ / "report.html");
+  EXPECT_TRUE(contains(html, "<td>0.0000</td><td>n/a</td><td class=\"bar\" style=\"--v: 0.0%\">"
+                             "n/a</td><td>0</td>"))
+      << html;
+  EXPECT_TRUE(contains(html, "macro-F1 averages over the other classes"));
+  test.per_class[2].support = 10;  // every class tested: no note
+  write_report(dir_.string(), in);
+  EXPECT_FALSE(contains(read_file(dir_ / "report.html"), "n/a"));
+}
+
 TEST_F(ReportWrite, WritesEveryFileAtomically) {
   const ClassificationMetrics test = three_class_metrics();
   ReportInput in;
