@@ -471,12 +471,13 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
   // column that leaves it out) is not scored there: its F1 reads 0 of 0 photos and the
   // split's macro-F1 averages over the other classes.
   if (options.need_train && !multi_label) {
+    std::vector<bool> trained(classes.size(), false);
+    for (const int64_t i : parts.train) trained[labels[i].at(0)] = true;
     for (int s = 1; s <= 2; ++s) {
       const auto& part = s == 1 ? parts.val : parts.test;
       if (part.empty()) continue;
-      std::vector<bool> held(classes.size(), false), trained(classes.size(), false);
+      std::vector<bool> held(classes.size(), false);
       for (const int64_t i : part) held[labels[i].at(0)] = true;
-      for (const int64_t i : parts.train) trained[labels[i].at(0)] = true;
       std::vector<std::string> missing;
       for (size_t c = 0; c < classes.size(); ++c) {
         if (trained[c] && !held[c]) missing.push_back(classes[c]);

@@ -38,6 +38,29 @@ nlohmann::json stamp_json(const ModelStamp& m) {
   return {{"id", m.id}, {"version", m.version}, {"dim", m.dim}};
 }
 
+/// The k best of the candidates `ids` (their embeddings at `vectors`, `dim` floats each) for
+/// `query` by exact inner product, ties by id, written best first into `scores` and `out`;
+/// -inf and -1 fill the rest, as VectorIndex::search does. `scratch` is reused across calls.
+void exact_top_k(const float* query, int64_t dim, const std::vector<int64_t>& ids,
+                 const std::vector<const float*>& vectors, int64_t k, float* scores,
+                 int64_t* out, std::vector<std::pair<float, int64_t>>& scratch) {
+  scratch.clear();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    scratch.emplace_back(std::inner_product(query, query + dim, vectors[i], 0.0f), ids[i]);
+  }
+  const auto found = std::min<int64_t>(k, static_cast<int64_t>(scratch.size()));
+  std::partial_sort(scratch.begin(), scratch.begin() + found, scratch.end(),
+                    [](const auto& a, const auto& b) {
+                      return a.first > b.first || (a.first == b.first && a.second < b.second);
+                    });
+  std::fill(scores, scores + k, -std::numeric_limits<float>::infinity());
+  std::fill(out, out + k, int64_t{-1});
+  for (int64_t j = 0; j < found; ++j) {
+    scores[j] = scratch[static_cast<size_t>(j)].first;
+    out[j] = scratch[static_cast<size_t>(j)].second;
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<SearchDb> SearchDb::open(const std::string& dir, const IndexOptions& options) {
@@ -429,28 +452,20 @@ void SearchDb::search_images(const float* queries, int64_t nq, int64_t k,
   std::sort(stored.begin(), stored.end());
   stored.erase(std::unique(stored.begin(), stored.end()), stored.end());
   const auto values = catalog_->stored_embeddings(stored);  // drops ids removed meanwhile
-  std::fill(ids, ids + nq * k, int64_t{-1});
-  std::fill(scores, scores + nq * k, -1.0f);
-  std::vector<std::pair<float, int64_t>> exact;
+  std::vector<int64_t> mine;
+  std::vector<const float*> vectors;
+  std::vector<std::pair<float, int64_t>> scratch;
   for (int64_t q = 0; q < nq; ++q) {
-    const float* query = queries + q * dim;
-    exact.clear();
+    mine.clear();
+    vectors.clear();
     for (int64_t j = 0; j < fetch; ++j) {
       const int64_t id = candidates[static_cast<size_t>(q * fetch + j)];
       const auto at = std::lower_bound(stored.begin(), stored.end(), id);
       if (id < 0 || at == stored.end() || *at != id) continue;
-      const float* v = values.data() + (at - stored.begin()) * dim;
-      exact.emplace_back(std::inner_product(query, query + dim, v, 0.0f), id);
+      mine.push_back(id);
+      vectors.push_back(values.data() + (at - stored.begin()) * dim);
     }
-    const auto found = std::min<int64_t>(k, static_cast<int64_t>(exact.size()));
-    std::partial_sort(exact.begin(), exact.begin() + found, exact.end(),
-                      [](const auto& a, const auto& b) {
-                        return a.first > b.first || (a.first == b.first && a.second < b.second);
-                      });
-    for (int64_t j = 0; j < found; ++j) {
-      scores[q * k + j] = exact[static_cast<size_t>(j)].first;
-      ids[q * k + j] = exact[static_cast<size_t>(j)].second;
-    }
+    exact_top_k(queries + q * dim, dim, mine, vectors, k, scores + q * k, ids + q * k, scratch);
   }
 }
 
@@ -479,30 +494,12 @@ std::vector<std::vector<Hit>> SearchDb::search(const float* queries, int64_t nq,
     // Small filtered sets the index would not score exactly: every allowed image from the
     // stored embeddings. Images another process removed since they were listed are left out.
     const auto values = catalog_->stored_embeddings(*allowed);
-    const auto n = static_cast<int64_t>(allowed->size());
-    const int64_t found_here = std::min(k_images, n);
-    std::vector<int64_t> order(static_cast<size_t>(n));
-    std::vector<float> s(static_cast<size_t>(n));
-    std::fill(ids.begin(), ids.end(), int64_t{-1});
+    std::vector<const float*> vectors;
+    for (size_t i = 0; i < allowed->size(); ++i) vectors.push_back(values.data() + i * dim);
+    std::vector<std::pair<float, int64_t>> scratch;
     for (int64_t q = 0; q < nq; ++q) {
-      const float* query = queries + q * dim;
-      for (int64_t i = 0; i < n; ++i) {
-        const float* v = values.data() + i * dim;
-        s[static_cast<size_t>(i)] = std::inner_product(query, query + dim, v, 0.0f);
-      }
-      std::iota(order.begin(), order.end(), int64_t{0});
-      std::partial_sort(order.begin(), order.begin() + found_here, order.end(),
-                        [&](int64_t a, int64_t b) {
-                          return s[static_cast<size_t>(a)] > s[static_cast<size_t>(b)] ||
-                                 (s[static_cast<size_t>(a)] == s[static_cast<size_t>(b)] &&
-                                  (*allowed)[static_cast<size_t>(a)] <
-                                      (*allowed)[static_cast<size_t>(b)]);
-                        });
-      for (int64_t j = 0; j < found_here; ++j) {
-        const auto i = static_cast<size_t>(order[static_cast<size_t>(j)]);
-        scores[static_cast<size_t>(q * k_images + j)] = s[i];
-        ids[static_cast<size_t>(q * k_images + j)] = (*allowed)[i];
-      }
+      exact_top_k(queries + q * dim, dim, *allowed, vectors, k_images,
+                  scores.data() + q * k_images, ids.data() + q * k_images, scratch);
     }
   } else {
     search_images(queries, nq, k_images, allowed ? &*allowed : nullptr, scores.data(),
