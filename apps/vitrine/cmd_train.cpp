@@ -527,7 +527,7 @@ void add_eval_command(CLI::App& app, int& status) {
       const auto& m = results[i];
       nlohmann::json line{{"model", dirs[i]},   {"split", a->split},
                           {"images", m.count},  {"top1", m.top1},
-                          {"top5", m.top5},     {"macro_f1", m.macro_f1},
+                          {"top5", m.top5_json()},     {"macro_f1", m.macro_f1},
                           {"ece", m.ece},       {"loss", m.loss},
                           {"skipped_images", skipped_of[i]}};
       if (attacked) {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <filesystem>
 #include <sstream>
 
@@ -71,7 +72,9 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
         return r;
       }
       r.test_top1 = j.at("top1");
-      r.test_top5 = j.at("top5");
+      // null with five classes or fewer, where top-5 is 1 by definition
+      r.test_top5 = j.at("top5").is_null() ? std::numeric_limits<double>::quiet_NaN()
+                                           : j.at("top5").get<double>();
       r.test_macro_f1 = j.at("macro_f1");
       r.test_ece = j.at("ece");
       r.test_count = j.at("count");

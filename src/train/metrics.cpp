@@ -192,12 +192,17 @@ ClassificationMetrics ClassificationAccumulator::compute() const {
   return m;
 }
 
+nlohmann::json ClassificationMetrics::top5_json() const {
+  // With five classes or fewer every true class is among the top five: 1.0 says nothing.
+  return per_class.size() > 5 ? nlohmann::json(top5) : nlohmann::json(nullptr);
+}
+
 std::string ClassificationMetrics::to_json(const std::vector<std::string>& classes) const {
   const std::vector<std::string> names = names_or_indices(classes, per_class.size(), "class");
   ordered_json j;
   j["count"] = count;
   j["top1"] = top1;
-  j["top5"] = top5;
+  j["top5"] = top5_json();
   j["macro_f1"] = macro_f1;
   j["ece"] = ece;
   j["loss"] = loss;
@@ -206,8 +211,11 @@ std::string ClassificationMetrics::to_json(const std::vector<std::string>& class
     ordered_json r;
     r["class"] = names[c];
     r["precision"] = per_class[c].precision;
-    r["recall"] = per_class[c].recall;
-    r["f1"] = per_class[c].f1;
+    // A class without samples has no recall: null, as the report's "n/a", not a 0 that reads
+    // as a class the model never finds.
+    const bool held = per_class[c].support > 0;
+    r["recall"] = held ? ordered_json(per_class[c].recall) : ordered_json(nullptr);
+    r["f1"] = held ? ordered_json(per_class[c].f1) : ordered_json(nullptr);
     r["support"] = per_class[c].support;
     rows.push_back(std::move(r));
   }

@@ -158,6 +158,10 @@ TEST(ClassificationMetrics, TopFiveWithFewerClassesIsTopK) {
   const ClassificationMetrics m = acc.compute();
   EXPECT_DOUBLE_EQ(m.top1, 0.0);
   EXPECT_DOUBLE_EQ(m.top5, 1.0);  // top-3 of 3 classes
+  // ... which says nothing, so JSON carries null; with seven classes the figure.
+  EXPECT_TRUE(nlohmann::json::parse(m.to_json({})).at("top5").is_null());
+  EXPECT_DOUBLE_EQ(nlohmann::json::parse(hand_metrics().to_json({})).at("top5").get<double>(),
+                   6.0 / 7);
 }
 
 TEST(ClassificationMetrics, EmptyAccumulatorGivesZeros) {
@@ -205,6 +209,11 @@ TEST(ClassificationMetrics, JsonNamesTheClasses) {
   EXPECT_EQ(j.at("classes").get<std::vector<std::string>>(), names);
   EXPECT_EQ(j.at("per_class").at(5).at("class").get<std::string>(), "belt");
   EXPECT_EQ(j.at("per_class").at(5).at("support").get<int64_t>(), 2);
+  // A class never predicted but present scores 0; one without samples has no recall or F1.
+  EXPECT_DOUBLE_EQ(j.at("per_class").at(5).at("recall").get<double>(), 0.0);
+  EXPECT_TRUE(j.at("per_class").at(6).at("recall").is_null());
+  EXPECT_TRUE(j.at("per_class").at(6).at("f1").is_null());
+  EXPECT_DOUBLE_EQ(j.at("per_class").at(6).at("precision").get<double>(), 0.0);
   EXPECT_EQ(j.at("confusion").get<std::vector<std::vector<int64_t>>>(), m.confusion);
   EXPECT_EQ(nlohmann::json::parse(m.to_json({})).at("classes").at(6).get<std::string>(), "6");
   EXPECT_THROW(m.to_json({"bag"}), Error);

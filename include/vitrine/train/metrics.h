@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include <cstdint>
 #include <string>
@@ -29,6 +30,9 @@ struct ClassificationMetrics {
   double loss = 0;            ///< mean cross-entropy -log(max(p_true, float epsilon))
   std::vector<ClassMetrics> per_class;
   std::vector<std::vector<int64_t>> confusion;  ///< [true][predicted]
+
+  /// top5 for JSON: null with five classes or fewer, where it is 1 by definition.
+  nlohmann::json top5_json() const;
 
   /// The metrics as a JSON document; `classes` names the classes (empty: their indices).
   std::string to_json(const std::vector<std::string>& classes) const;
