@@ -519,6 +519,9 @@ void add_search_command(CLI::App& app, int& status) {
     set_threads(a->threads);
     const std::vector<search::Filter> filters = search::parse_filters(a->filters);
     auto db = open_existing_db(a->db, a->index);
+    for (const auto& why : search::explain_empty_filters(db->catalog(), filters)) {
+      spdlog::warn("{}: every search returns nothing", why);
+    }
     search::EmbedderOptions eo;
     eo.precision = a->precision;
     eo.top_classes = std::max<int64_t>(eo.top_classes, a->route_max);

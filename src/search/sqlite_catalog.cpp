@@ -424,6 +424,13 @@ class SqliteCatalog : public Catalog {
     return s->step() ? s->int64(0) : 0;
   }
 
+  bool has_attribute(const std::string& key) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Statement s(db_, "SELECT 1 FROM products WHERE json_type(attributes, ?) IS NOT NULL LIMIT 1");
+    s.bind(1, attribute_path(key));
+    return s.step();
+  }
+
   std::vector<ImageRecord> images(const std::vector<int64_t>& ids) const override {
     std::lock_guard<std::mutex> lock(mu_);
     Statement s(db_, std::string("SELECT i.ref, ") + kProductColumns +
@@ -609,6 +616,16 @@ class SqliteCatalog : public Catalog {
     return s;
   }
 
+  /// A JSON path with the key quoted, so keys with dots or spaces work.
+  static std::string attribute_path(const std::string& key) {
+    std::string escaped;
+    for (char c : key) {
+      if (c == '"' || c == '\\') escaped += '\\';
+      escaped += c;
+    }
+    return "$.\"" + escaped + "\"";
+  }
+
   /// The SQL condition of one filter; its values go to `params` in order.
   static std::string condition(const Filter& f,
                                std::vector<std::pair<bool, std::string>>* params) {
@@ -619,14 +636,7 @@ class SqliteCatalog : public Catalog {
       column = "p.price";
       numeric = true;
     } else if (f.field.rfind("attributes.", 0) == 0) {
-      // A JSON path with the key quoted, so keys with dots or spaces work.
-      std::string key = f.field.substr(std::strlen("attributes."));
-      std::string escaped;
-      for (char c : key) {
-        if (c == '"' || c == '\\') escaped += '\\';
-        escaped += c;
-      }
-      path = "$.\"" + escaped + "\"";
+      path = attribute_path(f.field.substr(std::strlen("attributes.")));
       column = "json_extract(p.attributes, ?)";
       numeric = true;  // numbers compare as numbers, other values as text
     } else {
@@ -743,6 +753,30 @@ std::vector<Filter> parse_filters(const std::vector<std::string>& texts) {
   std::vector<Filter> out;
   out.reserve(texts.size());
   for (const auto& t : texts) out.push_back(parse_filter(t));
+  return out;
+}
+
+std::vector<std::string> explain_empty_filters(const Catalog& catalog,
+                                               const std::vector<Filter>& filters) {
+  std::vector<std::string> out;
+  if (filters.empty() || catalog.product_count_where(filters) > 0) return out;
+  for (const auto& f : filters) {
+    if (catalog.product_count_where({f}) > 0) continue;
+    std::string text = f.field + f.op;
+    for (size_t i = 0; i < f.values.size(); ++i) text += (i ? "|" : "") + f.values[i];
+    std::string line = "the filter '" + text + "' passes no product of the catalogue";
+    const std::string prefix = "attributes.";
+    if (f.field.rfind(prefix, 0) == 0 && !catalog.has_attribute(f.field.substr(prefix.size()))) {
+      line += ": no product has the attribute '" + f.field.substr(prefix.size()) + "'";
+    } else if (f.op == "=") {
+      line += " (values compare exactly, upper and lower case included)";
+    }
+    out.push_back(std::move(line));
+  }
+  if (out.empty()) {
+    out.push_back("each filter passes some products, but no product passes all " +
+                  std::to_string(filters.size()) + " together");
+  }
   return out;
 }
 

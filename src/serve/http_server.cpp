@@ -685,7 +685,13 @@ void HttpServer::routes() {
            }
            json top = json::array();
            for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
-           send_json(res, 200, {{"results", results}, {"top", top}});
+           json answer{{"results", results}, {"top", top}};
+           if (results.empty() && !so.filters.empty()) {  // say which filter left nothing
+             std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
+             answer["warnings"] = search::explain_empty_filters(service_.db()->catalog(),
+                                                                so.filters);
+           }
+           send_json(res, 200, answer);
          });
   add("GET", "/", "/", [](const httplib::Request&, httplib::Response& res) {
           res.set_content(reinterpret_cast<const char*>(kWebIndex), kWebIndex_size,

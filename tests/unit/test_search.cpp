@@ -187,6 +187,25 @@ TEST(SearchCatalog, FiltersSelectTheRightImages) {
   EXPECT_EQ(skus("attributes.size=007"), (Set{"size\"007\"", "size7"}));
   EXPECT_EQ(skus("attributes.size=\"007\""), Set{"size\"007\""});
   EXPECT_EQ(skus("attributes.size=XL|42"), (Set{"size\"XL\"", "size42"}));
+
+  // Filters passing nothing say which one and why.
+  auto explain = [&](const std::vector<std::string>& texts) {
+    return explain_empty_filters(*catalog, parse_filters(texts));
+  };
+  EXPECT_TRUE(explain({"category=shoes", "attributes.size>=40"}).empty());
+  EXPECT_TRUE(catalog->has_attribute("size"));
+  EXPECT_FALSE(catalog->has_attribute("sise"));
+  auto lines = explain({"category=shoes", "attributes.sise=42"});
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_CONTAINS(lines[0], "'attributes.sise=42' passes no product");
+  EXPECT_CONTAINS(lines[0], "no product has the attribute 'sise'");
+  lines = explain({"category=Shoes|Hats"});
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_CONTAINS(lines[0], "'category=Shoes|Hats' passes no product");
+  EXPECT_CONTAINS(lines[0], "upper and lower case");
+  lines = explain({"attributes.size=XL", "attributes.size>=40"});  // each passes one product
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_CONTAINS(lines[0], "no product passes all 2 together");
 }
 
 TEST(SearchCatalog, RefusesAnotherModelsEmbeddings) {

@@ -121,6 +121,8 @@ class Catalog {
   virtual int64_t product_count() const = 0;
   /// Products passing every filter.
   virtual int64_t product_count_where(const std::vector<Filter>& filters) const = 0;
+  /// Whether any product has attribute `key` (with any value, null included).
+  virtual bool has_attribute(const std::string& key) const = 0;
   virtual int64_t image_count() const = 0;
   /// The most images any product has (bounds how many image hits make k products).
   virtual int64_t max_images_per_product() const = 0;
@@ -152,6 +154,13 @@ class Catalog {
   /// Drops the changes up to and including `seq` (an index holding them has been saved).
   virtual void forget_changes_through(int64_t seq) = 0;
 };
+
+/// Why filters that pass no product pass none: a line for each filter that alone passes no
+/// product (naming an attribute no product has), or one line for the filters together. Empty
+/// when some product passes them all. For a warning, so a typo ("categroy", "shoes" for
+/// "Shoes") does not read as "no similar products".
+std::vector<std::string> explain_empty_filters(const Catalog& catalog,
+                                               const std::vector<Filter>& filters);
 
 /// Opens (creating when missing) a SQLite catalogue file: WAL journal, foreign keys on,
 /// incremental vacuum. A file of a newer schema than this build knows is refused.
