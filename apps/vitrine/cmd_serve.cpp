@@ -14,8 +14,9 @@
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
-#include <malloc.h>
 #include <filesystem>
+#include <malloc.h>
+#include <mutex>
 #include <fstream>
 #include <iostream>
 #include <pthread.h>
@@ -79,6 +80,11 @@ void add_serve(CLI::App& app, int& status) {
   cmd->add_flag("--no-access-log", a->quiet, "Do not log each request");
   cmd->callback([a, &status] {
     a->http.access_log = !a->quiet;
+    if (a->http.threads < a->service.max_batch) {
+      spdlog::warn("--http-threads {} is below --max-batch {}: a batch never fills, so every "
+                   "photo waits the whole --max-delay-ms; give --http-threads {} or more",
+                   a->http.threads, a->service.max_batch, a->service.max_batch);
+    }
     if (a->http.rate_limit > 0 && a->http.api_keys_file.empty()) {
       spdlog::warn("--rate-limit counts requests per API key and has no effect without "
                    "--api-keys");
@@ -101,50 +107,85 @@ void add_serve(CLI::App& app, int& status) {
 #endif
     serve::HttpServer::check(a->http);  // a bad key file fails now, not after the model loads
     auto metrics = std::make_shared<serve::Metrics>();
-    serve::Service service(a->service, metrics);
-    serve::HttpServer server(service, metrics, a->http);
-    const int port = server.bind();
-    const bool tls = !a->http.tls_cert.empty();
-    spdlog::info("listening on {}://{}:{} (model {}{}{})", tls ? "https" : "http", a->http.host,
-                 port, service.model_stamp().id, a->service.db_dir.empty() ? "" : ", catalogue ",
-                 a->service.db_dir);
-    if (a->http.api_keys_file.empty() && a->http.host != "127.0.0.1" && a->http.host != "::1" &&
-        a->http.host != "localhost") {
-      spdlog::warn("no --api-keys: anyone who reaches {}:{} can use and change this service",
-                   a->http.host, port);
-    }
-    std::atomic<bool> waiter_done{false};
-    std::thread waiter([&] {
-      for (;;) {
-        int sig = 0;
-        if (sigwait(&signals, &sig) != 0) continue;
-        if (sig == SIGHUP) {
-          // The key file first: revoking a key must not wait for a model to load.
-          try {
-            server.reload_keys();
-          } catch (const std::exception& e) {
-            spdlog::error("API keys not reloaded, the keys in use stay: {}", e.what());
-          }
-          try {
-            service.reload();
-          } catch (const std::exception& e) {
-            spdlog::error("reload failed, the old model stays: {}", e.what());
-          }
-          continue;
-        }
-        // Stop accepting; requests already being handled finish, then run() returns.
-        spdlog::info("shutting down: finishing the requests in flight");
-        service.stopping();
-        server.stop();
-        waiter_done = true;
-        return;
+    // The signal waiter outlives the service, so a second SIGINT/SIGTERM also ends a long
+    // drain or the index save. `handling` is held while a signal's work uses the service;
+    // once `stop_asked` is set (under it), the waiter no longer touches the service.
+    std::mutex handling;
+    bool stop_asked = false;
+    std::atomic<bool> finished{false};
+    std::thread waiter;
+    struct WaiterEnd {  // also when the block below throws: a joinable thread would abort
+      std::thread& waiter;
+      std::atomic<bool>& finished;
+      ~WaiterEnd() {
+        if (!waiter.joinable()) return;
+        finished = true;
+        pthread_kill(waiter.native_handle(), SIGTERM);
+        waiter.join();
       }
-    });
-    server.run();
-    // run() also returns when listening fails: wake the waiter so it can end.
-    if (!waiter_done) pthread_kill(waiter.native_handle(), SIGTERM);
+    } waiter_end{waiter, finished};
+    {
+      serve::Service service(a->service, metrics);
+      serve::HttpServer server(service, metrics, a->http);
+      struct Leave {  // however the block ends, the waiter leaves the service alone from here
+        std::mutex& handling;
+        bool& stop_asked;
+        ~Leave() {
+          std::lock_guard<std::mutex> lock(handling);
+          stop_asked = true;
+        }
+      } leave{handling, stop_asked};
+      const int port = server.bind();
+      const bool tls = !a->http.tls_cert.empty();
+      spdlog::info("listening on {}://{}:{} (model {}{}{})", tls ? "https" : "http", a->http.host,
+                   port, service.model_stamp().id, a->service.db_dir.empty() ? "" : ", catalogue ",
+                   a->service.db_dir);
+      if (a->http.api_keys_file.empty() && a->http.host != "127.0.0.1" && a->http.host != "::1" &&
+          a->http.host != "localhost") {
+        spdlog::warn("no --api-keys: anyone who reaches {}:{} can use and change this service",
+                     a->http.host, port);
+      }
+      waiter = std::thread([&] {
+        for (;;) {
+          int sig = 0;
+          if (sigwait(&signals, &sig) != 0) continue;
+          if (finished) return;
+          std::lock_guard<std::mutex> lock(handling);
+          if (stop_asked && sig != SIGHUP) {
+            spdlog::warn("second signal: exiting without finishing the requests in flight; the "
+                         "catalogue keeps what it stored, and the index catches up at the next "
+                         "start");
+            std::_Exit(kExitSomeFailed);
+          }
+          if (stop_asked) continue;  // no reload while stopping
+          if (sig == SIGHUP) {
+            // The key file first: revoking a key must not wait for a model to load.
+            try {
+              server.reload_keys();
+            } catch (const std::exception& e) {
+              spdlog::error("API keys not reloaded, the keys in use stay: {}", e.what());
+            }
+            try {
+              service.reload();
+            } catch (const std::exception& e) {
+              spdlog::error("reload failed, the old model stays: {}", e.what());
+            }
+            continue;
+          }
+          // Stop accepting; requests already being handled finish, then run() returns.
+          spdlog::info("shutting down: finishing the requests in flight (a second signal "
+                       "stops at once)");
+          stop_asked = true;
+          service.stopping();
+          server.stop();
+        }
+      });
+      server.run();  // also returns when listening fails
+      service.drain();
+    }  // the service saves the search index as it goes
+    finished = true;
+    pthread_kill(waiter.native_handle(), SIGTERM);  // wakes the waiter to end
     waiter.join();
-    service.drain();
     spdlog::info("stopped");
     status = kExitOk;
   });
@@ -167,9 +208,15 @@ void add_keys(CLI::App& app, int& status) {
                "'; give this one another --name (names key the rate limit and the access log)");
     }
     const auto key = serve::generate_key(*name, {scopes->begin(), scopes->end()});
+    // A file edited by hand may lack its last line break: the key would join that line.
+    bool ends_open = false;
+    if (std::ifstream in{*file, std::ios::binary | std::ios::ate}; in && in.tellg() > 0) {
+      in.seekg(-1, std::ios::end);
+      ends_open = in.get() != '\n';
+    }
     std::ofstream out(*file, std::ios::app);
     VT_CHECK(out, "cannot write the key file ", *file);
-    out << key.line << "\n";
+    out << (ends_open ? "\n" : "") << key.line << "\n";
     out.close();
     VT_CHECK(out, "cannot write the key file ", *file);
     std::cout << key.key << "\n";

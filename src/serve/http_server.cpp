@@ -64,6 +64,11 @@ std::string scope_for(const httplib::Request& req) {
 
 /// Longer SKUs are refused: a SKU is an identifier, not a document.
 constexpr size_t kMaxSkuBytes = 512;
+/// Products, and photos in all, one POST /v1/products may store: each photo is a forward pass
+/// and the answer a line per product, so a 20 MB array of 10 million entries is refused
+/// before any work.
+constexpr size_t kMaxProductsPerRequest = 1000;
+constexpr size_t kMaxImagesPerRequest = 1000;
 
 /// The key of the request this server thread is answering (httplib runs a request's
 /// pre-routing, handler and logger on one thread), for the access log.
@@ -115,9 +120,14 @@ bool is_local_host(const std::string& host) {
   return name == "localhost" || name == "127.0.0.1" || name == "[::1]";
 }
 
+/// Whether the body is declared JSON (media types compare case-insensitively).
+bool is_json_type(const httplib::Request& req) {
+  return lowered(req.get_header_value("Content-Type")).rfind("application/json", 0) == 0;
+}
+
 /// A JSON body when the request has one (Content-Type application/json).
 std::optional<json> json_body(const httplib::Request& req) {
-  if (req.get_header_value("Content-Type").rfind("application/json", 0) != 0 || req.body.empty()) {
+  if (!is_json_type(req) || req.body.empty()) {
     return std::nullopt;
   }
   json body;
@@ -148,6 +158,11 @@ void check_parameters(const httplib::Request& req, const json* body,
   httplib::Params query;
   if (q != std::string::npos) httplib::detail::parse_query_text(req.target.substr(q + 1), query);
   for (const auto& [name, value] : query) {
+    if (name == "image") {  // read from the body only: a query's image was ignored
+      throw ServiceError(400, "unknown_parameter",
+                         "the photo goes in the body (raw bytes, a multipart field 'image' or a "
+                         "JSON member \"image\"), not in the query string");
+    }
     if (!is_known(name)) {
       throw ServiceError(400, "unknown_parameter",
                          "unknown parameter '" + name + "'; this route reads: " + listed());
@@ -402,10 +417,15 @@ void HttpServer::routes() {
                                               httplib::Response& res) {
     t_key_name.clear();
     t_refused = 0;
+    // httplib 0.11 cuts every answer, errors included, to the Range header's ranges and
+    // still says 200: 2,000 ranges of "0-" made a 100 KB photo a 200 MB answer, without a key
+    // on the public routes. Answers are whole.
+    const_cast<httplib::Request&>(req).ranges.clear();
+    res.set_header("Accept-Ranges", "none");
     // Refused before the body is read: the answer asks the client to close the connection
     // (Connection: close); httplib 0.11 itself keeps reading it.
     const auto refused = [&] {
-      metrics_->observe_request(route_name(req.path), res.status, 0.0);
+      metrics_->count_request(route_name(req.path), res.status);
       return httplib::Server::HandlerResponse::Handled;
     };
     // Refused once httplib has read (and dropped) the body, which keeps the connection in
@@ -413,7 +433,7 @@ void HttpServer::routes() {
     // Connection: close, so an unread body would be parsed as the next request). Its size
     // is bounded by the checks above. httplib reads no body for GET and the like.
     const auto refused_after_body = [&] {
-      metrics_->observe_request(route_name(req.path), res.status, 0.0);
+      metrics_->count_request(route_name(req.path), res.status);
       const bool read = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
                         req.method == "DELETE";
       if (!read || !req.has_header("Content-Length") ||
@@ -449,7 +469,8 @@ void HttpServer::routes() {
     }
     // No route takes form fields: a form-labelled body is a photo sent by
     // `curl --data-binary @photo.jpg`, which httplib would cut off at 8 KB as a form.
-    if (req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0) {
+    if (lowered(req.get_header_value("Content-Type"))
+            .rfind("application/x-www-form-urlencoded", 0) == 0) {
       headers.erase("Content-Type");
       headers.emplace("Content-Type", "application/octet-stream");
     }
@@ -553,7 +574,7 @@ void HttpServer::routes() {
     } else {
       send_error(res, res.status, "http_error", "HTTP error " + std::to_string(res.status));
     }
-    metrics_->observe_request(route_name(req.path), res.status, 0.0);
+    metrics_->count_request(route_name(req.path), res.status);
   });
   s.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     if (!options_.access_log) return;
@@ -639,7 +660,8 @@ void HttpServer::routes() {
            for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
            json answer{{"top", top}, {"model", out.model_version.substr(0, 12)}};
            if (explain && !out.top.empty()) {
-             answer["heatmap"] = service_.explain(image, out.top.front().label);
+             answer["heatmap"] = service_.explain(image, out.top.front().label,
+                                                  out.model_version);
              answer["heatmap_label"] = out.top.front().label;
            }
            send_json(res, 200, answer);
@@ -656,6 +678,7 @@ void HttpServer::routes() {
            const auto body = json_body(req);
            const json* b = body ? &*body : nullptr;
            check_parameters(req, b, {"image", "k", "filters", "filter"});
+           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
            search::SearchOptions so;
            so.k = int_param(req, b, "k", 10, 1, 1000);
            // Filters as "filters" or "filter": a string or an array of strings in JSON,
@@ -781,6 +804,16 @@ void HttpServer::routes() {
     if (!valid_utf8(sku)) throw ServiceError(400, "bad_sku", "a SKU must be UTF-8 text");
     if (sku.find_first_not_of(" \t\r\n") == std::string::npos) {
       throw ServiceError(400, "bad_sku", "a SKU must not be empty or blank");
+    }
+    // Neither can be addressed in a URL: /v1/products/{sku} matches no line break, and
+    // clients resolve "." and ".." as path segments.
+    if (std::any_of(sku.begin(), sku.end(),
+                    [](unsigned char c) { return c < 0x20 || c == 0x7f; })) {
+      throw ServiceError(400, "bad_sku", "a SKU must not hold control characters (tabs, line "
+                                         "breaks)");
+    }
+    if (sku == "." || sku == "..") {
+      throw ServiceError(400, "bad_sku", "a SKU must not be '.' or '..' (a URL path segment)");
     }
     if (sku.size() > kMaxSkuBytes) {
       throw ServiceError(400, "bad_sku", "a SKU may have at most " +
@@ -920,8 +953,12 @@ void HttpServer::routes() {
   add("PUT", R"(/v1/products/(.+))", "/v1/products/{sku}", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
           check_parameters(req, nullptr, {});
+          if (!is_json_type(req)) {  // as POST /v1/products answers
+            throw ServiceError(415, "unsupported_media_type",
+                               "send the product as JSON (Content-Type: application/json)");
+          }
           const auto body = json_body(req);
-          if (!body) throw ServiceError(400, "bad_json", "send the product as application/json");
+          if (!body) throw ServiceError(400, "bad_json", "the body is empty: send the product");
           const auto p = store(req.matches[1], *body);
           commit({p});
           send_json(res, 200, {{"sku", p.update.product.sku}, {"status", "stored"},
@@ -932,7 +969,7 @@ void HttpServer::routes() {
            check_parameters(req, nullptr, {});
            // Any web page can send a text/plain body across sites without asking first; a
            // JSON one needs the browser's preflight, which this service does not grant.
-           if (req.get_header_value("Content-Type").rfind("application/json", 0) != 0) {
+           if (!is_json_type(req)) {
              throw ServiceError(415, "unsupported_media_type",
                                 "send the products as JSON (Content-Type: application/json)");
            }
@@ -944,6 +981,21 @@ void HttpServer::routes() {
            }
            if (!body.is_array()) {
              throw ServiceError(400, "bad_json", "send a JSON array of products, each with a sku");
+           }
+           size_t images = 0;
+           for (const auto& p : body) {
+             if (p.is_object() && p.contains("images") && p["images"].is_array()) {
+               images += p["images"].size();
+             }
+           }
+           if (body.size() > kMaxProductsPerRequest || images > kMaxImagesPerRequest) {
+             throw ServiceError(413, "too_many_products",
+                                "one request stores at most " +
+                                    std::to_string(kMaxProductsPerRequest) + " products and " +
+                                    std::to_string(kMaxImagesPerRequest) + " photos in all; got " +
+                                    std::to_string(body.size()) + " products and " +
+                                    std::to_string(images) + " photos: send them in several "
+                                    "requests");
            }
            // As `vitrine index`: the good products are stored, each bad one is reported
            // (by its position and SKU) and stores nothing.
@@ -990,10 +1042,14 @@ void HttpServer::routes() {
                                 "application/json, e.g. {\"model\": \"runs/new/best\"}");
            }
            check_parameters(req, body ? &*body : nullptr, {"model"});
-           std::string dir;
+           std::string dir = req.get_param_value("model");  // ?model=DIR, or in the JSON body
            if (body && body->contains("model")) {
              if (!(*body)["model"].is_string()) {
                throw ServiceError(400, "bad_parameter", "model must be a directory path (a string)");
+             }
+             if (req.has_param("model")) {
+               throw ServiceError(400, "bad_parameter", "give model in the query or the body, "
+                                  "not both");
              }
              dir = (*body)["model"].get<std::string>();
            }

@@ -1,15 +1,21 @@
 #include "vitrine/serve/metrics.h"
 
-#include <cstdio>
+#include <charconv>
+#include <cmath>
+#include <system_error>
 #include <sstream>
 
 namespace vitrine::serve {
 namespace {
 
+/// The shortest text that reads back as `v`: le="0.1", not le="0.10000000000000001", which
+/// a rule matching le="0.1" would not find.
 std::string number(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return ec == std::errc() ? std::string(buf, end) : std::string("NaN");
 }
 
 /// A label value with \, " and newlines escaped as the text format wants.
@@ -61,6 +67,11 @@ Metrics::Metrics()
   model_seconds_.counts.assign(model_seconds_.bounds.size() + 1, 0);
 }
 
+void Metrics::count_request(const std::string& route, int status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++requests_[{route, status}];
+}
+
 void Metrics::observe_request(const std::string& route, int status, double seconds) {
   std::lock_guard<std::mutex> lock(mu_);
   ++requests_[{route, status}];
@@ -104,7 +115,8 @@ std::string Metrics::render() const {
     out << "vitrine_http_requests_total{route=\"" << label(key.first) << "\",status=\""
         << key.second << "\"} " << n << "\n";
   }
-  out << "# HELP vitrine_http_request_duration_seconds Time from request to answer, by route.\n"
+  out << "# HELP vitrine_http_request_duration_seconds Time from request to answer, by route "
+         "(requests refused before their route ran are counted, not timed).\n"
          "# TYPE vitrine_http_request_duration_seconds histogram\n";
   for (const auto& [route, h] : latency_) {
     render_histogram(out, "vitrine_http_request_duration_seconds",

@@ -366,8 +366,23 @@ Inference Service::infer(const std::string& encoded, int64_t top_classes,
   }
 }
 
-std::string Service::explain(const std::string& encoded, const std::string& label) {
+std::string Service::explain(const std::string& encoded, const std::string& label,
+                             const std::string& model_version) {
+  struct Held {  // one of kMaxExplaining, held for the call
+    std::atomic<int>& n;
+    ~Held() { --n; }
+  };
+  if (++explaining_ > kMaxExplaining) {
+    --explaining_;
+    throw ServiceError(429, "busy", "heatmaps are being computed for other requests; retry, "
+                       "or ask without explain");
+  }
+  const Held held{explaining_};
   const auto slot = batcher_->current();
+  if (!model_version.empty() && slot->stamp.version != model_version) {
+    throw ServiceError(503, "model_reloaded", "the model was reloaded during this request; "
+                       "send it again");
+  }
   const auto it = std::find(slot->labels.begin(), slot->labels.end(), label);
   if (it == slot->labels.end()) throw ServiceError(400, "bad_label", "no class '" + label + "'");
   // Not queued (it needs gradients): only the decode limit applies.

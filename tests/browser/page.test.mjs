@@ -52,19 +52,30 @@ run("index", "--model", path.join(work, "model"), "--catalog", path.join(work, "
 const keysFile = path.join(work, "keys.txt");
 const key = run("keys", "add", "--file", keysFile, "--name", "browser", "--scopes", "read").trim();
 
-const server = spawn(vitrine, ["serve", "--model", path.join(work, "model"), "--db", path.join(work, "db"),
-                               "--port", "0", "--api-keys", keysFile, "--no-access-log"],
-                     { stdio: ["ignore", "ignore", "pipe"] });
-const port = await new Promise((resolve, reject) => {
-  let log = "";
-  const timer = setTimeout(() => reject(new Error("the server did not start: " + log)), 60000);
-  server.stderr.on("data", (chunk) => {
-    log += chunk;
-    const m = log.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
-    if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+// A backbone (no classification head) and its own catalogue: similar products only.
+run("init", "--arch", "resnet_custom", "--layers", "1", "1", "1", "1", "--image-size", "64",
+    "--num-classes", "0", "--seed", "0", "--out", path.join(work, "backbone"));
+run("index", "--model", path.join(work, "backbone"), "--catalog", path.join(work, "products.csv"),
+    "--db", path.join(work, "backbone-db"), "--quiet");
+
+const servers = [];
+async function serve(model, db) {
+  const server = spawn(vitrine, ["serve", "--model", path.join(work, model),
+                                 "--db", path.join(work, db), "--port", "0", "--api-keys", keysFile, "--no-access-log"],
+                       { stdio: ["ignore", "ignore", "pipe"] });
+  servers.push(server);
+  return new Promise((resolve, reject) => {
+    let log = "";
+    const timer = setTimeout(() => reject(new Error("the server did not start: " + log)), 60000);
+    server.stderr.on("data", (chunk) => {
+      log += chunk;
+      const m = log.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
+      if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+    });
+    server.on("exit", (code) => reject(new Error(`the server exited (${code}): ${log}`)));
   });
-  server.on("exit", (code) => reject(new Error(`the server exited (${code}): ${log}`)));
-});
+}
+const port = await serve("model", "db");
 
 const browser = await playwright.chromium.launch({ executablePath: chromium, headless: true,
                                                    args: ["--no-sandbox"] });
@@ -98,6 +109,18 @@ try {
   const listed = await page.$$eval("#catalogue .sku", (els) => els.length);
   check(listed === files.length, `the catalogue lists its ${listed} products`);
   await page.screenshot({ path: path.join(work, "artefacts", "catalogue.png"), fullPage: true });
+
+  // A backbone's service: no categories, but the similar products all the same.
+  const backbonePort = await serve("backbone", "backbone-db");
+  await page.goto(`http://127.0.0.1:${backbonePort}/`);
+  await page.fill("#key", key);
+  await page.dispatchEvent("#key", "change");
+  await page.setInputFiles("#file", path.join(photos, files[1]));
+  await page.waitForSelector("#similar figure", { timeout: 60000 });
+  const backboneSkus = await page.$$eval("#similar .sku", (els) => els.map((e) => e.textContent));
+  check(backboneSkus[0] === "SKU1" && (await page.$$("#top tr")).length === 0,
+        `a backbone's page lists similar products without categories (${backboneSkus.join(", ")})`);
+  check((await page.textContent("#heat-note")).includes("no categories"), "and says it has none");
   check(errors.length === 0, "no script errors" + (errors.length ? ": " + errors.join("; ") : ""));
   console.log("screenshots: " + path.join(work, "artefacts"));
 } catch (e) {
@@ -107,5 +130,5 @@ try {
   }
 } finally {
   await browser.close();
-  server.kill("SIGTERM");
+  for (const server of servers) server.kill("SIGTERM");
 }

@@ -603,6 +603,25 @@ TEST(Serve, GracefulShutdownFinishesRequestsInFlight) {
   EXPECT_FALSE(after.Get("/healthz"));
 }
 
+TEST(Serve, ASecondSignalStopsAtOnce) {
+  const auto& f = fixture();
+  Server server("");
+  // A client that stops half-way through its body holds a connection thread (for httplib's
+  // 5 s read timeout), so the shutdown the first signal starts waits for it.
+  RawConnection slow(server.port());
+  slow.send("POST /v1/classify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + f.read_key +
+            "\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\npartial");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  server.signal(SIGTERM);
+  // Two signals before the first is taken would be one.
+  for (int i = 0; i < 200 && server.log().find("shutting down") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_NE(server.log().find("shutting down"), std::string::npos) << server.log();
+  EXPECT_EQ(server.terminate(), 1) << server.log();  // the second: out at once, not 0 later
+  EXPECT_NE(server.log().find("second signal"), std::string::npos) << server.log();
+}
+
 TEST(Serve, ManyClientsConnectingAtOnceAreAllAnswered) {
   // A listen backlog of a few connections drops the handshakes of a crowd arriving together
   // (a load balancer's pool opening, clients restarting); every one of them must get through.
@@ -695,7 +714,13 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
        json{{"image", b64}, {"filters", std::vector<std::string>(17, "price>1")}}.dump(),
        "application/json", 400, "bad_filter"},
       {"listing limit 0", "GET", "/v1/products?limit=0", "", "", 400, "bad_parameter"},
-      {"product not JSON", "PUT", "/v1/products/X1", "sku=X1", "text/plain", 400, "bad_json"},
+      {"product not JSON", "PUT", "/v1/products/X1", "sku=X1", "text/plain", 415,
+       "unsupported_media_type"},
+      {"photo in the query string", "POST", "/v1/classify?image=abc", f.photos[0], "image/png",
+       400, "unknown_parameter"},
+      {"1,001 products at once", "POST", "/v1/products",
+       json(std::vector<json>(1001, json::object())).dump(), "application/json", 413,
+       "too_many_products"},
       {"product of 101 photos", "PUT", "/v1/products/X1",
        json{{"images", std::vector<std::string>(101, b64)}}.dump(), "application/json", 400,
        "bad_product"},
@@ -802,6 +827,33 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
                          std::to_string(product.size()) + "\r\nConnection: close\r\n\r\n" +
                          product);
   EXPECT_NE(bad_sku.find("bad_sku"), std::string::npos) << bad_sku;
+  // A SKU no URL can address is refused: a line break, or a dot segment.
+  const auto unaddressable = body_of(writer.Post(
+      "/v1/products", json{{{"sku", "X\nY"}, {"images", {b64}}}, {{"sku", ".."}, {"images", {b64}}}}
+                          .dump(),
+      "application/json"));
+  EXPECT_EQ(unaddressable["stored"], 0) << unaddressable;
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(unaddressable["results"][i]["error"]["code"], "bad_sku") << unaddressable;
+  }
+  // Media types compare case-insensitively.
+  auto capitals = reader.Post("/v1/embed", json{{"image", b64}}.dump(), "Application/JSON");
+  EXPECT_EQ(capitals->status, 200) << capitals->body;
+  // The model to reload may be named in the query string too (it was read from the body
+  // only, and the old model reloaded as if asked).
+  auto missing = admin.Post("/v1/admin/reload?model=/no/such/model", "", "application/json");
+  EXPECT_EQ(missing->status, 422) << missing->body;
+  // A Range header does not cut (or multiply) answers: httplib 0.11 applied it to every
+  // answer, errors included, with status 200.
+  const auto whole = reader.Get("/openapi.json");
+  std::string ranges = "bytes=0-";
+  for (int i = 0; i < 50; ++i) ranges += ",0-";
+  for (const std::string& range : {std::string("bytes=0-10"), ranges}) {
+    const auto cut = reader.Get("/openapi.json", {{"Range", range}});
+    ASSERT_TRUE(cut);
+    EXPECT_EQ(cut->status, 200);
+    EXPECT_EQ(cut->body, whole->body) << range.substr(0, 20);
+  }
   // None of them stored anything, and the service still answers.
   EXPECT_EQ(reader.Get("/v1/products/X1")->status, 404);
   EXPECT_EQ(reader.Post("/v1/classify", f.photos[0], "image/png")->status, 200);
@@ -816,6 +868,20 @@ TEST(Serve, AMalformedKeyFileStopsTheStartWithTheLineNamed) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("keys.txt:2"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find(" engine, "), std::string::npos) << "checked before the model loads";
+
+  // A file edited by hand without its last line break: a new key goes on a line of its own.
+  const std::string keys = dir + "/edited.txt";
+  const std::string add = q(test::vitrine_bin()) + " keys add --file " + q(keys) + " --scopes read";
+  ASSERT_EQ(test::run_command(add + " --name first").status, 0);
+  std::string text = file_bytes(keys);
+  ASSERT_EQ(text.back(), '\n');
+  text.pop_back();
+  std::ofstream(keys, std::ios::trunc) << text;
+  ASSERT_EQ(test::run_command(add + " --name second").status, 0);
+  const auto removed = test::run_command(q(test::vitrine_bin()) + " keys remove --file " + q(keys) +
+                                         " --name first");
+  EXPECT_EQ(removed.status, 0) << removed.err;  // the file still reads
+  EXPECT_NE(file_bytes(keys).find(" second "), std::string::npos) << file_bytes(keys);
 }
 
 TEST(Serve, TlsServesHttpsAndRefusesPlainHttp) {

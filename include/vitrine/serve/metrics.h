@@ -16,6 +16,9 @@ class Metrics {
   Metrics();
   /// One answered request: counted by route and status, its duration in the route's histogram.
   void observe_request(const std::string& route, int status, double seconds);
+  /// One request answered before its route ran (refused, or no such route): counted only, so
+  /// a flood of 401s does not pull the latency quantiles towards zero.
+  void count_request(const std::string& route, int status);
   /// One forward pass over `size` images that took `seconds`.
   void observe_batch(int64_t size, double seconds);
   /// A request refused because the queue was full.

@@ -77,8 +77,13 @@ class Service {
 
   /// A Grad-CAM heatmap of class `label` for an encoded image: a PNG (base64) of the
   /// model's input crop, coloured blue (no evidence) to red (most). Runs outside the
-  /// batcher (it needs gradients); throws ServiceError as infer does.
-  std::string explain(const std::string& encoded, const std::string& label);
+  /// batcher (it needs gradients): at most kMaxExplaining at once, more get 429. With
+  /// `model_version` (the one that answered infer), a model reloaded meanwhile gives 503
+  /// rather than another model's heatmap. Throws ServiceError as infer does.
+  std::string explain(const std::string& encoded, const std::string& label,
+                      const std::string& model_version = "");
+  /// Heatmaps computed at once: each is a forward and backward pass outside the batcher.
+  static constexpr int kMaxExplaining = 2;
 
   bool has_search() const { return db_ != nullptr; }
   /// The k best products for an embedding; throws ServiceError 404 without a database.
@@ -150,6 +155,7 @@ class Service {
   std::mutex reload_mu_;  ///< serialises reload(); guards options_.model_dir
   std::chrono::steady_clock::time_point last_index_save_{};
   std::atomic<bool> ready_{false};
+  std::atomic<int> explaining_{0};  ///< heatmaps being computed
 };
 
 }  // namespace vitrine::serve
