@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <thread>
 #include <csignal>
 #include <cmath>
 #include <regex>
@@ -380,8 +381,22 @@ int HttpServer::bind() {
   return port_;
 }
 
-void HttpServer::run() { server_->listen_after_bind(); }
-void HttpServer::stop() { server_->stop(); }
+void HttpServer::run() {
+  running_ = true;
+  if (!stop_asked_) server_->listen_after_bind();
+  running_ = false;
+}
+
+void HttpServer::stop() {
+  stop_asked_ = true;
+  // httplib's stop() does nothing until its listening loop has begun: a SIGTERM a moment
+  // after the start left the service running for good. Wait for the loop (run() checks
+  // stop_asked_ before it enters), then stop it.
+  for (int i = 0; i < 500 && running_ && !server_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  server_->stop();
+}
 
 std::shared_ptr<const KeyStore> HttpServer::keys() const {
   std::lock_guard<std::mutex> lock(keys_mu_);

@@ -86,7 +86,8 @@ const Fixture& fixture() {
 /// A `vitrine serve` process on a free loopback port; SIGKILLed when the test ends.
 class Server {
  public:
-  explicit Server(const std::string& flags, bool keys = true) {
+  /// `wait_listening` false: returns at once, without the port.
+  explicit Server(const std::string& flags, bool keys = true, bool wait_listening = true) {
     log_ = test::temp_dir("serve-log") + "/stderr.txt";
     const auto& f = fixture();
     const std::string command = q(test::vitrine_bin()) + " serve --model " + q(f.dir + "/m") +
@@ -101,13 +102,15 @@ class Server {
     }
     // The port is in the first log line: "listening on http://127.0.0.1:PORT".
     const std::regex listening("listening on https?://127\\.0\\.0\\.1:([0-9]+)");
-    for (int i = 0; i < 600 && port_ == 0; ++i) {
+    for (int i = 0; i < 600 && port_ == 0 && wait_listening; ++i) {
       std::smatch m;
       const std::string text = file_bytes(log_);
       if (std::regex_search(text, m, listening)) port_ = std::stoi(m[1]);
       if (port_ == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    EXPECT_GT(port_, 0) << file_bytes(log_);
+    if (wait_listening) {
+      EXPECT_GT(port_, 0) << file_bytes(log_);
+    }
   }
   ~Server() {
     if (pid_ > 0 && !exited_) {
@@ -128,6 +131,18 @@ class Server {
     waitpid(pid_, &status, 0);
     exited_ = true;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  /// The exit status once it has exited within `seconds`, else -1.
+  int wait_exit(int seconds) {
+    for (int i = 0; i < seconds * 20; ++i) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return -1;
   }
   std::string log() const { return file_bytes(log_); }
   int port() const { return port_; }
@@ -601,6 +616,18 @@ TEST(Serve, GracefulShutdownFinishesRequestsInFlight) {
   httplib::Client after("127.0.0.1", server.port());
   after.set_connection_timeout(1);
   EXPECT_FALSE(after.Get("/healthz"));
+}
+
+TEST(Serve, ASignalWhileStartingStopsIt) {
+  // A SIGTERM as the model loads waits for the service to start, then stops it: httplib
+  // ignored a stop before its listening loop had begun, and the service ran on for good.
+  Server server("", /*keys=*/true, /*wait_listening=*/false);
+  for (int i = 0; i < 600 && server.log().find(" engine, ") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  server.signal(SIGTERM);
+  EXPECT_EQ(server.wait_exit(60), 0) << server.log();
+  EXPECT_NE(server.log().find("stopped"), std::string::npos) << server.log();
 }
 
 TEST(Serve, ASecondSignalStopsAtOnce) {

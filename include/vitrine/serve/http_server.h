@@ -7,6 +7,7 @@
 #include "vitrine/serve/metrics.h"
 #include "vitrine/serve/service.h"
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -44,7 +45,8 @@ class HttpServer {
   int port() const { return port_; }
   /// Serves until stop(); returns once in-flight requests are answered.
   void run();
-  /// Stops accepting connections; requests being handled finish.
+  /// Stops accepting connections; requests being handled finish. Safe from another thread at
+  /// any time, also before run() has begun (run() then returns at once).
   void stop();
   /// Reads --api-keys again (on SIGHUP): added keys work and removed ones are refused from
   /// the next request on. A file that cannot be read or parsed keeps the keys in use and
@@ -72,6 +74,8 @@ class HttpServer {
   std::unique_ptr<httplib::Server> server_;
   int port_ = 0;
   int listen_fd_ = -1;  ///< the listening socket, seen when httplib creates it
+  std::atomic<bool> stop_asked_{false};
+  std::atomic<bool> running_{false};  ///< inside run()
   std::vector<RouteEntry> table_;  ///< every route, in registration order (set up once)
 };
 
