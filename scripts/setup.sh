@@ -11,6 +11,8 @@ packages=(
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev zlib1g-dev
   libsqlite3-dev libssl-dev libfaiss-dev libcpp-httplib-dev
+  # Unicode normalisation of class names and catalogue fields (macOS writes file names NFD)
+  libicu-dev
   # headers of Gloo, the CPU backend of libtorch's distributed engine (c10d)
   libgloo-dev
   # oneDNN's headers, for the fused inference path (libtorch links the same library)

@@ -1,5 +1,9 @@
 #include "vitrine/core/text.h"
 
+#include <unicode/normalizer2.h>
+#include <unicode/unistr.h>
+
+#include <algorithm>
 #include <cstdint>
 
 namespace vitrine {
@@ -39,6 +43,28 @@ size_t display_width(const std::string& s) {
 std::string pad_right(const std::string& s, size_t width) {
   const size_t w = display_width(s);
   return w >= width ? s : s + std::string(width - w, ' ');
+}
+
+std::string nfc(const std::string& s) {
+  // ASCII is its own NFC: most names never reach ICU.
+  const auto ascii = [](char c) { return static_cast<unsigned char>(c) < 0x80; };
+  if (std::all_of(s.begin(), s.end(), ascii)) return s;
+  UErrorCode status = U_ZERO_ERROR;
+  const icu::Normalizer2* normalizer = icu::Normalizer2::getNFCInstance(status);
+  if (U_FAILURE(status) || normalizer == nullptr) return s;
+  const icu::UnicodeString text = icu::UnicodeString::fromUTF8(s);
+  if (text.isBogus()) return s;
+  // fromUTF8 replaces invalid bytes with U+FFFD: such text is left for the caller to report.
+  std::string round;
+  text.toUTF8String(round);
+  if (round != s) return s;
+  if (normalizer->isNormalized(text, status) && U_SUCCESS(status)) return s;
+  status = U_ZERO_ERROR;
+  const icu::UnicodeString composed = normalizer->normalize(text, status);
+  if (U_FAILURE(status)) return s;
+  std::string out;
+  composed.toUTF8String(out);
+  return out;
 }
 
 std::string windows1252_to_utf8(const std::string& s) {

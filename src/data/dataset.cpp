@@ -345,10 +345,15 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
   // A model stores its class names as UTF-8 text. A name that is not (a Latin-1 folder, a
   // spreadsheet's Windows-1252 CSV) is read as Windows-1252, so the model's config.json holds
   // the name as written and `eval` of this data matches it again.
+  // Names are compared composed (NFC): macOS writes file names decomposed (NFD), so a folder
+  // "Crème" copied from a Mac and a manifest's "Crème" typed on a keyboard are one class.
   std::map<std::string, std::string> renamed;
   for (const auto& name : class_set) {
-    if (valid_utf8(name)) continue;
-    const std::string text = windows1252_to_utf8(name);
+    if (valid_utf8(name)) {
+      if (std::string composed = nfc(name); composed != name) renamed.emplace(name, composed);
+      continue;
+    }
+    const std::string text = nfc(windows1252_to_utf8(name));
     std::string first;
     for (size_t i = 0; i < items.labels.size() && first.empty(); ++i) {
       const auto& names = items.labels[i];

@@ -4,6 +4,7 @@
 
 #include "vitrine/core/fs.h"
 #include "vitrine/core/json.h"
+#include "vitrine/core/text.h"
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -45,6 +46,7 @@ std::vector<std::string> read_labels_file(const std::string& path) {
     ++number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
+    line = nfc(line);  // names compare composed, as the data's class names do
     // Some published lists repeat a name (ImageNet's has two 'crane' and two 'maillot'):
     // kept, so the head's rows keep their meaning, but said, since eval, --teacher and
     // --append-classes match classes by name.
@@ -287,6 +289,9 @@ ModelConfig config_from_json(const std::string& text, const std::string& origin)
     read_opt(j, "task", c.task);
     read_opt(j, "thresholds", c.thresholds);
     read_opt(j, "labels", c.labels);
+    // Composed (NFC), as data's class names are read: a model trained on a folder macOS
+    // named decomposed still matches its data.
+    for (auto& label : c.labels) label = nfc(label);
     if (j.contains("preprocess")) {
       const json& p = j["preprocess"];
       read_opt(p, "resize", c.preprocess.resize);

@@ -150,6 +150,7 @@ CatalogFile read_catalog_csv(const std::string& path) {
       if (!rec.fields[c].empty()) attributes[header[c]] = cell_value(rec.fields[c]);
     }
     p.attributes = attributes.dump();
+    compose_text_fields(p);  // as stored: an unchanged row compares equal
     std::string images = field("images");
     if (images.empty()) images = field("image");
     size_t start = 0;

@@ -10,6 +10,7 @@
 #include "vitrine/search/catalog.h"
 
 #include "vitrine/core/error.h"
+#include "vitrine/core/text.h"
 
 #include <nlohmann/json.hpp>
 #include <sqlite3.h>
@@ -260,7 +261,10 @@ class SqliteCatalog : public Catalog {
                         "INSERT INTO images(product_id, position, ref, content_hash, embedding) "
                         "VALUES (?, ?, ?, ?, ?)");
     for (const auto& u : batch) {
-      const Product& p = u.product;
+      // Text fields composed (NFC), as filters are: "Crème" from a Mac's export and "Crème"
+      // typed in a filter are one value. SKUs are identifiers, kept byte for byte.
+      Product p = u.product;
+      compose_text_fields(p);
       VT_CHECK(!p.sku.empty(), "catalogue: a product without a SKU cannot be stored");
       check_attributes(p);
       int64_t id = 0;
@@ -689,7 +693,14 @@ class SqliteCatalog : public Catalog {
 
 }  // namespace
 
-Filter parse_filter(const std::string& text) {
+void compose_text_fields(Product& p) {
+  for (std::string* field : {&p.title, &p.category, &p.brand, &p.seller, &p.attributes}) {
+    *field = nfc(*field);
+  }
+}
+
+Filter parse_filter(const std::string& given) {
+  const std::string text = nfc(given);  // composed, as the catalogue stores its fields
   static const char* const kOps[] = {"<=", ">=", "!=", "<", ">", "="};
   size_t at = std::string::npos;
   std::string op;

@@ -375,3 +375,11 @@ TEST(Preprocess, ResizeModeRoundTripsThroughConfig) {
   c.preprocess.squash = false;
   EXPECT_FALSE(config_from_json(config_to_json(c), "test").preprocess.squash);
 }
+
+TEST(ModelConfigJson, LabelsAreReadComposed) {
+  // A model trained on a folder a Mac named decomposed still matches its data, read composed.
+  ModelConfig c = tiny_vit();
+  c.labels.assign(static_cast<size_t>(c.num_classes), "bags");
+  c.labels[0] = "cre\xcc\x80me";
+  EXPECT_EQ(config_from_json(config_to_json(c), "test").labels[0], "cr\xc3\xa8me");
+}

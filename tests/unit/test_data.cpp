@@ -128,6 +128,15 @@ TEST(Text, DisplayWidthCountsColumnsNotBytes) {
   EXPECT_EQ(vitrine::pad_right("long name", 4), "long name");
 }
 
+TEST(Text, NfcComposesWhatLooksAlike) {
+  EXPECT_EQ(vitrine::nfc("Cre\xcc\x80me"), "Cr\xc3\xa8me");    // e + U+0300 is è
+  EXPECT_EQ(vitrine::nfc("Cr\xc3\xa8me"), "Cr\xc3\xa8me");     // already composed
+  EXPECT_EQ(vitrine::nfc("bags"), "bags");
+  EXPECT_EQ(vitrine::nfc("\xea\xb0\x80"), "\xea\xb0\x80");      // 가 stays one character
+  EXPECT_EQ(vitrine::nfc("\xe1\x84\x80\xe1\x85\xa1"), "\xea\xb0\x80");  // its jamo compose
+  EXPECT_EQ(vitrine::nfc("Caf\xe9"), "Caf\xe9");                 // not UTF-8: left as is
+}
+
 TEST(Text, QuotedListNamesItemsAndCutsLongLists) {
   EXPECT_EQ(vitrine::quoted_list({}), "");
   EXPECT_EQ(vitrine::quoted_list({"bag", "shoe"}), "'bag', 'shoe'");
@@ -577,6 +586,10 @@ TEST(DataCsv, Errors) {
   EXPECT_CONTAINS(
       open("twice_enc.csv", "path,label\nimg/ok.png,Caf\xe9\nimg/ok2.png,Caf\xc3\xa9\n"),
       "name one class twice");
+  // A class named decomposed (NFD, as macOS names files) and composed is one class, composed.
+  write_text(dir / "nfd.csv", "path,label\nimg/ok.png,Cre\xcc\x80me\nimg/ok2.png,Cr\xc3\xa8me\n");
+  o.source = (dir / "nfd.csv").string();
+  EXPECT_EQ(open_data(o).classes, std::vector<std::string>{"Cr\xc3\xa8me"});
   o.val_split = 0.1;
   o.source = (dir / "absent.csv").string();
   EXPECT_CONTAINS(error_of([&] { open_data(o); }), "absent.csv does not exist");

@@ -206,6 +206,18 @@ TEST(SearchCatalog, FiltersSelectTheRightImages) {
   lines = explain({"attributes.size=XL", "attributes.size>=40"});  // each passes one product
   ASSERT_EQ(lines.size(), 1u);
   EXPECT_CONTAINS(lines[0], "no product passes all 2 together");
+
+  // Text that looks alike compares alike: stored decomposed (a Mac's export), found composed,
+  // and the other way round.
+  batch.clear();
+  batch.push_back(random_product("nfd", 1, rng));
+  batch.back().product.category = "cre\xcc\x80me";                   // NFD
+  batch.back().product.attributes = R"({"colour": "ros\u00e9"})";     // NFC
+  catalog->upsert(batch);
+  EXPECT_EQ(catalog->product_count_where({parse_filter("category=cr\xc3\xa8me")}), 1);
+  EXPECT_EQ(catalog->product_count_where({parse_filter("category=cre\xcc\x80me")}), 1);
+  EXPECT_EQ(catalog->product_count_where({parse_filter("attributes.colour=rose\xcc\x81")}), 1);
+  EXPECT_EQ(catalog->find("nfd")->category, "cr\xc3\xa8me");
 }
 
 TEST(SearchCatalog, RefusesAnotherModelsEmbeddings) {

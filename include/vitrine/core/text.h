@@ -20,6 +20,11 @@ std::string pad_right(const std::string& s, size_t width);
 /// systems write), in UTF-8. Bytes Windows-1252 leaves undefined keep their Latin-1 code.
 std::string windows1252_to_utf8(const std::string& s);
 
+/// `s` in Unicode normalisation form C (composed: "e" + U+0301 becomes "é"). Names that look
+/// alike must compare alike: macOS writes file names decomposed (NFD), keyboards and most
+/// files composed. Text that is not UTF-8 is returned as is.
+std::string nfc(const std::string& s);
+
 /// "'a', 'b', 'c'": the names in `quote` marks, joined for a message and cut with
 /// ", ... (N more)" once the list passes `max_chars`, so a message naming thousands of items
 /// stays readable. A single name longer than `max_chars` is cut too (at a UTF-8 character

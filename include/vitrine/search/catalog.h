@@ -73,6 +73,10 @@ constexpr size_t kMaxImagesPerProduct = 100;
 /// value is a placeholder of the catalogue's query, which SQLite limits.
 constexpr size_t kMaxFilterValues = 1000;
 constexpr size_t kMaxFilters = 16;
+/// A product's text fields (title, category, brand, seller, attributes) composed (NFC), as the
+/// catalogue stores them and filters compare them; the SKU, an identifier, stays as given.
+void compose_text_fields(Product& p);
+
 /// Throws vitrine::Error naming the accepted forms when `text` is not one of them.
 Filter parse_filter(const std::string& text);
 /// The filters of one query, all to hold; throws as parse_filter does, and for more than
