@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <filesystem>
 #include <optional>
@@ -175,6 +176,12 @@ std::pair<double, double> throughput(const models::Predictor& p, int64_t batch, 
   return {static_cast<double>(calls * batch) / elapsed, elapsed / static_cast<double>(calls)};
 }
 
+/// A variant's name for people: "fp32" is the optimised model's own where pruning or merging
+/// changed the network (the original is "original").
+std::string variant_label(const Args& a, const std::string& name) {
+  return a.changes_weights() && name != "original" ? "optimised " + name : name;
+}
+
 /// The optimised model's speed against the original's, fused engine, same batches.
 nlohmann::json speed_of(const Args& a, int threads) {
   std::vector<std::pair<std::string, models::Predictor>> runs;
@@ -192,12 +199,21 @@ nlohmann::json speed_of(const Args& a, int threads) {
                      {"batch", a.batch_size},
                      {"threads", threads}};
   double base = 0;
+  std::string slower;
   for (const auto& [name, p] : runs) {
     const auto [rate, latency] = throughput(p, a.batch_size, 2.0);
     if (base == 0) base = rate;
     out[name] = {{"img_per_s", rate}, {"ms_per_batch", latency * 1e3}, {"speedup", rate / base}};
-    spdlog::info("  {}: {:.1f} img/s at batch {} ({:.2f}x the original)", name, rate,
+    const std::string shown = name == "original_fp32" ? "original fp32" : variant_label(a, name);
+    spdlog::info("  {}: {:.1f} img/s at batch {} ({:.2f}x the original)", shown, rate,
                  a.batch_size, rate / base);
+    if (name != "original_fp32" && rate < base) slower += (slower.empty() ? "" : ", ") + shown;
+  }
+  if (!slower.empty()) {
+    spdlog::warn("{} measured slower than the original. Two seconds a variant on a machine "
+                 "busy with other work is noise: measure again with `vitrine bench --model {}` "
+                 "when it is idle (fewer --threads than busy cores steadies it)",
+                 slower, a.final_out);
   }
   return out;
 }
@@ -309,6 +325,11 @@ void calibrate(const Args& a, const std::shared_ptr<data::Dataset>& calib,
   const int64_t used = calib->size() - static_cast<int64_t>(loader.errors().size());
   spdlog::info("calibrated {} activation scales on {} images in {:.1f} s", cfg.int8_scales.size(),
                used, calib_s);
+  if (used < 100) {
+    spdlog::warn("int8 scales from {} images: the activations of photos unlike these may be "
+                 "clipped; give --calib 100 or more photos like those it will serve (512 are "
+                 "used by default)", used);
+  }
   report["int8"] = {
       {"method", cfg.family == models::Family::kViT
                      ? "static int8 products: weights symmetric per output column, "
@@ -444,13 +465,22 @@ void run_into(const Args& a) {
                  acc["task"].get<std::string>());
     for (const auto& p : acc["variants"]) {
       const auto& row = acc[p.get<std::string>()];
-      spdlog::info("  {}: top-1 {:.4f} ({:+.4f}), agreement with fp32 {:.4f}{}",
-                   p.get<std::string>(), row["top1"].get<double>(),
-                   row["top1_change"].get<double>(), row["agreement_with_fp32"].get<double>(),
+      spdlog::info("  {}: top-1 {:.4f} ({:+.4f}), agreement with {} {:.4f}{}",
+                   variant_label(a, p.get<std::string>()), row["top1"].get<double>(),
+                   row["top1_change"].get<double>(), variant_label(a, "fp32"),
+                   row["agreement_with_fp32"].get<double>(),
                    row.contains("agreement_with_original")
                        ? fmt::format(", with the original {:.4f}",
                                      row["agreement_with_original"].get<double>())
                        : std::string());
+    }
+    // A top-1 measured on few photos moves by whole photos: say how far chance reaches.
+    const auto n = acc["images"].get<double>();
+    const double top1 = acc[acc["variants"][0].get<std::string>()]["top1"].get<double>();
+    if (n < 1000) {
+      spdlog::warn("measured on {} images: a top-1 of {:.4f} is known to about +/-{:.4f} (95%), "
+                   "so smaller changes say little; give --data a split of 1,000 photos or more",
+                   n, top1, 1.96 * std::sqrt(std::max(top1 * (1 - top1), 0.25 / n) / n));
     }
   } else {
     spdlog::warn("no --data given: the accuracy change is not measured");
@@ -527,7 +557,11 @@ void add_optimize_command(CLI::App& app, int& status) {
   cmd->add_option("--seed", a->seed, "Seed of the calibration and evaluation samples");
   cmd->add_option("--threads", a->threads, "Compute threads (default: all cores)");
   cmd->add_option("--workers", a->workers, "Image decoding threads (0 = all cores)");
-  cmd->callback([a, &status] {
+  cmd->callback([a, cmd, &status] {
+    if (!a->eval_data.empty()) {
+      adopt_training_split(*cmd, a->model, a->eval_data, a->val_split, a->test_split,
+                           a->data_seed);
+    }
     run(*a);
     status = kExitOk;
   });

@@ -246,6 +246,13 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
         line["status"] = "failed";
         line["error"] = "no image of this product could be read: " +
                         (p.errors.empty() ? std::string("none listed") : p.errors.front());
+        // "failed" must not read as "not in the catalogue" when an earlier run stored it.
+        if (!p.stored_images.empty()) {
+          line["error"] = line["error"].get<std::string>() +
+                          "; the product stays searchable as stored before (`vitrine remove "
+                          "--db " + shell_quoted(a.db) + " " + shell_quoted(p.row->product.sku) +
+                          "` deletes it)";
+        }
         ++failed;
       } else if (!changed) {
         line["status"] = "unchanged";
@@ -709,10 +716,15 @@ void add_duplicates_command(CLI::App& app, int& status) {
     for (const auto& g : groups) largest = std::max(largest, g.members.size());
     if (largest >= 20) {
       spdlog::warn("the largest group holds {} photos: at --threshold {} this model links "
-                   "whole sets of similar products, not copies; raise --threshold (0.99 or "
-                   "more for a classifier fine-tuned on the categories) and check it on a few "
-                   "known copies",
-                   largest, a->options.threshold);
+                   "whole sets of similar products, not copies; {} and check it on a few known "
+                   "copies",
+                   largest, a->options.threshold,
+                   a->options.threshold < 0.99
+                       ? "raise --threshold (0.99 or more for a classifier fine-tuned on the "
+                         "categories)"
+                       : "its embeddings put these products as close as copies: raise "
+                         "--threshold nearer 1 (0.9999), or use a model that tells them apart "
+                         "(one fine-tuned on your products)");
     }
     status = kExitOk;
   });
@@ -982,7 +994,8 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
                    unknown.size(), quoted_list({unknown.begin(), unknown.end()}, ""));
     }
     if (found_self > 0) {
-      spdlog::info("{} of the query photos are in the catalogue themselves: {}", found_self,
+      spdlog::info("{} of the query photos {} in the catalogue themselves: {}", found_self,
+                   found_self == 1 ? "is" : "are",
                    a->keep_self ? "kept as answers (--keep-self)"
                                 : "left out of their own results (--keep-self keeps them)");
     }

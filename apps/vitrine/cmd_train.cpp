@@ -15,6 +15,9 @@
 #include <spdlog/spdlog.h>
 
 #include <arpa/inet.h>
+#include <filesystem>
+#include <sstream>
+#include <type_traits>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -24,6 +27,8 @@
 #include <unistd.h>
 
 namespace vitrine::cli {
+
+namespace fs = std::filesystem;
 
 data::DataSplits open_data_logged(const data::DataOptions& options) {
   data::DataSplits splits = data::open_data(options);
@@ -37,6 +42,49 @@ std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::
            "another with --split", split == "train" ? "" : ", or split one off a root without "
            "a " + split + "/ folder with --" + split + "-split as the model's train run did");
   return d;
+}
+
+void adopt_training_split(const CLI::App& cmd, const std::string& model_dir,
+                          const std::string& source, double& val_split, double& test_split,
+                          uint64_t& seed) {
+  const fs::path config = fs::path(model_dir) / "config.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(config, ec)) return;  // loading the model names the problem
+  const auto j = nlohmann::json::parse(read_text_file(config.string()), nullptr, false);
+  if (!j.is_object() || !j.contains("provenance") || !j["provenance"].is_object()) return;
+  const auto& p = j["provenance"];
+  if (!p.contains("data") || p["data"] != source) return;
+  std::string taken, differ;  ///< flags adopted; flags given that differ from the run's
+  const auto take = [&](const char* flag, const char* key, auto& value) {
+    using T = std::decay_t<decltype(value)>;
+    if (!p.contains(key) || !p[key].is_number()) return;
+    const T trained = p[key].get<T>();
+    const auto carved = [&](T v) {
+      if constexpr (std::is_floating_point_v<T>) {
+        if (std::string(key) == "val_split" && v < 0) return T(0.1);  // unset: 0.1 where it carves
+      }
+      return v;
+    };
+    if (carved(trained) == carved(value)) return;
+    std::ostringstream s;
+    s << flag << " " << carved(trained);
+    (cmd.count(flag) > 0 ? differ : taken) += (s.str() + " ");
+    if (cmd.count(flag) == 0) value = trained;
+  };
+  take("--val-split", "val_split", val_split);
+  take("--test-split", "test_split", test_split);
+  take("--data-seed", "data_seed", seed);
+  if (!taken.empty()) {
+    taken.pop_back();
+    spdlog::info("{} was trained on {} with {}: its val/test photos are taken the same way "
+                 "(give the flags to choose others)", model_dir, source, taken);
+  }
+  if (!differ.empty()) {
+    differ.pop_back();
+    spdlog::warn("{} was trained on {} with {}: where val/test photos are carved out of the "
+                 "training photos, other settings hold photos it learnt from", model_dir,
+                 source, differ);
+  }
 }
 
 void add_data_options(CLI::App* cmd, data::DataOptions& d) {
@@ -443,7 +491,7 @@ void add_eval_command(CLI::App& app, int& status) {
                   "Also report robust accuracy under this attack: none | fgsm | pgd")
       ->check(CLI::IsMember({"none", "fgsm", "pgd"}));
   add_attack_options(cmd, a->adv);
-  cmd->callback([a, &status] {
+  cmd->callback([a, cmd, &status] {
     set_threads(a->threads);
     const bool attacked = a->attack != "none";
     if (attacked) {
@@ -451,6 +499,8 @@ void add_eval_command(CLI::App& app, int& status) {
       train::check_attack(a->adv);
     }
     a->data.need_train = a->split == "train";  // held-out photos need no training ones
+    adopt_training_split(*cmd, a->model, a->data.source, a->data.val_split, a->data.test_split,
+                         a->data.seed);
     const data::DataSplits splits = open_data_logged(a->data);
     const auto d = pick_split(splits, a->split);
     nlohmann::json out = nlohmann::json::object();
@@ -465,7 +515,7 @@ void add_eval_command(CLI::App& app, int& status) {
     if (splits.multi_label) {
       for (const auto& dir : dirs) {
         auto model = models::load_model(dir);
-        warn_other_split(dir, *model, a->data);
+        if (dir != a->model) warn_other_split(dir, *model, a->data);  // --model: adopted
         std::vector<std::string> errors;
         const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
         for (const auto& e : errors) spdlog::warn("skipped: {}", e);
@@ -506,7 +556,7 @@ void add_eval_command(CLI::App& app, int& status) {
     std::vector<int64_t> skipped_of;
     for (const auto& dir : dirs) {
       auto model = models::load_model(dir);
-      warn_other_split(dir, *model, a->data);
+      if (dir != a->model) warn_other_split(dir, *model, a->data);  // --model: adopted
       std::vector<std::string> errors;
       results.push_back(train::evaluate(*model, d, a->eval, &errors));
       for (const auto& e : errors) spdlog::warn("skipped: {}", e);

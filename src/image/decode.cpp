@@ -598,7 +598,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
   const fs::file_status status = fs::status(path, ec);
   VT_CHECK(!ec || ec == std::errc::no_such_file_or_directory, "cannot access image file '",
            path, "': ", ec.message(), "; check the path and its permissions");
-  VT_CHECK(fs::exists(status), "image file '", path, "' does not exist; check the path");
+  VT_CHECK(fs::exists(status), "'", path, "' does not exist; check the path");
   VT_CHECK(!fs::is_directory(status), "'", path,
            "' is a directory, not an image file; pass the path of an image file");
 

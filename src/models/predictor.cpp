@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
+#include <spdlog/spdlog.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
@@ -63,6 +64,10 @@ Predictor::Predictor(VisionModel model, Precision precision, Engine engine)
   const bool fused = engine == Engine::kFused || (engine == Engine::kAuto && onednn::available());
   if (precision_ == Precision::kAuto) {
     precision_ = fused && !config().int8_scales.empty() ? Precision::kInt8 : Precision::kFp32;
+    if (!fused && !config().int8_scales.empty()) {
+      spdlog::info("{} is calibrated for int8, which runs on the fused engine only: it runs in "
+                   "fp32 on the libtorch engine", config().arch);
+    }
   }
   const at::ScalarType dtype = precision_ == Precision::kBf16   ? at::kBFloat16
                                : precision_ == Precision::kInt8 ? at::kQUInt8

@@ -545,9 +545,12 @@ void HttpServer::routes() {
     }
     if (!key) {
       res.set_header("WWW-Authenticate", "Bearer");
+      const bool bearer = auth.size() > prefix.size() &&
+                          lowered(auth.substr(0, prefix.size())) == prefix;
       send_error(res, 401, "unauthorized",
                  auth.empty() ? "send an API key: Authorization: Bearer <key>"
-                              : "the API key is not valid");
+                 : bearer     ? "the API key is not valid"
+                              : "the Authorization header must read 'Bearer <key>'");
       return refused_after_body();
     }
     t_key_name = key->name;

@@ -159,6 +159,15 @@ models::ModelConfig starting_config(const std::string& arch, const std::string& 
   VT_CHECK(in_channels == 0 || in_channels == cfg.in_channels, init_dir, " takes ",
            cfg.in_channels, "-channel images; --in-channels applies to a new model (--model): "
            "drop it (photos are converted to the model's channels either way)");
+  // A grey model (the shipped Fashion-MNIST backbone) takes colour photos without a word,
+  // and a task told apart by colour then learns nothing.
+  if (cfg.in_channels == 1 && !grey_data()) {
+    spdlog::warn("{} reads grey images (1 channel, {} px): these colour photos lose their "
+                 "colour, so products told apart by colour cannot be learnt. For colour photos "
+                 "start from a model of 3 channels: an imported ResNet/ViT checkpoint "
+                 "(docs/models.md) or one pretrained on your photos (vitrine pretrain)",
+                 init_dir, cfg.image_size);
+  }
   cfg.int8_scales.clear();
   cfg.int8_report_json = "{}";
   return cfg;

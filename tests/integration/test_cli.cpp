@@ -539,6 +539,9 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
                         q(d + "/int8"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_FALSE(fs::exists(d + "/int8.partial"));
+  // Eight photos are few, for scales and for accuracy alike: said.
+  EXPECT_CONTAINS(r.err, "int8 scales from 8 images");
+  EXPECT_CONTAINS(r.err, "measured on 8 images: a top-1 of");
   // A split the data lacks fails before any work, and leaves no model behind.
   const auto failed = test::run_command(
       bin + " optimize --model " + q(d + "/run/best") + " --int8 --calib " +
@@ -592,6 +595,11 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   EXPECT_EQ(both[4]["engine"], "libtorch");
   EXPECT_EQ(both[4]["precision"], "bf16");
   EXPECT_CONTAINS(r.err, "int8 runs on the fused engine only");
+  // predict on the libtorch engine runs the int8 model in fp32, and says so.
+  r = test::run_command(bin + " predict --model " + q(d + "/int8") + " --engine libtorch " +
+                        q(d + "/data/test"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "runs in fp32 on the libtorch engine");
   // int8 asked of a model without calibration is refused before anything is measured.
   r = test::run_command(bin + " bench --model " + q(d + "/run/best") +
                         " --precision fp32 int8 --batch 2 --iters 1 --warmup 0");
@@ -754,6 +762,30 @@ TEST(Cli, OutOfRangeTrainingSettingsAreRefusedBeforeAnyWork) {
   fs::remove_all(d);
 }
 
+TEST(Cli, AGreyModelFineTunedOnColourPhotosIsWarned) {
+  // Red and blue circles of one brightness: a grey model cannot tell them apart.
+  const std::string d = test::temp_dir("cli-grey-init");
+  write_two_class_folders(d + "/data", {"train"});
+  const std::string bin = q(test::vitrine_bin());
+  for (const std::string channels : {"1", "3"}) {
+    auto r = test::run_command(bin + " init --arch resnet_custom --layers 1 1 1 1 --image-size 32 "
+                               "--num-classes 0 --seed 0 --in-channels " + channels + " --out " +
+                               q(d + "/init" + channels));
+    ASSERT_EQ(r.status, 0) << r.err;
+    r = test::run_command(bin + " train --init " + q(d + "/init" + channels) + " --data " +
+                          q(d + "/data/train") + " --val-split 0 --epochs 1 --batch-size 4 "
+                          "--threads 2 --out " + q(d + "/run" + channels));
+    EXPECT_EQ(r.status, 0) << r.err;
+    if (channels == "1") {
+      EXPECT_CONTAINS(r.err, "reads grey images (1 channel, 32 px): these colour photos lose "
+                             "their colour");
+    } else {
+      EXPECT_EQ(r.err.find("reads grey images"), std::string::npos) << r.err;
+    }
+  }
+  fs::remove_all(d);
+}
+
 TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
   const std::string d = test::temp_dir("cli-data-seed");
   write_two_class_folders(d + "/data", {"all"});
@@ -785,19 +817,24 @@ TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
   EXPECT_EQ(seed0, trained_on(" --seed 7", "run3")) << "--seed alone keeps the split";
   const auto config = json::parse(std::ifstream(d + "/run1/last/config.json"));
   EXPECT_EQ(config["provenance"]["data_seed"], 1);
-  // eval with another --data-seed would score photos the model learnt from: said.
-  const std::string eval = bin + " eval --model " + q(d + "/run1/last") + " --data " + data;
-  r = test::run_command(eval);
+  // eval without the flags takes the run's: the same test photos as with them given.
+  const std::string eval = bin + " eval --model " + q(d + "/run1/last") + " --data ";
+  const auto given = test::run_command(eval + data + " --data-seed 1");
+  EXPECT_EQ(given.status, 0) << given.err;
+  EXPECT_EQ(given.err.find("--data-seed"), std::string::npos) << given.err;
+  r = test::run_command(eval + q(d + "/data/all"));
   EXPECT_EQ(r.status, 0) << r.err;
-  EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25 --data-seed 1: where val/test "
-                         "photos are carved out");
-  r = test::run_command(eval + " --data-seed 1");
+  EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25 --data-seed 1: its val/test "
+                         "photos are taken the same way");
+  EXPECT_EQ(r.out, given.out);
+  // Another --data-seed, given, would score photos the model learnt from: said.
+  r = test::run_command(eval + data + " --data-seed 2");
   EXPECT_EQ(r.status, 0) << r.err;
-  EXPECT_EQ(r.err.find("--data-seed"), std::string::npos) << r.err;
+  EXPECT_CONTAINS(r.err, "with --data-seed 1: where val/test photos are carved out");
   // ... as with other fractions.
-  r = test::run_command(bin + " eval --model " + q(d + "/run1/last") + " --data " +
-                        q(d + "/data/all") + " --val-split 0 --test-split 0.5 --data-seed 1");
+  r = test::run_command(eval + q(d + "/data/all") +
+                        " --val-split 0 --test-split 0.5 --data-seed 1");
   EXPECT_EQ(r.status, 0) << r.err;
-  EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25 --data-seed 1");
+  EXPECT_CONTAINS(r.err, "with --test-split 0.25: where");
   fs::remove_all(d);
 }

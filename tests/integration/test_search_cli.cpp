@@ -126,6 +126,15 @@ TEST(SearchCli, IndexUpdatesChangedRowsAndReportsBadOnes) {
       few.err.substr(remove_at, few.err.find('\n', remove_at) - remove_at);
   EXPECT_EQ(suggested.find(" SKU1 "), std::string::npos) << suggested;
   EXPECT_CONTAINS(suggested, " ...`");
+  // A stored product none of whose photos can be read now fails, and stays as it was: said.
+  std::ofstream(d + "/gone.csv") << "sku,image,title,category,price,seller\n"
+                                 << "SKU2,img/gone.png,Product 2,bags,12,seller2\n";
+  const auto gone = test::run_command(q(test::vitrine_bin()) + " index --model " + q(d + "/m") +
+                                      " --catalog " + q(d + "/gone.csv") + " --db " +
+                                      q(d + "/db") + " --quiet");
+  EXPECT_EQ(gone.status, 1) << gone.err;
+  EXPECT_CONTAINS(gone.out, "the product stays searchable as stored before (`vitrine remove --db " +
+                                d + "/db SKU2` deletes it)");
   auto db = search::SearchDb::open(d + "/db");
   EXPECT_EQ(db->catalog().find("SKU4")->title, "Renamed 4");
   EXPECT_EQ(db->catalog().product_count(), 31);
