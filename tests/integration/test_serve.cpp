@@ -446,6 +446,10 @@ TEST(Serve, KeysAndScopes) {
   EXPECT_EQ(r->get_header_value("WWW-Authenticate"), "Bearer");
   EXPECT_EQ(server.client("vt_not_a_key").Post("/v1/classify", f.photos[0], "image/png")->status,
             401);
+  // A key sent without its scheme is told so, not called invalid.
+  r = anonymous.Get("/v1/products", {{"Authorization", f.read_key}});
+  EXPECT_EQ(r->status, 401);
+  EXPECT_CONTAINS(body_of(r)["error"]["message"].get<std::string>(), "must read 'Bearer <key>'");
   auto reader = server.client(f.read_key);
   r = reader.Delete("/v1/products/SKU1");
   EXPECT_EQ(r->status, 403);
