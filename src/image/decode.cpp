@@ -576,9 +576,13 @@ cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options) {
   return rgb;
 }
 
-std::vector<uint8_t> encode_png(const cv::Mat& rgb) {
+namespace {
+
+/// RGB (or grey) pixels encoded as `ext` (".png", ".jpg") with OpenCV's `params`.
+std::vector<uint8_t> encode_as(const cv::Mat& rgb, const char* ext,
+                               const std::vector<int>& params) {
   VT_CHECK(rgb.depth() == CV_8U && (rgb.channels() == 3 || rgb.channels() == 1),
-           "encode_png takes 8-bit RGB or grey pixels");
+           "encoding a photo takes 8-bit RGB or grey pixels");
   // A new buffer for BGR: a copy of the header would share, and swap, the caller's pixels.
   cv::Mat bgr;
   if (rgb.channels() == 3) {
@@ -586,9 +590,18 @@ std::vector<uint8_t> encode_png(const cv::Mat& rgb) {
   } else {
     bgr = rgb;
   }
-  std::vector<uint8_t> png;
-  VT_CHECK(cv::imencode(".png", bgr, png), "could not encode a photo as PNG");
-  return png;
+  std::vector<uint8_t> out;
+  VT_CHECK(cv::imencode(ext, bgr, out, params), "could not encode a photo as ", ext);
+  return out;
+}
+
+}  // namespace
+
+std::vector<uint8_t> encode_png(const cv::Mat& rgb) { return encode_as(rgb, ".png", {}); }
+
+std::vector<uint8_t> encode_jpeg(const cv::Mat& rgb, int quality) {
+  VT_CHECK(quality >= 1 && quality <= 100, "JPEG quality must be 1 to 100, got ", quality);
+  return encode_as(rgb, ".jpg", {cv::IMWRITE_JPEG_QUALITY, quality});
 }
 
 std::vector<uint8_t> read_file(const std::string& path) {

@@ -333,8 +333,9 @@ std::vector<std::string> SearchDb::owned_photos(const std::vector<std::string>& 
   if (ec) return out;
   for (const auto& sku : skus) {
     for (const auto& [ref, hash] : catalog_->image_hashes(sku)) {
-      // Only <hash>.png files can be the service's: look no further at the others.
-      if (fs::path(ref).filename() != hash + ".png") continue;
+      // Only <hash>.png and <hash>.jpg files can be the service's: look no further at others.
+      const std::string name = fs::path(ref).filename().string();
+      if (name != hash + ".png" && name != hash + ".jpg") continue;
       if (fs::weakly_canonical(ref, ec).parent_path() == dir && !ec) out.push_back(ref);
     }
   }

@@ -900,19 +900,19 @@ void HttpServer::routes() {
         throw ServiceError(400, "bad_base64", which + e.what());
       }
       Inference out;
-      std::vector<uint8_t> png;  // stored again as decoded: without the file's metadata
+      StoredPhoto photo;  // stored again as decoded: without the file's metadata
       try {
-        out = service_.infer(encoded, 1, &png);  // refuses bad and oversized images
+        out = service_.infer(encoded, 1, &photo);  // refuses bad and oversized images
       } catch (const ServiceError& e) {
         if (e.status() != 400 && e.status() != 422) throw;
         throw ServiceError(e.status(), e.code(), which + e.what());
       }
-      const std::string hash = sha256_hex(png.data(), png.size());
+      const std::string& hash = photo.content_hash;
       const bool again = std::any_of(u.images.begin(), u.images.end(),
                                      [&](const auto& stored) { return stored.content_hash == hash; });
       if (again) continue;  // the same photo twice is one photo of the product
-      const std::string path = (dir / (hash + ".png")).string();
-      stored.photos.emplace_back(path, std::string(png.begin(), png.end()));
+      const std::string path = (dir / (hash + photo.extension)).string();
+      stored.photos.emplace_back(path, std::string(photo.bytes.begin(), photo.bytes.end()));
       u.images.push_back({path, hash, out.embedding});
       u.product.images.push_back(path);
     }

@@ -7,6 +7,7 @@
 
 #include "vitrine/core/base64.h"
 #include "vitrine/core/error.h"
+#include "vitrine/core/hash.h"
 #include "vitrine/image/decode.h"
 #include "vitrine/models/model_dir.h"
 #include "vitrine/models/predictor.h"
@@ -278,7 +279,7 @@ int64_t Service::queue_depth() const {
 
 at::Tensor Service::decode_input(const std::string& encoded, const models::Predictor& predictor,
                                  Clock::time_point deadline, bool for_queue,
-                                 std::vector<uint8_t>* png) {
+                                 StoredPhoto* stored) {
   const auto* data = reinterpret_cast<const uint8_t*>(encoded.data());
   image::ImageInfo info{};
   try {
@@ -324,7 +325,17 @@ at::Tensor Service::decode_input(const std::string& encoded, const models::Predi
     image::DecodeOptions decode;
     decode.max_pixels = options_.max_pixels;
     const cv::Mat rgb = image::decode(data, encoded.size(), decode);
-    if (png != nullptr) *png = image::encode_png(rgb);
+    if (stored != nullptr) {
+      auto png = image::encode_png(rgb);
+      stored->content_hash = sha256_hex(png.data(), png.size());
+      if (info.format == image::Format::kJpeg) {
+        stored->bytes = image::encode_jpeg(rgb, /*quality=*/95);
+        stored->extension = ".jpg";
+      } else {
+        stored->bytes = std::move(png);
+        stored->extension = ".png";
+      }
+    }
     return predictor.preprocess(rgb);
   } catch (const Error& e) {
     throw ServiceError(400, "bad_image", e.what());
@@ -332,13 +343,13 @@ at::Tensor Service::decode_input(const std::string& encoded, const models::Predi
 }
 
 Inference Service::infer(const std::string& encoded, int64_t top_classes,
-                         std::vector<uint8_t>* png) {
+                         StoredPhoto* stored) {
   const auto slot = batcher_->current();
   const auto deadline = Clock::now() + std::chrono::milliseconds(options_.timeout_ms);
   auto job = std::make_shared<Job>();
   job->slot = slot;
   job->top_classes = top_classes;
-  job->input = decode_input(encoded, slot->predictor, deadline, /*for_queue=*/true, png);
+  job->input = decode_input(encoded, slot->predictor, deadline, /*for_queue=*/true, stored);
   job->deadline = deadline;
   auto answer = job->done.get_future();
   {

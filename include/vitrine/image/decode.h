@@ -52,6 +52,8 @@ cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options = 
 /// keeps a copy of a photo (no metadata, orientation applied). The same pixels always give
 /// the same bytes, so a copy's hash can be found again from the original photo.
 std::vector<uint8_t> encode_png(const cv::Mat& rgb);
+/// The same as JPEG of `quality` (1-100), with no metadata.
+std::vector<uint8_t> encode_jpeg(const cv::Mat& rgb, int quality);
 
 /// The whole file; a clear error when it is missing, unreadable or a directory.
 std::vector<uint8_t> read_file(const std::string& path);

@@ -60,6 +60,17 @@ struct Inference {
   std::string model_version;            ///< which model answered (hot reload)
 };
 
+/// A photo as the service keeps it: decoded and encoded again, so no metadata (EXIF: GPS,
+/// camera, dates) survives and the orientation is applied. A JPEG stays a JPEG (quality 95: a
+/// 12 MP photo as PNG was some 20 MB), others become PNG. `content_hash` is that of the PNG
+/// encoding whatever the file's format, as the catalogue hashes photos, so a stored copy is
+/// found again from its original.
+struct StoredPhoto {
+  std::vector<uint8_t> bytes;
+  std::string extension;  ///< ".jpg" or ".png"
+  std::string content_hash;
+};
+
 class Service {
  public:
   /// Loads the model (and opens the database); throws vitrine::Error when they cannot be used.
@@ -70,10 +81,10 @@ class Service {
 
   /// Decodes an encoded image (JPEG, PNG, WebP, BMP), queues it for the next batch and waits
   /// for its answer. Throws ServiceError: 400 undecodable, 422 too many pixels, 429 queue
-  /// full, 503 shutting down, 504 timed out. With `png`, the decoded photo is also encoded
-  /// there as PNG (no metadata), within the same decode limits.
+  /// full, 503 shutting down, 504 timed out. With `stored`, the decoded photo is also encoded
+  /// there for keeping (no metadata), within the same decode limits.
   Inference infer(const std::string& encoded, int64_t top_classes,
-                  std::vector<uint8_t>* png = nullptr);
+                  StoredPhoto* stored = nullptr);
 
   /// A Grad-CAM heatmap of class `label` for an encoded image: a PNG (base64) of the
   /// model's input crop, coloured blue (no evidence) to red (most). Runs outside the
@@ -145,7 +156,7 @@ class Service {
   /// full. Throws ServiceError 400, 422, 429, 503 or 504.
   at::Tensor decode_input(const std::string& encoded, const models::Predictor& predictor,
                           std::chrono::steady_clock::time_point deadline, bool for_queue,
-                          std::vector<uint8_t>* png = nullptr);
+                          StoredPhoto* stored = nullptr);
   ServiceOptions options_;
   std::shared_ptr<Metrics> metrics_;
   std::unique_ptr<Batcher> batcher_;
