@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 namespace vitrine {
 
@@ -32,10 +33,11 @@ bool valid_utf8(const std::string& s) {
 
 namespace {
 
-/// The deepest nesting of arrays and objects in `text`, outside strings: one pass, so a
-/// body of millions of values costs no more than reading it.
-int nesting_depth(const std::string& text) {
+/// The deepest nesting of arrays and objects in `text`, outside strings, and how many there
+/// are: one pass, so a body of millions of values costs no more than reading it.
+std::pair<int, int64_t> nesting_of(const std::string& text) {
   int depth = 0, deepest = 0;
+  int64_t containers = 0;
   bool in_string = false;
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
@@ -49,20 +51,25 @@ int nesting_depth(const std::string& text) {
       in_string = true;
     } else if (c == '[' || c == '{') {
       deepest = std::max(deepest, ++depth);
+      ++containers;
     } else if (c == ']' || c == '}') {
       --depth;
     }
   }
-  return deepest;
+  return {deepest, containers};
 }
 
 }  // namespace
 
-nlohmann::json parse_json(const std::string& text, const std::string& what) {
+nlohmann::json parse_json(const std::string& text, const std::string& what,
+                          int64_t max_containers) {
   // Checked before parsing: the parser's own per-value callback would do it too, but it
   // makes parsing an array of objects quadratic (a 240 KB body took seconds).
-  VT_CHECK(nesting_depth(text) <= kMaxJsonDepth, what, ": JSON nested deeper than ",
-           kMaxJsonDepth, " levels; nothing Vitrine reads nests that deep");
+  const auto [depth, containers] = nesting_of(text);
+  VT_CHECK(depth <= kMaxJsonDepth, what, ": JSON nested deeper than ", kMaxJsonDepth,
+           " levels; nothing Vitrine reads nests that deep");
+  VT_CHECK(containers <= max_containers, what, ": JSON of ", containers, " arrays and objects, "
+           "more than the ", max_containers, " accepted; send less at once");
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {

@@ -70,6 +70,9 @@ constexpr size_t kMaxSkuBytes = 512;
 /// before any work.
 constexpr size_t kMaxProductsPerRequest = 1000;
 constexpr size_t kMaxImagesPerRequest = 1000;
+/// Arrays and objects one request body may hold: 1,000 products with their attributes need
+/// some thousands; 20 MB of "[{},{},...]" would cost half a gigabyte to parse.
+constexpr int64_t kMaxRequestContainers = 100'000;
 
 /// The key of the request this server thread is answering (httplib runs a request's
 /// pre-routing, handler and logger on one thread), for the access log.
@@ -133,7 +136,7 @@ std::optional<json> json_body(const httplib::Request& req) {
   }
   json body;
   try {
-    body = parse_json(req.body, "the request body");
+    body = parse_json(req.body, "the request body", kMaxRequestContainers);
   } catch (const Error& e) {
     throw ServiceError(400, "bad_json", e.what());
   }
@@ -993,7 +996,7 @@ void HttpServer::routes() {
            }
            json body;
            try {
-             body = parse_json(req.body, "the request body");
+             body = parse_json(req.body, "the request body", kMaxRequestContainers);
            } catch (const Error& e) {
              throw ServiceError(400, "bad_json", e.what());
            }

@@ -749,6 +749,11 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
        "unsupported_media_type"},
       {"photo in the query string", "POST", "/v1/classify?image=abc", f.photos[0], "image/png",
        400, "unknown_parameter"},
+      {"100,000 empty objects", "POST", "/v1/products", "[" + [] {
+         std::string s = "{}";
+         for (int i = 0; i < 100000; ++i) s += ",{}";
+         return s;
+       }() + "]", "application/json", 400, "bad_json"},
       {"1,001 products at once", "POST", "/v1/products",
        json(std::vector<json>(1001, json::object())).dump(), "application/json", 413,
        "too_many_products"},

@@ -168,6 +168,10 @@ TEST(Json, NestingIsCountedOutsideStringsOnly) {
   std::string many = "[";
   for (int i = 0; i < 20000; ++i) many += i ? ",{}" : "{}";
   EXPECT_EQ(vitrine::parse_json(many + "]", "body").size(), 20000u);
+  // ... up to a bound on how many, checked before any is built ("{}" in strings not counted).
+  EXPECT_CONTAINS(vitrine::test::error_of([&] { vitrine::parse_json(many + "]", "body", 20000); }),
+                  "body: JSON of 20001 arrays and objects, more than the 20000 accepted");
+  EXPECT_EQ(vitrine::parse_json(R"(["{}{}{}"])", "body", 1).size(), 1u);
   EXPECT_CONTAINS(vitrine::test::error_of([&] { vitrine::parse_json("{\"a\": ", "body"); }),
                   "body: not valid JSON");
 }

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <string>
 
 namespace vitrine {
@@ -23,8 +24,14 @@ bool valid_utf8(const std::string& s);
 /// no file or request of Vitrine's nests deeper than a handful of levels.
 constexpr int kMaxJsonDepth = 64;
 
+/// How many arrays and objects an untrusted document may hold, unless told otherwise: each
+/// costs some 100 bytes parsed, so 20 MB of "[{},{},...]" became half a gigabyte.
+constexpr int64_t kMaxJsonContainers = 1'000'000;
+
 /// Parses untrusted JSON text. Throws vitrine::Error naming `what` (a file, "the request
-/// body") when the text is not JSON or nests deeper than kMaxJsonDepth.
-nlohmann::json parse_json(const std::string& text, const std::string& what);
+/// body") when the text is not JSON, nests deeper than kMaxJsonDepth or holds more than
+/// `max_containers` arrays and objects.
+nlohmann::json parse_json(const std::string& text, const std::string& what,
+                          int64_t max_containers = kMaxJsonContainers);
 
 }  // namespace vitrine
