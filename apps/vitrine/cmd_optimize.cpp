@@ -559,7 +559,7 @@ void add_optimize_command(CLI::App& app, int& status) {
   cmd->add_option("--workers", a->workers, "Image decoding threads (0 = all cores)");
   cmd->callback([a, cmd, &status] {
     if (!a->eval_data.empty()) {
-      adopt_training_split(*cmd, a->model, a->eval_data, a->val_split, a->test_split,
+      adopt_training_split(cmd, a->model, a->eval_data, a->val_split, a->test_split,
                            a->data_seed);
     }
     run(*a);

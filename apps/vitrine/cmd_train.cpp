@@ -44,7 +44,7 @@ std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::
   return d;
 }
 
-void adopt_training_split(const CLI::App& cmd, const std::string& model_dir,
+void adopt_training_split(const CLI::App* cmd, const std::string& model_dir,
                           const std::string& source, double& val_split, double& test_split,
                           uint64_t& seed) {
   const fs::path config = fs::path(model_dir) / "config.json";
@@ -53,27 +53,37 @@ void adopt_training_split(const CLI::App& cmd, const std::string& model_dir,
   const auto j = nlohmann::json::parse(read_text_file(config.string()), nullptr, false);
   if (!j.is_object() || !j.contains("provenance") || !j["provenance"].is_object()) return;
   const auto& p = j["provenance"];
-  if (!p.contains("data") || p["data"] != source) return;
-  std::string taken, differ;  ///< flags adopted; flags given that differ from the run's
-  const auto take = [&](const char* flag, const char* key, auto& value) {
-    using T = std::decay_t<decltype(value)>;
-    if (!p.contains(key) || !p[key].is_number()) return;
-    const T trained = p[key].get<T>();
-    const auto carved = [&](T v) {
-      if constexpr (std::is_floating_point_v<T>) {
-        if (std::string(key) == "val_split" && v < 0) return T(0.1);  // unset: 0.1 where it carves
-      }
-      return v;
-    };
-    if (carved(trained) == carved(value)) return;
-    std::ostringstream s;
-    s << flag << " " << carved(trained);
-    (cmd.count(flag) > 0 ? differ : taken) += (s.str() + " ");
-    if (cmd.count(flag) == 0) value = trained;
+  if (!p.contains("data") || !p["data"].is_string()) return;
+  // The same data however it is named: "shop", "./shop" and "/abs/shop" are one folder.
+  const std::string trained_on = p["data"].get<std::string>();
+  const auto canonical = [](const std::string& s) {
+    std::error_code e;
+    const auto c = fs::weakly_canonical(s, e);
+    return e ? s : c.string();
   };
-  take("--val-split", "val_split", val_split);
-  take("--test-split", "test_split", test_split);
-  take("--data-seed", "data_seed", seed);
+  if (trained_on != source && canonical(trained_on) != canonical(source)) return;
+  std::string taken, differ;  ///< flags adopted; flags given that differ from the run's
+  const auto take = [&](const char* flag, const char* key, auto& value, auto unrecorded) {
+    using T = std::decay_t<decltype(value)>;
+    // Compared as given: an unset --val-split (-1) is 0.1 on a folder of class folders but
+    // no split at all beside a train/ folder, so -1 and 0.1 are not the same setting.
+    const T trained = p.contains(key) && p[key].is_number() ? p[key].get<T>() : T(unrecorded);
+    if (trained == value) return;
+    std::ostringstream s;
+    s << flag << " ";
+    if (trained < T(0)) {
+      s << "unset";
+    } else {
+      s << trained;
+    }
+    const bool given = cmd == nullptr || cmd->count(flag) > 0;
+    (given ? differ : taken) += (s.str() + " ");
+    if (!given) value = trained;
+  };
+  // Models record their fractions since data seeds came; their seed when not 0.
+  if (p.contains("val_split")) take("--val-split", "val_split", val_split, -1.0);
+  if (p.contains("test_split")) take("--test-split", "test_split", test_split, 0.0);
+  take("--data-seed", "data_seed", seed, 0);
   if (!taken.empty()) {
     taken.pop_back();
     spdlog::info("{} was trained on {} with {}: its val/test photos are taken the same way "
@@ -444,25 +454,12 @@ nlohmann::json attack_json(const train::AttackOptions& o) {
           {"random_start", o.method == "pgd" && o.random_start}};
 }
 
-/// The val/test photos carved out of a data set depend on the fractions and --data-seed: a
-/// model trained with others on the same data has trained on some of these held-out photos.
-void warn_other_split(const std::string& dir, const models::VisionModelImpl& model,
-                      const data::DataOptions& data) {
-  const auto p = nlohmann::json::parse(model.config().provenance_json, nullptr, false);
-  if (!p.is_object() || p.value("data", std::string()) != data.source) return;
-  // An unset --val-split (-1) is 0.1 where it carves.
-  const auto val = [](double v) { return v < 0 ? 0.1 : v; };
-  const uint64_t seed = p.value("data_seed", uint64_t{0});
-  const double trained_val = p.value("val_split", data.val_split);
-  const double trained_test = p.value("test_split", data.test_split);
-  if (seed == data.seed && std::abs(val(trained_val) - val(data.val_split)) < 1e-9 &&
-      std::abs(trained_test - data.test_split) < 1e-9) {
-    return;
-  }
-  spdlog::warn("{} was trained on {} with --val-split {} --test-split {} --data-seed {}: where "
-               "val/test photos are carved out of the training photos, other settings hold "
-               "photos it learnt from; evaluate with those",
-               dir, data.source, val(trained_val), trained_test, seed);
+/// A second model (eval --compare) scored on the first's photos: a warning where it was
+/// trained on this data with other split settings, which put its training photos there.
+void warn_other_split(const std::string& dir, const data::DataOptions& data) {
+  double val = data.val_split, test = data.test_split;
+  uint64_t seed = data.seed;
+  adopt_training_split(nullptr, dir, data.source, val, test, seed);
 }
 
 }  // namespace
@@ -499,7 +496,7 @@ void add_eval_command(CLI::App& app, int& status) {
       train::check_attack(a->adv);
     }
     a->data.need_train = a->split == "train";  // held-out photos need no training ones
-    adopt_training_split(*cmd, a->model, a->data.source, a->data.val_split, a->data.test_split,
+    adopt_training_split(cmd, a->model, a->data.source, a->data.val_split, a->data.test_split,
                          a->data.seed);
     const data::DataSplits splits = open_data_logged(a->data);
     const auto d = pick_split(splits, a->split);
@@ -515,7 +512,7 @@ void add_eval_command(CLI::App& app, int& status) {
     if (splits.multi_label) {
       for (const auto& dir : dirs) {
         auto model = models::load_model(dir);
-        if (dir != a->model) warn_other_split(dir, *model, a->data);  // --model: adopted
+        if (dir != a->model) warn_other_split(dir, a->data);  // --model: adopted
         std::vector<std::string> errors;
         const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
         for (const auto& e : errors) spdlog::warn("skipped: {}", e);
@@ -556,7 +553,7 @@ void add_eval_command(CLI::App& app, int& status) {
     std::vector<int64_t> skipped_of;
     for (const auto& dir : dirs) {
       auto model = models::load_model(dir);
-      if (dir != a->model) warn_other_split(dir, *model, a->data);  // --model: adopted
+      if (dir != a->model) warn_other_split(dir, a->data);  // --model: adopted
       std::vector<std::string> errors;
       results.push_back(train::evaluate(*model, d, a->eval, &errors));
       for (const auto& e : errors) spdlog::warn("skipped: {}", e);

@@ -54,9 +54,10 @@ data::DataSplits open_data_logged(const data::DataOptions& options);
 /// The named split ("train", "val" or "test"); an error when it is missing or empty.
 std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::string& split);
 /// The split settings the model in `model_dir` was trained with on this same `source`, taken
-/// for those the command line leaves unset (--val-split, --test-split, --data-seed), so its
-/// val/test photos are the run's own and never photos it learnt from. Logs what it took.
-void adopt_training_split(const CLI::App& cmd, const std::string& model_dir,
+/// for those the command line `cmd` leaves unset (--val-split, --test-split, --data-seed), so
+/// its val/test photos are the run's own and never photos it learnt from. Logs what it took,
+/// and warns of given ones that differ (all are taken as given without `cmd`).
+void adopt_training_split(const CLI::App* cmd, const std::string& model_dir,
                           const std::string& source, double& val_split, double& test_split,
                           uint64_t& seed);
 /// Before writing a model directory to `dir`: a model directory there may be replaced (with a

@@ -218,11 +218,14 @@ void Trainer::State::build_model() {
              classes, "; pass --reinit-head to train a new head, or --append-classes to add the "
              "new classes to it (continual fine-tuning)");
   }
-  if (o.image_size > 0) models::set_image_size(cfg, o.image_size);
+  // The --init model's own size given again is no new size: its eval transform (a timm
+  // checkpoint's crop 0.9, say) stays.
+  const bool new_size = o.image_size > 0 && o.image_size != cfg.image_size;
+  if (new_size) models::set_image_size(cfg, o.image_size);
   // A model directory keeps the eval transform its weights came with, unless asked.
   const double crop_pct = o.eval_crop_pct > 0 ? o.eval_crop_pct
-                          : o.init_dir.empty() || o.image_size > 0 ? 0.875
-                                                                   : 0.0;
+                          : o.init_dir.empty() || new_size ? 0.875
+                                                           : 0.0;
   VT_CHECK(crop_pct >= 0 && crop_pct <= 1, "--eval-crop-pct must be in (0, 1]");
   if (crop_pct > 0) models::set_eval_crop(cfg, crop_pct);
   if (o.dropout >= 0) cfg.dropout = o.dropout;
@@ -236,6 +239,14 @@ void Trainer::State::build_model() {
     const bool append = o.append_classes && !o.reinit_head && init_has_head && init_classes != classes;
     models::LoadOptions lo;
     lo.reinit_head = o.reinit_head || !init_has_head || append;
+    if (o.reinit_head) {
+      // A new head asked for is new whatever its shape: with as many classes as before, the
+      // old rows would be loaded, each under another class's name.
+      const std::string head = model->head_name() + ".";
+      init_weights.erase(std::remove_if(init_weights.begin(), init_weights.end(),
+                                        [&](const auto& t) { return t.first.rfind(head, 0) == 0; }),
+                         init_weights.end());
+    }
     auto report = models::load_state_dict(*model, init_weights, lo);
     if (append) {  // the head's rows are carried over below, not re-initialised
       const std::string head = model->head_name() + ".";

@@ -836,5 +836,11 @@ TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
                         " --val-split 0 --test-split 0.5 --data-seed 1");
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_CONTAINS(r.err, "with --test-split 0.25: where");
+  // The data named another way is the same data; a model of data seed 0 records none.
+  r = test::run_command(bin + " eval --model " + q(d + "/run0/last") + " --data " +
+                        q(d + "/data/./all") + " --data-seed 3");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "with --data-seed 0: where");
+  EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25: its val/test photos are taken");
   fs::remove_all(d);
 }

@@ -543,6 +543,24 @@ TEST(Trainer, InitWithOtherClassCountNeedsReinitHead) {
   o2.reinit_head = true;
   const auto result = train::Trainer(o2).run();
   EXPECT_EQ(models::load_model(result.last_dir)->config().num_classes, 2);
+  // With as many classes as before, --reinit-head still starts a new head (the old rows were
+  // loaded, each under another class's name). An lr of 1e-12 leaves the weights as started.
+  train::TrainOptions o3 = o2;
+  o3.data.source = dir + "/data";
+  o3.out_dir = dir + "/run3";
+  o3.optim.lr = 1e-12;
+  const auto again = train::Trainer(o3).run();
+  const auto head_of = [](const std::string& model_dir) {
+    const auto model = models::load_model(model_dir);
+    for (const auto& [name, t] : safetensors_load(model_dir + "/model.safetensors").tensors) {
+      if (name == model->head_name() + ".weight") return t;
+    }
+    return at::Tensor();
+  };
+  const at::Tensor before = head_of(dir + "/run/last"), after = head_of(again.last_dir);
+  ASSERT_TRUE(before.defined() && after.defined());
+  ASSERT_EQ(before.sizes(), after.sizes());
+  EXPECT_GT((before - after).abs().max().item<float>(), 1e-3) << "the old head was kept";
   fs::remove_all(dir);
 }
 
