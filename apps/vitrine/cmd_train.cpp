@@ -56,12 +56,7 @@ void adopt_training_split(const CLI::App* cmd, const std::string& model_dir,
   if (!p.contains("data") || !p["data"].is_string()) return;
   // The same data however it is named: "shop", "./shop" and "/abs/shop" are one folder.
   const std::string trained_on = p["data"].get<std::string>();
-  const auto canonical = [](const std::string& s) {
-    std::error_code e;
-    const auto c = fs::weakly_canonical(s, e);
-    return e ? s : c.string();
-  };
-  if (trained_on != source && canonical(trained_on) != canonical(source)) return;
+  if (trained_on != source && canonical_path(trained_on) != canonical_path(source)) return;
   std::string taken, differ;  ///< flags adopted; flags given that differ from the run's
   const auto take = [&](const char* flag, const char* key, auto& value, auto unrecorded) {
     using T = std::decay_t<decltype(value)>;

@@ -109,4 +109,10 @@ bool EnteredFolders::enter(const std::string& dir) {
              .second;
 }
 
+std::string canonical_path(const std::string& path) {
+  std::error_code ec;
+  const auto c = std::filesystem::weakly_canonical(path, ec);
+  return ec ? path : c.string();
+}
+
 }  // namespace vitrine

@@ -357,6 +357,31 @@ void Trainer::State::open_unlabelled() {
   for (const auto& w : u.warnings) spdlog::warn("--unlabelled: {}", w);
   VT_CHECK(u.train && u.train->size() > 0, "--unlabelled ", o.unlabelled, " holds no photos");
   unlabelled = u.train;
+  if (!same && o.data.source != "fashion-mnist") {
+    // Another source may still hold the val/test photos (a catalogue folder of which the
+    // labelled photos are a part, a manifest's photo folder): learnt from, they would make
+    // the val/test scores optimistic. Left out by file.
+    std::set<std::string> held_out;
+    for (const auto& split : {data.val, data.test}) {
+      for (int64_t i = 0; split && i < split->size(); ++i) {
+        held_out.insert(canonical_path(split->name(i)));
+      }
+    }
+    if (!held_out.empty()) {
+      std::vector<int64_t> keep;
+      for (int64_t i = 0; i < unlabelled->size(); ++i) {
+        if (!held_out.count(canonical_path(unlabelled->name(i)))) keep.push_back(i);
+      }
+      const auto dropped = unlabelled->size() - static_cast<int64_t>(keep.size());
+      if (dropped > 0) {
+        spdlog::info("--unlabelled: {} of its photos are validation or test photos of --data, "
+                     "left out", dropped);
+        VT_CHECK(!keep.empty(), "--unlabelled ", o.unlabelled, " holds only validation and "
+                 "test photos of --data");
+        unlabelled = data::subset(unlabelled, std::move(keep));
+      }
+    }
+  }
   // Label smoothing teaches the model never to be surer than 1 - e + e / K.
   const double k = static_cast<double>(data.classes.size());
   const double surest = 1.0 - o.label_smoothing + o.label_smoothing / k;

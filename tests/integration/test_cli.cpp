@@ -786,6 +786,25 @@ TEST(Cli, AGreyModelFineTunedOnColourPhotosIsWarned) {
   fs::remove_all(d);
 }
 
+TEST(Cli, UnlabelledPhotosFromAnotherFolderLeaveTheValidationPhotosOut) {
+  // The labelled photos are part of the catalogue folder given as --unlabelled: its 2
+  // validation photos (a quarter of 8) must not be learnt from.
+  const std::string d = test::temp_dir("cli-unlabelled-leak");
+  write_two_class_folders(d + "/catalogue", {"labelled"});
+  const std::string bin = q(test::vitrine_bin());
+  auto r = test::run_command(bin + " init --arch resnet_custom --layers 1 1 1 1 --image-size 32 "
+                             "--num-classes 2 --seed 0 --out " + q(d + "/init"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command(bin + " train --init " + q(d + "/init") + " --data " +
+                        q(d + "/catalogue/labelled") + " --val-split 0.25 --unlabelled " +
+                        q(d + "/catalogue") + " --epochs 1 --batch-size 4 --threads 2 --out " +
+                        q(d + "/run"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "--unlabelled: 2 of its photos are validation or test photos of "
+                         "--data, left out");
+  fs::remove_all(d);
+}
+
 TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
   const std::string d = test::temp_dir("cli-data-seed");
   write_two_class_folders(d + "/data", {"all"});

@@ -27,6 +27,11 @@ void restore_interrupted_dir(const std::string& dest);
 /// The whole file as a string; a clear error when it is missing or unreadable.
 std::string read_text_file(const std::string& path);
 
+/// `path` made absolute with links and "." / ".." resolved as far as it exists (as
+/// std::filesystem::weakly_canonical), or as given where that fails: one file named two ways
+/// compares equal.
+std::string canonical_path(const std::string& path);
+
 /// Whether a folder entry's name is one that systems keep for themselves, never a photo or a
 /// class: dot files (macOS's "._photo.jpg" copies on shared drives, .DS_Store), __MACOSX
 /// (zip files made on a Mac) and @eaDir (a Synology NAS's thumbnails of every photo).
