@@ -44,7 +44,8 @@ ResNetCalibrator::ResNetCalibrator(ResNetWeights weights) : weights_(std::move(w
 }
 
 void ResNetCalibrator::record(size_t point, const at::Tensor& t) {
-  max_sum_.at(point) += t.abs().max().item<double>();
+  // Weighted by the batch's images: a short last batch counts for what it holds.
+  max_sum_.at(point) += t.abs().max().item<double>() * static_cast<double>(t.size(0));
 }
 
 void ResNetCalibrator::observe(const at::Tensor& images) {
@@ -82,7 +83,7 @@ std::vector<float> ResNetCalibrator::scales() const {
   VT_CHECK(batches_ > 0, "no calibration images observed");
   std::vector<float> out;
   for (size_t i = 0; i < max_sum_.size(); ++i) {
-    out.push_back(int8_scale(max_sum_[i] / static_cast<double>(batches_), is_signed_[i]));
+    out.push_back(int8_scale(max_sum_[i] / static_cast<double>(images_), is_signed_[i]));
   }
   return out;
 }
@@ -98,6 +99,9 @@ namespace {
 }  // namespace
 
 bool available() {
+  return false;
+}
+bool bf16_available() {
   return false;
 }
 double matmul_peak_gflops(const std::string&, int64_t, int) {
@@ -314,6 +318,22 @@ size_t scratch_bytes(const std::vector<const Step*>& steps) {
 
 bool available() {
   return true;
+}
+
+bool bf16_available() {
+  static const bool ok = [] {
+    try {  // a bf16 product this CPU has no kernel for cannot be built
+      const dnnl::matmul::primitive_desc pd(
+          dnnl::matmul::desc(memory::desc({2, 2}, dt::bf16, tag::ab),
+                             memory::desc({2, 2}, dt::bf16, tag::ab),
+                             memory::desc({2, 2}, dt::bf16, tag::ab)),
+          cpu());
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return ok;
 }
 
 double matmul_peak_gflops(const std::string& precision, int64_t size, int iters) {

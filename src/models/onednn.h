@@ -19,6 +19,9 @@ namespace vitrine::models::onednn {
 
 /// Whether this build has the fused path (built against Debian's libdnnl-dev).
 bool available();
+/// Whether the fused path runs bf16 on this CPU: Debian's oneDNN 2.6 has bf16 kernels for
+/// AVX-512 only, and elsewhere fails when a bf16 layer is built.
+bool bf16_available();
 
 /// The rate (GFLOP/s, 2 per multiply-add) of one size x size x size matrix product on this
 /// machine's best oneDNN kernel for `precision` (fp32, bf16 or int8: u8 x s8 -> s32): the

@@ -34,6 +34,7 @@ const char* precision_name(Precision precision) {
 }
 
 bool fused_engine_built() { return onednn::available(); }
+bool bf16_runs_here() { return !onednn::available() || onednn::bf16_available(); }
 
 Engine parse_engine(const std::string& name) {
   if (name == "auto") return Engine::kAuto;
@@ -69,6 +70,9 @@ Predictor::Predictor(VisionModel model, Precision precision, Engine engine)
                    "fp32 on the libtorch engine", config().arch);
     }
   }
+  VT_CHECK(!(fused && precision_ == Precision::kBf16) || onednn::bf16_available(),
+           "bf16 on the fused engine needs a CPU with AVX-512, which this one lacks: use fp32 "
+           "(or int8), or --engine libtorch");
   const at::ScalarType dtype = precision_ == Precision::kBf16   ? at::kBFloat16
                                : precision_ == Precision::kInt8 ? at::kQUInt8
                                                                 : at::kFloat;

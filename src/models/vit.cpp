@@ -370,17 +370,22 @@ std::vector<float> ViTImpl::calibrate_int8(const std::function<at::Tensor()>& ne
   c10::InferenceMode guard;
   const Weights w = trained_weights();
   const onednn::ViTEncoder encoder(fused_weights(), at::kFloat);
-  std::vector<double> maxima;
-  int64_t batches = 0;
+  std::vector<double> maxima;  ///< each point's largest magnitude a batch, times its images
+  int64_t images = 0;
   for (at::Tensor batch = next_batch(); batch.defined(); batch = next_batch()) {
-    encoder.forward_recording(embed(batch.to(at::kFloat), w, /*training=*/false), maxima);
-    ++batches;
+    std::vector<double> of_batch;
+    encoder.forward_recording(embed(batch.to(at::kFloat), w, /*training=*/false), of_batch);
+    maxima.resize(of_batch.size(), 0.0);
+    for (size_t i = 0; i < of_batch.size(); ++i) {
+      maxima[i] += of_batch[i] * static_cast<double>(batch.size(0));
+    }
+    images += batch.size(0);
   }
-  VT_CHECK(batches > 0, "no calibration images: int8 scales need a sample of the images the "
-                        "model will see");
+  VT_CHECK(images > 0, "no calibration images: int8 scales need a sample of the images the "
+                       "model will see");
   std::vector<float> scales;
   for (const double m : maxima) {
-    scales.push_back(onednn::int8_scale(m / static_cast<double>(batches), /*is_signed=*/true));
+    scales.push_back(onednn::int8_scale(m / static_cast<double>(images), /*is_signed=*/true));
   }
   return scales;
 }

@@ -208,6 +208,25 @@ double cosine(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
+TEST(Int8, ABatchCountsForTheImagesItHolds) {
+  if (!onednn::available()) GTEST_SKIP() << "built without oneDNN";
+  // Eight images of largest magnitude 1, then one of 10: the images' scale (the first point)
+  // is (8 x 1 + 1 x 10) / 9 / 127, not the plain mean of the two batches' maxima.
+  {
+    ModelConfig c = small_config("resnet_custom");
+    VisionModel model = create_model(c);
+    int call = 0;
+    const auto scales = model->calibrate_int8([&]() -> at::Tensor {
+      const int n = call == 0 ? 8 : 1;
+      const double value = call == 0 ? 1.0 : 10.0;
+      return call++ < 2 ? at::full({n, c.in_channels, c.image_size, c.image_size}, value)
+                        : at::Tensor();
+    });
+    ASSERT_FALSE(scales.empty());
+    EXPECT_NEAR(scales[0], 2.0 / 127, 1e-6);
+  }
+}
+
 TEST(Int8, EveryFamilyTracksFp32) {
   if (!onednn::available()) GTEST_SKIP() << "built without oneDNN";
   for (const std::string arch :

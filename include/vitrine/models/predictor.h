@@ -24,6 +24,9 @@ enum class Engine { kAuto, kFused, kLibtorch };
 Engine parse_engine(const std::string& name);  ///< auto | fused | libtorch
 /// Whether this build has the fused (oneDNN) engine, which auto picks where it is.
 bool fused_engine_built();
+/// Whether bf16 runs on the engine `auto` picks on this machine: the fused engine (oneDNN
+/// 2.6) has bf16 kernels for AVX-512 CPUs only.
+bool bf16_runs_here();
 const char* engine_name(Engine engine);
 
 struct Scored {
