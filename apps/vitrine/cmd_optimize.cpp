@@ -414,6 +414,16 @@ void run_into(const Args& a) {
     VT_CHECK(!splits->multi_label,
              "measuring on multi-label data is not yet supported; leave out --data");
     pick_split(*splits, a.split);
+    // The recovery fine-tune trains on the data's classes, which must be the model's own.
+    if (a.prune > 0 && a.recover_epochs > 0) {
+      const auto cfg = models::load_model_config(a.model);
+      VT_CHECK(cfg.num_classes <= 0 ||
+                   static_cast<int64_t>(splits->classes.size()) == cfg.num_classes,
+               "--prune recovers on --data's training photos, which hold ",
+               splits->classes.size(), " classes; ", a.model, " has ", cfg.num_classes,
+               ": give data of all its classes, or --recover-epochs 0 to prune without "
+               "recovery");
+    }
   }
   std::shared_ptr<data::Dataset> calib;
   if (a.int8) {

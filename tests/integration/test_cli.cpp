@@ -678,6 +678,15 @@ TEST(Cli, OptimizePrunesRecoversAndMergesTokens) {
                              "--patch-size 8 --image-size 32 --num-classes 2 --seed 0 --out " +
                              q(d + "/init"));
   ASSERT_EQ(r.status, 0) << r.err;
+  // Data of other classes than the model's cannot recover it: said before any pruning.
+  write_two_class_folders(d + "/more", {"train"});
+  fs::rename(d + "/more/train/class_1", d + "/more/train/class_2");
+  fs::copy(d + "/data/train/class_1", d + "/more/train/class_1");
+  r = test::run_command(bin + " optimize --model " + q(d + "/init") + " --prune 0.5 " +
+                        "--data " + q(d + "/more") + " --split train --out " + q(d + "/bad"));
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_CONTAINS(r.err, "which hold 3 classes; " + d + "/init has 2");
+  EXPECT_FALSE(fs::exists(d + "/bad"));
   r = test::run_command(bin + " optimize --model " + q(d + "/init") + " --prune 0.5 " +
                         "--recover-epochs 1 --tome 2 --data " + q(d + "/data") +
                         " --batch-size 4 --out " + q(d + "/opt"));
