@@ -114,7 +114,7 @@ void add_serve(CLI::App& app, int& status) {
     bool stop_asked = false;
     std::atomic<bool> finished{false};
     std::thread waiter;
-    struct WaiterEnd {  // also when the block below throws: a joinable thread would abort
+    struct WaiterEnd {  // however the block below ends: a joinable thread would abort
       std::thread& waiter;
       std::atomic<bool>& finished;
       ~WaiterEnd() {
@@ -182,10 +182,7 @@ void add_serve(CLI::App& app, int& status) {
       });
       server.run();  // also returns when listening fails
       service.drain();
-    }  // the service saves the search index as it goes
-    finished = true;
-    pthread_kill(waiter.native_handle(), SIGTERM);  // wakes the waiter to end
-    waiter.join();
+    }  // the service saves the search index as it goes; `waiter_end` then ends the waiter
     spdlog::info("stopped");
     status = kExitOk;
   });

@@ -47,17 +47,17 @@ std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::
 void adopt_training_split(const CLI::App* cmd, const std::string& model_dir,
                           const std::string& source, double& val_split, double& test_split,
                           uint64_t& seed) {
-  const fs::path config = fs::path(model_dir) / "config.json";
   std::error_code ec;
-  if (!fs::is_regular_file(config, ec)) return;  // loading the model names the problem
-  const auto j = nlohmann::json::parse(read_text_file(config.string()), nullptr, false);
-  if (!j.is_object() || !j.contains("provenance") || !j["provenance"].is_object()) return;
-  const auto& p = j["provenance"];
-  if (!p.contains("data") || !p["data"].is_string()) return;
+  if (!fs::is_regular_file(fs::path(model_dir) / "config.json", ec)) return;  // loading names it
+  const auto p = nlohmann::json::parse(models::load_model_config(model_dir).provenance_json,
+                                       nullptr, false);
+  if (!p.is_object() || !p.contains("data") || !p["data"].is_string()) return;
   // The same data however it is named: "shop", "./shop" and "/abs/shop" are one folder.
   const std::string trained_on = p["data"].get<std::string>();
   if (trained_on != source && canonical_path(trained_on) != canonical_path(source)) return;
   std::string taken, differ;  ///< flags adopted; flags given that differ from the run's
+  // `unrecorded`: what a model that did not record `key` was trained with; the value given
+  // where nothing can be said (older models recorded no fractions).
   const auto take = [&](const char* flag, const char* key, auto& value, auto unrecorded) {
     using T = std::decay_t<decltype(value)>;
     // Compared as given: an unset --val-split (-1) is 0.1 on a folder of class folders but
@@ -75,9 +75,9 @@ void adopt_training_split(const CLI::App* cmd, const std::string& model_dir,
     (given ? differ : taken) += (s.str() + " ");
     if (!given) value = trained;
   };
-  // Models record their fractions since data seeds came; their seed when not 0.
-  if (p.contains("val_split")) take("--val-split", "val_split", val_split, -1.0);
-  if (p.contains("test_split")) take("--test-split", "test_split", test_split, 0.0);
+  // Models record their seed when not 0.
+  take("--val-split", "val_split", val_split, val_split);
+  take("--test-split", "test_split", test_split, test_split);
   take("--data-seed", "data_seed", seed, 0);
   if (!taken.empty()) {
     taken.pop_back();

@@ -1,5 +1,7 @@
 #include "vitrine/core/text.h"
 
+#include "vitrine/core/json.h"
+
 #include <unicode/normalizer2.h>
 #include <unicode/unistr.h>
 
@@ -52,12 +54,10 @@ std::string nfc(const std::string& s) {
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* normalizer = icu::Normalizer2::getNFCInstance(status);
   if (U_FAILURE(status) || normalizer == nullptr) return s;
+  // Text that is not UTF-8 is left for the caller to report (ICU would put U+FFFD in).
+  if (!valid_utf8(s)) return s;
   const icu::UnicodeString text = icu::UnicodeString::fromUTF8(s);
   if (text.isBogus()) return s;
-  // fromUTF8 replaces invalid bytes with U+FFFD: such text is left for the caller to report.
-  std::string round;
-  text.toUTF8String(round);
-  if (round != s) return s;
   if (normalizer->isNormalized(text, status) && U_SUCCESS(status)) return s;
   status = U_ZERO_ERROR;
   const icu::UnicodeString composed = normalizer->normalize(text, status);

@@ -539,17 +539,12 @@ void HttpServer::routes() {
     const std::string auth = req.get_header_value("Authorization");
     // The scheme's name is case-insensitive (RFC 7235): "bearer <key>" is the same.
     const std::string prefix = "bearer ";
+    const bool bearer = auth.size() > prefix.size() &&
+                        lowered(auth.substr(0, prefix.size())) == prefix;
     std::optional<ApiKey> key;
-    if (auth.size() > prefix.size() &&
-        std::equal(prefix.begin(), prefix.end(), auth.begin(), [](char a, char b) {
-          return a == std::tolower(static_cast<unsigned char>(b));
-        })) {
-      key = keys->find(auth.substr(prefix.size()));
-    }
+    if (bearer) key = keys->find(auth.substr(prefix.size()));
     if (!key) {
       res.set_header("WWW-Authenticate", "Bearer");
-      const bool bearer = auth.size() > prefix.size() &&
-                          lowered(auth.substr(0, prefix.size())) == prefix;
       send_error(res, 401, "unauthorized",
                  auth.empty() ? "send an API key: Authorization: Bearer <key>"
                  : bearer     ? "the API key is not valid"
