@@ -5,7 +5,8 @@ Run with Debian's python3 (it has torch + torchvision) after building:
     bench/inference.py [--build build] [--threads 2] [--archs resnet50 vit_b_16]
                        [--batches 1 32] [--iters 3]
 Measures first the machine's matrix-product peak (oneDNN, fp32 / bf16 / int8), then per
-model and batch: PyTorch fp32 eager, Vitrine's libtorch path (fp32, the reference, and bf16)
+model and batch: PyTorch fp32 eager (for ResNets also channels-last, "NHWC", the layout
+Vitrine's libtorch path runs them in), Vitrine's libtorch path (fp32, the reference, and bf16)
 and its fused oneDNN path in fp32, bf16 and int8: img/s, ms per batch, the ratio to
 eager, the achieved GFLOP/s and its share of the peak. Last, the top-1 agreement of bf16
 with fp32 predictions on the photos under --images.
@@ -33,10 +34,13 @@ import torchvision
 from malloc_peer import last_json_line, run_with_vitrine_malloc
 
 
-def eager_img_per_s(arch, batch, iters, threads):
+def eager_img_per_s(arch, batch, iters, threads, channels_last=False):
     torch.set_num_threads(threads)
     model = getattr(torchvision.models, arch)().eval()
     x = torch.randn(batch, 3, 224, 224)
+    if channels_last:  # PyTorch's advice for convolutions on CPU, as Vitrine runs ResNets
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         model(x)
         start = time.perf_counter()
@@ -164,6 +168,9 @@ def main():
                       f"{gflops:8.0f} {100 * gflops / peak[precision]:7.0f}%")
 
             row("pytorch eager fp32", e_ips, e_ms, "fp32")
+            if arch.startswith("resnet"):
+                row("pytorch eager fp32 NHWC", *eager_img_per_s(arch, batch, a.iters, a.threads,
+                                                                channels_last=True), "fp32")
             try:
                 row("pytorch-m eager fp32", *eager_tuned_img_per_s(arch, batch, a.iters,
                                                                    a.threads), "fp32")

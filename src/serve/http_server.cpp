@@ -25,6 +25,9 @@
 #include <set>
 #include <utility>
 #include <filesystem>
+#include <optional>
+#include <cstdio>
+#include <ctime>
 #include <sys/socket.h>
 
 // The web page, embedded at build time (cmake/embed.cmake).
@@ -83,6 +86,25 @@ thread_local std::string t_key_name;
 /// body, which a client on a kept-alive connection sends anyway: left unread, it would be
 /// taken for the next request on the connection. The route then leaves the answer as is.
 thread_local int t_refused = 0;
+
+/// When pre-routing began for the request this thread is answering (its headers read, its
+/// body not yet), for the access log's latency. Unset for a request httplib refused itself.
+thread_local std::optional<Clock::time_point> t_started;
+
+/// Now in UTC as ISO 8601 with milliseconds ("2026-12-07T16:53:49.123Z"): the access log's
+/// lines carry their own time, whatever the log's collector adds.
+std::string utc_now_ms() {
+  const auto now = std::chrono::system_clock::now();
+  const auto t = std::chrono::system_clock::to_time_t(now);
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[40];
+  const size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof buf - n, ".%03dZ", static_cast<int>(ms));
+  return buf;
+}
 
 /// The image of a request: the raw body (image/* or octet-stream), the multipart field
 /// "image", or base64 in a JSON body's "image".
@@ -433,6 +455,7 @@ void HttpServer::routes() {
   // Authentication, scopes and rate limits before any route runs.
   s.set_pre_routing_handler([this, too_large](const httplib::Request& req,
                                               httplib::Response& res) {
+    t_started = Clock::now();
     t_key_name.clear();
     t_refused = 0;
     // httplib 0.11 cuts every answer, errors included, to the Range header's ranges and
@@ -598,14 +621,23 @@ void HttpServer::routes() {
     // method are the client's bytes (json_text: not necessarily UTF-8), and nothing thrown
     // here may leave the server's worker thread.
     try {
-      json line{{"method", req.method}, {"path", req.path},       {"status", res.status},
+      json line{{"time", utc_now_ms()},     {"method", req.method},
+                {"path", req.path},         {"status", res.status},
                 {"remote", req.remote_addr}, {"bytes_in", req.body.size()},
                 {"bytes_out", res.body.size()}};
+      // From the headers read to the answer ready (the body's upload included, its sending
+      // not): absent for a request httplib refused before pre-routing.
+      if (t_started) {
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - *t_started)
+                              .count();
+        line["ms"] = std::round(ms * 1000) / 1000;
+      }
       if (!t_key_name.empty()) line["key"] = t_key_name;  // the key's name, never the key
       spdlog::info("{}", json_text(line));
     } catch (const std::exception&) {
     }
     t_key_name.clear();  // a request httplib refuses before pre-routing logs no one's key
+    t_started.reset();
     t_refused = 0;
   });
 

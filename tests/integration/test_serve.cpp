@@ -433,6 +433,16 @@ TEST(Serve, EveryEndpointsHappyPath) {
   const std::string log = server.log();
   EXPECT_NE(log.find("\"path\":\"/v1/classify\""), std::string::npos);
   EXPECT_EQ(log.find(f.read_key), std::string::npos);
+  // Each line carries its own UTC time and the request's latency.
+  const auto at = log.find("{\"bytes_in\"");
+  ASSERT_NE(at, std::string::npos) << log;
+  const json line = json::parse(log.substr(at, log.find('\n', at) - at));
+  EXPECT_TRUE(std::regex_match(line.value("time", std::string()),
+                               std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)")))
+      << line;
+  ASSERT_TRUE(line.contains("ms") && line["ms"].is_number()) << line;
+  EXPECT_GE(line["ms"].get<double>(), 0.0);
+  EXPECT_LT(line["ms"].get<double>(), 600'000.0);
   EXPECT_EQ(log.find(b64.substr(0, 40)), std::string::npos);
 }
 
