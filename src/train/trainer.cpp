@@ -465,6 +465,9 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
                           : smoothed_targets(hard, k, o.label_smoothing);
   const bool use_mixup = o.mixup > 0, use_cutmix = o.cutmix > 0;
   const bool mixed = (use_mixup || use_cutmix) && images.size(0) > 1;
+  // What a step's top-1 is scored against: with mixup or CutMix, the label with the larger
+  // share of each mixed image (the unmixed label is wrong for an image mostly its partner).
+  at::Tensor scored = hard;
   if (mixed) {
     const bool cut = use_cutmix && (!use_mixup || std::bernoulli_distribution(0.5)(rng));
     double lam = beta_sample(cut ? o.cutmix : o.mixup, rng);
@@ -485,6 +488,7 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
       images = images * lam + flipped * (1.0 - lam);
     }
     soft = soft * lam + soft.flip(0) * (1.0 - lam);
+    if (lam < 0.5) scored = hard.flip(0);
   }
   // Attacks raise the loss the step is about to lower, on the targets it uses.
   if (o.adv != "none") images = adversarial_batch(images, soft);
@@ -540,7 +544,7 @@ at::Tensor Trainer::State::train_step(data::Batch& batch, std::mt19937_64& rng, 
   }
   at::Tensor loss =
       soft_cross_entropy(logits.to(at::kFloat), soft, class_weights, mixed ? at::Tensor() : hard);
-  top1 = logits.argmax(1).eq(hard).to(at::kFloat).mean().item<double>();
+  top1 = logits.argmax(1).eq(scored).to(at::kFloat).mean().item<double>();
   if (teacher && o.distill_alpha > 0) {
     // The teacher sees what the model sees (mixed, cut or attacked images included).
     const double t = o.distill_temperature;
