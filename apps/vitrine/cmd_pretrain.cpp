@@ -64,7 +64,10 @@ void add_pretrain_command(CLI::App& app, int& status) {
       if (grayscale->count() == 0) a.grayscale = 0;
       if (blur->count() == 0) a.blur = 0;
     }
+    // SimCLR's colour jitter of strength s: 0.8 s brightness, contrast and saturation and
+    // 0.2 s hue; 0 turns all four off.
     a.contrast = a.saturation = a.brightness;
+    a.hue = 0.25 * a.brightness;
     o->blur_set = blur->count() > 0;
     o->command = command_line();
     set_threads(*threads);

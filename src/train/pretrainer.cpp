@@ -121,6 +121,9 @@ struct Pretrainer::State {
   PretrainResult result;
   std::set<std::string> reported;  ///< unreadable training photos already named
   mutable std::string items_digest;  ///< of images, once computed (state_header)
+  std::string init_provenance;  ///< the --init model's own provenance (JSON), kept in ours
+  /// The command lines of the run: the one that began it, then each --resume.
+  std::vector<std::string> commands;
 
   EpochProgress resume_progress;
   bool replaces_run = false;  ///< --overwrite and out_dir holds a run: removed in run()
@@ -156,7 +159,18 @@ void Pretrainer::State::open_data() {
   images = data.val && data.val->size() > 0 ? data::concat(data.train, data.val) : data.train;
   const bool labelled = !data.classes.empty() && !data.multi_label;
   if (o.knn_bank_per_class > 0 && labelled && data.val && data.val->size() > 0) {
-    knn_bank = data::subset(data.train, per_class_sample(*data.train, o.knn_bank_per_class, o.seed));
+    // A bank of at most kMaxKnnBank photos: embedded after every epoch, 100 a class of a
+    // catalogue of 5,000 product classes would be half a million photos.
+    constexpr int64_t kMaxKnnBank = 10'000;
+    const auto classes = static_cast<int64_t>(data.classes.size());
+    const int64_t per_class =
+        std::min(o.knn_bank_per_class, std::max<int64_t>(1, kMaxKnnBank / classes));
+    if (per_class < o.knn_bank_per_class) {
+      spdlog::info("k-NN monitor: {} photos a class of the {} classes as its bank (--knn-bank "
+                   "{} would embed {} photos after every epoch)",
+                   per_class, classes, o.knn_bank_per_class, o.knn_bank_per_class * classes);
+    }
+    knn_bank = data::subset(data.train, per_class_sample(*data.train, per_class, o.seed));
     std::vector<int64_t> queries = data::permutation(data.val->size(), o.seed + 1);
     queries.resize(std::min<int64_t>(o.knn_queries, data.val->size()));
     std::sort(queries.begin(), queries.end());
@@ -174,11 +188,14 @@ void Pretrainer::State::build_model() {
                              [&] { return grey_data(*images); });
   if (!o.init_dir.empty()) {
     init_weights = safetensors_load((fs::path(o.init_dir) / "model.safetensors").string()).tensors;
+    init_provenance = cfg.provenance_json;
   }
+  // An --image-size equal to the --init model's own keeps its eval transform, as in train.
+  const bool new_size = o.image_size > 0 && o.image_size != cfg.image_size;
   if (o.image_size > 0) models::set_image_size(cfg, o.image_size);
   const double crop_pct = o.eval_crop_pct > 0 ? o.eval_crop_pct
-                          : o.init_dir.empty() || o.image_size > 0 ? 0.875
-                                                                   : 0.0;
+                          : o.init_dir.empty() || new_size ? 0.875
+                                                           : 0.0;
   VT_CHECK(crop_pct >= 0 && crop_pct <= 1, "--eval-crop-pct must be in (0, 1]");
   if (crop_pct > 0) models::set_eval_crop(cfg, crop_pct);
   if (o.drop_path >= 0) cfg.drop_path = o.drop_path;
@@ -259,10 +276,29 @@ void Pretrainer::State::save_backbone(const std::string& dir) {
   json provenance{{"source", "vitrine pretrain"},
                   {"method", o.method},
                   {"data", o.data.source},
+                  // What was left out of it, so that `train` can tell whether its test
+                  // photos were pretrained on.
+                  {"val_split", o.data.val_split},
+                  {"test_split", o.data.test_split},
+                  {"data_seed", o.data.seed},
                   {"images", images->size()},
                   {"epochs", last ? last->epoch : 0},
                   {"batch_size", o.batch_size},
+                  {"image_size", model->config().image_size},
+                  {"opt", o.optim.name},
+                  {"lr", o.optim.lr},
+                  {"weight_decay", o.optim.weight_decay},
+                  {"sched", o.schedule},
+                  {"warmup_epochs", o.warmup_epochs},
                   {"seed", o.seed}};
+  if (o.init_dir.empty()) {
+    provenance["arch"] = o.arch;
+  } else {
+    // Pretrained further: where it began, with that model's own provenance.
+    provenance["init"] = o.init_dir;
+    const json prior = json::parse(init_provenance, nullptr, false);
+    if (!prior.is_discarded() && !prior.empty()) provenance["init_provenance"] = prior;
+  }
   if (mae()) {
     provenance["mask_ratio"] = o.mask_ratio;
     provenance["decoder"] = {{"width", o.decoder_width},
@@ -281,7 +317,12 @@ void Pretrainer::State::save_backbone(const std::string& dir) {
                                 {"grayscale", t.grayscale},
                                 {"blur", t.blur},
                                 {"auto_augment", t.auto_augment}};
-  if (!o.command.empty()) provenance["command"] = o.command;
+  if (!commands.empty()) {
+    provenance["command"] = commands.front();
+    if (commands.size() > 1) {
+      provenance["resumed_with"] = std::vector<std::string>(commands.begin() + 1, commands.end());
+    }
+  }
   if (last && last->knn_top1 >= 0) provenance["knn_top1"] = last->knn_top1;
   double seconds = 0;
   for (const auto& r : result.history) seconds += r.seconds;
@@ -301,7 +342,8 @@ void Pretrainer::State::save_state(int64_t epochs_done, const EpochProgress& pro
     json history = json::array();
     for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
     write_state_file(f, "pretrainer.json", state_header(epochs_done, progress),
-                     json{{"history", history}}.dump());
+                     json{{"history", history}, {"epochs", o.epochs}, {"commands", commands}}
+                         .dump());
   });
 }
 
@@ -321,8 +363,13 @@ StateHeader Pretrainer::State::state_header(int64_t epochs_done,
   h.settings.insert(h.settings.end(), loop.begin(), loop.end());
   if (mae()) {
     h.settings.emplace_back("--mask-ratio", setting_text(o.mask_ratio));
+    h.settings.emplace_back("--decoder-width", std::to_string(o.decoder_width));
+    h.settings.emplace_back("--decoder-depth", std::to_string(o.decoder_depth));
+    h.settings.emplace_back("--decoder-heads", std::to_string(o.decoder_heads));
   } else {
     h.settings.emplace_back("--temperature", setting_text(o.temperature));
+    h.settings.emplace_back("--proj-dim", std::to_string(o.proj_dim));
+    h.settings.emplace_back("--proj-hidden", std::to_string(o.proj_hidden));
   }
   return h;
 }
@@ -339,7 +386,8 @@ void Pretrainer::State::load_state() {
     const std::string file = dir + "/" + aside_file();
     VT_CHECK(fs::exists(file), dir, " has no ", aside_file(), ": it was saved by another --method;",
              " resume with the options of the original run");
-    for (const auto& [name, t] : safetensors_load(file).tensors) {
+    const auto saved = safetensors_load(file).tensors;
+    for (const auto& [name, t] : saved) {
       at::Tensor* dst = params.find(name);
       if (!dst) dst = buffers.find(name);
       VT_CHECK(dst && dst->sizes() == t.sizes(), file, " does not fit this ",
@@ -347,6 +395,10 @@ void Pretrainer::State::load_state() {
                "); resume with the options of the original run");
       dst->copy_(t);
     }
+    // Every weight restored: a deeper decoder than the run's would keep fresh blocks.
+    VT_CHECK(saved.size() == params.size() + buffers.size(), file, " holds ", saved.size(),
+             " tensors and this ", mae() ? "decoder" : "projection head", " has ",
+             params.size() + buffers.size(), "; resume with the options of the original run");
   }
   torch::load(*optimizer, dir + "/optimizer.pt");
   start_epoch = h.epochs_done;
@@ -354,6 +406,13 @@ void Pretrainer::State::load_state() {
   resume_progress = h.progress;
   const json j = json::parse(text);
   for (const auto& r : j.at("history")) result.history.push_back(PretrainEpoch::from_json(r.dump()));
+  if (const int64_t planned = j.value("epochs", o.epochs); planned != o.epochs) {
+    spdlog::warn("the run was planned for {} epochs and resumes with --epochs {}: the "
+                 "learning-rate schedule is planned again from here, so the result differs "
+                 "from an uninterrupted run of either length", planned, o.epochs);
+  }
+  commands = j.value("commands", std::vector<std::string>{});
+  if (!o.command.empty()) commands.push_back(o.command);
 }
 
 void Pretrainer::State::write_charts() const {
@@ -385,13 +444,25 @@ Pretrainer::Pretrainer(PretrainOptions options) : s_(std::make_unique<State>()) 
   VT_CHECK(o.method == "simclr" || o.method == "mae", "--method ", o.method,
            " is not supported; use simclr (contrastive learning of two augmented views) or, "
            "for a ViT, mae (masked autoencoder)");
-  VT_CHECK(o.mask_ratio >= 0 && o.mask_ratio < 1, "--mask-ratio must be in [0, 1), got ",
+  VT_CHECK(o.mask_ratio > 0 && o.mask_ratio < 1, "--mask-ratio must be in (0, 1), got ",
            o.mask_ratio);
   VT_CHECK(o.epochs > 0, "--epochs must be positive");
-  VT_CHECK(o.batch_size >= 2, "--batch-size must be at least 2: each image's partner view is "
-           "told apart from the other images' views");
+  VT_CHECK(o.batch_size >= (o.method == "mae" ? 1 : 2),
+           o.method == "mae" ? "--batch-size must be positive"
+                             : "--batch-size must be at least 2 for simclr: each image's partner "
+                               "view is told apart from the other images' views");
   VT_CHECK(o.temperature > 0, "--temperature must be positive (SimCLR uses 0.1-0.5)");
-  VT_CHECK(o.proj_dim > 0 && o.proj_hidden >= 0, "--proj-dim must be positive");
+  VT_CHECK(o.proj_dim > 0, "--proj-dim must be positive, got ", o.proj_dim);
+  VT_CHECK(o.proj_hidden >= 0, "--proj-hidden must be 0 (the embedding's width) or positive, got ",
+           o.proj_hidden);
+  VT_CHECK(o.knn_bank_per_class >= 0, "--knn-bank must be 0 (no k-NN monitor) or positive, got ",
+           o.knn_bank_per_class);
+  if (o.knn_bank_per_class > 0) {
+    VT_CHECK(o.knn_queries > 0, "--knn-queries must be positive, got ", o.knn_queries,
+             " (--knn-bank 0 turns the k-NN monitor off)");
+    VT_CHECK(o.knn_k > 0, "--knn-k must be positive, got ", o.knn_k,
+             " (--knn-bank 0 turns the k-NN monitor off)");
+  }
   VT_CHECK(o.amp == "none" || o.amp == "bf16", "--amp must be none or bf16");
   s.replaces_run = check_run_dir(o.out_dir, o.resume, o.overwrite);
   at::manual_seed(o.seed);
@@ -410,7 +481,11 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
   auto& s = *s_;
   const auto& o = s.o;
   const auto run_start = std::chrono::steady_clock::now();
-  if (o.resume) s.load_state();  // before anything is created: a wrong --out stays absent
+  if (o.resume) {
+    s.load_state();  // before anything is created: a wrong --out stays absent
+  } else if (!o.command.empty()) {
+    s.commands = {o.command};
+  }
   if (s.replaces_run) remove_run_files(o.out_dir);
   fs::create_directories(o.out_dir);
   data::LoaderOptions lo =
@@ -460,7 +535,13 @@ PretrainResult Pretrainer::run(const std::function<void(const StepInfo&)>& on_st
     rec.seconds = e.seconds;
     rec.img_per_s = e.img_per_s;
     rec.skipped = e.skipped;
-    rec.knn_top1 = s.knn_monitor();
+    // The epoch is saved whatever befalls the monitor.
+    try {
+      rec.knn_top1 = s.knn_monitor();
+    } catch (const std::exception& e) {
+      spdlog::warn("k-NN monitor of epoch {} failed ({}); the epoch is saved without it",
+                   rec.epoch, e.what());
+    }
     s.result.history.push_back(rec);
     s.save_backbone(s.result.last_dir);
     log_text += rec.to_json() + "\n";

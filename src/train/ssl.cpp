@@ -47,10 +47,12 @@ at::Tensor ProjectionHeadImpl::forward(const at::Tensor& x) {
 }
 
 at::Tensor mae_keep(int64_t n, int64_t patches, double mask_ratio) {
-  VT_CHECK(mask_ratio >= 0 && mask_ratio < 1, "--mask-ratio must be in [0, 1), got ", mask_ratio);
-  VT_CHECK(n >= 1 && patches >= 1, "MAE masking needs images with patches");
-  const int64_t keep = std::max<int64_t>(
-      1, std::llround(static_cast<double>(patches) * (1.0 - mask_ratio)));
+  VT_CHECK(mask_ratio > 0 && mask_ratio < 1, "--mask-ratio must be in (0, 1), got ", mask_ratio);
+  VT_CHECK(n >= 1 && patches >= 2, "MAE masking needs images of at least 2 patches, got ",
+           patches);
+  // At least one patch seen and one hidden: with none hidden the loss is 0 and nothing learns.
+  const int64_t keep = std::clamp<int64_t>(
+      std::llround(static_cast<double>(patches) * (1.0 - mask_ratio)), 1, patches - 1);
   // A random permutation per image (the order of uniform noise, as MAE draws it).
   return at::rand({n, patches})
       .argsort(/*dim=*/1, /*descending=*/false)
@@ -150,8 +152,11 @@ at::Tensor MaeDecoderImpl::forward(const at::Tensor& latent, const at::Tensor& k
   at::Tensor x = embed_(latent);
   const int64_t d = x.size(2), hd = d / heads_;
   // Every patch the encoder did not see gets the mask token; the seen ones go back in place.
-  const at::Tensor grid = mask_token_.expand({n, patches, d}).scatter(
-      1, keep.unsqueeze(-1).expand({n, k, d}), x.narrow(1, 1, k));
+  // (In the embedding's type, bf16 under autocast; the fp32 positions bring the residual
+  // stream back to fp32, which the layer norms need.)
+  const at::Tensor grid = mask_token_.to(x.scalar_type())
+                              .expand({n, patches, d})
+                              .scatter(1, keep.unsqueeze(-1).expand({n, k, d}), x.narrow(1, 1, k));
   x = at::cat({x.narrow(1, 0, 1), grid}, 1) + pos_;
   const int64_t t = x.size(1);
   for (Block& b : blocks_) {

@@ -42,6 +42,45 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+/// A backbone `vitrine pretrain` made from this very data has seen, without labels, every
+/// photo its pretraining did not leave out: where this run's test split holds such photos,
+/// its test score is optimistic. Found by reading the data as the pretraining read it.
+void warn_if_backbone_saw_test_photos(const std::string& provenance, const std::string& init_dir,
+                                      const data::DataOptions& options,
+                                      const data::DataSplits& splits) {
+  if (!splits.test || splits.test->size() == 0) return;
+  const json p = json::parse(provenance, nullptr, false);
+  if (!p.is_object() || p.value("source", "") != "vitrine pretrain") return;
+  const std::string source = p.value("data", "");
+  if (source.empty()) return;
+  if (source != options.source && canonical_path(source) != canonical_path(options.source)) {
+    return;
+  }
+  data::DataOptions d = options;
+  d.val_split = p.value("val_split", -1.0);
+  d.test_split = p.value("test_split", 0.0);
+  d.seed = p.value("data_seed", uint64_t{0});
+  d.labels_per_class = 0;
+  d.label_fraction = 1.0;
+  std::set<std::string> seen;
+  try {
+    const auto pre = data::open_pretraining_data(d);
+    for (const auto& split : {pre.train, pre.val}) {
+      for (int64_t i = 0; split && i < split->size(); ++i) seen.insert(split->name(i));
+    }
+  } catch (const std::exception&) {
+    return;  // the data as it was then cannot be read now: nothing to compare
+  }
+  int64_t overlap = 0;
+  for (int64_t i = 0; i < splits.test->size(); ++i) overlap += seen.count(splits.test->name(i));
+  if (overlap == 0) return;
+  spdlog::warn("{} of the {} test photos were pretraining photos of {} (seen without their "
+               "labels): the test score is optimistic. To keep them out, pretrain on {} with "
+               "this run's --test-split {} and --data-seed {}, or give the data a test/ folder",
+               overlap, splits.test->size(), init_dir, options.source, options.test_split,
+               options.seed);
+}
+
 // Bumped when the resumable state's layout changes.
 constexpr int kStateVersion = 2;
 
@@ -1062,6 +1101,10 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   s.build_model();
   // Flag values out of range fail here, naming the setting, not later on the first image.
   image::check_train_transform(s.augmentation());
+  if (!o.init_dir.empty()) {
+    warn_if_backbone_saw_test_photos(s.model->config().provenance_json, o.init_dir, o.data,
+                                     s.data);
+  }
   s.set_provenance();
   if (!o.teacher_dir.empty()) s.load_teacher();
   if (!o.unlabelled.empty()) s.open_unlabelled();

@@ -330,6 +330,26 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
   EXPECT_EQ(views["jitter_prob"], 0.8);
   EXPECT_EQ(views["grayscale"], 0.2);
   EXPECT_EQ(views["blur"], 0.0);
+  // How it was made: the command, the optimiser and the size it learnt at.
+  EXPECT_EQ(backbone["provenance"]["arch"], "resnet18");
+  EXPECT_EQ(backbone["provenance"]["lr"], 1e-3);
+  EXPECT_EQ(backbone["provenance"]["image_size"], 32);
+  EXPECT_NE(backbone["provenance"]["command"].get<std::string>().find("--epochs 1"),
+            std::string::npos);
+  // --color-jitter 0 turns every colour change off, hue too: colour stays a feature.
+  r = test::run_command(bin + " pretrain --model resnet18 --stem small --image-size 32 " +
+                        "--data " + q(d + "/data") + " --epochs 1 --batch-size 4 --knn-bank 0 " +
+                        "--color-jitter 0 --threads 2 --out " + q(d + "/nojitter"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json::parse(std::ifstream(d + "/nojitter/last/config.json"))["provenance"]
+                ["augmentation"]["color_jitter"],
+            json::array({0.0, 0.0, 0.0, 0.0}));
+  // Bad monitor settings are refused before an epoch is spent.
+  r = test::run_command(bin + " pretrain --model resnet18 --data " + q(d + "/data") +
+                        " --knn-queries -1 --out " + q(d + "/badknn"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--knn-queries must be positive, got -1"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d + "/badknn/metrics.jsonl"));
   json twin = json::parse(std::ifstream(d + "/twin/config.json"));
   EXPECT_EQ(twin["provenance"]["like"], d + "/pre/last");
   backbone.erase("provenance");
@@ -484,7 +504,7 @@ TEST(Cli, PretrainMaskedAutoencoder) {
   ASSERT_EQ(r.status, 0) << r.err;
   const json jittered = json::parse(std::ifstream(d + "/jitter/last/config.json"))["provenance"]
                                    ["augmentation"];
-  EXPECT_EQ(jittered["color_jitter"][0], 0.3) << jittered;
+  EXPECT_EQ(jittered["color_jitter"], json::array({0.3, 0.3, 0.3, 0.075})) << jittered;
   EXPECT_EQ(jittered["jitter_prob"], 0.8) << jittered;
   EXPECT_EQ(jittered["grayscale"], 0.0);
   r = test::run_command(bin + " pretrain --model resnet18 --method mae --data " + q(d + "/data") +

@@ -19,6 +19,8 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <filesystem>
 #include <random>
@@ -108,8 +110,10 @@ TEST(Mae, PatchesMaskingAndLossCountOnlyHiddenPatches) {
     EXPECT_LT(kept.max().item<int64_t>(), 16);
   }
   EXPECT_FALSE(at::equal(keep[0], keep[1]));  // each image its own draw
-  EXPECT_EQ(train::mae_keep(1, 16, 0.99).size(1), 1);  // never nothing
+  EXPECT_EQ(train::mae_keep(1, 16, 0.99).size(1), 1);  // never nothing seen
+  EXPECT_EQ(train::mae_keep(1, 16, 0.02).size(1), 15);  // never nothing hidden
   EXPECT_CONTAINS(test::error_of([] { train::mae_keep(1, 16, 1.0); }), "--mask-ratio");
+  EXPECT_CONTAINS(test::error_of([] { train::mae_keep(1, 16, 0.0); }), "--mask-ratio");
 
   // Predictions equal to the normalised true patches where hidden, far off where seen:
   // nothing to pay. One unit off everywhere hidden: a squared error of 1.
@@ -181,6 +185,9 @@ TEST(Pretrain, MaeLowersTheReconstructionLossAndResumesExactly) {
   EXPECT_EQ(provenance["method"], "mae");
   EXPECT_DOUBLE_EQ(provenance["mask_ratio"].get<double>(), 0.75);
   EXPECT_FALSE(provenance.contains("temperature"));
+  EXPECT_EQ(provenance["init"], dir + "/init");  // pretrained further: from where
+  EXPECT_DOUBLE_EQ(provenance["lr"].get<double>(), 2e-3);
+  EXPECT_EQ(provenance["sched"], "constant");
 
   // Killed after step 5 (the middle of epoch 2) with the state of step 4 on disk.
   o.epochs = 3;
@@ -189,18 +196,47 @@ TEST(Pretrain, MaeLowersTheReconstructionLossAndResumesExactly) {
   const auto full = train::Pretrainer(o).run();
   o.out_dir = dir + "/killed";
   o.save_every_steps = 4;
+  o.command = "vitrine pretrain (the first)";
   test::run_killed_at(1, 2, [&](const auto& on_step) { train::Pretrainer(o).run(on_step); });
   o.resume = true;
+  // A deeper decoder is another run, refused by name (its extra block would start fresh).
+  o.decoder_depth = 2;
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer(o).run(); }),
+                  "--decoder-depth");
+  o.decoder_depth = 1;
+  o.command = "vitrine pretrain --resume";
   const auto resumed = train::Pretrainer(o).run();
   ASSERT_EQ(resumed.history.size(), 3u);
   EXPECT_DOUBLE_EQ(resumed.history[1].loss, full.history[1].loss);
   for (const std::string file : {"state/model.safetensors", "state/decoder.safetensors"}) {
     test::expect_identical_tensors(dir + "/full/" + file, dir + "/killed/" + file);
   }
+  // The provenance names the command that began the run and the one that resumed it.
+  const auto resumed_provenance =
+      nlohmann::json::parse(models::load_model_config(resumed.last_dir).provenance_json);
+  EXPECT_EQ(resumed_provenance["command"], "vitrine pretrain (the first)");
+  EXPECT_EQ(resumed_provenance["resumed_with"],
+            nlohmann::json::array({"vitrine pretrain --resume"}));
   // A SimCLR state is not an MAE one.
   o.method = "simclr";
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer(o).run(); }),
                   "was trained with --method mae (now simclr)");
+  fs::remove_all(dir);
+}
+
+// Under bf16 autocast the decoder's tokens are bf16 and its mask token fp32: it failed on the
+// first step ("scatter(): Expected self.dtype to be equal to src.dtype").
+TEST(Pretrain, MaeTrainsUnderBf16Autocast) {
+  const std::string dir = test::temp_dir("pretrain_mae_bf16");
+  write_shapes(dir + "/data", 8, 7, /*class_folders=*/true);
+  train::PretrainOptions o = small_mae(dir + "/data", dir);
+  o.batch_size = 8;
+  o.epochs = 1;
+  o.amp = "bf16";
+  const auto result = train::Pretrainer(o).run();
+  ASSERT_EQ(result.history.size(), 1u);
+  EXPECT_TRUE(std::isfinite(result.history[0].loss));
+  EXPECT_GT(result.history[0].loss, 0.0);
   fs::remove_all(dir);
 }
 
@@ -290,6 +326,27 @@ TEST(Pretrain, BackboneFineTunesWithoutReinitHead) {
   EXPECT_EQ(cfg.labels, (std::vector<std::string>{"kind_0", "kind_1", "kind_2"}));
   // The backbone's weights were the starting point: the stem kept its pretrained shape.
   EXPECT_EQ(cfg.resnet.stem, "small");
+
+  // A test split carved from the photos the backbone was pretrained on is warned about; one
+  // that the pretraining left out (the same --test-split and --data-seed) is not.
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  spdlog::default_logger()->sinks().push_back(sink);
+  t.data.test_split = 0.34;
+  t.out_dir = dir + "/fine_test";
+  { train::Trainer carved(t); }
+  p.data.test_split = 0.34;
+  p.epochs = 1;
+  p.out_dir = dir + "/pre_test";
+  const auto kept_out = train::Pretrainer(p).run();
+  t.init_dir = kept_out.last_dir;
+  t.out_dir = dir + "/fine_test2";
+  const auto before = log.str().size();
+  { train::Trainer clean(t); }
+  spdlog::default_logger()->sinks().pop_back();
+  const std::string warned = log.str().substr(0, before), clean = log.str().substr(before);
+  EXPECT_CONTAINS(warned, "test photos were pretraining photos of " + pre.last_dir);
+  EXPECT_EQ(clean.find("were pretraining photos"), std::string::npos) << clean;
   fs::remove_all(dir);
 }
 
@@ -308,12 +365,20 @@ TEST(Pretrain, BadOptionsAreExplained) {
   o = small_mae(dir + "/photos", dir + "/vit");
   o.mask_ratio = 1;
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--mask-ratio");
+  o.mask_ratio = 0;  // nothing hidden: nothing to learn
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--mask-ratio");
   o.mask_ratio = 0.75;
   o.decoder_width = 30;  // not a multiple of 4 (sine-cosine positions) nor of 4 heads
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--decoder-width");
   o = small_pretrain(dir + "/photos", dir + "/run");
   o.temperature = 0;
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--temperature");
+  o.temperature = 0.2;
+  o.knn_k = 0;
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--knn-k must be positive");
+  o.knn_k = 20;
+  o.proj_hidden = -1;
+  EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "--proj-hidden");
   o = small_pretrain(dir + "/empty", dir + "/run");
   fs::create_directories(dir + "/empty");
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer t(o); }), "holds no images");
