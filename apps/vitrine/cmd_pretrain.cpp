@@ -54,8 +54,19 @@ void add_pretrain_command(CLI::App& app, int& status) {
                   "k-NN monitor: labelled training images per class (0 = off)");
   cmd->add_option("--knn-queries", o->knn_queries, "k-NN monitor: validation queries");
   cmd->add_option("--knn-k", o->knn_k, "k-NN monitor: neighbours that vote");
-  cmd->callback([o, threads, jitter, jitter_prob, grayscale, blur, &status] {
+  cmd->callback([cmd, o, threads, jitter, jitter_prob, grayscale, blur, &status] {
     auto& a = o->augment;
+    // Another method's options would be taken and do nothing.
+    const bool mae = o->method == "mae";
+    for (const char* flag : {"--temperature", "--proj-dim", "--proj-hidden", "--mask-ratio",
+                             "--decoder-width", "--decoder-depth", "--decoder-heads"}) {
+      const bool for_mae = std::string(flag).rfind("--mask", 0) == 0 ||
+                           std::string(flag).rfind("--decoder", 0) == 0;
+      if (for_mae != mae && cmd->count(flag) > 0) {
+        spdlog::warn("{} is for --method {} and has no effect with --method {}", flag,
+                     for_mae ? "mae" : "simclr", o->method);
+      }
+    }
     if (o->method == "mae") {
       // MAE's views are crops and flips: colour changes stay off unless asked for.
       if (jitter->count() == 0) a.brightness = a.hue = 0;

@@ -500,8 +500,12 @@ TEST(Cli, PretrainMaskedAutoencoder) {
   r = test::run_command(bin + " pretrain --init " + q(d + "/vit") + " --method mae --data " +
                         q(d + "/data") + " --epochs 1 --batch-size 4 --knn-bank 0 " +
                         "--decoder-width 32 --decoder-depth 1 --decoder-heads 4 --threads 2 " +
-                        "--color-jitter 0.3 --out " + q(d + "/jitter"));
+                        "--color-jitter 0.3 --temperature 0.5 --out " + q(d + "/jitter"));
   ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("--temperature is for --method simclr and has no effect with --method "
+                       "mae"),
+            std::string::npos)
+      << r.err;
   const json jittered = json::parse(std::ifstream(d + "/jitter/last/config.json"))["provenance"]
                                    ["augmentation"];
   EXPECT_EQ(jittered["color_jitter"], json::array({0.3, 0.3, 0.3, 0.075})) << jittered;
