@@ -228,6 +228,77 @@ json body_of(const httplib::Result& r) {
   return r ? json::parse(r->body, nullptr, false) : json();
 }
 
+/// Where `value` breaks `schema`, "" where it conforms. The subset of OpenAPI 3.0 schemas
+/// docs/openapi.json uses: $ref, type, nullable, enum, required, properties,
+/// additionalProperties false, items, oneOf.
+std::string schema_mismatch(const json& value, const json& schema, const json& spec,
+                            const std::string& at = "$") {
+  if (schema.contains("$ref")) {
+    const std::string ref = schema["$ref"];  // "#/components/schemas/Name"
+    return schema_mismatch(value, spec.at(json::json_pointer(ref.substr(1))), spec, at);
+  }
+  if (value.is_null()) return schema.value("nullable", false) ? "" : at + " is null";
+  if (schema.contains("oneOf")) {
+    int matches = 0;
+    for (const auto& s : schema["oneOf"]) matches += schema_mismatch(value, s, spec, at).empty();
+    return matches == 1 ? "" : at + " matches " + std::to_string(matches) + " of its oneOf";
+  }
+  const std::string type = schema.value("type", "");
+  const bool typed = type.empty() || (type == "object" && value.is_object()) ||
+                     (type == "array" && value.is_array()) ||
+                     (type == "string" && value.is_string()) ||
+                     (type == "integer" && value.is_number_integer()) ||
+                     (type == "number" && value.is_number()) ||
+                     (type == "boolean" && value.is_boolean());
+  if (!typed) return at + " is not " + type + ": " + value.dump().substr(0, 80);
+  if (schema.contains("enum")) {
+    const json& allowed = schema["enum"];
+    if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
+      return at + " is not one of " + allowed.dump();
+    }
+  }
+  if (value.is_object()) {
+    for (const auto& name : schema.value("required", json::array())) {
+      if (!value.contains(name.get<std::string>())) return at + " lacks " + name.dump();
+    }
+    const json properties = schema.value("properties", json::object());
+    for (const auto& [key, v] : value.items()) {
+      if (properties.contains(key)) {
+        const std::string m = schema_mismatch(v, properties[key], spec, at + "." + key);
+        if (!m.empty()) return m;
+      } else if (schema.value("additionalProperties", json(true)) == json(false)) {
+        return at + " has " + key + ", which its schema does not name";
+      }
+    }
+  }
+  if (value.is_array() && schema.contains("items")) {
+    for (size_t i = 0; i < value.size(); ++i) {
+      const std::string m =
+          schema_mismatch(value[i], schema["items"], spec, at + "[" + std::to_string(i) + "]");
+      if (!m.empty()) return m;
+    }
+  }
+  return "";
+}
+
+/// A JSON answer against the schema the spec gives its route, method and status (or the
+/// route's default answer).
+void expect_conforms(const json& spec, const std::string& path, const std::string& method,
+                     const httplib::Result& r) {
+  ASSERT_TRUE(r) << method << " " << path << ": no response";
+  const json& responses = spec.at("paths").at(path).at(method).at("responses");
+  const std::string status = std::to_string(r->status);
+  json response = responses.contains(status) ? responses[status] : responses.at("default");
+  if (response.contains("$ref")) {  // "#/components/responses/Name"
+    response = spec.at(json::json_pointer(response["$ref"].get<std::string>().substr(1)));
+  }
+  ASSERT_TRUE(response.contains("content") && response["content"].contains("application/json"))
+      << method << " " << path << " " << status << " has no JSON schema in the spec";
+  const json& schema = response["content"]["application/json"].at("schema");
+  EXPECT_EQ(schema_mismatch(json::parse(r->body), schema, spec), "")
+      << method << " " << path << " " << status << ": " << r->body.substr(0, 300);
+}
+
 }  // namespace
 
 TEST(Serve, EveryEndpointsHappyPath) {
@@ -242,6 +313,9 @@ TEST(Serve, EveryEndpointsHappyPath) {
   // its methods (a GET of a route the server lacks is 404 not_found; a method it lacks, 405).
   const json spec = body_of(reader.Get("/openapi.json"));
   EXPECT_EQ(spec, json::parse(file_bytes(std::string(VITRINE_SOURCE_DIR) + "/docs/openapi.json")));
+  // Every JSON answer below is checked against the response schema the spec gives it.
+  expect_conforms(spec, "/healthz", "get", reader.Get("/healthz"));
+  expect_conforms(spec, "/readyz", "get", ready);
   auto admin_client = server.client(f.admin_key), write_client = server.client(f.write_key);
   for (const auto& [path, item] : spec["paths"].items()) {
     std::string concrete = std::regex_replace(path, std::regex("\\{sku\\}"), "NOSUCHSKU");
@@ -272,6 +346,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   ASSERT_EQ(raw->status, 200) << raw->body;
   const auto top = body_of(raw)["top"];
   ASSERT_EQ(top.size(), 2u);
+  expect_conforms(spec, "/v1/classify", "post", raw);
   // `curl --data-binary @photo.png` labels the photo form-encoded: still the photo, also
   // beyond the 8 KB httplib allows a form (here a JPEG with a 10 KB comment).
   auto as_form = reader.Post("/v1/classify?topk=2", f.photos[0],
@@ -314,13 +389,16 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(heat_image.cols, 32);
   EXPECT_EQ(heat_image.rows, 32);
   EXPECT_EQ(body_of(explained)["heatmap_label"], top[0]["label"]);
+  expect_conforms(spec, "/v1/classify", "post", explained);
 
   // The web page and what it reads: the catalogue, page by page, and product photos.
   auto page = server.client().Get("/");
   ASSERT_EQ(page->status, 200);
   EXPECT_NE(page->get_header_value("Content-Type").find("text/html"), std::string::npos);
   EXPECT_NE(page->body.find("/v1/classify"), std::string::npos);
-  auto listing = body_of(reader.Get("/v1/products?offset=2&limit=5"));
+  const auto listed = reader.Get("/v1/products?offset=2&limit=5");
+  expect_conforms(spec, "/v1/products", "get", listed);
+  auto listing = body_of(listed);
   EXPECT_EQ(listing["total"], 24);
   ASSERT_EQ(listing["products"].size(), 5u);
   EXPECT_EQ(listing["products"][0]["sku"], "SKU2");
@@ -334,6 +412,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   auto embed = reader.Post("/v1/embed", f.photos[3], "image/png");
   ASSERT_EQ(embed->status, 200);
   EXPECT_EQ(body_of(embed)["embedding"].size(), 512u);
+  expect_conforms(spec, "/v1/embed", "post", embed);
 
   // search with a filter inside: the photo of SKU3 finds SKU3 first.
   auto found = reader.Post("/v1/search",
@@ -350,6 +429,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(results[0]["sku"], "SKU3");
   EXPECT_EQ(results[0]["image"], "/v1/products/SKU3/images/0");
   for (const auto& r : results) EXPECT_EQ(r["category"], "shoes");
+  expect_conforms(spec, "/v1/search", "post", found);
   // "filter" as one string, or in the query string, works as "filters" does.
   auto found_again = reader.Post("/v1/search?filter=category%3Dshoes",
                                  json{{"image", base64_encode(reinterpret_cast<const uint8_t*>(
@@ -369,7 +449,10 @@ TEST(Serve, EveryEndpointsHappyPath) {
                              {"images", {b64}}}.dump(),
                         "application/json");
   ASSERT_EQ(put->status, 200) << put->body;
-  auto got = body_of(reader.Get("/v1/products/NEW1"));
+  expect_conforms(spec, "/v1/products/{sku}", "put", put);
+  const auto got_one = reader.Get("/v1/products/NEW1");
+  expect_conforms(spec, "/v1/products/{sku}", "get", got_one);
+  auto got = body_of(got_one);
   EXPECT_EQ(got["title"], "New");
   ASSERT_EQ(got["images"].size(), 1u);
   // Photos are named by the URL that serves them, not by a path on the server.
@@ -395,6 +478,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
                                .dump(),
                            "application/json");
   ASSERT_EQ(mixed->status, 200) << mixed->body;
+  expect_conforms(spec, "/v1/products", "post", mixed);
   const json m = body_of(mixed);
   EXPECT_EQ(m["stored"], 1) << m;
   EXPECT_EQ(m["failed"], 4) << m;
@@ -409,8 +493,10 @@ TEST(Serve, EveryEndpointsHappyPath) {
   EXPECT_EQ(m["results"][2]["index"], 2);
   EXPECT_EQ(m["results"][2]["error"]["code"], "bad_product");
   EXPECT_EQ(reader.Get("/v1/products/NEW4")->status, 200);
-  EXPECT_EQ(reader.Get("/v1/products/BAD1")->status, 404);
-  writer.Delete("/v1/products/NEW4");
+  const auto unknown = reader.Get("/v1/products/BAD1");
+  EXPECT_EQ(unknown->status, 404);
+  expect_conforms(spec, "/v1/products/{sku}", "get", unknown);
+  expect_conforms(spec, "/v1/products/{sku}", "delete", writer.Delete("/v1/products/NEW4"));
   EXPECT_EQ(writer.Delete("/v1/products/NEW2")->status, 200);
   EXPECT_EQ(reader.Get("/v1/products/NEW2")->status, 404);
   EXPECT_EQ(writer.Delete("/v1/products/NEW2")->status, 404);
@@ -420,6 +506,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
   auto admin = server.client(f.admin_key);
   auto reload = admin.Post("/v1/admin/reload", "", "application/json");
   EXPECT_EQ(reload->status, 200) << reload->body;
+  expect_conforms(spec, "/v1/admin/reload", "post", reload);
 
   const std::string metrics = reader.Get("/metrics")->body;
   EXPECT_NE(metrics.find("vitrine_http_requests_total{route=\"/v1/classify\",status=\"200\"} 7"),
