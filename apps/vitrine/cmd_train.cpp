@@ -54,7 +54,7 @@ void adopt_training_split(const CLI::App* cmd, const std::string& model_dir,
   if (!p.is_object() || !p.contains("data") || !p["data"].is_string()) return;
   // The same data however it is named: "shop", "./shop" and "/abs/shop" are one folder.
   const std::string trained_on = p["data"].get<std::string>();
-  if (trained_on != source && canonical_path(trained_on) != canonical_path(source)) return;
+  if (!same_data(trained_on, p.value("data_path", std::string()), source)) return;
   std::string taken, differ;  ///< flags adopted; flags given that differ from the run's
   // `unrecorded`: what a model that did not record `key` was trained with; the value given
   // where nothing can be said (older models recorded no fractions).
@@ -375,8 +375,25 @@ void add_train_command(CLI::App& app, int& status) {
                   "Seconds to wait for the others (rendezvous, each step)");
   cmd->add_option("--adv-ratio", o->adv_ratio,
                   "Share of each batch made adversarial (the rest stays clean; default 1)");
-  cmd->callback([o, threads, nproc, &status] {
+  cmd->callback([cmd, o, threads, nproc, &status] {
     o->augment.contrast = o->augment.saturation = o->augment.brightness;
+    // Options of a mode not asked for would be taken and do nothing.
+    const auto unused = [&](const char* flag, const char* why) {
+      if (cmd->count(flag) > 0) spdlog::warn("{} has no effect {}", flag, why);
+    };
+    if (o->unlabelled.empty()) {
+      for (const char* flag : {"--unlabelled-ratio", "--pseudo-threshold", "--unlabelled-weight",
+                               "--unlabelled-targets"}) {
+        unused(flag, "without --unlabelled (the unlabelled photos to learn from)");
+      }
+    } else if (o->unlabelled_targets == "teacher") {
+      unused("--pseudo-threshold", "with --unlabelled-targets teacher: every photo's target is "
+             "the teacher's softened prediction");
+    }
+    if (o->teacher_dir.empty()) {
+      unused("--distill-alpha", "without --teacher");
+      unused("--distill-temperature", "without --teacher");
+    }
     if (*nproc > 1) {
       VT_CHECK(o->dist.world_size == 1, "give either --nproc (one host) or --world-size/--rank");
       status = launch_local(*nproc, free_port(), o->dist.timeout_s);
@@ -425,13 +442,14 @@ void add_train_command(CLI::App& app, int& status) {
     const auto skipped_note = [](int64_t n) {
       return n > 0 ? fmt::format("; {} unreadable test images skipped", n) : std::string();
     };
+    const char* tested = result.best_epoch >= 0 ? "best model" : "last model";
     if (result.has_test && result.test_multi_label) {
-      spdlog::info("test: mAP {:.4f}, micro-F1 {:.4f}, macro-F1 {:.4f} (best model){}",
-                   result.test_map, result.test_micro_f1, result.test_macro_f1,
+      spdlog::info("test: mAP {:.4f}, micro-F1 {:.4f}, macro-F1 {:.4f} ({}){}",
+                   result.test_map, result.test_micro_f1, result.test_macro_f1, tested,
                    skipped_note(result.test_skipped));
     } else if (result.has_test) {
-      spdlog::info("test: top-1 {:.4f}, macro-F1 {:.4f} (best model){}", result.test_top1,
-                   result.test_macro_f1, skipped_note(result.test_skipped));
+      spdlog::info("test: top-1 {:.4f}, macro-F1 {:.4f} ({}){}", result.test_top1,
+                   result.test_macro_f1, tested, skipped_note(result.test_skipped));
     }
     spdlog::info("report: {}", result.report);
     status = kExitOk;
@@ -491,6 +509,10 @@ void add_eval_command(CLI::App& app, int& status) {
       train::check_attack(a->adv);
     }
     a->data.need_train = a->split == "train";  // held-out photos need no training ones
+    // A run folder or a missing model is named before the data is read for it.
+    for (const auto& dir : {a->model, a->compare}) {
+      if (!dir.empty()) models::load_model_config(dir);
+    }
     adopt_training_split(cmd, a->model, a->data.source, a->data.val_split, a->data.test_split,
                          a->data.seed);
     const data::DataSplits splits = open_data_logged(a->data);
@@ -514,7 +536,8 @@ void add_eval_command(CLI::App& app, int& status) {
         // Thresholds tuned on these very photos make F1 look better than new photos will.
         const auto p = nlohmann::json::parse(model->config().provenance_json, nullptr, false);
         if (a->split == "val" && !model->config().thresholds.empty() && p.is_object() &&
-            p.contains("data") && p["data"] == a->data.source) {
+            p.contains("data") && p["data"].is_string() &&
+            same_data(p["data"], p.value("data_path", std::string()), a->data.source)) {
           spdlog::warn("{}: its per-label thresholds were tuned on this split (the validation "
                        "photos of {}), so F1 here is optimistic (mAP is not); judge F1 on "
                        "--split test", dir, a->data.source);

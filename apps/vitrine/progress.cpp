@@ -45,8 +45,16 @@ void Progress::draw(bool final) {
   // work is done, when it is what it was.
   const bool known = secs >= 0.1 || (final && secs > 0 && done_ > 0);
   const double rate = known ? done_ / secs : 0.0;
-  char rate_text[32] = "-";
-  if (known) std::snprintf(rate_text, sizeof rate_text, "%.1f", rate);
+  // Slow work (a large model's training step on a CPU) as seconds a unit: "0.0 step/s" says
+  // nothing.
+  char speed[64];
+  if (!known) {
+    std::snprintf(speed, sizeof speed, "- %s/s", unit_.c_str());
+  } else if (rate > 0 && rate < 0.1) {
+    std::snprintf(speed, sizeof speed, "%.1f s/%s", 1.0 / rate, unit_.c_str());
+  } else {
+    std::snprintf(speed, sizeof speed, "%.1f %s/s", rate, unit_.c_str());
+  }
   char eta_text[32] = "?";
   if (rate > 0) std::snprintf(eta_text, sizeof eta_text, "%.0fs", (total_ - done_) / rate);
   if (tty_) {
@@ -56,17 +64,17 @@ void Progress::draw(bool final) {
     const int filled = total_ > 0 ? static_cast<int>(kWidth * done_ / total_) : kWidth;
     std::string bar(filled, '#');
     bar.resize(kWidth, '.');
-    std::fprintf(stderr, "\r%s [%s] %lld/%lld %s %s/s ETA %s %s%s", what_.c_str(),
-                 bar.c_str(), static_cast<long long>(done_), static_cast<long long>(total_),
-                 rate_text, unit_.c_str(), eta_text, status_.c_str(), final ? "\n" : "  ");
+    std::fprintf(stderr, "\r%s [%s] %lld/%lld %s ETA %s %s%s", what_.c_str(), bar.c_str(),
+                 static_cast<long long>(done_), static_cast<long long>(total_), speed, eta_text,
+                 status_.c_str(), final ? "\n" : "  ");
   } else {
     const int decile = total_ > 0 ? static_cast<int>(10 * done_ / total_) : 10;
     if (final ? done_ == last_printed_ : decile == last_decile_) return;
     last_decile_ = decile;
     last_printed_ = done_;
-    std::fprintf(stderr, "%s: %lld/%lld (%s %s/s, %.1fs)%s%s\n", what_.c_str(),
-                 static_cast<long long>(done_), static_cast<long long>(total_), rate_text,
-                 unit_.c_str(), secs, status_.empty() ? "" : " ", status_.c_str());
+    std::fprintf(stderr, "%s: %lld/%lld (%s, %.1fs)%s%s\n", what_.c_str(),
+                 static_cast<long long>(done_), static_cast<long long>(total_), speed, secs,
+                 status_.empty() ? "" : " ", status_.c_str());
   }
   std::fflush(stderr);
 }

@@ -115,4 +115,15 @@ std::string canonical_path(const std::string& path) {
   return ec ? path : c.string();
 }
 
+std::string data_path(const std::string& source) {
+  std::error_code ec;
+  return std::filesystem::exists(source, ec) ? canonical_path(source) : std::string();
+}
+
+bool same_data(const std::string& recorded, const std::string& recorded_path,
+               const std::string& source) {
+  if (!recorded_path.empty()) return recorded_path == canonical_path(source);
+  return recorded == source || canonical_path(recorded) == canonical_path(source);
+}
+
 }  // namespace vitrine

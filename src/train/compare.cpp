@@ -68,6 +68,7 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
         r.test_micro_f1 = j.at("micro_f1");
         r.test_macro_f1 = j.at("macro_f1");
         r.test_count = j.at("count");
+        r.test_photos = j.value("photos_sha256", "");
         r.has_test = true;
         return r;
       }
@@ -78,6 +79,7 @@ RunSummary read_run(const std::string& name, const std::string& dir) {
       r.test_macro_f1 = j.at("macro_f1");
       r.test_ece = j.at("ece");
       r.test_count = j.at("count");
+      r.test_photos = j.value("photos_sha256", "");
       r.confusion = j.at("confusion").get<std::vector<std::vector<int64_t>>>();
       r.classes = j.at("classes").get<std::vector<std::string>>();
     } catch (const json::exception& e) {
@@ -115,6 +117,10 @@ std::string test_set_difference(const std::vector<RunSummary>& runs) {
                  " photos and '" + r.name + "' on " + std::to_string(r.test_count);
       } else if (mine != theirs) {
         differ = "'" + first->name + "' and '" + r.name + "' were tested on other classes";
+      } else if (!r.test_photos.empty() && !first->test_photos.empty() &&
+                 r.test_photos != first->test_photos) {
+        // Another --data-seed or split carves other photos of the same count.
+        differ = "'" + first->name + "' and '" + r.name + "' were tested on other photos";
       }
       if (!differ.empty()) {
         return differ + ": their test figures do not compare (test both on the same photos "

@@ -158,6 +158,19 @@ void Pretrainer::State::open_data() {
   // Labels are never used for learning: the validation images are pretraining images too.
   images = data.val && data.val->size() > 0 ? data::concat(data.train, data.val) : data.train;
   const bool labelled = !data.classes.empty() && !data.multi_label;
+  spdlog::info("pretraining on {} photos of {}{}", images->size(), o.data.source,
+               data.test && data.test->size() > 0
+                   ? fmt::format(" ({} test photos left out)", data.test->size())
+                   : std::string());
+  // Folders below a catalogue root may be batches or dates rather than classes.
+  if (labelled && o.knn_bank_per_class > 0 && fs::is_directory(o.data.source)) {
+    spdlog::info("its {} folders ({}{}) are taken as classes by the k-NN monitor alone; where "
+                 "they are not classes (batches, dates), its accuracy means nothing: --knn-bank "
+                 "0 turns it off", data.classes.size(), data.classes.front(),
+                 data.classes.size() > 1 ? ", " + data.classes[1] + (data.classes.size() > 2
+                                                                         ? ", ..." : "")
+                                         : std::string());
+  }
   if (o.knn_bank_per_class > 0 && labelled && data.val && data.val->size() > 0) {
     // A bank of at most kMaxKnnBank photos: embedded after every epoch, 100 a class of a
     // catalogue of 5,000 product classes would be half a million photos.
@@ -291,6 +304,8 @@ void Pretrainer::State::save_backbone(const std::string& dir) {
                   {"sched", o.schedule},
                   {"warmup_epochs", o.warmup_epochs},
                   {"seed", o.seed}};
+  // Where the data was, so that `train --init` finds it from any directory.
+  if (const auto path = data_path(o.data.source); !path.empty()) provenance["data_path"] = path;
   if (o.init_dir.empty()) {
     provenance["arch"] = o.arch;
   } else {

@@ -3,6 +3,7 @@
 #include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
+#include "vitrine/core/hash.h"
 #include "vitrine/core/json.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/core/text.h"
@@ -30,6 +31,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/serialize.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -42,45 +44,82 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-/// A backbone `vitrine pretrain` made from this very data has seen, without labels, every
-/// photo its pretraining did not leave out: where this run's test split holds such photos,
-/// its test score is optimistic. Found by reading the data as the pretraining read it.
+/// A backbone `vitrine pretrain` made has seen, without labels, every photo its pretraining
+/// did not leave out: where this run's test split holds such photos, its test score is
+/// optimistic. Found by reading the pretraining's data as it read it and comparing files,
+/// whatever the sources are called (a folder and a manifest of its photos, a path relative
+/// to another directory).
 void warn_if_backbone_saw_test_photos(const std::string& provenance, const std::string& init_dir,
                                       const data::DataOptions& options,
                                       const data::DataSplits& splits) {
-  // A test split not carved by --test-split is a test/ folder, a manifest's split column or
-  // Fashion-MNIST's test set, which pretraining leaves out as well.
-  if (options.test_split <= 0 || !splits.test || splits.test->size() == 0) return;
+  if (!splits.test || splits.test->size() == 0) return;
   const json p = json::parse(provenance, nullptr, false);
   if (!p.is_object() || p.value("source", "") != "vitrine pretrain") return;
-  const std::string source = p.value("data", "");
+  // Where it was read: the absolute path recorded since, or the name as given then.
+  std::string source = p.value("data_path", std::string());
+  if (source.empty()) source = p.value("data", std::string());
   if (source.empty()) return;
-  if (source != options.source && canonical_path(source) != canonical_path(options.source)) {
-    return;
-  }
+  // Fashion-MNIST's test set is never a pretraining photo.
+  if (source == "fashion-mnist" && options.source == "fashion-mnist") return;
   data::DataOptions d = options;
+  d.source = source;
   d.val_split = p.value("val_split", -1.0);
   d.test_split = p.value("test_split", 0.0);
   d.seed = p.value("data_seed", uint64_t{0});
   d.labels_per_class = 0;
   d.label_fraction = 1.0;
+  const auto file = [](const std::string& name) {
+    return fs::absolute(name).lexically_normal().string();
+  };
   std::set<std::string> seen;
   try {
     const auto pre = data::open_pretraining_data(d);
     for (const auto& split : {pre.train, pre.val}) {
-      for (int64_t i = 0; split && i < split->size(); ++i) seen.insert(split->name(i));
+      for (int64_t i = 0; split && i < split->size(); ++i) seen.insert(file(split->name(i)));
     }
   } catch (const std::exception&) {
     return;  // the data as it was then cannot be read now: nothing to compare
   }
   int64_t overlap = 0;
-  for (int64_t i = 0; i < splits.test->size(); ++i) overlap += seen.count(splits.test->name(i));
+  for (int64_t i = 0; i < splits.test->size(); ++i) {
+    overlap += seen.count(file(splits.test->name(i)));
+  }
   if (overlap == 0) return;
+  const std::string advice =
+      options.test_split > 0
+          ? fmt::format("pretrain on {} with this run's --test-split {} and --data-seed {}, or "
+                        "give the data a test/ folder", options.source, options.test_split,
+                        options.seed)
+          : std::string("pretrain on photos without this run's test photos (a root with "
+                        "train/ and test/ folders leaves test/ out)");
   spdlog::warn("{} of the {} test photos were pretraining photos of {} (seen without their "
-               "labels): the test score is optimistic. To keep them out, pretrain on {} with "
-               "this run's --test-split {} and --data-seed {}, or give the data a test/ folder",
-               overlap, splits.test->size(), init_dir, options.source, options.test_split,
-               options.seed);
+               "labels): the test score is optimistic. To keep them out, {}",
+               overlap, splits.test->size(), init_dir, advice);
+}
+
+/// Which photos a test split holds, whatever the data is called: the SHA-256 of their sorted
+/// absolute paths (a packed data set's items by name). Runs tested on other photos of the
+/// same count (another --data-seed) do not compare; `vitrine compare` says so.
+std::string photos_digest(const data::Dataset& d) {
+  std::vector<std::string> names;
+  names.reserve(static_cast<size_t>(d.size()));
+  for (int64_t i = 0; i < d.size(); ++i) {
+    std::string name = d.name(i);
+    std::error_code ec;
+    if (fs::exists(name, ec)) name = fs::absolute(name).lexically_normal().string();
+    names.push_back(std::move(name));
+  }
+  std::sort(names.begin(), names.end());
+  std::string text;
+  for (const auto& n : names) text += n + '\n';
+  return sha256_hex(text);
+}
+
+/// Test metrics as written to test_metrics.json: the figures and which photos they are of.
+std::string test_metrics_json(const std::string& figures, const data::Dataset& photos) {
+  json j = json::parse(figures);
+  j["photos_sha256"] = photos_digest(photos);
+  return json_text(j);
 }
 
 // Bumped when the resumable state's layout changes.
@@ -121,7 +160,8 @@ std::string EpochRecord::to_json() const {
   } else if (has_val) {
     j["val_loss"] = val_loss;
     j["val_top1"] = val_top1;
-    j["val_top5"] = val_top5;
+    // null with five classes or fewer, where top-5 is 1 by definition (as eval writes it)
+    j["val_top5"] = std::isnan(val_top5) ? json(nullptr) : json(val_top5);
     j["val_macro_f1"] = val_macro_f1;
     if (val_robust_top1 >= 0) j["val_robust_top1"] = val_robust_top1;
     j["best"] = best;
@@ -150,7 +190,7 @@ EpochRecord EpochRecord::from_json(const std::string& text) {
   } else if (e.has_val) {
     e.val_loss = r.at("val_loss");
     e.val_top1 = r.at("val_top1");
-    e.val_top5 = r.at("val_top5");
+    e.val_top5 = r.at("val_top5").is_null() ? std::nan("") : r.at("val_top5").get<double>();
     e.val_macro_f1 = r.at("val_macro_f1");
     e.val_robust_top1 = r.value("val_robust_top1", -1.0);
     e.best = r.at("best");
@@ -476,6 +516,15 @@ data::Batch Trainer::State::next_unlabelled() {
     VT_CHECK(unlabelled_loader->next(b), "none of the --unlabelled photos could be read");
   }
   unlabelled_next = b.batch_index + 1;
+  // Unreadable unlabelled photos are named once each, as labelled ones are (by the lead
+  // process, which logs).
+  if (lead()) {
+    for (const auto& e : unlabelled_loader->errors()) {
+      if (reported.insert("--unlabelled: " + e).second) {
+        spdlog::warn("skipped (--unlabelled): {}", e);
+      }
+    }
+  }
   return b;
 }
 
@@ -736,6 +785,30 @@ void Trainer::State::write_run_report() {
                            : std::string("none (no validation split: the last epoch's model)")},
               {"seed", std::to_string(o.seed)},
               {"run directory", o.out_dir}};
+  // What else it learnt from: a report of a semi-supervised or distilled run says so.
+  const auto insert_at = in.facts.end() - 2;  // before the seed and the run directory
+  std::vector<std::pair<std::string, std::string>> more;
+  if (o.freeze != "none" && !o.freeze.empty()) more.emplace_back("frozen", o.freeze);
+  if (!o.unlabelled.empty()) {
+    std::string how = o.unlabelled_targets == "teacher"
+                          ? "targets from the teacher (soft, every photo)"
+                          : "FixMatch, confidence >= " + setting_text(o.pseudo_threshold);
+    if (!result.history.empty() && result.history.back().unlabelled_confident >= 0 &&
+        o.unlabelled_targets != "teacher") {
+      how += fmt::format(" ({:.0f}% confident in the last epoch)",
+                         100 * result.history.back().unlabelled_confident);
+    }
+    more.emplace_back("unlabelled photos",
+                      o.unlabelled + " (" + std::to_string(unlabelled ? unlabelled->size() : 0) +
+                          ", " + std::to_string(o.unlabelled_ratio) +
+                          " per labelled photo): " + how);
+  }
+  if (!o.teacher_dir.empty()) {
+    more.emplace_back("teacher", o.teacher_dir + " (alpha " + setting_text(o.distill_alpha) +
+                                     ", temperature " + setting_text(o.distill_temperature) +
+                                     ")");
+  }
+  in.facts.insert(insert_at, more.begin(), more.end());
   ClassificationMetrics test;
   MultiLabelMetrics test_multi_label;
   const auto shown = data.test && data.test->size() > 0 ? data.test : data.val;
@@ -751,13 +824,15 @@ void Trainer::State::write_run_report() {
       result.test_map = m.mean_ap;
       result.test_micro_f1 = m.micro_f1;
       result.test_macro_f1 = m.macro_f1;
-      write_file_atomic(path(run_files::kTestMetrics), m.to_json(data.classes));
+      write_file_atomic(path(run_files::kTestMetrics),
+                        test_metrics_json(m.to_json(data.classes), *data.test));
     } else {
       test = evaluate(*best, data.test, eo, &errors);
       in.test = &test;
       result.test_top1 = test.top1;
       result.test_macro_f1 = test.macro_f1;
-      write_file_atomic(path(run_files::kTestMetrics), test.to_json(data.classes));
+      write_file_atomic(path(run_files::kTestMetrics),
+                        test_metrics_json(test.to_json(data.classes), *data.test));
     }
     for (const auto& e : errors) spdlog::warn("test: skipped {}", e);
     result.test_skipped = static_cast<int64_t>(errors.size());
@@ -804,8 +879,14 @@ void Trainer::State::set_provenance() {
          {"data", o.data.source},
          {"epochs", o.epochs},
          {"batch_size", o.batch_size},
+         {"opt", o.optim.name},
          {"lr", o.optim.lr},
+         {"weight_decay", o.optim.weight_decay},
+         {"sched", o.schedule},
+         {"warmup_epochs", o.warmup_epochs},
          {"seed", o.seed}};
+  // Where the data was, so that `eval` and `train --init` find it from any directory.
+  if (const auto path = data_path(o.data.source); !path.empty()) p["data_path"] = path;
   if (o.data.labels_per_class > 0) p["labels_per_class"] = o.data.labels_per_class;
   if (o.data.seed != 0) p["data_seed"] = o.data.seed;
   // How its val/test photos were carved, so that `eval` can tell when it is given others.
@@ -819,10 +900,17 @@ void Trainer::State::set_provenance() {
     if (!prior.is_discarded() && !prior.empty()) p["init_provenance"] = prior;
   }
   if (o.freeze != "none" && !o.freeze.empty()) p["freeze"] = o.freeze;
-  if (!o.teacher_dir.empty()) p["teacher"] = o.teacher_dir;
+  if (!o.teacher_dir.empty()) {
+    p["teacher"] = o.teacher_dir;
+    p["distill_alpha"] = o.distill_alpha;
+    p["distill_temperature"] = o.distill_temperature;
+  }
   if (!o.unlabelled.empty()) {
     p["unlabelled"] = o.unlabelled;
     p["unlabelled_targets"] = o.unlabelled_targets;
+    p["unlabelled_ratio"] = o.unlabelled_ratio;
+    p["unlabelled_weight"] = o.unlabelled_weight;
+    if (o.unlabelled_targets == "self") p["pseudo_threshold"] = o.pseudo_threshold;
   }
   if (!o.command.empty()) p["command"] = o.command;
   const std::string text = json_text(p);
@@ -1274,7 +1362,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
           const ClassificationMetrics m = evaluate(judged, s.data.val, eo, &errors);
           rec.val_loss = m.loss;
           rec.val_top1 = m.top1;
-          rec.val_top5 = m.top5;
+          rec.val_top5 = s.data.classes.size() > 5 ? m.top5 : std::nan("");
           rec.val_macro_f1 = m.macro_f1;
           if (o.adv != "none") {
             rec.val_robust_top1 =

@@ -835,6 +835,14 @@ TEST(Cli, UnlabelledPhotosFromAnotherFolderLeaveTheValidationPhotosOut) {
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_CONTAINS(r.err, "--unlabelled: 2 of its photos are validation or test photos of "
                          "--data, left out");
+  // Options of a mode not asked for are named, not silently taken.
+  r = test::run_command(bin + " train --init " + q(d + "/init") + " --data " +
+                        q(d + "/catalogue/labelled") + " --val-split 0.25 --pseudo-threshold " +
+                        "0.5 --distill-alpha 0.9 --epochs 1 --batch-size 4 --threads 2 --out " +
+                        q(d + "/plain"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "--pseudo-threshold has no effect without --unlabelled");
+  EXPECT_CONTAINS(r.err, "--distill-alpha has no effect without --teacher");
   fs::remove_all(d);
 }
 
@@ -894,5 +902,20 @@ TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_CONTAINS(r.err, "with --data-seed 0: where");
   EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25: its val/test photos are taken");
+  // Data given relative to where the run was started is known from any other directory.
+  r = test::run_command("cd " + q(d) + " && " + bin + " train --init init --data data/all " +
+                        "--val-split 0 --test-split 0.25 --data-seed 1 --epochs 1 --batch-size 4 "
+                        "--threads 2 --out relative");
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = test::run_command("cd / && " + bin + " eval --model " + q(d + "/relative/last") +
+                        " --data " + q(d + "/data/all"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25 --data-seed 1: its val/test "
+                         "photos are taken the same way");
+  // A run's folder is named as such, not met with the data's missing test split.
+  r = test::run_command(bin + " eval --model " + q(d + "/run1") + " --data " +
+                        q(d + "/data/all"));
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_CONTAINS(r.err, "is a training run, not a model directory");
   fs::remove_all(d);
 }

@@ -38,7 +38,8 @@ void write_run(const std::string& dir, double top1, bool with_test = true) {
                               {"top5", nullptr}, {"macro_f1", top1 - 0.01},
                               {"ece", 0.05},     {"loss", 0.4},
                               {"classes", {"bag", "shoe"}},
-                              {"confusion", {{2, 0}, {1, 1}}}};
+                              {"confusion", {{2, 0}, {1, 1}}},
+                              {"photos_sha256", "5eed"}};
     std::ofstream(dir + "/test_metrics.json") << test.dump(2);
   }
 }
@@ -130,6 +131,7 @@ TEST(Compare, ReadsRunsAndTabulatesThem) {
   EXPECT_TRUE(runs[1].has_test);
   EXPECT_DOUBLE_EQ(runs[1].test_top1, 0.875);
   EXPECT_TRUE(std::isnan(runs[1].test_top5));  // two classes: no top-5 figure
+  EXPECT_EQ(runs[1].test_photos, "5eed");
   EXPECT_EQ(runs[1].confusion, (std::vector<std::vector<int64_t>>{{2, 0}, {1, 1}}));
   EXPECT_FALSE(runs[2].has_test);
 
@@ -152,6 +154,15 @@ TEST(Compare, ReadsRunsAndTabulatesThem) {
   EXPECT_CONTAINS(train::test_set_difference(other),
                   "'from scratch' and 'pretrained' were tested on other classes: their test "
                   "figures do not compare");
+  // As many photos of the same classes, but others (another --data-seed): said where both
+  // runs recorded which photos.
+  other[1].classes = runs[0].classes;
+  other[0].test_photos = "aaaa";
+  other[1].test_photos = "bbbb";
+  EXPECT_CONTAINS(train::test_set_difference(other),
+                  "'from scratch' and 'pretrained' were tested on other photos");
+  other[1].test_photos = "";  // an older run: nothing to tell
+  EXPECT_EQ(train::test_set_difference(other), "");
 
   train::ComparedSample s;
   s.image_png_base64 =  // a 1x1 grey PNG

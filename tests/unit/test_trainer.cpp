@@ -17,10 +17,13 @@
 #include <gtest/gtest.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <map>
 #include <random>
 
@@ -497,10 +500,26 @@ TEST(Trainer, SemiSupervisedLearnsFromConfidentPhotosOnly) {
   o.pseudo_threshold = 0.8;
   o.optim.lr = 1e-4;
   o.epochs = 1;
+  // An unreadable unlabelled photo is skipped and named.
+  std::ofstream(dir + "/photos/class_0/broken.png") << "not a photo";
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  spdlog::default_logger()->sinks().push_back(sink);
   const auto semi = train::Trainer(o).run();
+  spdlog::default_logger()->sinks().pop_back();
+  EXPECT_CONTAINS(log.str(), "skipped (--unlabelled): ");
+  EXPECT_CONTAINS(log.str(), "broken.png");
   EXPECT_GT(semi.history.at(0).unlabelled_confident, 0.6);
   // metrics.jsonl carries it.
   EXPECT_CONTAINS(read_text_file(dir + "/semi/metrics.jsonl"), "\"unlabelled_confident\"");
+  // Its report and its provenance say what else it learnt from, and how.
+  const std::string report = read_text_file(semi.report);
+  EXPECT_CONTAINS(report, "unlabelled photos");
+  EXPECT_CONTAINS(report, "FixMatch, confidence");
+  const auto provenance =
+      nlohmann::json::parse(models::load_model_config(semi.last_dir).provenance_json);
+  EXPECT_EQ(provenance["pseudo_threshold"], 0.8);
+  EXPECT_EQ(provenance["unlabelled_ratio"], 2);
   fs::remove_all(dir);
 }
 
@@ -664,6 +683,7 @@ TEST(Trainer, MultiLabelTunesThresholdsThatPredictUses) {
   EXPECT_EQ(result.test_skipped, 1);
   const auto test = nlohmann::json::parse(read_text_file(dir + "/run/test_metrics.json"));
   EXPECT_EQ(test["count"], 8);
+  EXPECT_EQ(test.value("photos_sha256", "").size(), 64u) << test;  // which photos: compare
   EXPECT_CONTAINS(read_text_file(dir + "/run/report.html"),
                   "44 train, 8 val, 9 test (1 test unreadable, not scored)");
   EXPECT_DOUBLE_EQ(test["mean_ap"].get<double>(), result.test_map);

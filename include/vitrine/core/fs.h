@@ -32,6 +32,16 @@ std::string read_text_file(const std::string& path);
 /// compares equal.
 std::string canonical_path(const std::string& path);
 
+/// A data source as recorded beside its name: the canonical path of a source that is a file
+/// or folder, "" for another ("fashion-mnist"), so that a model's provenance names its data
+/// wherever the command was run.
+std::string data_path(const std::string& source);
+
+/// Whether a source recorded as `recorded` (with `recorded_path`, data_path then, "" where
+/// not recorded) is `source`: by path where one was recorded, else by the name as given.
+bool same_data(const std::string& recorded, const std::string& recorded_path,
+               const std::string& source);
+
 /// Whether a folder entry's name is one that systems keep for themselves, never a photo or a
 /// class: dot files (macOS's "._photo.jpg" copies on shared drives, .DS_Store), __MACOSX
 /// (zip files made on a Mac) and @eaDir (a Synology NAS's thumbnails of every photo).

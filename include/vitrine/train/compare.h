@@ -25,6 +25,7 @@ struct RunSummary {
   int64_t test_count = 0;
   std::vector<std::vector<int64_t>> confusion;  ///< test, rows true, columns predicted
   std::vector<std::string> classes;
+  std::string test_photos;  ///< a digest of which photos were tested; "" where not recorded
 };
 
 /// Reads a `vitrine train` run directory; throws naming what is missing or malformed.
@@ -34,8 +35,8 @@ RunSummary read_run(const std::string& name, const std::string& dir);
 void check_one_kind(const std::vector<RunSummary>& runs);
 
 /// Empty when every run with test metrics was tested on as many photos of the same
-/// classes; otherwise a warning naming two runs whose test sets differ (their test figures
-/// do not compare).
+/// classes (the same photos, where both runs recorded which); otherwise a warning naming
+/// two runs whose test sets differ (their test figures do not compare).
 std::string test_set_difference(const std::vector<RunSummary>& runs);
 
 /// A plain-text table (one row per run: test top-1, macro-F1, ECE, epochs, time; for
