@@ -357,7 +357,12 @@ void Pretrainer::State::save_state(int64_t epochs_done, const EpochProgress& pro
     json history = json::array();
     for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
     write_state_file(f, "pretrainer.json", state_header(epochs_done, progress),
-                     json{{"history", history}, {"epochs", o.epochs}, {"commands", commands}}
+                     json{{"history", history},
+                          {"epochs", o.epochs},
+                          {"commands", commands},
+                          {"lr", o.optim.lr},
+                          {"weight_decay", o.optim.weight_decay},
+                          {"warmup_epochs", o.warmup_epochs}}
                          .dump());
   });
 }
@@ -426,6 +431,9 @@ void Pretrainer::State::load_state() {
                  "learning-rate schedule is planned again from here, so the result differs "
                  "from an uninterrupted run of either length", planned, o.epochs);
   }
+  warn_changed_settings(text, {{"--lr", "lr", o.optim.lr},
+                               {"--weight-decay", "weight_decay", o.optim.weight_decay},
+                               {"--warmup-epochs", "warmup_epochs", o.warmup_epochs}});
   commands = j.value("commands", std::vector<std::string>{});
   if (!o.command.empty()) commands.push_back(o.command);
 }

@@ -114,6 +114,20 @@ EpochProgress load_epoch_progress(const std::string& json_text, const std::strin
 
 std::string setting_text(double value) { return fmt::format("{}", value); }
 
+void warn_changed_settings(const std::string& state_json,
+                           const std::vector<ResumedSetting>& now) {
+  const auto j = nlohmann::json::parse(state_json, nullptr, false);
+  if (!j.is_object()) return;
+  for (const auto& s : now) {
+    if (!j.contains(s.key) || !j[s.key].is_number()) continue;
+    const double was = j[s.key].get<double>();
+    if (was == s.value) continue;
+    spdlog::warn("the run began with {} {} and resumes with {} {}: it goes on with the new "
+                 "value, so the result is that of neither setting", s.flag, setting_text(was),
+                 s.flag, setting_text(s.value));
+  }
+}
+
 void write_state_file(const std::string& folder, const std::string& name,
                       const StateHeader& header, const std::string& extra_json) {
   nlohmann::json j = nlohmann::json::parse(extra_json);

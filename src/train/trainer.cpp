@@ -999,7 +999,10 @@ void Trainer::State::save_state(int64_t epochs_done, const EpochProgress& progre
                      {"history", history},
                      {"confident_sum", confident_sum},
                      {"confident_steps", confident_steps},
-                     {"epochs", o.epochs}};
+                     {"epochs", o.epochs},
+                     {"lr", o.optim.lr},
+                     {"weight_decay", o.optim.weight_decay},
+                     {"warmup_epochs", o.warmup_epochs}};
     write_state_file(f, "trainer.json", state_header(epochs_done, progress), extra.dump());
   });
 }
@@ -1062,6 +1065,9 @@ void Trainer::State::load_state() {
                  "learning-rate schedule is planned again from here, so the result differs "
                  "from an uninterrupted run of either length", planned, o.epochs);
   }
+  warn_changed_settings(text, {{"--lr", "lr", o.optim.lr},
+                               {"--weight-decay", "weight_decay", o.optim.weight_decay},
+                               {"--warmup-epochs", "warmup_epochs", o.warmup_epochs}});
   result.best_epoch = j.at("best_epoch");
   result.best_value = j.at("best_value");
   bad_epochs = j.at("bad_epochs");

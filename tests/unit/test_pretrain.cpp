@@ -24,6 +24,7 @@
 
 #include <filesystem>
 #include <random>
+#include <sstream>
 
 using namespace vitrine;
 namespace fs = std::filesystem;
@@ -217,6 +218,17 @@ TEST(Pretrain, MaeLowersTheReconstructionLossAndResumesExactly) {
   EXPECT_EQ(resumed_provenance["command"], "vitrine pretrain (the first)");
   EXPECT_EQ(resumed_provenance["resumed_with"],
             nlohmann::json::array({"vitrine pretrain --resume"}));
+  // Another learning rate on resume is taken, and said.
+  {
+    std::ostringstream log;
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+    spdlog::default_logger()->sinks().push_back(sink);
+    auto faster = o;
+    faster.optim.lr = 5e-3;
+    train::Pretrainer(faster).run();
+    spdlog::default_logger()->sinks().pop_back();
+    EXPECT_CONTAINS(log.str(), "the run began with --lr 0.002 and resumes with --lr 0.005");
+  }
   // A SimCLR state is not an MAE one.
   o.method = "simclr";
   EXPECT_CONTAINS(test::error_of([&] { train::Pretrainer(o).run(); }),

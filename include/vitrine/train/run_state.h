@@ -93,4 +93,18 @@ void write_state_file(const std::string& folder, const std::string& name,
 StateHeader read_state_file(const std::string& folder, const std::string& name,
                             const StateHeader& expected, std::string& json_text);
 
+/// A setting a resumed run takes as given, though the run began with another: its flag, the
+/// key the state file keeps it under, and its value now.
+struct ResumedSetting {
+  const char* flag;
+  const char* key;
+  double value;
+};
+
+/// Warns of each setting whose value now differs from the one the state file
+/// (`state_json`, read_state_file's json_text) recorded: the run goes on with the new one,
+/// so it becomes another run than either. Settings a state did not record are passed over.
+void warn_changed_settings(const std::string& state_json,
+                           const std::vector<ResumedSetting>& now);
+
 }  // namespace vitrine::train
