@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -18,6 +20,19 @@
 #include <unistd.h>
 
 namespace vitrine::test {
+
+LogCapture::LogCapture() : stream_(std::make_shared<std::ostringstream>()) {
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*stream_);
+  spdlog::default_logger()->sinks().push_back(sink);
+  sink_ = sink;
+}
+
+LogCapture::~LogCapture() {
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(),
+                          std::static_pointer_cast<spdlog::sinks::sink>(sink_)),
+              sinks.end());
+}
 namespace fs = std::filesystem;
 
 std::string data_dir(const std::string& sub) {

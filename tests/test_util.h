@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include <functional>
+#include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,20 @@ struct StepInfo;
 }
 
 namespace vitrine::test {
+
+/// What the default logger writes while this lives (the warnings a test expects).
+class LogCapture {
+ public:
+  LogCapture();
+  ~LogCapture();
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+  std::string text() const { return stream_->str(); }
+
+ private:
+  std::shared_ptr<std::ostringstream> stream_;
+  std::shared_ptr<void> sink_;  ///< an spdlog sink, kept out of this header
+};
 
 /// $VITRINE_TEST_DATA/<sub>; fails the calling test when the variable is unset.
 std::string data_dir(const std::string& sub = "");

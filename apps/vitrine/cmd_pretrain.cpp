@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <initializer_list>
 #include <memory>
 
 namespace vitrine::cli {
@@ -57,16 +58,19 @@ void add_pretrain_command(CLI::App& app, int& status) {
   cmd->callback([cmd, o, threads, jitter, jitter_prob, grayscale, blur, &status] {
     auto& a = o->augment;
     // Another method's options would be taken and do nothing.
-    const bool mae = o->method == "mae";
-    for (const char* flag : {"--temperature", "--proj-dim", "--proj-hidden", "--mask-ratio",
-                             "--decoder-width", "--decoder-depth", "--decoder-heads"}) {
-      const bool for_mae = std::string(flag).rfind("--mask", 0) == 0 ||
-                           std::string(flag).rfind("--decoder", 0) == 0;
-      if (for_mae != mae && cmd->count(flag) > 0) {
-        spdlog::warn("{} is for --method {} and has no effect with --method {}", flag,
-                     for_mae ? "mae" : "simclr", o->method);
+    const auto other_methods = [&](const char* method,
+                                   std::initializer_list<const char*> flags) {
+      if (o->method == method) return;
+      for (const char* flag : flags) {
+        if (cmd->count(flag) > 0) {
+          spdlog::warn("{} is for --method {} and has no effect with --method {}", flag, method,
+                       o->method);
+        }
       }
-    }
+    };
+    other_methods("simclr", {"--temperature", "--proj-dim", "--proj-hidden"});
+    other_methods("mae", {"--mask-ratio", "--decoder-width", "--decoder-depth",
+                          "--decoder-heads"});
     if (o->method == "mae") {
       // MAE's views are crops and flips: colour changes stay off unless asked for.
       if (jitter->count() == 0) a.brightness = a.hue = 0;

@@ -116,14 +116,15 @@ std::string canonical_path(const std::string& path) {
 }
 
 std::string data_path(const std::string& source) {
+  if (source == "fashion-mnist") return {};  // the packed data set's name, not a path
   std::error_code ec;
   return std::filesystem::exists(source, ec) ? canonical_path(source) : std::string();
 }
 
 bool same_data(const std::string& recorded, const std::string& recorded_path,
                const std::string& source) {
-  if (!recorded_path.empty()) return recorded_path == canonical_path(source);
-  return recorded == source || canonical_path(recorded) == canonical_path(source);
+  return (!recorded_path.empty() && recorded_path == canonical_path(source)) ||
+         recorded == source || canonical_path(recorded) == canonical_path(source);
 }
 
 }  // namespace vitrine

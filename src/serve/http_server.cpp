@@ -18,16 +18,16 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
-#include <thread>
-#include <csignal>
 #include <cmath>
-#include <regex>
-#include <set>
-#include <utility>
-#include <filesystem>
-#include <optional>
+#include <csignal>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
+#include <optional>
+#include <regex>
+#include <set>
+#include <thread>
+#include <utility>
 #include <sys/socket.h>
 
 // The web page, embedded at build time (cmake/embed.cmake).

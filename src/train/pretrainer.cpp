@@ -183,7 +183,17 @@ void Pretrainer::State::open_data() {
                    "{} would embed {} photos after every epoch)",
                    per_class, classes, o.knn_bank_per_class, o.knn_bank_per_class * classes);
     }
-    knn_bank = data::subset(data.train, per_class_sample(*data.train, per_class, o.seed));
+    std::vector<int64_t> bank = per_class_sample(*data.train, per_class, o.seed);
+    if (static_cast<int64_t>(bank.size()) > kMaxKnnBank) {  // more classes than that
+      std::vector<int64_t> kept;
+      for (const int64_t i : data::permutation(static_cast<int64_t>(bank.size()), o.seed + 2)) {
+        if (static_cast<int64_t>(kept.size()) == kMaxKnnBank) break;
+        kept.push_back(bank[i]);
+      }
+      std::sort(kept.begin(), kept.end());
+      bank = std::move(kept);
+    }
+    knn_bank = data::subset(data.train, std::move(bank));
     std::vector<int64_t> queries = data::permutation(data.val->size(), o.seed + 1);
     queries.resize(std::min<int64_t>(o.knn_queries, data.val->size()));
     std::sort(queries.begin(), queries.end());
@@ -357,13 +367,13 @@ void Pretrainer::State::save_state(int64_t epochs_done, const EpochProgress& pro
     json history = json::array();
     for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
     write_state_file(f, "pretrainer.json", state_header(epochs_done, progress),
-                     json{{"history", history},
-                          {"epochs", o.epochs},
-                          {"commands", commands},
-                          {"lr", o.optim.lr},
-                          {"weight_decay", o.optim.weight_decay},
-                          {"warmup_epochs", o.warmup_epochs}}
-                         .dump());
+                     // json_text: a command line may hold bytes that are not UTF-8
+                     json_text(json{{"history", history},
+                                    {"epochs", o.epochs},
+                                    {"commands", commands},
+                                    {"lr", o.optim.lr},
+                                    {"weight_decay", o.optim.weight_decay},
+                                    {"warmup_epochs", o.warmup_epochs}}));
   });
 }
 
@@ -426,14 +436,10 @@ void Pretrainer::State::load_state() {
   resume_progress = h.progress;
   const json j = json::parse(text);
   for (const auto& r : j.at("history")) result.history.push_back(PretrainEpoch::from_json(r.dump()));
-  if (const int64_t planned = j.value("epochs", o.epochs); planned != o.epochs) {
-    spdlog::warn("the run was planned for {} epochs and resumes with --epochs {}: the "
-                 "learning-rate schedule is planned again from here, so the result differs "
-                 "from an uninterrupted run of either length", planned, o.epochs);
-  }
-  warn_changed_settings(text, {{"--lr", "lr", o.optim.lr},
-                               {"--weight-decay", "weight_decay", o.optim.weight_decay},
-                               {"--warmup-epochs", "warmup_epochs", o.warmup_epochs}});
+  warn_changed_settings(text, o.epochs,
+                        {{"--lr", "lr", o.optim.lr},
+                         {"--weight-decay", "weight_decay", o.optim.weight_decay},
+                         {"--warmup-epochs", "warmup_epochs", o.warmup_epochs}});
   commands = j.value("commands", std::vector<std::string>{});
   if (!o.command.empty()) commands.push_back(o.command);
 }

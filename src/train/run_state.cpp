@@ -114,15 +114,21 @@ EpochProgress load_epoch_progress(const std::string& json_text, const std::strin
 
 std::string setting_text(double value) { return fmt::format("{}", value); }
 
-void warn_changed_settings(const std::string& state_json,
+void warn_changed_settings(const std::string& state_json, int64_t epochs,
                            const std::vector<ResumedSetting>& now) {
   const auto j = nlohmann::json::parse(state_json, nullptr, false);
   if (!j.is_object()) return;
+  if (j.contains("epochs") && j["epochs"].is_number_integer() &&
+      j["epochs"].get<int64_t>() != epochs) {
+    spdlog::warn("the run was planned for {} epochs and resumes with --epochs {}: the "
+                 "learning-rate schedule is planned again from here, so the result differs "
+                 "from an uninterrupted run of either length", j["epochs"].get<int64_t>(), epochs);
+  }
   for (const auto& s : now) {
     if (!j.contains(s.key) || !j[s.key].is_number()) continue;
     const double was = j[s.key].get<double>();
     if (was == s.value) continue;
-    spdlog::warn("the run began with {} {} and resumes with {} {}: it goes on with the new "
+    spdlog::warn("the run was saved with {} {} and resumes with {} {}: it goes on with the new "
                  "value, so the result is that of neither setting", s.flag, setting_text(was),
                  s.flag, setting_text(s.value));
   }

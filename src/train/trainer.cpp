@@ -3,7 +3,6 @@
 #include "vitrine/core/csv.h"
 #include "vitrine/core/error.h"
 #include "vitrine/core/fs.h"
-#include "vitrine/core/hash.h"
 #include "vitrine/core/json.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/core/text.h"
@@ -34,6 +33,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <set>
 #include <utility>
@@ -59,8 +59,8 @@ void warn_if_backbone_saw_test_photos(const std::string& provenance, const std::
   std::string source = p.value("data_path", std::string());
   if (source.empty()) source = p.value("data", std::string());
   if (source.empty()) return;
-  // Fashion-MNIST's test set is never a pretraining photo.
-  if (source == "fashion-mnist" && options.source == "fashion-mnist") return;
+  // Fashion-MNIST's test set is never a pretraining photo, and its items are no one's files.
+  if (source == "fashion-mnist" || options.source == "fashion-mnist") return;
   data::DataOptions d = options;
   d.source = source;
   d.val_split = p.value("val_split", -1.0);
@@ -68,21 +68,28 @@ void warn_if_backbone_saw_test_photos(const std::string& provenance, const std::
   d.seed = p.value("data_seed", uint64_t{0});
   d.labels_per_class = 0;
   d.label_fraction = 1.0;
-  const auto file = [](const std::string& name) {
-    return fs::absolute(name).lexically_normal().string();
+  // A photo's file as one name however it is reached (relative, "./", through a link): its
+  // folder resolved once (a catalogue has few), then its name.
+  std::map<std::string, std::string> folders;
+  const auto file = [&folders](const std::string& name) {
+    const fs::path path(name);
+    const std::string parent = path.parent_path().string();
+    auto it = folders.find(parent);
+    if (it == folders.end()) it = folders.emplace(parent, canonical_path(parent)).first;
+    return (fs::path(it->second) / path.filename()).string();
   };
-  std::set<std::string> seen;
+  std::set<std::string> tested;  // the test split is the smaller side
+  for (int64_t i = 0; i < splits.test->size(); ++i) tested.insert(file(splits.test->name(i)));
+  int64_t overlap = 0;
   try {
     const auto pre = data::open_pretraining_data(d);
     for (const auto& split : {pre.train, pre.val}) {
-      for (int64_t i = 0; split && i < split->size(); ++i) seen.insert(file(split->name(i)));
+      for (int64_t i = 0; split && i < split->size(); ++i) {
+        overlap += tested.count(file(split->name(i)));
+      }
     }
   } catch (const std::exception&) {
     return;  // the data as it was then cannot be read now: nothing to compare
-  }
-  int64_t overlap = 0;
-  for (int64_t i = 0; i < splits.test->size(); ++i) {
-    overlap += seen.count(file(splits.test->name(i)));
   }
   if (overlap == 0) return;
   const std::string advice =
@@ -92,33 +99,21 @@ void warn_if_backbone_saw_test_photos(const std::string& provenance, const std::
                         options.seed)
           : std::string("pretrain on photos without this run's test photos (a root with "
                         "train/ and test/ folders leaves test/ out)");
-  spdlog::warn("{} of the {} test photos were pretraining photos of {} (seen without their "
+  // Backbones made before the split settings were recorded are taken to have left none out.
+  const char* unsure = p.contains("test_split") ? "" : " (if it left none out: it predates "
+                                                       "the record of that)";
+  spdlog::warn("{} of the {} test photos were pretraining photos of {}{} (seen without their "
                "labels): the test score is optimistic. To keep them out, {}",
-               overlap, splits.test->size(), init_dir, advice);
+               overlap, splits.test->size(), init_dir, unsure, advice);
 }
 
-/// Which photos a test split holds, whatever the data is called: the SHA-256 of their sorted
-/// absolute paths (a packed data set's items by name). Runs tested on other photos of the
-/// same count (another --data-seed) do not compare; `vitrine compare` says so.
-std::string photos_digest(const data::Dataset& d) {
-  std::vector<std::string> names;
-  names.reserve(static_cast<size_t>(d.size()));
-  for (int64_t i = 0; i < d.size(); ++i) {
-    std::string name = d.name(i);
-    std::error_code ec;
-    if (fs::exists(name, ec)) name = fs::absolute(name).lexically_normal().string();
-    names.push_back(std::move(name));
-  }
-  std::sort(names.begin(), names.end());
-  std::string text;
-  for (const auto& n : names) text += n + '\n';
-  return sha256_hex(text);
-}
-
-/// Test metrics as written to test_metrics.json: the figures and which photos they are of.
-std::string test_metrics_json(const std::string& figures, const data::Dataset& photos) {
+/// Test metrics as written to test_metrics.json: the figures and which photos they are of
+/// (the digest of their paths within the data's folder, which stays when it moves), so that
+/// `vitrine compare` can tell runs tested on other photos of the same count.
+std::string test_metrics_json(const std::string& figures, const data::Dataset& photos,
+                              const std::string& source) {
   json j = json::parse(figures);
-  j["photos_sha256"] = photos_digest(photos);
+  j["photos_sha256"] = data::items_digest(photos, source);
   return json_text(j);
 }
 
@@ -234,6 +229,7 @@ struct Trainer::State {
   std::shared_ptr<data::Dataset> unlabelled;
   std::unique_ptr<data::Loader> unlabelled_loader;
   int64_t unlabelled_epoch = -1, unlabelled_next = 0;
+  size_t unlabelled_errors_seen = 0;  ///< of the unlabelled loader's epoch, already looked at
   double confident_sum = 0;  ///< this epoch: the share of unlabelled photos given a target,
   int64_t confident_steps = 0;  ///< summed over its steps
   void open_unlabelled();
@@ -508,22 +504,26 @@ data::Batch Trainer::State::next_unlabelled() {
   if (epoch != unlabelled_epoch || index != unlabelled_next) {
     unlabelled_loader->start_epoch(epoch, index);
     unlabelled_epoch = epoch;
+    unlabelled_errors_seen = 0;
   }
   data::Batch b;
   if (!unlabelled_loader->next(b)) {
     // The epoch's last batches all failed to decode: the next epoch's first batch.
     unlabelled_loader->start_epoch(++unlabelled_epoch, 0);
+    unlabelled_errors_seen = 0;
     VT_CHECK(unlabelled_loader->next(b), "none of the --unlabelled photos could be read");
   }
   unlabelled_next = b.batch_index + 1;
   // Unreadable unlabelled photos are named once each, as labelled ones are (by the lead
   // process, which logs).
   if (lead()) {
-    for (const auto& e : unlabelled_loader->errors()) {
-      if (reported.insert("--unlabelled: " + e).second) {
-        spdlog::warn("skipped (--unlabelled): {}", e);
+    const auto errors = unlabelled_loader->errors();
+    for (size_t i = unlabelled_errors_seen; i < errors.size(); ++i) {
+      if (reported.insert("--unlabelled: " + errors[i]).second) {
+        spdlog::warn("skipped (--unlabelled): {}", errors[i]);
       }
     }
+    unlabelled_errors_seen = errors.size();
   }
   return b;
 }
@@ -825,14 +825,14 @@ void Trainer::State::write_run_report() {
       result.test_micro_f1 = m.micro_f1;
       result.test_macro_f1 = m.macro_f1;
       write_file_atomic(path(run_files::kTestMetrics),
-                        test_metrics_json(m.to_json(data.classes), *data.test));
+                        test_metrics_json(m.to_json(data.classes), *data.test, o.data.source));
     } else {
       test = evaluate(*best, data.test, eo, &errors);
       in.test = &test;
       result.test_top1 = test.top1;
       result.test_macro_f1 = test.macro_f1;
       write_file_atomic(path(run_files::kTestMetrics),
-                        test_metrics_json(test.to_json(data.classes), *data.test));
+                        test_metrics_json(test.to_json(data.classes), *data.test, o.data.source));
     }
     for (const auto& e : errors) spdlog::warn("test: skipped {}", e);
     result.test_skipped = static_cast<int64_t>(errors.size());
@@ -1060,14 +1060,10 @@ void Trainer::State::load_state() {
   start_epoch = h.epochs_done;
   step = h.step;
   resume_progress = h.progress;
-  if (const int64_t planned = j.value("epochs", o.epochs); planned != o.epochs) {
-    spdlog::warn("the run was planned for {} epochs and resumes with --epochs {}: the "
-                 "learning-rate schedule is planned again from here, so the result differs "
-                 "from an uninterrupted run of either length", planned, o.epochs);
-  }
-  warn_changed_settings(text, {{"--lr", "lr", o.optim.lr},
-                               {"--weight-decay", "weight_decay", o.optim.weight_decay},
-                               {"--warmup-epochs", "warmup_epochs", o.warmup_epochs}});
+  warn_changed_settings(text, o.epochs,
+                        {{"--lr", "lr", o.optim.lr},
+                         {"--weight-decay", "weight_decay", o.optim.weight_decay},
+                         {"--warmup-epochs", "warmup_epochs", o.warmup_epochs}});
   result.best_epoch = j.at("best_epoch");
   result.best_value = j.at("best_value");
   bad_epochs = j.at("bad_epochs");

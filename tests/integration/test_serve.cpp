@@ -496,7 +496,9 @@ TEST(Serve, EveryEndpointsHappyPath) {
   const auto unknown = reader.Get("/v1/products/BAD1");
   EXPECT_EQ(unknown->status, 404);
   expect_conforms(spec, "/v1/products/{sku}", "get", unknown);
-  expect_conforms(spec, "/v1/products/{sku}", "delete", writer.Delete("/v1/products/NEW4"));
+  const auto removed = writer.Delete("/v1/products/NEW4");
+  EXPECT_EQ(removed->status, 200);
+  expect_conforms(spec, "/v1/products/{sku}", "delete", removed);
   EXPECT_EQ(writer.Delete("/v1/products/NEW2")->status, 200);
   EXPECT_EQ(reader.Get("/v1/products/NEW2")->status, 404);
   EXPECT_EQ(writer.Delete("/v1/products/NEW2")->status, 404);

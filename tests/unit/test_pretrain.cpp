@@ -19,12 +19,9 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 
 #include <filesystem>
 #include <random>
-#include <sstream>
 
 using namespace vitrine;
 namespace fs = std::filesystem;
@@ -220,14 +217,11 @@ TEST(Pretrain, MaeLowersTheReconstructionLossAndResumesExactly) {
             nlohmann::json::array({"vitrine pretrain --resume"}));
   // Another learning rate on resume is taken, and said.
   {
-    std::ostringstream log;
-    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
-    spdlog::default_logger()->sinks().push_back(sink);
+    test::LogCapture log;
     auto faster = o;
     faster.optim.lr = 5e-3;
     train::Pretrainer(faster).run();
-    spdlog::default_logger()->sinks().pop_back();
-    EXPECT_CONTAINS(log.str(), "the run began with --lr 0.002 and resumes with --lr 0.005");
+    EXPECT_CONTAINS(log.text(), "the run was saved with --lr 0.002 and resumes with --lr 0.005");
   }
   // A SimCLR state is not an MAE one.
   o.method = "simclr";
@@ -245,6 +239,8 @@ TEST(Pretrain, MaeTrainsUnderBf16Autocast) {
   o.batch_size = 8;
   o.epochs = 1;
   o.amp = "bf16";
+  // A command line with bytes that are not UTF-8 (a Latin-1 path) is saved with the state.
+  o.command = "vitrine pretrain --data caf\xe9";
   const auto result = train::Pretrainer(o).run();
   ASSERT_EQ(result.history.size(), 1u);
   EXPECT_TRUE(std::isfinite(result.history[0].loss));
@@ -341,23 +337,28 @@ TEST(Pretrain, BackboneFineTunesWithoutReinitHead) {
 
   // A test split carved from the photos the backbone was pretrained on is warned about; one
   // that the pretraining left out (the same --test-split and --data-seed) is not.
-  std::ostringstream log;
-  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
-  spdlog::default_logger()->sinks().push_back(sink);
+  test::LogCapture log;
   t.data.test_split = 0.34;
   t.out_dir = dir + "/fine_test";
   { train::Trainer carved(t); }
+  // ... also reached through a link to the folder.
+  fs::create_directory_symlink(dir + "/data", dir + "/linked");
+  t.data.source = dir + "/linked";
+  t.out_dir = dir + "/fine_linked";
+  { train::Trainer linked(t); }
+  t.data.source = dir + "/data";
   p.data.test_split = 0.34;
   p.epochs = 1;
   p.out_dir = dir + "/pre_test";
   const auto kept_out = train::Pretrainer(p).run();
   t.init_dir = kept_out.last_dir;
   t.out_dir = dir + "/fine_test2";
-  const auto before = log.str().size();
+  const auto before = log.text().size();
   { train::Trainer clean(t); }
-  spdlog::default_logger()->sinks().pop_back();
-  const std::string warned = log.str().substr(0, before), clean = log.str().substr(before);
-  EXPECT_CONTAINS(warned, "test photos were pretraining photos of " + pre.last_dir);
+  const std::string warned = log.text().substr(0, before), clean = log.text().substr(before);
+  const std::string said = "test photos were pretraining photos of " + pre.last_dir;
+  EXPECT_CONTAINS(warned, said);
+  EXPECT_NE(warned.find(said, warned.find(said) + 1), std::string::npos) << warned;  // twice
   EXPECT_EQ(clean.find("were pretraining photos"), std::string::npos) << clean;
   fs::remove_all(dir);
 }

@@ -17,13 +17,10 @@
 #include <gtest/gtest.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <map>
 #include <random>
 
@@ -502,13 +499,10 @@ TEST(Trainer, SemiSupervisedLearnsFromConfidentPhotosOnly) {
   o.epochs = 1;
   // An unreadable unlabelled photo is skipped and named.
   std::ofstream(dir + "/photos/class_0/broken.png") << "not a photo";
-  std::ostringstream log;
-  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
-  spdlog::default_logger()->sinks().push_back(sink);
+  test::LogCapture log;
   const auto semi = train::Trainer(o).run();
-  spdlog::default_logger()->sinks().pop_back();
-  EXPECT_CONTAINS(log.str(), "skipped (--unlabelled): ");
-  EXPECT_CONTAINS(log.str(), "broken.png");
+  EXPECT_CONTAINS(log.text(), "skipped (--unlabelled): ");
+  EXPECT_CONTAINS(log.text(), "broken.png");
   EXPECT_GT(semi.history.at(0).unlabelled_confident, 0.6);
   // metrics.jsonl carries it.
   EXPECT_CONTAINS(read_text_file(dir + "/semi/metrics.jsonl"), "\"unlabelled_confident\"");

@@ -38,7 +38,7 @@ std::string canonical_path(const std::string& path);
 std::string data_path(const std::string& source);
 
 /// Whether a source recorded as `recorded` (with `recorded_path`, data_path then, "" where
-/// not recorded) is `source`: by path where one was recorded, else by the name as given.
+/// not recorded) is `source`: by that path, or by the name as given (from the same place).
 bool same_data(const std::string& recorded, const std::string& recorded_path,
                const std::string& source);
 

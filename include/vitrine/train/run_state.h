@@ -101,10 +101,11 @@ struct ResumedSetting {
   double value;
 };
 
-/// Warns of each setting whose value now differs from the one the state file
-/// (`state_json`, read_state_file's json_text) recorded: the run goes on with the new one,
-/// so it becomes another run than either. Settings a state did not record are passed over.
-void warn_changed_settings(const std::string& state_json,
+/// Warns where a resumed run's plan differs from the one its state file (`state_json`,
+/// read_state_file's json_text) recorded: another `epochs` (the schedule is planned again
+/// from where the run stands), or another value of a setting in `now` (the run goes on with
+/// it). Settings a state did not record are passed over.
+void warn_changed_settings(const std::string& state_json, int64_t epochs,
                            const std::vector<ResumedSetting>& now);
 
 }  // namespace vitrine::train
