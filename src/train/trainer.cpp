@@ -117,6 +117,25 @@ std::string test_metrics_json(const std::string& figures, const data::Dataset& p
   return json_text(j);
 }
 
+/// Settings a resumed run takes as given: kept in the state, and warned about when a resume
+/// changes them (the run then goes on as neither setting's run would).
+std::vector<ResumedSetting> resumable_settings(const TrainOptions& o) {
+  const auto& a = o.augment;
+  return {{"--lr", "lr", o.optim.lr},
+          {"--weight-decay", "weight_decay", o.optim.weight_decay},
+          {"--warmup-epochs", "warmup_epochs", o.warmup_epochs},
+          {"--label-smoothing", "label_smoothing", o.label_smoothing},
+          {"--drop", "dropout", o.dropout},
+          {"--drop-path", "drop_path", o.drop_path},
+          {"--mixup", "mixup", o.mixup},
+          {"--cutmix", "cutmix", o.cutmix},
+          {"--scale (its lower bound)", "scale_min", a.scale[0]},
+          {"--hflip", "hflip", a.hflip},
+          {"--color-jitter", "color_jitter", a.brightness},
+          {"--rotation", "rotation", a.rotation},
+          {"--reprob", "random_erasing", a.random_erasing}};
+}
+
 // Bumped when the resumable state's layout changes.
 constexpr int kStateVersion = 2;
 
@@ -992,17 +1011,15 @@ void Trainer::State::save_state(int64_t epochs_done, const EpochProgress& progre
     torch::save(*optimizer, f + "/optimizer.pt");
     json history = json::array();
     for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
-    const json extra{{"best_epoch", result.best_epoch},
-                     {"best_value", result.best_value},
-                     {"bad_epochs", bad_epochs},
-                     {"stopped_early", result.stopped_early},
-                     {"history", history},
-                     {"confident_sum", confident_sum},
-                     {"confident_steps", confident_steps},
-                     {"epochs", o.epochs},
-                     {"lr", o.optim.lr},
-                     {"weight_decay", o.optim.weight_decay},
-                     {"warmup_epochs", o.warmup_epochs}};
+    json extra{{"best_epoch", result.best_epoch},
+               {"best_value", result.best_value},
+               {"bad_epochs", bad_epochs},
+               {"stopped_early", result.stopped_early},
+               {"history", history},
+               {"confident_sum", confident_sum},
+               {"confident_steps", confident_steps},
+               {"epochs", o.epochs}};
+    for (const auto& setting : resumable_settings(o)) extra[setting.key] = setting.value;
     write_state_file(f, "trainer.json", state_header(epochs_done, progress), extra.dump());
   });
 }
@@ -1060,10 +1077,7 @@ void Trainer::State::load_state() {
   start_epoch = h.epochs_done;
   step = h.step;
   resume_progress = h.progress;
-  warn_changed_settings(text, o.epochs,
-                        {{"--lr", "lr", o.optim.lr},
-                         {"--weight-decay", "weight_decay", o.optim.weight_decay},
-                         {"--warmup-epochs", "warmup_epochs", o.warmup_epochs}});
+  warn_changed_settings(text, o.epochs, resumable_settings(o));
   result.best_epoch = j.at("best_epoch");
   result.best_value = j.at("best_value");
   bad_epochs = j.at("bad_epochs");

@@ -389,9 +389,11 @@ TEST(Cli, PretrainThenFineTuneThenCompare) {
   // Resuming with more epochs than planned goes on, and says the schedule is planned again.
   r = test::run_command(bin + " train --init " + q(d + "/pre/last") + " --data " +
                         q(d + "/data") + " --epochs 2 --batch-size 4 --threads 2 --resume --out " +
-                        q(d + "/fine"));
+                        q(d + "/fine") + " --mixup 0.2");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_CONTAINS(r.err, "planned for 1 epochs and resumes with --epochs 2");
+  // ... and other augmentation than the state was saved with is taken, and said.
+  EXPECT_CONTAINS(r.err, "the run was saved with --mixup 0 and resumes with --mixup 0.2");
   // compare: the test photos with each run's prediction; an unreadable one is passed over.
   std::ofstream(d + "/data/test/class_0/0_broken.png") << "not a photo";
   r = test::run_command(bin + " compare --run " + q("größer=" + d + "/fine") + " --data " +
