@@ -193,8 +193,7 @@ ClassificationMetrics ClassificationAccumulator::compute() const {
 }
 
 nlohmann::json ClassificationMetrics::top5_json() const {
-  // With five classes or fewer every true class is among the top five: 1.0 says nothing.
-  return per_class.size() > 5 ? nlohmann::json(top5) : nlohmann::json(nullptr);
+  return has_top5() ? nlohmann::json(top5) : nlohmann::json(nullptr);
 }
 
 std::string ClassificationMetrics::to_json(const std::vector<std::string>& classes) const {

@@ -137,6 +137,10 @@ struct Pretrainer::State {
     return *projector;
   }
   std::string aside_file() const { return mae() ? "decoder.safetensors" : "projector.safetensors"; }
+  /// Kept in the state; a resume with others is warned about.
+  std::vector<ResumedSetting> resumed_settings() const {
+    return optimisation_settings(o.optim.lr, o.optim.weight_decay, o.warmup_epochs);
+  }
   void open_data();
   void build_model();
   void build_optimizer();
@@ -366,14 +370,11 @@ void Pretrainer::State::save_state(int64_t epochs_done, const EpochProgress& pro
     torch::save(*optimizer, f + "/optimizer.pt");
     json history = json::array();
     for (const auto& r : result.history) history.push_back(json::parse(r.to_json()));
+    json extra{{"history", history}, {"epochs", o.epochs}, {"commands", commands}};
+    for (const auto& setting : resumed_settings()) extra[setting.key] = setting.value;
     write_state_file(f, "pretrainer.json", state_header(epochs_done, progress),
                      // json_text: a command line may hold bytes that are not UTF-8
-                     json_text(json{{"history", history},
-                                    {"epochs", o.epochs},
-                                    {"commands", commands},
-                                    {"lr", o.optim.lr},
-                                    {"weight_decay", o.optim.weight_decay},
-                                    {"warmup_epochs", o.warmup_epochs}}));
+                     json_text(extra));
   });
 }
 
@@ -436,10 +437,7 @@ void Pretrainer::State::load_state() {
   resume_progress = h.progress;
   const json j = json::parse(text);
   for (const auto& r : j.at("history")) result.history.push_back(PretrainEpoch::from_json(r.dump()));
-  warn_changed_settings(text, o.epochs,
-                        {{"--lr", "lr", o.optim.lr},
-                         {"--weight-decay", "weight_decay", o.optim.weight_decay},
-                         {"--warmup-epochs", "warmup_epochs", o.warmup_epochs}});
+  warn_changed_settings(text, o.epochs, resumed_settings());
   commands = j.value("commands", std::vector<std::string>{});
   if (!o.command.empty()) commands.push_back(o.command);
 }

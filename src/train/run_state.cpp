@@ -114,6 +114,13 @@ EpochProgress load_epoch_progress(const std::string& json_text, const std::strin
 
 std::string setting_text(double value) { return fmt::format("{}", value); }
 
+std::vector<ResumedSetting> optimisation_settings(double lr, double weight_decay,
+                                                  double warmup_epochs) {
+  return {{"--lr", "lr", lr},
+          {"--weight-decay", "weight_decay", weight_decay},
+          {"--warmup-epochs", "warmup_epochs", warmup_epochs}};
+}
+
 void warn_changed_settings(const std::string& state_json, int64_t epochs,
                            const std::vector<ResumedSetting>& now) {
   const auto j = nlohmann::json::parse(state_json, nullptr, false);

@@ -121,19 +121,19 @@ std::string test_metrics_json(const std::string& figures, const data::Dataset& p
 /// changes them (the run then goes on as neither setting's run would).
 std::vector<ResumedSetting> resumable_settings(const TrainOptions& o) {
   const auto& a = o.augment;
-  return {{"--lr", "lr", o.optim.lr},
-          {"--weight-decay", "weight_decay", o.optim.weight_decay},
-          {"--warmup-epochs", "warmup_epochs", o.warmup_epochs},
-          {"--label-smoothing", "label_smoothing", o.label_smoothing},
-          {"--drop", "dropout", o.dropout},
-          {"--drop-path", "drop_path", o.drop_path},
-          {"--mixup", "mixup", o.mixup},
-          {"--cutmix", "cutmix", o.cutmix},
-          {"--scale (its lower bound)", "scale_min", a.scale[0]},
-          {"--hflip", "hflip", a.hflip},
-          {"--color-jitter", "color_jitter", a.brightness},
-          {"--rotation", "rotation", a.rotation},
-          {"--reprob", "random_erasing", a.random_erasing}};
+  auto settings = optimisation_settings(o.optim.lr, o.optim.weight_decay, o.warmup_epochs);
+  settings.insert(settings.end(),
+                  {{"--label-smoothing", "label_smoothing", o.label_smoothing},
+                   {"--drop", "dropout", o.dropout},
+                   {"--drop-path", "drop_path", o.drop_path},
+                   {"--mixup", "mixup", o.mixup},
+                   {"--cutmix", "cutmix", o.cutmix},
+                   {"--scale (its lower bound)", "scale_min", a.scale[0]},
+                   {"--hflip", "hflip", a.hflip},
+                   {"--color-jitter", "color_jitter", a.brightness},
+                   {"--rotation", "rotation", a.rotation},
+                   {"--reprob", "random_erasing", a.random_erasing}});
+  return settings;
 }
 
 // Bumped when the resumable state's layout changes.
@@ -801,13 +801,9 @@ void Trainer::State::write_run_report() {
               {"best", result.best_epoch >= 0
                            ? "epoch " + std::to_string(result.best_epoch) + ", " + o.monitor +
                                  " " + std::to_string(result.best_value)
-                           : std::string("none (no validation split: the last epoch's model)")},
-              {"seed", std::to_string(o.seed)},
-              {"run directory", o.out_dir}};
+                           : std::string("none (no validation split: the last epoch's model)")}};
   // What else it learnt from: a report of a semi-supervised or distilled run says so.
-  const auto insert_at = in.facts.end() - 2;  // before the seed and the run directory
-  std::vector<std::pair<std::string, std::string>> more;
-  if (o.freeze != "none" && !o.freeze.empty()) more.emplace_back("frozen", o.freeze);
+  if (o.freeze != "none" && !o.freeze.empty()) in.facts.emplace_back("frozen", o.freeze);
   if (!o.unlabelled.empty()) {
     std::string how = o.unlabelled_targets == "teacher"
                           ? "targets from the teacher (soft, every photo)"
@@ -817,17 +813,18 @@ void Trainer::State::write_run_report() {
       how += fmt::format(" ({:.0f}% confident in the last epoch)",
                          100 * result.history.back().unlabelled_confident);
     }
-    more.emplace_back("unlabelled photos",
+    in.facts.emplace_back("unlabelled photos",
                       o.unlabelled + " (" + std::to_string(unlabelled ? unlabelled->size() : 0) +
                           ", " + std::to_string(o.unlabelled_ratio) +
                           " per labelled photo): " + how);
   }
   if (!o.teacher_dir.empty()) {
-    more.emplace_back("teacher", o.teacher_dir + " (alpha " + setting_text(o.distill_alpha) +
+    in.facts.emplace_back("teacher", o.teacher_dir + " (alpha " + setting_text(o.distill_alpha) +
                                      ", temperature " + setting_text(o.distill_temperature) +
                                      ")");
   }
-  in.facts.insert(insert_at, more.begin(), more.end());
+  in.facts.emplace_back("seed", std::to_string(o.seed));
+  in.facts.emplace_back("run directory", o.out_dir);
   ClassificationMetrics test;
   MultiLabelMetrics test_multi_label;
   const auto shown = data.test && data.test->size() > 0 ? data.test : data.val;
@@ -1207,7 +1204,7 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   s.build_model();
   // Flag values out of range fail here, naming the setting, not later on the first image.
   image::check_train_transform(s.augmentation());
-  if (!o.init_dir.empty()) {
+  if (!o.init_dir.empty() && o.dist.rank == 0) {  // the process that logs; one scan
     warn_if_backbone_saw_test_photos(s.model->config().provenance_json, o.init_dir, o.data,
                                      s.data);
   }
@@ -1378,7 +1375,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
           const ClassificationMetrics m = evaluate(judged, s.data.val, eo, &errors);
           rec.val_loss = m.loss;
           rec.val_top1 = m.top1;
-          rec.val_top5 = s.data.classes.size() > 5 ? m.top5 : std::nan("");
+          rec.val_top5 = m.has_top5() ? m.top5 : std::nan("");
           rec.val_macro_f1 = m.macro_f1;
           if (o.adv != "none") {
             rec.val_robust_top1 =

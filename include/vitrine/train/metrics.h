@@ -31,7 +31,9 @@ struct ClassificationMetrics {
   std::vector<ClassMetrics> per_class;
   std::vector<std::vector<int64_t>> confusion;  ///< [true][predicted]
 
-  /// top5 for JSON: null with five classes or fewer, where it is 1 by definition.
+  /// Whether top5 says anything: with five classes or fewer it is 1 by definition.
+  bool has_top5() const { return per_class.size() > 5; }
+  /// top5 for JSON: null where !has_top5().
   nlohmann::json top5_json() const;
 
   /// The metrics as a JSON document; `classes` names the classes (empty: their indices).

@@ -101,6 +101,11 @@ struct ResumedSetting {
   double value;
 };
 
+/// The optimisation settings every resumable run keeps in its state: --lr, --weight-decay,
+/// --warmup-epochs.
+std::vector<ResumedSetting> optimisation_settings(double lr, double weight_decay,
+                                                  double warmup_epochs);
+
 /// Warns where a resumed run's plan differs from the one its state file (`state_json`,
 /// read_state_file's json_text) recorded: another `epochs` (the schedule is planned again
 /// from where the run stands), or another value of a setting in `now` (the run goes on with
