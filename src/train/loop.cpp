@@ -35,12 +35,25 @@ data::LoaderOptions training_loader_options(int64_t batch_size, int64_t split_si
   return lo;
 }
 
+void seed_epoch(const EpochPlan& plan, const EpochProgress& resume, std::mt19937_64& rng) {
+  // Everything random in an epoch derives from (seed, epoch, rank): a resumed run repeats it.
+  constexpr uint64_t kRankStride = 0x9E3779B97F4A7C15ULL;  // odd: distinct seeds per rank
+  const uint64_t rank = static_cast<uint64_t>(plan.rank);
+  if (resume.next_batch == 0) {
+    at::manual_seed(plan.seed * 1000003 + plan.epoch + rank * kRankStride);
+    rng.seed(plan.seed * 7919 + plan.epoch + rank * kRankStride);
+    return;
+  }
+  restore_rng(resume.rng, rng);
+  if (rank == 0) return;
+  rng.seed(rng() + rank * kRankStride);  // the state restored is the lead's
+  at::manual_seed(rng());
+}
+
 EpochSummary run_epoch(data::Loader& loader, const EpochPlan& plan, EpochProgress resume,
                        Optimisation& opt, const EpochHooks& hooks) {
-  // Everything random in an epoch derives from (seed, epoch): a resumed run repeats it.
-  at::manual_seed(plan.seed * 1000003 + plan.epoch);
-  std::mt19937_64 rng(plan.seed * 7919 + plan.epoch);
-  if (resume.next_batch > 0) restore_rng(resume.rng, rng);
+  std::mt19937_64 rng;
+  seed_epoch(plan, resume, rng);
   loader.start_epoch(plan.epoch, resume.next_batch);
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now() - std::chrono::duration_cast<clock::duration>(

@@ -1332,6 +1332,7 @@ TrainResult Trainer::run(const std::function<void(const StepInfo&)>& on_step,
                    s.result.last_dir, /*distributed=*/s.group != nullptr,
                    /*min_batch=*/s.batch_norms_train() ? 2 : 1};
     plan.reported = &s.reported;
+    plan.rank = o.dist.rank;
     if (s.resume_progress.next_batch == 0) {  // not an epoch resumed in its middle
       s.confident_sum = 0;
       s.confident_steps = 0;

@@ -10,7 +10,9 @@
 #include "vitrine/models/predictor.h"
 #include "vitrine/models/registry.h"
 #include "vitrine/train/evaluate.h"
+#include "vitrine/train/loop.h"
 #include "vitrine/train/loss.h"
+#include "vitrine/train/run_state.h"
 #include "vitrine/train/trainer.h"
 
 #include <ATen/ATen.h>
@@ -376,6 +378,53 @@ TEST(Trainer, DataOfNamesThatAreNotUtf8SavesItsStateAndResumes) {
   d.source = dir + "/caf\xe9";
   EXPECT_EQ(train::evaluate(*model, data::open_data(d).train).count, 15);
   fs::remove_all(dir);
+}
+
+TEST(Trainer, EachDataParallelRankDrawsItsOwnRandomStreams) {
+  // Two draws from each stream: libtorch's (dropout, drop-path) and the epoch's (mixing).
+  auto draws = [](std::mt19937_64& rng) {
+    return std::make_pair(at::rand({4}), std::vector<uint64_t>{rng(), rng()});
+  };
+  train::EpochPlan plan;
+  plan.seed = 5;
+  plan.epoch = 2;
+  std::mt19937_64 rng;
+  train::seed_epoch(plan, {}, rng);
+  const auto rank0 = draws(rng);
+  // Rank 0 draws what a run of one process has always drawn for (seed, epoch).
+  at::manual_seed(5 * 1000003 + 2);
+  std::mt19937_64 one(5 * 7919 + 2);
+  const auto alone = draws(one);
+  EXPECT_TRUE(at::equal(rank0.first, alone.first));
+  EXPECT_EQ(rank0.second, alone.second);
+  plan.rank = 1;
+  train::seed_epoch(plan, {}, rng);
+  const auto rank1 = draws(rng);
+  EXPECT_FALSE(at::equal(rank0.first, rank1.first)) << "ranks share dropout masks";
+  EXPECT_NE(rank0.second, rank1.second) << "ranks share mixing draws";
+  train::seed_epoch(plan, {}, rng);
+  EXPECT_TRUE(at::equal(draws(rng).first, rank1.first)) << "a rank's streams are not repeatable";
+
+  // Resumed mid-epoch from the lead's saved state: rank 0 goes on exactly, rank 1 on a
+  // stream of its own, the same on every resume.
+  plan.rank = 0;
+  train::seed_epoch(plan, {}, rng);
+  draws(rng);
+  train::EpochProgress saved;
+  saved.next_batch = 3;
+  saved.rng = train::capture_rng(rng);
+  const auto lead_next = draws(rng);
+  train::seed_epoch(plan, saved, rng);
+  const auto lead_resumed = draws(rng);
+  EXPECT_TRUE(at::equal(lead_resumed.first, lead_next.first));
+  EXPECT_EQ(lead_resumed.second, lead_next.second);
+  plan.rank = 1;
+  train::seed_epoch(plan, saved, rng);
+  const auto other = draws(rng);
+  EXPECT_FALSE(at::equal(other.first, lead_next.first));
+  EXPECT_NE(other.second, lead_next.second);
+  train::seed_epoch(plan, saved, rng);
+  EXPECT_EQ(draws(rng).second, other.second);
 }
 
 TEST(Trainer, RunKilledMidEpochResumesExactly) {

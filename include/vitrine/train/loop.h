@@ -66,6 +66,9 @@ struct EpochPlan {
   /// The unreadable photos named in earlier epochs (null: name every one each epoch): a bad
   /// photo is named once, and counted in the epochs after.
   std::set<std::string>* reported = nullptr;
+  /// This process's rank among data-parallel ones: each draws its own dropout masks and
+  /// mixing, as each holds other images.
+  int rank = 0;
 };
 
 /// What an epoch did.
@@ -110,6 +113,12 @@ data::SampleTransform one_view(image::TrainTransform t);
 /// the photo first brought to `first.channels`: SimCLR's two views (the same settings
 /// twice), FixMatch's weak and strong ones.
 data::SampleTransform two_views(image::TrainTransform first, image::TrainTransform second);
+
+/// Seeds libtorch's default generator and `rng` for an epoch from (seed, epoch, rank), or
+/// restores them from `resume` (a state saved mid-epoch, the lead's). Rank 0 draws what a
+/// one-process run draws; another rank draws its own streams, also after a resume (derived
+/// from the restored state and its rank, since the state saved is the lead's).
+void seed_epoch(const EpochPlan& plan, const EpochProgress& resume, std::mt19937_64& rng);
 
 /// Runs one epoch: libtorch's generator and the epoch's std::mt19937_64 seeded from (seed,
 /// epoch), or restored from `resume` (then the loader starts at its position and the sums
