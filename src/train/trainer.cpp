@@ -6,6 +6,7 @@
 #include "vitrine/core/json.h"
 #include "vitrine/core/safetensors.h"
 #include "vitrine/core/text.h"
+#include "vitrine/data/duplicates.h"
 #include "vitrine/data/loader.h"
 #include "vitrine/image/transform.h"
 #include "vitrine/models/adapter.h"
@@ -105,6 +106,28 @@ void warn_if_backbone_saw_test_photos(const std::string& provenance, const std::
   spdlog::warn("{} of the {} test photos were pretraining photos of {}{} (seen without their "
                "labels): the test score is optimistic. To keep them out, {}",
                overlap, splits.test->size(), init_dir, unsure, advice);
+}
+
+/// Validation or test photos that are byte-for-byte training photos (a copy under another
+/// name, one photo for two products) are scored as new but were learned: said with a count
+/// and one pair, as the scores they inflate are the ones a user trusts.
+void warn_of_photos_in_two_splits(const data::DataSplits& splits) {
+  const std::pair<const char*, const std::shared_ptr<data::Dataset>*> sides[] = {
+      {"validation", &splits.val}, {"test", &splits.test}};
+  for (const auto& [side, split] : sides) {
+    if (!*split || (*split)->size() == 0) continue;
+    const auto repeats = data::repeated_files(*splits.train, **split);
+    if (repeats.empty()) continue;
+    const bool test = std::string(side) == "test";
+    spdlog::warn("{} of the {} {} photos have the bytes of a training photo (e.g. {} and {}): "
+                 "{}. Keep each photo, and each product's photos, in one split",
+                 repeats.size(), (*split)->size(), side,
+                 (*split)->name(repeats.front().first),
+                 splits.train->name(repeats.front().second),
+                 test ? "the test score counts them as unseen and is optimistic"
+                      : "validation counts them as unseen, which favours the models that "
+                        "memorise when it picks the best epoch and stops early");
+  }
 }
 
 /// Test metrics as written to test_metrics.json: the figures and which photos they are of
@@ -1208,6 +1231,7 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
     warn_if_backbone_saw_test_photos(s.model->config().provenance_json, o.init_dir, o.data,
                                      s.data);
   }
+  if (o.dist.rank == 0) warn_of_photos_in_two_splits(s.data);
   s.set_provenance();
   if (!o.teacher_dir.empty()) s.load_teacher();
   if (!o.unlabelled.empty()) s.open_unlabelled();

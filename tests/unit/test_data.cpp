@@ -8,6 +8,7 @@
 #include "vitrine/core/json.h"
 #include "vitrine/core/text.h"
 #include "vitrine/data/dataset.h"
+#include "vitrine/data/duplicates.h"
 #include "vitrine/data/loader.h"
 #include "vitrine/image/augment.h"
 #include "vitrine/image/transform.h"
@@ -628,6 +629,41 @@ TEST(DataImageFolder, SystemFilesAreSkippedAndJfifIsAPhoto) {
   EXPECT_TRUE(any_contains(s.warnings, "1 hidden image file in " + root.string() +
                                            " was skipped"))
       << ::testing::PrintToString(s.warnings);
+}
+
+TEST(DataImageFolder, PhotosRepeatedAcrossSplitsAreFoundByTheirBytes) {
+  const TempDir tmp("data-repeats");
+  const fs::path& root = tmp.path();
+  make_classes(root / "train", {{"a", 6}, {"b", 6}});
+  const auto bytes_of = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  // Two copies under other names and classes; a file of a training photo's size with one
+  // byte other; a photo of its own; empty files (all alike, and no photos).
+  write_text(root / "test/a/a_1.png", bytes_of(root / "train/a/a_1.png"));
+  write_text(root / "test/b/copy of b4.png", bytes_of(root / "train/b/b_4.png"));
+  std::string changed = bytes_of(root / "train/a/a_2.png");
+  changed.back() ^= 1;
+  write_text(root / "test/a/changed.png", changed);
+  write_image(root / "test/b/own.png", noise(6, 5, 3, 99));
+  write_text(root / "train/b/empty.png", "");
+  write_text(root / "test/a/empty.png", "");
+  DataOptions o;
+  o.source = root.string();
+  const DataSplits s = open_data(o);
+  ASSERT_TRUE(s.test);
+  ASSERT_EQ(s.test->size(), 5);
+  std::set<std::pair<std::string, std::string>> found;  // (test photo, training photo)
+  for (const auto& [j, i] : vitrine::data::repeated_files(*s.train, *s.test)) {
+    found.emplace(fs::path(s.test->name(j)).filename().string(),
+                  fs::path(s.train->name(i)).filename().string());
+  }
+  EXPECT_EQ(found, (std::set<std::pair<std::string, std::string>>{
+                       {"a_1.png", "a_1.png"}, {"copy of b4.png", "b_4.png"}}));
+  // A photo gone since the data was opened is passed over.
+  fs::remove(root / "train/b/b_4.png");
+  EXPECT_EQ(vitrine::data::repeated_files(*s.train, *s.test).size(), 1u);
 }
 
 TEST(DataImageFolder, AMissingValOrTestSplitIsCarvedOutOfTrain) {

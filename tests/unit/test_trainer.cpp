@@ -427,6 +427,26 @@ TEST(Trainer, EachDataParallelRankDrawsItsOwnRandomStreams) {
   EXPECT_EQ(draws(rng).second, other.second);
 }
 
+// A validation or test photo with a training photo's bytes (a copy under another name, one
+// photo for two products) is learned yet scored as unseen: the run says so.
+TEST(Trainer, PhotosInTwoSplitsAreWarnedAbout) {
+  const std::string dir = test::temp_dir("repeats");
+  write_image_folder(dir + "/data/train", {6, 6}, 40);
+  write_image_folder(dir + "/data/val", {2, 2}, 41);
+  write_image_folder(dir + "/data/test", {3, 3}, 42);
+  fs::copy_file(dir + "/data/train/class_0/0.png", dir + "/data/test/class_1/same photo.png");
+  fs::copy_file(dir + "/data/train/class_1/5.png", dir + "/data/val/class_1/5 copy.png");
+  train::TrainOptions o = small_run(dir + "/data", dir + "/run");
+  o.epochs = 1;
+  test::LogCapture log;
+  train::Trainer(o).run();
+  EXPECT_CONTAINS(log.text(), "1 of the 7 test photos have the bytes of a training photo");
+  EXPECT_CONTAINS(log.text(), "same photo.png and ");
+  EXPECT_CONTAINS(log.text(), "1 of the 5 validation photos have the bytes");
+  EXPECT_CONTAINS(log.text(), "picks the best epoch");
+  fs::remove_all(dir);
+}
+
 TEST(Trainer, RunKilledMidEpochResumesExactly) {
   const std::string dir = test::temp_dir("resume_mid");
   write_image_folder(dir + "/data", {6, 6, 6}, 5);
