@@ -161,6 +161,63 @@ void report_line(const nlohmann::json& line, bool quiet) {
   std::cout << json_text(line) << "\n";
 }
 
+/// Products of the database that this run did not list stay searchable: says how many, how
+/// many name photo files that are gone (moved or deleted: the first to name), and gives the
+/// `vitrine remove` command for the first few. Looks at the first 100,000 products.
+void note_unlisted_products(const search::SearchDb& db,
+                            const std::unordered_set<std::string>& listed,
+                            const std::string& source, const std::string& db_dir) {
+  std::vector<std::string> gone, kept;  // the first few SKUs of each
+  int64_t others = 0, others_gone = 0;
+  constexpr int64_t kPage = 1000;
+  constexpr size_t kNamed = 5;
+  const std::string own_photos = db.photo_dir();
+  constexpr int64_t kMaxLooked = 100'000;  // products: a huge catalogue is sampled
+  bool capped = false;
+  for (int64_t offset = 0;; offset += kPage) {
+    if (offset >= kMaxLooked) {
+      capped = true;
+      break;
+    }
+    const auto page = db.catalog().list({}, offset, kPage);
+    for (const auto& p : page) {
+      if (listed.count(p.sku)) continue;
+      ++others;
+      std::error_code ec;
+      const bool missing = std::any_of(p.images.begin(), p.images.end(), [&](const auto& ref) {
+        return !fs::exists(ref, ec) && !ec && fs::path(ref).parent_path() != own_photos;
+      });
+      others_gone += missing ? 1 : 0;
+      auto& names = missing ? gone : kept;
+      if (names.size() < kNamed) names.push_back(p.sku);
+    }
+    if (static_cast<int64_t>(page.size()) < kPage) break;
+  }
+  if (others == 0) return;
+  std::vector<std::string> named = gone;  // those with photos gone first
+  for (const auto& sku : kept) {
+    if (named.size() < kNamed) named.push_back(sku);
+  }
+  std::string skus;
+  for (const auto& sku : named) skus += " " + shell_quoted(sku);
+  const std::string missing_text =
+      others_gone > 0 ? fmt::format(" ({} with photo files that no longer exist: moved or "
+                                    "deleted)", others_gone)
+                      : std::string();
+  const std::string text = fmt::format(
+      "{}{} {} not in {}{}: {} searchable; if {} the catalogue, delete {} with `vitrine "
+      "remove --db {}{}{}`", capped ? "at least " : "", others,
+      others == 1 ? "product of the database is" : "products of the database are", source,
+      missing_text, others == 1 ? "it stays" : "they stay", others == 1 ? "it left" : "they left",
+      others == 1 ? "it" : "them",
+      db_dir, skus, others > static_cast<int64_t>(named.size()) ? " ..." : "");
+  if (others_gone > 0) {
+    spdlog::warn("{}", text);
+  } else {
+    spdlog::info("{}", text);
+  }
+}
+
 int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::SearchDb& db,
                   const search::Embedder& embedder) {
   for (const auto& e : file.errors) {
@@ -287,27 +344,10 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
                db.index() ? db.index()->kind() : "no");
   // A file that lists only new products is fine; one meant as the whole catalogue leaves
   // the products it dropped searchable until they are removed.
-  const int64_t others = db.catalog().product_count() - listed_in_db;
-  if (others > 0) {
-    // The first few by name, so that the `remove` below can be run as it is.
+  if (db.catalog().product_count() > listed_in_db) {
     std::unordered_set<std::string> listed;
     for (const auto& row : file.rows) listed.insert(row.product.sku);
-    std::vector<std::string> named;
-    constexpr int64_t kPage = 1000;
-    constexpr size_t kNamed = 5;
-    for (int64_t offset = 0; named.size() < kNamed; offset += kPage) {
-      const auto page = db.catalog().list({}, offset, kPage);
-      for (const auto& p : page) {
-        if (named.size() < kNamed && !listed.count(p.sku)) named.push_back(p.sku);
-      }
-      if (static_cast<int64_t>(page.size()) < kPage) break;
-    }
-    std::string skus;
-    for (const auto& s : named) skus += " " + shell_quoted(s);
-    spdlog::info("{} products of the database are not in {}: they stay searchable; if they "
-                 "left the catalogue, delete them with `vitrine remove --db {}{}{}`",
-                 others, a.catalog, a.db, skus,
-                 others > static_cast<int64_t>(named.size()) ? " ..." : "");
+    note_unlisted_products(db, listed, a.catalog, a.db);
   }
   return failed > 0 || with_bad_photos > 0 ? kExitSomeFailed : kExitOk;
 }
@@ -355,6 +395,10 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
       std::vector<size_t> embed_at(n, n);  ///< the item's place in to_embed (n: none)
       for (size_t at = 0; at < n; ++at) {
         const int64_t i = begin + static_cast<int64_t>(at);
+        if (const auto problem = search::sku_problem(sku_of(*d, i)); !problem.empty()) {
+          errors[at] = "its path cannot be a product's SKU (" + problem + "): rename it";
+          continue;
+        }
         try {
           images[at] = d->image(i);
         } catch (const std::exception& e) {
@@ -430,6 +474,16 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
   spdlog::info("{} stored, {} unchanged, {} failed; the database holds {} products ({} index)",
                stored, unchanged, failed, db.catalog().product_count(),
                db.index() ? db.index()->kind() : "no");
+  // Photos moved or deleted since an earlier run leave their products behind.
+  if (db.catalog().product_count() > stored + unchanged) {  // else each is listed
+    std::unordered_set<std::string> listed;
+    for (const auto& d : parts) {
+      for (int64_t i = 0; i < d->size(); ++i) listed.insert(sku_of(*d, i));
+    }
+    const std::string source =
+        a.split == "all" ? a.data.source : a.data.source + " (--split " + a.split + ")";
+    note_unlisted_products(db, listed, source, a.db);
+  }
   return failed > 0 ? kExitSomeFailed : kExitOk;
 }
 

@@ -113,6 +113,11 @@ CatalogFile read_catalog_csv(const std::string& path) {
       fail("the sku is empty");
       continue;
     }
+    // The service's rules: a product stored here is one its API can name.
+    if (const std::string problem = sku_problem(p.sku); !problem.empty()) {
+      fail(problem);
+      continue;
+    }
     if (const auto it = seen.find(p.sku); it != seen.end()) {
       fail("SKU " + p.sku + " is already on line " + std::to_string(it->second) +
            " (each product once)");

@@ -19,6 +19,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <sys/stat.h>
+
 namespace vitrine::search {
 namespace fs = std::filesystem;
 
@@ -32,6 +34,20 @@ uint32_t get_u32(std::istream& in) {
   in.read(reinterpret_cast<char*>(&v), 4);
   VT_CHECK(in, "the vector index file is truncated");
   return v;
+}
+
+/// The file at `path` as (inode, size, modification time) mixed into one number; 0 when
+/// there is none. A file renamed over it (every save) has another inode.
+uint64_t file_stamp(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return 0;
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const uint64_t v : {static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
+                           static_cast<uint64_t>(st.st_mtim.tv_sec),
+                           static_cast<uint64_t>(st.st_mtim.tv_nsec)}) {
+    h = (h ^ v) * 0x100000001b3ULL;
+  }
+  return h | 1;  // never 0
 }
 
 nlohmann::json stamp_json(const ModelStamp& m) {
@@ -97,6 +113,7 @@ bool SearchDb::load_index_file() {
     return false;
   }
   const auto model = catalog_->model();
+  file_stamp_ = file_stamp(path);  // before reading: a file replaced meanwhile is read again
   try {
     std::ifstream in(path, std::ios::binary);
     VT_CHECK(in, "cannot read ", path);
@@ -215,7 +232,15 @@ void SearchDb::catch_up() {
   if (index_->wants_rebuild()) rebuild("many removals: rebuilding reclaims the index's memory");
 }
 
-bool SearchDb::stale() const { return catalog_->last_change() != applied_seq_; }
+bool SearchDb::file_rewritten() const {
+  if (!index_) return false;  // catch_up reads the file
+  const uint64_t now = file_stamp(index_path());
+  return now != 0 && now != file_stamp_;
+}
+
+bool SearchDb::stale() const {
+  return catalog_->last_change() != applied_seq_ || file_rewritten();
+}
 
 void SearchDb::refresh() {
   if (!stale()) return;
@@ -225,15 +250,23 @@ void SearchDb::refresh() {
     return;
   }
   // Another process changed the catalogue. When it also saved its index, it trimmed the log
-  // this index would catch up from: load its file, which holds those changes, instead.
+  // this index would catch up from: load its file, which holds those changes, instead. A
+  // file it wrote is taken too where the log brings it up to date: it may be of another
+  // kind or settings, which this process's next save must not undo.
   const int64_t first = catalog_->first_change();
-  if (first == 0 || first > applied_seq_ + 1) {
+  const bool rewritten = file_rewritten();
+  if (rewritten || first == 0 || first > applied_seq_ + 1) {
     auto mine = std::move(index_);
     const int64_t applied = applied_seq_, saved = saved_seq_;
-    if (!load_index_file() || applied_seq_ < applied) {
+    const bool loaded = load_index_file();
+    const bool replays = first != 0 && first <= applied_seq_ + 1;
+    if (!loaded || (applied_seq_ < applied && !(rewritten && replays))) {
       index_ = std::move(mine);  // catch_up rebuilds it when it cannot catch up
       applied_seq_ = applied;
       saved_seq_ = saved;
+    } else if (rewritten) {
+      spdlog::info("took the {} index another process wrote to {}", index_->kind(),
+                   index_path());
     }
   }
   catch_up();
@@ -420,6 +453,7 @@ int64_t SearchDb::write_index_file() const {
     out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
     index_->write(out);
   });
+  file_stamp_ = file_stamp(index_path());
   return applied_seq_;
 }
 

@@ -67,7 +67,6 @@ std::string scope_for(const httplib::Request& req) {
 
 
 /// Longer SKUs are refused: a SKU is an identifier, not a document.
-constexpr size_t kMaxSkuBytes = 512;
 /// Products, and photos in all, one POST /v1/products may store: each photo is a forward pass
 /// and the answer a line per product, so a 20 MB array of 10 million entries is refused
 /// before any work.
@@ -849,31 +848,8 @@ void HttpServer::routes() {
   // batcher, then the product stored in one transaction.
   auto store = [this](const std::string& sku, const json& p) {
     if (!p.is_object()) throw ServiceError(400, "bad_product", "a product is a JSON object");
-    if (!valid_utf8(sku)) throw ServiceError(400, "bad_sku", "a SKU must be UTF-8 text");
-    if (sku.find_first_not_of(" \t\r\n") == std::string::npos) {
-      throw ServiceError(400, "bad_sku", "a SKU must not be empty or blank");
-    }
-    // Neither can be addressed in a URL: /v1/products/{sku} matches no line break, and
-    // clients resolve "." and ".." as path segments.
-    if (std::any_of(sku.begin(), sku.end(),
-                    [](unsigned char c) { return c < 0x20 || c == 0x7f; })) {
-      throw ServiceError(400, "bad_sku", "a SKU must not hold control characters (tabs, line "
-                                         "breaks)");
-    }
-    if (sku == "." || sku == "..") {
-      throw ServiceError(400, "bad_sku", "a SKU must not be '.' or '..' (a URL path segment)");
-    }
-    if (sku.size() > kMaxSkuBytes) {
-      throw ServiceError(400, "bad_sku", "a SKU may have at most " +
-                                             std::to_string(kMaxSkuBytes) + " bytes");
-    }
-    // GET /v1/products/{sku}/images/{i} would read such a SKU as another's photo.
-    const size_t images = sku.rfind("/images/");
-    if (images != std::string::npos && images + 8 < sku.size() &&
-        std::all_of(sku.begin() + static_cast<std::ptrdiff_t>(images + 8), sku.end(),
-                    [](unsigned char c) { return std::isdigit(c); })) {
-      throw ServiceError(400, "bad_sku", "a SKU must not end in /images/<number>: that is the "
-                                         "path of a product's photo");
+    if (const std::string problem = search::sku_problem(sku); !problem.empty()) {
+      throw ServiceError(400, "bad_sku", problem);
     }
     for (const auto& [name, value] : p.items()) {
       static const char* const kFields[] = {"sku",    "title",      "category", "price",

@@ -436,6 +436,15 @@ TEST(SearchCli, EvalRetrievalLeavesEachQueryPhotoOutOfItsOwnResults) {
                         " --queries " + q(d + "/setq.csv") + " --json " + q(d + "/m.json"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(json::parse(read_text_file(d + "/m.json"))["found_self"], 1);
+  // A photo moved since leaves its product behind: said, with the command that deletes it.
+  EXPECT_EQ(test::run_command(index_all).err.find("not in"), std::string::npos);
+  fs::rename(d + "/set/bags/bags5.png", d + "/set/bags/bags5 moved.png");
+  r = test::run_command(index_all);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_CONTAINS(r.err, "1 stored, 11 unchanged, 0 failed; the database holds 13 products");
+  EXPECT_CONTAINS(r.err, "1 product of the database is not in " + d + "/set (1 with photo "
+                         "files that no longer exist: moved or deleted): it stays searchable");
+  EXPECT_CONTAINS(r.err, "/set/bags/bags5.png`");
 }
 
 TEST(SearchCli, PhotosOfAPackedDataSetAreStoredForTheServiceAndDeletedWithTheirProduct) {

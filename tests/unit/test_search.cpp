@@ -734,6 +734,52 @@ TEST(SearchDb, ASaveInStepsKeepsTheChangesMadeWhileTheFileWasWritten) {
   EXPECT_EQ(db->index()->size(), 2);
 }
 
+// `vitrine index --index hnsw` beside a running service: the service takes the file of
+// another kind (and its settings) rather than saving its own flat index over it.
+TEST(SearchDb, ARunningDatabaseTakesAnIndexFileAnotherProcessRebuilt) {
+  const auto dir = test::temp_dir("search_rebuilt_beside");
+  std::mt19937_64 rng(24);
+  auto service = SearchDb::open(dir);
+  service->use_model(kModel);
+  service->upsert({random_product("A", 2, rng), random_product("B", 1, rng)});
+  service->save();
+  ASSERT_EQ(service->index()->kind(), "flat");
+  EXPECT_FALSE(service->stale()) << "its own file";
+  IndexOptions hnsw;
+  hnsw.kind = "hnsw";
+  hnsw.hnsw_m = 8;
+  {
+    auto indexer = SearchDb::open(dir, hnsw);  // no product changes: only the file does
+    EXPECT_TRUE(indexer->open_report().rebuilt);
+    indexer->save();
+  }
+  EXPECT_TRUE(service->stale());
+  service->refresh();
+  EXPECT_FALSE(service->stale());
+  EXPECT_EQ(service->index()->kind(), "hnsw");
+  EXPECT_EQ(service->index()->built_with("hnsw_m"), 8);
+  // Its own change since, and the file it saves, keep the kind and the settings.
+  service->upsert({random_product("C", 1, rng)});
+  service->save();
+  auto later = SearchDb::open(dir);
+  EXPECT_FALSE(later->open_report().rebuilt) << later->open_report().why;
+  EXPECT_EQ(later->index()->kind(), "hnsw");
+  EXPECT_EQ(later->index()->built_with("hnsw_m"), 8);
+  EXPECT_EQ(later->index()->size(), 4);
+  expect_consistent(*later);
+
+  // A file rewritten while this process has changes it has not saved: the log brings the
+  // other's file up to date, and nothing is lost.
+  service->upsert({random_product("D", 1, rng)});
+  IndexOptions flat;
+  flat.kind = "flat";
+  SearchDb::open(dir, flat)->save();
+  service->refresh();
+  EXPECT_EQ(service->index()->kind(), "flat");
+  EXPECT_EQ(service->index()->size(), 5);
+  expect_consistent(*service);
+}
+
 TEST(SearchDb, AnOlderProcessNeverSavesOverANewerIndexFile) {
   const auto dir = test::temp_dir("search_older_save");
   std::mt19937_64 rng(21);
@@ -975,6 +1021,17 @@ TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
   EXPECT_CONTAINS(file.errors[3].text, "p.csv:6: SKU a is already on line 2");
   EXPECT_CONTAINS(file.errors[4].text, "p.csv:7: product e lists no image");
   EXPECT_CONTAINS(file.errors[5].text, "p.csv:8: has 7 fields, the header has 6");
+  // SKUs the service's API could not name fail their rows, as the service refuses them.
+  write_file_atomic(dir + "/skus.csv", "sku,image\n..,a.jpg\nx/images/3,b.jpg\n\"t\tab\",c.jpg\n" +
+                                           std::string(513, 's') + ",d.jpg\nx/images,e.jpg\n");
+  const auto skus = read_catalog_csv(dir + "/skus.csv");
+  ASSERT_EQ(skus.rows.size(), 1u);
+  EXPECT_EQ(skus.rows[0].product.sku, "x/images");
+  ASSERT_EQ(skus.errors.size(), 4u);
+  EXPECT_CONTAINS(skus.errors[0].text, "skus.csv:2: a SKU must not be '.' or '..'");
+  EXPECT_CONTAINS(skus.errors[1].text, "skus.csv:3: a SKU must not end in /images/<number>");
+  EXPECT_CONTAINS(skus.errors[2].text, "skus.csv:4: a SKU must not hold control characters");
+  EXPECT_CONTAINS(skus.errors[3].text, "skus.csv:5: a SKU may have at most 512 bytes");
   // A product of more photos than any search can afford to look through fails its row.
   std::string photos;
   for (int i = 0; i <= 100; ++i) photos += (i ? "|img/" : "img/") + std::to_string(i) + ".jpg";

@@ -69,6 +69,14 @@ struct Filter {
 };
 /// Photos one product may have: every search looks at k times the most any product has.
 constexpr size_t kMaxImagesPerProduct = 100;
+/// The longest SKU, in bytes.
+constexpr size_t kMaxSkuBytes = 512;
+
+/// Why `sku` cannot name a product (empty when it can): one that is not UTF-8, blank, holds
+/// control characters, is "." or "..", is over kMaxSkuBytes, or ends in /images/<number>
+/// cannot be addressed as /v1/products/{sku} (clients resolve dot segments; the last reads
+/// as a product's photo). `vitrine index` and the service refuse the same SKUs.
+std::string sku_problem(const std::string& sku);
 /// Values one filter may list (`category=a|b|...`), and filters one query may have: each
 /// value is a placeholder of the catalogue's query, which SQLite limits.
 constexpr size_t kMaxFilterValues = 1000;

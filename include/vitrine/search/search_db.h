@@ -8,6 +8,7 @@
 #include "vitrine/search/catalog.h"
 #include "vitrine/search/vector_index.h"
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -76,9 +77,11 @@ class SearchDb {
   std::vector<std::string> remove(const std::vector<std::string>& skus);
 
   /// Brings the index up to date with catalogue changes made by other processes (another
-  /// `vitrine index` or `remove` beside a running service). Cheap when there are none.
+  /// `vitrine index` or `remove` beside a running service), and takes an index file another
+  /// process wrote (`vitrine index --index hnsw` rebuilt it of another kind or settings), so
+  /// that a save never puts back the index it replaced. Cheap when there are none.
   void refresh();
-  /// Whether refresh() has changes to apply (one catalogue query).
+  /// Whether refresh() has changes to apply (one catalogue query, one stat of the file).
   bool stale() const;
 
   /// The k best products for each of `nq` queries (L2-normalised, `dim` floats each).
@@ -113,6 +116,8 @@ class SearchDb {
   void rebuild(const std::string& why);
   void apply_changes(const std::vector<Change>& changes);
   bool load_index_file();
+  /// Whether the index file is not the one this database last read or wrote.
+  bool file_rewritten() const;
   /// The stored photos of these products that lie in photo_dir().
   std::vector<std::string> owned_photos(const std::vector<std::string>& skus) const;
   /// Deletes those of `refs` that no stored image refers to (after a change committed).
@@ -126,6 +131,9 @@ class SearchDb {
   int64_t applied_seq_ = 0;  ///< the last catalogue change the index holds
   int64_t saved_seq_ = -1;   ///< applied_seq_ of the index file on disk
   int64_t max_images_ = 1;
+  /// The index file as last read or written here (inode, size, time; 0: none): another
+  /// process's file differs. Atomic, as a save writes it beside searches.
+  mutable std::atomic<uint64_t> file_stamp_{0};
   OpenReport report_;
 };
 
