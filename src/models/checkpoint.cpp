@@ -450,10 +450,19 @@ LoadReport load_state_dict(VisionModelImpl& model, const StateDict& state,
 StateDict read_weights(const std::string& path) {
   VT_CHECK(fs::exists(path), path, ": no such file");
   VT_CHECK(fs::is_regular_file(path), path, ": not a file");
-  char magic[4] = {0, 0, 0, 0};
-  std::ifstream(path, std::ios::binary).read(magic, 4);
+  unsigned char head[9] = {0};
+  std::ifstream in(path, std::ios::binary);
+  in.read(reinterpret_cast<char*>(head), sizeof head);
+  const auto got = static_cast<size_t>(in.gcount());
+  // safetensors: a little-endian u64 header length (its first byte anything, 0x80 too),
+  // then the JSON header. Looked at first: a pickle's 0x80 says nothing by itself.
+  uint64_t header_length = 0;
+  for (int i = 7; i >= 0; --i) header_length = (header_length << 8) | head[i];
+  const bool safetensors = got == sizeof head && head[8] == '{' &&
+                           header_length <= static_cast<uint64_t>(fs::file_size(path)) - 8;
   // torch.save writes a zip archive (or, before PyTorch 1.6, a bare pickle: 0x80).
-  if ((magic[0] == 'P' && magic[1] == 'K') || static_cast<unsigned char>(magic[0]) == 0x80) {
+  if (!safetensors && got >= 2 &&
+      ((head[0] == 'P' && head[1] == 'K') || head[0] == 0x80)) {
     return pth_load(path);
   }
   try {

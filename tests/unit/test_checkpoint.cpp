@@ -179,6 +179,27 @@ TEST(Checkpoint, HalfPrecisionCheckpointConverts) {
   }
 }
 
+// A safetensors file's first byte is the low byte of its header length: 0x80 there (one
+// header length in 32) is no pickle, and the file loads as safetensors.
+TEST(Checkpoint, SafetensorsWhoseHeaderLengthStartsLikeAPickleLoads) {
+  const std::string dir = test::temp_dir("st_0x80");
+  const StateDict tensors{{"w", at::arange(6, at::kFloat).reshape({2, 3})}};
+  int found = 0;
+  for (int pad = 0; pad < 64; ++pad) {
+    const std::string path = dir + "/w" + std::to_string(pad) + ".safetensors";
+    safetensors_save(path, tensors, {{"note", std::string(pad, 'x')}});
+    unsigned char first = 0;
+    std::ifstream(path, std::ios::binary).read(reinterpret_cast<char*>(&first), 1);
+    if (first != 0x80) continue;
+    ++found;
+    const StateDict back = read_weights(path);
+    ASSERT_EQ(back.size(), 1u) << path;
+    EXPECT_TRUE(at::equal(back[0].second, tensors[0].second));
+  }
+  EXPECT_GT(found, 0) << "no header length of 0x..80 made";
+  fs::remove_all(dir);
+}
+
 TEST(Checkpoint, HuggingFaceKeysFuseQueryKeyValue) {
   const ModelConfig c = tiny_vit();
   VisionModel model = create_model(c);
