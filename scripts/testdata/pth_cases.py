@@ -132,6 +132,21 @@ def write(out_dir: str) -> None:
 
     wrapped = {"epoch": 3, "arch": "small", "model": sd, "optimizer": opt.state_dict()}
     _good(out_dir, "wrapped", wrapped, sd)
+    # As torchvision's references/classification/train.py and timm's CheckpointSaver save
+    # them: the run's argparse.Namespace and other objects beside the weights.
+    import argparse
+    import numpy as np
+    args = argparse.Namespace(lr=0.1, model="resnet50", epochs=[1, 2], nested={"a": (1, 2)})
+    reference = {"model": sd, "optimizer": opt.state_dict(), "lr_scheduler": {"last_epoch": 3},
+                 "epoch": 3, "args": args, "best": np.float64(0.75),
+                 "shape": np.zeros((2, 2), dtype=np.float32)}
+    _good(out_dir, "training_args", reference, sd)
+    timm_style = {"epoch": 3, "arch": "small", "state_dict": sd, "args": args, "version": 2,
+                  "metric": 0.5}
+    _good(out_dir, "timm_saver", timm_style, sd)
+    # An object where a tensor should be is still refused, by its class's name.
+    torch.save({"fc.weight": sd["fc.weight"], "fc.bias": args},
+               os.path.join(out_dir, "object_in_state_dict.pth"))
 
     prefixed = {"module." + k: v for k, v in sd.items()}
     _good(out_dir, "prefixed", prefixed, sd)

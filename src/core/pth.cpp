@@ -57,6 +57,10 @@ enum class Kind {
   kGlobal,
   kStorage,
   kTensor,
+  // An object of a class this reader does not rebuild (a training checkpoint's
+  // argparse.Namespace, a numpy scalar): inert, never called; an error only where it stands
+  // in the state_dict. `s` names its class.
+  kOpaque,
 };
 
 enum class GlobalId {
@@ -66,6 +70,7 @@ enum class GlobalId {
   kRebuildFromTypeV2,
   kTensorType,   // only ever an argument of _rebuild_from_type_v2
   kStorageType,  // only ever inside a persistent id
+  kOpaque,       // any other class or function: calling it gives a kOpaque value
 };
 
 struct Value;
@@ -102,6 +107,7 @@ const char* kind_name(const Value& v) {
     case Kind::kGlobal: return "type or function";
     case Kind::kStorage: return "storage";
     case Kind::kTensor: return "tensor";
+    case Kind::kOpaque: return "object";
   }
   return "value";
 }
@@ -393,6 +399,7 @@ const Value& Unpickler::run() {
       case 'a': {  // APPEND
         ValuePtr v = pop();
         Value& list = *top();
+        if (list.kind == Kind::kOpaque) break;  // an object's items: not needed
         if (list.kind != Kind::kList) bad("APPEND to ", described(list));
         list.items.push_back(std::move(v));
         break;
@@ -400,6 +407,7 @@ const Value& Unpickler::run() {
       case 'e': {  // APPENDS
         std::vector<ValuePtr> items = pop_mark();
         Value& list = *top();
+        if (list.kind == Kind::kOpaque) break;
         if (list.kind != Kind::kList) bad("APPENDS to ", described(list));
         for (auto& item : items) list.items.push_back(std::move(item));
         break;
@@ -408,6 +416,7 @@ const Value& Unpickler::run() {
         ValuePtr value = pop();
         ValuePtr key = pop();
         Value& dict = *top();
+        if (dict.kind == Kind::kOpaque) break;
         if (dict.kind != Kind::kDict) bad("SETITEM on ", described(dict));
         dict_set(dict, std::move(key), std::move(value));
         break;
@@ -416,6 +425,7 @@ const Value& Unpickler::run() {
         std::vector<ValuePtr> items = pop_mark();
         if (items.size() % 2 != 0) bad("SETITEMS with an odd number of items");
         Value& dict = *top();
+        if (dict.kind == Kind::kOpaque) break;
         if (dict.kind != Kind::kDict) bad("SETITEMS on ", described(dict));
         for (size_t k = 0; k < items.size(); k += 2) dict_set(dict, items[k], items[k + 1]);
         break;
@@ -527,6 +537,10 @@ const Value& Unpickler::run() {
       case 0x81: {  // NEWOBJ
         ValuePtr args = pop();
         ValuePtr cls = pop();
+        if (cls->kind == Kind::kGlobal && cls->global == GlobalId::kOpaque) {
+          push(make_string(Kind::kOpaque, cls->s));
+          break;
+        }
         if (cls->kind != Kind::kGlobal || cls->global != GlobalId::kOrderedDict) {
           bad("NEWOBJ of ", described(*cls), " '", shown(cls->s), "'");
         }
@@ -536,8 +550,11 @@ const Value& Unpickler::run() {
       case 'b': {  // BUILD
         ValuePtr state = pop();
         const Value& target = *top();
-        // A state_dict's only attribute is _metadata (per-module versions), not needed here.
-        if (target.kind != Kind::kDict) bad("BUILD on ", described(target));
+        // A state_dict's only attribute is _metadata (per-module versions), not needed here;
+        // an object's state is not either.
+        if (target.kind != Kind::kDict && target.kind != Kind::kOpaque) {
+          bad("BUILD on ", described(target));
+        }
         break;
       }
       case 'Q': {  // BINPERSID
@@ -594,10 +611,9 @@ ValuePtr Unpickler::resolve_global(const std::string& module, const std::string&
         }
       }
     }
-    if (!found) {
-      refuse("the checkpoint's pickle references '", shown(global->s),
-             "', which is not a tensor or state_dict type");
-    }
+    // Another class or function (a training checkpoint's argparse.Namespace): nothing of
+    // it runs; what it would make is an inert value, refused only inside the state_dict.
+    if (!found) global->global = GlobalId::kOpaque;
   }
   return global;
 }
@@ -606,6 +622,8 @@ ValuePtr Unpickler::call(const Value& callable, const Value& args) {
   if (callable.kind != Kind::kGlobal) bad("REDUCE calls ", described(callable));
   if (args.kind != Kind::kTuple) bad("REDUCE arguments are ", described(args));
   switch (callable.global) {
+    case GlobalId::kOpaque:
+      return make_string(Kind::kOpaque, callable.s);
     case GlobalId::kOrderedDict: {
       auto dict = make(Kind::kDict);
       if (args.items.empty()) return dict;
@@ -889,9 +907,21 @@ std::string key_text(const Value& key) {
   return described(key);
 }
 
+// A class or function the reader does not rebuild, where tensors are wanted: refused by
+// name. Outside the state_dict (a training checkpoint's `args`) such values are let be.
+void refuse_opaque(const std::string& path, const Value& v) {
+  const bool opaque = v.kind == Kind::kOpaque ||
+                      (v.kind == Kind::kGlobal && v.global == GlobalId::kOpaque);
+  if (!opaque) return;
+  VT_FAIL(path, ": refusing to load: the checkpoint's pickle references '", shown(v.s),
+          "', which is not a tensor or state_dict type; only state_dicts of tensors are "
+          "accepted (", kResaveHint, ")");
+}
+
 // Picks the state_dict out of what the pickle built and detaches its tensors from the
 // pickle's values.
 StateDict extract_state_dict(const std::string& path, const Value& root) {
+  refuse_opaque(path, root);
   VT_CHECK(root.kind == Kind::kDict, path, ": the checkpoint holds ", described(root),
            ", not a state_dict; ", kResaveHint);
   const Value* sd = &root;
@@ -913,6 +943,7 @@ StateDict extract_state_dict(const std::string& path, const Value& root) {
     const Value& value = *entry.second;
     VT_CHECK(key.kind == Kind::kString, path, ": the checkpoint's state_dict", where,
              " has a key that is ", key_text(key), ", not a tensor name; ", kResaveHint);
+    refuse_opaque(path, value);
     VT_CHECK(value.kind == Kind::kTensor, path, ": the checkpoint's entry ", key_text(key),
              where, " is ", described(value), ", not a tensor; expected a state_dict of "
              "tensors, or a training checkpoint with one under 'state_dict', 'model', "

@@ -180,6 +180,16 @@ TEST_F(PthFiles, ViewsAreMaterialised) {
 
 TEST_F(PthFiles, TrainingCheckpointIsUnwrapped) { expect_good("wrapped", "small"); }
 
+// torchvision's and timm's training scripts save their argparse.Namespace (and numpy
+// values) beside the weights: nothing of them runs, and the weights load.
+TEST_F(PthFiles, TrainingCheckpointsWithTheirRunsArgumentsLoad) {
+  expect_good("training_args");
+  expect_good("timm_saver");
+  const std::string msg = load_error(file("object_in_state_dict"));
+  EXPECT_NE(msg.find("refusing to load: the checkpoint's pickle references "
+                     "'argparse.Namespace'"), std::string::npos) << msg;
+}
+
 TEST_F(PthFiles, DataParallelPrefixIsStripped) { expect_good("prefixed", "small"); }
 
 TEST_F(PthFiles, LegacyFormatIsExplained) {
@@ -417,7 +427,7 @@ TEST_F(PthCrafted, TensorWithAttributes) {
   ASSERT_EQ(sd.size(), 1u);
   EXPECT_EQ(sd[0].second.sizes().vec(), std::vector<int64_t>{6});
   expect_error("\x80\x02}(" + str("w") + typed_tensor("c__main__\nTagged\n") + "u.",
-               "references '__main__.Tagged'");
+               "holds a tensor of type '__main__.Tagged'");
 }
 
 TEST_F(PthCrafted, PrefixIsOnlyStrippedFromEveryKey) {
