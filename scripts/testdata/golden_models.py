@@ -284,9 +284,24 @@ def _write_small_interp(d):
     features, logits = run_model(model, x)
     meta = {"trained_image_size": SMALL_VIT_TRAINED, "image_size": SMALL_VIT_EVAL, **SMALL_VIT}
     _save_json(meta, os.path.join(d, "meta.json"), indent=2)
+    # Hugging Face's interpolate_pos_encoding and timm's resample_abs_pos_embed: bicubic
+    # without aligned corners, timm antialiased; the class token kept.
+    def resized(antialias, size):
+        pos = sd["encoder.pos_embedding"]
+        grid = pos[:, 1:]
+        old = int(round(grid.shape[1] ** 0.5))
+        grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        grid = torch.nn.functional.interpolate(grid, size=(size, size), mode="bicubic",
+                                               align_corners=False, antialias=antialias)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, size * size, -1)
+        return torch.cat([pos[:, :1], grid], dim=1).contiguous()
+
+    grid96 = SMALL_VIT_EVAL // SMALL_VIT["patch_size"]
     safetensors_io.save_file(
         {"input": x, "features": features, "logits": logits,
-         "pos_embedding": sd96["encoder.pos_embedding"].contiguous()},
+         "pos_embedding": sd96["encoder.pos_embedding"].contiguous(),
+         "pos_embedding_hf": resized(False, grid96), "pos_embedding_timm": resized(True, grid96),
+         "pos_embedding_timm_small": resized(True, 2)},
         os.path.join(d, "ref.safetensors"),
         {"arch": "vit_small_interp", "torch": torch.__version__, "torchvision": torchvision.__version__})
 

@@ -128,9 +128,11 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// torchvision's interpolate_embeddings: the patch grid of position embeddings is
-// resized bicubically (align_corners=True); the class token's embedding is kept.
-at::Tensor interpolate_pos_embedding(const at::Tensor& pos, int64_t new_tokens) {
+// The patch grid of position embeddings resized bicubically, the class token's embedding
+// kept: as torchvision's interpolate_embeddings (align_corners), Hugging Face's
+// interpolate_pos_encoding (not) or timm's resample_abs_pos_embed (not, antialiased).
+at::Tensor interpolate_pos_embedding(const at::Tensor& pos, int64_t new_tokens,
+                                     const LoadOptions& options) {
   const int64_t d = pos.size(2);
   const int64_t old_grid = static_cast<int64_t>(std::lround(std::sqrt(pos.size(1) - 1)));
   const int64_t new_grid = static_cast<int64_t>(std::lround(std::sqrt(new_tokens - 1)));
@@ -139,8 +141,12 @@ at::Tensor interpolate_pos_embedding(const at::Tensor& pos, int64_t new_tokens) 
            new_tokens, " tokens (square patch grids plus a class token expected)");
   const at::Tensor token = pos.slice(1, 0, 1);
   at::Tensor grid = pos.slice(1, 1).permute({0, 2, 1}).reshape({1, d, old_grid, old_grid});
-  grid = at::upsample_bicubic2d(grid.to(at::kFloat), {new_grid, new_grid}, /*align_corners=*/true,
-                                c10::nullopt, c10::nullopt);
+  grid = grid.to(at::kFloat);
+  grid = options.pos_antialias
+             ? at::_upsample_bicubic2d_aa(grid, {new_grid, new_grid}, options.pos_align_corners,
+                                          c10::nullopt, c10::nullopt)
+             : at::upsample_bicubic2d(grid, {new_grid, new_grid}, options.pos_align_corners,
+                                      c10::nullopt, c10::nullopt);
   grid = grid.reshape({1, d, new_grid * new_grid}).permute({0, 2, 1});
   return at::cat({token.to(at::kFloat), grid}, 1);
 }
@@ -408,9 +414,12 @@ LoadReport load_state_dict(VisionModelImpl& model, const StateDict& state,
       const std::string mismatch =
           name + ": model " + shape_str(target.sizes()) + " vs checkpoint " + shape_str(src.sizes());
       if (name == "encoder.pos_embedding" && src.dim() == 3 && src.size(2) == target.size(2)) {
-        src = interpolate_pos_embedding(src, target.size(1));
-        report.adapted.push_back(name + ": interpolated from " + std::to_string(it->second.size(1)) +
-                                 " to " + std::to_string(target.size(1)) + " tokens");
+        src = interpolate_pos_embedding(src, target.size(1), options);
+        report.adapted.push_back(
+            name + ": interpolated from " + std::to_string(it->second.size(1)) + " to " +
+            std::to_string(target.size(1)) + " tokens (bicubic" +
+            (options.pos_align_corners ? ", corners aligned" : "") +
+            (options.pos_antialias ? ", antialiased" : "") + ")");
       } else if (name == stem && cfg.in_channels == 1 && src.dim() == 4 && src.size(1) == 3 &&
                  src.size(0) == target.size(0)) {
         // An RGB filter applied to a grey image sees the same value in each channel.
@@ -542,6 +551,9 @@ VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
   LoadOptions lo;
   lo.strict = o.strict;
   lo.reinit_head = o.num_classes.has_value() && *o.num_classes != ckpt_classes;
+  // Position embeddings resized as the checkpoint's own library resizes them.
+  lo.pos_align_corners = o.source != Source::kHuggingFace && o.source != Source::kTimm;
+  lo.pos_antialias = o.source == Source::kTimm;
   VT_CHECK(config.num_classes >= 0, "--num-classes must be >= 0 (0: no head, a backbone)");
   LoadReport load = load_state_dict(*model, state, lo);
   load.ignored.insert(load.ignored.end(), report.ignored.begin(), report.ignored.end());

@@ -169,6 +169,31 @@ TEST(PositionEmbeddings, InterpolatedAsTorchvision) {
   }
   expect_matches(model, {load_tensor(ref_file, "input"), load_tensor(ref_file, "features"),
                          load_tensor(ref_file, "logits")});
+  // Hugging Face's and timm's own resizing (corners not aligned; timm antialiased, which
+  // matters when the grid shrinks).
+  struct Case {
+    const char* ref;
+    int64_t image_size;
+    bool antialias;
+  };
+  for (const Case& k : {Case{"pos_embedding_hf", 96, false}, Case{"pos_embedding_timm", 96, true},
+                        Case{"pos_embedding_timm_small", 32, true}}) {
+    SCOPED_TRACE(k.ref);
+    ModelConfig other = c;
+    set_image_size(other, k.image_size);
+    VisionModel m = create_model(other);
+    LoadOptions lo;
+    lo.pos_align_corners = false;
+    lo.pos_antialias = k.antialias;
+    const LoadReport r = load_state_dict(*m, pth_load(dir + "/weights.pth"), lo);
+    EXPECT_NE(r.summary().find(k.antialias ? "antialiased" : "bicubic)"), std::string::npos)
+        << r.summary();
+    for (const auto& [name, t] : model_state_dict(*m)) {
+      if (name == "encoder.pos_embedding") {
+        EXPECT_LT(max_abs_diff(t, load_tensor(ref_file, k.ref)), 1e-6);
+      }
+    }
+  }
 }
 
 class ResNetStemGolden : public ::testing::TestWithParam<std::string> {};

@@ -36,6 +36,11 @@ struct LoadOptions {
   bool reinit_head = false;  ///< a head of another class count is re-initialised, not an error
   /// The advice closing a strict failure.
   std::string hint = "check --arch and --from, or the class count (--num-classes)";
+  /// How position embeddings of another grid are resized (bicubic): torchvision's
+  /// interpolate_embeddings aligns corners; Hugging Face's interpolate_pos_encoding does
+  /// not, nor does timm's resample_abs_pos_embed, which also antialiases when shrinking.
+  bool pos_align_corners = true;
+  bool pos_antialias = false;
 };
 
 /// Renames a checkpoint from `source`'s layout to Vitrine's for `family` (one table of
@@ -43,7 +48,7 @@ struct LoadOptions {
 StateDict map_keys(const StateDict& state, Source source, Family family, LoadReport& report);
 
 /// Copies `state` (Vitrine layout) into `model`, converting dtypes. Adapts, and says so:
-/// position embeddings of another grid (bicubic, as torchvision's interpolate_embeddings),
+/// position embeddings of another grid (bicubic, as the checkpoint's source resizes them),
 /// an RGB stem into a 1-channel model (summed over channels), a head of another size
 /// (only with reinit_head). Strict mode throws with the full report.
 LoadReport load_state_dict(VisionModelImpl& model, const StateDict& state,
