@@ -42,7 +42,26 @@ namespace {
 
 namespace fs = std::filesystem;
 
-/// The index flags shared by index and search.
+}  // namespace
+
+void add_search_effort_options(CLI::App* cmd, search::IndexOptions& o) {
+  const auto given = [&o](const char* name) {
+    return [&o, name](const std::string&) { o.given.emplace_back(name); };
+  };
+  cmd->add_option("--ef-search", o.hnsw_ef_search,
+                  "HNSW: search beam width (default: the database's, 64 until `index` sets it)")
+      ->check(CLI::Range(1, 1 << 16))
+      ->each(given("hnsw_ef_search"));
+  cmd->add_option("--nprobe", o.nprobe,
+                  "IVF-PQ: lists visited per query (default: the database's, 16 until `index` "
+                  "sets it)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->each(given("nprobe"));
+}
+
+namespace {
+
+/// The index flags of `index`.
 void add_index_options(CLI::App* cmd, search::IndexOptions& o) {
   cmd->add_option("--index", o.kind,
                   "auto (flat up to 100k images, then hnsw, ivfpq above 5M), flat, hnsw, ivfpq")
@@ -56,16 +75,13 @@ void add_index_options(CLI::App* cmd, search::IndexOptions& o) {
   cmd->add_option("--ef-construction", o.hnsw_ef_construction, "HNSW: build beam width")
       ->check(CLI::Range(8, 4096))
       ->each(given("hnsw_ef_construction"));
-  cmd->add_option("--ef-search", o.hnsw_ef_search, "HNSW: search beam width")
-      ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--ivf-lists", o.ivf_lists, "IVF-PQ: inverted lists (0: 4*sqrt(n))")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 24))
       ->each(given("ivf_lists"));
   cmd->add_option("--pq-m", o.pq_m, "IVF-PQ: bytes per code (0: dim/4, at most 64)")
       ->check(CLI::Range(0, 1024))
       ->each(given("pq_m"));
-  cmd->add_option("--nprobe", o.nprobe, "IVF-PQ: lists visited per query")
-      ->check(CLI::Range(1, 1 << 20));
+  add_search_effort_options(cmd, o);
 }
 
 /// `s` as a shell word: as it is when plain, else in single quotes.
@@ -502,13 +518,15 @@ void add_index_command(CLI::App& app, int& status) {
       "class the category",
       {"train", "val", "test", "all"}));
   add_index_options(cmd, a->index);
+  a->index.store_search_effort = true;  // --ef-search/--nprobe here: the database's own
   cmd->add_option("--batch-size", a->batch_size, "Images per forward pass (and per commit)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   cmd->add_option("--precision", a->precision,
       "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
   cmd->add_option("--max-pixels", a->max_pixels, "Refuse larger images (from the header)");
-  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)")
+      ->check(non_negative());
   cmd->add_flag("--quiet,-q", a->quiet, "Print only the products that failed or lost unreadable photos");
   cmd->callback([a, &status] {
     VT_CHECK(!a->catalog.empty() || !a->data.source.empty(),
@@ -568,13 +586,14 @@ void add_search_command(CLI::App& app, int& status) {
   cmd->add_option("--route-max", a->route_max, "At most this many categories")
       ->check(CLI::Range(int64_t{1}, int64_t{100}));
   cmd->add_option("--exact-below", a->exact_below,
-                  "Score filtered sets of at most this many images exactly");
-  cmd->add_option("--ef-search", a->index.hnsw_ef_search, "HNSW: search beam width");
-  cmd->add_option("--nprobe", a->index.nprobe, "IVF-PQ: lists visited per query");
+                  "Score filtered sets of at most this many images exactly")
+      ->check(non_negative());
+  add_search_effort_options(cmd, a->index);
   cmd->add_option("--precision", a->precision,
       "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
-  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)")
+      ->check(non_negative());
   cmd->add_option("images", a->images, "Query photos (files or folders)")->required();
   cmd->callback([a, &status] {
     set_threads(a->threads);
@@ -874,12 +893,12 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
                   "Also write an HTML page: metrics and example queries with their results");
   cmd->add_option("--examples", a->examples, "Example queries in the report")
       ->check(CLI::Range(int64_t{0}, int64_t{1000}));
-  cmd->add_option("--ef-search", a->index.hnsw_ef_search, "HNSW: search beam width");
-  cmd->add_option("--nprobe", a->index.nprobe, "IVF-PQ: lists visited per query");
+  add_search_effort_options(cmd, a->index);
   cmd->add_option("--precision", a->precision,
       "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
-  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)");
+  cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)")
+      ->check(non_negative());
   cmd->callback([a, &status] {
     VT_CHECK(!a->queries.empty() || !a->data.source.empty(), "give --queries or --data");
     set_threads(a->threads);

@@ -38,6 +38,7 @@ void add_serve(CLI::App& app, int& status) {
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->service.model_dir, "Model directory")->required();
   cmd->add_option("--db", a->service.db_dir, "Search database folder (enables search, products)");
+  add_search_effort_options(cmd, a->service.index);
   cmd->add_option("--host", a->http.host, "Address to listen on");
   cmd->add_option("--port", a->http.port, "Port (0: any free one, printed at start)")
       ->check(CLI::Range(0, 65535));

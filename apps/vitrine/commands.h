@@ -18,6 +18,9 @@ class Dataset;
 namespace vitrine::image {
 struct TrainTransform;
 }
+namespace vitrine::search {
+struct IndexOptions;
+}
 namespace vitrine::train {
 struct OptimizerOptions;
 }
@@ -103,6 +106,9 @@ void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& augment)
 
 /// Option checks for numbers >= 0 and > 0. CLI11's own (NonNegativeNumber, PositiveNumber)
 /// print the largest double as the upper bound of their range.
+/// --ef-search and --nprobe: the search effort asked for, over the database's own.
+void add_search_effort_options(CLI::App* cmd, search::IndexOptions& o);
+
 const CLI::Validator& non_negative();
 const CLI::Validator& positive();
 

@@ -17,6 +17,7 @@
 #include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cmath>
@@ -263,6 +264,11 @@ class PositionalIndex : public VectorIndex {
     return -1;
   }
 
+  int64_t search_effort(const std::string& setting) const override {
+    const bool hnsw = dynamic_cast<const faiss::IndexHNSW*>(index_.get()) != nullptr;
+    return hnsw && setting == "hnsw_ef_search" ? ef_search_ : -1;
+  }
+
   void write(std::ostream& out) const override {
     put_kind(out, kind_);
     put_vector(out, id_at_);
@@ -423,6 +429,10 @@ class IvfPqIndex : public VectorIndex {
     return -1;
   }
 
+  int64_t search_effort(const std::string& setting) const override {
+    return setting == "nprobe" ? nprobe_ : -1;
+  }
+
   void write(std::ostream& out) const override {
     put_kind(out, "ivfpq");
     write_faiss(out, index_.get());
@@ -519,6 +529,15 @@ std::unique_ptr<VectorIndex> make_index(const std::string& kind, int64_t dim,
                                                    static_cast<size_t>(m), 8,
                                                    faiss::METRIC_INNER_PRODUCT);
     ivf->cp.verbose = false;
+    // FAISS prints a warning per sub-quantizer (up to 64) when its 256 codes have fewer than
+    // 39 training vectors each; said here once instead.
+    constexpr int64_t kCodes = 256, kPointsPerCode = 39;
+    if (n_train < kCodes * kPointsPerCode) {
+      spdlog::info("IVF-PQ learns its {} codebooks of {} codes from {} photos (FAISS "
+                   "recommends {} or more): its recall is lower than a larger catalogue's",
+                   m, kCodes, n_train, kCodes * kPointsPerCode);
+    }
+    ivf->pq.cp.min_points_per_centroid = 1;
     ivf->train(n_train, train);
     return std::make_unique<IvfPqIndex>(std::move(quantizer), std::move(ivf), options.nprobe);
   } catch (const faiss::FaissException& e) {

@@ -139,6 +139,9 @@ bool SearchDb::load_index_file() {
       report_.why = "the index was made with another model than the catalogue's";
       return false;
     }
+    // The database's search effort, kept through a rebuild of another kind or settings.
+    stored_ef_search_ = header.value("hnsw_ef_search", IndexOptions{}.hnsw_ef_search);
+    stored_nprobe_ = header.value("nprobe", IndexOptions{}.nprobe);
     auto index = read_index(in, options_);
     VT_CHECK(index->dim() == stamp.dim, path, " holds vectors of ", index->dim(),
              " dims, its header says ", stamp.dim);
@@ -176,7 +179,13 @@ bool SearchDb::load_index_file() {
     take("pq_m", "--pq-m", options_.pq_m, defaults.pq_m);
     const std::string want = target_kind(catalog_->image_count());
     if (want != index->kind()) {
-      report_.why = "a " + want + " index is asked for, the file holds " + index->kind();
+      const bool too_few = want == "flat" && (options_.kind == "ivfpq" ||
+                                              (options_.kind == "auto" && kind_option_ == "ivfpq"));
+      report_.why = too_few ? "IVF-PQ needs " + std::to_string(kIvfPqMinImages) +
+                                  " images or more, a flat index serves until then; the file "
+                                  "holds " + index->kind()
+                            : "a " + want + " index is asked for, the file holds " +
+                                  index->kind();
       return false;
     }
     if (!changed.empty()) {
@@ -186,6 +195,7 @@ bool SearchDb::load_index_file() {
     index_ = std::move(index);
     applied_seq_ = header.at("applied_seq").get<int64_t>();
     saved_seq_ = applied_seq_;
+    apply_search_effort();
     return true;
   } catch (const std::exception& e) {
     // The catalogue holds everything needed to rebuild: never fail on a bad index file.
@@ -200,6 +210,25 @@ std::string SearchDb::target_kind(int64_t n) const {
   if (options.kind == "auto") options.kind = kind_option_;
   const std::string kind = resolve_index_kind(options, n);
   return kind == "ivfpq" && n < kIvfPqMinImages ? "flat" : kind;
+}
+
+void SearchDb::apply_search_effort() {
+  const auto given = [this](const char* key) {
+    return std::find(options_.given.begin(), options_.given.end(), key) != options_.given.end();
+  };
+  // `vitrine index --ef-search N` sets the database's own; the file is saved with it.
+  if (options_.store_search_effort) {
+    const int ef = given("hnsw_ef_search") ? options_.hnsw_ef_search : stored_ef_search_;
+    const int nprobe = given("nprobe") ? options_.nprobe : stored_nprobe_;
+    if (ef != stored_ef_search_ || nprobe != stored_nprobe_) saved_seq_ = -1;
+    stored_ef_search_ = ef;
+    stored_nprobe_ = nprobe;
+  }
+  if (!index_) return;
+  IndexOptions effort = options_;
+  if (!given("hnsw_ef_search")) effort.hnsw_ef_search = stored_ef_search_;
+  if (!given("nprobe")) effort.nprobe = stored_nprobe_;
+  index_->set_search_options(effort);
 }
 
 void SearchDb::catch_up() {
@@ -350,6 +379,7 @@ void SearchDb::rebuild(const std::string& why) {
       kind_option_ = options.kind;
       applied_seq_ = seq;
       saved_seq_ = -1;
+      apply_search_effort();
       return;
     }
   }
@@ -444,7 +474,10 @@ int64_t SearchDb::write_index_file() const {
                               {"hnsw_m", options_.hnsw_m},
                               {"hnsw_ef_construction", options_.hnsw_ef_construction},
                               {"ivf_lists", options_.ivf_lists},
-                              {"pq_m", options_.pq_m}};
+                              {"pq_m", options_.pq_m},
+                              // The search effort of later commands that ask for none:
+                              {"hnsw_ef_search", stored_ef_search_},
+                              {"nprobe", stored_nprobe_}};
   const std::string header_text = header.dump();
   write_file_atomic(index_path(), [&](std::ostream& out) {
     out.write(kMagic, 4);

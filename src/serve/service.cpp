@@ -178,7 +178,7 @@ Service::Service(ServiceOptions options, std::shared_ptr<Metrics> metrics)
                    "index` or PUT/POST /v1/products; if you meant an existing one, check --db)",
                    options_.db_dir);
     }
-    db_ = search::SearchDb::open(options_.db_dir);
+    db_ = search::SearchDb::open(options_.db_dir, options_.index);
     const auto stored = db_->model();
     if (stored) {
       VT_CHECK(*stored == batcher_->model->stamp, "the database ", options_.db_dir,

@@ -523,6 +523,20 @@ TEST(SearchCli, ADuplicateThresholdOutOfRangeIsNamedWithItsRange) {
   }
 }
 
+TEST(SearchCli, SearchEffortOutOfRangeIsRefusedBeforeAnyWork) {
+  const std::string db = q(test::temp_dir("search-cli-effort"));
+  for (const std::string flags : {"search --nprobe 0", "search --ef-search -5",
+                                  "search --exact-below -1", "search --threads -3",
+                                  "eval-retrieval --nprobe 0", "serve --nprobe 0"}) {
+    const auto r = test::run_command(q(test::vitrine_bin()) + " " + flags + " --db " + db +
+                                     " --model m x.png");
+    EXPECT_EQ(r.status, 2) << flags;
+    const std::string flag = flags.substr(flags.find("--"), flags.rfind(' ') - flags.find("--"));
+    EXPECT_CONTAINS(r.err, flag);
+    EXPECT_EQ(r.err.find("faiss"), std::string::npos) << r.err;
+  }
+}
+
 TEST(SearchCli, DuplicatesWarnsWhenAGroupIsTooLargeToBeCopies) {
   const std::string d = test::temp_dir("search-cli-dup-large");
   make_model(d + "/m", 0);

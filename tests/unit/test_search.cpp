@@ -780,6 +780,50 @@ TEST(SearchDb, ARunningDatabaseTakesAnIndexFileAnotherProcessRebuilt) {
   expect_consistent(*service);
 }
 
+// `vitrine index --ef-search 200` sets the database's search effort: later commands that
+// ask for none (serve, search) take it; one that asks for another uses its own for itself.
+TEST(SearchDb, TheSearchEffortIndexSetsIsTheDatabasesOwn) {
+  const auto dir = test::temp_dir("search_effort");
+  std::mt19937_64 rng(25);
+  IndexOptions hnsw;
+  hnsw.kind = "hnsw";
+  {
+    auto db = SearchDb::open(dir, hnsw);
+    db->use_model(kModel);
+    db->upsert({random_product("A", 2, rng)});
+    db->save();
+    EXPECT_EQ(db->index()->search_effort("hnsw_ef_search"), 64);
+  }
+  IndexOptions index_cmd;  // `vitrine index --ef-search 200`, nothing else changed
+  index_cmd.hnsw_ef_search = 200;
+  index_cmd.given = {"hnsw_ef_search"};
+  index_cmd.store_search_effort = true;
+  {
+    auto db = SearchDb::open(dir, index_cmd);
+    EXPECT_FALSE(db->open_report().rebuilt) << db->open_report().why;
+    EXPECT_EQ(db->index()->search_effort("hnsw_ef_search"), 200);
+    db->save();  // written though no product changed
+  }
+  EXPECT_EQ(SearchDb::open(dir)->index()->search_effort("hnsw_ef_search"), 200);
+  IndexOptions asked;  // `vitrine search --ef-search 32`: for this command only
+  asked.hnsw_ef_search = 32;
+  asked.given = {"hnsw_ef_search"};
+  {
+    auto db = SearchDb::open(dir, asked);
+    EXPECT_EQ(db->index()->search_effort("hnsw_ef_search"), 32);
+    db->upsert({random_product("B", 1, rng)});
+    db->save();
+  }
+  auto later = SearchDb::open(dir);
+  EXPECT_EQ(later->index()->search_effort("hnsw_ef_search"), 200);
+  EXPECT_EQ(later->index()->search_effort("nprobe"), -1) << "not an IVF-PQ index";
+  // A rebuild (another kind asked for) keeps the database's effort.
+  IndexOptions flat_then_hnsw;
+  flat_then_hnsw.kind = "flat";
+  SearchDb::open(dir, flat_then_hnsw)->save();
+  EXPECT_EQ(SearchDb::open(dir, hnsw)->index()->search_effort("hnsw_ef_search"), 200);
+}
+
 TEST(SearchDb, AnOlderProcessNeverSavesOverANewerIndexFile) {
   const auto dir = test::temp_dir("search_older_save");
   std::mt19937_64 rng(21);

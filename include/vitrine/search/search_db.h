@@ -118,6 +118,8 @@ class SearchDb {
   bool load_index_file();
   /// Whether the index file is not the one this database last read or wrote.
   bool file_rewritten() const;
+  /// Sets the index's search effort: the one asked for, else the stored one.
+  void apply_search_effort();
   /// The stored photos of these products that lie in photo_dir().
   std::vector<std::string> owned_photos(const std::vector<std::string>& skus) const;
   /// Deletes those of `refs` that no stored image refers to (after a change committed).
@@ -131,6 +133,9 @@ class SearchDb {
   int64_t applied_seq_ = 0;  ///< the last catalogue change the index holds
   int64_t saved_seq_ = -1;   ///< applied_seq_ of the index file on disk
   int64_t max_images_ = 1;
+  /// The database's search effort (hnsw_ef_search, nprobe), as its index file records it.
+  int stored_ef_search_ = IndexOptions{}.hnsw_ef_search;
+  int stored_nprobe_ = IndexOptions{}.nprobe;
   /// The index file as last read or written here (inode, size, time; 0: none): another
   /// process's file differs. Atomic, as a save writes it beside searches.
   mutable std::atomic<uint64_t> file_stamp_{0};

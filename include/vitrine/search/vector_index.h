@@ -28,8 +28,12 @@ struct IndexOptions {
   /// Build settings asked for explicitly (a command line's --hnsw-m and the like: "hnsw_m",
   /// "hnsw_ef_construction", "ivf_lists", "pq_m"), even at their default values. An existing
   /// index built otherwise is rebuilt; settings neither given nor changed from their defaults
-  /// are the index file's own.
+  /// are the index file's own. "hnsw_ef_search" and "nprobe" given are the search effort
+  /// asked for; not given, the database's stored one (the defaults until set) is used.
   std::vector<std::string> given;
+  /// `vitrine index`: --ef-search and --nprobe given become the database's search effort,
+  /// which later commands (search, eval-retrieval, serve) take unless they ask for another.
+  bool store_search_effort = false;
 };
 
 /// IVF-PQ learns its codebooks from the catalogue: below this many images a flat index
@@ -76,6 +80,9 @@ class VectorIndex {
   /// ("hnsw_m", "hnsw_ef_construction", "ivf_lists", "pq_m"; "auto" resolved), or -1 for a
   /// setting that does not apply to its kind.
   virtual int64_t built_with(const std::string& setting) const = 0;
+  /// The search effort in use ("hnsw_ef_search" of HNSW, "nprobe" of IVF-PQ), or -1 for
+  /// one that does not apply to its kind.
+  virtual int64_t search_effort(const std::string& setting) const = 0;
   /// Serialises the whole index.
   virtual void write(std::ostream& out) const = 0;
 };

@@ -44,6 +44,7 @@ class ServiceError : public std::runtime_error {
 struct ServiceOptions {
   std::string model_dir;
   std::string db_dir;                 ///< empty: no search, no products
+  search::IndexOptions index;         ///< the search effort asked for (given), else the db's
   std::string precision = "auto";     ///< auto | fp32 | bf16 | int8
   int64_t max_batch = 32;             ///< images per forward pass
   int64_t max_delay_ms = 5;           ///< how long a request may wait for others to join it
