@@ -135,6 +135,10 @@ CatalogFile read_catalog_csv(const std::string& path) {
         fail("price '" + price + "' is not a number (write 12.50)");
         continue;
       }
+      if (v < 0) {
+        fail("price '" + price + "' is negative");
+        continue;
+      }
       p.price = v;
     }
     nlohmann::json attributes = nlohmann::json::object();

@@ -183,6 +183,18 @@ void check_parameters(const httplib::Request& req, const json* body,
   httplib::Params query;
   if (q != std::string::npos) httplib::detail::parse_query_text(req.target.substr(q + 1), query);
   for (const auto& [name, value] : query) {
+    // One value a parameter: of two, which one counted was a guess. Filters add up (all
+    // must hold), from the query string and the body alike.
+    const bool adds_up = name == "filter";
+    if (!adds_up && query.count(name) > 1) {
+      throw ServiceError(400, "bad_parameter", "'" + name + "' is given " +
+                                                   std::to_string(query.count(name)) +
+                                                   " times in the query string; give it once");
+    }
+    if (!adds_up && body && body->is_object() && body->contains(name)) {
+      throw ServiceError(400, "bad_parameter", "'" + name + "' is given both in the query "
+                                               "string and in the JSON body; give it once");
+    }
     if (name == "image") {  // read from the body only: a query's image was ignored
       throw ServiceError(400, "unknown_parameter",
                          "the photo goes in the body (raw bytes, a multipart field 'image' or a "
@@ -200,6 +212,11 @@ void check_parameters(const httplib::Request& req, const json* body,
                            "unknown member '" + name + "'; this route reads: " + listed());
       }
     }
+  }
+  if (req.files.count("image") > 1) {
+    throw ServiceError(400, "bad_parameter", "the multipart body has " +
+                                                 std::to_string(req.files.count("image")) +
+                                                 " 'image' fields; send one photo a request");
   }
   for (const auto& [name, file] : req.files) {
     if (name != "image") {
@@ -878,6 +895,9 @@ void HttpServer::routes() {
     if (p.contains("price") && !p["price"].is_null()) {
       if (!p["price"].is_number()) throw ServiceError(400, "bad_product", "price must be a number");
       u.product.price = p["price"].get<double>();
+      if (*u.product.price < 0) {
+        throw ServiceError(400, "bad_product", "price must not be negative");
+      }
     }
     if (p.contains("attributes")) {
       if (!p["attributes"].is_object()) {

@@ -374,6 +374,11 @@ TEST(Serve, EveryEndpointsHappyPath) {
   auto multipart = reader.Post("/v1/classify?topk=2", items);
   ASSERT_EQ(multipart->status, 200) << multipart->body;
   EXPECT_EQ(body_of(multipart)["top"], top);
+  // Two photos in one request: which one was answered would be a guess.
+  items.push_back({"image", f.photos[1], "p1.png", "image/png"});
+  auto two = reader.Post("/v1/classify", items);
+  EXPECT_EQ(two->status, 400) << two->body;
+  EXPECT_CONTAINS(two->body, "2 'image' fields");
   const std::string b64 =
       base64_encode(reinterpret_cast<const uint8_t*>(f.photos[0].data()), f.photos[0].size());
   auto via_json = reader.Post("/v1/classify", json{{"image", b64}, {"topk", 2}}.dump(),
@@ -894,6 +899,12 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
        "application/json", 400, "bad_base64"},
       {"image index huge", "GET", "/v1/products/SKU1/images/99999999999999999999999", "", "",
        404, "no_image"},
+      {"negative price", "PUT", "/v1/products/X1",
+       json{{"price", -5}, {"images", {b64}}}.dump(), "application/json", 400, "bad_product"},
+      {"k given twice", "POST", "/v1/search?k=1&k=3", json{{"image", b64}}.dump(),
+       "application/json", 400, "bad_parameter"},
+      {"k in the query and the body", "POST", "/v1/search?k=1",
+       json{{"image", b64}, {"k", 3}}.dump(), "application/json", 400, "bad_parameter"},
   };
   for (const auto& c : cases) {
     auto& client = c.method == "GET" ? reader : writer;

@@ -1076,6 +1076,10 @@ TEST(CatalogCsv, BadRowsAreReportedWithTheirLineAndTheRestKept) {
   EXPECT_CONTAINS(skus.errors[1].text, "skus.csv:3: a SKU must not end in /images/<number>");
   EXPECT_CONTAINS(skus.errors[2].text, "skus.csv:4: a SKU must not hold control characters");
   EXPECT_CONTAINS(skus.errors[3].text, "skus.csv:5: a SKU may have at most 512 bytes");
+  write_file_atomic(dir + "/neg.csv", "sku,image,price\na,a.jpg,-5\nb,b.jpg,0\n");
+  const auto neg = read_catalog_csv(dir + "/neg.csv");
+  ASSERT_EQ(neg.errors.size(), 1u);
+  EXPECT_CONTAINS(neg.errors[0].text, "neg.csv:2: price '-5' is negative");
   // A product of more photos than any search can afford to look through fails its row.
   std::string photos;
   for (int i = 0; i <= 100; ++i) photos += (i ? "|img/" : "img/") + std::to_string(i) + ".jpg";
