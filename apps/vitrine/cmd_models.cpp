@@ -201,6 +201,9 @@ void add_import_command(CLI::App& app, int& status) {
   struct Args {
     std::string from = "torchvision", arch, weights, labels, out;
     int64_t num_classes = -1, image_size = -1, in_channels = -1;
+    double eval_crop_pct = 0;
+    std::string interpolation;
+    std::vector<float> mean, std;
     bool allow_partial = false;
   };
   auto a = std::make_shared<Args>();
@@ -209,7 +212,8 @@ void add_import_command(CLI::App& app, int& status) {
       ->check(CLI::IsMember({"torchvision", "hf", "timm"}));
   cmd->add_option("--arch", a->arch, "Architecture (see `vitrine models`); hf reads config.json");
   cmd->add_option("--weights", a->weights,
-                  "torchvision .pth, timm .safetensors/.pth, or a Hugging Face directory")
+                  "torchvision .pth, timm .safetensors/.pth (or its hub folder), or a Hugging "
+                  "Face directory")
       ->required();
   cmd->add_option("--labels", a->labels, "File with one class label per line");
   cmd->add_option("--out", a->out, "Model directory to write")->required();
@@ -221,6 +225,16 @@ void add_import_command(CLI::App& app, int& status) {
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--in-channels", a->in_channels, "1 adapts an RGB checkpoint to grey input")
       ->check(CLI::IsMember({1, 3}));
+  cmd->add_option("--eval-crop-pct", a->eval_crop_pct,
+                  "Eval transform: resize to size / this, centre crop (default: what the "
+                  "checkpoint's source uses, a timm folder's config.json pretrained_cfg)")
+      ->check(CLI::Range(0.01, 1.0));
+  cmd->add_option("--interpolation", a->interpolation, "Eval resize filter (default: as above)")
+      ->check(CLI::IsMember({"nearest", "bilinear", "bicubic"}));
+  cmd->add_option("--mean", a->mean, "Eval normalisation mean, R G B (default: as above)")
+      ->expected(1, 3);
+  cmd->add_option("--std", a->std, "Eval normalisation std, R G B (default: as above)")
+      ->expected(1, 3);
   cmd->add_flag("--allow-partial", a->allow_partial,
                 "Import even when tensors are missing or unexpected (listed in the log)");
   cmd->callback([a, &status] {
@@ -232,6 +246,10 @@ void add_import_command(CLI::App& app, int& status) {
     if (a->num_classes >= 0) o.num_classes = a->num_classes;
     if (a->image_size > 0) o.image_size = a->image_size;
     if (a->in_channels > 0) o.in_channels = a->in_channels;
+    if (a->eval_crop_pct > 0) o.eval_crop_pct = a->eval_crop_pct;
+    if (!a->interpolation.empty()) o.interpolation = a->interpolation;
+    if (!a->mean.empty()) o.mean = a->mean;
+    if (!a->std.empty()) o.std = a->std;
     o.strict = !a->allow_partial;
     o.command = command_line();
     check_output_dir(a->out);

@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <array>
@@ -21,6 +22,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 namespace vitrine::models {
 namespace {
@@ -163,8 +165,12 @@ ModelConfig config_from_hf(const std::string& dir) {
   const std::string path = (fs::path(dir) / "config.json").string();
   const json j = parse_json(read_text_file(path), path);
   const std::string model_type = j.value("model_type", "");
+  VT_CHECK(model_type != "resnet", path, ": Hugging Face's ResNets (microsoft/resnet-*) are "
+           "not yet supported; import torchvision's or timm's ResNet weights instead (--from "
+           "torchvision or --from timm with --arch resnet50, ...)");
   VT_CHECK(model_type == "vit", path, ": model_type '", model_type,
-           "' is not supported for Hugging Face import (supported: vit)");
+           "' is not supported for Hugging Face import (supported: vit; other architectures "
+           "from their torchvision or timm weights)");
   ModelConfig c = model_preset("vit_custom");
   try {
     c.vit.hidden_size = j.value("hidden_size", 768);
@@ -258,6 +264,40 @@ std::string hf_weights_file(const std::string& dir) {
   }
   VT_FAIL(dir, ": no model.safetensors or pytorch_model.bin; a Hugging Face model directory "
                "holds config.json and one of them");
+}
+
+/// timm's Hugging Face hub layout: config.json beside the weights, whose pretrained_cfg is
+/// the eval transform the weights were made for (null when there is none).
+json timm_hub_config(const std::string& weights_path) {
+  const fs::path path = fs::path(weights_path).parent_path() / "config.json";
+  if (!fs::is_regular_file(path)) return nullptr;
+  const json j = parse_json(read_text_file(path.string()), path.string());
+  if (!j.is_object() || !j.contains("pretrained_cfg") || !j["pretrained_cfg"].is_object()) {
+    return nullptr;
+  }
+  return j;
+}
+
+/// Three channel statistics from a pretrained_cfg member, or none.
+std::optional<std::vector<float>> channel_stats(const json& cfg, const char* key) {
+  if (!cfg.contains(key) || !cfg[key].is_array() || cfg[key].size() != 3) return std::nullopt;
+  std::vector<float> out;
+  for (const auto& v : cfg[key]) {
+    if (!v.is_number()) return std::nullopt;
+    out.push_back(v.get<float>());
+  }
+  return out;
+}
+
+/// The image size a ViT checkpoint's position embeddings were trained at (their patch grid
+/// times the patch size), or 0 when they do not say.
+int64_t pos_embedding_image_size(const StateDict& state, int64_t patch_size) {
+  for (const auto& [name, t] : state) {
+    if (name != "encoder.pos_embedding" || t.dim() != 3) continue;
+    const auto grid = static_cast<int64_t>(std::lround(std::sqrt(t.size(1) - 1)));
+    return grid * grid == t.size(1) - 1 ? grid * patch_size : 0;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -499,8 +539,10 @@ VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
              " (the file holds no architecture)");
     config = model_preset(o.arch);
     if (o.source == Source::kTimm) {
-      // timm's usual eval transforms: ViTs bicubic, crop_pct 0.9, mean = std = 0.5;
-      // ResNets (the a1 recipe) bicubic, crop_pct 0.95, ImageNet statistics.
+      // A timm hub folder (config.json + model.safetensors) may be given as the folder.
+      if (fs::is_directory(o.weights)) weights_path = hf_weights_file(o.weights);
+      // timm's usual eval transforms where the weights do not say: ViTs bicubic, crop_pct
+      // 0.9, mean = std = 0.5; ResNets (the a1 recipe) bicubic, crop_pct 0.95, ImageNet's.
       config.preprocess.interpolation = image::Interpolation::kBicubic;
       if (config.family == Family::kViT) {
         config.preprocess.mean = {0.5f, 0.5f, 0.5f};
@@ -512,6 +554,60 @@ VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
   LoadReport report;
   StateDict state = map_keys(read_weights(weights_path), o.source, config.family, report);
 
+  // What the weights were made for, where their files say (timm's pretrained_cfg).
+  int64_t image_size = o.image_size.value_or(0);
+  std::vector<std::string> cfg_labels;
+  std::string transform_from = o.source == Source::kTimm ? "timm" : "";
+  const json hub = o.source == Source::kTimm ? timm_hub_config(weights_path) : json(nullptr);
+  if (!hub.is_null()) {
+    const json& pc = hub["pretrained_cfg"];
+    transform_from = (fs::path(weights_path).parent_path() / "config.json").string();
+    if (image_size == 0 && pc.contains("input_size") && pc["input_size"].is_array() &&
+        pc["input_size"].size() == 3 && pc["input_size"][1].is_number_integer()) {
+      image_size = pc["input_size"][1].get<int64_t>();
+      if (pc["input_size"][2] != pc["input_size"][1]) {
+        spdlog::warn("{} asks for {}x{} input; Vitrine's models take square images: {} a side",
+                     transform_from, pc["input_size"][1].dump(), pc["input_size"][2].dump(),
+                     image_size);
+      }
+    }
+    if (pc.contains("crop_pct") && pc["crop_pct"].is_number()) {
+      timm_crop_pct = pc["crop_pct"].get<double>();
+    }
+    const std::string crop_mode = pc.value("crop_mode", "center");
+    if (crop_mode == "squash") {
+      config.preprocess.squash = true;
+    } else if (crop_mode != "center") {
+      spdlog::warn("{}: crop_mode '{}' is not supported; a centre crop is used", transform_from,
+                   crop_mode);
+    }
+    if (pc.contains("interpolation") && pc["interpolation"].is_string()) {
+      try {
+        config.preprocess.interpolation = image::parse_interpolation(pc["interpolation"]);
+      } catch (const Error&) {
+        spdlog::warn("{}: interpolation '{}' is not supported; bicubic is used", transform_from,
+                     pc["interpolation"].get<std::string>());
+      }
+    }
+    if (const auto m = channel_stats(pc, "mean")) config.preprocess.mean = *m;
+    if (const auto s = channel_stats(pc, "std")) config.preprocess.std = *s;
+    if (hub.contains("label_names") && hub["label_names"].is_array()) {
+      for (const auto& l : hub["label_names"]) {
+        if (l.is_string()) cfg_labels.push_back(l.get<std::string>());
+      }
+    }
+  }
+  // A ViT's position embeddings say the size it was trained at (a 384-pixel checkpoint is
+  // not shrunk to 224 unasked).
+  if (image_size == 0 && config.family == Family::kViT && o.source != Source::kHuggingFace) {
+    const int64_t trained = pos_embedding_image_size(state, config.vit.patch_size);
+    if (trained > 0 && trained != config.image_size) {
+      spdlog::info("the checkpoint's position embeddings are of a {}-pixel grid: image size "
+                   "{} (--image-size resizes them)", trained, trained);
+      image_size = trained;
+    }
+  }
+
   // The class count comes from the checkpoint's head unless asked otherwise.
   const std::string head_key = config.family == Family::kViT ? "heads.head.weight" : "fc.weight";
   int64_t ckpt_classes = 0;
@@ -519,11 +615,25 @@ VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
     if (name == head_key && t.dim() == 2) ckpt_classes = t.size(0);
   }
   config.num_classes = o.num_classes.value_or(ckpt_classes);
+  if (!cfg_labels.empty()) config.labels = cfg_labels;
   if (config.labels.size() != static_cast<size_t>(config.num_classes)) config.labels.clear();
   if (!o.labels_file.empty()) config.labels = read_labels_file(o.labels_file);
   VT_CHECK(config.labels.empty() || static_cast<int64_t>(config.labels.size()) == config.num_classes,
            o.labels_file, ": ", config.labels.size(), " labels for a head of ", config.num_classes,
            " classes");
+  // Asked for on the command line: over anything the checkpoint implies.
+  if (o.interpolation) {
+    config.preprocess.interpolation = image::parse_interpolation(*o.interpolation);
+  }
+  for (const auto& [given, stats, flag] :
+       {std::tuple{&o.mean, &config.preprocess.mean, "--mean"},
+        std::tuple{&o.std, &config.preprocess.std, "--std"}}) {
+    if (!*given) continue;
+    VT_CHECK((*given)->size() == 3 || (*given)->size() == 1, flag, " takes 3 values (R G B) or "
+             "1, got ", (*given)->size());
+    *stats = (*given)->size() == 3 ? **given : std::vector<float>(3, (**given)[0]);
+  }
+  for (const float s : config.preprocess.std) VT_CHECK(s > 0, "--std values must be positive");
   if (o.in_channels) {
     config.in_channels = *o.in_channels;
     if (config.in_channels == 1) {
@@ -538,10 +648,22 @@ VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
     }
   }
   config.preprocess.channels = config.in_channels;
-  if (o.image_size) set_image_size(config, *o.image_size);
-  if (timm_crop_pct > 0) {
-    config.preprocess.resize =
-        static_cast<int64_t>(std::floor(config.image_size / timm_crop_pct));
+  if (image_size > 0) set_image_size(config, image_size);
+  if (o.eval_crop_pct) {
+    set_eval_crop(config, *o.eval_crop_pct);
+  } else if (timm_crop_pct > 0) {
+    set_eval_crop(config, timm_crop_pct);
+  }
+  if (!transform_from.empty() && !o.eval_crop_pct) {
+    const bool guessed = hub.is_null();
+    spdlog::info("eval transform {}: resize {}, crop {}, {}{}{}",
+                 guessed ? "timm's usual one" : "from " + transform_from,
+                 config.preprocess.resize, config.preprocess.crop,
+                 image::interpolation_name(config.preprocess.interpolation),
+                 config.preprocess.squash ? ", squashed" : "",
+                 guessed ? "; weights made for another: give their hub folder (config.json "
+                           "holds it) or --eval-crop-pct, --interpolation, --mean, --std"
+                         : "");
   }
   config.provenance_json = json_text(json{{"source", source_name(o.source)},
                                 {"weights", fs::absolute(weights_path).string()},

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <fstream>
 
 using namespace vitrine;
@@ -22,6 +23,7 @@ using namespace vitrine::models;
 using test::data_dir;
 using test::load_tensor;
 using test::max_abs_diff;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -93,6 +95,53 @@ TEST_P(TorchvisionGolden, TimmLayoutLoadsToTheSameLogits) {
 INSTANTIATE_TEST_SUITE_P(Models, TorchvisionGolden,
                          ::testing::Values("resnet18", "resnet50", "vit_b_16"),
                          [](const auto& info) { return info.param; });
+
+// A timm hub folder (model.safetensors + config.json): its pretrained_cfg is the eval
+// transform, its label_names the labels; flags given override them.
+TEST(TimmHub, PretrainedCfgGivesTheEvalTransformAndFlagsOverrideIt) {
+  const std::string dir = test::temp_dir("timm_hub");
+  fs::create_symlink(fs::absolute(data_dir("models/resnet18/timm.safetensors")),
+                     dir + "/model.safetensors");
+  nlohmann::json labels = nlohmann::json::array();
+  for (int i = 0; i < 1000; ++i) labels.push_back("class " + std::to_string(i));
+  const nlohmann::json config{
+      {"architecture", "resnet18"},
+      {"num_classes", 1000},
+      {"label_names", labels},
+      {"pretrained_cfg",
+       {{"input_size", {3, 160, 160}}, {"crop_pct", 0.8}, {"crop_mode", "center"},
+        {"interpolation", "bilinear"}, {"mean", {0.1, 0.2, 0.3}}, {"std", {0.4, 0.5, 0.6}}}}};
+  std::ofstream(dir + "/config.json") << config.dump();
+  ImportOptions o;
+  o.source = Source::kTimm;
+  o.arch = "resnet18";
+  o.weights = dir;
+  VisionModel model = import_checkpoint(o);
+  const auto& p = model->config().preprocess;
+  EXPECT_EQ(model->config().image_size, 160);
+  EXPECT_EQ(p.crop, 160);
+  EXPECT_EQ(p.resize, 200);  // 160 / 0.8
+  EXPECT_EQ(p.interpolation, image::Interpolation::kBilinear);
+  EXPECT_EQ(p.mean, (std::vector<float>{0.1f, 0.2f, 0.3f}));
+  EXPECT_EQ(p.std, (std::vector<float>{0.4f, 0.5f, 0.6f}));
+  ASSERT_EQ(model->config().labels.size(), 1000u);
+  EXPECT_EQ(model->config().labels[7], "class 7");
+  model->eval();
+  expect_matches(model, reference("resnet18"));
+  // Asked for on the command line: over the folder's.
+  o.eval_crop_pct = 1.0;
+  o.interpolation = "bicubic";
+  o.mean = std::vector<float>{0.5f};
+  o.image_size = 224;
+  VisionModel asked = import_checkpoint(o);
+  const auto& q = asked->config().preprocess;
+  EXPECT_EQ(q.crop, 224);
+  EXPECT_EQ(q.resize, 224);
+  EXPECT_EQ(q.interpolation, image::Interpolation::kBicubic);
+  EXPECT_EQ(q.mean, (std::vector<float>{0.5f, 0.5f, 0.5f}));
+  EXPECT_EQ(q.std, (std::vector<float>{0.4f, 0.5f, 0.6f}));
+  fs::remove_all(dir);
+}
 
 TEST(HuggingFaceGolden, ViTForImageClassificationMatches) {
   ImportOptions o;

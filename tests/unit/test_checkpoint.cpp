@@ -200,6 +200,32 @@ TEST(Checkpoint, SafetensorsWhoseHeaderLengthStartsLikeAPickleLoads) {
   fs::remove_all(dir);
 }
 
+// A ViT checkpoint trained at another size is imported at that size (its position
+// embeddings say which), not resized to the preset's 224 unasked.
+TEST(Checkpoint, AViTImportsAtTheSizeItsPositionEmbeddingsWereTrainedAt) {
+  const std::string dir = test::temp_dir("vit_size");
+  ModelConfig c = model_preset("vit_ti_16");
+  c.num_classes = 3;
+  set_image_size(c, 96);  // a 6 x 6 patch grid
+  VisionModel trained = create_model(c);
+  safetensors_save(dir + "/w.safetensors", model_state_dict(*trained));
+  ImportOptions o;
+  o.source = Source::kTorchvision;
+  o.arch = "vit_ti_16";
+  o.weights = dir + "/w.safetensors";
+  LoadReport report;
+  VisionModel imported = import_checkpoint(o, &report);
+  EXPECT_EQ(imported->config().image_size, 96);
+  EXPECT_EQ(imported->config().preprocess.crop, 96);
+  EXPECT_TRUE(report.adapted.empty()) << report.summary();
+  o.image_size = 128;  // asked for: resized to it
+  EXPECT_EQ(import_checkpoint(o, &report)->config().image_size, 128);
+  ASSERT_EQ(report.adapted.size(), 1u);
+  EXPECT_NE(report.adapted[0].find("37 to 65 tokens (bicubic, corners aligned)"),
+            std::string::npos) << report.summary();
+  fs::remove_all(dir);
+}
+
 TEST(Checkpoint, HuggingFaceKeysFuseQueryKeyValue) {
   const ModelConfig c = tiny_vit();
   VisionModel model = create_model(c);

@@ -68,6 +68,11 @@ struct ImportOptions {
   std::optional<int64_t> num_classes;    ///< default: the checkpoint's head
   std::optional<int64_t> image_size;     ///< default: the checkpoint's
   std::optional<int64_t> in_channels;    ///< default 3; 1 adapts an RGB stem
+  /// The eval transform, over what the checkpoint's source implies (a timm hub folder's
+  /// config.json pretrained_cfg, else the source's usual one): resize = size / crop_pct.
+  std::optional<double> eval_crop_pct;
+  std::optional<std::string> interpolation;  ///< nearest | bilinear | bicubic
+  std::optional<std::vector<float>> mean, std;
   bool strict = true;
   std::string command;                   ///< recorded in provenance
 };
