@@ -291,6 +291,46 @@ struct StoredProduct {
   std::vector<std::pair<std::string, std::string>> photos;
 };
 
+/// A product checked and its photos decoded from base64, not yet embedded.
+struct PendingProduct {
+  StoredProduct stored;
+  std::vector<std::string> encoded;  ///< each photo's file bytes
+};
+
+/// One photo through the model, or why not.
+struct EmbeddedPhoto {
+  Inference out;
+  StoredPhoto photo;  ///< stored again as decoded: without the file's metadata
+  std::exception_ptr error;
+};
+
+/// Embeds the photos through the service's batcher together: up to a batch of them in
+/// flight at once, each from its own thread (decoding too), so that they share forward
+/// passes instead of taking one each. Each photo's answer or error, in order.
+std::vector<EmbeddedPhoto> embed_all(Service& service,
+                                     const std::vector<const std::string*>& encoded) {
+  std::vector<EmbeddedPhoto> out(encoded.size());
+  // No more at once than the queue holds: the rest would be refused as if it were full.
+  const auto& o = service.options();
+  const size_t wave =
+      static_cast<size_t>(std::max<int64_t>(1, std::min(o.max_batch, o.queue_capacity)));
+  for (size_t begin = 0; begin < encoded.size(); begin += wave) {
+    const size_t end = std::min(encoded.size(), begin + wave);
+    std::vector<std::thread> threads;
+    for (size_t i = begin; i < end; ++i) {
+      threads.emplace_back([&service, &out, &encoded, i] {
+        try {
+          out[i].out = service.infer(*encoded[i], 1, &out[i].photo);  // refuses bad images
+        } catch (...) {
+          out[i].error = std::current_exception();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+  }
+  return out;
+}
+
 /// A product with the URLs of its stored images, as the product routes answer.
 json product_with_images(const search::Product& p) {
   json j = search::product_json(p);
@@ -863,7 +903,10 @@ void HttpServer::routes() {
   // Storing products: each image decoded (so bad ones are refused before anything is
   // stored), saved again without its metadata (EXIF: GPS, camera, ...), embedded through the
   // batcher, then the product stored in one transaction.
-  auto store = [this](const std::string& sku, const json& p) {
+  // A product in three steps, so that the photos of a whole bulk request go through the
+  // model together: prepare() checks it and decodes its base64, embed_all() embeds every
+  // photo through the batcher at once, finish() takes its photos' answers.
+  auto prepare = [](const std::string& sku, const json& p) {
     if (!p.is_object()) throw ServiceError(400, "bad_product", "a product is a JSON object");
     if (const std::string problem = search::sku_problem(sku); !problem.empty()) {
       throw ServiceError(400, "bad_sku", problem);
@@ -880,8 +923,8 @@ void HttpServer::routes() {
     if (p.contains("sku") && p["sku"] != sku) {
       throw ServiceError(400, "bad_sku", "the body's sku differs from the one in the URL");
     }
-    StoredProduct stored;
-    search::ProductUpdate& u = stored.update;
+    PendingProduct pending;
+    search::ProductUpdate& u = pending.stored.update;
     u.product.sku = sku;
     auto text = [&](const char* k) {
       if (!p.contains(k) || p[k].is_null()) return std::string();
@@ -913,36 +956,52 @@ void HttpServer::routes() {
                          std::to_string(search::kMaxImagesPerProduct) + " a product, got " +
                          std::to_string(p["images"].size()));
     }
-    const std::filesystem::path dir = service_.db()->photo_dir();
     for (size_t at = 0; at < p["images"].size(); ++at) {
       const json& img = p["images"][at];
       const std::string which = "images[" + std::to_string(at) + "]: ";  // names the bad one
       if (!img.is_string()) throw ServiceError(400, "bad_product", which + "not a base64 string");
-      std::string encoded;
       try {
         const auto bytes = base64_decode(img.get<std::string>());
-        encoded.assign(bytes.begin(), bytes.end());
+        pending.encoded.emplace_back(bytes.begin(), bytes.end());
       } catch (const Error& e) {
         throw ServiceError(400, "bad_base64", which + e.what());
       }
-      Inference out;
-      StoredPhoto photo;  // stored again as decoded: without the file's metadata
-      try {
-        out = service_.infer(encoded, 1, &photo);  // refuses bad and oversized images
-      } catch (const ServiceError& e) {
-        if (e.status() != 400 && e.status() != 422) throw;
-        throw ServiceError(e.status(), e.code(), which + e.what());
+    }
+    return pending;
+  };
+  auto finish = [this](PendingProduct& pending, std::vector<EmbeddedPhoto>::iterator photos) {
+    const std::filesystem::path dir = service_.db()->photo_dir();
+    StoredProduct& stored = pending.stored;
+    search::ProductUpdate& u = stored.update;
+    for (size_t at = 0; at < pending.encoded.size(); ++at) {
+      EmbeddedPhoto& e = *(photos + static_cast<std::ptrdiff_t>(at));
+      if (e.error) {
+        try {
+          std::rethrow_exception(e.error);
+        } catch (const ServiceError& error) {
+          if (error.status() != 400 && error.status() != 422) throw;
+          throw ServiceError(error.status(), error.code(),
+                             "images[" + std::to_string(at) + "]: " + error.what());
+        }
       }
+      const StoredPhoto& photo = e.photo;
       const std::string& hash = photo.content_hash;
       const bool again = std::any_of(u.images.begin(), u.images.end(),
                                      [&](const auto& stored) { return stored.content_hash == hash; });
       if (again) continue;  // the same photo twice is one photo of the product
       const std::string path = (dir / (hash + photo.extension)).string();
       stored.photos.emplace_back(path, std::string(photo.bytes.begin(), photo.bytes.end()));
-      u.images.push_back({path, hash, out.embedding});
+      u.images.push_back({path, hash, std::move(e.out.embedding)});
       u.product.images.push_back(path);
     }
-    return stored;
+    return std::move(stored);
+  };
+  auto store = [this, prepare, finish](const std::string& sku, const json& p) {
+    PendingProduct pending = prepare(sku, p);
+    std::vector<const std::string*> encoded;
+    for (const auto& e : pending.encoded) encoded.push_back(&e);
+    auto photos = embed_all(service_, encoded);
+    return finish(pending, photos.begin());
   };
   // Writes the photos and stores the products, under the database lock: a product removed
   // meanwhile cannot take a shared photo file away with it.
@@ -1008,7 +1067,7 @@ void HttpServer::routes() {
           send_json(res, 200, {{"sku", p.update.product.sku}, {"status", "stored"},
                                {"images", p.update.images.size()}});
         });
-  add("POST", "/v1/products", "/v1/products", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
+  add("POST", "/v1/products", "/v1/products", [this, prepare, finish, commit](const httplib::Request& req, httplib::Response& res) {
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
            check_parameters(req, nullptr, {});
            // Any web page can send a text/plain body across sites without asking first; a
@@ -1042,10 +1101,16 @@ void HttpServer::routes() {
                                     "requests");
            }
            // As `vitrine index`: the good products are stored, each bad one is reported
-           // (by its position and SKU) and stores nothing.
+           // (by its position and SKU) and stores nothing. All their photos go through the
+           // model together.
            std::vector<StoredProduct> batch;
            json results = json::array();
            std::set<std::string> skus;
+           auto failed = [](json& result, const std::string& code, const std::string& message) {
+             result["status"] = "failed";
+             result["error"] = {{"code", code}, {"message", message}};
+           };
+           std::vector<std::optional<PendingProduct>> pending(body.size());
            for (size_t i = 0; i < body.size(); ++i) {
              const json& p = body[i];
              json result{{"index", i}};
@@ -1058,19 +1123,37 @@ void HttpServer::routes() {
                  throw ServiceError(400, "duplicate_sku",
                                     "this SKU is stored earlier in the batch; send a product once");
                }
-               batch.push_back(store(p["sku"].get<std::string>(), p));
+               pending[i] = prepare(p["sku"].get<std::string>(), p);
                skus.insert(p["sku"].get<std::string>());
-               result["status"] = "stored";
              } catch (const ServiceError& e) {
-               result["status"] = "failed";
-               result["error"] = {{"code", e.code()}, {"message", e.what()}};
+               failed(result, e.code(), e.what());
              } catch (const Error& e) {
                spdlog::error("storing a product failed: {}", e.what());
-               result["status"] = "failed";
-               result["error"] = {{"code", "internal"},
-                                  {"message", "storing it failed inside the service; see its log"}};
+               failed(result, "internal", "storing it failed inside the service; see its log");
              }
              results.push_back(std::move(result));
+           }
+           std::vector<const std::string*> encoded;
+           for (const auto& one : pending) {
+             if (!one) continue;
+             for (const auto& photo : one->encoded) encoded.push_back(&photo);
+           }
+           std::vector<EmbeddedPhoto> photos = embed_all(service_, encoded);
+           auto next = photos.begin();
+           for (size_t i = 0; i < body.size(); ++i) {
+             if (!pending[i]) continue;
+             json& result = results[i];
+             const auto mine = next;
+             next += static_cast<std::ptrdiff_t>(pending[i]->encoded.size());
+             try {
+               batch.push_back(finish(*pending[i], mine));
+               result["status"] = "stored";
+             } catch (const ServiceError& e) {
+               failed(result, e.code(), e.what());
+             } catch (const Error& e) {
+               spdlog::error("storing a product failed: {}", e.what());
+               failed(result, "internal", "storing it failed inside the service; see its log");
+             }
            }
            if (!batch.empty()) commit(batch);
            send_json(res, 200, {{"stored", batch.size()},

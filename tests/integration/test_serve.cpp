@@ -678,6 +678,32 @@ TEST(Serve, ConcurrentRequestsAreBatchedAndEachGetsItsOwnAnswer) {
   EXPECT_LT(batches, 24) << metrics;
   EXPECT_GE(batches, 13);
   (void)before;
+  // The photos of one bulk request go through the model together too, and each product
+  // gets its own photo's embedding: searching with photo i finds product i first.
+  json products = json::array();
+  for (size_t i = 0; i < 12; ++i) {
+    products.push_back({{"sku", "BATCHED" + std::to_string(i)},
+                        {"images", {base64_encode(reinterpret_cast<const uint8_t*>(
+                                                      f.photos[i].data()),
+                                                  f.photos[i].size())}}});
+  }
+  auto writer = server.client(f.write_key);
+  auto bulk = writer.Post("/v1/products", products.dump(), "application/json");
+  ASSERT_EQ(bulk->status, 200) << bulk->body;
+  EXPECT_EQ(body_of(bulk)["stored"], 12) << bulk->body;
+  ASSERT_TRUE(std::regex_search(reader.Get("/metrics")->body, m,
+                                std::regex("vitrine_batch_size_count ([0-9]+)")));
+  EXPECT_LT(std::stoi(m[1]) - batches, 12) << "one forward pass a photo";
+  for (size_t i = 0; i < 12; ++i) {
+    auto found = reader.Post(("/v1/search?k=1&filter=sku%3DBATCHED" + std::to_string(i)).c_str(),
+                             f.photos[i], "image/png");
+    ASSERT_EQ(found->status, 200) << found->body;
+    const json results = body_of(found)["results"];
+    ASSERT_EQ(results.size(), 1u) << found->body;
+    EXPECT_GT(results[0]["score"].get<double>(), 0.999) << "product " << i << " holds another "
+                                                           "photo's embedding";
+    EXPECT_EQ(writer.Delete(("/v1/products/BATCHED" + std::to_string(i)).c_str())->status, 200);
+  }
 }
 
 TEST(Serve, HotReloadUnderLoadLosesNoRequest) {
