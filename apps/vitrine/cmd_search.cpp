@@ -177,20 +177,22 @@ void report_line(const nlohmann::json& line, bool quiet) {
   std::cout << json_text(line) << "\n";
 }
 
-/// Products of the database that this run did not list stay searchable: says how many, how
-/// many name photo files that are gone (moved or deleted: the first to name), and gives the
-/// `vitrine remove` command for the first few. Looks at the first 100,000 products.
+/// Products of the database that this run did not list (`others` of them) stay
+/// searchable: says how many, how many name photo files that are gone (moved or deleted:
+/// the first to name), and gives the `vitrine remove` command for the first few. Looks at
+/// the first 100,000 products for them.
 void note_unlisted_products(const search::SearchDb& db,
-                            const std::unordered_set<std::string>& listed,
+                            const std::unordered_set<std::string>& listed, int64_t others,
                             const std::string& source, const std::string& db_dir) {
+  if (others <= 0) return;
   std::vector<std::string> gone, kept;  // the first few SKUs of each
-  int64_t others = 0, others_gone = 0;
+  int64_t looked = 0, others_gone = 0;
   constexpr int64_t kPage = 1000;
   constexpr size_t kNamed = 5;
-  const std::string own_photos = db.photo_dir();
   constexpr int64_t kMaxLooked = 100'000;  // products: a huge catalogue is sampled
+  const std::string own_photos = db.photo_dir();
   bool capped = false;
-  for (int64_t offset = 0;; offset += kPage) {
+  for (int64_t offset = 0; looked < others; offset += kPage) {
     if (offset >= kMaxLooked) {
       capped = true;
       break;
@@ -198,7 +200,7 @@ void note_unlisted_products(const search::SearchDb& db,
     const auto page = db.catalog().list({}, offset, kPage);
     for (const auto& p : page) {
       if (listed.count(p.sku)) continue;
-      ++others;
+      ++looked;
       std::error_code ec;
       const bool missing = std::any_of(p.images.begin(), p.images.end(), [&](const auto& ref) {
         return !fs::exists(ref, ec) && !ec && fs::path(ref).parent_path() != own_photos;
@@ -209,7 +211,6 @@ void note_unlisted_products(const search::SearchDb& db,
     }
     if (static_cast<int64_t>(page.size()) < kPage) break;
   }
-  if (others == 0) return;
   std::vector<std::string> named = gone;  // those with photos gone first
   for (const auto& sku : kept) {
     if (named.size() < kNamed) named.push_back(sku);
@@ -217,12 +218,13 @@ void note_unlisted_products(const search::SearchDb& db,
   std::string skus;
   for (const auto& sku : named) skus += " " + shell_quoted(sku);
   const std::string missing_text =
-      others_gone > 0 ? fmt::format(" ({} with photo files that no longer exist: moved or "
-                                    "deleted)", others_gone)
-                      : std::string();
+      others_gone > 0
+          ? fmt::format(" ({}{} with photo files that no longer exist: moved or deleted)",
+                        others_gone, capped ? " of the first 100,000 looked at" : "")
+          : std::string();
   const std::string text = fmt::format(
-      "{}{} {} not in {}{}: {} searchable; if {} the catalogue, delete {} with `vitrine "
-      "remove --db {}{}{}`", capped ? "at least " : "", others,
+      "{} {} not in {}{}: {} searchable; if {} the catalogue, delete {} with `vitrine remove "
+      "--db {}{}{}`", others,
       others == 1 ? "product of the database is" : "products of the database are", source,
       missing_text, others == 1 ? "it stays" : "they stay", others == 1 ? "it left" : "they left",
       others == 1 ? "it" : "them",
@@ -363,7 +365,8 @@ int index_catalog(const IndexArgs& a, const search::CatalogFile& file, search::S
   if (db.catalog().product_count() > listed_in_db) {
     std::unordered_set<std::string> listed;
     for (const auto& row : file.rows) listed.insert(row.product.sku);
-    note_unlisted_products(db, listed, a.catalog, a.db);
+    note_unlisted_products(db, listed, db.catalog().product_count() - listed_in_db, a.catalog,
+                           a.db);
   }
   return failed > 0 || with_bad_photos > 0 ? kExitSomeFailed : kExitOk;
 }
@@ -398,7 +401,7 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
     return fs::absolute(name, ec).lexically_normal().string();
   };
   Progress progress("index", total, "img");
-  int64_t stored = 0, unchanged = 0, failed = 0;
+  int64_t stored = 0, unchanged = 0, failed = 0, failed_but_stored = 0;
   for (const auto& d : parts) {
     for (int64_t begin = 0; begin < d->size(); begin += a.batch_size) {
       const int64_t end = std::min(d->size(), begin + a.batch_size);
@@ -449,6 +452,7 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
         if (!error.empty()) {
           report_line({{"sku", name}, {"status", "failed"}, {"error", error}}, a.quiet);
           ++failed;
+          failed_but_stored += db.catalog().find(name) ? 1 : 0;  // from an earlier run
           continue;
         }
         search::Product p;
@@ -491,14 +495,15 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
                stored, unchanged, failed, db.catalog().product_count(),
                db.index() ? db.index()->kind() : "no");
   // Photos moved or deleted since an earlier run leave their products behind.
-  if (db.catalog().product_count() > stored + unchanged) {  // else each is listed
+  const int64_t others = db.catalog().product_count() - stored - unchanged - failed_but_stored;
+  if (others > 0) {
     std::unordered_set<std::string> listed;
     for (const auto& d : parts) {
       for (int64_t i = 0; i < d->size(); ++i) listed.insert(sku_of(*d, i));
     }
     const std::string source =
         a.split == "all" ? a.data.source : a.data.source + " (--split " + a.split + ")";
-    note_unlisted_products(db, listed, source, a.db);
+    note_unlisted_products(db, listed, others, source, a.db);
   }
   return failed > 0 ? kExitSomeFailed : kExitOk;
 }

@@ -104,11 +104,11 @@ void add_loop_options(CLI::App* cmd, LoopFlags flags);
 /// --scale, --ratio, --hflip, --color-jitter.
 void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& augment);
 
-/// Option checks for numbers >= 0 and > 0. CLI11's own (NonNegativeNumber, PositiveNumber)
-/// print the largest double as the upper bound of their range.
 /// --ef-search and --nprobe: the search effort asked for, over the database's own.
 void add_search_effort_options(CLI::App* cmd, search::IndexOptions& o);
 
+/// Option checks for numbers >= 0 and > 0. CLI11's own (NonNegativeNumber, PositiveNumber)
+/// print the largest double as the upper bound of their range.
 const CLI::Validator& non_negative();
 const CLI::Validator& positive();
 

@@ -587,6 +587,12 @@ const Value& Unpickler::run() {
 }
 
 ValuePtr Unpickler::resolve_global(const std::string& module, const std::string& name) {
+  // Python's qualified names are short; a long one, copied into each placeholder made from
+  // it, would let a small file fill memory.
+  constexpr size_t kMaxGlobalName = 256;
+  if (module.size() > kMaxGlobalName || name.size() > kMaxGlobalName) {
+    bad("a global name of ", module.size() + name.size(), " bytes");
+  }
   auto global = make_string(Kind::kGlobal, module + "." + name);
   if (module == "collections" && name == "OrderedDict") {
     global->global = GlobalId::kOrderedDict;

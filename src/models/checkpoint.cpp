@@ -633,7 +633,13 @@ VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {
              "1, got ", (*given)->size());
     *stats = (*given)->size() == 3 ? **given : std::vector<float>(3, (**given)[0]);
   }
-  for (const float s : config.preprocess.std) VT_CHECK(s > 0, "--std values must be positive");
+  for (const float s : config.preprocess.std) {
+    VT_CHECK(s > 0, "the normalisation std must be positive (", s, " given by ",
+             o.std ? std::string("--std")
+                   : transform_from.empty() ? std::string("the checkpoint's preprocessing")
+                                            : transform_from,
+             ")");
+  }
   if (o.in_channels) {
     config.in_channels = *o.in_channels;
     if (config.in_channels == 1) {

@@ -86,6 +86,7 @@ std::unique_ptr<SearchDb> SearchDb::open(const std::string& dir, const IndexOpti
            ec ? ec.message() : "a file has that name");
   std::unique_ptr<SearchDb> db(new SearchDb());
   db->dir_ = dir;
+  db->asked_ = options;
   db->options_ = options;
   db->catalog_ = open_sqlite_catalog((fs::path(dir) / "catalog.sqlite").string());
   db->max_images_ = std::max<int64_t>(1, db->catalog_->max_images_per_product());
@@ -114,6 +115,7 @@ bool SearchDb::load_index_file() {
   }
   const auto model = catalog_->model();
   file_stamp_ = file_stamp(path);  // before reading: a file replaced meanwhile is read again
+  options_ = asked_;  // what this command asked for, not what an earlier file had
   try {
     std::ifstream in(path, std::ios::binary);
     VT_CHECK(in, "cannot read ", path);
@@ -287,12 +289,19 @@ void SearchDb::refresh() {
   if (rewritten || first == 0 || first > applied_seq_ + 1) {
     auto mine = std::move(index_);
     const int64_t applied = applied_seq_, saved = saved_seq_;
+    const IndexOptions options = options_;
+    const std::string kind_option = kind_option_;
+    const int ef_search = stored_ef_search_, nprobe = stored_nprobe_;
     const bool loaded = load_index_file();
     const bool replays = first != 0 && first <= applied_seq_ + 1;
     if (!loaded || (applied_seq_ < applied && !(rewritten && replays))) {
       index_ = std::move(mine);  // catch_up rebuilds it when it cannot catch up
       applied_seq_ = applied;
       saved_seq_ = saved;
+      options_ = options;  // as this index was built
+      kind_option_ = kind_option;
+      stored_ef_search_ = ef_search;
+      stored_nprobe_ = nprobe;
     } else if (rewritten) {
       spdlog::info("took the {} index another process wrote to {}", index_->kind(),
                    index_path());

@@ -26,6 +26,7 @@
 #include <optional>
 #include <regex>
 #include <set>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <sys/socket.h>
@@ -183,18 +184,6 @@ void check_parameters(const httplib::Request& req, const json* body,
   httplib::Params query;
   if (q != std::string::npos) httplib::detail::parse_query_text(req.target.substr(q + 1), query);
   for (const auto& [name, value] : query) {
-    // One value a parameter: of two, which one counted was a guess. Filters add up (all
-    // must hold), from the query string and the body alike.
-    const bool adds_up = name == "filter";
-    if (!adds_up && query.count(name) > 1) {
-      throw ServiceError(400, "bad_parameter", "'" + name + "' is given " +
-                                                   std::to_string(query.count(name)) +
-                                                   " times in the query string; give it once");
-    }
-    if (!adds_up && body && body->is_object() && body->contains(name)) {
-      throw ServiceError(400, "bad_parameter", "'" + name + "' is given both in the query "
-                                               "string and in the JSON body; give it once");
-    }
     if (name == "image") {  // read from the body only: a query's image was ignored
       throw ServiceError(400, "unknown_parameter",
                          "the photo goes in the body (raw bytes, a multipart field 'image' or a "
@@ -203,6 +192,18 @@ void check_parameters(const httplib::Request& req, const json* body,
     if (!is_known(name)) {
       throw ServiceError(400, "unknown_parameter",
                          "unknown parameter '" + name + "'; this route reads: " + listed());
+    }
+    // One value a parameter: of two, which one counted was a guess. Filters add up (all
+    // must hold), from the query string and the body alike.
+    const bool adds_up = name == "filter" || name == "filters";
+    if (!adds_up && query.count(name) > 1) {
+      throw ServiceError(400, "bad_parameter", "'" + name + "' is given " +
+                                                   std::to_string(query.count(name)) +
+                                                   " times in the query string; give it once");
+    }
+    if (!adds_up && body && body->is_object() && body->contains(name)) {
+      throw ServiceError(400, "bad_parameter", "'" + name + "' is given both in the query "
+                                               "string and in the JSON body; give it once");
     }
   }
   if (body && body->is_object()) {
@@ -310,21 +311,26 @@ struct EmbeddedPhoto {
 std::vector<EmbeddedPhoto> embed_all(Service& service,
                                      const std::vector<const std::string*>& encoded) {
   std::vector<EmbeddedPhoto> out(encoded.size());
-  // No more at once than the queue holds: the rest would be refused as if it were full.
+  // At most half the queue at once: other requests keep room in it.
   const auto& o = service.options();
   const size_t wave =
-      static_cast<size_t>(std::max<int64_t>(1, std::min(o.max_batch, o.queue_capacity)));
+      static_cast<size_t>(std::max<int64_t>(1, std::min(o.max_batch, o.queue_capacity / 2)));
+  const auto embed = [&service, &out, &encoded](size_t i) {
+    try {
+      out[i].out = service.infer(*encoded[i], 1, &out[i].photo);  // refuses bad images
+    } catch (...) {
+      out[i].error = std::current_exception();
+    }
+  };
   for (size_t begin = 0; begin < encoded.size(); begin += wave) {
     const size_t end = std::min(encoded.size(), begin + wave);
     std::vector<std::thread> threads;
     for (size_t i = begin; i < end; ++i) {
-      threads.emplace_back([&service, &out, &encoded, i] {
-        try {
-          out[i].out = service.infer(*encoded[i], 1, &out[i].photo);  // refuses bad images
-        } catch (...) {
-          out[i].error = std::current_exception();
-        }
-      });
+      try {
+        threads.emplace_back(embed, i);
+      } catch (const std::system_error&) {  // no thread to be had: this one here, alone
+        embed(i);
+      }
     }
     for (auto& t : threads) t.join();
   }

@@ -52,7 +52,7 @@ using json = nlohmann::json;
 /// to another directory).
 void warn_if_backbone_saw_test_photos(const std::string& provenance, const std::string& init_dir,
                                       const data::DataOptions& options,
-                                      const data::DataSplits& splits) {
+                                      const data::DataSplits& splits, bool say) {
   if (!splits.test || splits.test->size() == 0) return;
   const json p = json::parse(provenance, nullptr, false);
   if (!p.is_object() || p.value("source", "") != "vitrine pretrain") return;
@@ -92,7 +92,7 @@ void warn_if_backbone_saw_test_photos(const std::string& provenance, const std::
   } catch (const std::exception&) {
     return;  // the data as it was then cannot be read now: nothing to compare
   }
-  if (overlap == 0) return;
+  if (overlap == 0 || !say) return;
   const std::string advice =
       options.test_split > 0
           ? fmt::format("pretrain on {} with this run's --test-split {} and --data-seed {}, or "
@@ -111,13 +111,13 @@ void warn_if_backbone_saw_test_photos(const std::string& provenance, const std::
 /// Validation or test photos that are byte-for-byte training photos (a copy under another
 /// name, one photo for two products) are scored as new but were learned: said with a count
 /// and one pair, as the scores they inflate are the ones a user trusts.
-void warn_of_photos_in_two_splits(const data::DataSplits& splits) {
+void warn_of_photos_in_two_splits(const data::DataSplits& splits, bool say) {
   const std::pair<const char*, const std::shared_ptr<data::Dataset>*> sides[] = {
       {"validation", &splits.val}, {"test", &splits.test}};
   for (const auto& [side, split] : sides) {
     if (!*split || (*split)->size() == 0) continue;
     const auto repeats = data::repeated_files(*splits.train, **split);
-    if (repeats.empty()) continue;
+    if (repeats.empty() || !say) continue;
     const bool test = std::string(side) == "test";
     spdlog::warn("{} of the {} {} photos have the bytes of a training photo (e.g. {} and {}): "
                  "{}. Keep each photo, and each product's photos, in one split",
@@ -1227,11 +1227,13 @@ Trainer::Trainer(TrainOptions options) : s_(std::make_unique<State>()) {
   s.build_model();
   // Flag values out of range fail here, naming the setting, not later on the first image.
   image::check_train_transform(s.augmentation());
-  if (!o.init_dir.empty() && o.dist.rank == 0) {  // the process that logs; one scan
+  // Every process scans, so that all reach the rendezvous together; the lead one says it.
+  const bool lead = o.dist.rank == 0;
+  if (!o.init_dir.empty()) {
     warn_if_backbone_saw_test_photos(s.model->config().provenance_json, o.init_dir, o.data,
-                                     s.data);
+                                     s.data, lead);
   }
-  if (o.dist.rank == 0) warn_of_photos_in_two_splits(s.data);
+  warn_of_photos_in_two_splits(s.data, lead);
   s.set_provenance();
   if (!o.teacher_dir.empty()) s.load_teacher();
   if (!o.unlabelled.empty()) s.open_unlabelled();

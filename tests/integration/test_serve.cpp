@@ -446,6 +446,10 @@ TEST(Serve, EveryEndpointsHappyPath) {
                                  "application/json");
   ASSERT_EQ(found_again->status, 200) << found_again->body;
   EXPECT_EQ(body_of(found_again)["results"], results);
+  // Filters add up, repeated in the query string too.
+  auto repeated = reader.Post("/v1/search?k=3&filters=category%3Dshoes&filters=price%3E%3D0",
+                              f.photos[3], "image/png");
+  ASSERT_EQ(repeated->status, 200) << repeated->body;
 
   // products: put (image without its EXIF), get, bulk post, delete.
   auto writer = server.client(f.write_key);

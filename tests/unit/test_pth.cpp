@@ -398,6 +398,8 @@ TEST_F(PthCrafted, PickleMachineErrors) {
   expect_error("\x80\x02\xff.", "unknown pickle opcode 0xff");
   expect_error("\x80\x09}.", "unsupported pickle protocol 9");
   expect_error("\x80\x02]" + str("x") + "b.", "BUILD on a list");
+  // Placeholders copy their class's name: a long one is refused at once.
+  expect_error("\x80\x02" "c" + std::string(300, 'm') + "\nx\n.", "a global name of 301 bytes");
 }
 
 TEST_F(PthCrafted, ForbiddenGlobals) {

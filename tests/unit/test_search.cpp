@@ -768,6 +768,14 @@ TEST(SearchDb, ARunningDatabaseTakesAnIndexFileAnotherProcessRebuilt) {
   EXPECT_EQ(later->index()->size(), 4);
   expect_consistent(*later);
 
+  // Rebuilt again with other settings: the settings this process took from the first file
+  // are not its own to insist on.
+  IndexOptions m12 = hnsw;
+  m12.hnsw_m = 12;
+  m12.given = {"hnsw_m"};
+  SearchDb::open(dir, m12)->save();
+  service->refresh();
+  EXPECT_EQ(service->index()->built_with("hnsw_m"), 12);
   // A file rewritten while this process has changes it has not saved: the log brings the
   // other's file up to date, and nothing is lost.
   service->upsert({random_product("D", 1, rng)});

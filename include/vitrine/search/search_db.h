@@ -126,7 +126,8 @@ class SearchDb {
   void drop_orphan_photos(const std::vector<std::string>& refs);
 
   std::string dir_;
-  IndexOptions options_;
+  IndexOptions asked_;    ///< as open() was given them
+  IndexOptions options_;  ///< asked_ with the settings of the index in use filled in
   std::unique_ptr<Catalog> catalog_;
   std::unique_ptr<VectorIndex> index_;
   std::string kind_option_ = "auto";  ///< how the index's kind was chosen: auto or explicit
