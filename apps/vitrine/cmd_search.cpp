@@ -222,13 +222,13 @@ void note_unlisted_products(const search::SearchDb& db,
           ? fmt::format(" ({}{} with photo files that no longer exist: moved or deleted)",
                         others_gone, capped ? " of the first 100,000 looked at" : "")
           : std::string();
+  const bool one = others == 1;
   const std::string text = fmt::format(
       "{} {} not in {}{}: {} searchable; if {} the catalogue, delete {} with `vitrine remove "
       "--db {}{}{}`", others,
-      others == 1 ? "product of the database is" : "products of the database are", source,
-      missing_text, others == 1 ? "it stays" : "they stay", others == 1 ? "it left" : "they left",
-      others == 1 ? "it" : "them",
-      db_dir, skus, others > static_cast<int64_t>(named.size()) ? " ..." : "");
+      one ? "product of the database is" : "products of the database are", source,
+      missing_text, one ? "it stays" : "they stay", one ? "it left" : "they left",
+      one ? "it" : "them", db_dir, skus, others > static_cast<int64_t>(named.size()) ? " ..." : "");
   if (others_gone > 0) {
     spdlog::warn("{}", text);
   } else {
@@ -402,19 +402,22 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
   };
   Progress progress("index", total, "img");
   int64_t stored = 0, unchanged = 0, failed = 0, failed_but_stored = 0;
+  std::unordered_set<std::string> listed;  // every item's SKU
   for (const auto& d : parts) {
     for (int64_t begin = 0; begin < d->size(); begin += a.batch_size) {
       const int64_t end = std::min(d->size(), begin + a.batch_size);
       const auto n = static_cast<size_t>(end - begin);
       std::vector<cv::Mat> images(n);
-      std::vector<std::string> errors(n), hashes(n), categories(n);
+      std::vector<std::string> errors(n), hashes(n), categories(n), names(n);
       // An item stored before with the same pixels and class is left as it is: a re-run
       // embeds only what changed.
       std::vector<cv::Mat> to_embed;
       std::vector<size_t> embed_at(n, n);  ///< the item's place in to_embed (n: none)
       for (size_t at = 0; at < n; ++at) {
         const int64_t i = begin + static_cast<int64_t>(at);
-        if (const auto problem = search::sku_problem(sku_of(*d, i)); !problem.empty()) {
+        names[at] = sku_of(*d, i);
+        listed.insert(names[at]);
+        if (const auto problem = search::sku_problem(names[at]); !problem.empty()) {
           errors[at] = "its path cannot be a product's SKU (" + problem + "): rename it";
           continue;
         }
@@ -428,10 +431,9 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
         hashes[at] = sha256_hex(images[at].data, images[at].total() * images[at].elemSize());
         const auto labels = d->labels(i);
         if (!labels.empty()) categories[at] = d->classes().at(static_cast<size_t>(labels.front()));
-        const std::string name = sku_of(*d, i);
-        const auto before = db.catalog().image_hashes(name);
+        const auto before = db.catalog().image_hashes(names[at]);
         if (before.size() == 1 && before.front().second == hashes[at]) {
-          const auto product = db.catalog().find(name);
+          const auto product = db.catalog().find(names[at]);
           if (product && product->category == categories[at]) continue;
         }
         embed_at[at] = to_embed.size();
@@ -441,8 +443,7 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
       std::vector<search::ProductUpdate> batch;
       std::vector<std::pair<std::string, std::string>> copies;  ///< PNG copies (path, bytes)
       for (size_t at = 0; at < n; ++at) {
-        const int64_t i = begin + static_cast<int64_t>(at);
-        const std::string name = sku_of(*d, i);
+        const std::string& name = names[at];
         if (errors[at].empty() && embed_at[at] == n) {
           report_line({{"sku", name}, {"status", "unchanged"}}, a.quiet);
           ++unchanged;
@@ -497,10 +498,6 @@ int index_data(const IndexArgs& a, const std::vector<std::shared_ptr<data::Datas
   // Photos moved or deleted since an earlier run leave their products behind.
   const int64_t others = db.catalog().product_count() - stored - unchanged - failed_but_stored;
   if (others > 0) {
-    std::unordered_set<std::string> listed;
-    for (const auto& d : parts) {
-      for (int64_t i = 0; i < d->size(); ++i) listed.insert(sku_of(*d, i));
-    }
     const std::string source =
         a.split == "all" ? a.data.source : a.data.source + " (--split " + a.split + ")";
     note_unlisted_products(db, listed, others, source, a.db);

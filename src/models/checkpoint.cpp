@@ -130,15 +130,22 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// The side of the square patch grid behind `tokens` position embeddings (a class token
+// first), or 0 when they are no such grid.
+int64_t patch_grid_side(int64_t tokens) {
+  const auto side = static_cast<int64_t>(std::lround(std::sqrt(std::max<int64_t>(0, tokens - 1))));
+  return side > 0 && side * side == tokens - 1 ? side : 0;
+}
+
 // The patch grid of position embeddings resized bicubically, the class token's embedding
 // kept: as torchvision's interpolate_embeddings (align_corners), Hugging Face's
 // interpolate_pos_encoding (not) or timm's resample_abs_pos_embed (not, antialiased).
 at::Tensor interpolate_pos_embedding(const at::Tensor& pos, int64_t new_tokens,
                                      const LoadOptions& options) {
   const int64_t d = pos.size(2);
-  const int64_t old_grid = static_cast<int64_t>(std::lround(std::sqrt(pos.size(1) - 1)));
-  const int64_t new_grid = static_cast<int64_t>(std::lround(std::sqrt(new_tokens - 1)));
-  VT_CHECK(old_grid * old_grid == pos.size(1) - 1 && new_grid * new_grid == new_tokens - 1,
+  const int64_t old_grid = patch_grid_side(pos.size(1));
+  const int64_t new_grid = patch_grid_side(new_tokens);
+  VT_CHECK(old_grid > 0 && new_grid > 0,
            "position embeddings of ", pos.size(1), " tokens cannot be interpolated to ",
            new_tokens, " tokens (square patch grids plus a class token expected)");
   const at::Tensor token = pos.slice(1, 0, 1);
@@ -293,9 +300,9 @@ std::optional<std::vector<float>> channel_stats(const json& cfg, const char* key
 /// times the patch size), or 0 when they do not say.
 int64_t pos_embedding_image_size(const StateDict& state, int64_t patch_size) {
   for (const auto& [name, t] : state) {
-    if (name != "encoder.pos_embedding" || t.dim() != 3) continue;
-    const auto grid = static_cast<int64_t>(std::lround(std::sqrt(t.size(1) - 1)));
-    return grid * grid == t.size(1) - 1 ? grid * patch_size : 0;
+    if (name == "encoder.pos_embedding" && t.dim() == 3) {
+      return patch_grid_side(t.size(1)) * patch_size;
+    }
   }
   return 0;
 }

@@ -529,13 +529,14 @@ std::unique_ptr<VectorIndex> make_index(const std::string& kind, int64_t dim,
                                                    static_cast<size_t>(m), 8,
                                                    faiss::METRIC_INNER_PRODUCT);
     ivf->cp.verbose = false;
-    // FAISS prints a warning per sub-quantizer (up to 64) when its 256 codes have fewer than
-    // 39 training vectors each; said here once instead.
-    constexpr int64_t kCodes = 256, kPointsPerCode = 39;
-    if (n_train < kCodes * kPointsPerCode) {
+    // FAISS prints a warning per sub-quantizer (up to 64) when its codes have fewer than
+    // min_points_per_centroid training vectors each; said here once instead.
+    const auto codes = static_cast<int64_t>(ivf->pq.ksub);
+    const int64_t recommended = codes * ivf->pq.cp.min_points_per_centroid;
+    if (n_train < recommended) {
       spdlog::info("IVF-PQ learns its {} codebooks of {} codes from {} photos (FAISS "
                    "recommends {} or more): its recall is lower than a larger catalogue's",
-                   m, kCodes, n_train, kCodes * kPointsPerCode);
+                   m, codes, n_train, recommended);
     }
     ivf->pq.cp.min_points_per_centroid = 1;
     ivf->train(n_train, train);

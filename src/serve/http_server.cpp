@@ -67,7 +67,6 @@ std::string scope_for(const httplib::Request& req) {
 }
 
 
-/// Longer SKUs are refused: a SKU is an identifier, not a document.
 /// Products, and photos in all, one POST /v1/products may store: each photo is a forward pass
 /// and the answer a line per product, so a 20 MB array of 10 million entries is refused
 /// before any work.
@@ -908,10 +907,10 @@ void HttpServer::routes() {
            });
   // Storing products: each image decoded (so bad ones are refused before anything is
   // stored), saved again without its metadata (EXIF: GPS, camera, ...), embedded through the
-  // batcher, then the product stored in one transaction.
-  // A product in three steps, so that the photos of a whole bulk request go through the
-  // model together: prepare() checks it and decodes its base64, embed_all() embeds every
-  // photo through the batcher at once, finish() takes its photos' answers.
+  // batcher, then the product stored in one transaction. In three steps, so that the photos
+  // of a whole bulk request go through the model together: prepare() checks a product and
+  // decodes its base64, embed_all() embeds every photo at once, finish() takes a product's
+  // answers.
   auto prepare = [](const std::string& sku, const json& p) {
     if (!p.is_object()) throw ServiceError(400, "bad_product", "a product is a JSON object");
     if (const std::string problem = search::sku_problem(sku); !problem.empty()) {
