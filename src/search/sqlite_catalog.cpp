@@ -322,6 +322,20 @@ class SqliteCatalog : public Catalog {
     tx.commit();
   }
 
+  bool update_details(const Product& given) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Product p = given;
+    compose_text_fields(p);
+    check_attributes(p);
+    Statement update(db_,
+                     "UPDATE products SET title = ?, category = ?, price = ?, brand = ?, "
+                     "seller = ?, attributes = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', "
+                     "'now') WHERE sku = ?");
+    update.bind(1, p.title).bind(2, p.category).bind(3, p.price).bind(4, p.brand);
+    update.bind(5, p.seller).bind(6, p.attributes).bind(7, p.sku).run();
+    return sqlite3_changes(db_) > 0;
+  }
+
   std::vector<std::string> remove(const std::vector<std::string>& skus) override {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<std::string> unknown;

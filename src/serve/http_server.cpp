@@ -150,17 +150,21 @@ bool is_json_type(const httplib::Request& req) {
   return lowered(req.get_header_value("Content-Type")).rfind("application/json", 0) == 0;
 }
 
+/// The request's body parsed as JSON; 400 bad_json where it is not.
+json parsed_body(const httplib::Request& req) {
+  try {
+    return parse_json(req.body, "the request body", kMaxRequestContainers);
+  } catch (const Error& e) {
+    throw ServiceError(400, "bad_json", e.what());
+  }
+}
+
 /// A JSON body when the request has one (Content-Type application/json).
 std::optional<json> json_body(const httplib::Request& req) {
   if (!is_json_type(req) || req.body.empty()) {
     return std::nullopt;
   }
-  json body;
-  try {
-    body = parse_json(req.body, "the request body", kMaxRequestContainers);
-  } catch (const Error& e) {
-    throw ServiceError(400, "bad_json", e.what());
-  }
+  const json body = parsed_body(req);
   if (!body.is_object()) throw ServiceError(400, "bad_json", "the body is not a JSON object");
   return body;
 }
@@ -343,6 +347,100 @@ json product_with_images(const search::Product& p) {
   for (size_t i = 0; i < p.images.size(); ++i) urls.push_back(image_url(p.sku, i));
   j["images"] = urls;
   return j;
+}
+
+/// Refuses a product body that is not an object, members no product has, and a SKU the URL
+/// cannot name or the body contradicts.
+void check_product_members(const std::string& sku, const json& p) {
+  if (!p.is_object()) throw ServiceError(400, "bad_product", "a product is a JSON object");
+  if (const std::string problem = search::sku_problem(sku); !problem.empty()) {
+    throw ServiceError(400, "bad_sku", problem);
+  }
+  for (const auto& [name, value] : p.items()) {
+    static const char* const kFields[] = {"sku",    "title",      "category", "price",
+                                          "brand",  "seller",     "attributes", "images"};
+    if (std::find(std::begin(kFields), std::end(kFields), name) == std::end(kFields)) {
+      throw ServiceError(400, "unknown_parameter",
+                         "unknown product member '" + name + "' (title, category, price, "
+                         "brand, seller, attributes, images; other facts go in attributes)");
+    }
+  }
+  if (p.contains("sku") && p["sku"] != sku) {
+    throw ServiceError(400, "bad_sku", "the body's sku differs from the one in the URL");
+  }
+}
+
+/// Reads a product's details (all but its photos) from a body into `p`: a member left out
+/// keeps p's value, null clears it. `attributes` replaces p's, or with `merge` is merged into
+/// them as a JSON merge patch (RFC 7396: an attribute set to null is removed).
+void read_details(const json& body, search::Product& p, bool merge) {
+  const auto text = [&body](const char* k, std::string& field) {
+    if (!body.contains(k)) return;
+    if (body[k].is_null()) {
+      field.clear();
+    } else if (body[k].is_string()) {
+      field = body[k].get<std::string>();
+    } else {
+      throw ServiceError(400, "bad_product", std::string(k) + " must be a string");
+    }
+  };
+  text("title", p.title);
+  text("category", p.category);
+  text("brand", p.brand);
+  text("seller", p.seller);
+  if (body.contains("price")) {
+    const json& price = body["price"];
+    if (price.is_null()) {
+      p.price.reset();
+    } else if (!price.is_number()) {
+      throw ServiceError(400, "bad_product", "price must be a number");
+    } else if (price.get<double>() < 0) {
+      throw ServiceError(400, "bad_product", "price must not be negative");
+    } else {
+      p.price = price.get<double>();
+    }
+  }
+  if (body.contains("attributes")) {
+    const json& given = body["attributes"];
+    if (given.is_null()) {
+      p.attributes = "{}";
+    } else if (!given.is_object()) {
+      throw ServiceError(400, "bad_product", "attributes must be a JSON object");
+    } else if (merge) {
+      json stored = json::parse(p.attributes, nullptr, /*allow_exceptions=*/false);
+      if (!stored.is_object()) stored = json::object();
+      stored.merge_patch(given);
+      p.attributes = stored.dump();
+    } else {
+      p.attributes = given.dump();
+    }
+  }
+}
+
+/// The photos of a body's `images` (base64), decoded: one at least, kMaxImagesPerProduct at
+/// most, a bad one named by its position.
+std::vector<std::string> decode_photos(const json& p) {
+  if (!p.contains("images") || !p["images"].is_array() || p["images"].empty()) {
+    throw ServiceError(400, "bad_product", "images: a non-empty array of base64 images");
+  }
+  if (p["images"].size() > search::kMaxImagesPerProduct) {
+    throw ServiceError(400, "bad_product", "images: at most " +
+                       std::to_string(search::kMaxImagesPerProduct) + " a product, got " +
+                       std::to_string(p["images"].size()));
+  }
+  std::vector<std::string> encoded;
+  for (size_t at = 0; at < p["images"].size(); ++at) {
+    const json& img = p["images"][at];
+    const std::string which = "images[" + std::to_string(at) + "]: ";  // names the bad one
+    if (!img.is_string()) throw ServiceError(400, "bad_product", which + "not a base64 string");
+    try {
+      const auto bytes = base64_decode(img.get<std::string>());
+      encoded.emplace_back(bytes.begin(), bytes.end());
+    } catch (const Error& e) {
+      throw ServiceError(400, "bad_base64", which + e.what());
+    }
+  }
+  return encoded;
 }
 
 /// A search result: the product and the URL of its photo that matched.
@@ -657,7 +755,7 @@ void HttpServer::routes() {
       return;
     }
     if (!res.body.empty()) return;  // already an error body (and counted)
-    const bool sends_body = req.method == "POST" || req.method == "PUT";
+    const bool sends_body = req.method == "POST" || req.method == "PUT" || req.method == "PATCH";
     if (res.status == 413) {
       too_large(res);
     } else if (res.status == 404 && !allowed_methods(req.path).empty()) {
@@ -732,6 +830,7 @@ void HttpServer::routes() {
     if (method == "GET") s.Get(pattern, handler);
     if (method == "POST") s.Post(pattern, handler);
     if (method == "PUT") s.Put(pattern, handler);
+    if (method == "PATCH") s.Patch(pattern, handler);
     if (method == "DELETE") s.Delete(pattern, handler);
   };
 
@@ -912,66 +1011,11 @@ void HttpServer::routes() {
   // decodes its base64, embed_all() embeds every photo at once, finish() takes a product's
   // answers.
   auto prepare = [](const std::string& sku, const json& p) {
-    if (!p.is_object()) throw ServiceError(400, "bad_product", "a product is a JSON object");
-    if (const std::string problem = search::sku_problem(sku); !problem.empty()) {
-      throw ServiceError(400, "bad_sku", problem);
-    }
-    for (const auto& [name, value] : p.items()) {
-      static const char* const kFields[] = {"sku",    "title",      "category", "price",
-                                            "brand",  "seller",     "attributes", "images"};
-      if (std::find(std::begin(kFields), std::end(kFields), name) == std::end(kFields)) {
-        throw ServiceError(400, "unknown_parameter",
-                           "unknown product member '" + name + "' (title, category, price, "
-                           "brand, seller, attributes, images; other facts go in attributes)");
-      }
-    }
-    if (p.contains("sku") && p["sku"] != sku) {
-      throw ServiceError(400, "bad_sku", "the body's sku differs from the one in the URL");
-    }
+    check_product_members(sku, p);
     PendingProduct pending;
-    search::ProductUpdate& u = pending.stored.update;
-    u.product.sku = sku;
-    auto text = [&](const char* k) {
-      if (!p.contains(k) || p[k].is_null()) return std::string();
-      if (!p[k].is_string()) throw ServiceError(400, "bad_product", std::string(k) + " must be a string");
-      return p[k].get<std::string>();
-    };
-    u.product.title = text("title");
-    u.product.category = text("category");
-    u.product.brand = text("brand");
-    u.product.seller = text("seller");
-    if (p.contains("price") && !p["price"].is_null()) {
-      if (!p["price"].is_number()) throw ServiceError(400, "bad_product", "price must be a number");
-      u.product.price = p["price"].get<double>();
-      if (*u.product.price < 0) {
-        throw ServiceError(400, "bad_product", "price must not be negative");
-      }
-    }
-    if (p.contains("attributes")) {
-      if (!p["attributes"].is_object()) {
-        throw ServiceError(400, "bad_product", "attributes must be a JSON object");
-      }
-      u.product.attributes = p["attributes"].dump();
-    }
-    if (!p.contains("images") || !p["images"].is_array() || p["images"].empty()) {
-      throw ServiceError(400, "bad_product", "images: a non-empty array of base64 images");
-    }
-    if (p["images"].size() > search::kMaxImagesPerProduct) {
-      throw ServiceError(400, "bad_product", "images: at most " +
-                         std::to_string(search::kMaxImagesPerProduct) + " a product, got " +
-                         std::to_string(p["images"].size()));
-    }
-    for (size_t at = 0; at < p["images"].size(); ++at) {
-      const json& img = p["images"][at];
-      const std::string which = "images[" + std::to_string(at) + "]: ";  // names the bad one
-      if (!img.is_string()) throw ServiceError(400, "bad_product", which + "not a base64 string");
-      try {
-        const auto bytes = base64_decode(img.get<std::string>());
-        pending.encoded.emplace_back(bytes.begin(), bytes.end());
-      } catch (const Error& e) {
-        throw ServiceError(400, "bad_base64", which + e.what());
-      }
-    }
+    pending.stored.update.product.sku = sku;
+    read_details(p, pending.stored.update.product, /*merge=*/false);
+    pending.encoded = decode_photos(p);
     return pending;
   };
   auto finish = [this](PendingProduct& pending, std::vector<EmbeddedPhoto>::iterator photos) {
@@ -1009,11 +1053,14 @@ void HttpServer::routes() {
     return finish(pending, photos.begin());
   };
   // Writes the photos and stores the products, under the database lock: a product removed
-  // meanwhile cannot take a shared photo file away with it.
-  auto commit = [this](const std::vector<StoredProduct>& products) {
+  // meanwhile cannot take a shared photo file away with it. `before` may still change the
+  // products under that lock (a PATCH merges the stored product's details there).
+  using BeforeCommit = std::function<void(std::vector<StoredProduct>&)>;
+  auto commit = [this](std::vector<StoredProduct> products, const BeforeCommit& before = {}) {
     namespace fs = std::filesystem;
     auto lock = service_.lock_for_write();
     auto* db = service_.db();
+    if (before) before(products);
     std::vector<std::string> written;
     std::vector<search::ProductUpdate> batch;
     auto write_missing = [&] {
@@ -1072,6 +1119,71 @@ void HttpServer::routes() {
           send_json(res, 200, {{"sku", p.update.product.sku}, {"status", "stored"},
                                {"images", p.update.images.size()}});
         });
+  // Changing a stored product: the members sent replace its own (null clears one), its
+  // attributes are merged (a JSON merge patch, RFC 7396), and its photos stay as they are,
+  // embeddings and all, unless `images` is sent, which replaces them as a PUT does. A price
+  // change sends no photo and embeds nothing.
+  add("PATCH", R"(/v1/products/(.+))", "/v1/products/{sku}",
+      [this, finish, commit](const httplib::Request& req, httplib::Response& res) {
+           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+           check_parameters(req, nullptr, {});
+           const std::string type = lowered(req.get_header_value("Content-Type"));
+           if (!is_json_type(req) && type.rfind("application/merge-patch+json", 0) != 0) {
+             throw ServiceError(415, "unsupported_media_type",
+                                "send the changes as JSON (Content-Type: "
+                                "application/merge-patch+json or application/json)");
+           }
+           const json body = parsed_body(req);
+           if (!body.is_object()) {
+             throw ServiceError(400, "bad_json",
+                                "send the changes as a JSON object, e.g. {\"price\": 9.99}");
+           }
+           const std::string sku = req.matches[1];
+           check_product_members(sku, body);
+           search::Product checked;  // bad details are refused before any photo is embedded
+           read_details(body, checked, /*merge=*/true);
+           const auto unknown = [&sku] {
+             return ServiceError(404, "unknown_sku",
+                                 "no product " + sku +
+                                     " (PUT /v1/products/{sku} stores a new one)");
+           };
+           const auto stored = [this, &sku] {
+             return service_.db()->catalog().find(sku);
+           };
+           if (!body.contains("images")) {
+             const auto lock = service_.lock_for_write();
+             auto p = stored();
+             if (!p) throw unknown();
+             read_details(body, *p, /*merge=*/true);
+             if (!service_.db()->catalog().update_details(*p)) throw unknown();
+           } else {
+             if (body["images"].is_null()) {
+               throw ServiceError(400, "bad_product", "images: a product keeps one photo at "
+                                  "least (DELETE /v1/products/{sku} removes the product)");
+             }
+             {
+               std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
+               if (!stored()) throw unknown();  // before the photos' work
+             }
+             PendingProduct pending;
+             pending.stored.update.product.sku = sku;
+             pending.encoded = decode_photos(body);
+             std::vector<const std::string*> encoded;
+             for (const auto& e : pending.encoded) encoded.push_back(&e);
+             auto photos = embed_all(service_, encoded);
+             commit({finish(pending, photos.begin())}, [&](std::vector<StoredProduct>& products) {
+               auto p = stored();
+               if (!p) throw unknown();
+               read_details(body, *p, /*merge=*/true);
+               p->images = products.front().update.product.images;
+               products.front().update.product = *p;
+             });
+           }
+           std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
+           const auto p = stored();
+           if (!p) throw unknown();  // removed by another process meanwhile
+           send_json(res, 200, product_with_images(*p));
+         });
   add("POST", "/v1/products", "/v1/products", [this, prepare, finish, commit](const httplib::Request& req, httplib::Response& res) {
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
            check_parameters(req, nullptr, {});
@@ -1081,12 +1193,7 @@ void HttpServer::routes() {
              throw ServiceError(415, "unsupported_media_type",
                                 "send the products as JSON (Content-Type: application/json)");
            }
-           json body;
-           try {
-             body = parse_json(req.body, "the request body", kMaxRequestContainers);
-           } catch (const Error& e) {
-             throw ServiceError(400, "bad_json", e.what());
-           }
+           const json body = parsed_body(req);
            if (!body.is_array()) {
              throw ServiceError(400, "bad_json", "send a JSON array of products, each with a sku");
            }

@@ -327,6 +327,7 @@ TEST(Serve, EveryEndpointsHappyPath) {
       httplib::Result r = method == "get"      ? c.Get(concrete.c_str())
                           : method == "delete" ? c.Delete(concrete.c_str())
                           : method == "put"    ? c.Put(concrete.c_str(), "", "text/plain")
+                          : method == "patch"  ? c.Patch(concrete.c_str(), "", "text/plain")
                           : concrete == "/v1/admin/reload"
                               ? admin_client.Get(concrete.c_str())  // a POST would reload
                               : c.Post(concrete.c_str(), "", "text/plain");
@@ -710,6 +711,112 @@ TEST(Serve, ConcurrentRequestsAreBatchedAndEachGetsItsOwnAnswer) {
   }
 }
 
+TEST(Serve, PatchChangesAProductsDetailsAndKeepsItsPhotos) {
+  const auto& f = fixture();
+  Server server("");
+  auto reader = server.client(f.read_key), writer = server.client(f.write_key);
+  const json spec = body_of(reader.Get("/openapi.json"));
+  const auto b64 = [&f](size_t i) {
+    return base64_encode(reinterpret_cast<const uint8_t*>(f.photos[i].data()), f.photos[i].size());
+  };
+  const auto forward_passes_and_index_size = [&reader] {
+    const std::string metrics = reader.Get("/metrics")->body;
+    std::smatch passes, size;
+    EXPECT_TRUE(
+        std::regex_search(metrics, passes, std::regex("vitrine_batch_size_count ([0-9]+)")));
+    EXPECT_TRUE(std::regex_search(metrics, size, std::regex("vitrine_index_size ([0-9]+)")));
+    return std::make_pair(std::stoi(passes[1]), std::stoi(size[1]));
+  };
+  const auto best_score = [&](size_t photo, const std::string& filter) {
+    auto found = reader.Post(("/v1/search?k=1&filter=" + filter).c_str(), f.photos[photo],
+                             "image/png");
+    EXPECT_EQ(found->status, 200) << found->body;
+    const json results = body_of(found)["results"];
+    return results.empty() || results[0]["sku"] != "PATCHED" ? -1.0
+                                                            : results[0]["score"].get<double>();
+  };
+  auto put = writer.Put("/v1/products/PATCHED",
+                        json{{"title", "Wool hat"}, {"category", "hats"}, {"price", 5},
+                             {"brand", "acme"},
+                             {"attributes", {{"colour", "red"}, {"size", "M"}}},
+                             {"images", {b64(5)}}}.dump(),
+                        "application/json");
+  ASSERT_EQ(put->status, 200) << put->body;
+  const std::string photo_before = reader.Get("/v1/products/PATCHED/images/0")->body;
+  const auto before = forward_passes_and_index_size();
+
+  // A new price, one attribute more, one less, the title cleared: no photo goes through the
+  // model and the index keeps its size, while filters see the new details at once.
+  auto patched = writer.Patch("/v1/products/PATCHED",
+                              json{{"price", 7.5}, {"title", nullptr},
+                                   {"attributes", {{"size", nullptr}, {"material", "wool"}}}}
+                                  .dump(),
+                              "application/merge-patch+json");
+  ASSERT_EQ(patched->status, 200) << patched->body;
+  expect_conforms(spec, "/v1/products/{sku}", "patch", patched);
+  const json p = body_of(patched);
+  EXPECT_EQ(p["price"], 7.5);
+  EXPECT_EQ(p["title"], "");
+  EXPECT_EQ(p["category"], "hats");
+  EXPECT_EQ(p["brand"], "acme");
+  EXPECT_EQ(p["attributes"], json({{"colour", "red"}, {"material", "wool"}}));
+  EXPECT_EQ(p["images"], json::array({"/v1/products/PATCHED/images/0"}));
+  EXPECT_EQ(body_of(reader.Get("/v1/products/PATCHED")), p);
+  EXPECT_EQ(forward_passes_and_index_size(), before);
+  EXPECT_EQ(reader.Get("/v1/products/PATCHED/images/0")->body, photo_before);
+  EXPECT_GT(best_score(5, "price%3D7.5"), 0.999);
+  EXPECT_GT(best_score(5, "attributes.material%3Dwool"), 0.999);
+  EXPECT_LT(best_score(5, "price%3D5"), 0.0) << "the old price still matches";
+  // application/json is taken too; an empty patch changes nothing.
+  auto same = writer.Patch("/v1/products/PATCHED", "{}", "application/json");
+  ASSERT_EQ(same->status, 200) << same->body;
+  EXPECT_EQ(body_of(same), p);
+
+  // Refused, and nothing changes: the problem is named.
+  const std::vector<std::tuple<std::string, std::string, int, std::string>> refused = {
+      {"/v1/products/NOSUCH", R"({"price": 1})", 404, "unknown_sku"},
+      {"/v1/products/NOSUCH", R"({"images": [")" + b64(6) + R"("]})", 404, "unknown_sku"},
+      {"/v1/products/PATCHED", R"({"price": "cheap"})", 400, "price must be a number"},
+      {"/v1/products/PATCHED", R"({"price": -1, "title": "x"})", 400, "must not be negative"},
+      {"/v1/products/PATCHED", R"({"attributes": 5})", 400, "attributes must be a JSON object"},
+      {"/v1/products/PATCHED", R"({"images": null})", 400, "one photo at least"},
+      {"/v1/products/PATCHED", R"({"images": []})", 400, "non-empty array"},
+      {"/v1/products/PATCHED", R"({"images": [")" + base64_encode("text") + R"("]})", 400,
+       "images[0]: "},
+      {"/v1/products/PATCHED", R"({"colour": "red"})", 400, "unknown product member 'colour'"},
+      {"/v1/products/PATCHED", R"({"sku": "OTHER"})", 400, "differs from the one in the URL"},
+      {"/v1/products/PATCHED", R"([{"price": 1}])", 400, "a JSON object"},
+      {"/v1/products/PATCHED", R"({"price": )", 400, "bad_json"},
+  };
+  for (const auto& [path, body, status, says] : refused) {
+    auto r = writer.Patch(path.c_str(), body, "application/merge-patch+json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, status) << body << ": " << r->body;
+    EXPECT_CONTAINS(r->body, says);
+  }
+  EXPECT_EQ(writer.Patch("/v1/products/PATCHED", R"({"price": 1})", "text/plain")->status, 415);
+  EXPECT_EQ(reader.Patch("/v1/products/PATCHED", R"({"price": 1})", "application/json")->status,
+            403);
+  EXPECT_EQ(body_of(reader.Get("/v1/products/PATCHED")), p);
+
+  // Photos sent replace the old ones (one forward pass), the details are merged as before.
+  const auto before_photo = forward_passes_and_index_size();
+  auto new_photo = writer.Patch("/v1/products/PATCHED",
+                                json{{"images", {b64(6)}}, {"category", "caps"}}.dump(),
+                                "application/merge-patch+json");
+  ASSERT_EQ(new_photo->status, 200) << new_photo->body;
+  const json q = body_of(new_photo);
+  EXPECT_EQ(q["category"], "caps");
+  EXPECT_EQ(q["price"], 7.5);
+  EXPECT_EQ(q["attributes"], p["attributes"]);
+  EXPECT_NE(reader.Get("/v1/products/PATCHED/images/0")->body, photo_before);
+  const auto after = forward_passes_and_index_size();
+  EXPECT_EQ(after.first, before_photo.first + 1);
+  EXPECT_EQ(after.second, before.second);
+  EXPECT_GT(best_score(6, "sku%3DPATCHED"), 0.999) << "the new photo is not what is searched";
+  EXPECT_EQ(writer.Delete("/v1/products/PATCHED")->status, 200);
+}
+
 TEST(Serve, HotReloadUnderLoadLosesNoRequest) {
   const auto& f = fixture();
   Server server("--max-delay-ms 2");
@@ -952,7 +1059,7 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
   auto wrong = writer.Post("/v1/products/X1", "{}", "application/json");
   ASSERT_TRUE(wrong);
   EXPECT_EQ(wrong->status, 405);
-  EXPECT_EQ(wrong->get_header_value("Allow"), "GET, DELETE, PUT");
+  EXPECT_EQ(wrong->get_header_value("Allow"), "GET, DELETE, PUT, PATCH");
   // The reload route wants a path, and a POST without a Content-Length is named as such
   // (httplib's clients always send one: this request is written by hand).
   auto admin = server.client(fixture().admin_key);

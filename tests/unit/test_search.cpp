@@ -255,6 +255,36 @@ TEST(SearchCatalog, EmbeddingsOfImagesNoLongerStored) {
   EXPECT_EQ(values, catalog->embeddings({stored[1], stored[0]}));
 }
 
+TEST(SearchCatalog, NewDetailsKeepTheImagesAndLogNoChange) {
+  const auto dir = test::temp_dir("search_details");
+  auto catalog = open_sqlite_catalog(dir + "/c.sqlite");
+  catalog->set_model(kModel);
+  std::mt19937_64 rng(4);
+  catalog->upsert({random_product("a", 2, rng)});
+  const auto ids = catalog->image_ids({});
+  const auto embeddings = catalog->embeddings(ids);
+  const int64_t changes = catalog->last_change();
+  Product p = *catalog->find("a");
+  p.price = 12.5;
+  p.title = "Cre\u0300me";  // stored composed, as upsert stores it
+  p.attributes = R"({"colour": "red"})";
+  EXPECT_TRUE(catalog->update_details(p));
+  const Product got = *catalog->find("a");
+  EXPECT_EQ(got.price, 12.5);
+  EXPECT_EQ(got.title, "Cr\u00e8me");
+  EXPECT_EQ(got.images, p.images);
+  EXPECT_EQ(catalog->image_ids({parse_filter("attributes.colour=red")}), ids);
+  EXPECT_EQ(catalog->embeddings(ids), embeddings);
+  EXPECT_EQ(catalog->last_change(), changes) << "the index would re-add unchanged images";
+  Product unknown = p;
+  unknown.sku = "b";
+  EXPECT_FALSE(catalog->update_details(unknown));
+  EXPECT_FALSE(catalog->find("b").has_value());
+  p.attributes = "[1]";
+  EXPECT_CONTAINS(test::error_of([&] { catalog->update_details(p); }), "JSON object");
+  EXPECT_EQ(catalog->find("a")->attributes, got.attributes);
+}
+
 TEST(SearchCatalog, RejectsAFileThatIsNotACatalogue) {
   const auto dir = test::temp_dir("search_notdb");
   write_file_atomic(dir + "/c.sqlite", std::string(4096, 'x'));
