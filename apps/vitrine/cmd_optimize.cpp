@@ -488,13 +488,24 @@ void run_into(const Args& a) {
                                      row["agreement_with_original"].get<double>())
                        : std::string());
     }
-    // A top-1 measured on few photos moves by whole photos: say how far chance reaches.
+    // A top-1 measured on few photos moves by whole photos: say how far chance reaches, as
+    // Wilson's 95% interval (right at 0 and 1 too, where p(1-p)/n says nothing).
     const auto n = acc["images"].get<double>();
-    const double top1 = acc[acc["variants"][0].get<std::string>()]["top1"].get<double>();
-    if (n < 1000) {
-      spdlog::warn("measured on {} images: a top-1 of {:.4f} is known to about +/-{:.4f} (95%), "
-                   "so smaller changes say little; give --data a split of 1,000 photos or more",
-                   n, top1, 1.96 * std::sqrt(std::max(top1 * (1 - top1), 0.25 / n) / n));
+    if (n < 1000 && n > 0) {
+      std::string ranges;
+      for (const auto& p : acc["variants"]) {
+        const double top1 = acc[p.get<std::string>()]["top1"].get<double>();
+        const double z = 1.96, shrink = 1 + z * z / n;
+        const double centre = (top1 + z * z / (2 * n)) / shrink;
+        const double half =
+            z * std::sqrt(top1 * (1 - top1) / n + z * z / (4 * n * n)) / shrink;
+        ranges += fmt::format("{}{} {:.4f} ({:.3f} to {:.3f})", ranges.empty() ? "" : ", ",
+                              variant_label(a, p.get<std::string>()), top1,
+                              std::max(0.0, centre - half), std::min(1.0, centre + half));
+      }
+      spdlog::warn("measured on {} images, each top-1 is known only within a range (95%): {}; "
+                   "smaller changes say little; give --data a split of 1,000 photos or more",
+                   n, ranges);
     }
   } else {
     spdlog::warn("no --data given: the accuracy change is not measured");

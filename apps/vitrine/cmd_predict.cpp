@@ -17,6 +17,18 @@
 
 namespace vitrine::cli {
 
+void add_precision_options(CLI::App* cmd, std::string& precision, std::string* engine) {
+  cmd->add_option("--precision", precision,
+                  "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, "
+                  "bf16 or int8; `vitrine bench` measures which is fastest here")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
+  if (engine == nullptr) return;
+  cmd->add_option("--engine", *engine,
+                  "fused (oneDNN, weights pre-packed, post-ops fused), libtorch (the reference) "
+                  "or auto (fused where built)")
+      ->check(CLI::IsMember({"auto", "fused", "libtorch"}));
+}
+
 void add_predict_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand("predict", "Classify images; prints one JSON object per line");
   struct Args {
@@ -33,14 +45,7 @@ void add_predict_command(CLI::App& app, int& status) {
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)")
       ->check(CLI::Range(0, 4096));
-  cmd->add_option("--precision", a->precision,
-                  "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, "
-                  "bf16 or int8; `vitrine bench` measures which is fastest here")
-      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
-  cmd->add_option("--engine", a->engine,
-                  "fused (oneDNN, weights pre-packed, post-ops fused), libtorch (the reference) "
-                  "or auto (fused where built)")
-      ->check(CLI::IsMember({"auto", "fused", "libtorch"}));
+  add_precision_options(cmd, a->precision, &a->engine);
   cmd->add_option("--max-pixels", a->max_pixels,
                   "Refuse images with more pixels (checked from the header)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));

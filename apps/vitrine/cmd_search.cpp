@@ -523,9 +523,7 @@ void add_index_command(CLI::App& app, int& status) {
   a->index.store_search_effort = true;  // --ef-search/--nprobe here: the database's own
   cmd->add_option("--batch-size", a->batch_size, "Images per forward pass (and per commit)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
-  cmd->add_option("--precision", a->precision,
-      "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
-      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
+  add_precision_options(cmd, a->precision);
   cmd->add_option("--max-pixels", a->max_pixels, "Refuse larger images (from the header)");
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)")
       ->check(non_negative());
@@ -591,9 +589,7 @@ void add_search_command(CLI::App& app, int& status) {
                   "Score filtered sets of at most this many images exactly")
       ->check(non_negative());
   add_search_effort_options(cmd, a->index);
-  cmd->add_option("--precision", a->precision,
-      "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
-      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
+  add_precision_options(cmd, a->precision);
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)")
       ->check(non_negative());
   cmd->add_option("images", a->images, "Query photos (files or folders)")->required();
@@ -896,9 +892,7 @@ void add_eval_retrieval_command(CLI::App& app, int& status) {
   cmd->add_option("--examples", a->examples, "Example queries in the report")
       ->check(CLI::Range(int64_t{0}, int64_t{1000}));
   add_search_effort_options(cmd, a->index);
-  cmd->add_option("--precision", a->precision,
-      "auto (int8 for a model `vitrine optimize --int8` calibrated, else fp32), fp32, bf16 or int8")
-      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
+  add_precision_options(cmd, a->precision);
   cmd->add_option("--threads", a->threads, "CPU threads (default: all cores)")
       ->check(non_negative());
   cmd->callback([a, &status] {

@@ -8,6 +8,7 @@
 #include "vitrine/core/threads.h"
 #include "vitrine/data/dataset.h"
 #include "vitrine/models/model_dir.h"
+#include "vitrine/models/predictor.h"
 #include "vitrine/train/evaluate.h"
 #include "vitrine/train/trainer.h"
 
@@ -480,7 +481,7 @@ void warn_other_split(const std::string& dir, const data::DataOptions& data) {
 void add_eval_command(CLI::App& app, int& status) {
   auto* cmd = app.add_subcommand("eval", "Evaluate a model on a labelled split");
   struct Args {
-    std::string model, compare, split = "test", json;
+    std::string model, compare, split = "test", json, precision = "auto", engine = "auto";
     data::DataOptions data;
     train::EvalOptions eval;
     int threads = 0;
@@ -497,6 +498,7 @@ void add_eval_command(CLI::App& app, int& status) {
   cmd->add_option("--batch-size,-b", a->eval.batch_size, "Images per forward pass");
   cmd->add_option("--workers", a->eval.workers, "Image decoding threads (0 = all cores)");
   cmd->add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  add_precision_options(cmd, a->precision, &a->engine);
   cmd->add_option("--attack", a->attack,
                   "Also report robust accuracy under this attack: none | fgsm | pgd")
       ->check(CLI::IsMember({"none", "fgsm", "pgd"}));
@@ -521,6 +523,18 @@ void add_eval_command(CLI::App& app, int& status) {
     std::vector<std::string> dirs{a->model};
     if (!a->compare.empty()) dirs.push_back(a->compare);
     int64_t skipped = 0;  // unreadable images, over the models
+    // Each model as predict and serve run it: an int8-calibrated one in int8.
+    a->eval.inference = true;
+    std::vector<std::string> precisions;
+    const auto load = [&](const std::string& dir) {
+      auto model = models::load_model(dir);
+      const models::Predictor prepared(model, models::parse_precision(a->precision),
+                                       models::parse_engine(a->engine));
+      precisions.push_back(models::precision_name(prepared.precision()));
+      spdlog::info("{}: {} on the {} engine", dir, precisions.back(),
+                   models::engine_name(prepared.engine()));
+      return model;
+    };
     // Scores are among the model's classes (the data's are matched to them by name).
     const auto class_names = [&](const models::VisionModelImpl& model) {
       const auto& c = model.config();
@@ -528,7 +542,7 @@ void add_eval_command(CLI::App& app, int& status) {
     };
     if (splits.multi_label) {
       for (const auto& dir : dirs) {
-        auto model = models::load_model(dir);
+        auto model = load(dir);
         if (dir != a->model) warn_other_split(dir, a->data);  // --model: adopted
         std::vector<std::string> errors;
         const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
@@ -546,6 +560,7 @@ void add_eval_command(CLI::App& app, int& status) {
         out[dir] = nlohmann::json::parse(m.to_json(names));
         out[dir]["skipped_images"] = errors.size();
         nlohmann::json line{{"model", dir},          {"split", a->split},
+                            {"precision", precisions.back()},
                             {"images", m.count},     {"map", m.mean_ap},
                             {"micro_f1", m.micro_f1}, {"macro_f1", m.macro_f1},
                             {"skipped_images", errors.size()}};
@@ -570,7 +585,7 @@ void add_eval_command(CLI::App& app, int& status) {
     std::vector<train::ClassificationMetrics> results, robust;
     std::vector<int64_t> skipped_of;
     for (const auto& dir : dirs) {
-      auto model = models::load_model(dir);
+      auto model = load(dir);
       if (dir != a->model) warn_other_split(dir, a->data);  // --model: adopted
       std::vector<std::string> errors;
       results.push_back(train::evaluate(*model, d, a->eval, &errors));
@@ -591,6 +606,7 @@ void add_eval_command(CLI::App& app, int& status) {
     for (size_t i = 0; i < dirs.size(); ++i) {
       const auto& m = results[i];
       nlohmann::json line{{"model", dirs[i]},   {"split", a->split},
+                          {"precision", precisions[i]},
                           {"images", m.count},  {"top1", m.top1},
                           {"top5", m.top5_json()},     {"macro_f1", m.macro_f1},
                           {"ece", m.ece},       {"loss", m.loss},

@@ -104,6 +104,10 @@ void add_loop_options(CLI::App* cmd, LoopFlags flags);
 /// --scale, --ratio, --hflip, --color-jitter.
 void add_crop_flip_jitter_options(CLI::App* cmd, image::TrainTransform& augment);
 
+/// --precision (auto | fp32 | bf16 | int8) and, with `engine`, --engine (auto | fused |
+/// libtorch): how a command's forward passes run, as models::Predictor takes them.
+void add_precision_options(CLI::App* cmd, std::string& precision, std::string* engine = nullptr);
+
 /// --ef-search and --nprobe: the search effort asked for, over the database's own.
 void add_search_effort_options(CLI::App* cmd, search::IndexOptions& o);
 

@@ -122,10 +122,11 @@ void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::
   }
   const auto& pre = model.config().preprocess;
   for_each_eval_batch(model, d, options, errors, [&](const data::Batch& batch) {
-    const at::Tensor logits =
-        adversary ? model.forward(attack(model, batch.images, batch.targets, *adversary,
-                                         pre.mean, pre.std))
-                  : model.forward(batch.images);
+    const at::Tensor images = adversary ? attack(model, batch.images, batch.targets,
+                                                 *adversary, pre.mean, pre.std)
+                                        : batch.images;
+    const at::Tensor logits = options.inference ? model.forward_inference(images).to(at::kFloat)
+                                                : model.forward(images);
     if (!at::isfinite(logits).all().item<bool>()) {
       throw NonFiniteOutput(model.config().arch + " produces non-finite outputs (its weights "
                             "have diverged)", __FILE__, __LINE__);

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <sstream>
 
 using namespace vitrine;
@@ -567,7 +568,16 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   EXPECT_FALSE(fs::exists(d + "/int8.partial"));
   // Eight photos are few, for scales and for accuracy alike: said.
   EXPECT_CONTAINS(r.err, "int8 scales from 8 images");
-  EXPECT_CONTAINS(r.err, "measured on 8 images: a top-1 of");
+  EXPECT_CONTAINS(r.err, "measured on 8 images, each top-1 is known only within a range");
+  {  // Wilson's interval: wide on 8 photos, also at a top-1 of 0 or 1.
+    std::smatch m;
+    const std::regex range(R"(int8 ([0-9.]+) \(([0-9.]+) to ([0-9.]+)\))");
+    ASSERT_TRUE(std::regex_search(r.err, m, range)) << r.err;
+    const double top1 = std::stod(m[1]), low = std::stod(m[2]), high = std::stod(m[3]);
+    EXPECT_LE(low, top1);
+    EXPECT_GE(high, top1);
+    EXPECT_GT(high - low, 0.3) << r.err;
+  }
   // A split the data lacks fails before any work, and leaves no model behind.
   const auto failed = test::run_command(
       bin + " optimize --model " + q(d + "/run/best") + " --int8 --calib " +
@@ -636,6 +646,23 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
                         q(d + "/data/test/class_1"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 4u);
+  // eval scores the int8 model in int8, as optimize measured it on the same test photos;
+  // --precision fp32 scores its fp32 weights, which are the original's.
+  r = test::run_command(bin + " eval --model " + q(d + "/int8") + " --data " + q(d + "/data"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json int8_eval = json_lines(r.out).at(0);
+  EXPECT_EQ(int8_eval["precision"], "int8");
+  EXPECT_EQ(int8_eval["images"], 8);
+  EXPECT_DOUBLE_EQ(int8_eval["top1"].get<double>(), acc["int8"]["top1"].get<double>()) << acc;
+  r = test::run_command(bin + " eval --model " + q(d + "/int8") + " --precision fp32 --compare " +
+                        q(d + "/run/best") + " --data " + q(d + "/data"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto fp32_evals = json_lines(r.out);
+  ASSERT_EQ(fp32_evals.size(), 2u) << r.out;
+  EXPECT_EQ(fp32_evals[0]["precision"], "fp32");
+  EXPECT_NEAR(fp32_evals[0]["loss"].get<double>(), fp32_evals[1]["loss"].get<double>(), 1e-6);
+  EXPECT_GT(std::abs(int8_eval["loss"].get<double>() - fp32_evals[0]["loss"].get<double>()),
+            1e-6) << "int8 scored as fp32";
   // What cannot be done says so.
   r = test::run_command(bin + " optimize --model " + q(d + "/run/best") + " --calib " +
                         q(d + "/data/train") + " --out " + q(d + "/none"));

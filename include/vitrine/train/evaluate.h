@@ -28,6 +28,10 @@ struct EvalOptions {
   int workers = 0;
   bool strict = false;
   bool targets = true;  ///< false: images alone (unlabelled data); see LoaderOptions
+  /// Logits through the model's prepared inference path (its precision and engine, as
+  /// models::Predictor prepares them: int8, bf16, fused), the one predict and serve run;
+  /// false: forward(), the training graph in fp32. Adversarial images are made with forward().
+  bool inference = false;
 };
 
 /// How a data set's classes are matched to a classifier's.
