@@ -397,6 +397,7 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
   keys.reserve(items.paths.size());
   for (const auto& p : items.paths) keys.push_back(path_within(p, home));
   SplitIndices parts;
+  double applied_val_split = 0;
   if (splits_given) {
     for (size_t i = 0; i < items.split.size(); ++i) {
       std::vector<int64_t>& part = items.split[i] == 0   ? parts.train
@@ -408,6 +409,7 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
     // for (a train/ folder alone keeps all its photos by default).
     const double carve_val = parts.val.empty() ? std::max(options.val_split, 0.0) : 0.0;
     const double carve_test = parts.test.empty() ? options.test_split : 0.0;
+    applied_val_split = carve_val;
     if (carve_val > 0 || carve_test > 0) {
       std::vector<int64_t> train_strata;
       std::vector<std::string> train_keys;
@@ -441,6 +443,7 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
       }
     }
   } else {
+    applied_val_split = val_fraction(options);
     parts = split_stratified(strata, classes, val_fraction(options), options.test_split,
                              options.seed, &keys);
     if (val_fraction(options) > 0 && parts.val.empty()) {
@@ -502,6 +505,7 @@ DataSplits finish_files(FileItems items, std::set<std::string> class_set, bool m
   DataSplits out;
   out.classes = classes;
   out.multi_label = multi_label;
+  out.val_split = applied_val_split;
   out.train = parts.train.empty() ? subset(base, {})
                                   : subsample(subset(base, std::move(parts.train)), options,
                                               warnings);
@@ -929,6 +933,7 @@ DataSplits open_fashion_mnist(const DataOptions& options) {
            " hold no images; ", kInstallHint);
   DataSplits out;
   out.classes = fashion_mnist_classes();
+  out.val_split = val_fraction(options);
   if (val_fraction(options) > 0) {
     SplitIndices parts = split_stratified(strata_of(*train), out.classes, val_fraction(options),
                                           0.0, options.seed);

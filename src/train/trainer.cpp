@@ -929,7 +929,7 @@ void Trainer::State::set_provenance() {
   if (o.data.labels_per_class > 0) p["labels_per_class"] = o.data.labels_per_class;
   if (o.data.seed != 0) p["data_seed"] = o.data.seed;
   // How its val/test photos were carved, so that `eval` can tell when it is given others.
-  p["val_split"] = o.data.val_split;
+  p["val_split"] = data.val_split;  // as applied: an unset one resolved
   p["test_split"] = o.data.test_split;
   if (o.init_dir.empty()) {
     p["arch"] = o.arch;

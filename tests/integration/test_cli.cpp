@@ -941,6 +941,18 @@ TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25 --data-seed 1: its val/test "
                          "photos are taken the same way");
+  // An unset --val-split is recorded as applied (0.1 here), so the default given by its
+  // value is the same setting, not one that "holds photos it learnt from".
+  r = test::run_command(bin + " train --init " + q(d + "/init") + " --data " +
+                        q(d + "/data/all") + " --test-split 0.25 --epochs 1 --batch-size 4 "
+                        "--threads 2 --out " + q(d + "/default_val"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json::parse(std::ifstream(d + "/default_val/last/config.json"))["provenance"]
+                ["val_split"], 0.1);
+  r = test::run_command(bin + " eval --model " + q(d + "/default_val/last") + " --data " +
+                        q(d + "/data/all") + " --val-split 0.1 --test-split 0.25");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err.find("where val/test photos are carved out"), std::string::npos) << r.err;
   // A run's folder is named as such, not met with the data's missing test split.
   r = test::run_command(bin + " eval --model " + q(d + "/run1") + " --data " +
                         q(d + "/data/all"));

@@ -88,6 +88,11 @@ struct DataSplits {
   std::vector<std::string> classes;
   bool multi_label = false;
   std::vector<std::string> warnings;  ///< e.g. empty class folders, labels unseen in train
+  /// The validation fraction carved out of the training photos as applied: an unset
+  /// val_split resolved (0.1, or 0 beside a layout that keeps its photos), 0 where the layout
+  /// has validation photos of its own. What a run records, so that the default and the same
+  /// value given read as one setting.
+  double val_split = 0;
 };
 
 /// Opens a data set and splits it. Classes are sorted by name (torchvision's ImageFolder
