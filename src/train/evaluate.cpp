@@ -82,6 +82,15 @@ ClassMatch match_classes(const models::ModelConfig& config,
       if (std::find(labels.begin(), labels.end(), c) == labels.end()) unknown.push_back(c);
     }
     if (unknown.empty()) return ClassMatch::kByName;
+    // No name in common and other counts: another task altogether (ImageNet's classes
+    // against a shop's), which no mapping scores.
+    VT_CHECK(static_cast<int64_t>(unknown.size()) < n || n == k, config.arch, " classifies ",
+             k, " classes of its own (", quoted_list(labels, "'", 40), "), none of them the "
+             "data's ", n, " (",
+             quoted_list(unknown), "), so it cannot be scored on this data. To see what "
+             "fine-tuning bought, score a linear probe of it (`vitrine train --init <model> "
+             "--reinit-head --freeze backbone`: its features, a head fitted to these classes) "
+             "beside the fine-tuned model");
     // No name in common: by position, as torchvision's ImageFolder numbers sorted folders.
     VT_CHECK(static_cast<int64_t>(unknown.size()) == n && n == k, config.arch,
              " does not know ", unknown.size(), " of the data's ", n, " classes (",
