@@ -319,11 +319,23 @@ void calibrate(const Args& a, const std::shared_ptr<data::Dataset>& calib,
   data::Loader loader(calib, train::eval_sample_transform(cfg), lo);
   loader.start_epoch(0);
   const auto t0 = std::chrono::steady_clock::now();
-  cfg.int8_scales = model.calibrate_int8([&loader] {
-    data::Batch b;
-    return loader.next(b) ? b.images : at::Tensor();
-  });
-  for (const auto& e : loader.errors()) spdlog::warn("calibration image skipped: {}", e);
+  const auto skipped = [&loader] {
+    for (const auto& e : loader.errors()) spdlog::warn("calibration image skipped: {}", e);
+    return static_cast<int64_t>(loader.errors().size());
+  };
+  try {
+    cfg.int8_scales = model.calibrate_int8([&loader] {
+      data::Batch b;
+      return loader.next(b) ? b.images : at::Tensor();
+    });
+  } catch (const Error&) {
+    const int64_t unreadable = skipped();
+    VT_CHECK(unreadable < calib->size(), "none of the ", calib->size(),
+             " calibration images of ", a.calib, " could be read (each is named above); give "
+             "--calib photos like those the model will serve, in JPEG, PNG, WebP or BMP");
+    throw;
+  }
+  skipped();
   const double calib_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t used = calib->size() - static_cast<int64_t>(loader.errors().size());

@@ -521,12 +521,22 @@ StateDict read_weights(const std::string& path) {
       ((head[0] == 'P' && head[1] == 'K') || head[0] == 0x80)) {
     return pth_load(path);
   }
-  try {
+  // A safetensors header (or a file named so) that is cut short or malformed: its own errors.
+  if (safetensors || (got == sizeof head && head[8] == '{') ||
+      fs::path(path).extension() == ".safetensors") {
     return safetensors_load(path).tensors;
-  } catch (const Error& e) {
-    VT_FAIL(path, ": neither a torch.save checkpoint (.pth, a zip archive) nor a safetensors "
-                  "file (", e.what(), ")");
   }
+  // What the file is instead, where its first bytes say.
+  std::string is;
+  if (got >= 3 && head[0] == 0xFF && head[1] == 0xD8 && head[2] == 0xFF) is = " (a JPEG image)";
+  if (got >= 4 && head[0] == 0x89 && head[1] == 'P' && head[2] == 'N' && head[3] == 'G') {
+    is = " (a PNG image)";
+  }
+  if (got >= 2 && head[0] == 0x1F && head[1] == 0x8B) is = " (gzip: unpack it first)";
+  if (got >= 1 && (head[0] == '<' || head[0] == '{')) is = " (text: HTML or JSON, not weights)";
+  VT_FAIL(path, ": not a checkpoint", is, ": weights come as a torch.save file (.pth/.pt/.bin: "
+          "a zip archive, or a pickle of PyTorch before 1.6) or a safetensors file; give the "
+          "weights file itself as --weights");
 }
 
 VisionModel import_checkpoint(const ImportOptions& o, LoadReport* report_out) {

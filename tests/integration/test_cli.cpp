@@ -284,7 +284,15 @@ TEST(Cli, WrongSourceOrFileIsExplained) {
   r = test::run_command(q(test::vitrine_bin()) + " import --from torchvision --arch resnet18 " +
                         "--weights " + q(d + "/text.pth") + " --out " + q(d + "/m"));
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.err.find("neither a torch.save checkpoint"), std::string::npos) << r.err;
+  EXPECT_CONTAINS(r.err, "text.pth: not a checkpoint: weights come as a torch.save file");
+  EXPECT_EQ(r.err.find("vitrine import --from"), std::string::npos)
+      << "the command given: " << r.err;
+  // A photo given as the weights is named as one.
+  cv::imwrite(d + "/photo.jpg", cv::Mat(8, 8, CV_8UC3, cv::Scalar(1, 2, 3)));
+  r = test::run_command(q(test::vitrine_bin()) + " import --from torchvision --arch resnet18 " +
+                        "--weights " + q(d + "/photo.jpg") + " --out " + q(d + "/m"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_CONTAINS(r.err, "photo.jpg: not a checkpoint (a JPEG image)");
   fs::remove_all(d);
 }
 
@@ -588,6 +596,17 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   EXPECT_EQ(failed.err.find("calibrated"), std::string::npos) << failed.err;
   EXPECT_FALSE(fs::exists(d + "/bad"));
   EXPECT_FALSE(fs::exists(d + "/bad.partial"));
+  // Calibration photos none of which decodes: each named, and the whole said plainly.
+  fs::create_directories(d + "/unreadable");
+  std::ofstream(d + "/unreadable/a.jpg") << "not a photo";
+  std::ofstream(d + "/unreadable/b.png") << "nor this";
+  const auto no_calib = test::run_command(
+      bin + " optimize --model " + q(d + "/run/best") + " --int8 --calib " +
+      q(d + "/unreadable") + " --out " + q(d + "/bad"));
+  EXPECT_EQ(no_calib.status, 2);
+  EXPECT_CONTAINS(no_calib.err, "none of the 2 calibration images of");
+  EXPECT_CONTAINS(no_calib.err, "calibration image skipped: " + d + "/unreadable/a.jpg");
+  EXPECT_FALSE(fs::exists(d + "/bad"));
   // --out a training run (or anything but a model directory) is refused, not replaced.
   const auto onto_run = test::run_command(
       bin + " optimize --model " + q(d + "/run/best") + " --int8 --calib " +
