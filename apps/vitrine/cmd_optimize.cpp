@@ -41,6 +41,7 @@ struct Args {
   double prune = 0;
   int64_t tome = 0;
   int64_t recover_epochs = 2;
+  int64_t recover_batch_size = 0;  ///< 0: the model's own training batch size
   double recover_lr = 3e-4;
   int64_t calib_images = 512, eval_images = 0, knn_bank = 10000, batch_size = 64;
   uint64_t seed = 0;
@@ -259,14 +260,22 @@ models::VisionModel prune_and_recover(const Args& a, const models::VisionModel& 
   o.data = a.eval_options();
   o.seed = a.seed;
   o.epochs = a.recover_epochs;
-  o.batch_size = a.batch_size;
+  // The batch the model was trained with (a small data set's photos are mostly in full
+  // batches), not --batch-size, the inference batch.
+  o.batch_size = a.recover_batch_size;
+  if (o.batch_size == 0) {
+    const auto p = nlohmann::json::parse(original->config().provenance_json, nullptr, false);
+    o.batch_size = p.is_object() && p.contains("batch_size") && p["batch_size"].is_number_integer()
+                       ? std::max<int64_t>(1, p["batch_size"].get<int64_t>())
+                       : 32;
+  }
   o.workers = a.workers;
   o.optim.lr = a.recover_lr;
   o.warmup_epochs = std::min(0.2, static_cast<double>(a.recover_epochs) / 4);
   o.augment.scale = {0.25, 1.0};  // a short fine-tune: milder crops than pretraining's
   o.out_dir = a.out + "/recovery";
-  spdlog::info("recovery: {} epochs on {} at lr {}, distilled from {}", o.epochs, a.eval_data,
-               o.optim.lr, a.model);
+  spdlog::info("recovery: {} epochs on {} at lr {}, batch {}, distilled from {}", o.epochs,
+               a.eval_data, o.optim.lr, o.batch_size, a.model);
   train::Trainer trainer(o);
   EpochBar bar("acc");
   const auto result = trainer.run([&](const train::StepInfo& s) { bar.step(s); },
@@ -282,6 +291,7 @@ models::VisionModel prune_and_recover(const Args& a, const models::VisionModel& 
                                     }
                                   });
   r["recovery"] = {{"epochs", o.epochs},
+                   {"batch_size", o.batch_size},
                    {"lr", o.optim.lr},
                    {"data", a.eval_data},
                    {"teacher", a.model},
@@ -559,6 +569,10 @@ void add_optimize_command(CLI::App& app, int& status) {
       ->check(CLI::Range(int64_t{0}, int64_t{1000}));
   cmd->add_option("--recover-lr", a->recover_lr, "Peak learning rate of that fine-tune (AdamW)")
       ->check(positive());
+  cmd->add_option("--recover-batch-size", a->recover_batch_size,
+                  "Batch size of that fine-tune (default: the one the model was trained with, "
+                  "else 32)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   cmd->add_option("--tome", a->tome,
                   "ViT Token Merging: merge this many token pairs after each block's "
                   "attention (training-free), e.g. 8")

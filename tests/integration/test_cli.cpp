@@ -769,6 +769,8 @@ TEST(Cli, OptimizePrunesRecoversAndMergesTokens) {
   EXPECT_LT(rep["prune"]["params_after"].get<int64_t>(),
             rep["prune"]["params_before"].get<int64_t>());
   EXPECT_EQ(rep["prune"]["recovery"]["epochs"], 1);
+  // Not --batch-size (inference); a model that records no training batch takes 32.
+  EXPECT_EQ(rep["prune"]["recovery"]["batch_size"], 32);
   EXPECT_EQ(rep["prune"]["recovery"]["teacher"], d + "/init");
   EXPECT_EQ(rep["tome"]["tokens_in"], 17);  // 16 patches and the class token
   EXPECT_EQ(rep["tome"]["tokens_out"], 13);
