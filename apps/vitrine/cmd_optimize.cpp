@@ -28,6 +28,7 @@
 #include <chrono>
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <cstdio>
 #include <iostream>
 
@@ -425,6 +426,30 @@ void run(const Args& a) {
                a.int8 ? " in int8" : "");
 }
 
+/// Calibration photos that are also evaluation photos: scales fitted to the very photos the
+/// int8 accuracy is measured on make it look a little better than on new photos.
+void warn_of_shared_photos(const data::Dataset& calib, const data::Dataset& eval,
+                           const std::string& split) {
+  const auto key = [](const std::string& name) {
+    std::error_code ec;
+    const std::filesystem::path p = std::filesystem::absolute(name, ec);
+    return (ec ? std::filesystem::path(name) : p).lexically_normal().string();
+  };
+  std::set<std::string> evaluated;
+  for (int64_t i = 0; i < eval.size(); ++i) evaluated.insert(key(eval.name(i)));
+  int64_t shared = 0;
+  std::string example;
+  for (int64_t i = 0; i < calib.size(); ++i) {
+    if (evaluated.count(key(calib.name(i))) == 0) continue;
+    if (shared++ == 0) example = calib.name(i);
+  }
+  if (shared == 0) return;
+  spdlog::warn("{} of the {} calibration photos are {} photos the accuracy is measured on "
+               "(e.g. {}): the int8 figures run a little high; give --calib the training "
+               "photos (e.g. DATA/train) or others like them", shared, calib.size(), split,
+               example);
+}
+
 void run_into(const Args& a) {
   const int threads = set_threads(a.threads);
   VT_CHECK(!a.int8 || models::fused_engine_built(), "--int8 runs on the fused engine "
@@ -454,6 +479,7 @@ void run_into(const Args& a) {
     calib_opts.seed = a.seed;
     calib_opts.val_split = 0;
     calib = sample(data::open_pretraining_data(calib_opts).train, a.calib_images, a.seed);
+    if (splits) warn_of_shared_photos(*calib, *pick_split(*splits, a.split), a.split);
   }
   const auto original = models::load_model(a.model);
   VT_CHECK(a.tome == 0 || original->config().family == models::Family::kViT,

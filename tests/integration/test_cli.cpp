@@ -576,6 +576,7 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   EXPECT_FALSE(fs::exists(d + "/int8.partial"));
   // Eight photos are few, for scales and for accuracy alike: said.
   EXPECT_CONTAINS(r.err, "int8 scales from 8 images");
+  EXPECT_EQ(r.err.find("calibration photos are test photos"), std::string::npos) << r.err;
   EXPECT_CONTAINS(r.err, "measured on 8 images, each top-1 is known only within a range");
   {  // Wilson's interval: wide on 8 photos, also at a top-1 of 0 or 1.
     std::smatch m;
@@ -596,6 +597,14 @@ TEST(Cli, OptimizeInt8CalibratesMeasuresAndRunsInt8) {
   EXPECT_EQ(failed.err.find("calibrated"), std::string::npos) << failed.err;
   EXPECT_FALSE(fs::exists(d + "/bad"));
   EXPECT_FALSE(fs::exists(d + "/bad.partial"));
+  // Calibrated on the photos it is scored on: said. (--calib DATA, a root with train/,
+  // takes the training photos alone.)
+  const auto on_test = test::run_command(
+      bin + " optimize --model " + q(d + "/run/best") + " --int8 --calib " +
+      q(d + "/data/./test") + " --data " + q(d + "/data") + " --out " + q(d + "/on_test"));
+  EXPECT_EQ(on_test.status, 0) << on_test.err;
+  EXPECT_CONTAINS(on_test.err, "8 of the 8 calibration photos are test photos the accuracy is "
+                               "measured on");
   // Calibration photos none of which decodes: each named, and the whole said plainly.
   fs::create_directories(d + "/unreadable");
   std::ofstream(d + "/unreadable/a.jpg") << "not a photo";
