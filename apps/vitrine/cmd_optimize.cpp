@@ -486,7 +486,7 @@ void run_into(const Args& a) {
            "--tome merges ViT tokens; ", original->config().arch, " is a ResNet (use --prune)");
   // A classifier is scored among its own classes, matched as `eval` matches them.
   if (splits && original->config().num_classes > 0) {
-    train::match_classes(original->config(), splits->classes);
+    train::scored_as(original->config(), pick_split(*splits, a.split));
   }
   const bool had_scales = !original->config().int8_scales.empty();
   nlohmann::json report = nlohmann::json::object();
@@ -517,10 +517,8 @@ void run_into(const Args& a) {
   if (splits) {
     // A classifier is scored among its own classes (the data may hold some of them).
     const auto base = pick_split(*splits, a.split);
-    const bool by_name = cfg.num_classes > 0 &&
-                         train::match_classes(cfg, base->classes()) == train::ClassMatch::kByName;
-    const auto d = sample(by_name ? data::with_classes(base, cfg.labels) : base, a.eval_images,
-                          a.seed);
+    const auto d = sample(cfg.num_classes > 0 ? train::scored_as(cfg, base) : base,
+                          a.eval_images, a.seed);
     report["accuracy"] = compare_on(a, *splits, d);
     const auto& acc = report["accuracy"];
     spdlog::info("{} images of {} ({}):", acc["images"].get<int64_t>(), a.eval_data,

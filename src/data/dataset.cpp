@@ -1004,13 +1004,32 @@ std::shared_ptr<Dataset> with_classes(std::shared_ptr<Dataset> base,
   VT_CHECK(base != nullptr, "relabelling a null data set; open a data set first");
   if (base->classes() == classes) return base;
   std::vector<int64_t> map;
+  std::vector<std::string> in_use;  // read only when some class is not among `classes`
   for (const auto& c : base->classes()) {
     const auto it = std::find(classes.begin(), classes.end(), c);
-    VT_CHECK(it != classes.end(), "the class '", c, "' of the data is not among the ",
-             classes.size(), " classes expected here");
+    if (it == classes.end()) {
+      if (in_use.empty()) in_use = classes_with_items(*base);
+      // A class no item has (an empty folder) needs no place among them.
+      VT_CHECK(std::find(in_use.begin(), in_use.end(), c) == in_use.end(), "the class '", c,
+               "' of the data is not among the ", classes.size(), " classes expected here");
+      map.push_back(-1);
+      continue;
+    }
     map.push_back(it - classes.begin());
   }
   return std::make_shared<RelabelledDataset>(std::move(base), classes, std::move(map));
+}
+
+std::vector<std::string> classes_with_items(const Dataset& data) {
+  std::vector<bool> seen(data.classes().size(), false);
+  for (int64_t i = 0; i < data.size(); ++i) {
+    for (const int64_t c : data.labels(i)) seen.at(static_cast<size_t>(c)) = true;
+  }
+  std::vector<std::string> out;
+  for (size_t c = 0; c < seen.size(); ++c) {
+    if (seen[c]) out.push_back(data.classes()[c]);
+  }
+  return out;
 }
 
 std::shared_ptr<Dataset> concat(std::shared_ptr<Dataset> a, std::shared_ptr<Dataset> b) {

@@ -102,6 +102,19 @@ ClassMatch match_classes(const models::ModelConfig& config,
   return ClassMatch::kByPosition;
 }
 
+std::shared_ptr<data::Dataset> scored_as(const models::ModelConfig& config,
+                                         std::shared_ptr<data::Dataset> data, ClassMatch* how) {
+  // Classes without items first: an empty folder of a class the model lacks changes nothing.
+  ClassMatch match = match_classes(config, data::classes_with_items(*data));
+  if (match == ClassMatch::kByName) {
+    data = data::with_classes(data, config.labels);
+  } else {
+    match = match_classes(config, data->classes());  // positions count every class
+  }
+  if (how != nullptr) *how = match;
+  return data;
+}
+
 namespace {
 
 // Runs the model over `data` in eval mode, handing (logits, targets) of each batch on;
@@ -121,10 +134,9 @@ void for_each_batch(models::VisionModelImpl& model, const std::shared_ptr<data::
            "or train a model for this data");
   const int64_t k = model.config().num_classes;
   const auto& labels = model.config().labels;
-  std::shared_ptr<data::Dataset> d = data;
-  if (match_classes(model.config(), d->classes()) == ClassMatch::kByName) {
-    d = data::with_classes(d, labels);
-  } else if (static_cast<int64_t>(labels.size()) == k) {
+  ClassMatch match = ClassMatch::kByName;
+  const std::shared_ptr<data::Dataset> d = scored_as(model.config(), data, &match);
+  if (match == ClassMatch::kByPosition && static_cast<int64_t>(labels.size()) == k) {
     spdlog::warn("none of the data's classes is named as one of the model's: the data's "
                  "class {} ('{}') is taken as the model's class {} ('{}'), and so on",
                  0, d->classes().front(), 0, labels.front());

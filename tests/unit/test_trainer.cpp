@@ -25,6 +25,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 
 using namespace vitrine;
 namespace fs = std::filesystem;
@@ -161,6 +162,32 @@ TEST(Evaluate, ClassesMatchByNameOrByPositionAsEvalAndOptimizeMatchThem) {
   EXPECT_EQ(train::match_classes(c, {"a", "b", "c"}), ClassMatch::kByPosition);
   EXPECT_CONTAINS(test::error_of([&] { train::match_classes(c, {"a", "b"}); }),
                   "resnet18 has 3 classes but the data has 2");
+}
+
+TEST(Evaluate, AnEmptyClassFolderNeedNotBeOneOfTheModelsClasses) {
+  const std::string dir = test::temp_dir("empty_class");
+  write_image_folder(dir + "/held_out", {2, 0, 2}, 1);  // class_1: an empty folder
+  data::DataOptions d;
+  d.source = dir + "/held_out";
+  d.val_split = 0;
+  const auto photos = data::open_data(d).train;
+  ASSERT_EQ(photos->classes().size(), 3u);
+  EXPECT_EQ(data::classes_with_items(*photos), (std::vector<std::string>{"class_0", "class_2"}));
+  models::ModelConfig c;
+  c.arch = "resnet18";
+  c.num_classes = 3;
+  c.labels = {"class_0", "class_2", "class_3"};
+  train::ClassMatch how = train::ClassMatch::kByPosition;
+  const auto scored = train::scored_as(c, photos, &how);
+  EXPECT_EQ(how, train::ClassMatch::kByName);
+  EXPECT_EQ(scored->classes(), c.labels);
+  std::multiset<int64_t> labels;
+  for (int64_t i = 0; i < scored->size(); ++i) labels.insert(scored->labels(i).at(0));
+  EXPECT_EQ(labels, (std::multiset<int64_t>{0, 0, 1, 1}));
+  // A class the model lacks that has photos is still an error naming it.
+  c.labels = {"class_0", "class_1", "class_3"};
+  EXPECT_CONTAINS(test::error_of([&] { train::scored_as(c, photos); }),
+                  "does not know 1 of the data's 2 classes ('class_2')");
 }
 
 TEST(Trainer, EarlyStoppingStopsWhenValidationStalls) {

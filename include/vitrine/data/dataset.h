@@ -37,10 +37,13 @@ class Dataset {
 /// base item indices[i]. Same classes as `base`. A subset of a subset refers to the first base.
 std::shared_ptr<Dataset> subset(std::shared_ptr<Dataset> base, std::vector<int64_t> indices);
 /// The same items with their labels expressed in `classes` (matched by name; every class of
-/// `base` must be among them): to evaluate a model on data holding some of its classes, or
-/// to join data sets whose class lists differ. Returns `base` when the classes are equal.
+/// `base` that labels an item must be among them, an empty folder's need not): to evaluate a
+/// model on data holding some of its classes, or to join data sets whose class lists differ.
+/// Returns `base` when the classes are equal.
 std::shared_ptr<Dataset> with_classes(std::shared_ptr<Dataset> base,
                                       const std::vector<std::string>& classes);
+/// The classes at least one item carries, in the data's order (reads every item's labels).
+std::vector<std::string> classes_with_items(const Dataset& data);
 /// The items of `a` then those of `b`; both must have the same classes.
 std::shared_ptr<Dataset> concat(std::shared_ptr<Dataset> a, std::shared_ptr<Dataset> b);
 

@@ -47,6 +47,12 @@ enum class ClassMatch {
 ClassMatch match_classes(const models::ModelConfig& config,
                          const std::vector<std::string>& data_classes);
 
+/// `data` labelled in the model's classes, matched as match_classes() matches them; classes
+/// without items (an empty folder) need not be the model's. `how`, when given, says how.
+std::shared_ptr<data::Dataset> scored_as(const models::ModelConfig& config,
+                                         std::shared_ptr<data::Dataset> data,
+                                         ClassMatch* how = nullptr);
+
 /// The model's eval transform (its config's preprocessing), converting grey data to RGB
 /// models and back as needed.
 data::SampleTransform eval_sample_transform(const models::ModelConfig& config);
