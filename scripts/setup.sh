@@ -9,7 +9,7 @@ packages=(
   g++ cmake make ccache pkg-config
   # libraries
   libtorch-dev libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
-  nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev zlib1g-dev
+  nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev zlib1g-dev libjpeg-dev
   libsqlite3-dev libssl-dev libfaiss-dev libcpp-httplib-dev
   # Unicode normalisation of class names and catalogue fields (macOS writes file names NFD)
   libicu-dev

@@ -337,7 +337,13 @@ def write_bad(d):
     rgb["grey16.png:8bit"] = torch.from_numpy(np.repeat(g8[..., None], 3, axis=2))
 
     _save(photo(205, 300, 220).convert("CMYK"), os.path.join(d, "cmyk.jpg"), "JPEG", quality=90)
-    ok("cmyk.jpg", reopen("cmyk.jpg"), "Adobe CMYK JPEG; CMYK->RGB formulas differ by a level or two")
+    ok("cmyk.jpg", reopen("cmyk.jpg"), "Adobe CMYK JPEG (K = 0, as PIL converts RGB)")
+    inks = np.asarray(photo(212, 120, 90).convert("CMYK")).copy()
+    inks[..., 3] = np.linspace(0, 200, inks.shape[1]).astype(np.uint8)[None, :]  # black ink too
+    _save(_stored_for_orientation_6(Image.fromarray(inks, "CMYK")),
+          os.path.join(d, "cmyk_rotated.jpg"), "JPEG", quality=90, exif=_exif(6))
+    ok("cmyk_rotated.jpg", reopen("cmyk_rotated.jpg"),
+       "Adobe CMYK JPEG with black ink (K > 0), stored 90x120, EXIF Orientation=6")
     _save(photo(206, 280, 210).convert("L"), os.path.join(d, "grey_icc.jpg"), "JPEG",
           quality=90, icc_profile=grey_icc_profile())
     ok("grey_icc.jpg", reopen("grey_icc.jpg"),

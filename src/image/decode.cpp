@@ -5,8 +5,11 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <jpeglib.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <csetjmp>
 #include <climits>
 #include <cstdio>
 #include <cstring>
@@ -427,6 +430,91 @@ cv::Mat apply_orientation(const cv::Mat& m, int orientation) {
   return out;
 }
 
+/// A JPEG's frame component count and its EXIF orientation (1 when none), from the markers
+/// before its first scan.
+std::pair<int, int> jpeg_components_and_orientation(const uint8_t* d, size_t n) {
+  int components = 0, orientation = 1;
+  for (size_t pos = 2;;) {
+    pos = next_jpeg_marker(d, n, pos);
+    if (pos >= n) break;
+    const uint8_t m = d[pos++];
+    if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) continue;  // markers without a length
+    if (m == 0xDA || m == 0xD9 || n - pos < 2) break;
+    const size_t len = be16(d + pos);
+    if (len < 2 || len > n - pos) break;
+    if (is_jpeg_sof(m) && len >= 8) components = d[pos + 7];
+    if (m == 0xE1 && orientation == 1 && has_prefix(d + pos + 2, len - 2, "Exif\0\0", 6)) {
+      orientation = exif_orientation(d + pos + 2, len - 2);
+    }
+    pos += len;
+  }
+  return {components, orientation};
+}
+
+struct JpegErrors {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+[[noreturn]] void jpeg_error_exit(j_common_ptr c) {
+  auto* e = reinterpret_cast<JpegErrors*>(c->err);
+  (*c->err->format_message)(c, e->message);
+  std::longjmp(e->jump, 1);
+}
+
+void jpeg_no_message(j_common_ptr, int) {}
+
+/// A four-component (CMYK or YCCK) JPEG as RGB, converted as Pillow converts it (Adobe's
+/// inverted CMYK read as such; R = (255 - K) - C (255 - K) / 255, rounded), so that its pixels
+/// are PIL's and torchvision's: OpenCV divides by 256 and lands a level lower. `*rgb` is
+/// allocated by the caller's Mat; false with `message` on a libjpeg error. No object with a
+/// destructor lives in this frame, which a libjpeg error leaves by longjmp.
+bool decode_four_component_jpeg(const uint8_t* data, size_t size, cv::Mat* rgb,
+                                char* message) {
+  jpeg_decompress_struct cinfo;
+  JpegErrors errors;
+  cinfo.err = jpeg_std_error(&errors.mgr);
+  errors.mgr.error_exit = jpeg_error_exit;
+  errors.mgr.emit_message = jpeg_no_message;  // warnings: the EOI check above covers cuts
+  if (setjmp(errors.jump)) {
+    std::memcpy(message, errors.message, JMSG_LENGTH_MAX);
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&cinfo, TRUE);
+  cinfo.out_color_space = JCS_CMYK;
+  jpeg_start_decompress(&cinfo);
+  const bool inverted = cinfo.saw_Adobe_marker;
+  const int width = static_cast<int>(cinfo.output_width);
+  rgb->create(static_cast<int>(cinfo.output_height), width, CV_8UC3);
+  JSAMPARRAY row = (*cinfo.mem->alloc_sarray)(reinterpret_cast<j_common_ptr>(&cinfo),
+                                              JPOOL_IMAGE, cinfo.output_width * 4, 1);
+  // Pillow's MULDIV255: a * b / 255, rounded.
+  const auto muldiv255 = [](int a, int b) {
+    const int t = a * b + 128;
+    return ((t >> 8) + t) >> 8;
+  };
+  while (cinfo.output_scanline < cinfo.output_height) {
+    uint8_t* out = rgb->ptr<uint8_t>(static_cast<int>(cinfo.output_scanline));
+    jpeg_read_scanlines(&cinfo, row, 1);
+    const uint8_t* in = row[0];
+    for (int x = 0; x < width; ++x, in += 4, out += 3) {
+      const int k = inverted ? 255 - in[3] : in[3];
+      const int nk = 255 - k;
+      for (int ch = 0; ch < 3; ++ch) {
+        const int c = inverted ? 255 - in[ch] : in[ch];
+        out[ch] = static_cast<uint8_t>(std::clamp(nk - muldiv255(c, nk), 0, 255));
+      }
+    }
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return true;
+}
+
 /// One pass from what OpenCV returns (grey, grey + alpha, BGR or BGRA; 8 or 16 bits) to 8-bit
 /// RGB with alpha flattened onto white. Integer arithmetic with a single rounding, so 16-bit
 /// opaque pixels come out as round(v / 257) exactly.
@@ -543,6 +631,17 @@ cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options) {
   VT_CHECK(size <= static_cast<size_t>(INT_MAX), "image data is ", size,
            " bytes, more than the 2 GiB the decoders accept; downscale or recompress it");
 
+  if (format == Format::kJpeg) {
+    const auto [components, orientation] = jpeg_components_and_orientation(data, size);
+    if (components == 4) {
+      cv::Mat rgb;
+      char message[JMSG_LENGTH_MAX] = {0};
+      VT_CHECK(decode_four_component_jpeg(data, size, &rgb, message), "cannot decode the CMYK ",
+               "JPEG image (", info.width, "x", info.height, "): ", message,
+               "; the file may be damaged: export it again");
+      return apply_orientation(rgb, orientation);
+    }
+  }
   // PNG and WebP carry alpha and 16-bit samples, which only IMREAD_UNCHANGED keeps; OpenCV
   // then skips EXIF orientation, so it is applied below. JPEG and BMP have no alpha we keep:
   // IMREAD_COLOR converts grey and CMYK and applies the JPEG's EXIF orientation.
