@@ -36,9 +36,9 @@ void add_compare_command(CLI::App& app, int& status) {
   cmd->add_option("--data", a->data,
                   "The runs' data: its test photos are shown with each best model's prediction");
   cmd->add_option("--val-split", a->val_split,
-                  "Validation fraction of a --data root without val/ (as the runs were trained)");
+                  "Validation fraction of a --data root without val/ (default: the first run's)");
   cmd->add_option("--test-split", a->test_split,
-                  "Test fraction of a --data root without test/ (as the runs were trained)");
+                  "Test fraction of a --data root without test/ (default: the first run's)");
   cmd->add_option("--data-seed", a->data_seed,
                   "Seed of the carved splits of --data (as the runs were trained)")
       ->capture_default_str();
@@ -46,7 +46,7 @@ void add_compare_command(CLI::App& app, int& status) {
       ->check(CLI::Range(0, 200));
   cmd->add_option("--fashion-mnist-dir", a->fashion_mnist_dir, "Where the IDX files are");
   cmd->add_option("--threads", a->threads, "Compute threads (default: all cores)");
-  cmd->callback([a, &status] {
+  cmd->callback([a, cmd, &status] {
     set_threads(a->threads);
     std::vector<train::RunSummary> runs;
     for (const auto& spec : a->runs) {
@@ -62,6 +62,9 @@ void add_compare_command(CLI::App& app, int& status) {
     std::vector<train::ComparedSample> samples;
     std::string heading = "Test photos";
     if (!a->data.empty() && a->samples > 0) {
+      // The first run's own splits where the command line gives none, as eval takes them.
+      adopt_training_split(cmd, (std::filesystem::path(runs.front().dir) / "best").string(),
+                           a->data, a->val_split, a->test_split, a->data_seed);
       data::DataOptions d;
       d.source = a->data;
       d.val_split = a->val_split;

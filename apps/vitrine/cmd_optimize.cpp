@@ -479,7 +479,6 @@ void run_into(const Args& a) {
     calib_opts.seed = a.seed;
     calib_opts.val_split = 0;
     calib = sample(data::open_pretraining_data(calib_opts).train, a.calib_images, a.seed);
-    if (splits) warn_of_shared_photos(*calib, *pick_split(*splits, a.split), a.split);
   }
   const auto original = models::load_model(a.model);
   VT_CHECK(a.tome == 0 || original->config().family == models::Family::kViT,
@@ -519,6 +518,7 @@ void run_into(const Args& a) {
     const auto base = pick_split(*splits, a.split);
     const auto d = sample(cfg.num_classes > 0 ? train::scored_as(cfg, base) : base,
                           a.eval_images, a.seed);
+    if (calib) warn_of_shared_photos(*calib, *d, a.split);
     report["accuracy"] = compare_on(a, *splits, d);
     const auto& acc = report["accuracy"];
     spdlog::info("{} images of {} ({}):", acc["images"].get<int64_t>(), a.eval_data,

@@ -470,9 +470,17 @@ nlohmann::json attack_json(const train::AttackOptions& o) {
 
 /// A second model (eval --compare) scored on the first's photos: a warning where it was
 /// trained on this data with other split settings, which put its training photos there.
-void warn_other_split(const std::string& dir, const data::DataOptions& data) {
+void warn_other_split(const std::string& dir, const data::DataOptions& data,
+                      double applied_val_split) {
   double val = data.val_split, test = data.test_split;
   uint64_t seed = data.seed;
+  // An unset --val-split is compared as the data applied it, as runs record it now; a model
+  // that recorded -1 (older runs) is compared with -1.
+  const auto p = nlohmann::json::parse(models::load_model_config(dir).provenance_json,
+                                       nullptr, false);
+  const bool recorded_unset = p.is_object() && p.contains("val_split") &&
+                              p["val_split"].is_number() && p["val_split"].get<double>() < 0;
+  if (val < 0 && !recorded_unset) val = applied_val_split;
   adopt_training_split(nullptr, dir, data.source, val, test, seed);
 }
 
@@ -533,6 +541,11 @@ void add_eval_command(CLI::App& app, int& status) {
       precisions.push_back(models::precision_name(prepared.precision()));
       spdlog::info("{}: {} on the {} engine", dir, precisions.back(),
                    models::engine_name(prepared.engine()));
+      if (attacked && prepared.precision() != models::Precision::kFp32) {
+        spdlog::info("{}: the attack's images are made with the gradients of its fp32 weights "
+                     "and scored in {} (a transfer attack; --precision fp32 scores the attack "
+                     "on the weights it was made with)", dir, precisions.back());
+      }
       return model;
     };
     // Scores are among the model's classes (the data's are matched to them by name).
@@ -543,7 +556,7 @@ void add_eval_command(CLI::App& app, int& status) {
     if (splits.multi_label) {
       for (const auto& dir : dirs) {
         auto model = load(dir);
-        if (dir != a->model) warn_other_split(dir, a->data);  // --model: adopted
+        if (dir != a->model) warn_other_split(dir, a->data, splits.val_split);
         std::vector<std::string> errors;
         const auto m = train::evaluate_multi_label(*model, d, a->eval, &errors);
         for (const auto& e : errors) spdlog::warn("skipped: {}", e);
@@ -558,6 +571,7 @@ void add_eval_command(CLI::App& app, int& status) {
         }
         const auto names = class_names(*model);
         out[dir] = nlohmann::json::parse(m.to_json(names));
+        out[dir]["precision"] = precisions.back();
         out[dir]["skipped_images"] = errors.size();
         nlohmann::json line{{"model", dir},          {"split", a->split},
                             {"precision", precisions.back()},
@@ -586,12 +600,13 @@ void add_eval_command(CLI::App& app, int& status) {
     std::vector<int64_t> skipped_of;
     for (const auto& dir : dirs) {
       auto model = load(dir);
-      if (dir != a->model) warn_other_split(dir, a->data);  // --model: adopted
+      if (dir != a->model) warn_other_split(dir, a->data, splits.val_split);
       std::vector<std::string> errors;
       results.push_back(train::evaluate(*model, d, a->eval, &errors));
       for (const auto& e : errors) spdlog::warn("skipped: {}", e);
       const auto names = class_names(*model);
       out[dir] = nlohmann::json::parse(results.back().to_json(names));
+      out[dir]["precision"] = precisions.back();
       out[dir]["skipped_images"] = errors.size();
       skipped_of.push_back(static_cast<int64_t>(errors.size()));
       skipped += skipped_of.back();

@@ -467,9 +467,10 @@ void jpeg_no_message(j_common_ptr, int) {}
 
 /// A four-component (CMYK or YCCK) JPEG as RGB, converted as Pillow converts it (Adobe's
 /// inverted CMYK read as such; R = (255 - K) - C (255 - K) / 255, rounded), so that its pixels
-/// are PIL's and torchvision's: OpenCV divides by 256 and lands a level lower. `*rgb` is
-/// allocated by the caller's Mat; false with `message` on a libjpeg error. No object with a
-/// destructor lives in this frame, which a libjpeg error leaves by longjmp.
+/// are PIL's and torchvision's: OpenCV divides by 256 and lands a level lower. `*rgb` comes
+/// allocated at the frame's size; false with `message` on a libjpeg error. No object with a
+/// destructor lives in this frame, which a libjpeg error leaves by longjmp, and nothing here
+/// throws.
 bool decode_four_component_jpeg(const uint8_t* data, size_t size, cv::Mat* rgb,
                                 char* message) {
   jpeg_decompress_struct cinfo;
@@ -489,7 +490,12 @@ bool decode_four_component_jpeg(const uint8_t* data, size_t size, cv::Mat* rgb,
   jpeg_start_decompress(&cinfo);
   const bool inverted = cinfo.saw_Adobe_marker;
   const int width = static_cast<int>(cinfo.output_width);
-  rgb->create(static_cast<int>(cinfo.output_height), width, CV_8UC3);
+  if (static_cast<int>(cinfo.output_height) != rgb->rows || width != rgb->cols) {
+    std::snprintf(message, JMSG_LENGTH_MAX, "its frame is %ux%u, its header said %dx%d",
+                  cinfo.output_width, cinfo.output_height, rgb->cols, rgb->rows);
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
   JSAMPARRAY row = (*cinfo.mem->alloc_sarray)(reinterpret_cast<j_common_ptr>(&cinfo),
                                               JPOOL_IMAGE, cinfo.output_width * 4, 1);
   // Pillow's MULDIV255: a * b / 255, rounded.
@@ -634,7 +640,9 @@ cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options) {
   if (format == Format::kJpeg) {
     const auto [components, orientation] = jpeg_components_and_orientation(data, size);
     if (components == 4) {
-      cv::Mat rgb;
+      VT_CHECK(pixels <= (int64_t{1} << 30), "cannot decode the CMYK JPEG image: at ",
+               pixel_count(pixels), " it is over the limit of 2^30 pixels; downscale it");
+      cv::Mat rgb(static_cast<int>(info.height), static_cast<int>(info.width), CV_8UC3);
       char message[JMSG_LENGTH_MAX] = {0};
       VT_CHECK(decode_four_component_jpeg(data, size, &rgb, message), "cannot decode the CMYK ",
                "JPEG image (", info.width, "x", info.height, "): ", message,

@@ -322,9 +322,15 @@ class SqliteCatalog : public Catalog {
     tx.commit();
   }
 
-  bool update_details(const Product& given) override {
+  std::optional<Product> update_details(const std::string& sku,
+                                        const std::function<void(Product&)>& change) override {
     std::lock_guard<std::mutex> lock(mu_);
-    Product p = given;
+    Transaction tx(this);  // read and write as one: no other writer comes between
+    std::optional<Product> found = find_locked(sku);
+    if (!found) return std::nullopt;
+    Product p = *found;
+    change(p);
+    p.sku = sku;
     compose_text_fields(p);
     check_attributes(p);
     Statement update(db_,
@@ -333,7 +339,9 @@ class SqliteCatalog : public Catalog {
                      "'now') WHERE sku = ?");
     update.bind(1, p.title).bind(2, p.category).bind(3, p.price).bind(4, p.brand);
     update.bind(5, p.seller).bind(6, p.attributes).bind(7, p.sku).run();
-    return sqlite3_changes(db_) > 0;
+    tx.commit();
+    p.images = found->images;
+    return p;
   }
 
   std::vector<std::string> remove(const std::vector<std::string>& skus) override {
@@ -358,6 +366,10 @@ class SqliteCatalog : public Catalog {
 
   std::optional<Product> find(const std::string& sku) const override {
     std::lock_guard<std::mutex> lock(mu_);
+    return find_locked(sku);
+  }
+
+  std::optional<Product> find_locked(const std::string& sku) const {
     Statement s(db_, std::string("SELECT ") + kProductColumns + ", p.id FROM products p WHERE sku = ?");
     s.bind(1, sku);
     if (!s.step()) return std::nullopt;

@@ -1152,33 +1152,34 @@ void HttpServer::routes() {
            };
            if (!body.contains("images")) {
              const auto lock = service_.lock_for_write();
+             const auto p = service_.db()->catalog().update_details(
+                 sku, [&body](search::Product& p) { read_details(body, p, /*merge=*/true); });
+             if (!p) throw unknown();
+             send_json(res, 200, product_with_images(*p));
+             return;
+           }
+           // New photos: embedded first, then the details merged under the lock.
+           if (body["images"].is_null()) {
+             throw ServiceError(400, "bad_product", "images: a product keeps one photo at "
+                                "least (DELETE /v1/products/{sku} removes the product)");
+           }
+           {
+             std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
+             if (!stored()) throw unknown();  // before the photos' work
+           }
+           PendingProduct pending;
+           pending.stored.update.product.sku = sku;
+           pending.encoded = decode_photos(body);
+           std::vector<const std::string*> encoded;
+           for (const auto& e : pending.encoded) encoded.push_back(&e);
+           auto photos = embed_all(service_, encoded);
+           commit({finish(pending, photos.begin())}, [&](std::vector<StoredProduct>& products) {
              auto p = stored();
              if (!p) throw unknown();
              read_details(body, *p, /*merge=*/true);
-             if (!service_.db()->catalog().update_details(*p)) throw unknown();
-           } else {
-             if (body["images"].is_null()) {
-               throw ServiceError(400, "bad_product", "images: a product keeps one photo at "
-                                  "least (DELETE /v1/products/{sku} removes the product)");
-             }
-             {
-               std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
-               if (!stored()) throw unknown();  // before the photos' work
-             }
-             PendingProduct pending;
-             pending.stored.update.product.sku = sku;
-             pending.encoded = decode_photos(body);
-             std::vector<const std::string*> encoded;
-             for (const auto& e : pending.encoded) encoded.push_back(&e);
-             auto photos = embed_all(service_, encoded);
-             commit({finish(pending, photos.begin())}, [&](std::vector<StoredProduct>& products) {
-               auto p = stored();
-               if (!p) throw unknown();
-               read_details(body, *p, /*merge=*/true);
-               p->images = products.front().update.product.images;
-               products.front().update.product = *p;
-             });
-           }
+             p->images = products.front().update.product.images;
+             products.front().update.product = *p;
+           });
            std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
            const auto p = stored();
            if (!p) throw unknown();  // removed by another process meanwhile

@@ -104,12 +104,19 @@ ClassMatch match_classes(const models::ModelConfig& config,
 
 std::shared_ptr<data::Dataset> scored_as(const models::ModelConfig& config,
                                          std::shared_ptr<data::Dataset> data, ClassMatch* how) {
-  // Classes without items first: an empty folder of a class the model lacks changes nothing.
-  ClassMatch match = match_classes(config, data::classes_with_items(*data));
-  if (match == ClassMatch::kByName) {
-    data = data::with_classes(data, config.labels);
+  // By name where every class with photos is one of the model's (an empty folder of a class
+  // it lacks changes nothing); otherwise as match_classes() says for all of the data's
+  // classes, by position counting every folder, or an error.
+  const auto& labels = config.labels;
+  bool named = static_cast<int64_t>(labels.size()) == config.num_classes;
+  for (const auto& c : named ? data::classes_with_items(*data) : std::vector<std::string>()) {
+    named = named && std::find(labels.begin(), labels.end(), c) != labels.end();
+  }
+  ClassMatch match = ClassMatch::kByName;
+  if (named) {
+    data = data::with_classes(data, labels);
   } else {
-    match = match_classes(config, data->classes());  // positions count every class
+    match = match_classes(config, data->classes());
   }
   if (how != nullptr) *how = match;
   return data;

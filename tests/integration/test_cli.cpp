@@ -970,6 +970,13 @@ TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25 --data-seed 1: its val/test "
                          "photos are taken the same way");
+  // compare takes the first run's splits too: its test photos, not a warning of none.
+  r = test::run_command(bin + " compare --run " + q("one=" + d + "/run1") + " --data " +
+                        q(d + "/data/all") + " --threads 2 --out " + q(d + "/compare.html"));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err.find("has no test split"), std::string::npos) << r.err;
+  EXPECT_CONTAINS(r.err, "with --val-split 0 --test-split 0.25 --data-seed 1: its val/test");
+  EXPECT_CONTAINS(read_text_file(d + "/compare.html"), "<h2>Test photos</h2>");
   // An unset --val-split is recorded as applied (0.1 here), so the default given by its
   // value is the same setting, not one that "holds photos it learnt from".
   r = test::run_command(bin + " train --init " + q(d + "/init") + " --data " +
@@ -980,6 +987,13 @@ TEST(Cli, DataSeedDrawsTheCarvedSplitsAndEvalNamesTheOneTrainedWith) {
                 ["val_split"], 0.1);
   r = test::run_command(bin + " eval --model " + q(d + "/default_val/last") + " --data " +
                         q(d + "/data/all") + " --val-split 0.1 --test-split 0.25");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err.find("where val/test photos are carved out"), std::string::npos) << r.err;
+  // ... and so is the default left unset, for a --compare model (--model, untrained, adopts
+  // nothing).
+  r = test::run_command(bin + " eval --model " + q(d + "/init") + " --compare " +
+                        q(d + "/default_val/last") + " --data " + q(d + "/data/all") +
+                        " --test-split 0.25");
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.err.find("where val/test photos are carved out"), std::string::npos) << r.err;
   // A run's folder is named as such, not met with the data's missing test split.

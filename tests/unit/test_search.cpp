@@ -264,25 +264,42 @@ TEST(SearchCatalog, NewDetailsKeepTheImagesAndLogNoChange) {
   const auto ids = catalog->image_ids({});
   const auto embeddings = catalog->embeddings(ids);
   const int64_t changes = catalog->last_change();
-  Product p = *catalog->find("a");
-  p.price = 12.5;
-  p.title = "Cre\u0300me";  // stored composed, as upsert stores it
-  p.attributes = R"({"colour": "red"})";
-  EXPECT_TRUE(catalog->update_details(p));
+  const std::vector<std::string> images = catalog->find("a")->images;
+  const auto changed = catalog->update_details("a", [](Product& p) {
+    p.price = 12.5;
+    p.title = "Cre\u0300me";  // stored composed, as upsert stores it
+    p.attributes = R"({"colour": "red"})";
+  });
+  ASSERT_TRUE(changed.has_value());
+  EXPECT_EQ(changed->title, "Cr\u00e8me");
   const Product got = *catalog->find("a");
   EXPECT_EQ(got.price, 12.5);
   EXPECT_EQ(got.title, "Cr\u00e8me");
-  EXPECT_EQ(got.images, p.images);
+  EXPECT_EQ(got.images, images);
+  EXPECT_EQ(changed->images, images);
   EXPECT_EQ(catalog->image_ids({parse_filter("attributes.colour=red")}), ids);
   EXPECT_EQ(catalog->embeddings(ids), embeddings);
   EXPECT_EQ(catalog->last_change(), changes) << "the index would re-add unchanged images";
-  Product unknown = p;
-  unknown.sku = "b";
-  EXPECT_FALSE(catalog->update_details(unknown));
+  bool called = false;
+  EXPECT_FALSE(catalog->update_details("b", [&](Product&) { called = true; }).has_value());
+  EXPECT_FALSE(called);
   EXPECT_FALSE(catalog->find("b").has_value());
-  p.attributes = "[1]";
-  EXPECT_CONTAINS(test::error_of([&] { catalog->update_details(p); }), "JSON object");
+  // A change refused, or one that throws, leaves the product as it was.
+  EXPECT_CONTAINS(test::error_of([&] {
+                    catalog->update_details("a", [](Product& p) { p.attributes = "[1]"; });
+                  }),
+                  "JSON object");
+  EXPECT_THROW(catalog->update_details("a",
+                                       [](Product& p) {
+                                         p.price = 1;
+                                         throw Error("no", __FILE__, __LINE__);
+                                       }),
+               Error);
   EXPECT_EQ(catalog->find("a")->attributes, got.attributes);
+  EXPECT_EQ(catalog->find("a")->price, 12.5);
+  // The catalogue is usable after them (no transaction left open).
+  EXPECT_TRUE(catalog->update_details("a", [](Product& p) { p.brand = "acme"; }).has_value());
+  EXPECT_EQ(catalog->find("a")->brand, "acme");
 }
 
 TEST(SearchCatalog, RejectsAFileThatIsNotACatalogue) {

@@ -187,7 +187,21 @@ TEST(Evaluate, AnEmptyClassFolderNeedNotBeOneOfTheModelsClasses) {
   // A class the model lacks that has photos is still an error naming it.
   c.labels = {"class_0", "class_1", "class_3"};
   EXPECT_CONTAINS(test::error_of([&] { train::scored_as(c, photos); }),
-                  "does not know 1 of the data's 2 classes ('class_2')");
+                  "does not know 1 of the data's 3 classes ('class_2')");
+  // No name in common (or no names at all): by position over every folder, the empty one
+  // included, as torchvision's ImageFolder numbers them.
+  for (const auto& names : {std::vector<std::string>{"n01", "n02", "n03"},
+                            std::vector<std::string>{}}) {
+    c.labels = names;
+    how = train::ClassMatch::kByName;
+    const auto by_position = train::scored_as(c, photos, &how);
+    EXPECT_EQ(how, train::ClassMatch::kByPosition);
+    std::multiset<int64_t> positions;
+    for (int64_t i = 0; i < by_position->size(); ++i) {
+      positions.insert(by_position->labels(i).at(0));
+    }
+    EXPECT_EQ(positions, (std::multiset<int64_t>{0, 0, 2, 2}));
+  }
 }
 
 TEST(Trainer, EarlyStoppingStopsWhenValidationStalls) {

@@ -41,10 +41,10 @@ struct DecodeOptions {
 /// Decodes to 8-bit RGB (CV_8UC3, RGB order, continuous). Decoding is by content, never by
 /// file name. Applies EXIF orientation (JPEG APP1, PNG eXIf, WebP EXIF); flattens alpha onto
 /// white (product cut-outs on a transparent background then look as shops show them);
-/// grey -> RGB; 16-bit -> 8-bit (rounded, v/257); CMYK JPEG converted by OpenCV (within one
-/// level of PIL). Embedded ICC profiles are ignored, as PIL/torchvision ignore them. Truncated
-/// JPEGs (no EOI marker after the last scan) are refused rather than silently decoded
-/// half-grey. GIF, TIFF, animated WebP and unknown data are refused with an error naming the
+/// grey -> RGB; 16-bit -> 8-bit (rounded, v/257); CMYK and YCCK JPEGs converted as Pillow
+/// converts them (the same pixels). Embedded ICC profiles are ignored, as PIL/torchvision
+/// ignore them. Truncated JPEGs (no EOI marker after the last scan) are refused rather than
+/// silently decoded half-grey. GIF, TIFF, animated WebP and unknown data are refused with an error naming the
 /// supported formats (JPEG, PNG, WebP, BMP). All failures throw vitrine::Error.
 cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options = {});
 

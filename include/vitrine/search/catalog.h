@@ -114,10 +114,12 @@ class Catalog {
 
   /// Inserts or replaces the products of `batch` in one transaction: all or none are stored.
   virtual void upsert(const std::vector<ProductUpdate>& batch) = 0;
-  /// Writes the fields of the stored product `p.sku` (title, category, price, brand, seller,
-  /// attributes), leaving its images and their embeddings as they are; false when no product
-  /// has that SKU.
-  virtual bool update_details(const Product& p) = 0;
+  /// Changes the fields of the stored product `sku` (title, category, price, brand, seller,
+  /// attributes) by `change`, read and written in one transaction, leaving its images and
+  /// their embeddings as they are; returns the product as stored, nullopt when no product has
+  /// that SKU. What `change` throws leaves it unchanged.
+  virtual std::optional<Product> update_details(
+      const std::string& sku, const std::function<void(Product&)>& change) = 0;
   /// Deletes the products with these SKUs (their images and embeddings) in one transaction;
   /// returns the SKUs that were not in the catalogue.
   virtual std::vector<std::string> remove(const std::vector<std::string>& skus) = 0;
