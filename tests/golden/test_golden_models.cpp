@@ -140,6 +140,24 @@ TEST(TimmHub, PretrainedCfgGivesTheEvalTransformAndFlagsOverrideIt) {
   EXPECT_EQ(q.interpolation, image::Interpolation::kBicubic);
   EXPECT_EQ(q.mean, (std::vector<float>{0.5f, 0.5f, 0.5f}));
   EXPECT_EQ(q.std, (std::vector<float>{0.4f, 0.5f, 0.6f}));
+  // Statistics that cannot normalise are refused, naming where they came from.
+  o.mean = std::vector<float>{0.1f, 0.2f};
+  EXPECT_CONTAINS(test::error_of([&] { import_checkpoint(o); }),
+                  "--mean takes 3 values (R G B) or 1, got 2");
+  o.mean.reset();
+  o.std = std::vector<float>{0.0f};
+  EXPECT_CONTAINS(test::error_of([&] { import_checkpoint(o); }),
+                  "the normalisation std must be positive (0 given by --std)");
+  o.std.reset();
+  nlohmann::json zero = config;
+  zero["pretrained_cfg"]["std"] = {0.4, 0.0, 0.6};
+  std::ofstream(dir + "/config.json") << zero.dump();
+  const std::string from_config = test::error_of([&] { import_checkpoint(o); });
+  EXPECT_CONTAINS(from_config, "the normalisation std must be positive (0 given by ");
+  EXPECT_CONTAINS(from_config, "config.json");
+  // A config.json that is not JSON is named, not passed over.
+  std::ofstream(dir + "/config.json") << "{\"pretrained_cfg\": {";
+  EXPECT_CONTAINS(test::error_of([&] { import_checkpoint(o); }), dir + "/config.json");
   fs::remove_all(dir);
 }
 
