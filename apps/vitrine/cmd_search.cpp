@@ -648,42 +648,20 @@ void add_search_command(CLI::App& app, int& status) {
         so.k = a->k;
         so.filters = filters;
         so.exact_below = a->exact_below;
+        const auto search = [&](const search::SearchOptions& o) {
+          return db->search(e.embedding.data(), 1, o).front();
+        };
         std::vector<search::Hit> hits;
         if (a->route) {
-          // Search inside the likely categories when the head is sure enough; otherwise, or
-          // when they hold too few products, in the whole (filtered) catalogue.
-          nlohmann::json route{{"top", e.top.empty() ? nlohmann::json() : nlohmann::json{
-                                {"category", e.top[0].label}, {"score", e.top[0].score}}}};
-          if (!e.top.empty() && e.top[0].score >= a->route_min) {
-            search::Filter f{"category", "=", {}};
-            double mass = 0;
-            for (const auto& c : e.top) {  // the top category always
-              f.values.push_back(c.label);
-              mass += c.score;
-              if (static_cast<int64_t>(f.values.size()) >= a->route_max ||
-                  mass >= a->route_mass) {
-                break;
-              }
-            }
-            search::SearchOptions routed = so;
-            routed.filters.push_back(f);
-            hits = db->search(e.embedding.data(), 1, routed).front();
-            route["categories"] = f.values;
-            if (static_cast<int64_t>(hits.size()) < a->k) {
-              route["fallback"] =
-                  std::string(hits.empty() ? "no product of the catalogue has the predicted "
-                                             "categories"
-                                           : "the predicted categories hold fewer than k "
-                                             "products") +
-                  (filters.empty() ? "" : " that pass the --filter");
-              hits.clear();
-            }
-          } else {
-            route["fallback"] = "the head is unsure (top probability below --route-min-score)";
-          }
-          line["route"] = route;
+          // Inside the likely categories when the head is sure enough; otherwise, or when
+          // they hold too few products, in the whole (filtered) catalogue.
+          search::Route how;
+          hits = search::routed_search(search, e.top, so,
+                                       {a->route_min, a->route_mass, a->route_max}, &how);
+          line["route"] = search::route_json(how);
+        } else {
+          hits = search(so);
         }
-        if (hits.empty()) hits = db->search(e.embedding.data(), 1, so).front();
         auto& results = line["results"] = nlohmann::json::array();
         for (const auto& h : hits) results.push_back(search::hit_json(h));
         std::cout << json_text(line) << "\n";

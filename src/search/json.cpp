@@ -18,4 +18,13 @@ nlohmann::json hit_json(const Hit& h) {
   return j;
 }
 
+nlohmann::json route_json(const Route& r) {
+  nlohmann::json j{{"top", r.top ? nlohmann::json{{"category", r.top->label},
+                                                  {"score", r.top->score}}
+                                 : nlohmann::json()}};
+  if (!r.categories.empty()) j["categories"] = r.categories;
+  if (!r.fallback.empty()) j["fallback"] = r.fallback;
+  return j;
+}
+
 }  // namespace vitrine::search

@@ -885,10 +885,11 @@ void HttpServer::routes() {
   add("POST", "/v1/search", "/v1/search", [this](const httplib::Request& req, httplib::Response& res) {
            const auto body = json_body(req);
            const json* b = body ? &*body : nullptr;
-           check_parameters(req, b, {"image", "k", "filters", "filter"});
+           check_parameters(req, b, {"image", "k", "filters", "filter", "route_by_category"});
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
            search::SearchOptions so;
            so.k = int_param(req, b, "k", 10, 1, 1000);
+           const bool route = bool_param(req, b, "route_by_category");
            // Filters as "filters" or "filter": a string or an array of strings in JSON,
            // repeated in the query string.
            std::vector<std::string> filters;
@@ -910,13 +911,25 @@ void HttpServer::routes() {
              throw ServiceError(400, "bad_filter", e.what());
            }
            const auto out = service_.infer(image_of(req, b), 5);
-           json results = json::array();
-           for (const auto& h : service_.search(out.embedding, so)) {
-             results.push_back(hit_with_url(h));
+           if (route && out.top.empty()) {
+             throw ServiceError(409, "no_head", "route_by_category needs a model with a "
+                                "classification head of the catalogue's categories; this one "
+                                "is a backbone");
            }
+           const auto search = [&](const search::SearchOptions& o) {
+             return service_.search(out.embedding, o);
+           };
+           // Inside the likely categories when the head is sure enough (as `vitrine search
+           // --route-by-category`, with its defaults); otherwise the whole catalogue.
+           search::Route how;
+           const auto hits = route ? search::routed_search(search, out.top, so, {}, &how)
+                                   : search(so);
+           json results = json::array();
+           for (const auto& h : hits) results.push_back(hit_with_url(h));
            json top = json::array();
            for (const auto& c : out.top) top.push_back({{"label", c.label}, {"score", c.score}});
            json answer{{"results", results}, {"top", top}};
+           if (route) answer["route"] = search::route_json(how);
            if (results.empty() && !so.filters.empty()) {  // say which filter left nothing
              std::shared_lock<Service::DbMutex> lock(service_.db_mutex());
              answer["warnings"] = search::explain_empty_filters(service_.db()->catalog(),

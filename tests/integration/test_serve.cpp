@@ -447,6 +447,24 @@ TEST(Serve, EveryEndpointsHappyPath) {
                                  "application/json");
   ASSERT_EQ(found_again->status, 200) << found_again->body;
   EXPECT_EQ(body_of(found_again)["results"], results);
+  // Routed by the head's category: how it went is in "route"; searched inside the predicted
+  // categories, or, unsure (this head is untrained), in the whole catalogue.
+  auto routed = reader.Post("/v1/search?k=3&route_by_category=true", f.photos[3], "image/png");
+  ASSERT_EQ(routed->status, 200) << routed->body;
+  expect_conforms(spec, "/v1/search", "post", routed);
+  const json how = body_of(routed)["route"];
+  EXPECT_NE(std::string("shoes bags hats").find(how["top"]["category"].get<std::string>()),
+            std::string::npos) << how;
+  if (how.contains("fallback")) {
+    EXPECT_EQ(body_of(routed)["results"][0]["sku"], "SKU3") << how;
+  } else {
+    for (const auto& r : body_of(routed)["results"]) {
+      const auto& in = how["categories"];
+      EXPECT_NE(std::find(in.begin(), in.end(), r["category"]), in.end()) << how;
+    }
+  }
+  EXPECT_EQ(reader.Post("/v1/search?route_by_category=maybe", f.photos[3], "image/png")->status,
+            400);
   // Filters add up, repeated in the query string too.
   auto repeated = reader.Post("/v1/search?k=3&filters=category%3Dshoes&filters=price%3E%3D0",
                               f.photos[3], "image/png");

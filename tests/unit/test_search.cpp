@@ -5,6 +5,7 @@
 #include "vitrine/search/catalog.h"
 #include "vitrine/search/catalog_csv.h"
 #include "vitrine/search/retrieval.h"
+#include "vitrine/search/route.h"
 #include "vitrine/search/search_db.h"
 #include "vitrine/search/vector_index.h"
 
@@ -300,6 +301,50 @@ TEST(SearchCatalog, NewDetailsKeepTheImagesAndLogNoChange) {
   // The catalogue is usable after them (no transaction left open).
   EXPECT_TRUE(catalog->update_details("a", [](Product& p) { p.brand = "acme"; }).has_value());
   EXPECT_EQ(catalog->find("a")->brand, "acme");
+}
+
+TEST(SearchRoute, SearchesTheLikelyCategoriesOrFallsBackSayingWhy) {
+  // A catalogue of 4 "shoes" and 1 "bags" (one hit each), searched through a fake.
+  std::vector<SearchOptions> asked;
+  const auto search = [&asked](const SearchOptions& o) {
+    asked.push_back(o);
+    int64_t n = 5;
+    for (const auto& f : o.filters) {
+      if (f.field != "category") continue;
+      n = 0;
+      for (const auto& v : f.values) n += v == "shoes" ? 4 : v == "bags" ? 1 : 0;
+    }
+    return std::vector<Hit>(static_cast<size_t>(std::min<int64_t>(n, o.k)));
+  };
+  SearchOptions o;
+  o.k = 3;
+  o.filters = {parse_filter("price<=100")};
+  const std::vector<ClassScore> sure = {{"shoes", 0.7f}, {"bags", 0.25f}, {"hats", 0.05f}};
+  Route how;
+  EXPECT_EQ(routed_search(search, sure, o, {0.5, 0.9, 3}, &how).size(), 3u);
+  EXPECT_EQ(how.categories, (std::vector<std::string>{"shoes", "bags"}));  // 0.95 >= 0.9
+  EXPECT_TRUE(how.fallback.empty());
+  ASSERT_EQ(asked.size(), 1u);
+  EXPECT_EQ(asked[0].filters.size(), 2u) << "the caller's filters are kept";
+  // At most max_categories; a probability mass of 0 still takes the top one.
+  routed_search(search, sure, o, {0.5, 0.0, 3}, &how);
+  EXPECT_EQ(how.categories, (std::vector<std::string>{"shoes"}));
+  // Too few products in the predicted categories: the whole (filtered) catalogue.
+  asked.clear();
+  const std::vector<ClassScore> bags = {{"bags", 0.95f}, {"shoes", 0.05f}};
+  EXPECT_EQ(routed_search(search, bags, o, {0.5, 0.9, 3}, &how).size(), 3u);
+  EXPECT_EQ(how.categories, (std::vector<std::string>{"bags"}));
+  EXPECT_NE(how.fallback.find("fewer than k products that pass the filters"), std::string::npos)
+      << how.fallback;
+  ASSERT_EQ(asked.size(), 2u);
+  EXPECT_EQ(asked[1].filters.size(), 1u);
+  // Unsure, or no head at all: never routed.
+  routed_search(search, {{"shoes", 0.4f}}, o, {0.5, 0.9, 3}, &how);
+  EXPECT_TRUE(how.categories.empty());
+  EXPECT_NE(how.fallback.find("0.400 is below 0.500"), std::string::npos) << how.fallback;
+  routed_search(search, {}, o, {}, &how);
+  EXPECT_FALSE(how.top.has_value());
+  EXPECT_EQ(how.fallback, "the model has no classification head");
 }
 
 TEST(SearchCatalog, RejectsAFileThatIsNotACatalogue) {

@@ -1,6 +1,7 @@
 // Products and search hits as JSON, the same for the CLI's lines and the HTTP answers.
 #pragma once
 
+#include "vitrine/search/route.h"
 #include "vitrine/search/search_db.h"
 
 #include <nlohmann/json.hpp>
@@ -12,5 +13,8 @@ namespace vitrine::search {
 nlohmann::json product_json(const Product& p);
 /// product_json of the hit's product with its score and best-matching image.
 nlohmann::json hit_json(const Hit& h);
+/// How a routed search went: `top` ({category, score}, null without a head), `categories`
+/// searched (when it routed), `fallback` (why the whole catalogue was searched).
+nlohmann::json route_json(const Route& r);
 
 }  // namespace vitrine::search
