@@ -104,7 +104,7 @@ fi
 echo "== test split (10,000 photos), $labels_per_class labels per class, $epochs epochs," \
   "seed $seed, data seed $data_seed"
 $vitrine compare --title "Fashion-MNIST, $labels_per_class labels per class: what pretraining buys" \
-  "${runs[@]}" --data fashion-mnist --threads "$threads" \
+  "${runs[@]}" --data fashion-mnist --val-split 0 --data-seed "$data_seed" --threads "$threads" \
   --out "$out/report.html" | tee "$out/table.txt"
 echo "== visual search: the 10,000 test photos as a catalogue, 2,000 other photos as queries"
 $vitrine index --model "$search_model" --data fashion-mnist --split test \

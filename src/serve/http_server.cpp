@@ -145,10 +145,16 @@ bool is_local_host(const std::string& host) {
   return name == "localhost" || name == "127.0.0.1" || name == "[::1]";
 }
 
-/// Whether the body is declared JSON (media types compare case-insensitively).
-bool is_json_type(const httplib::Request& req) {
-  return lowered(req.get_header_value("Content-Type")).rfind("application/json", 0) == 0;
+/// The request's media type: Content-Type without its parameters (charset=...), lowered.
+std::string media_type(const httplib::Request& req) {
+  std::string type = lowered(req.get_header_value("Content-Type"));
+  type = type.substr(0, type.find(';'));
+  while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) type.pop_back();
+  return type;
 }
+
+/// Whether the body is declared JSON (media types compare case-insensitively).
+bool is_json_type(const httplib::Request& req) { return media_type(req) == "application/json"; }
 
 /// The request's body parsed as JSON; 400 bad_json where it is not.
 json parsed_body(const httplib::Request& req) {
@@ -834,6 +840,17 @@ void HttpServer::routes() {
     if (method == "DELETE") s.Delete(pattern, handler);
   };
 
+  // PUT, PATCH or DELETE of a product's photo (/v1/products/{sku}/images/{i}, which the
+  // product routes' pattern also matches): that route takes GET alone.
+  const auto not_a_photo = [](const httplib::Request& req, httplib::Response& res) {
+    static const std::regex photo(R"(.+/images/[0-9]+)");
+    if (std::regex_match(std::string(req.matches[1]), photo)) {
+      res.set_header("Allow", "GET");
+      throw ServiceError(405, "method_not_allowed",
+                         req.method + " is not a method of a product's photo (it takes GET); "
+                         "no SKU ends in /images/<number>");
+    }
+  };
   add("GET", "/healthz", "/healthz", [](const httplib::Request&, httplib::Response& res) {
           send_json(res, 200, {{"status", "ok"}});
         });
@@ -1007,8 +1024,9 @@ void HttpServer::routes() {
           if (!p) throw ServiceError(404, "unknown_sku", "no product " + std::string(req.matches[1]));
           send_json(res, 200, product_with_images(*p));
         });
-  add("DELETE", R"(/v1/products/(.+))", "/v1/products/{sku}", [this](const httplib::Request& req, httplib::Response& res) {
+  add("DELETE", R"(/v1/products/(.+))", "/v1/products/{sku}", [this, not_a_photo](const httplib::Request& req, httplib::Response& res) {
              if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
+             not_a_photo(req, res);
              const auto lock = service_.lock_for_write();
              const std::string sku = req.matches[1];
              if (!service_.db()->remove({sku}).empty()) {
@@ -1118,13 +1136,14 @@ void HttpServer::routes() {
     lock.unlock();
     service_.save_index_when_due();
   };
-  add("PUT", R"(/v1/products/(.+))", "/v1/products/{sku}", [this, store, commit](const httplib::Request& req, httplib::Response& res) {
+  add("PUT", R"(/v1/products/(.+))", "/v1/products/{sku}", [this, store, commit, not_a_photo](const httplib::Request& req, httplib::Response& res) {
           if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
-          check_parameters(req, nullptr, {});
+          not_a_photo(req, res);
           if (!is_json_type(req)) {  // as POST /v1/products answers
             throw ServiceError(415, "unsupported_media_type",
                                "send the product as JSON (Content-Type: application/json)");
           }
+          check_parameters(req, nullptr, {});
           const auto body = json_body(req);
           if (!body) throw ServiceError(400, "bad_json", "the body is empty: send the product");
           const auto p = store(req.matches[1], *body);
@@ -1137,15 +1156,15 @@ void HttpServer::routes() {
   // embeddings and all, unless `images` is sent, which replaces them as a PUT does. A price
   // change sends no photo and embeds nothing.
   add("PATCH", R"(/v1/products/(.+))", "/v1/products/{sku}",
-      [this, finish, commit](const httplib::Request& req, httplib::Response& res) {
+      [this, finish, commit, not_a_photo](const httplib::Request& req, httplib::Response& res) {
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
-           check_parameters(req, nullptr, {});
-           const std::string type = lowered(req.get_header_value("Content-Type"));
-           if (!is_json_type(req) && type.rfind("application/merge-patch+json", 0) != 0) {
+           not_a_photo(req, res);
+           if (!is_json_type(req) && media_type(req) != "application/merge-patch+json") {
              throw ServiceError(415, "unsupported_media_type",
                                 "send the changes as JSON (Content-Type: "
                                 "application/merge-patch+json or application/json)");
            }
+           check_parameters(req, nullptr, {});
            const json body = parsed_body(req);
            if (!body.is_object()) {
              throw ServiceError(400, "bad_json",
@@ -1200,13 +1219,13 @@ void HttpServer::routes() {
          });
   add("POST", "/v1/products", "/v1/products", [this, prepare, finish, commit](const httplib::Request& req, httplib::Response& res) {
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
-           check_parameters(req, nullptr, {});
            // Any web page can send a text/plain body across sites without asking first; a
            // JSON one needs the browser's preflight, which this service does not grant.
            if (!is_json_type(req)) {
              throw ServiceError(415, "unsupported_media_type",
                                 "send the products as JSON (Content-Type: application/json)");
            }
+           check_parameters(req, nullptr, {});
            const json body = parsed_body(req);
            if (!body.is_array()) {
              throw ServiceError(400, "bad_json", "send a JSON array of products, each with a sku");

@@ -813,6 +813,24 @@ TEST(Serve, PatchChangesAProductsDetailsAndKeepsItsPhotos) {
     EXPECT_CONTAINS(r->body, says);
   }
   EXPECT_EQ(writer.Patch("/v1/products/PATCHED", R"({"price": 1})", "text/plain")->status, 415);
+  // Media types compare whole (parameters aside): JSON Patch (RFC 6902) is another language.
+  for (const char* type : {"application/json-patch+json", "application/jsonx",
+                           "application/merge-patch+jsonx"}) {
+    EXPECT_EQ(writer.Patch("/v1/products/PATCHED", R"({"price": 1})", type)->status, 415) << type;
+  }
+  EXPECT_EQ(writer.Post("/v1/products", "[]", "application/jsonx")->status, 415);
+  httplib::MultipartFormDataItems form = {{"price", "1", "", ""}};
+  EXPECT_EQ(writer.Put("/v1/products/PATCHED", form)->status, 415);
+  auto charset = writer.Patch("/v1/products/PATCHED", "{}", "application/json; charset=utf-8");
+  EXPECT_EQ(charset->status, 200) << charset->body;
+  // A product's photo takes GET alone: other methods are 405, not a SKU problem.
+  for (const auto& r : {writer.Patch("/v1/products/PATCHED/images/0", "{}", "application/json"),
+                        writer.Put("/v1/products/PATCHED/images/0", "{}", "application/json"),
+                        writer.Delete("/v1/products/PATCHED/images/0")}) {
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 405) << r->body;
+    EXPECT_EQ(r->get_header_value("Allow"), "GET");
+  }
   EXPECT_EQ(reader.Patch("/v1/products/PATCHED", R"({"price": 1})", "application/json")->status,
             403);
   EXPECT_EQ(body_of(reader.Get("/v1/products/PATCHED")), p);
@@ -1040,8 +1058,8 @@ TEST(Serve, MalformedRequestsAre400WithTheProblemNamed) {
        "unknown_parameter"},
       {"product sku differs from the URL", "PUT", "/v1/products/X1",
        json{{"images", {b64}}, {"sku", "X2"}}.dump(), "application/json", 400, "bad_sku"},
-      {"SKU that reads as a photo path", "PUT", "/v1/products/X1/images/0",
-       json{{"images", {b64}}}.dump(), "application/json", 400, "bad_sku"},
+      {"SKU that reads as a photo path: the photo route's", "PUT", "/v1/products/X1/images/0",
+       json{{"images", {b64}}}.dump(), "application/json", 405, "method_not_allowed"},
       {"SKU over 512 bytes", "PUT", "/v1/products/" + std::string(600, 'a'),
        json{{"images", {b64}}}.dump(), "application/json", 400, "bad_sku"},
       {"nested a million deep", "PUT", "/v1/products/X1",
