@@ -863,6 +863,12 @@ void HttpServer::routes() {
         });
   add("GET", "/metrics", "/metrics", [this](const httplib::Request&, httplib::Response& res) {
           metrics_->set_queue_depth(service_.queue_depth());
+          try {  // the index size with what other processes stored since
+            service_.catch_up();
+          } catch (const std::exception& e) {  // the metrics still answer, with the last size
+            spdlog::warn("metrics: the index could not catch up with the catalogue: {}",
+                         e.what());
+          }
           res.set_content(metrics_->render(), "text/plain; version=0.0.4");
         });
   add("GET", "/openapi.json", "/openapi.json", [](const httplib::Request&, httplib::Response& res) {

@@ -411,9 +411,8 @@ std::string Service::explain(const std::string& encoded, const std::string& labe
   return base64_encode(png);
 }
 
-std::vector<search::Hit> Service::search(const std::vector<float>& embedding,
-                                         const search::SearchOptions& options) {
-  if (!db_) throw ServiceError(404, "no_catalogue", "this service runs without --db: no search");
+int64_t Service::catch_up() {
+  if (!db_) return 0;
   std::shared_lock<DbMutex> lock(db_mutex_);
   if (db_->stale()) {  // products another process stored or removed meanwhile
     lock.unlock();
@@ -423,7 +422,16 @@ std::vector<search::Hit> Service::search(const std::vector<float>& embedding,
     }
     lock.lock();
   }
-  metrics_->set_index_size(db_->index() ? db_->index()->size() : 0);
+  const int64_t size = db_->index() ? db_->index()->size() : 0;
+  metrics_->set_index_size(size);
+  return size;
+}
+
+std::vector<search::Hit> Service::search(const std::vector<float>& embedding,
+                                         const search::SearchOptions& options) {
+  if (!db_) throw ServiceError(404, "no_catalogue", "this service runs without --db: no search");
+  catch_up();
+  std::shared_lock<DbMutex> lock(db_mutex_);
   if (db_->index() && db_->index()->dim() != static_cast<int64_t>(embedding.size())) {
     throw ServiceError(409, "model_mismatch",
                        "the model's embeddings do not fit the catalogue's index; re-index");

@@ -1372,6 +1372,29 @@ TEST(Serve, PhotosNoProductUsesAnyMoreAreDeleted) {
   EXPECT_EQ(files(), before);
 }
 
+TEST(Serve, MetricsCountPhotosAnotherProcessIndexed) {
+  const auto& f = fixture();
+  Server server("");
+  auto reader = server.client(f.read_key);
+  const auto index_size = [&reader] {
+    std::smatch m;
+    const std::string metrics = reader.Get("/metrics")->body;
+    EXPECT_TRUE(std::regex_search(metrics, m, std::regex("vitrine_index_size ([0-9]+)")));
+    return std::stoi(m[1]);
+  };
+  const int before = index_size();
+  std::ofstream(f.dir + "/extra.csv") << "sku,image,category\nEXTRA1," << f.dir
+                                      << "/img/p1.png,bags\n";
+  auto r = test::run_command(q(test::vitrine_bin()) + " index --model " + q(f.dir + "/m") +
+                             " --catalog " + q(f.dir + "/extra.csv") + " --db " +
+                             q(f.dir + "/db"));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(index_size(), before + 1) << "no search needed to count it";
+  r = test::run_command(q(test::vitrine_bin()) + " remove --db " + q(f.dir + "/db") + " EXTRA1");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(index_size(), before);
+}
+
 TEST(Serve, ProductsStoredJustBeforeACrashAreFoundAfterARestart) {
   const auto& f = fixture();
   cv::Mat m(24, 24, CV_8UC3);

@@ -98,6 +98,9 @@ class Service {
   static constexpr int kMaxExplaining = 2;
 
   bool has_search() const { return db_ != nullptr; }
+  /// Applies what other processes stored or removed meanwhile to the index (as a search does
+  /// first), and returns the photos it holds; 0 without a database.
+  int64_t catch_up();
   /// The k best products for an embedding; throws ServiceError 404 without a database.
   std::vector<search::Hit> search(const std::vector<float>& embedding,
                                   const search::SearchOptions& options);
