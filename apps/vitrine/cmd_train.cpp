@@ -47,7 +47,7 @@ std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::
 
 void adopt_training_split(const CLI::App* cmd, const std::string& model_dir,
                           const std::string& source, double& val_split, double& test_split,
-                          uint64_t& seed) {
+                          uint64_t& seed, double applied_val_split) {
   std::error_code ec;
   if (!fs::is_regular_file(fs::path(model_dir) / "config.json", ec)) return;  // loading names it
   const auto p = nlohmann::json::parse(models::load_model_config(model_dir).provenance_json,
@@ -76,6 +76,9 @@ void adopt_training_split(const CLI::App* cmd, const std::string& model_dir,
     (given ? differ : taken) += (s.str() + " ");
     if (!given) value = trained;
   };
+  const bool recorded_unset = p.contains("val_split") && p["val_split"].is_number() &&
+                              p["val_split"].get<double>() < 0;
+  if (val_split < 0 && applied_val_split >= 0 && !recorded_unset) val_split = applied_val_split;
   // Models record their seed when not 0.
   take("--val-split", "val_split", val_split, val_split);
   take("--test-split", "test_split", test_split, test_split);
@@ -474,14 +477,7 @@ void warn_other_split(const std::string& dir, const data::DataOptions& data,
                       double applied_val_split) {
   double val = data.val_split, test = data.test_split;
   uint64_t seed = data.seed;
-  // An unset --val-split is compared as the data applied it, as runs record it now; a model
-  // that recorded -1 (older runs) is compared with -1.
-  const auto p = nlohmann::json::parse(models::load_model_config(dir).provenance_json,
-                                       nullptr, false);
-  const bool recorded_unset = p.is_object() && p.contains("val_split") &&
-                              p["val_split"].is_number() && p["val_split"].get<double>() < 0;
-  if (val < 0 && !recorded_unset) val = applied_val_split;
-  adopt_training_split(nullptr, dir, data.source, val, test, seed);
+  adopt_training_split(nullptr, dir, data.source, val, test, seed, applied_val_split);
 }
 
 }  // namespace

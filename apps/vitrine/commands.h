@@ -60,9 +60,11 @@ std::shared_ptr<data::Dataset> pick_split(const data::DataSplits& s, const std::
 /// for those the command line `cmd` leaves unset (--val-split, --test-split, --data-seed), so
 /// its val/test photos are the run's own and never photos it learnt from. Logs what it took,
 /// and warns of given ones that differ (all are taken as given without `cmd`).
+/// `applied_val_split`, once the data is open: an unset --val-split is compared as the data
+/// applied it (runs record the applied fraction; those of stops 28-32 recorded -1).
 void adopt_training_split(const CLI::App* cmd, const std::string& model_dir,
                           const std::string& source, double& val_split, double& test_split,
-                          uint64_t& seed);
+                          uint64_t& seed, double applied_val_split = -1);
 /// Before writing a model directory to `dir`: a model directory there may be replaced (with a
 /// warning), any other non-empty directory (a run, a data set) is refused.
 void check_output_dir(const std::string& dir);

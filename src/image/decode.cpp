@@ -159,7 +159,7 @@ ImageInfo probe_jpeg(const uint8_t* d, size_t n) {
       VT_CHECK(h != 0, "JPEG leaves its height to a DNL marker, which the decoder does not "
                        "support; re-save the image with a standard encoder");
       check_size(Format::kJpeg, w, h);
-      return {Format::kJpeg, w, h};
+      return {Format::kJpeg, w, h, n - pos >= 8 ? d[pos + 7] : 0};
     }
     pos += len;
   }
@@ -430,25 +430,22 @@ cv::Mat apply_orientation(const cv::Mat& m, int orientation) {
   return out;
 }
 
-/// A JPEG's frame component count and its EXIF orientation (1 when none), from the markers
-/// before its first scan.
-std::pair<int, int> jpeg_components_and_orientation(const uint8_t* d, size_t n) {
-  int components = 0, orientation = 1;
+/// A JPEG's EXIF orientation (its first APP1 Exif segment before the first scan), 1 when
+/// none: for the JPEGs decoded here rather than by OpenCV, which applies it itself.
+int jpeg_orientation(const uint8_t* d, size_t n) {
   for (size_t pos = 2;;) {
     pos = next_jpeg_marker(d, n, pos);
-    if (pos >= n) break;
+    if (pos >= n) return 1;
     const uint8_t m = d[pos++];
     if (m == 0x01 || (m >= 0xD0 && m <= 0xD7)) continue;  // markers without a length
-    if (m == 0xDA || m == 0xD9 || n - pos < 2) break;
+    if (m == 0xDA || m == 0xD9 || n - pos < 2) return 1;
     const size_t len = be16(d + pos);
-    if (len < 2 || len > n - pos) break;
-    if (is_jpeg_sof(m) && len >= 8) components = d[pos + 7];
-    if (m == 0xE1 && orientation == 1 && has_prefix(d + pos + 2, len - 2, "Exif\0\0", 6)) {
-      orientation = exif_orientation(d + pos + 2, len - 2);
+    if (len < 2 || len > n - pos) return 1;
+    if (m == 0xE1 && has_prefix(d + pos + 2, len - 2, "Exif\0\0", 6)) {
+      return exif_orientation(d + pos + 2, len - 2);
     }
     pos += len;
   }
-  return {components, orientation};
 }
 
 struct JpegErrors {
@@ -637,18 +634,15 @@ cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options) {
   VT_CHECK(size <= static_cast<size_t>(INT_MAX), "image data is ", size,
            " bytes, more than the 2 GiB the decoders accept; downscale or recompress it");
 
-  if (format == Format::kJpeg) {
-    const auto [components, orientation] = jpeg_components_and_orientation(data, size);
-    if (components == 4) {
-      VT_CHECK(pixels <= (int64_t{1} << 30), "cannot decode the CMYK JPEG image: at ",
-               pixel_count(pixels), " it is over the limit of 2^30 pixels; downscale it");
-      cv::Mat rgb(static_cast<int>(info.height), static_cast<int>(info.width), CV_8UC3);
-      char message[JMSG_LENGTH_MAX] = {0};
-      VT_CHECK(decode_four_component_jpeg(data, size, &rgb, message), "cannot decode the CMYK ",
-               "JPEG image (", info.width, "x", info.height, "): ", message,
-               "; the file may be damaged: export it again");
-      return apply_orientation(rgb, orientation);
-    }
+  if (format == Format::kJpeg && info.components == 4) {  // CMYK or YCCK: as Pillow does
+    VT_CHECK(pixels <= (int64_t{1} << 30), "cannot decode the CMYK JPEG image: at ",
+             pixel_count(pixels), " it is over the limit of 2^30 pixels; downscale it");
+    cv::Mat rgb(static_cast<int>(info.height), static_cast<int>(info.width), CV_8UC3);
+    char message[JMSG_LENGTH_MAX] = {0};
+    VT_CHECK(decode_four_component_jpeg(data, size, &rgb, message), "cannot decode the CMYK ",
+             "JPEG image (", info.width, "x", info.height, "): ", message,
+             "; the file may be damaged: export it again");
+    return apply_orientation(rgb, jpeg_orientation(data, size));
   }
   // PNG and WebP carry alpha and 16-bit samples, which only IMREAD_UNCHANGED keeps; OpenCV
   // then skips EXIF orientation, so it is applied below. JPEG and BMP have no alpha we keep:

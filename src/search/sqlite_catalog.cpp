@@ -250,10 +250,7 @@ class SqliteCatalog : public Catalog {
     Statement insert(db_,
                      "INSERT INTO products(sku, title, category, price, brand, seller, "
                      "attributes) VALUES (?, ?, ?, ?, ?, ?, ?)");
-    Statement update(db_,
-                     "UPDATE products SET title = ?, category = ?, price = ?, brand = ?, "
-                     "seller = ?, attributes = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', "
-                     "'now') WHERE id = ?");
+    Statement update(db_, kUpdateDetails);
     Statement old_images(db_, "SELECT id, ref, content_hash FROM images WHERE product_id = ?");
     Statement drop_image(db_, "DELETE FROM images WHERE id = ?");
     Statement move_image(db_, "UPDATE images SET position = ? WHERE id = ?");
@@ -277,8 +274,7 @@ class SqliteCatalog : public Catalog {
         insert.reset();
         id = sqlite3_last_insert_rowid(db_);
       } else {
-        update.bind(1, p.title).bind(2, p.category).bind(3, p.price).bind(4, p.brand);
-        update.bind(5, p.seller).bind(6, p.attributes).bind(7, id).run();
+        bind_details(update, p).bind(7, id).run();
         update.reset();
       }
       // Keep images whose reference and content are unchanged (their ids stay valid in
@@ -326,21 +322,18 @@ class SqliteCatalog : public Catalog {
                                         const std::function<void(Product&)>& change) override {
     std::lock_guard<std::mutex> lock(mu_);
     Transaction tx(this);  // read and write as one: no other writer comes between
-    std::optional<Product> found = find_locked(sku);
+    int64_t id = 0;
+    std::optional<Product> found = find_locked(sku, &id);
     if (!found) return std::nullopt;
     Product p = *found;
     change(p);
     p.sku = sku;
+    p.images = found->images;
     compose_text_fields(p);
     check_attributes(p);
-    Statement update(db_,
-                     "UPDATE products SET title = ?, category = ?, price = ?, brand = ?, "
-                     "seller = ?, attributes = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', "
-                     "'now') WHERE sku = ?");
-    update.bind(1, p.title).bind(2, p.category).bind(3, p.price).bind(4, p.brand);
-    update.bind(5, p.seller).bind(6, p.attributes).bind(7, p.sku).run();
+    Statement update(db_, kUpdateDetails);
+    bind_details(update, p).bind(7, id).run();
     tx.commit();
-    p.images = found->images;
     return p;
   }
 
@@ -369,14 +362,16 @@ class SqliteCatalog : public Catalog {
     return find_locked(sku);
   }
 
-  std::optional<Product> find_locked(const std::string& sku) const {
+  /// find() under mu_ held; `id`, when given, receives the product's row id.
+  std::optional<Product> find_locked(const std::string& sku, int64_t* id = nullptr) const {
     Statement s(db_, std::string("SELECT ") + kProductColumns + ", p.id FROM products p WHERE sku = ?");
     s.bind(1, sku);
     if (!s.step()) return std::nullopt;
     Product p = read_product(s, 0);
-    const int64_t id = s.int64(7);
+    const int64_t row = s.int64(7);
+    if (id != nullptr) *id = row;
     Statement imgs(db_, "SELECT ref FROM images WHERE product_id = ? ORDER BY position");
-    imgs.bind(1, id);
+    imgs.bind(1, row);
     while (imgs.step()) p.images.push_back(imgs.text(0));
     return p;
   }
@@ -616,6 +611,16 @@ class SqliteCatalog : public Catalog {
              "catalogue ", path_, ": a stored embedding has ", size, " bytes, expected ",
              stamp.dim * 4, " (the file is damaged; re-index into a new --db)");
     std::memcpy(out, p, size);
+  }
+
+  /// A product's details, as upsert and update_details write them: bound as ? 1-6; the row's
+  /// id is ? 7.
+  static constexpr const char* kUpdateDetails =
+      "UPDATE products SET title = ?, category = ?, price = ?, brand = ?, seller = ?, "
+      "attributes = ?, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?";
+  static Statement& bind_details(Statement& update, const Product& p) {
+    update.bind(1, p.title).bind(2, p.category).bind(3, p.price).bind(4, p.brand);
+    return update.bind(5, p.seller).bind(6, p.attributes);
   }
 
   static void check_attributes(const Product& p) {

@@ -1082,12 +1082,15 @@ void HttpServer::routes() {
     }
     return std::move(stored);
   };
-  auto store = [this, prepare, finish](const std::string& sku, const json& p) {
-    PendingProduct pending = prepare(sku, p);
+  auto embed_product = [this, finish](PendingProduct& pending) {
     std::vector<const std::string*> encoded;
     for (const auto& e : pending.encoded) encoded.push_back(&e);
     auto photos = embed_all(service_, encoded);
     return finish(pending, photos.begin());
+  };
+  auto store = [prepare, embed_product](const std::string& sku, const json& p) {
+    PendingProduct pending = prepare(sku, p);
+    return embed_product(pending);
   };
   // Writes the photos and stores the products, under the database lock: a product removed
   // meanwhile cannot take a shared photo file away with it. `before` may still change the
@@ -1162,7 +1165,8 @@ void HttpServer::routes() {
   // embeddings and all, unless `images` is sent, which replaces them as a PUT does. A price
   // change sends no photo and embeds nothing.
   add("PATCH", R"(/v1/products/(.+))", "/v1/products/{sku}",
-      [this, finish, commit, not_a_photo](const httplib::Request& req, httplib::Response& res) {
+      [this, embed_product, commit,
+       not_a_photo](const httplib::Request& req, httplib::Response& res) {
            if (!service_.has_search()) throw ServiceError(404, "no_catalogue", "no --db given");
            not_a_photo(req, res);
            if (!is_json_type(req) && media_type(req) != "application/merge-patch+json") {
@@ -1208,10 +1212,7 @@ void HttpServer::routes() {
            PendingProduct pending;
            pending.stored.update.product.sku = sku;
            pending.encoded = decode_photos(body);
-           std::vector<const std::string*> encoded;
-           for (const auto& e : pending.encoded) encoded.push_back(&e);
-           auto photos = embed_all(service_, encoded);
-           commit({finish(pending, photos.begin())}, [&](std::vector<StoredProduct>& products) {
+           commit({embed_product(pending)}, [&](std::vector<StoredProduct>& products) {
              auto p = stored();
              if (!p) throw unknown();
              read_details(body, *p, /*merge=*/true);

@@ -109,8 +109,11 @@ std::shared_ptr<data::Dataset> scored_as(const models::ModelConfig& config,
   // classes, by position counting every folder, or an error.
   const auto& labels = config.labels;
   bool named = static_cast<int64_t>(labels.size()) == config.num_classes;
-  for (const auto& c : named ? data::classes_with_items(*data) : std::vector<std::string>()) {
-    named = named && std::find(labels.begin(), labels.end(), c) != labels.end();
+  if (named) {
+    const auto used = data::classes_with_items(*data);
+    named = std::all_of(used.begin(), used.end(), [&labels](const std::string& c) {
+      return std::find(labels.begin(), labels.end(), c) != labels.end();
+    });
   }
   ClassMatch match = ClassMatch::kByName;
   if (named) {

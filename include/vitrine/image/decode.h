@@ -24,6 +24,7 @@ struct ImageInfo {
   Format format;
   int64_t width;
   int64_t height;
+  int components = 0;  ///< JPEG: its frame's (1 grey, 3 YCbCr, 4 CMYK or YCCK); else 0
 };
 
 /// Format and dimensions read from the header alone (no pixel decoding): JPEG (walk the
@@ -44,8 +45,9 @@ struct DecodeOptions {
 /// grey -> RGB; 16-bit -> 8-bit (rounded, v/257); CMYK and YCCK JPEGs converted as Pillow
 /// converts them (the same pixels). Embedded ICC profiles are ignored, as PIL/torchvision
 /// ignore them. Truncated JPEGs (no EOI marker after the last scan) are refused rather than
-/// silently decoded half-grey. GIF, TIFF, animated WebP and unknown data are refused with an error naming the
-/// supported formats (JPEG, PNG, WebP, BMP). All failures throw vitrine::Error.
+/// silently decoded half-grey. GIF, TIFF, animated WebP and unknown data are refused with an
+/// error naming the supported formats (JPEG, PNG, WebP, BMP). All failures throw
+/// vitrine::Error.
 cv::Mat decode(const uint8_t* data, size_t size, const DecodeOptions& options = {});
 
 /// A decoded photo (RGB as decode() gives it, or one grey channel) as PNG bytes: how Vitrine
