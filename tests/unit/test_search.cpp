@@ -44,6 +44,13 @@ std::vector<float> unit_vector(std::mt19937_64& rng) {
 
 const char* const kCategories[] = {"shoes", "bags", "hats"};
 
+/// A new catalogue in `dir` that holds kModel's embeddings.
+std::unique_ptr<Catalog> new_catalog(const std::string& dir) {
+  auto catalog = open_sqlite_catalog(dir + "/c.sqlite");
+  catalog->set_model(kModel);
+  return catalog;
+}
+
 /// A product with `images` random embeddings; fields drawn from `rng`.
 ProductUpdate random_product(const std::string& sku, int images, std::mt19937_64& rng) {
   ProductUpdate u;
@@ -138,8 +145,7 @@ TEST(SearchFilter, ParsesTheDocumentedForms) {
 
 TEST(SearchCatalog, FiltersSelectTheRightImages) {
   const auto dir = test::temp_dir("search_filters");
-  auto catalog = open_sqlite_catalog(dir + "/c.sqlite");
-  catalog->set_model(kModel);
+  auto catalog = new_catalog(dir);
   std::mt19937_64 rng(1);
   std::vector<ProductUpdate> batch;
   for (int i = 0; i < 60; ++i) batch.push_back(random_product("p" + std::to_string(i), 1 + i % 2, rng));
@@ -223,8 +229,7 @@ TEST(SearchCatalog, FiltersSelectTheRightImages) {
 
 TEST(SearchCatalog, RefusesAnotherModelsEmbeddings) {
   const auto dir = test::temp_dir("search_model");
-  auto catalog = open_sqlite_catalog(dir + "/c.sqlite");
-  catalog->set_model(kModel);
+  auto catalog = new_catalog(dir);
   std::mt19937_64 rng(2);
   catalog->upsert({random_product("a", 1, rng)});
   ModelStamp other = kModel;
@@ -241,8 +246,7 @@ TEST(SearchCatalog, RefusesAnotherModelsEmbeddings) {
 
 TEST(SearchCatalog, EmbeddingsOfImagesNoLongerStored) {
   const auto dir = test::temp_dir("search_embeddings");
-  auto catalog = open_sqlite_catalog(dir + "/c.sqlite");
-  catalog->set_model(kModel);
+  auto catalog = new_catalog(dir);
   std::mt19937_64 rng(3);
   catalog->upsert({random_product("a", 2, rng)});
   const std::vector<int64_t> stored = catalog->image_ids({});
@@ -258,8 +262,7 @@ TEST(SearchCatalog, EmbeddingsOfImagesNoLongerStored) {
 
 TEST(SearchCatalog, NewDetailsKeepTheImagesAndLogNoChange) {
   const auto dir = test::temp_dir("search_details");
-  auto catalog = open_sqlite_catalog(dir + "/c.sqlite");
-  catalog->set_model(kModel);
+  auto catalog = new_catalog(dir);
   std::mt19937_64 rng(4);
   catalog->upsert({random_product("a", 2, rng)});
   const auto ids = catalog->image_ids({});
